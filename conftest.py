@@ -1,0 +1,8 @@
+"""Root conftest: the shared fixtures (real Postgres with pgvector, real Redis)."""
+
+# pytest's importlib mode names gateway/tests/conftest.py "gateway.tests.conftest" and would
+# register the bare folder gateway/ as the module "gateway", hiding the real package under
+# gateway/src. Importing the real package first keeps it in place.
+import gateway  # noqa: F401
+
+pytest_plugins = ["common.testing"]

@@ -1,0 +1,136 @@
+"""Assembling an app: logging, tracing, metrics, error handlers, probes, identity check."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from common import health
+from common.db import create_engine, create_sessionmaker, ping_database
+from common.errors import NotFound, install_error_handlers
+from common.identity import require_identity
+from common.logging import configure_logging
+from common.middleware import RequestMiddleware
+from common.redis import create_redis, ping_redis
+from common.settings import DatabaseSettings, ServiceSettings
+from common.tracing import EXCLUDED_URLS, configure_tracing, instrument_libraries
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+INTERNAL_OPENAPI_PATH = "/internal/openapi.json"
+
+
+def instrument(app: FastAPI, settings: ServiceSettings) -> None:
+    """What every app gets: probes, problem+json errors, metrics, access log, traces."""
+    app.state.settings = settings
+    app.state.readiness_checks = {}
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.add_middleware(RequestMiddleware, service=settings.service_name)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=EXCLUDED_URLS)
+
+
+def configure_process(settings: ServiceSettings) -> None:
+    """Logging and tracing are per process; calling this twice is harmless."""
+    configure_logging(settings.service_name, level=settings.log_level, json=settings.json_logs)
+    configure_tracing(settings.service_name)
+    instrument_libraries()
+
+
+def new_app(
+    settings: ServiceSettings,
+    *,
+    lifespan: Lifespan,
+    title: str,
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A FastAPI app with everything `instrument` gives, and no OpenAPI routes of its own
+    (the gateway publishes the one public document)."""
+    configure_process(settings)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    instrument(app, settings)
+    return app
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    public: APIRouter,
+    lifespan: Lifespan,
+    title: str,
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A service behind the gateway: every route but the probes needs a signed identity.
+
+    The service's OpenAPI document is served to the gateway (signed) at
+    /internal/openapi.json; the public documentation lives on the gateway only.
+    """
+    app = new_app(
+        settings, lifespan=lifespan, title=title, description=description, version=version
+    )
+    app.include_router(public, dependencies=[Depends(require_identity)])
+
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    app.add_api_route(
+        INTERNAL_OPENAPI_PATH,
+        openapi,
+        methods=["GET"],
+        include_in_schema=False,
+        dependencies=[Depends(require_identity)],
+    )
+
+    async def not_found() -> None:
+        raise NotFound("No such route.")
+
+    # Last route: an unsigned caller learns nothing, not even which paths exist.
+    app.add_api_route(
+        "/{path:path}",
+        not_found,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+        dependencies=[Depends(require_identity)],
+    )
+    return app
+
+
+@asynccontextmanager
+async def database_and_redis(app: FastAPI, settings: DatabaseSettings) -> AsyncIterator[None]:
+    """Lifespan piece: the service's engine, sessionmaker and Redis, with readiness checks."""
+    engine = create_engine(
+        settings.database_url,
+        application_name=settings.service_name,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+    redis = create_redis(settings.redis_url)
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.redis = redis
+
+    async def postgres_ready() -> None:
+        await ping_database(engine)
+
+    async def redis_ready() -> None:
+        await ping_redis(redis)
+
+    app.state.readiness_checks.update(postgres=postgres_ready, redis=redis_ready)
+    try:
+        yield
+    finally:
+        await redis.aclose()
+        await engine.dispose()

@@ -1,0 +1,166 @@
+"""RFC 9457 problem details: one base exception, one renderer, handlers for everything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.tracing import current_trace_id
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("common.errors")
+
+
+class Problem(Exception):
+    """An error a client may see. Subclasses set status, type slug and title."""
+
+    status: int = 500
+    slug: str | None = None
+    title: str = "Internal Server Error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return f"urn:llm-platform:problem:{self.slug}" if self.slug else "about:blank"
+
+
+class BadRequest(Problem):
+    status, slug, title = 400, "bad-request", "Bad Request"
+
+
+class Unauthorized(Problem):
+    status, slug, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(Problem):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not Found"
+
+
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class TooManyRequests(Problem):
+    status, slug, title = 429, "rate-limited", "Too Many Requests"
+
+
+class BadGateway(Problem):
+    status, slug, title = 502, "upstream-unavailable", "Bad Gateway"
+
+
+class ServiceUnavailable(Problem):
+    status, slug, title = 503, "unavailable", "Service Unavailable"
+
+
+class GatewayTimeout(Problem):
+    status, slug, title = 504, "upstream-timeout", "Gateway Timeout"
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    title: str,
+    type_: str = "about:blank",
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.url.path
+    body.update(extra)
+    body["trace_id"] = current_trace_id()
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    if exc.status >= 500:
+        log.warning("problem", status=exc.status, title=exc.title, detail=exc.detail)
+    return problem_response(
+        request,
+        status=exc.status,
+        title=exc.title,
+        type_=exc.type,
+        detail=exc.detail,
+        headers=exc.headers,
+        **exc.extra,
+    )
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    from http import HTTPStatus
+
+    try:
+        title = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        title = "Error"
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    return problem_response(
+        request,
+        status=exc.status_code,
+        title=title,
+        detail=detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # The submitted value ("input") is left out on purpose: it may be a password.
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    return problem_response(
+        request,
+        status=422,
+        title="Unprocessable Content",
+        type_="urn:llm-platform:problem:validation",
+        detail="The request is not valid; see errors.",
+        errors=errors,
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled exception", exc_info=exc, path=request.url.path)
+    return problem_response(
+        request,
+        status=500,
+        title="Internal Server Error",
+        detail="An unexpected error occurred; quote the trace_id when reporting it.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as application/problem+json with the trace id."""
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)

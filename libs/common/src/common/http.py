@@ -1,0 +1,31 @@
+"""One pooled httpx client per peer, signing every call with an internal identity."""
+
+from __future__ import annotations
+
+import httpx
+
+from common.identity import SignedIdentity, service_identity
+from common.settings import ServiceSettings
+
+
+def peer_client(
+    base_url: str,
+    settings: ServiceSettings,
+    *,
+    timeout: httpx.Timeout | float = 30.0,
+    max_connections: int = 100,
+) -> httpx.AsyncClient:
+    """A client for one peer service. Calls are signed as this service unless a request
+    carries another identity in `extensions={"identity": ...}` (acting for a user)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        auth=SignedIdentity(
+            settings.internal_signing_key.get_secret_value().encode(),
+            service_identity(settings.service_name),
+        ),
+        timeout=timeout,
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        trust_env=False,
+    )

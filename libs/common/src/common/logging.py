@@ -1,0 +1,156 @@
+"""structlog for every process: JSON lines in production, console in dev, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+from common.tracing import current_span_id, current_trace_id
+
+REDACTED = "[REDACTED]"
+# Keys whose values never reach a log, wherever they sit in an event.
+SENSITIVE_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|credential"
+    r"|signature|private[-_]?key|session[-_]?id|^x-internal-identity$",
+    re.IGNORECASE,
+)
+# Secrets embedded in free text: bearer tokens, key-looking strings, key=value pairs.
+SENSITIVE_TEXT = [
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"\b(sk|pk|hf|lp)[-_][A-Za-z0-9_-]{12,}"), REDACTED),
+    (
+        re.compile(
+            r"(?i)\b(password|passwd|secret|token|api[-_]?key|session)(\"?\s*[:=]\s*\"?)"
+            r"[^\s\"&,;]+"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+]
+
+
+def redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        for pattern, replacement in SENSITIVE_TEXT:
+            value = pattern.sub(replacement, value)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _redact_item(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(v) for v in value)
+    return value
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Drop the values of sensitive keys and scrub secrets out of strings."""
+    for key in list(event_dict):
+        if key in ("exc_info", "_record", "_from_structlog"):
+            continue
+        event_dict[key] = _redact_item(key, event_dict[key])
+    return event_dict
+
+
+def _redact_item(key: Any, value: Any) -> Any:
+    # Numbers stay: `prompt_tokens=12` is a count, not a secret.
+    if (
+        isinstance(key, str)
+        and SENSITIVE_KEY.search(key)
+        and not isinstance(value, bool | int | float | type(None))
+    ):
+        return REDACTED
+    return redact_value(value)
+
+
+def _redact_rendered_exception(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    if isinstance(event_dict.get("exception"), str):
+        event_dict["exception"] = redact_value(event_dict["exception"])
+    return event_dict
+
+
+def _add_service(service: str) -> Processor:
+    def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return add
+
+
+def _add_trace(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    trace_id = current_trace_id()
+    if trace_id:
+        event_dict.setdefault("trace_id", trace_id)
+        event_dict.setdefault("span_id", current_span_id())
+    return event_dict
+
+
+def configure_logging(service: str, *, level: str = "INFO", json: bool = False) -> None:
+    """Route structlog and the standard library (uvicorn included) through one pipeline."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _add_service(service),
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_trace,
+        redact,
+    ]
+    renderer: Processor
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+        final: list[Processor] = [
+            structlog.processors.dict_tracebacks,
+            _redact_rendered_exception,
+            renderer,
+        ]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        final = [renderer]
+
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn installs its own handlers; send its records through ours instead.
+    # Its access log is replaced by one structured line per request (common.middleware).
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+    for noisy in ("httpx", "httpcore", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Writes to whatever sys.stderr is now (test runners swap it), not what it was."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+# Uvicorn's own logging config would re-install its handlers; services pass this instead.
+UVICORN_LOG_CONFIG: dict[str, Any] = {"version": 1, "disable_existing_loggers": False}

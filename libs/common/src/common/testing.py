@@ -1,0 +1,233 @@
+"""Pytest plugin shared by every package's tests: real Postgres (pgvector) and real Redis.
+
+Postgres: `TEST_DATABASE_URL` (a superuser URL) if set, else the embedded server under
+`.data/pg` (started if needed, stopped afterwards if this run started it). Each test run
+gets a fresh database with the per-service roles and schemas; services migrate it with
+Alembic; each test runs inside a transaction that is rolled back.
+Redis: `TEST_REDIS_URL` if set (it is flushed between tests!), else a private
+redis-server on a free port for the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from common import devstack
+from common.identity import Identity, SignedIdentity
+from common.migrations import upgrade
+from common.settings import DatabaseSettings, ServiceSettings
+
+
+@dataclass(frozen=True)
+class RunDatabase:
+    admin_url: str
+    name: str
+    urls: dict[str, str]
+
+    def url_for(self, service: str) -> str:
+        return self.urls[service]
+
+
+def _postgres_running(data_dir: Path) -> bool:
+    return (data_dir / "pg" / "postmaster.pid").exists()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    data_dir = devstack.repo_root() / ".data"
+    was_running = _postgres_running(data_dir)
+    url = devstack.start_embedded_postgres(data_dir)
+    try:
+        yield url
+    finally:
+        if not was_running:
+            devstack.stop_embedded_postgres(data_dir)
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(devstack.with_database(admin_url, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def test_database(postgres_admin_url: str) -> Iterator[RunDatabase]:
+    name = f"test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_url = devstack.with_database(postgres_admin_url, name)
+    urls = asyncio.run(devstack.bootstrap_database(admin_url, name))
+    try:
+        yield RunDatabase(admin_url=admin_url, name=name, urls=urls)
+    finally:
+        asyncio.run(_drop_database(postgres_admin_url, name))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    port = devstack.free_port()
+    data_dir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(  # noqa: S603
+        devstack.redis_command(port, data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not devstack.redis_answers(url):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on the test Redis; the database is emptied after each test."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[FastAPI]:
+    """Run an app's lifespan around a block (what uvicorn does at start and stop)."""
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def rolled_back(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions whose commits are savepoints inside one transaction rolled back at the end."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        try:
+            yield async_sessionmaker(
+                bind=connection,
+                expire_on_commit=False,
+                autoflush=False,
+                join_transaction_mode="create_savepoint",
+            )
+        finally:
+            await transaction.rollback()
+
+
+def signing_key(settings: ServiceSettings) -> bytes:
+    return settings.internal_signing_key.get_secret_value().encode()
+
+
+def user_identity(
+    user_id: str = "00000000-0000-0000-0000-000000000001",
+    *,
+    roles: tuple[str, ...] = ("member",),
+    permissions: tuple[str, ...] = (),
+) -> Identity:
+    return Identity(
+        sub=user_id, kind="user", iss="gateway", roles=roles, permissions=permissions, sid="s1"
+    )
+
+
+def asgi_client(
+    app: FastAPI, *, identity: Identity | None = None, key: bytes | None = None
+) -> httpx.AsyncClient:
+    """An httpx client talking to the app in-process, signing requests when given an identity."""
+    auth = SignedIdentity(key, identity) if identity is not None and key is not None else None
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://testserver",
+        auth=auth,
+    )
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn on a free 127.0.0.1 port, inside the test's event loop."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or devstack.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LiveServer:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("server stopped before it started")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+@dataclass
+class ServiceHarness:
+    """One service under test: its settings against the test database and Redis."""
+
+    name: str
+    settings: DatabaseSettings
+    create_app: Callable[[Any], FastAPI]
+
+    @classmethod
+    def migrated(
+        cls,
+        name: str,
+        settings_cls: type[DatabaseSettings],
+        create_app: Callable[[Any], FastAPI],
+        database: RunDatabase,
+        redis_url: str,
+    ) -> ServiceHarness:
+        url = database.url_for(name)
+        upgrade(devstack.service_dir(name), url)
+        settings = settings_cls(database_url=url, redis_url=redis_url, environment="test")
+        return cls(name=name, settings=settings, create_app=create_app)
+
+    @asynccontextmanager
+    async def app(self) -> AsyncIterator[FastAPI]:
+        """The app, started, with every unit of work rolled back after the block."""
+        app = self.create_app(self.settings)
+        async with running(app), rolled_back(app.state.engine) as sessionmaker:
+            app.state.sessionmaker = sessionmaker
+            yield app
+
+    def key(self) -> bytes:
+        return signing_key(self.settings)

@@ -1,0 +1,76 @@
+"""OpenTelemetry, configured only from the standard OTEL_* variables."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+# Requests that are not worth a trace: probes and scrapes.
+EXCLUDED_URLS = "/healthz,/readyz,/metrics"
+
+_lock = threading.Lock()
+_configured = False
+_instrumented_libraries = False
+
+
+def configure_tracing(service_name: str) -> None:
+    """Install the tracer provider once per process.
+
+    Resource attributes come from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the
+    service's own name is the default), the sampler from OTEL_TRACES_SAMPLER[_ARG],
+    and spans are exported over OTLP/HTTP only when an OTLP endpoint is configured.
+    """
+    global _configured
+    with _lock:
+        if _configured:
+            return
+        attributes: dict[str, Any] = {}
+        if not os.environ.get("OTEL_SERVICE_NAME"):
+            attributes["service.name"] = service_name
+        provider = TracerProvider(resource=Resource.create(attributes))
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        ):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+        _configured = True
+
+
+def instrument_libraries() -> None:
+    """Instrument httpx (W3C traceparent on every outgoing call) and redis, once."""
+    global _instrumented_libraries
+    with _lock:
+        if _instrumented_libraries:
+            return
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        HTTPXClientInstrumentor().instrument()
+        RedisInstrumentor().instrument()
+        _instrumented_libraries = True
+
+
+def instrument_engine(engine: Any) -> None:
+    """Trace the statements of one SQLAlchemy (async) engine."""
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    sync_engine = getattr(engine, "sync_engine", engine)
+    SQLAlchemyInstrumentor().instrument(engine=sync_engine, enable_commenter=False)
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def current_span_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.span_id, "016x") if ctx.is_valid else None
