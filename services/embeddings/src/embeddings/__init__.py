@@ -1,0 +1,1 @@
+"""The embeddings service: collections of documents with pgvector indexes and semantic search."""

@@ -1,0 +1,7 @@
+"""Public routes of the embeddings service (reached through the gateway, identity verified)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

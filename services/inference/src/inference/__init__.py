@@ -1,0 +1,1 @@
+"""The inference service: LLM providers behind one OpenAI-compatible API."""
