@@ -1,0 +1,89 @@
+"""The gateway's /readyz covers every upstream; /openapi.json merges the services' documents."""
+
+from __future__ import annotations
+
+import httpx
+
+from common.devstack import free_port
+from common.testing import LiveServer
+from gateway.main import create_app
+from gateway.openapi import merge
+
+from .conftest import Upstream, gateway_settings
+
+
+async def test_readyz_lists_every_upstream(gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 200
+    checks = response.json()["checks"]
+    for name in ("auth", "inference", "embeddings", "telemetry", "redis"):
+        assert checks[name]["status"] == "ok", name
+
+
+async def test_readyz_is_503_naming_the_upstream_that_is_down(
+    upstream: Upstream, redis_url: str
+) -> None:
+    settings = gateway_settings(
+        upstream.url, redis_url, embeddings_url=f"http://127.0.0.1:{free_port()}"
+    )
+    async with LiveServer(create_app(settings)) as server, httpx.AsyncClient() as client:
+        response = await client.get(f"{server.url}/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["embeddings"]["status"] == "error"
+    assert checks["inference"]["status"] == "ok"
+
+
+async def test_openapi_document_merges_services_under_gateway_paths(gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        document = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+    assert document["openapi"].startswith("3.")
+    # The upstream's /v1/chat/* routes are public under inference; nothing internal leaks.
+    assert "/v1/chat/echo" in document["paths"]
+    assert "/v1/chat/stream" in document["paths"]
+    assert not any(path.startswith("/internal") for path in document["paths"])
+    assert "/healthz" not in document["paths"]
+    assert "x-unavailable-services" not in document["info"]
+    assert docs.status_code == 200
+    assert "/openapi.json" in docs.text
+
+
+def test_merge_renames_clashing_schemas_and_rewrites_refs() -> None:
+    def doc(path: str, props: dict[str, object]) -> dict[str, object]:
+        return {
+            "info": {"title": "x"},
+            "paths": {
+                path: {
+                    "get": {
+                        "responses": {
+                            "200": {
+                                "content": {
+                                    "application/json": {
+                                        "schema": {"$ref": "#/components/schemas/Item"}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+            "components": {"schemas": {"Item": {"type": "object", "properties": props}}},
+        }
+
+    merged = merge(
+        {
+            "embeddings": doc("/v1/collections", {"name": {"type": "string"}}),
+            "telemetry": doc("/v1/usage", {"tokens": {"type": "integer"}}),
+            "auth": doc("/v1/collections/stolen", {}),
+        },
+        title="t",
+        version="1",
+    )
+    schemas = merged["components"]["schemas"]
+    assert set(schemas) == {"Item", "embeddings_Item", "telemetry_Item"}
+    usage = merged["paths"]["/v1/usage"]["get"]["responses"]["200"]
+    assert usage["content"]["application/json"]["schema"]["$ref"].endswith("/telemetry_Item")
+    # A service cannot publish a path the gateway routes to another service.
+    assert "/v1/collections/stolen" not in merged["paths"]
