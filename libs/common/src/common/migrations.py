@@ -44,6 +44,10 @@ def run_env(metadata: MetaData, *, default_url: str) -> None:
         return
 
     def run_sync(connection: Connection) -> None:
+        # Replicas starting together (init containers) migrate one at a time.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"alembic:{schema}"}
+        )
         exists = connection.execute(
             text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}
         ).scalar()
