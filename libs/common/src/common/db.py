@@ -7,15 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, text
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import registry
-
-from common.tracing import instrument_engine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -49,7 +43,8 @@ def create_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
 ) -> AsyncEngine:
-    engine = create_async_engine(
+    # Looked up at call time: OpenTelemetry wraps the module attribute to trace the engine.
+    return sa_asyncio.create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -57,8 +52,6 @@ def create_engine(
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": application_name}},
     )
-    instrument_engine(engine)
-    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

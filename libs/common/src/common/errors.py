@@ -149,12 +149,16 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled exception", exc_info=exc, path=request.url.path)
+    # This runs outside the request middleware (Starlette's outermost error layer), so the
+    # request id is added here, to the log line and to the response headers.
+    request_id = getattr(request.state, "request_id", None)
+    log.error("unhandled exception", exc_info=exc, path=request.url.path, request_id=request_id)
     return problem_response(
         request,
         status=500,
         title="Internal Server Error",
         detail="An unexpected error occurred; quote the trace_id when reporting it.",
+        headers={"X-Request-ID": request_id} if request_id else None,
     )
 
 

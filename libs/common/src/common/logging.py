@@ -66,8 +66,9 @@ def _redact_item(key: Any, value: Any) -> Any:
     return redact_value(value)
 
 
-def _redact_rendered_exception(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    if isinstance(event_dict.get("exception"), str):
+def _redact_exception(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Scrub the rendered exception (a string, or structured frames) like any other value."""
+    if "exception" in event_dict:
         event_dict["exception"] = redact_value(event_dict["exception"])
     return event_dict
 
@@ -99,17 +100,23 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = False) 
         _add_trace,
         redact,
     ]
-    renderer: Processor
+    final: list[Processor]
     if json:
-        renderer = structlog.processors.JSONRenderer()
-        final: list[Processor] = [
-            structlog.processors.dict_tracebacks,
-            _redact_rendered_exception,
-            renderer,
+        # Frames without their local variables: a local may hold a secret under any name.
+        tracebacks = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        final = [
+            structlog.processors.ExceptionRenderer(tracebacks),
+            _redact_exception,
+            structlog.processors.JSONRenderer(),
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        final = [renderer]
+        final = [
+            structlog.processors.format_exc_info,
+            _redact_exception,
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+            ),
+        ]
 
     structlog.configure(
         processors=[

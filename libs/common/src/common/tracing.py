@@ -45,25 +45,23 @@ def configure_tracing(service_name: str) -> None:
 
 
 def instrument_libraries() -> None:
-    """Instrument httpx (W3C traceparent on every outgoing call) and redis, once."""
+    """Instrument httpx (W3C traceparent on every outgoing call), redis and SQLAlchemy, once.
+
+    SQLAlchemy is instrumented by wrapping engine creation, so every engine made after
+    this (through `sqlalchemy.ext.asyncio.create_async_engine`) is traced.
+    """
     global _instrumented_libraries
     with _lock:
         if _instrumented_libraries:
             return
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
         from opentelemetry.instrumentation.redis import RedisInstrumentor
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         HTTPXClientInstrumentor().instrument()
         RedisInstrumentor().instrument()
+        SQLAlchemyInstrumentor().instrument(enable_commenter=False)
         _instrumented_libraries = True
-
-
-def instrument_engine(engine: Any) -> None:
-    """Trace the statements of one SQLAlchemy (async) engine."""
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-    sync_engine = getattr(engine, "sync_engine", engine)
-    SQLAlchemyInstrumentor().instrument(engine=sync_engine, enable_commenter=False)
 
 
 def current_trace_id() -> str | None:

@@ -1,0 +1,202 @@
+"""One unit of work per request, committed before the response; schema-bound, named tables."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlmodel import Field, SQLModel
+from starlette.types import Message, Receive, Scope, Send
+
+from common.app import instrument
+from common.db import DbSession, create_engine, create_sessionmaker, schema_registry
+from common.errors import Problem
+from common.settings import ServiceSettings
+from common.testing import RunDatabase, asgi_client
+
+
+class UowSettings(ServiceSettings):
+    service_name: ClassVar[str] = "uowdemo"
+
+
+class Refused(Problem):
+    status, slug, title = 409, "refused", "Refused"
+
+
+class ProbeIn(BaseModel):
+    fail: str | None = None  # "problem" or "crash"
+
+
+@pytest.fixture
+async def probe_db(test_database: RunDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """An admin connection on the test database with a fresh public.uow_probe table.
+
+    The label is unique, checked at commit, so a commit can fail after the endpoint returned.
+    """
+    conn = await asyncpg.connect(test_database.admin_url.replace("+asyncpg", "", 1))
+    await conn.execute(
+        "CREATE TABLE public.uow_probe"
+        " (id serial PRIMARY KEY, label text UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+    )
+    try:
+        yield conn
+    finally:
+        await conn.execute("DROP TABLE public.uow_probe")
+        await conn.close()
+
+
+async def _exists(conn: asyncpg.Connection, label: str) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM public.uow_probe WHERE label = $1)", label
+    )
+    return found
+
+
+class VisibleAtResponseStart:
+    """ASGI wrapper: looks the label up in the table the moment the response starts."""
+
+    def __init__(self, app: FastAPI, conn: asyncpg.Connection) -> None:
+        self.app = app
+        self.conn = conn
+        self.seen: dict[str, bool] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        label = scope["path"].rsplit("/", 1)[-1]
+
+        async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.seen[label] = await _exists(self.conn, label)
+            await send(message)
+
+        await self.app(scope, receive, send_observed)
+
+
+def create_app(test_database: RunDatabase) -> FastAPI:
+    app = FastAPI()
+    instrument(app, UowSettings())
+    app.state.engine = create_engine(test_database.admin_url, application_name="t")
+    app.state.sessionmaker = create_sessionmaker(app.state.engine)
+
+    @app.post("/probes/{label}", status_code=201)
+    async def create_probe(label: str, body: ProbeIn, session: DbSession) -> dict[str, str]:
+        await session.execute(
+            text("INSERT INTO public.uow_probe (label) VALUES (:label)"), {"label": label}
+        )
+        if body.fail == "problem":
+            raise Refused("Not this one.")
+        if body.fail == "crash":
+            raise RuntimeError("boom")
+        return {"label": label}
+
+    return app
+
+
+@pytest.fixture
+async def uow(
+    test_database: RunDatabase, probe_db: asyncpg.Connection
+) -> AsyncIterator[tuple[httpx.AsyncClient, VisibleAtResponseStart]]:
+    app = create_app(test_database)
+    observed = VisibleAtResponseStart(app, probe_db)
+    try:
+        async with asgi_client(observed) as client:  # type: ignore[arg-type]
+            yield client, observed
+    finally:
+        await app.state.engine.dispose()
+
+
+async def test_successful_request_commits_before_the_response_is_sent(
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart], probe_db: asyncpg.Connection
+) -> None:
+    client, observed = uow
+
+    response = await client.post("/probes/kept", json={})
+
+    assert response.status_code == 201
+    assert observed.seen["kept"] is True
+    assert await _exists(probe_db, "kept")
+
+
+@pytest.mark.parametrize(("fail", "status"), [("problem", 409), ("crash", 500)])
+async def test_failing_request_rolls_back(
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart],
+    probe_db: asyncpg.Connection,
+    fail: str,
+    status: int,
+) -> None:
+    client, _ = uow
+
+    response = await client.post("/probes/dropped", json={"fail": fail})
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert not await _exists(probe_db, "dropped")
+    # The failed request did not hold anything back: the same label can be stored now.
+    assert (await client.post("/probes/dropped", json={})).status_code == 201
+    assert await _exists(probe_db, "dropped")
+
+
+async def test_failed_commit_is_a_failed_request(
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart], probe_db: asyncpg.Connection
+) -> None:
+    client, _ = uow
+    await probe_db.execute("INSERT INTO public.uow_probe (label) VALUES ('taken')")
+
+    response = await client.post("/probes/taken", json={})
+
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    count = await probe_db.fetchval("SELECT count(*) FROM public.uow_probe WHERE label = 'taken'")
+    assert count == 1
+
+
+class XBase(SQLModel, registry=schema_registry("x")):
+    pass
+
+
+class Gadget(XBase, table=True):
+    __tablename__ = "gadget"
+
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(unique=True)
+    owner_id: int = Field(index=True)
+
+
+class GadgetPart(XBase, table=True):
+    __tablename__ = "gadget_part"
+
+    id: int | None = Field(default=None, primary_key=True)
+    gadget_id: int = Field(foreign_key="x.gadget.id")
+
+
+def _ddl(element: CreateTable | CreateIndex) -> str:
+    return " ".join(str(element.compile(dialect=postgresql.dialect())).split())
+
+
+def test_schema_registry_binds_tables_to_the_schema() -> None:
+    assert schema_registry("x").metadata.schema == "x"
+    assert XBase.metadata.schema == "x"
+    assert Gadget.__table__.schema == "x"  # type: ignore[attr-defined]
+
+
+def test_tables_are_created_in_the_schema_with_conventional_constraint_names() -> None:
+    gadget = _ddl(CreateTable(Gadget.__table__))  # type: ignore[attr-defined]
+    part = _ddl(CreateTable(GadgetPart.__table__))  # type: ignore[attr-defined]
+    (index,) = Gadget.__table__.indexes  # type: ignore[attr-defined]
+
+    assert gadget.startswith("CREATE TABLE x.gadget (")
+    assert "CONSTRAINT pk_gadget PRIMARY KEY (id)" in gadget
+    assert "CONSTRAINT uq_gadget_serial UNIQUE (serial)" in gadget
+    assert part.startswith("CREATE TABLE x.gadget_part (")
+    assert "CONSTRAINT pk_gadget_part PRIMARY KEY (id)" in part
+    assert (
+        "CONSTRAINT fk_gadget_part_gadget_id_gadget FOREIGN KEY(gadget_id) REFERENCES x.gadget (id)"
+    ) in part
+    assert _ddl(CreateIndex(index)) == "CREATE INDEX ix_x_gadget_owner_id ON x.gadget (owner_id)"

@@ -1,0 +1,155 @@
+"""The signed internal identity: round trip, every refusal, and the httpx auth flow."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+
+import httpx
+import pytest
+
+from common.identity import (
+    CLOCK_SKEW_SECONDS,
+    HEADER,
+    Identity,
+    InvalidIdentity,
+    SignedIdentity,
+    service_identity,
+    sign,
+    verify,
+)
+
+KEY = secrets.token_bytes(32)
+NOW = 1_700_000_000.0
+MAX_AGE = 60.0
+USER = Identity(
+    sub="00000000-0000-0000-0000-000000000001",
+    kind="api_key",
+    iss="gateway",
+    roles=("member", "admin"),
+    permissions=("models:read", "completions:create"),
+    sid="session-1",
+    kid="key-7",
+)
+
+
+def _sign(identity: Identity = USER, *, key: bytes = KEY, at: float = NOW) -> str:
+    return sign(identity, key, method="POST", path="/v1/completions", now=at)
+
+
+def _verify(
+    header: str | None, *, method: str = "POST", path: str = "/v1/completions", at: float = NOW
+) -> Identity:
+    return verify(header, KEY, method=method, path=path, max_age=MAX_AGE, now=at)
+
+
+def test_round_trip_keeps_every_field() -> None:
+    identity = _verify(_sign())
+
+    assert identity.sub == USER.sub
+    assert identity.kind == "api_key"
+    assert identity.iss == "gateway"
+    assert identity.roles == ("member", "admin")
+    assert identity.permissions == ("models:read", "completions:create")
+    assert identity.sid == "session-1"
+    assert identity.kid == "key-7"
+    assert identity.iat == NOW
+    assert identity.user_id == USER.sub
+    assert identity.has("completions:create")
+    assert not identity.has("admin:write")
+
+
+def test_method_is_compared_case_insensitively() -> None:
+    header = sign(USER, KEY, method="post", path="/v1/completions", now=NOW)
+
+    assert _verify(header).sub == USER.sub
+
+
+def _tampered(header: str) -> str:
+    payload, _, mac = header.partition(".")
+    body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    body["roles"] = ["admin", "owner"]
+    forged = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
+    return f"{forged}.{mac}"
+
+
+@pytest.mark.parametrize(
+    ("header", "method", "path", "at"),
+    [
+        pytest.param(None, "POST", "/v1/completions", NOW, id="no-header"),
+        pytest.param("", "POST", "/v1/completions", NOW, id="empty-header"),
+        pytest.param("garbage", "POST", "/v1/completions", NOW, id="garbage"),
+        pytest.param("a.b.c!", "POST", "/v1/completions", NOW, id="malformed-mac"),
+        pytest.param(_tampered(_sign()), "POST", "/v1/completions", NOW, id="tampered-payload"),
+        pytest.param(_sign(key=b"k" * 32), "POST", "/v1/completions", NOW, id="wrong-key"),
+        pytest.param(_sign(), "GET", "/v1/completions", NOW, id="other-method"),
+        pytest.param(_sign(), "POST", "/v1/completions/1", NOW, id="other-path"),
+        pytest.param(_sign(), "POST", "/v1/completions", NOW + MAX_AGE + 1, id="too-old"),
+        pytest.param(
+            _sign(at=NOW + CLOCK_SKEW_SECONDS + 1), "POST", "/v1/completions", NOW, id="future"
+        ),
+    ],
+)
+def test_verify_refuses(header: str | None, method: str, path: str, at: float) -> None:
+    with pytest.raises(InvalidIdentity) as excinfo:
+        _verify(header, method=method, path=path, at=at)
+
+    assert excinfo.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("signed_at", "verified_at"),
+    [
+        pytest.param(NOW, NOW + MAX_AGE - 1, id="almost-too-old"),
+        pytest.param(NOW + CLOCK_SKEW_SECONDS - 1, NOW, id="within-clock-skew"),
+    ],
+)
+def test_verify_accepts_near_the_limits(signed_at: float, verified_at: float) -> None:
+    assert _verify(_sign(at=signed_at), at=verified_at).sub == USER.sub
+
+
+def _peer(request: httpx.Request) -> httpx.Response:
+    """A peer service: answers with the identity it verified, or 401."""
+    try:
+        identity = verify(
+            request.headers.get(HEADER),
+            KEY,
+            method=request.method,
+            path=request.url.path,
+            max_age=MAX_AGE,
+        )
+    except InvalidIdentity as exc:
+        return httpx.Response(401, json={"detail": exc.detail})
+    return httpx.Response(200, json={"sub": identity.sub, "kind": identity.kind})
+
+
+async def test_signed_identity_signs_each_request_and_honours_a_per_request_identity() -> None:
+    auth = SignedIdentity(KEY, service_identity("inference"))
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(_peer), auth=auth, base_url="http://peer"
+    ) as client:
+        as_service = await client.get("/v1/models")
+        as_user = await client.post(
+            "/v1/usage", params={"page": 2}, json={}, extensions={"identity": USER}
+        )
+        as_service_again = await client.delete("/v1/usage/1")
+
+    assert as_service.status_code == 200
+    assert as_service.json() == {"sub": "service:inference", "kind": "service"}
+    assert as_user.status_code == 200
+    assert as_user.json() == {"sub": USER.sub, "kind": "api_key"}
+    assert as_service_again.status_code == 200
+    assert as_service_again.json() == {"sub": "service:inference", "kind": "service"}
+
+
+async def test_signed_identity_without_an_identity_sends_no_header() -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(_peer), auth=SignedIdentity(KEY), base_url="http://peer"
+    ) as client:
+        anonymous = await client.get("/v1/models")
+        as_user = await client.get("/v1/models", extensions={"identity": USER})
+
+    assert anonymous.status_code == 401
+    assert as_user.status_code == 200
+    assert as_user.json()["sub"] == USER.sub
