@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging.config
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ def run_env(metadata: MetaData, *, default_url: str) -> None:
     schema = metadata.schema
     assert schema, "a service's MetaData must carry its schema"
     config = context.config
+    # The alembic CLI gets alembic.ini's logging; programmatic callers keep their own.
+    if config.config_file_name and config.attributes.get("configure_logger", True):
+        logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
     url = async_url(config.get_main_option("sqlalchemy.url") or default_url)
 
     def include_name(name: str | None, type_: str, _parent: object) -> bool:
@@ -71,6 +75,7 @@ def run_env(metadata: MetaData, *, default_url: str) -> None:
 
 def alembic_config(service_dir: Path, url: str) -> Config:
     config = Config(str(service_dir / "alembic.ini"))
+    config.attributes["configure_logger"] = False
     config.set_main_option("script_location", str(service_dir / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
