@@ -1,9 +1,15 @@
-"""Gateway tests: the real gateway under uvicorn in front of a real upstream service app."""
+"""Gateway tests: the real gateway under uvicorn, real Redis, in front of a real upstream app.
+
+The upstream is a service built exactly like ours (signed identity required) whose routes
+echo what they received, so a test sees what the gateway forwarded. Callers authenticate
+with sessions and API keys written to Redis through the same code auth uses
+(common.principals), so no auth service is needed here; tests/e2e covers the real one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -11,89 +17,94 @@ from typing import Any, ClassVar
 import pytest
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from common.app import create_service_app
+from common.errors import NotFound
 from common.identity import CurrentIdentity
+from common.principals import API_KEY_PREFIX, ApiKeyPrincipal, SessionStore, secret_hash
 from common.settings import ServiceSettings
 from common.testing import LiveServer
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
+
+VIEWER = ("models:read", "embeddings:read", "telemetry:read_own", "api_keys:manage")
+MEMBER = (*VIEWER, "inference:invoke", "providers:manage", "embeddings:write", "telemetry:write")
 
 
 class UpstreamSettings(ServiceSettings):
     service_name: ClassVar[str] = "upstream"
 
 
-class Echo(BaseModel):
-    """What the upstream saw."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: str
-    identity: dict[str, Any]
-
-
 @dataclass
 class Upstream:
-    """Test routes on a service built exactly like ours (signed identity required)."""
+    """Test routes on a service built like ours; counts what reached it."""
 
     url: str = ""
+    hits: int = 0
     release_second_chunk: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def upstream_app(state: Upstream) -> Any:
     router = APIRouter()
 
-    async def echo(request: Request, identity: CurrentIdentity) -> Echo:
-        return Echo(
-            method=request.method,
-            path=request.url.path,
-            query=request.url.query,
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=(await request.body()).decode(),
-            identity={"sub": identity.sub, "kind": identity.kind, "iss": identity.iss},
-        )
+    async def echo(request: Request, identity: CurrentIdentity) -> dict[str, Any]:
+        state.hits += 1
+        return {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": (await request.body()).decode(),
+            "identity": {
+                "sub": identity.sub,
+                "kind": identity.kind,
+                "iss": identity.iss,
+                "permissions": list(identity.permissions),
+                "sid": identity.sid,
+                "kid": identity.kid,
+            },
+        }
 
-    for method in ("GET", "POST", "DELETE"):
-        router.add_api_route("/v1/chat/echo", echo, methods=[method], name=f"echo_{method}")
+    @router.post("/internal/api-keys/resolve")
+    async def resolve(_: CurrentIdentity) -> None:
+        # Like auth for a key it does not know (tests put known keys in the cache).
+        raise NotFound("Unknown, revoked or expired API key.")
 
-    @router.get("/v1/chat/stream")
+    @router.get("/v1/calls")
     async def stream(_: CurrentIdentity) -> StreamingResponse:
         async def events() -> AsyncIterator[bytes]:
             yield b"data: first\n\n"
-            await state.release_second_chunk.wait()
+            await asyncio.wait_for(state.release_second_chunk.wait(), timeout=10)
             yield b"data: second\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @router.get("/v1/chat/slow")
-    async def slow(_: CurrentIdentity) -> dict[str, str]:
-        await asyncio.sleep(3)
-        return {"status": "late"}
+    @router.get("/v1/hub/models")
+    async def slow(_: CurrentIdentity, delay: float = 0) -> dict[str, str]:
+        await asyncio.sleep(delay)
+        return {"status": "late" if delay else "prompt"}
 
-    @router.get("/v1/chat/headers")
+    @router.get("/v1/usage")
     async def headers(_: CurrentIdentity) -> JSONResponse:
         return JSONResponse(
-            {"ok": True},
-            headers={"Connection": "close, X-Hop", "X-Hop": "1", "X-Kept": "yes"},
+            {"ok": True}, headers={"Connection": "close, X-Hop", "X-Hop": "1", "X-Kept": "yes"}
         )
 
-    @router.post("/v1/chat/boom")
+    @router.post("/v1/events")
     async def boom(_: CurrentIdentity) -> None:
         raise RuntimeError("database password is hunter2")
+
+    # Everything else: echo, for every method.
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        router.add_api_route("/{path:path}", echo, methods=[method], name=f"echo_{method}")
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
 
     return create_service_app(
-        UpstreamSettings(environment="test"),
-        public=router,
-        lifespan=lifespan,
-        title="Inference",
+        UpstreamSettings(environment="test"), public=router, lifespan=lifespan, title="Upstream"
     )
 
 
@@ -122,3 +133,76 @@ def gateway_settings(upstream_url: str, redis_url: str, **overrides: Any) -> Gat
 async def gateway(upstream: Upstream, redis_url: str) -> AsyncIterator[str]:
     async with LiveServer(create_app(gateway_settings(upstream.url, redis_url))) as server:
         yield server.url
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Credentials as a client sends them."""
+
+    headers: dict[str, str]
+    cookies: dict[str, str]
+    csrf: str | None = None
+
+    def unsafe_headers(self) -> dict[str, str]:
+        return {**self.headers, **({"X-CSRF-Token": self.csrf} if self.csrf else {})}
+
+
+SessionFactory = Callable[..., Awaitable[Caller]]
+
+
+@pytest.fixture
+def session_for(redis: Redis) -> SessionFactory:
+    """A logged-in browser: a session written the way auth writes it."""
+
+    async def make(
+        permissions: tuple[str, ...] = MEMBER,
+        *,
+        user_id: str = "00000000-0000-0000-0000-0000000000aa",
+        roles: tuple[str, ...] = ("member",),
+        now: float | None = None,
+        idle: float = 1800,
+        lifetime: float = 43200,
+    ) -> Caller:
+        import time
+
+        token, csrf, _ = await SessionStore(redis).create(
+            user_id=user_id,
+            roles=roles,
+            permissions=permissions,
+            now=time.time() if now is None else now,
+            idle_timeout=idle,
+            lifetime=lifetime,
+            ip="127.0.0.1",
+            user_agent="tests",
+        )
+        return Caller(headers={}, cookies={"session": token, "csrf_token": csrf}, csrf=csrf)
+
+    return make
+
+
+KeyFactory = Callable[..., Awaitable[Caller]]
+
+
+@pytest.fixture
+def api_key_for(redis: Redis) -> KeyFactory:
+    """An API key as the gateway finds it: resolved by auth into the Redis cache."""
+
+    async def make(
+        permissions: tuple[str, ...] = MEMBER,
+        *,
+        user_id: str = "00000000-0000-0000-0000-0000000000bb",
+        roles: tuple[str, ...] = ("member",),
+        key: str = "sk-test-key-0123456789abcdef0123456789",
+        expires_at: float | None = None,
+    ) -> Caller:
+        principal = ApiKeyPrincipal(
+            key_id="11111111-1111-1111-1111-111111111111",
+            user_id=user_id,
+            roles=roles,
+            permissions=permissions,
+            expires_at=expires_at,
+        )
+        await redis.set(API_KEY_PREFIX + secret_hash(key), principal.to_json(), ex=300)
+        return Caller(headers={"Authorization": f"Bearer {key}"}, cookies={})
+
+    return make

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from common.app import new_app
 from common.redis import create_redis, ping_redis
 from gateway.api import router
 from gateway.clients import upstream_clients
 from gateway.openapi import OpenAPICache
+from gateway.security import Security
 from gateway.settings import GatewaySettings
 
 TITLE = "LLM Platform API"
@@ -40,6 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = create_redis(settings.redis_url)
     app.state.upstreams = clients
     app.state.redis = redis
+    app.state.security = Security(
+        redis=redis, auth=clients["auth"], settings=settings, clock=app.state.clock
+    )
     app.state.openapi = OpenAPICache(clients, title=TITLE, version=VERSION)
 
     async def redis_ready() -> None:
@@ -56,6 +62,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    app = new_app(settings or GatewaySettings(), lifespan=lifespan, title=TITLE, version=VERSION)
+    settings = settings or GatewaySettings()
+    app = new_app(settings, lifespan=lifespan, title=TITLE, version=VERSION)
+    app.state.clock = time.time
     app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID", "Retry-After",
+                "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+            ],
+        )  # fmt: skip
     return app

@@ -98,7 +98,10 @@ class OpenAPICache:
             response = await self._clients[name].get(INTERNAL_OPENAPI_PATH, timeout=5.0)
             response.raise_for_status()
             document: dict[str, Any] = response.json()
-            return document
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("openapi fetch failed", upstream=name, error=type(exc).__name__)
             return None
+        if not isinstance(document, dict) or not {"openapi", "info", "paths"} <= document.keys():
+            log.warning("openapi fetch failed", upstream=name, error="not an OpenAPI document")
+            return None
+        return document

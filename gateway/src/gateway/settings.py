@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
+
+
+class RateBudget(BaseModel):
+    """Requests per minute: everything but model calls, and model calls. 0: unlimited."""
+
+    default: int = Field(ge=0)
+    model: int = Field(ge=0)
 
 
 class GatewaySettings(ServiceSettings):
@@ -24,6 +32,16 @@ class GatewaySettings(ServiceSettings):
     upstream_read_timeout_seconds: float = 120.0
     upstream_max_connections: int = 200
     max_body_bytes: int = 16 * 1024 * 1024
+    # Browser origins allowed to call with credentials (CORS); empty: no CORS headers.
+    cors_origins: list[str] = []
+    # Rate limits per principal (user or API key owner) per minute; 0 means unlimited.
+    rate_limit_per_minute: int = Field(600, ge=0)
+    rate_limit_model_per_minute: int = Field(120, ge=0)
+    # Per client IP, for the routes that need no credentials (register, login).
+    rate_limit_anonymous_per_minute: int = Field(60, ge=0)
+    # Per role, e.g. {"admin": {"default": 2000, "model": 500}}; a caller gets the most
+    # generous budget among its roles.
+    rate_limits: dict[str, RateBudget] = {}
 
     def upstream_urls(self) -> dict[str, str]:
         return {

@@ -81,11 +81,11 @@ def create_service_app(
     app = new_app(
         settings, lifespan=lifespan, title=title, description=description, version=version
     )
-    app.include_router(public, dependencies=[Depends(require_identity)])
 
     async def openapi() -> dict[str, Any]:
         return app.openapi()
 
+    # Before the public routes, so that none of them can shadow it.
     app.add_api_route(
         INTERNAL_OPENAPI_PATH,
         openapi,
@@ -93,6 +93,7 @@ def create_service_app(
         include_in_schema=False,
         dependencies=[Depends(require_identity)],
     )
+    app.include_router(public, dependencies=[Depends(require_identity)])
 
     async def not_found() -> None:
         raise NotFound("No such route.")

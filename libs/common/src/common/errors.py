@@ -56,6 +56,10 @@ class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not Found"
 
 
+class MethodNotAllowed(Problem):
+    status, slug, title = 405, "method-not-allowed", "Method Not Allowed"
+
+
 class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
 

@@ -29,6 +29,8 @@ SHARED_FIELDS = frozenset(
         "identity_max_age_seconds",
         "database_url",
         "redis_url",
+        "session_cookie_name",
+        "csrf_cookie_name",
     }
 )
 
@@ -56,6 +58,9 @@ class ServiceSettings(BaseSettings):
     internal_signing_key: SecretStr = SecretStr(DEV_SIGNING_KEY)
     identity_max_age_seconds: float = 60.0
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Read by auth (which sets the cookies) and the gateway (which checks them).
+    session_cookie_name: str = "session"
+    csrf_cookie_name: str = "csrf_token"
 
     @classmethod
     def settings_customise_sources(

@@ -1,7 +1,70 @@
-"""`python -m auth`: serve the auth service."""
+"""`python -m auth`: serve the auth service; `python -m auth create-admin`: make an admin.
+
+python -m auth create-admin --email admin@example.com   # password: ADMIN_PASSWORD or a prompt
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+import time
 
 from auth.settings import AuthSettings
 from common.serve import serve
 
+
+async def _create_admin(email: str, password: str) -> bool:
+    from auth import service
+    from auth.passwords import Hasher
+    from common.db import create_engine, create_sessionmaker
+
+    settings = AuthSettings()
+    engine = create_engine(settings.database_url, application_name="auth-cli")
+    try:
+        async with create_sessionmaker(engine)() as db:
+            changed = await service.ensure_admin(
+                db,
+                hasher=Hasher(
+                    time_cost=settings.argon2_time_cost,
+                    memory_kib=settings.argon2_memory_kib,
+                    parallelism=settings.argon2_parallelism,
+                ),
+                email=service.normalize_email(email),
+                password=password,
+                ctx=service.Context(now=time.time(), ip="", user_agent="cli", trace_id=None),
+            )
+            await db.commit()
+            return changed
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m auth")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the auth service (the default)")
+    admin = commands.add_parser("create-admin", help="create an admin, or make a user admin")
+    admin.add_argument("--email", default=os.environ.get("ADMIN_EMAIL"))
+    args = parser.parse_args(argv)
+    if args.command in (None, "serve"):
+        serve("auth.main:create_app", AuthSettings())
+        return 0
+    if not args.email:
+        parser.error("--email (or ADMIN_EMAIL) is required")
+    password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Password: ")
+    from auth.errors import WeakPassword
+
+    try:
+        changed = asyncio.run(_create_admin(args.email, password))
+    except WeakPassword as exc:
+        print(f"refused: {exc.detail}", file=sys.stderr)
+        return 1
+    print("admin created or promoted" if changed else "already an admin", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    serve("auth.main:create_app", AuthSettings())
+    raise SystemExit(main(sys.argv[1:]))

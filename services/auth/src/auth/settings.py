@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import DatabaseSettings
@@ -14,3 +15,32 @@ class AuthSettings(DatabaseSettings):
 
     service_name: ClassVar[str] = "auth"
     default_port: ClassVar[int] = 8001
+
+    open_registration: bool = True
+    # Sessions: idle timeout (sliding) and absolute lifetime.
+    session_idle_timeout_seconds: float = Field(30 * 60, gt=0)
+    session_lifetime_seconds: float = Field(12 * 3600, gt=0)
+    # Secure cookies everywhere but dev, unless set explicitly.
+    cookie_secure: bool | None = None
+    # Login throttling: this many failures per account or per client IP within the window.
+    login_max_failures: int = Field(10, ge=1)
+    login_failure_window_seconds: int = Field(15 * 60, ge=1)
+    # Argon2id, OWASP's recommended minimum: 19 MiB, 2 passes, 1 lane.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    argon2_parallelism: int = 1
+    # API keys: how long the gateway's cache may hold a resolved key, and how often the
+    # last use times it records are written to Postgres.
+    api_key_cache_seconds: int = Field(300, ge=1)
+    api_key_last_used_flush_seconds: float = Field(30.0, gt=0)
+    # The first admin, created once at start-up when both are set.
+    admin_email: str | None = Field(
+        None, validation_alias=AliasChoices("AUTH_ADMIN_EMAIL", "ADMIN_EMAIL")
+    )
+    admin_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AUTH_ADMIN_PASSWORD", "ADMIN_PASSWORD")
+    )
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.cookie_secure if self.cookie_secure is not None else self.environment != "dev"

@@ -1,0 +1,258 @@
+"""Authentication, CSRF, permissions and rate limits at the gateway, against real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from common import devstack
+from common.principals import (
+    API_KEY_INVALID,
+    API_KEY_LAST_USED,
+    API_KEY_PREFIX,
+    SessionStore,
+    secret_hash,
+)
+from common.testing import LiveServer
+from gateway.main import create_app
+
+from .conftest import VIEWER, KeyFactory, SessionFactory, Upstream, gateway_settings
+
+
+async def test_no_credentials_is_401_and_nothing_is_forwarded(
+    gateway: str, upstream: Upstream
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as c:
+        response = await c.get("/v1/models")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert upstream.hits == 0
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Basic dXNlcjpwYXNz", "Bearer", "Bearer not-a-key", "Bearer sk-unknown-key-00000000000"],
+)
+async def test_bad_authorization_is_401(
+    gateway: str, upstream: Upstream, authorization: str
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as c:
+        response = await c.get("/v1/models", headers={"Authorization": authorization})
+    # The unknown key goes to auth's resolver, which the test upstream does not serve (404).
+    assert response.status_code == 401
+    assert upstream.hits == 0
+
+
+async def test_unknown_or_expired_session_is_401(gateway: str, session_for: SessionFactory) -> None:
+    stale = await session_for(now=time.time() - 3600, idle=1800)
+    async with httpx.AsyncClient(base_url=gateway) as c:
+        unknown = await c.get("/v1/models", headers={"Cookie": "session=made-up-token"})
+        expired = await c.get(
+            "/v1/models", headers={"Cookie": f"session={stale.cookies['session']}"}
+        )
+    assert unknown.status_code == 401
+    assert expired.status_code == 401
+
+
+async def test_session_idle_time_slides_on_use(
+    gateway: str, session_for: SessionFactory, redis: Redis
+) -> None:
+    caller = await session_for(now=time.time() - 1000, idle=1800)
+    key = "auth:session:" + secret_hash(caller.cookies["session"])
+    before = float(await redis.hget(key, "last_seen_at"))  # type: ignore[misc]
+    async with httpx.AsyncClient(base_url=gateway, cookies=caller.cookies) as c:
+        assert (await c.get("/v1/models")).status_code == 200
+    after = float(await redis.hget(key, "last_seen_at"))  # type: ignore[misc]
+    assert after > before + 900
+    assert await redis.ttl(key) > 1700
+
+
+async def test_csrf_is_required_for_unsafe_cookie_requests(
+    gateway: str, session_for: SessionFactory, upstream: Upstream
+) -> None:
+    caller = await session_for()
+    other = await session_for(user_id="00000000-0000-0000-0000-0000000000cc")
+    async with httpx.AsyncClient(base_url=gateway, cookies=caller.cookies) as c:
+        missing = await c.post("/v1/chat/completions", json={})
+        wrong = await c.post("/v1/chat/completions", json={}, headers={"X-CSRF-Token": "nope"})
+        # Another session's valid token does not do either: it is bound to its session.
+        foreign = await c.post(
+            "/v1/chat/completions", json={}, headers={"X-CSRF-Token": other.csrf or ""}
+        )
+        safe = await c.get("/v1/models")
+        right = await c.post("/v1/chat/completions", json={}, headers=caller.unsafe_headers())
+    for response in (missing, wrong, foreign):
+        assert response.status_code == 403
+        assert response.json()["type"].endswith(":csrf")
+    assert safe.status_code == 200
+    assert right.status_code == 200
+    assert upstream.hits == 2
+
+
+async def test_api_keys_need_no_csrf_and_carry_their_own_identity(
+    gateway: str, api_key_for: KeyFactory, redis: Redis
+) -> None:
+    caller = await api_key_for()
+    async with httpx.AsyncClient(base_url=gateway, headers=caller.headers) as c:
+        response = await c.post("/v1/chat/completions", json={})
+    assert response.status_code == 200
+    identity = response.json()["identity"]
+    assert identity["kind"] == "api_key"
+    assert identity["kid"] == "11111111-1111-1111-1111-111111111111"
+    # The use is recorded for auth to write as last_used_at, without a DB write here.
+    assert await redis.hget(API_KEY_LAST_USED, identity["kid"]) is not None  # type: ignore[misc]
+
+
+async def test_revoked_or_expired_keys_are_refused(
+    gateway: str, api_key_for: KeyFactory, redis: Redis
+) -> None:
+    expired = await api_key_for(key="sk-expired-0000000000000000000", expires_at=time.time() - 1)
+    revoked = await api_key_for(key="sk-revoked-0000000000000000000")
+    await redis.set(API_KEY_PREFIX + secret_hash("sk-revoked-0000000000000000000"), API_KEY_INVALID)
+    async with httpx.AsyncClient(base_url=gateway) as c:
+        for caller in (expired, revoked):
+            assert (await c.get("/v1/models", headers=caller.headers)).status_code == 401
+
+
+async def test_missing_permission_is_403(
+    gateway: str, session_for: SessionFactory, upstream: Upstream
+) -> None:
+    viewer = await session_for(VIEWER, roles=("viewer",))
+    async with httpx.AsyncClient(base_url=gateway, cookies=viewer.cookies) as c:
+        response = await c.post("/v1/chat/completions", json={}, headers=viewer.unsafe_headers())
+        admin_only = await c.get("/auth/users")
+    assert response.status_code == 403
+    assert "inference:invoke" in response.json()["detail"]
+    assert admin_only.status_code == 403
+    assert upstream.hits == 0
+
+
+async def test_session_only_routes_refuse_api_keys(gateway: str, api_key_for: KeyFactory) -> None:
+    caller = await api_key_for()
+    async with httpx.AsyncClient(base_url=gateway, headers=caller.headers) as c:
+        response = await c.post("/auth/password", json={})
+    assert response.status_code == 403
+    assert response.json()["type"].endswith(":session-required")
+
+
+async def test_rate_limit_429_with_headers_shared_by_two_gateways(
+    upstream: Upstream, redis_url: str, session_for: SessionFactory
+) -> None:
+    settings = gateway_settings(upstream.url, redis_url, rate_limit_per_minute=5)
+    caller = await session_for()
+    async with (
+        LiveServer(create_app(settings)) as one,
+        LiveServer(create_app(settings)) as two,
+        httpx.AsyncClient(cookies=caller.cookies) as c,
+    ):
+        responses = [await c.get(f"{(one, two)[i % 2].url}/v1/models") for i in range(6)]
+    statuses = [r.status_code for r in responses]
+    if int(responses[0].headers["ratelimit-reset"]) < 2:  # pragma: no cover - window edge
+        pytest.skip("the minute window turned during the test")
+    assert statuses == [200, 200, 200, 200, 200, 429]
+    assert [r.headers["ratelimit-remaining"] for r in responses[:5]] == ["4", "3", "2", "1", "0"]
+    limited = responses[-1]
+    assert limited.headers["ratelimit-limit"] == "5"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert upstream.hits == 5
+
+
+async def test_model_calls_have_their_own_tighter_budget(
+    upstream: Upstream, redis_url: str, session_for: SessionFactory
+) -> None:
+    settings = gateway_settings(
+        upstream.url, redis_url, rate_limit_per_minute=100, rate_limit_model_per_minute=2
+    )
+    caller = await session_for()
+    async with (
+        LiveServer(create_app(settings)) as gw,
+        httpx.AsyncClient(
+            base_url=gw.url, cookies=caller.cookies, headers=caller.unsafe_headers()
+        ) as c,
+    ):
+        model = [(await c.post("/v1/chat/completions", json={})).status_code for _ in range(3)]
+        other = (await c.get("/v1/models")).status_code
+    assert model == [200, 200, 429]
+    assert other == 200
+
+
+async def test_role_budgets_take_the_most_generous(
+    upstream: Upstream, redis_url: str, session_for: SessionFactory
+) -> None:
+    settings = gateway_settings(
+        upstream.url,
+        redis_url,
+        rate_limit_per_minute=1,
+        rate_limits={"admin": {"default": 3, "model": 3}},
+    )
+    admin = await session_for(roles=("member", "admin"))
+    async with (
+        LiveServer(create_app(settings)) as gw,
+        httpx.AsyncClient(base_url=gw.url, cookies=admin.cookies) as c,
+    ):
+        statuses = [(await c.get("/v1/models")).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_anonymous_routes_are_limited_per_client_ip(
+    upstream: Upstream, redis_url: str
+) -> None:
+    settings = gateway_settings(upstream.url, redis_url, rate_limit_anonymous_per_minute=2)
+    async with LiveServer(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url) as c:
+        statuses = [(await c.post("/auth/login", json={})).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+async def test_redis_down_means_503_and_nothing_gets_through(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    port = devstack.free_port()
+    server = await asyncio.create_subprocess_exec(
+        *devstack.redis_command(port, tmp_path), stdout=asyncio.subprocess.DEVNULL
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    redis = Redis.from_url(url)
+    try:
+        while not await _answers(redis):  # noqa: ASYNC110 - polling a child process
+            await asyncio.sleep(0.05)
+        token, _, _ = await SessionStore(redis).create(
+            user_id="u1", roles=("member",), permissions=("models:read",), now=time.time(),
+            idle_timeout=600, lifetime=3600, ip="", user_agent="",
+        )  # fmt: skip
+        cookie = {"Cookie": f"session={token}"}
+        key = {"Authorization": "Bearer sk-xxxxxxxxxxxx"}
+        app = create_app(gateway_settings(upstream.url, url))
+        async with LiveServer(app) as gw, httpx.AsyncClient(base_url=gw.url) as c:
+            assert (await c.get("/v1/models", headers=cookie)).status_code == 200
+            server.terminate()
+            await server.wait()
+            with_cookie = await c.get("/v1/models", headers=cookie)
+            with_key = await c.get("/v1/models", headers=key)
+            anonymous = await c.get("/v1/models")
+            ready = await c.get("/readyz")
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+        await redis.aclose()
+    assert with_cookie.status_code == 503
+    assert with_cookie.headers["content-type"] == "application/problem+json"
+    assert with_key.status_code == 503
+    assert anonymous.status_code == 401
+    assert ready.status_code == 503
+    assert upstream.hits == 1
+
+
+async def _answers(redis: Redis) -> bool:
+    try:
+        return bool(await redis.ping())
+    except (RedisError, OSError):
+        return False

@@ -1,0 +1,99 @@
+"""Dependencies of the auth routes: the caller, its permissions, the request context."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from auth.errors import MissingPermission, NotAUser, SessionRequired
+from auth.passwords import Hasher
+from auth.service import Context, LoginThrottle
+from auth.settings import AuthSettings
+from common.errors import Forbidden
+from common.identity import CurrentIdentity, Identity
+from common.principals import SessionStore
+from common.tracing import current_trace_id
+
+
+def client_ip(request: Request) -> str:
+    # Only the gateway reaches this service (signed identity) and it sets this header.
+    forwarded = request.headers.get("x-forwarded-for", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip()[:64]
+    return request.client.host if request.client else ""
+
+
+async def request_context(request: Request, identity: CurrentIdentity) -> Context:
+    return Context(
+        now=request.app.state.clock(),
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent", "")[:512],
+        trace_id=current_trace_id(),
+        actor_id=uuid.UUID(identity.user_id) if identity.user_id else None,
+    )
+
+
+async def current_user(identity: CurrentIdentity) -> Identity:
+    if identity.user_id is None:
+        raise NotAUser("Log in or use an API key.")
+    return identity
+
+
+async def current_session(identity: Annotated[Identity, Depends(current_user)]) -> Identity:
+    if identity.kind != "user" or not identity.sid:
+        raise SessionRequired("This needs a logged-in session, not an API key.")
+    return identity
+
+
+def require(permission: str) -> Callable[[Identity], Awaitable[Identity]]:
+    async def check(identity: Annotated[Identity, Depends(current_user)]) -> Identity:
+        if not identity.has(permission):
+            raise MissingPermission(f"This needs the {permission} permission.")
+        return identity
+
+    return check
+
+
+async def gateway_only(identity: CurrentIdentity) -> Identity:
+    if identity.kind != "service" or identity.sub != "service:gateway":
+        raise Forbidden("Only the gateway may call this.")
+    return identity
+
+
+def _settings(request: Request) -> AuthSettings:
+    settings: AuthSettings = request.app.state.settings
+    return settings
+
+
+def _store(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.sessions
+    return store
+
+
+def _hasher(request: Request) -> Hasher:
+    hasher: Hasher = request.app.state.hasher
+    return hasher
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle = request.app.state.login_throttle
+    return throttle
+
+
+def _redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+Ctx = Annotated[Context, Depends(request_context)]
+CurrentUser = Annotated[Identity, Depends(current_user)]
+CurrentSession = Annotated[Identity, Depends(current_session)]
+Settings = Annotated[AuthSettings, Depends(_settings)]
+Sessions = Annotated[SessionStore, Depends(_store)]
+PasswordHasher = Annotated[Hasher, Depends(_hasher)]
+Throttle = Annotated[LoginThrottle, Depends(_throttle)]
+RedisClient = Annotated[Redis, Depends(_redis)]

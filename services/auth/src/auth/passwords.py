@@ -1,0 +1,67 @@
+"""Password policy and argon2id hashing (off the event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+from functools import lru_cache
+from importlib import resources
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+MIN_LENGTH = 12
+MAX_LENGTH = 1024  # argon2 takes any length; this bounds the work one request can cause
+_DECORATION = re.compile(r"^[\W\d_]*(.*?)[\W\d_]*$")
+
+
+@lru_cache(maxsize=1)
+def common_passwords() -> frozenset[str]:
+    raw = resources.files("auth").joinpath("data/common-passwords.txt.gz").read_bytes()
+    return frozenset(gzip.decompress(raw).decode().split())
+
+
+def password_problem(password: str, *, email: str = "") -> str | None:
+    """Why a new password is refused, or None when it is acceptable."""
+    if len(password) < MIN_LENGTH:
+        return f"Passwords need at least {MIN_LENGTH} characters."
+    if len(password) > MAX_LENGTH:
+        return f"Passwords may have at most {MAX_LENGTH} characters."
+    lowered = password.lower()
+    common = common_passwords()
+    core = _DECORATION.sub(r"\1", lowered)
+    if lowered in common or (core and core in common):
+        return "This password is too common; choose another."
+    if len(set(lowered)) < 4:
+        return "This password repeats too few characters."
+    local_part = email.partition("@")[0].lower()
+    if len(local_part) >= 4 and local_part in lowered:
+        return "Passwords may not contain the email address."
+    return None
+
+
+class Hasher:
+    """argon2id with the configured cost; hashing and verifying run in worker threads."""
+
+    def __init__(self, *, time_cost: int, memory_kib: int, parallelism: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
+        )
+        # Verified against when the email is unknown, so both cases cost the same.
+        self._dummy = self._hasher.hash("not a real password, only for timing")
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        return await asyncio.to_thread(self._verify, stored or self._dummy, password)
+
+    def _verify(self, stored: str, password: str) -> bool:
+        try:
+            return bool(self._hasher.verify(stored, password))
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored: str) -> bool:
+        return self._hasher.check_needs_rehash(stored)

@@ -1,0 +1,579 @@
+"""The rules of the auth service: registration, login, sessions, API keys, users, audit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from auth import repository
+from auth.errors import (
+    AccountDisabled,
+    ApiKeyNotFound,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidCursor,
+    InvalidExpiry,
+    InvalidScopes,
+    LoginThrottled,
+    RegistrationClosed,
+    SelfLockout,
+    SessionNotFound,
+    UserNotFound,
+    WeakPassword,
+)
+from auth.models import ApiKey, AuditEvent, User
+from auth.passwords import Hasher, password_problem
+from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
+from auth.settings import AuthSettings
+from common.principals import (
+    API_KEY_INVALID,
+    API_KEY_LAST_USED,
+    API_KEY_PREFIX,
+    ApiKeyPrincipal,
+    Session,
+    SessionStore,
+    new_token,
+    secret_hash,
+)
+
+log = structlog.get_logger(__name__)
+__all__ = ["normalize_email"]
+DEFAULT_ROLE = "member"
+API_KEY_SCHEME = "sk-"
+INVALID_KEY_CACHE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a request comes from, for sessions and the audit log."""
+
+    now: float
+    ip: str
+    user_agent: str
+    trace_id: str | None
+    actor_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    user: User
+    me: Me
+    token: str
+    csrf: str
+    session: Session
+
+
+def _datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+async def audit(
+    db: AsyncSession,
+    ctx: Context,
+    action: str,
+    *,
+    outcome: str = "success",
+    target_type: str | None = None,
+    target_id: str | None = None,
+    actor_id: uuid.UUID | None = None,
+    **detail: Any,
+) -> None:
+    await repository.add_audit_event(
+        db,
+        event=AuditEvent(
+            action=action,
+            outcome=outcome,
+            actor_id=actor_id or ctx.actor_id,
+            target_type=target_type,
+            target_id=target_id,
+            ip=ctx.ip or None,
+            user_agent=ctx.user_agent[:512] or None,
+            trace_id=ctx.trace_id,
+            detail=detail,
+        ),
+    )
+
+
+async def audit_failure(
+    sessionmaker: async_sessionmaker[AsyncSession], ctx: Context, action: str, **kwargs: Any
+) -> None:
+    """A failure is recorded in its own unit of work: the request's own is rolled back."""
+    async with sessionmaker() as db:
+        await audit(db, ctx, action, outcome="failure", **kwargs)
+        await db.commit()
+
+
+async def user_view(db: AsyncSession, user: User) -> Me:
+    roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
+    permissions = await repository.permissions_of(db, roles=roles)
+    return Me(id=user.id, email=user.email, name=user.name, roles=roles, permissions=permissions)
+
+
+def user_read(user: User, roles: list[str]) -> UserRead:
+    assert user.created_at is not None
+    return UserRead(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        roles=roles,
+        disabled=user.disabled,
+        created_at=user.created_at,
+    )
+
+
+# ---------------------------------------------------------------- registration
+
+
+async def register(
+    db: AsyncSession,
+    *,
+    hasher: Hasher,
+    settings: AuthSettings,
+    ctx: Context,
+    email: str,
+    password: str,
+    name: str,
+    roles: tuple[str, ...] = (DEFAULT_ROLE,),
+) -> UserRead:
+    """A new user with the member role (email already normalised by the schema)."""
+    if not settings.open_registration:
+        raise RegistrationClosed("Registration is closed; ask an administrator.")
+    problem = password_problem(password, email=email)
+    if problem:
+        raise WeakPassword(problem)
+    if await repository.get_user_by_email(db, email=email):
+        raise EmailTaken("An account with this email already exists.")
+    user = User(email=email, name=name, password_hash=await hasher.hash(password))
+    try:
+        async with db.begin_nested():
+            await repository.add_user(db, user=user, roles=roles)
+    except IntegrityError:
+        raise EmailTaken("An account with this email already exists.") from None
+    await audit(
+        db, ctx, "user.register", actor_id=user.id, target_type="user", target_id=str(user.id)
+    )
+    await db.refresh(user)
+    return user_read(user, sorted(roles))
+
+
+async def ensure_admin(
+    db: AsyncSession, *, hasher: Hasher, email: str, password: str, ctx: Context
+) -> bool:
+    """Create the first admin once; an existing account is made admin, its password kept.
+
+    Returns whether anything changed."""
+    problem = password_problem(password, email=email)
+    if problem:
+        raise WeakPassword(f"ADMIN_PASSWORD: {problem}")
+    user = await repository.get_user_by_email(db, email=email)
+    if user is None:
+        user = User(email=email, name="Administrator", password_hash=await hasher.hash(password))
+        await repository.add_user(db, user=user, roles=["admin"])
+        await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
+        return True
+    roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
+    if "admin" in roles:
+        return False
+    await repository.set_roles(db, user_id=user.id, roles=[*roles, "admin"])
+    await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
+    return True
+
+
+# ---------------------------------------------------------------- login and sessions
+
+
+class LoginThrottle:
+    """Failed logins counted per account and per client IP, in Redis, over a window."""
+
+    def __init__(self, redis: Redis, settings: AuthSettings) -> None:
+        self._redis = redis
+        self._max = settings.login_max_failures
+        self._window = settings.login_failure_window_seconds
+
+    def _keys(self, email: str, ip: str) -> list[str]:
+        return [
+            f"auth:login-failures:account:{secret_hash(email)}",
+            f"auth:login-failures:ip:{ip or 'unknown'}",
+        ]
+
+    async def check(self, email: str, ip: str) -> None:
+        keys = self._keys(email, ip)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+                pipe.ttl(key)
+            values = await pipe.execute()
+        for count, ttl in zip(values[::2], values[1::2], strict=True):
+            if count is not None and int(count) >= self._max:
+                retry = max(1, int(ttl)) if ttl and ttl > 0 else self._window
+                raise LoginThrottled(
+                    "Too many failed logins; try again later.",
+                    headers={"Retry-After": str(retry)},
+                    retry_after=retry,
+                )
+
+    async def failed(self, email: str, ip: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for key in self._keys(email, ip):
+                # The window starts at the first failure (SET NX EX, not EXPIRE NX: Redis 6).
+                pipe.set(key, 0, ex=self._window, nx=True)
+                pipe.incr(key)
+            await pipe.execute()
+
+    async def succeeded(self, email: str, ip: str) -> None:
+        await self._redis.delete(self._keys(email, ip)[0])
+
+
+async def login(
+    db: AsyncSession,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    hasher: Hasher,
+    store: SessionStore,
+    throttle: LoginThrottle,
+    settings: AuthSettings,
+    ctx: Context,
+    email: str,
+    password: str,
+) -> Authenticated:
+    await throttle.check(email, ctx.ip)
+    user = await repository.get_user_by_email(db, email=email)
+    # Unknown emails are verified against a dummy hash: same work, same answer.
+    valid = await hasher.verify(user.password_hash if user else None, password)
+    if user is None or not valid:
+        await throttle.failed(email, ctx.ip)
+        await audit_failure(
+            sessionmaker,
+            ctx,
+            "auth.login",
+            actor_id=user.id if user else None,
+            target_type="user",
+            target_id=str(user.id) if user else None,
+            email_hash=secret_hash(email)[:16],
+            reason="invalid_credentials",
+        )
+        raise InvalidCredentials()
+    if user.disabled:
+        await audit_failure(
+            sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
+            target_id=str(user.id), reason="disabled",
+        )  # fmt: skip
+        raise AccountDisabled("This account is disabled.")
+    await throttle.succeeded(email, ctx.ip)
+    if hasher.needs_rehash(user.password_hash):
+        user.password_hash = await hasher.hash(password)
+    return await _start_session(db, user=user, store=store, settings=settings, ctx=ctx)
+
+
+async def _start_session(
+    db: AsyncSession, *, user: User, store: SessionStore, settings: AuthSettings, ctx: Context
+) -> Authenticated:
+    me = await user_view(db, user)
+    token, csrf, session = await store.create(
+        user_id=str(user.id),
+        roles=me.roles,
+        permissions=me.permissions,
+        now=ctx.now,
+        idle_timeout=settings.session_idle_timeout_seconds,
+        lifetime=settings.session_lifetime_seconds,
+        ip=ctx.ip,
+        user_agent=ctx.user_agent,
+    )
+    await audit(
+        db, ctx, "auth.login", actor_id=user.id, target_type="session", target_id=session.id[:16]
+    )
+    return Authenticated(user=user, me=me, token=token, csrf=csrf, session=session)
+
+
+async def logout(
+    db: AsyncSession, *, store: SessionStore, ctx: Context, user_id: uuid.UUID, session_id: str
+) -> None:
+    await store.delete(session_id, str(user_id))
+    await audit(db, ctx, "auth.logout", target_type="session", target_id=session_id[:16])
+
+
+async def list_sessions(store: SessionStore, *, user_id: uuid.UUID) -> list[Session]:
+    sessions = await store.list_for_user(str(user_id))
+    return sorted(sessions, key=lambda s: s.created_at, reverse=True)
+
+
+async def revoke_session(
+    db: AsyncSession, *, store: SessionStore, ctx: Context, user_id: uuid.UUID, session_id: str
+) -> None:
+    session = await store.get(session_id)
+    if session is None or session.user_id != str(user_id):
+        raise SessionNotFound("No such session.")
+    await store.delete(session_id, str(user_id))
+    await audit(db, ctx, "session.revoke", target_type="session", target_id=session_id[:16])
+
+
+async def change_password(
+    db: AsyncSession,
+    *,
+    hasher: Hasher,
+    store: SessionStore,
+    redis: Redis,
+    settings: AuthSettings,
+    ctx: Context,
+    user_id: uuid.UUID,
+    current_password: str,
+    new_password: str,
+) -> Authenticated:
+    """Every session of the user ends; the caller gets a fresh one."""
+    user = await repository.get_user(db, user_id=user_id)
+    if user is None:
+        raise UserNotFound("No such user.")
+    if not await hasher.verify(user.password_hash, current_password):
+        raise InvalidCredentials()
+    problem = password_problem(new_password, email=user.email)
+    if problem:
+        raise WeakPassword(problem)
+    if await hasher.verify(user.password_hash, new_password):
+        raise WeakPassword("The new password must differ from the current one.")
+    user.password_hash = await hasher.hash(new_password)
+    user.password_changed_at = _datetime(ctx.now)
+    await store.delete_all_for_user(str(user.id))
+    await audit(db, ctx, "user.password_change", target_type="user", target_id=str(user.id))
+    return await _start_session(db, user=user, store=store, settings=settings, ctx=ctx)
+
+
+# ---------------------------------------------------------------- API keys
+
+
+async def create_api_key(
+    db: AsyncSession,
+    *,
+    ctx: Context,
+    user_id: uuid.UUID,
+    permissions: tuple[str, ...],
+    body: ApiKeyCreate,
+) -> tuple[ApiKey, str]:
+    """A new key for its owner: returns the row and the key, which is never stored."""
+    if body.scopes is not None:
+        unknown = sorted(set(body.scopes) - set(permissions))
+        if unknown or not body.scopes:
+            raise InvalidScopes(
+                "Scopes must be a non-empty subset of your permissions.",
+                not_permitted=unknown,
+            )
+    if body.expires_at is not None:
+        if body.expires_at.tzinfo is None:
+            raise InvalidExpiry("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z).")
+        if body.expires_at.timestamp() <= ctx.now:
+            raise InvalidExpiry("expires_at must be in the future.")
+    key = API_KEY_SCHEME + new_token()
+    row = ApiKey(
+        user_id=user_id,
+        name=body.name,
+        prefix=key[:10],
+        key_hash=secret_hash(key),
+        scopes=sorted(set(body.scopes)) if body.scopes is not None else None,
+        expires_at=body.expires_at,
+    )
+    row = await repository.add_api_key(db, key=row)
+    await audit(
+        db, ctx, "api_key.create", target_type="api_key", target_id=str(row.id), name=body.name
+    )
+    return row, key
+
+
+async def revoke_api_key(
+    db: AsyncSession, *, redis: Redis, ctx: Context, user_id: uuid.UUID, key_id: uuid.UUID
+) -> None:
+    key = await repository.get_api_key(db, key_id=key_id, user_id=user_id)
+    if key is None:
+        raise ApiKeyNotFound("No such API key.")
+    await repository.revoke_api_key(db, key=key)
+    await db.flush()
+    # The gateway's cache forgets it now: the next request with it is refused.
+    await redis.delete(API_KEY_PREFIX + key.key_hash)
+    await audit(db, ctx, "api_key.revoke", target_type="api_key", target_id=str(key.id))
+
+
+async def resolve_api_key(
+    db: AsyncSession, *, redis: Redis, settings: AuthSettings, now: float, key_hash: str
+) -> ApiKeyPrincipal | None:
+    """What a key stands for now, cached for the gateway; None (cached too) if unusable."""
+    cache_key = API_KEY_PREFIX + key_hash
+    key = await repository.get_api_key_by_hash(db, key_hash=key_hash)
+    user = await repository.get_user(db, user_id=key.user_id) if key else None
+    expires_at = key.expires_at.timestamp() if key and key.expires_at else None
+    if (
+        key is None
+        or user is None
+        or user.disabled
+        or key.revoked_at is not None
+        or (expires_at is not None and expires_at <= now)
+    ):
+        await redis.set(cache_key, API_KEY_INVALID, ex=INVALID_KEY_CACHE_SECONDS)
+        return None
+    roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
+    permissions = await repository.permissions_of(db, roles=roles)
+    if key.scopes is not None:
+        permissions = sorted(set(permissions) & set(key.scopes))
+    principal = ApiKeyPrincipal(
+        key_id=str(key.id),
+        user_id=str(user.id),
+        roles=tuple(roles),
+        permissions=tuple(permissions),
+        expires_at=expires_at,
+    )
+    ttl = settings.api_key_cache_seconds
+    if expires_at is not None:
+        ttl = min(ttl, max(1, math.floor(expires_at - now)))
+    await redis.set(cache_key, principal.to_json(), ex=ttl)
+    return principal
+
+
+async def flush_api_key_use(sessionmaker: async_sessionmaker[AsyncSession], redis: Redis) -> int:
+    """Write the last-use times the gateway collected in Redis, in one statement."""
+    batch = f"{API_KEY_LAST_USED}:flushing:{uuid.uuid4().hex}"
+    if not await redis.exists(API_KEY_LAST_USED):
+        return 0
+    try:
+        await redis.rename(API_KEY_LAST_USED, batch)
+    except Exception:  # another replica took it first
+        return 0
+    raw: dict[Any, Any] = await redis.hgetall(batch)
+    last_used: dict[uuid.UUID, datetime] = {}
+    for key_id, ts in raw.items():
+        try:
+            text = key_id.decode() if isinstance(key_id, bytes) else str(key_id)
+            last_used[uuid.UUID(text)] = _datetime(float(ts))
+        except ValueError:
+            continue
+    try:
+        async with sessionmaker() as db:
+            await repository.record_api_key_use(db, last_used=last_used)
+            await db.commit()
+    except Exception:
+        # Put the batch back for the next round rather than lose it.
+        if raw:
+            await redis.hset(API_KEY_LAST_USED, mapping=raw)
+        raise
+    finally:
+        await redis.delete(batch)
+    return len(last_used)
+
+
+# ---------------------------------------------------------------- users (admin)
+
+
+def _encode_cursor(payload: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        raise InvalidCursor("The cursor is not one this API returned.") from None
+    if not isinstance(payload, list):
+        raise InvalidCursor("The cursor is not one this API returned.")
+    return payload
+
+
+async def list_users(
+    db: AsyncSession, *, cursor: str | None, limit: int
+) -> tuple[list[UserRead], str | None]:
+    after = None
+    if cursor:
+        payload = _decode_cursor(cursor)
+        try:
+            after = (datetime.fromisoformat(payload[0]), uuid.UUID(payload[1]))
+        except (IndexError, TypeError, ValueError):
+            raise InvalidCursor("The cursor is not one this API returned.") from None
+    users = await repository.list_users(db, after=after, limit=limit + 1)
+    page, more = users[:limit], len(users) > limit
+    roles = await repository.roles_of(db, user_ids=[u.id for u in page])
+    items = [user_read(u, roles.get(u.id, [])) for u in page]
+    last = page[-1] if more and page else None
+    next_cursor = (
+        _encode_cursor([last.created_at.isoformat(), str(last.id)])
+        if last and last.created_at
+        else None
+    )
+    return items, next_cursor
+
+
+async def get_user(db: AsyncSession, *, user_id: uuid.UUID) -> UserRead:
+    user = await repository.get_user(db, user_id=user_id)
+    if user is None:
+        raise UserNotFound("No such user.")
+    roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
+    return user_read(user, roles)
+
+
+async def update_user(
+    db: AsyncSession,
+    *,
+    redis: Redis,
+    store: SessionStore,
+    ctx: Context,
+    user_id: uuid.UUID,
+    body: UserUpdate,
+) -> UserRead:
+    """Roles, disabled flag, name. A role change or a disable ends the user's sessions
+    and empties the key cache, so it applies to the very next request."""
+    user = await repository.get_user(db, user_id=user_id)
+    if user is None:
+        raise UserNotFound("No such user.")
+    roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
+    is_self = ctx.actor_id == user.id
+    if is_self and (body.disabled or (body.roles is not None and "admin" not in body.roles)):
+        raise SelfLockout("Administrators cannot disable themselves or drop their own admin role.")
+    access_changed = False
+    if body.roles is not None and sorted(set(body.roles)) != sorted(roles):
+        await repository.set_roles(db, user_id=user.id, roles=body.roles)
+        await audit(db, ctx, "user.roles_change", target_type="user", target_id=str(user.id),
+                    old=roles, new=sorted(set(body.roles)))  # fmt: skip
+        roles = sorted(set(body.roles))
+        access_changed = True
+    if body.disabled is not None and body.disabled != user.disabled:
+        user.disabled = body.disabled
+        action = "user.disable" if body.disabled else "user.enable"
+        await audit(db, ctx, action, target_type="user", target_id=str(user.id))
+        access_changed = True
+    if body.name is not None:
+        user.name = body.name
+    await db.flush()
+    if access_changed:
+        await store.delete_all_for_user(str(user.id))
+        hashes = await repository.api_key_hashes_of(db, user_id=user.id)
+        if hashes:
+            await redis.delete(*(API_KEY_PREFIX + h for h in hashes))
+    await db.refresh(user)
+    return user_read(user, roles)
+
+
+async def list_audit(
+    db: AsyncSession,
+    *,
+    cursor: str | None,
+    limit: int,
+    action: str | None,
+    actor_id: uuid.UUID | None,
+) -> tuple[list[AuditEvent], str | None]:
+    before = None
+    if cursor:
+        payload = _decode_cursor(cursor)
+        if len(payload) != 1 or not isinstance(payload[0], int):
+            raise InvalidCursor("The cursor is not one this API returned.")
+        before = payload[0]
+    events = await repository.list_audit_events(
+        db, before_id=before, limit=limit + 1, action=action, actor_id=actor_id
+    )
+    page = events[:limit]
+    next_cursor = _encode_cursor([page[-1].id]) if len(events) > limit and page else None
+    return page, next_cursor
