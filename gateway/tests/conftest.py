@@ -80,6 +80,15 @@ def upstream_app(state: Upstream) -> Any:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    @router.get("/v1/providers/aliases")
+    async def broken_stream(_: CurrentIdentity, broken: bool = False) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: first\n\n"
+            if broken:
+                raise RuntimeError("upstream died mid-stream")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     @router.get("/v1/hub/models")
     async def slow(_: CurrentIdentity, delay: float = 0) -> dict[str, str]:
         await asyncio.sleep(delay)

@@ -159,3 +159,61 @@ async def test_metrics_are_labelled_by_route_template(gateway: str, member: Call
     routes = {s.labels["route"] for s in samples}
     assert "/v1/collections/{id}" in routes
     assert not any("123" in route for route in routes)
+
+
+async def _raw_get(base_url: str, target: str, cookie: str) -> int:
+    """Send a request line exactly as written (clients normalise dot segments away)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/models/../providers/credentials",
+        "/v1/models/../../internal/openapi.json",
+        "/v1/models/%2e%2e/providers/credentials",
+        "/v1/models/./x",
+        "/v1/collections/a%2Fb",
+    ],
+)
+async def test_paths_that_could_mean_two_routes_are_refused(
+    gateway: str, upstream: Upstream, member: Caller, target: str
+) -> None:
+    cookie = f"session={member.cookies['session']}"
+    assert await _raw_get(gateway, target, cookie) == 400
+    assert upstream.hits == 0
+
+
+async def test_a_broken_upstream_stream_is_not_passed_off_as_complete(
+    gateway: str, member: Caller
+) -> None:
+    async def read_all(c: httpx.AsyncClient) -> None:
+        async with c.stream("GET", "/v1/providers/aliases?broken=true") as response:
+            assert response.status_code == 200
+            async for _ in response.aiter_raw():
+                pass
+
+    async with client(gateway, member) as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await read_all(c)
+
+
+async def test_an_invalid_request_id_is_replaced_for_the_upstream_too(
+    gateway: str, member: Caller
+) -> None:
+    async with client(gateway, member) as c:
+        response = await c.get("/v1/models", headers={"X-Request-ID": "bad id with spaces"})
+        kept = await c.get("/v1/models", headers={"X-Request-ID": "trace-me-42"})
+    assert response.headers["x-request-id"] != "bad id with spaces"
+    assert response.json()["headers"]["x-request-id"] == response.headers["x-request-id"]
+    assert kept.json()["headers"]["x-request-id"] == "trace-me-42"

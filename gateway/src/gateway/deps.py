@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
-from common.errors import Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
+from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
 from common.identity import Identity
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
 from gateway.security import Principal, RateDecision, Security
@@ -25,6 +25,7 @@ class SessionRequired(Forbidden):
 
 async def caller_identity(request: Request) -> Identity:
     """Who is calling this route, checked; raises the problem that stops the request."""
+    _refuse_ambiguous_paths(request)
     route = route_for(request.method, request.url.path)
     if route is None:
         allowed = allowed_methods(request.url.path)
@@ -55,6 +56,15 @@ async def caller_identity(request: Request) -> Identity:
     security.check_csrf(request, principal)
     _authorize(principal, route.needs)
     return principal.identity()
+
+
+def _refuse_ambiguous_paths(request: Request) -> None:
+    """Dot segments and encoded slashes could name one route to the RBAC check and another
+    to the upstream (which may normalise them): such paths are refused outright."""
+    raw = bytes(request.scope.get("raw_path") or b"").split(b"?", 1)[0].lower()
+    segments = request.url.path.split("/")
+    if b"%2f" in raw or b"%5c" in raw or b"\\" in raw or "." in segments or ".." in segments:
+        raise BadRequest("Paths may not contain dot segments or encoded slashes.")
 
 
 def _authorize(principal: Principal, needs: str) -> None:

@@ -39,6 +39,9 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
     IDENTITY_HEADER.lower(),
 }
 # The gateway's own server sets these on the way out.
@@ -75,8 +78,9 @@ def request_headers(request: Request) -> list[tuple[str, str]]:
     client = request.client.host if request.client else ""
     headers.append(("x-forwarded-for", client))
     headers.append(("x-forwarded-proto", request.url.scheme))
+    # The id the gateway logs under (the caller's, if it was valid): one id end to end.
     request_id = getattr(request.state, "request_id", None)
-    if request_id and not any(name.lower() == "x-request-id" for name, _ in headers):
+    if request_id:
         headers.append(("x-request-id", request_id))
     return headers
 
@@ -133,8 +137,10 @@ async def forward(
             async for chunk in response.aiter_raw():
                 yield chunk
         except httpx.TransportError as exc:
-            # Headers are already sent; all we can do is end the body and say why in the log.
+            # Headers are already sent: abort the connection (no final chunk), so the client
+            # sees a broken response rather than a complete-looking, truncated one.
             log.warning("upstream stream broke", upstream=upstream, error=type(exc).__name__)
+            raise
         finally:
             await response.aclose()
 

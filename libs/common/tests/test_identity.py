@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from common.identity import (
     CLOCK_SKEW_SECONDS,
     HEADER,
+    CurrentIdentity,
     Identity,
     InvalidIdentity,
     SignedIdentity,
@@ -116,7 +119,7 @@ def _peer(request: httpx.Request) -> httpx.Response:
             request.headers.get(HEADER),
             KEY,
             method=request.method,
-            path=request.url.path,
+            path=request.url.raw_path.decode(),
             max_age=MAX_AGE,
         )
     except InvalidIdentity as exc:
@@ -153,3 +156,70 @@ async def test_signed_identity_without_an_identity_sends_no_header() -> None:
     assert anonymous.status_code == 401
     assert as_user.status_code == 200
     assert as_user.json()["sub"] == USER.sub
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/collections/c1/documents/faq%233",
+        "/v1/docs/what%3F",
+        "/v1/docs/a%5Cb",
+        "/v1/x?q=a%20b&n=1",
+    ],
+)
+async def test_a_service_accepts_what_a_peer_signed_whatever_the_encoding(target: str) -> None:
+    """The MAC covers the request target as sent: escaped ?, # and \\ in ids survive."""
+    from typing import ClassVar
+
+    from fastapi import APIRouter
+
+    from common.app import create_service_app
+    from common.settings import ServiceSettings
+    from common.testing import asgi_client
+
+    class EchoSettings(ServiceSettings):
+        service_name: ClassVar[str] = "identityecho"
+
+    router = APIRouter()
+
+    @router.get("/v1/{rest:path}")
+    async def echo(identity: CurrentIdentity) -> dict[str, str]:
+        return {"sub": identity.sub}
+
+    key = "k" * 40
+    settings = EchoSettings(environment="test", internal_signing_key=key)
+    app = create_service_app(settings, public=router, lifespan=_no_lifespan, title="echo")
+    async with asgi_client(app, identity=USER, key=key.encode()) as client:
+        response = await client.get(target)
+    async with asgi_client(app) as client:
+        tampered = await client.get(
+            target, headers={HEADER: sign(USER, key.encode(), method="GET", path="/v1/other")}
+        )
+    assert response.status_code == 200, response.text
+    assert tampered.status_code == 401
+
+
+def test_a_signature_does_not_cover_another_query() -> None:
+    header = sign(USER, KEY, method="GET", path="/v1/usage?user=me", now=NOW)
+    with pytest.raises(InvalidIdentity):
+        verify(header, KEY, method="GET", path="/v1/usage?user=all", max_age=MAX_AGE, now=NOW)
+
+
+@pytest.mark.parametrize("field", [{"iat": "NaN"}, {"kind": "root"}])
+def test_malformed_claims_are_refused(field: dict[str, object]) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    body = {"sub": "u", "kind": "user", "iss": "gateway", "iat": NOW, **field}
+    payload = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
+    mac = hmac.new(KEY, f"{payload}\nGET\n/v1/x".encode(), hashlib.sha256).digest()
+    header = payload + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    with pytest.raises(InvalidIdentity):
+        verify(header, KEY, method="GET", path="/v1/x", max_age=1e12, now=NOW)
+
+
+@asynccontextmanager
+async def _no_lifespan(_: object) -> AsyncIterator[None]:
+    yield

@@ -1,9 +1,10 @@
 """Signed internal identity: how the gateway (and services calling each other) say who is asking.
 
 Header `X-Internal-Identity: <payload>.<mac>`, both base64url. The payload is compact JSON
-`{"sub", "roles", "sid", "kid", "iss", "iat", "kind"}`; the MAC is HMAC-SHA256 under
-INTERNAL_SIGNING_KEY over the payload, the HTTP method and the path, so a captured
-header cannot be replayed against another route, and it expires after a max age.
+`{"sub", "roles", "permissions", "sid", "kid", "iss", "iat", "kind"}`; the MAC is
+HMAC-SHA256 under INTERNAL_SIGNING_KEY over the payload, the HTTP method and the request
+target exactly as sent (raw path and query), so a captured header cannot be replayed
+against another route or query, and it expires after a max age.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import httpx
 from fastapi import Depends, Request
@@ -27,6 +29,7 @@ HEADER = "X-Internal-Identity"
 CLOCK_SKEW_SECONDS = 5.0
 
 IdentityKind = Literal["user", "api_key", "service", "anonymous"]
+KINDS: frozenset[str] = frozenset(get_args(IdentityKind))
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ def verify(
         raise InvalidIdentity("Invalid internal identity signature.")
     try:
         body: dict[str, Any] = json.loads(_unb64(payload))
+        if body["kind"] not in KINDS or not math.isfinite(float(body["iat"])):
+            raise ValueError("bad kind or time")
         identity = Identity(
             sub=str(body["sub"]),
             kind=body["kind"],
@@ -134,7 +139,7 @@ async def require_identity(request: Request) -> Identity:
         request.headers.get(HEADER),
         settings.internal_signing_key.get_secret_value().encode(),
         method=request.method,
-        path=request.url.path,
+        path=request_target(request.scope),
         max_age=settings.identity_max_age_seconds,
     )
     request.state.identity = identity
@@ -144,6 +149,14 @@ async def require_identity(request: Request) -> Identity:
 
 
 CurrentIdentity = Annotated[Identity, Depends(require_identity)]
+
+
+def request_target(scope: Any) -> str:
+    """The raw path and query of an ASGI request, as the client sent them."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    target = raw.split(b"?", 1)[0].decode("latin-1")
+    query = scope.get("query_string", b"")
+    return f"{target}?{query.decode('latin-1')}" if query else target
 
 
 class SignedIdentity(httpx.Auth):
@@ -161,6 +174,9 @@ class SignedIdentity(httpx.Auth):
         identity = request.extensions.get("identity", self._identity)
         if isinstance(identity, Identity):
             request.headers[HEADER] = sign(
-                identity, self._key, method=request.method, path=request.url.path
+                identity,
+                self._key,
+                method=request.method,
+                path=request.url.raw_path.decode("ascii"),
             )
         yield request
