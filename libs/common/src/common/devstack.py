@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hmac
 import os
 import platform
 import shlex
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -66,23 +68,45 @@ def _pg_bin(name: str) -> str:
     return str(POSTGRES_BIN_PATH / name)
 
 
+def data_root() -> Path:
+    """Where the embedded Postgres and the Redis started here keep their data."""
+    configured = os.environ.get("PLATFORM_DATA_DIR")
+    return Path(configured).resolve() if configured else repo_root() / ".data"
+
+
 def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) the embedded server; return a superuser URL over its Unix socket."""
+    """Start (or reuse) the embedded server; return a superuser URL over its Unix socket.
+
+    Each process that calls this holds the server until `stop_embedded_postgres`; the
+    server stops when the last live holder lets go (`make run` and a test run can share it).
+    """
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir / "run"))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     from pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    holders = data_dir / "pg-holders"
+    holders.mkdir(exist_ok=True)
+    (holders / str(os.getpid())).touch()
     server = get_server(data_dir / "pg", cleanup_mode=None)
     # Its exit hook only bookkeeps (cleanup_mode=None) and logs after stderr may be gone.
     atexit.unregister(server._cleanup)
     return str(server.get_uri())
 
 
-def stop_embedded_postgres(data_dir: Path) -> None:
+def stop_embedded_postgres(data_dir: Path) -> bool:
+    """Let go of the server; stop it if no other live process holds it. True if stopped."""
+    import psutil
+
+    holders = data_dir / "pg-holders"
+    (holders / str(os.getpid())).unlink(missing_ok=True)
+    for holder in holders.iterdir() if holders.is_dir() else ():
+        if holder.name.isdigit() and psutil.pid_exists(int(holder.name)):
+            return False
+        holder.unlink(missing_ok=True)  # left by a process that died without letting go
     pgdata = data_dir / "pg"
     if not (pgdata / "postmaster.pid").exists():
-        return
+        return False
     user = "pgserver" if os.geteuid() == 0 else None
     subprocess.run(  # noqa: S603
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "20", "stop"],
@@ -90,16 +114,28 @@ def stop_embedded_postgres(data_dir: Path) -> None:
         capture_output=True,
         user=user,
     )
+    return True
 
 
-def with_database(url: str, database: str, user: str | None = None) -> str:
+def with_database(
+    url: str, database: str, user: str | None = None, password: str | None = None
+) -> str:
     """The same server, another database (and optionally another role)."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if user is not None:
         host = netloc.rpartition("@")[2]
-        netloc = f"{user}@{host}"
+        netloc = f"{user}:{password}@{host}" if password else f"{user}@{host}"
     return parts._replace(netloc=netloc, path=f"/{database}").geturl()
+
+
+def role_password(admin_url: str, role: str) -> str | None:
+    """A service role's password, derived from the admin's (none over trusted sockets):
+    stable across runs, nothing to store, and useless without the admin password."""
+    admin_password = urlsplit(admin_url).password
+    if not admin_password:
+        return None
+    return hmac.new(admin_password.encode(), f"llm-platform:{role}".encode(), "sha256").hexdigest()
 
 
 def _connect_kwargs(url: str) -> str:
@@ -117,6 +153,10 @@ async def bootstrap_database(admin_url: str, database: str) -> dict[str, str]:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{database}"')
+            # Our database: nobody but the owner creates objects in public.
+            created = True
+        else:
+            created = False
         can_create_roles = await conn.fetchval(
             "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
         )
@@ -129,11 +169,15 @@ async def bootstrap_database(admin_url: str, database: str) -> dict[str, str]:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         if not can_create_roles:
             return {name: db_url for name in SERVICES}
-        await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        if created:
+            await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         for name in SERVICES:
             role_exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
             if not role_exists:
                 await conn.execute(f'CREATE ROLE "{name}" LOGIN')
+            password = role_password(admin_url, name)
+            if password:  # hex digits only: safe as a literal
+                await conn.execute(f"ALTER ROLE \"{name}\" PASSWORD '{password}'")
             schema_exists = await conn.fetchval(
                 "SELECT 1 FROM pg_namespace WHERE nspname = $1", name
             )
@@ -144,7 +188,10 @@ async def bootstrap_database(admin_url: str, database: str) -> dict[str, str]:
             await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{name}"')
     finally:
         await conn.close()
-    return {name: with_database(admin_url, database, user=name) for name in SERVICES}
+    return {
+        name: with_database(admin_url, database, user=name, password=role_password(admin_url, name))
+        for name in SERVICES
+    }
 
 
 def migrate_all(urls: dict[str, str]) -> None:
@@ -243,12 +290,12 @@ def default_ports() -> dict[str, int]:
 @contextmanager
 def infrastructure(data_dir: Path, *, redis: bool = True) -> Iterator[tuple[str, str, list[str]]]:
     """Postgres admin URL, Redis URL and the Redis command to run (if we must start one)."""
-    started_pg = False
+    holds_pg = False
     admin_url = os.environ.get("DATABASE_URL")
     if not admin_url:
-        _log(f"starting embedded PostgreSQL (data in {data_dir / 'pg'})")
+        _log(f"embedded PostgreSQL (data in {data_dir / 'pg'})")
         admin_url = with_database(start_embedded_postgres(data_dir), DEFAULT_DB_NAME)
-        started_pg = True
+        holds_pg = True
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     redis_cmd: list[str] = []
     if redis and not redis_answers(redis_url):
@@ -260,9 +307,8 @@ def infrastructure(data_dir: Path, *, redis: bool = True) -> Iterator[tuple[str,
     try:
         yield admin_url, redis_url, redis_cmd
     finally:
-        if started_pg:
-            _log("stopping embedded PostgreSQL")
-            stop_embedded_postgres(data_dir)
+        if holds_pg and stop_embedded_postgres(data_dir):
+            _log("stopped embedded PostgreSQL")
 
 
 def prepare(admin_url: str) -> dict[str, str]:
@@ -286,15 +332,49 @@ def _announce_when_ready(gateway_url: str, stop: threading.Event) -> None:
         stop.wait(0.5)
 
 
-def run(*, with_services: bool = True) -> int:
-    """Everything until Ctrl-C / SIGTERM; `with_services=False` keeps only Postgres and Redis."""
+def _manager() -> Any:
+    """honcho's Manager, safe against a signal that arrives before every process started.
+
+    honcho reads each process's pid when it terminates them; a SIGTERM in the first instant
+    (before a child reported its pid) raised KeyError inside its signal handler, and every
+    later signal was ignored. Here such a process is terminated as soon as it reports in.
+    """
     from honcho.manager import Manager
 
-    data_dir = repo_root() / ".data"
+    class SafeManager(Manager):  # type: ignore[misc]
+        _pending: set[str]
+
+        def _killall(self, force: bool = False) -> None:
+            self._pending = getattr(self, "_pending", set())
+            for name, process in self._processes.items():
+                if "returncode" in process:
+                    continue
+                if "pid" not in process:
+                    self._pending.add(name)
+                    continue
+                if force:
+                    self._procmgr.kill(process["pid"])
+                else:
+                    self._procmgr.terminate(process["pid"])
+
+        def _system_print(self, data: str) -> None:
+            super()._system_print(data)
+            for name in list(getattr(self, "_pending", ())):
+                pid = self._processes[name].get("pid")
+                if pid is not None:
+                    self._pending.discard(name)
+                    self._procmgr.terminate(pid)
+
+    return SafeManager()
+
+
+def run(*, with_services: bool = True) -> int:
+    """Everything until Ctrl-C / SIGTERM; `with_services=False` keeps only Postgres and Redis."""
+    data_dir = data_root()
     with infrastructure(data_dir) as (admin_url, redis_url, redis_cmd):
         platform_ = Platform(prepare(admin_url), redis_url, default_ports())
         env = platform_.env()
-        manager = Manager()
+        manager = _manager()
         if redis_cmd:
             manager.add_process("redis", "exec " + shlex.join(redis_cmd), env=env)
         if not with_services:
@@ -336,7 +416,7 @@ def main(argv: list[str]) -> int:
     if command == "infra":
         return run(with_services=False)
     if command == "migrate":
-        with infrastructure(repo_root() / ".data", redis=False) as (admin_url, _, _):
+        with infrastructure(data_root(), redis=False) as (admin_url, _, _):
             prepare(admin_url)
         return 0
     print(__doc__, file=sys.stderr)

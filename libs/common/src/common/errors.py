@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import structlog
@@ -157,6 +158,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # request id is added here, to the log line and to the response headers.
     request_id = getattr(request.state, "request_id", None)
     log.error("unhandled exception", exc_info=exc, path=request.url.path, request_id=request_id)
+    with contextlib.suppress(AttributeError):  # uvicorn need not log it again
+        exc.__logged__ = True  # type: ignore[attr-defined]
     return problem_response(
         request,
         status=500,

@@ -31,6 +31,13 @@ SENSITIVE_TEXT = [
         ),
         r"\1\2" + REDACTED,
     ),
+    # "the password is hunter2", "secret was x"
+    (
+        re.compile(r"(?i)\b(password|passwd|secret|token|api[-_]?key)(\s+(?:is|was|of)\s+)\S+"),
+        r"\1\2" + REDACTED,
+    ),
+    # credentials inside URLs: scheme://user:password@host
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@"), r"\1" + REDACTED + "@"),
 ]
 
 
@@ -143,8 +150,16 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = False) 
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("uvicorn.error").addFilter(_drop_already_logged)
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _drop_already_logged(record: logging.LogRecord) -> bool:
+    """Starlette re-raises an exception after our handler has logged it (with the trace and
+    request ids); uvicorn would log it a second time, without them."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not getattr(exc, "__logged__", False)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]

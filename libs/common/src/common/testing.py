@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -44,24 +43,18 @@ class RunDatabase:
         return self.urls[service]
 
 
-def _postgres_running(data_dir: Path) -> bool:
-    return (data_dir / "pg" / "postmaster.pid").exists()
-
-
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
         yield configured
         return
-    data_dir = devstack.repo_root() / ".data"
-    was_running = _postgres_running(data_dir)
+    data_dir = devstack.data_root()
     url = devstack.start_embedded_postgres(data_dir)
     try:
         yield url
     finally:
-        if not was_running:
-            devstack.stop_embedded_postgres(data_dir)
+        devstack.stop_embedded_postgres(data_dir)
 
 
 async def _drop_database(admin_url: str, name: str) -> None:
@@ -223,11 +216,16 @@ class ServiceHarness:
 
     @asynccontextmanager
     async def app(self) -> AsyncIterator[FastAPI]:
-        """The app, started, with every unit of work rolled back after the block."""
+        """The app, started; its units of work are rolled back and its Redis database
+        emptied after the block."""
         app = self.create_app(self.settings)
-        async with running(app), rolled_back(app.state.engine) as sessionmaker:
-            app.state.sessionmaker = sessionmaker
-            yield app
+        async with running(app):
+            try:
+                async with rolled_back(app.state.engine) as sessionmaker:
+                    app.state.sessionmaker = sessionmaker
+                    yield app
+            finally:
+                await app.state.redis.flushdb()
 
     def key(self) -> bytes:
         return signing_key(self.settings)
