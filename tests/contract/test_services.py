@@ -158,8 +158,8 @@ async def test_signed_service_identity_is_accepted(service: tuple[ServiceHarness
     harness, app = service
     peer = Identity(sub="service:gateway", kind="service", iss="gateway")
     async with asgi_client(app, identity=peer, key=harness.key()) as client:
-        response = await client.get("/v1/models")
-    # Signed: past the identity check (no route yet answers 404, as problem+json).
+        response = await client.get("/v1/no-such-route")
+    # Signed: past the identity check, to the service's own 404 problem+json.
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
 

@@ -1,4 +1,4 @@
-"""End-to-end: `make run` itself, on free ports, against the test Postgres and Redis."""
+"""End-to-end: `make run` itself, on free ports, driven over HTTP like a newcomer would."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from common import devstack
 from common.testing import _drop_database
 
 READY_WITHIN_SECONDS = 90
+ADMIN_EMAIL = "root@example.com"
+ADMIN_PASSWORD = "e2e-admin-Passphrase-9931"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,6 +36,7 @@ class RunningPlatform:
     ports: dict[str, int]
     log_path: Path
     signing_key: str
+    env: dict[str, str]
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -60,39 +63,35 @@ class RunningPlatform:
         except psutil.NoSuchProcess:
             return []
 
-
-def _wait_ready(platform: RunningPlatform) -> None:
-    deadline = time.monotonic() + READY_WITHIN_SECONDS
-    while time.monotonic() < deadline:
-        if platform.process.poll() is not None:
-            raise RuntimeError(f"make run exited early:\n{platform.log()[-4000:]}")
-        try:
-            if httpx.get(f"{platform.gateway}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"not ready in {READY_WITHIN_SECONDS}s:\n{platform.log()[-4000:]}")
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            children = self.descendants()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            for child in children:
+                if child.is_running():
+                    child.kill()
 
 
-@pytest.fixture(scope="module")
-def platform(
-    postgres_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPlatform]:
-    database = f"e2e_{secrets.token_hex(4)}"
+def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatform:
+    """`make run` with its ports moved out of the way; waits until the gateway is ready."""
     ports = {name: devstack.free_port() for name in (*devstack.SERVICES, "gateway")}
     signing_key = secrets.token_hex(32)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
         {
-            "DATABASE_URL": devstack.with_database(postgres_admin_url, database),
-            "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/1",
             "INTERNAL_SIGNING_KEY": signing_key,
             "LOG_FORMAT": "json",
+            "ADMIN_EMAIL": ADMIN_EMAIL,
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
             **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+            **env_overrides,
         }
     )
-    log_path = tmp_path_factory.mktemp("e2e") / "platform.log"
+    log_path = log_dir / "platform.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             ["make", "--no-print-directory", "run"],
@@ -102,19 +101,57 @@ def platform(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    running = RunningPlatform(process, ports, log_path, signing_key)
+    platform = RunningPlatform(process, ports, log_path, signing_key, env)
+    deadline = time.monotonic() + READY_WITHIN_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"make run exited early:\n{platform.log()[-4000:]}")
+        try:
+            if httpx.get(f"{platform.gateway}/readyz", timeout=2).status_code == 200:
+                return platform
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    platform.stop()
+    raise RuntimeError(f"not ready in {READY_WITHIN_SECONDS}s:\n{platform.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def platform(
+    postgres_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPlatform]:
+    """The platform on the test run's Postgres (a database of its own) and Redis (db 1)."""
+    database = f"e2e_{secrets.token_hex(4)}"
+    running = start_platform(
+        {
+            "DATABASE_URL": devstack.with_database(postgres_admin_url, database),
+            "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/1",
+        },
+        tmp_path_factory.mktemp("e2e"),
+    )
     try:
-        _wait_ready(running)
         yield running
     finally:
-        if process.poll() is None:
-            children = running.descendants()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            for child in children:
-                if child.is_running():
-                    child.kill()
+        running.stop()
         asyncio.run(_drop_database(postgres_admin_url, database))
+
+
+Login = Callable[[str, str], httpx.Client]
+
+
+@pytest.fixture
+def login(platform: RunningPlatform) -> Iterator[Login]:
+    """Browser-like clients: session cookie, and the CSRF header they must echo."""
+    clients: list[httpx.Client] = []
+
+    def sign_in(email: str, password: str) -> httpx.Client:
+        client = httpx.Client(base_url=platform.gateway)
+        clients.append(client)
+        response = client.post("/auth/login", json={"email": email, "password": password})
+        assert response.status_code == 200, response.text
+        client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
+        return client
+
+    yield sign_in
+    for client in clients:
+        client.close()

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common import devstack
 from common.identity import HEADER, Identity, sign
 
-from .conftest import RunningPlatform
+from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform, start_platform
 
 SERVICES = list(devstack.SERVICES)
 
@@ -59,58 +60,100 @@ def test_services_refuse_calls_that_skip_the_gateway(platform: RunningPlatform) 
         assert httpx.get(f"{platform.url(name)}/v1/anything").status_code == 401, name
 
 
-def test_gateway_routes_to_the_owning_service(platform: RunningPlatform) -> None:
-    response = httpx.get(f"{platform.gateway}/v1/models")
-    # Signed by the gateway, so inference answers (no route there yet: 404 problem).
-    assert response.status_code == 404
+def test_gateway_routes_to_the_owning_service(platform: RunningPlatform, login: Login) -> None:
+    admin = login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    response = admin.get("/v1/models")
+    assert response.status_code == 200
+    assert response.json() == {"object": "list", "data": []}
     logs = platform.lines_with(response.headers["x-request-id"], at_least=2)
-    assert any("inference" in line for line in logs)
-    assert any("gateway" in line for line in logs)
+    assert any('"service": "inference"' in line for line in logs)
+    assert any('"service": "gateway"' in line for line in logs)
 
 
 def test_one_openapi_document_for_the_public_api(platform: RunningPlatform) -> None:
     document = httpx.get(f"{platform.gateway}/openapi.json").json()
     assert document["info"]["title"] == "LLM Platform API"
     assert "x-unavailable-services" not in document["info"]
+    assert {"/auth/login", "/auth/api-keys", "/v1/models"} <= set(document["paths"])
     assert httpx.get(f"{platform.gateway}/docs").status_code == 200
 
 
-def test_no_password_or_token_reaches_the_logs(platform: RunningPlatform) -> None:
+def test_no_password_or_token_reaches_the_logs(platform: RunningPlatform, login: Login) -> None:
     password = "correct-horse-battery-staple-4471"
-    token = "sk-e2e-0123456789abcdefghijklmnop"
-    httpx.post(
-        f"{platform.gateway}/auth/login?password={password}",
-        json={"email": "a@example.com", "password": password},
-        headers={"Authorization": f"Bearer {token}", "Cookie": f"session={token}"},
+    email = "log-check@example.com"
+    gateway = platform.gateway
+    httpx.post(f"{gateway}/auth/register", json={"email": email, "password": password})
+    httpx.post(f"{gateway}/auth/login", json={"email": email, "password": "wrong-" + password})
+    user = login(email, password)
+    key = user.post("/auth/api-keys", json={"name": "logs"}).json()["key"]
+    session_token = user.cookies["session"]
+    last = httpx.get(
+        f"{gateway}/v1/models?api_key={key}",
+        headers={"Authorization": f"Bearer {key}", "X-Api-Key": key},
     )
-    last = httpx.get(f"{platform.gateway}/v1/models", headers={"X-Api-Key": token})
+    assert last.status_code == 200
     platform.lines_with(last.headers["x-request-id"], at_least=2)
     log = platform.log()
-    assert "/auth/*" in log
-    assert password not in log
-    assert token not in log
-    assert platform.signing_key not in log
+    assert '"route": "/auth/login"' in log
+    for secret in (password, key, session_token, platform.signing_key, ADMIN_PASSWORD):
+        assert secret not in log
 
 
-def test_json_log_lines_carry_service_trace_and_request_ids(platform: RunningPlatform) -> None:
-    response = httpx.get(f"{platform.gateway}/v1/models")
+def test_json_log_lines_carry_service_trace_and_request_ids(
+    platform: RunningPlatform, login: Login
+) -> None:
+    response = login(ADMIN_EMAIL, ADMIN_PASSWORD).get("/auth/me")
     lines = platform.lines_with(response.headers["x-request-id"], at_least=2)
-    assert len(lines) == 2  # one access line at the gateway, one at inference
+    assert len(lines) == 2  # one access line at the gateway, one at auth
     for line in lines:
         payload = line.split("|", 1)[1]
-        for key in ("service", "trace_id", "span_id", "request_id"):
+        for key in ("service", "trace_id", "span_id", "request_id", "user_id"):
             assert re.search(rf'"{key}": ?"[^"]+"', payload), (key, line)
 
 
-def test_sigterm_stops_every_process_within_15_seconds(platform: RunningPlatform) -> None:
-    children = platform.descendants()
-    assert len(children) >= 6  # five apps and a Redis, at least
-    started = time.monotonic()
-    platform.process.send_signal(signal.SIGTERM)
+def test_make_run_on_a_fresh_machine_starts_its_own_servers_and_sigterm_stops_all(
+    tmp_path: Path,
+) -> None:
+    """No DATABASE_URL, nothing on REDIS_URL: `make run` starts an embedded PostgreSQL and a
+    Redis itself, and SIGTERM leaves no process behind within 15 s."""
+    redis_port = devstack.free_port()
+    fresh = start_platform(
+        {
+            "PLATFORM_DATA_DIR": str(tmp_path / "data"),
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        },
+        tmp_path,
+    )
     try:
-        platform.process.wait(15)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("make run did not exit within 15 s of SIGTERM") from None
-    _, alive = psutil.wait_procs(children, timeout=max(0.0, 15 - (time.monotonic() - started)))
-    assert not alive, [(p.pid, p.name()) for p in alive]
-    assert "SIGTERM received" in platform.log()
+        children = fresh.descendants()
+        names = " ".join(" ".join(p.cmdline()) for p in children)
+        assert "redis-server" in names
+        assert (tmp_path / "data" / "pg" / "postmaster.pid").exists()
+        postmaster = int((tmp_path / "data" / "pg" / "postmaster.pid").read_text().split()[0])
+        admin = httpx.post(
+            f"{fresh.gateway}/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        )
+        assert admin.status_code == 200
+        assert "admin" in admin.json()["user"]["roles"]
+
+        started = time.monotonic()
+        fresh.process.send_signal(signal.SIGTERM)
+        try:
+            fresh.process.wait(15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("make run did not exit within 15 s of SIGTERM") from None
+        left = max(0.0, 15 - (time.monotonic() - started))
+        _, alive = psutil.wait_procs(children, timeout=left)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+        assert not _running(postmaster), "the embedded PostgreSQL is still running"
+        assert "SIGTERM received" in fresh.log()
+    finally:
+        fresh.stop()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited daemon waits for init to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,164 @@
+"""Issue 3's acceptance, as a new user meets it through the gateway of `make run`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from common import devstack
+
+from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform
+
+PASSWORD = "a-long-and-unusual-passphrase-77"
+
+
+def register(platform: RunningPlatform, email: str) -> dict[str, object]:
+    response = httpx.post(
+        f"{platform.gateway}/auth/register", json={"email": email, "password": PASSWORD}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def test_register_login_key_openai_sdk_revoke(platform: RunningPlatform, login: Login) -> None:
+    user = register(platform, "  Ada@Example.com ")
+    assert user["email"] == "ada@example.com"
+    assert user["roles"] == ["member"]
+    browser = login("ada@example.com", PASSWORD)
+    me = browser.get("/auth/me").json()
+    assert me["email"] == "ada@example.com"
+    assert "inference:invoke" in me["permissions"]
+
+    created = browser.post("/auth/api-keys", json={"name": "sdk"})
+    assert created.status_code == 201
+    key = created.json()["key"]
+    assert key.startswith("sk-")
+    assert all("key" not in k for k in browser.get("/auth/api-keys").json())
+
+    sdk = openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key=key, max_retries=0)
+    models = sdk.models.list()
+    assert models.data == []
+
+    assert browser.delete(f"/auth/api-keys/{created.json()['id']}").status_code == 204
+    with pytest.raises(openai.AuthenticationError):
+        sdk.models.list()
+
+
+def test_cookie_without_csrf_header_is_403(platform: RunningPlatform, login: Login) -> None:
+    register(platform, "csrf@example.com")
+    browser = login("csrf@example.com", PASSWORD)
+    del browser.headers["X-CSRF-Token"]
+    response = browser.post("/auth/api-keys", json={"name": "x"})
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    browser.headers["X-CSRF-Token"] = browser.cookies["csrf_token"]
+    assert browser.post("/auth/api-keys", json={"name": "x"}).status_code == 201
+
+
+def test_member_cannot_use_admin_routes(platform: RunningPlatform, login: Login) -> None:
+    register(platform, "plain@example.com")
+    member = login("plain@example.com", PASSWORD)
+    assert member.get("/auth/users").status_code == 403
+    assert member.get("/auth/audit").status_code == 403
+    admin = login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    assert "admin" in admin.get("/auth/me").json()["roles"]
+    assert admin.get("/auth/users").status_code == 200
+
+
+def test_role_change_and_disable_take_effect_at_once(
+    platform: RunningPlatform, login: Login
+) -> None:
+    user = register(platform, "demoted@example.com")
+    member = login("demoted@example.com", PASSWORD)
+    key = member.post("/auth/api-keys", json={"name": "k"}).json()["key"]
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{platform.gateway}/auth/me", headers=bearer).status_code == 200
+
+    admin = login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    changed = admin.patch(f"/auth/users/{user['id']}", json={"roles": ["viewer"]})
+    assert changed.json()["roles"] == ["viewer"]
+    assert member.get("/auth/me").status_code == 401  # that session is gone
+    viewer = login("demoted@example.com", PASSWORD)
+    assert viewer.post("/v1/collections", json={}).status_code == 403
+    key_me = httpx.get(f"{platform.gateway}/auth/me", headers=bearer).json()
+    assert "inference:invoke" not in key_me["permissions"]
+
+    admin.patch(f"/auth/users/{user['id']}", json={"disabled": True})
+    assert viewer.get("/auth/me").status_code == 401
+    assert httpx.get(f"{platform.gateway}/auth/me", headers=bearer).status_code == 401
+    login = httpx.post(
+        f"{platform.gateway}/auth/login",
+        json={"email": "demoted@example.com", "password": PASSWORD},
+    )
+    assert login.status_code == 403
+    events = admin.get("/auth/audit", params={"limit": 200}).json()["data"]
+    actions = {e["action"] for e in events if e["target_id"] == user["id"]}
+    assert {"user.roles_change", "user.disable"} <= actions
+
+
+@pytest.fixture
+def two_more_gateways(platform: RunningPlatform) -> Iterator[list[str]]:
+    """Two more gateway processes in front of the same services and Redis, budget 5/min."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "INTERNAL_SIGNING_KEY": platform.signing_key,
+            "REDIS_URL": platform.env["REDIS_URL"],
+            "GATEWAY_RATE_LIMIT_PER_MINUTE": "5",
+            **{f"GATEWAY_{n.upper()}_URL": platform.url(n) for n in devstack.SERVICES},
+        }
+    )
+    ports = [devstack.free_port(), devstack.free_port()]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            env={**env, "GATEWAY_PORT": str(port)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 30
+        for url in urls:
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+def test_rate_limit_is_shared_by_gateway_processes(
+    platform: RunningPlatform, two_more_gateways: list[str]
+) -> None:
+    register(platform, "burst@example.com")
+    login = httpx.post(
+        f"{two_more_gateways[0]}/auth/login",
+        json={"email": "burst@example.com", "password": PASSWORD},
+    )
+    cookie = {"Cookie": f"session={login.cookies['session']}"}
+    responses = [httpx.get(f"{two_more_gateways[i % 2]}/auth/me", headers=cookie) for i in range(6)]
+    if int(responses[0].headers["ratelimit-reset"]) < 3:
+        pytest.skip("the one-minute window turned during the test")
+    assert [r.status_code for r in responses] == [200] * 5 + [429]
+    assert responses[4].headers["ratelimit-remaining"] == "0"
+    limited = responses[5]
+    assert limited.headers["ratelimit-limit"] == "5"
+    assert int(limited.headers["retry-after"]) >= 1
