@@ -256,3 +256,30 @@ async def _answers(redis: Redis) -> bool:
         return bool(await redis.ping())
     except (RedisError, OSError):
         return False
+
+
+async def test_cors_allows_only_listed_origins_with_credentials(
+    upstream: Upstream, redis_url: str, session_for: SessionFactory
+) -> None:
+    settings = gateway_settings(upstream.url, redis_url, cors_origins=["https://app.example.com"])
+    caller = await session_for()
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, x-csrf-token",
+    }
+    async with LiveServer(create_app(settings)) as gw, httpx.AsyncClient(base_url=gw.url) as c:
+        allowed = await c.options(
+            "/v1/chat/completions", headers={"Origin": "https://app.example.com", **preflight}
+        )
+        refused = await c.options(
+            "/v1/chat/completions", headers={"Origin": "https://evil.example.com", **preflight}
+        )
+        c.cookies.update(caller.cookies)
+        actual = await c.get("/v1/models", headers={"Origin": "https://app.example.com"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert allowed.headers["access-control-allow-credentials"] == "true"
+    assert "x-csrf-token" in allowed.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-origin" not in refused.headers
+    assert actual.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "ratelimit-remaining" in actual.headers["access-control-expose-headers"].lower()
