@@ -20,9 +20,12 @@ async def _create_admin(email: str, password: str) -> bool:
     from auth import service
     from auth.passwords import Hasher
     from common.db import create_engine, create_sessionmaker
+    from common.principals import SessionStore
+    from common.redis import create_redis
 
     settings = AuthSettings()
     engine = create_engine(settings.database_url, application_name="auth-cli")
+    redis = create_redis(settings.redis_url)
     try:
         async with create_sessionmaker(engine)() as db:
             changed = await service.ensure_admin(
@@ -35,11 +38,13 @@ async def _create_admin(email: str, password: str) -> bool:
                 email=service.normalize_email(email),
                 password=password,
                 ctx=service.Context(now=time.time(), ip="", user_agent="cli", trace_id=None),
+                store=SessionStore(redis),
             )
             await db.commit()
             return changed
     finally:
         await engine.dispose()
+        await redis.aclose()
 
 
 def main(argv: list[str]) -> int:

@@ -185,12 +185,13 @@ async def revoke_session(
 @router.post("/password")
 async def change_password(
     body: PasswordChange,
+    request: Request,
     response: Response,
     identity: CurrentSession,
     db: DbSession,
     hasher: PasswordHasher,
     store: Sessions,
-    redis: RedisClient,
+    throttle: Throttle,
     settings: Settings,
     ctx: Ctx,
 ) -> LoginResponse:
@@ -198,9 +199,10 @@ async def change_password(
     assert identity.user_id
     auth = await service.change_password(
         db,
+        sessionmaker=request.app.state.sessionmaker,
         hasher=hasher,
         store=store,
-        redis=redis,
+        throttle=throttle,
         settings=settings,
         ctx=ctx,
         user_id=uuid.UUID(identity.user_id),

@@ -46,6 +46,7 @@ async def bootstrap_admin(app: FastAPI) -> None:
                 email=email,
                 password=settings.admin_password.get_secret_value(),
                 ctx=ctx,
+                store=app.state.sessions,
             )
             await db.commit()
     except IntegrityError:

@@ -55,7 +55,10 @@ class Hasher:
         return await asyncio.to_thread(self._hasher.hash, password)
 
     async def verify(self, stored: str | None, password: str) -> bool:
-        return await asyncio.to_thread(self._verify, stored or self._dummy, password)
+        """Whether `password` matches `stored`; without a stored hash, the same work is done
+        against a dummy hash and the answer is always False."""
+        valid = await asyncio.to_thread(self._verify, stored or self._dummy, password)
+        return valid and stored is not None
 
     def _verify(self, stored: str, password: str) -> bool:
         try:

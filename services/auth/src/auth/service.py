@@ -168,7 +168,13 @@ async def register(
 
 
 async def ensure_admin(
-    db: AsyncSession, *, hasher: Hasher, email: str, password: str, ctx: Context
+    db: AsyncSession,
+    *,
+    hasher: Hasher,
+    email: str,
+    password: str,
+    ctx: Context,
+    store: SessionStore | None = None,
 ) -> bool:
     """Create the first admin once; an existing account is made admin, its password kept.
 
@@ -187,6 +193,8 @@ async def ensure_admin(
         return False
     await repository.set_roles(db, user_id=user.id, roles=[*roles, "admin"])
     await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
+    if store is not None:  # a role change: sessions made with the old roles end
+        await store.delete_all_for_user(str(user.id))
     return True
 
 
@@ -321,20 +329,29 @@ async def revoke_session(
 async def change_password(
     db: AsyncSession,
     *,
+    sessionmaker: async_sessionmaker[AsyncSession],
     hasher: Hasher,
     store: SessionStore,
-    redis: Redis,
+    throttle: LoginThrottle,
     settings: AuthSettings,
     ctx: Context,
     user_id: uuid.UUID,
     current_password: str,
     new_password: str,
 ) -> Authenticated:
-    """Every session of the user ends; the caller gets a fresh one."""
+    """Every session of the user ends; the caller gets a fresh one. Wrong current
+    passwords count as failed logins (throttled, audited): a stolen session cannot be
+    used to guess the password."""
     user = await repository.get_user(db, user_id=user_id)
     if user is None:
         raise UserNotFound("No such user.")
+    await throttle.check(user.email, ctx.ip)
     if not await hasher.verify(user.password_hash, current_password):
+        await throttle.failed(user.email, ctx.ip)
+        await audit_failure(
+            sessionmaker, ctx, "user.password_change", target_type="user",
+            target_id=str(user.id), reason="invalid_current_password",
+        )  # fmt: skip
         raise InvalidCredentials()
     problem = password_problem(new_password, email=user.email)
     if problem:
@@ -490,9 +507,11 @@ async def list_users(
     after = None
     if cursor:
         payload = _decode_cursor(cursor)
+        if len(payload) != 2 or not all(isinstance(part, str) for part in payload):
+            raise InvalidCursor("The cursor is not one this API returned.")
         try:
-            after = (datetime.fromisoformat(payload[0]), uuid.UUID(payload[1]))
-        except (IndexError, TypeError, ValueError):
+            after = (datetime.fromisoformat(payload[0]).astimezone(UTC), uuid.UUID(payload[1]))
+        except (ValueError, OverflowError):
             raise InvalidCursor("The cursor is not one this API returned.") from None
     users = await repository.list_users(db, after=after, limit=limit + 1)
     page, more = users[:limit], len(users) > limit
@@ -568,7 +587,8 @@ async def list_audit(
     before = None
     if cursor:
         payload = _decode_cursor(cursor)
-        if len(payload) != 1 or not isinstance(payload[0], int):
+        # An event id: a positive bigint (bool is an int to Python, not to Postgres).
+        if len(payload) != 1 or type(payload[0]) is not int or not 0 < payload[0] < 2**63:
             raise InvalidCursor("The cursor is not one this API returned.")
         before = payload[0]
     events = await repository.list_audit_events(

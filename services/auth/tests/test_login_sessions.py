@@ -1,0 +1,425 @@
+"""POST /auth/login, the session it starts in Redis, and the session routes."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+
+import pytest
+from argon2 import PasswordHasher
+
+from auth.settings import AuthSettings
+from common.principals import SESSION_PREFIX, USER_SESSIONS_PREFIX
+
+from .conftest import FAST_ARGON2, PASSWORD, AuthClient, MakeApp, set_cookies, without_ids
+
+PROBLEM_JSON = "application/problem+json"
+
+
+# ---------------------------------------------------------------- the login response
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_login_sets_an_httponly_session_cookie_and_a_readable_csrf_cookie(
+    make_app: MakeApp, secure: bool
+) -> None:
+    async with make_app(cookie_secure=secure) as auth:
+        await auth.register("alice@example.com")
+        response = await auth.login("alice@example.com")
+
+    assert response.status_code == 200
+    cookies = set_cookies(response)
+    session = cookies["session"]
+    assert len(session.value) >= 43  # 256 bits, base64url
+    assert session["httponly"] is True
+    assert session["samesite"].lower() == "lax"
+    assert session["path"] == "/"
+    assert bool(session["secure"]) is secure
+    csrf = cookies["csrf_token"]
+    assert not csrf["httponly"]  # the frontend reads it to send X-CSRF-Token
+    assert csrf["samesite"].lower() == "lax"
+    assert csrf["path"] == "/"
+    assert bool(csrf["secure"]) is secure
+    assert csrf.value != session.value
+
+    # Both last as long as the session may (the idle timeout is enforced server-side).
+    lifetime = str(int(auth.settings.session_lifetime_seconds))
+    assert session["max-age"] == csrf["max-age"] == lifetime
+
+    body = response.json()
+    assert body["csrf_token"] == csrf.value
+    expires_at = datetime.fromisoformat(body["expires_at"]).timestamp()
+    assert expires_at == pytest.approx(auth.clock() + auth.settings.session_lifetime_seconds)
+    assert body["user"]["email"] == "alice@example.com"
+    assert body["user"]["roles"] == ["member"]
+    assert "inference:invoke" in body["user"]["permissions"]
+    assert "users:manage" not in body["user"]["permissions"]
+    assert session.value not in response.text
+
+
+async def test_cookies_are_secure_by_default_outside_dev(auth: AuthClient) -> None:
+    assert auth.settings.environment == "test"
+    await auth.register("alice@example.com")
+
+    cookies = set_cookies(await auth.login("alice@example.com"))
+
+    assert cookies["session"]["secure"] is True
+    assert cookies["csrf_token"]["secure"] is True
+
+
+async def test_redis_holds_only_hashes_of_the_session_and_csrf_tokens(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+
+    assert await auth.redis.exists(SESSION_PREFIX + who.sid)
+    dump: list[bytes] = []
+    async for key in auth.redis.scan_iter():
+        dump.append(key)
+        kind = await auth.redis.type(key)
+        if kind == b"hash":
+            for field, value in (await auth.redis.hgetall(key)).items():
+                dump += [field, value]
+        elif kind == b"set":
+            dump += list(await auth.redis.smembers(key))
+        elif kind == b"string":
+            dump.append(await auth.redis.get(key) or b"")
+    for secret in (who.token, who.csrf, PASSWORD):
+        assert not any(secret.encode() in item for item in dump), secret
+    assert who.sid.encode() in await auth.redis.smembers(USER_SESSIONS_PREFIX + who.user_id)
+
+
+async def test_every_login_starts_a_new_session(auth: AuthClient) -> None:
+    await auth.register("alice@example.com")
+
+    first = await auth.logged_in("alice@example.com")
+    second = await auth.logged_in("alice@example.com")
+
+    assert first.token != second.token
+    assert first.csrf != second.csrf
+    assert first.sid != second.sid
+    assert await auth.store.get(first.sid) is not None
+    assert await auth.store.get(second.sid) is not None
+
+
+# ---------------------------------------------------------------- failed logins
+
+
+async def test_unknown_email_and_wrong_password_give_the_same_401(auth: AuthClient) -> None:
+    await auth.register("alice@example.com")
+
+    unknown = await auth.login("nobody@example.com")
+    wrong = await auth.login("alice@example.com", "Not-The-Right-Password-1")
+
+    assert unknown.status_code == wrong.status_code == 401
+    assert unknown.headers["content-type"] == wrong.headers["content-type"] == PROBLEM_JSON
+    assert without_ids(unknown.json()) == without_ids(wrong.json())
+    assert unknown.json()["type"] == "urn:llm-platform:problem:invalid-credentials"
+    assert not set_cookies(unknown)
+    assert not set_cookies(wrong)
+
+
+async def test_a_disabled_user_cannot_log_in_and_loses_their_sessions(
+    auth: AuthClient,
+) -> None:
+    admin = await auth.signup("admin@example.com", roles=["admin"])
+    alice = await auth.signup("alice@example.com")
+    other_device = await auth.logged_in("alice@example.com")
+
+    disabled = await auth.as_user(
+        admin, "PATCH", f"/auth/users/{alice.user_id}", json={"disabled": True}
+    )
+    assert disabled.status_code == 200
+
+    assert await auth.store.touch(alice.sid, now=auth.clock()) is None
+    assert await auth.store.touch(other_device.sid, now=auth.clock()) is None
+    response = await auth.login("alice@example.com")
+    assert response.status_code == 403
+    assert response.json()["type"] == "urn:llm-platform:problem:account-disabled"
+    assert not set_cookies(response)
+    assert await auth.store.list_for_user(alice.user_id) == []
+    # A wrong password still says only "invalid credentials": nothing is learnt.
+    assert (await auth.login("alice@example.com", "Not-The-Right-Password-1")).status_code == 401
+
+
+async def test_ten_failures_for_one_account_lock_it_for_a_while(auth: AuthClient) -> None:
+    await auth.register("alice@example.com")
+    for attempt in range(10):  # from many addresses: the account counter alone
+        response = await auth.login("alice@example.com", "Guess-Number-000", ip=f"10.0.0.{attempt}")
+        assert response.status_code == 401
+
+    # Even the right password is refused now, from anywhere.
+    response = await auth.login("alice@example.com", ip="10.0.1.1")
+
+    assert response.status_code == 429
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["type"] == "urn:llm-platform:problem:login-throttled"
+    retry_after = int(response.headers["Retry-After"])
+    assert 0 < retry_after <= auth.settings.login_failure_window_seconds
+    assert not set_cookies(response)
+    # Other accounts are not affected.
+    await auth.register("bob@example.com")
+    assert (await auth.login("bob@example.com", ip="10.0.1.1")).status_code == 200
+
+
+async def test_ten_failures_from_one_address_block_it_across_accounts(auth: AuthClient) -> None:
+    await auth.register("victim@example.com")
+    attacker = "203.0.113.66"
+    for n in range(10):
+        response = await auth.login(f"guess{n}@example.com", "Guess-Number-000", ip=attacker)
+        assert response.status_code == 401
+
+    blocked = await auth.login("victim@example.com", ip=attacker)
+
+    assert blocked.status_code == 429
+    assert int(blocked.headers["Retry-After"]) > 0
+    # The account itself is fine from another address.
+    assert (await auth.login("victim@example.com", ip="198.51.100.20")).status_code == 200
+
+
+async def test_a_successful_login_resets_the_account_counter(auth: AuthClient) -> None:
+    await auth.register("alice@example.com")
+    for n in range(9):
+        wrong = await auth.login("alice@example.com", "Guess-Number-000", ip=f"10.1.0.{n}")
+        assert wrong.status_code == 401
+    assert (await auth.login("alice@example.com", ip="10.1.1.0")).status_code == 200
+
+    for n in range(9):
+        wrong = await auth.login("alice@example.com", "Guess-Number-000", ip=f"10.2.0.{n}")
+        assert wrong.status_code == 401
+
+    assert (await auth.login("alice@example.com", ip="10.2.1.0")).status_code == 200
+
+
+async def test_the_password_is_rehashed_when_the_argon2_parameters_change(
+    auth: AuthClient,
+) -> None:
+    await auth.register("alice@example.com")
+    # A hash made under older, different parameters.
+    old = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1).hash(PASSWORD)
+    async with auth.db() as db:
+        user = await db.merge(await auth.user_row("alice@example.com"))
+        user.password_hash = old
+        await db.commit()
+
+    assert (await auth.login("alice@example.com")).status_code == 200
+
+    rehashed = (await auth.user_row("alice@example.com")).password_hash
+    assert rehashed != old
+    assert "m=1024,t=1,p=1" in rehashed  # the app's current parameters
+    assert PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).verify(rehashed, PASSWORD)
+    assert (await auth.login("alice@example.com")).status_code == 200
+    assert (await auth.user_row("alice@example.com")).password_hash == rehashed
+
+
+# ---------------------------------------------------------------- expiry
+
+
+async def test_a_session_ends_after_the_idle_timeout_and_slides_while_used(
+    auth: AuthClient,
+) -> None:
+    who = await auth.signup("alice@example.com")
+    idle = auth.settings.session_idle_timeout_seconds
+
+    for _ in range(4):  # used just in time, four times: each use slides the timeout
+        auth.clock.advance(idle - 1)
+        assert (await auth.as_user(who, "GET", "/auth/me")).status_code == 200
+
+    auth.clock.advance(idle)
+    assert await auth.store.touch(who.sid, now=auth.clock()) is None
+    assert not await auth.redis.exists(SESSION_PREFIX + who.sid)
+
+
+async def test_a_session_ends_at_its_absolute_lifetime_however_active(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    idle = auth.settings.session_idle_timeout_seconds
+    lifetime = auth.settings.session_lifetime_seconds
+    started = auth.clock()
+
+    while auth.clock() + idle / 2 < started + lifetime:
+        auth.clock.advance(idle / 2)
+        assert await auth.store.touch(who.sid, now=auth.clock()) is not None
+
+    auth.clock.now = started + lifetime
+    assert await auth.store.touch(who.sid, now=auth.clock()) is None
+    assert (await auth.login("alice@example.com")).status_code == 200  # log in again
+
+
+async def test_the_session_key_in_redis_expires_with_the_session(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+
+    ttl = await auth.redis.ttl(SESSION_PREFIX + who.sid)
+
+    assert 0 < ttl <= auth.settings.session_idle_timeout_seconds + 1
+
+
+# ---------------------------------------------------------------- the session routes
+
+
+async def test_my_sessions_are_listed_with_the_current_one_marked(auth: AuthClient) -> None:
+    laptop = await auth.signup("alice@example.com")
+    phone = await auth.logged_in("alice@example.com")
+    bob = await auth.signup("bob@example.com")
+
+    response = await auth.as_user(laptop, "GET", "/auth/sessions")
+
+    assert response.status_code == 200
+    sessions = {s["id"]: s for s in response.json()}
+    assert set(sessions) == {laptop.sid, phone.sid}
+    assert bob.sid not in sessions
+    assert sessions[laptop.sid]["current"] is True
+    assert sessions[phone.sid]["current"] is False
+    assert sessions[laptop.sid]["ip"] == "198.51.100.7"
+    assert sessions[laptop.sid]["user_agent"] == "pytest-browser"
+    assert laptop.token not in response.text
+    assert phone.token not in response.text
+
+
+async def test_i_can_end_another_of_my_sessions(auth: AuthClient) -> None:
+    laptop = await auth.signup("alice@example.com")
+    phone = await auth.logged_in("alice@example.com")
+
+    response = await auth.as_user(laptop, "DELETE", f"/auth/sessions/{phone.sid}")
+
+    assert response.status_code == 204
+    assert await auth.store.touch(phone.sid, now=auth.clock()) is None
+    listed = await auth.as_user(laptop, "GET", "/auth/sessions")
+    assert [s["id"] for s in listed.json()] == [laptop.sid]
+
+
+async def test_ending_my_current_session_logs_me_out(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+
+    response = await auth.as_user(who, "DELETE", f"/auth/sessions/{who.sid}")
+
+    assert response.status_code == 204
+    assert await auth.store.get(who.sid) is None
+    assert set_cookies(response)["session"]["max-age"] == "0"
+
+
+async def test_someone_elses_session_is_not_found(auth: AuthClient) -> None:
+    alice = await auth.signup("alice@example.com")
+    bob = await auth.signup("bob@example.com")
+
+    response = await auth.as_user(alice, "DELETE", f"/auth/sessions/{bob.sid}")
+    unknown = await auth.as_user(alice, "DELETE", "/auth/sessions/" + "0" * 64)
+
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["type"] == "urn:llm-platform:problem:session-not-found"
+    assert without_ids(unknown.json()) | {"instance": ""} == without_ids(response.json()) | {
+        "instance": ""
+    }
+    assert await auth.store.touch(bob.sid, now=auth.clock()) is not None
+
+
+async def test_logout_ends_the_session_at_once(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    other_device = await auth.logged_in("alice@example.com")
+
+    response = await auth.as_user(who, "POST", "/auth/logout")
+
+    assert response.status_code == 204
+    assert not await auth.redis.exists(SESSION_PREFIX + who.sid)
+    assert who.sid.encode() not in await auth.redis.smembers(USER_SESSIONS_PREFIX + who.user_id)
+    cleared = set_cookies(response)
+    assert cleared["session"]["max-age"] == "0"
+    assert cleared["session"].value in ("", '""')
+    assert cleared["csrf_token"]["max-age"] == "0"
+    # Only this session: the other device stays logged in.
+    assert await auth.store.touch(other_device.sid, now=auth.clock()) is not None
+
+
+async def test_logout_with_an_api_key_is_refused(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    key = await auth.create_key(who)
+
+    response = await auth.call("POST", "/auth/logout", identity=await auth.key_identity(key["key"]))
+
+    assert response.status_code == 403
+    assert response.json()["type"] == "urn:llm-platform:problem:session-required"
+
+
+async def test_me_shows_who_i_am(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+
+    response = await auth.as_user(who, "GET", "/auth/me")
+
+    assert response.status_code == 200
+    assert response.json() == who.user
+
+
+async def test_anonymous_callers_get_401_on_session_routes(auth: AuthClient) -> None:
+    for method, path in [("GET", "/auth/me"), ("GET", "/auth/sessions"), ("POST", "/auth/logout")]:
+        response = await auth.call(method, path)
+        assert response.status_code == 401, path
+        assert response.headers["content-type"] == PROBLEM_JSON
+
+
+# ---------------------------------------------------------------- timing
+
+
+def mann_whitney_p(xs: list[float], ys: list[float]) -> float:
+    """Two-sided p-value of the Mann-Whitney U test (normal approximation, tie-corrected):
+    how likely samples this different are if both come from one distribution."""
+    pooled = sorted([(v, 0) for v in xs] + [(v, 1) for v in ys])
+    n1, n2, n = len(xs), len(ys), len(xs) + len(ys)
+    ranks = [0.0] * n
+    ties = 0.0
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[k] = (i + j) / 2 + 1
+        ties += (j - i + 1) ** 3 - (j - i + 1)
+        i = j + 1
+    r1 = sum(rank for rank, (_, group) in zip(ranks, pooled, strict=True) if group == 0)
+    u = r1 - n1 * (n1 + 1) / 2
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
+    z = (abs(u - n1 * n2 / 2) - 0.5) / sigma  # with continuity correction
+    return math.erfc(max(z, 0.0) / math.sqrt(2))
+
+
+def test_the_rank_test_tells_different_distributions_apart() -> None:
+    same = mann_whitney_p([float(v) for v in range(0, 50, 2)], [float(v) for v in range(1, 51, 2)])
+    shifted = mann_whitney_p([float(v) for v in range(25)], [v + 20.5 for v in range(25)])
+
+    assert same > 0.5
+    assert shifted < 1e-6
+
+
+async def test_unknown_email_and_wrong_password_take_the_same_time(make_app: MakeApp) -> None:
+    defaults = {name: AuthSettings.model_fields[name].default for name in FAST_ARGON2}
+    rounds = 25
+    async with make_app(**defaults) as auth:
+        # Distinct accounts and client addresses: no throttle counts up to its limit.
+        emails = [f"timing{n}@example.com" for n in range(rounds)]
+        for email in emails:
+            assert (await auth.register(email)).status_code == 201
+        for n in range(3):  # warm-up
+            await auth.login(f"warm{n}@example.com", ip=f"10.9.9.{n}")
+            await auth.login(emails[n], "Warm-Up-Wrong-Password", ip=f"10.9.8.{n}")
+
+        unknown: list[float] = []
+        wrong: list[float] = []
+
+        async def timed(samples: list[float], email: str, ip: str) -> None:
+            start = time.perf_counter()
+            response = await auth.login(email, "Wrong-But-Plausible-Guess-31", ip=ip)
+            samples.append(time.perf_counter() - start)
+            assert response.status_code == 401
+
+        for n in range(rounds):
+            first, second = (
+                (unknown, f"nobody{n}@example.com"),
+                (wrong, emails[n]),
+            )
+            if n % 2:
+                first, second = second, first
+            await timed(*first, ip=f"10.20.{n}.1")
+            await timed(*second, ip=f"10.20.{n}.2")
+
+    assert len(unknown) == len(wrong) == rounds
+    # Indistinguishable in distribution: the rank test finds no difference worth the name.
+    assert mann_whitney_p(unknown, wrong) > 1e-3, (sorted(unknown), sorted(wrong))
