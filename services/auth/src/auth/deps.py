@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
@@ -64,36 +64,20 @@ async def gateway_only(identity: CurrentIdentity) -> Identity:
     return identity
 
 
-def _settings(request: Request) -> AuthSettings:
-    settings: AuthSettings = request.app.state.settings
-    return settings
+def _app_state(name: str) -> Callable[[Request], Any]:
+    """A dependency returning what the lifespan put on app.state under `name`."""
 
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-def _store(request: Request) -> SessionStore:
-    store: SessionStore = request.app.state.sessions
-    return store
-
-
-def _hasher(request: Request) -> Hasher:
-    hasher: Hasher = request.app.state.hasher
-    return hasher
-
-
-def _throttle(request: Request) -> LoginThrottle:
-    throttle: LoginThrottle = request.app.state.login_throttle
-    return throttle
-
-
-def _redis(request: Request) -> Redis:
-    redis: Redis = request.app.state.redis
-    return redis
+    return get
 
 
 Ctx = Annotated[Context, Depends(request_context)]
 CurrentUser = Annotated[Identity, Depends(current_user)]
 CurrentSession = Annotated[Identity, Depends(current_session)]
-Settings = Annotated[AuthSettings, Depends(_settings)]
-Sessions = Annotated[SessionStore, Depends(_store)]
-PasswordHasher = Annotated[Hasher, Depends(_hasher)]
-Throttle = Annotated[LoginThrottle, Depends(_throttle)]
-RedisClient = Annotated[Redis, Depends(_redis)]
+Settings = Annotated[AuthSettings, Depends(_app_state("settings"))]
+Sessions = Annotated[SessionStore, Depends(_app_state("sessions"))]
+PasswordHasher = Annotated[Hasher, Depends(_app_state("hasher"))]
+Throttle = Annotated[LoginThrottle, Depends(_app_state("login_throttle"))]
+RedisClient = Annotated[Redis, Depends(_app_state("redis"))]
