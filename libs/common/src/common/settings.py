@@ -103,4 +103,6 @@ class DatabaseSettings(ServiceSettings):
 
 def _is_placeholder(secret: str) -> bool:
     lowered = secret.strip().lower()
-    return lowered in PLACEHOLDER_SECRETS or lowered.startswith("dev-") or len(secret) < 32
+    return (
+        lowered in PLACEHOLDER_SECRETS or lowered.startswith(("dev-", "dev:")) or len(secret) < 32
+    )

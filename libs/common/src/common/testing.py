@@ -215,10 +215,11 @@ class ServiceHarness:
         return cls(name=name, settings=settings, create_app=create_app)
 
     @asynccontextmanager
-    async def app(self) -> AsyncIterator[FastAPI]:
-        """The app, started; its units of work are rolled back and its Redis database
-        emptied after the block."""
-        app = self.create_app(self.settings)
+    async def app(self, **overrides: Any) -> AsyncIterator[FastAPI]:
+        """The app (settings changed by `overrides`), started; its units of work are rolled
+        back and its Redis database emptied after the block."""
+        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        app = self.create_app(settings)
         async with running(app):
             try:
                 async with rolled_back(app.state.engine) as sessionmaker:

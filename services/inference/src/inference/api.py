@@ -2,32 +2,198 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-from common.identity import CurrentIdentity
+from common.db import DbSession
+from common.errors import Forbidden, NotFound
+from common.identity import Identity
+from inference import repository, service
+from inference.deps import EngineDep, require
+from inference.errors import CredentialNotFound, HubError, NoCredential
+from inference.routing import Target
+from inference.schemas import (
+    AliasCreate,
+    AliasRead,
+    AliasTarget,
+    ChatRequest,
+    CredentialCreate,
+    CredentialRead,
+    EmbeddingsRequest,
+    Model,
+    ModelList,
+)
 
-router = APIRouter()
+router = APIRouter(tags=["inference"])
+INVOKE = require("inference:invoke")
+MANAGE = require("providers:manage")
+MANAGE_SHARED = require("providers:manage_shared")
+MODELS = require("models:read")
 
 
-class Model(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
+@router.get("/v1/models")
+async def list_models(identity: Annotated[Identity, MODELS], db: DbSession) -> ModelList:
+    """The aliases and models you can call, in OpenAI's format."""
+    created = int(time.time())
+    found = await service.list_models(db, identity=identity)
+    return ModelList(data=[Model(id=i, created=created, owned_by=o) for i, o in found])
 
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Model]
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatRequest, identity: Annotated[Identity, INVOKE], db: DbSession, engine: EngineDep
+) -> Response:
+    """OpenAI's chat completions; `stream: true` answers with server-sent events."""
+    request = body.model_dump(exclude_none=True)
+    if body.stream:
+        events = await service.chat_stream(db, engine, identity=identity, request=request)
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return JSONResponse(await service.chat(db, engine, identity=identity, request=request))
 
 
-@router.get("/v1/models", tags=["inference"])
-async def list_models(_: CurrentIdentity) -> ModelList:
-    """The models the caller can call, in OpenAI's format.
+@router.post("/v1/embeddings")
+async def embeddings(
+    body: EmbeddingsRequest, identity: Annotated[Identity, INVOKE], db: DbSession, engine: EngineDep
+) -> dict[str, Any]:
+    """OpenAI's embeddings: `input` a string or a list of strings."""
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    return await service.embeddings(
+        db, engine, identity=identity, model=body.model, inputs=inputs,
+        encoding=body.encoding_format,
+    )  # fmt: skip
 
-    Empty until providers and aliases are configured: no provider adapter is installed in
-    this version yet, so there is nothing to list."""
-    return ModelList(data=[])
+
+def _credential_read(row: Any) -> CredentialRead:
+    return CredentialRead(
+        id=row.id,
+        provider=row.provider,
+        name=row.name,
+        base_url=row.base_url,
+        shared=row.shared,
+        key_hint=row.key_hint,
+        created_at=row.created_at,
+    )
+
+
+@router.post("/v1/providers/credentials", status_code=status.HTTP_201_CREATED)
+async def create_credential(
+    body: CredentialCreate, identity: Annotated[Identity, MANAGE], db: DbSession, engine: EngineDep
+) -> CredentialRead:
+    """Store a provider key, encrypted. It is never shown again: only its last 4 characters."""
+    return _credential_read(
+        await service.create_credential(db, engine, identity=identity, body=body)
+    )
+
+
+@router.get("/v1/providers/credentials")
+async def list_credentials(
+    identity: Annotated[Identity, MANAGE], db: DbSession
+) -> list[CredentialRead]:
+    """Your credentials and the shared ones (keys never included)."""
+    return [_credential_read(r) for r in await service.list_credentials(db, identity=identity)]
+
+
+@router.delete("/v1/providers/credentials/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_credential(
+    credential_id: str, identity: Annotated[Identity, MANAGE], db: DbSession, engine: EngineDep
+) -> None:
+    try:
+        parsed = uuid.UUID(credential_id)
+    except ValueError:
+        raise CredentialNotFound("No such credential.") from None
+    await service.delete_credential(db, engine, identity=identity, credential_id=parsed)
+
+
+def _alias_read(row: Any) -> AliasRead:
+    return AliasRead(
+        alias=row.alias,
+        targets=[AliasTarget.model_validate(t) for t in row.targets],
+        created_at=row.created_at,
+    )
+
+
+@router.post("/v1/providers/aliases", status_code=status.HTTP_201_CREATED)
+async def save_alias(
+    body: AliasCreate,
+    identity: Annotated[Identity, MANAGE_SHARED],
+    db: DbSession,
+    engine: EngineDep,
+) -> AliasRead:
+    """Create or replace an alias: an ordered list of targets, tried in turn."""
+    return _alias_read(await service.save_alias(db, engine, identity=identity, body=body))
+
+
+@router.get("/v1/providers/aliases")
+async def list_aliases(_: Annotated[Identity, MODELS], db: DbSession) -> list[AliasRead]:
+    return [_alias_read(a) for a in await repository.list_aliases(db)]
+
+
+@router.delete("/v1/providers/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_alias(
+    alias: str, _: Annotated[Identity, MANAGE_SHARED], db: DbSession, engine: EngineDep
+) -> None:
+    await service.delete_alias(db, engine, alias=alias)
+
+
+async def _hub_token(db: DbSession, engine: EngineDep, identity: Identity) -> str | None:
+    try:
+        credential = await service.credential_for(
+            db, engine, identity=identity, target=Target(provider="huggingface", model="hub")
+        )
+    except NoCredential:
+        return None
+    return credential.api_key
+
+
+def _hub_problem(exc: Exception) -> Exception:
+    if isinstance(exc, RepositoryNotFoundError):
+        return NotFound("No such model on the Hub (or it is private).")
+    if isinstance(exc, GatedRepoError):
+        return Forbidden("This model is gated: accept its terms on the Hub with your account.")
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        if exc.response.status_code == 401:
+            return Forbidden("The Hub refused your Hugging Face credential.")
+        return HubError(f"The Hub answered {exc.response.status_code}.")
+    return HubError(f"The Hub is unreachable ({type(exc).__name__}).")
+
+
+@router.get("/v1/hub/models")
+async def hub_models(
+    request: Request,
+    identity: Annotated[Identity, MODELS],
+    db: DbSession,
+    engine: EngineDep,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[dict[str, Any]]:
+    """Search the Hugging Face Hub (with your HF credential, when you have one)."""
+    token = await _hub_token(db, engine, identity)
+    try:
+        return await service.hub_search(
+            token, engine.settings.hf_endpoint, search=search, limit=limit
+        )
+    except Exception as exc:
+        raise _hub_problem(exc) from None
+
+
+@router.get("/v1/hub/models/{repo_id:path}")
+async def hub_model(
+    repo_id: Annotated[str, Path(pattern=r"^[\w.-]+(/[\w.-]+)?$", max_length=200)],
+    identity: Annotated[Identity, MODELS],
+    db: DbSession,
+    engine: EngineDep,
+) -> dict[str, Any]:
+    token = await _hub_token(db, engine, identity)
+    try:
+        return await service.hub_model(token, engine.settings.hf_endpoint, repo_id=repo_id)
+    except Exception as exc:
+        raise _hub_problem(exc) from None

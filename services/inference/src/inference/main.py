@@ -2,20 +2,74 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from common.app import create_service_app, database_and_redis
 from inference.api import router
+from inference.crypto import Keyring
+from inference.events import EventSink
+from inference.providers.base import Provider
+from inference.providers.huggingface import HuggingFaceProvider
+from inference.providers.openai import OpenAIProvider
+from inference.routing import CircuitBreaker, RetryPolicy, Router
+from inference.service import Engine, TtlCache
 from inference.settings import InferenceSettings
+
+
+def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
+    providers: dict[str, Any] = {
+        "openai": OpenAIProvider(
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+        ),
+        "huggingface": HuggingFaceProvider(read_timeout=settings.read_timeout_seconds),
+    }
+    try:
+        from inference.providers.local import LocalProvider  # torch loads on first use
+    except ImportError:  # TEMP until providers/local.py lands
+        return providers
+    providers["local"] = LocalProvider(threads=settings.local_threads)
+    return providers
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with database_and_redis(app, app.state.settings):
-        yield
+    settings: InferenceSettings = app.state.settings
+    async with database_and_redis(app, settings):
+        sink = EventSink(app.state.redis, buffer_size=settings.telemetry_buffer_size)
+        engine = Engine(
+            settings=settings,
+            keyring=Keyring(settings.encryption_keys.get_secret_value()),
+            providers=build_providers(settings),
+            router=Router(
+                CircuitBreaker(
+                    app.state.redis,
+                    threshold=settings.circuit_failure_threshold,
+                    cooldown=settings.circuit_cooldown_seconds,
+                ),
+                RetryPolicy(
+                    max_attempts=settings.max_attempts,
+                    base=settings.backoff_base_seconds,
+                    cap=settings.backoff_max_seconds,
+                    deadline=settings.request_deadline_seconds,
+                ),
+            ),
+            sink=sink,
+            credentials=TtlCache(settings.cache_seconds),
+            aliases=TtlCache(settings.cache_seconds),
+        )
+        app.state.inference = engine
+        sink.start()
+        try:
+            yield
+        finally:
+            await sink.close()
+            await asyncio.gather(*(p.aclose() for p in engine.providers.values()))
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:

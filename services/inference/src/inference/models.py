@@ -2,10 +2,69 @@
 
 from __future__ import annotations
 
-from sqlmodel import SQLModel
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Column, DateTime, Index, LargeBinary, String, func, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlmodel import Field, SQLModel
 
 from common.db import schema_registry
 
 
 class InferenceBase(SQLModel, registry=schema_registry("inference")):
     """Base of every inference table: `schema="inference"` and our naming convention."""
+
+
+class ProviderCredential(InferenceBase, table=True):
+    """A provider API key, encrypted (crypto.Keyring); owner_id NULL means shared."""
+
+    __tablename__ = "provider_credential"
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
+    )
+    owner_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    shared: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
+    provider: str = Field(sa_column=Column(String(32), nullable=False))
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    base_url: str | None = Field(default=None, sa_column=Column(String(2048)))
+    key_hint: str = Field(sa_column=Column(String(8), nullable=False))
+    key_ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_id: str = Field(sa_column=Column(String(32), nullable=False))
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+    __table_args__ = (
+        Index("ix_provider_credential_owner_provider", "owner_id", "provider"),
+        Index(
+            "uq_provider_credential_owner_name",
+            "owner_id",
+            "name",
+            unique=True,
+            postgresql_where=text("NOT shared"),
+        ),
+        Index(
+            "uq_provider_credential_shared_name",
+            "name",
+            unique=True,
+            postgresql_where=text("shared"),
+        ),
+    )
+
+
+class ModelAlias(InferenceBase, table=True):
+    """A name routed to an ordered list of targets: [{"model", "credential_id"?}, ...]."""
+
+    __tablename__ = "model_alias"
+
+    alias: str = Field(sa_column=Column(String(200), primary_key=True))
+    targets: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    created_by: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )

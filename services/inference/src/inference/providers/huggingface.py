@@ -1,0 +1,200 @@
+"""Hugging Face through huggingface_hub's AsyncInferenceClient: TGI/TEI endpoints
+(per-credential `base_url`) or Hugging Face's inference providers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+
+from inference.providers.base import (
+    ChatResult,
+    Credential,
+    EmbeddingResult,
+    ProviderError,
+    Usage,
+    error_for_status,
+    parse_retry_after,
+)
+
+# chat_completion's own keyword arguments; other request fields travel as extra_body.
+CHAT_KWARGS = frozenset(
+    {
+        "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty",
+        "response_format", "seed", "stop", "temperature", "tool_choice", "tool_prompt",
+        "tools", "top_logprobs", "top_p",
+    }
+)  # fmt: skip
+
+
+def map_error(exc: Exception) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, InferenceTimeoutError | TimeoutError):
+        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        response = exc.response
+        return error_for_status(
+            response.status_code,
+            str(getattr(exc, "server_message", None) or exc).splitlines()[0],
+            parse_retry_after(response.headers.get("retry-after")),
+        )
+    name = type(exc).__name__.lower()
+    if "timeout" in name:
+        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+    if "connect" in name or isinstance(exc, OSError):
+        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
+    return ProviderError(
+        f"The provider's answer could not be read ({type(exc).__name__}).",
+        kind="malformed",
+        retryable=True,
+    )
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else dict(vars(value))
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not raw:
+        return None
+    data = raw if isinstance(raw, dict) else vars(raw)
+    if data.get("prompt_tokens") is None:
+        return None
+    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class HuggingFaceChatStream:
+    def __init__(self, first: Any, rest: AsyncIterator[Any], forward_usage: bool) -> None:
+        self._first: Any = first
+        self._rest = rest
+        self._forward_usage = forward_usage
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            while True:
+                if self._first is not None:
+                    chunk, self._first = self._first, None
+                else:
+                    try:
+                        chunk = await anext(self._rest)
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:
+                        raise map_error(exc) from exc
+                data = _jsonable(_as_dict(chunk))
+                usage = _usage(data.get("usage"))
+                if usage is not None:
+                    self.usage = usage
+                    if not data.get("choices") and not self._forward_usage:
+                        continue
+                yield data
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        close = getattr(self._rest, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class HuggingFaceProvider:
+    name = "huggingface"
+
+    def __init__(self, *, read_timeout: float) -> None:
+        self._timeout = read_timeout
+
+    def _client(self, credential: Credential) -> AsyncInferenceClient:
+        # Cheap to build: it holds settings, and opens connections per call.
+        if credential.base_url:
+            return AsyncInferenceClient(
+                base_url=credential.base_url, token=credential.api_key, timeout=self._timeout
+            )
+        return AsyncInferenceClient(token=credential.api_key, timeout=self._timeout)
+
+    def _kwargs(
+        self, credential: Credential, model: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        kwargs = {k: v for k, v in request.items() if k in CHAT_KWARGS}
+        extra = {
+            k: v
+            for k, v in request.items()
+            if k not in CHAT_KWARGS and k not in ("model", "messages", "stream", "stream_options")
+        }
+        if extra:
+            kwargs["extra_body"] = extra
+        if not credential.base_url:
+            kwargs["model"] = model
+        return kwargs
+
+    async def chat(self, credential: Credential, model: str, request: dict[str, Any]) -> ChatResult:
+        try:
+            output = await self._client(credential).chat_completion(
+                request["messages"], stream=False, **self._kwargs(credential, model, request)
+            )
+        except Exception as exc:
+            raise map_error(exc) from exc
+        body = _jsonable(_as_dict(output))
+        if not isinstance(body.get("choices"), list):
+            raise ProviderError(
+                "The provider's answer has no choices.", kind="malformed", retryable=True
+            )
+        return ChatResult(body=body, usage=_usage(body.get("usage")))
+
+    async def chat_stream(
+        self, credential: Credential, model: str, request: dict[str, Any]
+    ) -> HuggingFaceChatStream:
+        wanted = request.get("stream_options") or {}
+        forward_usage = bool(isinstance(wanted, dict) and wanted.get("include_usage"))
+        try:
+            stream = await self._client(credential).chat_completion(  # type: ignore[call-overload]
+                request["messages"],
+                stream=True,
+                stream_options={"include_usage": True},
+                **self._kwargs(credential, model, request),
+            )
+            rest = stream.__aiter__()
+            first = await anext(rest)
+        except StopAsyncIteration:
+            raise ProviderError(
+                "The provider's stream was empty.", kind="malformed", retryable=True
+            ) from None
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return HuggingFaceChatStream(first, rest, forward_usage)
+
+    async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
+        client = self._client(credential)
+        try:
+            kwargs = {} if credential.base_url else {"model": model}
+            array = await client.feature_extraction(inputs, **kwargs)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise map_error(exc) from exc
+        vectors = array.tolist()
+        if vectors and not isinstance(vectors[0], list):
+            vectors = [vectors]
+        if len(vectors) != len(inputs) or any(v and isinstance(v[0], list) for v in vectors):
+            raise ProviderError(
+                "The endpoint returned token-level vectors; point it at a pooled (TEI) model.",
+                kind="malformed",
+                retryable=False,
+                status=502,
+            )
+        return EmbeddingResult(vectors=vectors, usage=None, model=model)
+
+    async def aclose(self) -> None:
+        return None

