@@ -1,0 +1,49 @@
+"""Serve a fake provider as a process: `python -m common.fakes.run openai --port 9100`.
+
+`--delay-ms` waits that long before each chat or embeddings response (the benchmarks'
+fixed-delay upstream); `--api-key` / `--token` make the fake check credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import uvicorn
+
+from common.fakes.hf_server import create_hf_app
+from common.fakes.openai_server import create_openai_app
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m common.fakes.run", description=__doc__)
+    parser.add_argument("kind", choices=("openai", "hf"), help="which protocol to speak")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay per response")
+    parser.add_argument("--api-key", default=None, help="bearer key (OpenAI) or token (HF)")
+    parser.add_argument("--dimensions", type=int, default=8, help="default embedding size")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Build the chosen fake and serve it with uvicorn, quietly (no access log)."""
+    args = parse_args(argv)
+    latency = args.delay_ms / 1000
+    app = (
+        create_openai_app(api_key=args.api_key, dimensions=args.dimensions, latency=latency)
+        if args.kind == "openai"
+        else create_hf_app(token=args.api_key, dimensions=args.dimensions, latency=latency)
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
