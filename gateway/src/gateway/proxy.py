@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import structlog
 from fastapi import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from common.errors import BadGateway, GatewayTimeout, Problem
 from common.identity import HEADER as IDENTITY_HEADER
@@ -44,6 +44,9 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "x-request-id",
     IDENTITY_HEADER.lower(),
 }
+# Answers up to this size with a Content-Length are relayed in one piece; streams (SSE,
+# chunked) and larger bodies are relayed chunk by chunk as they arrive.
+BUFFERED_MAX_BYTES = 256 * 1024
 # The gateway's own server sets these on the way out.
 NOT_RETURNED = HOP_BY_HOP | {"date", "server", "x-request-id"}
 
@@ -111,7 +114,7 @@ async def forward(
     client: httpx.AsyncClient,
     identity: Identity,
     max_body_bytes: int,
-) -> StreamingResponse:
+) -> Response:
     body = await read_body(request, max_body_bytes)
     target = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     if request.url.query:
@@ -132,6 +135,24 @@ async def forward(
         log.warning("upstream unreachable", upstream=upstream, error=type(exc).__name__)
         raise BadGateway(f"The {upstream} service is unavailable.") from None
 
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response_headers(response.headers)
+    ]
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= BUFFERED_MAX_BYTES:
+        # A small answer of known size: one write to the client instead of a stream of them.
+        try:
+            body = await response.aread()
+        except httpx.TransportError as exc:
+            log.warning("upstream body broke", upstream=upstream, error=type(exc).__name__)
+            raise BadGateway(f"The {upstream} service's answer broke off.") from None
+        finally:
+            await response.aclose()
+        buffered = Response(body, status_code=response.status_code)
+        buffered.raw_headers = headers
+        return buffered
+
     async def stream() -> AsyncIterator[bytes]:
         try:
             async for chunk in response.aiter_raw():
@@ -145,8 +166,5 @@ async def forward(
             await response.aclose()
 
     streaming = StreamingResponse(stream(), status_code=response.status_code)
-    streaming.raw_headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in response_headers(response.headers)
-    ]
+    streaming.raw_headers = headers
     return streaming

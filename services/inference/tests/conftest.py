@@ -1,15 +1,55 @@
-"""Fixtures of the inference service's tests: the service migrated on the test database."""
+"""Fixtures of the inference service's tests: the service migrated on the test database,
+in front of local servers that speak OpenAI's and Hugging Face's protocols."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
-from common.testing import RunDatabase, ServiceHarness
+from common.fakes.faults import FaultControl
+from common.fakes.hf_server import create_hf_app
+from common.fakes.openai_server import create_openai_app
+from common.identity import Identity
+from common.llm_events import STREAM, LlmCallEvent
+from common.testing import LiveServer, RunDatabase, ServiceHarness, asgi_client
 from inference.main import create_app
 from inference.settings import InferenceSettings
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789abcdef"
+HF_TOKEN = "hf_upstream_token_0123456789abcdef"
+MEMBER_PERMISSIONS = (
+    "models:read", "inference:invoke", "providers:manage", "embeddings:read",
+    "embeddings:write", "telemetry:read_own", "telemetry:write", "api_keys:manage",
+)  # fmt: skip
+ADMIN_PERMISSIONS = (*MEMBER_PERMISSIONS, "providers:manage_shared", "telemetry:read_all")
+# Quick to fail in tests: short timeouts, tiny backoff.
+FAST = {
+    "read_timeout_seconds": 1.0,
+    "connect_timeout_seconds": 1.0,
+    "backoff_base_seconds": 0.01,
+    "backoff_max_seconds": 0.05,
+    "request_deadline_seconds": 10.0,
+    "cache_seconds": 0.0,
+}
+
+
+def member(user_id: str = "00000000-0000-0000-0000-00000000000a") -> Identity:
+    return Identity(
+        sub=user_id, kind="user", iss="gateway", roles=("member",), permissions=MEMBER_PERMISSIONS
+    )
+
+
+def admin(user_id: str = "00000000-0000-0000-0000-0000000000ad") -> Identity:
+    return Identity(
+        sub=user_id, kind="user", iss="gateway", roles=("admin",), permissions=ADMIN_PERMISSIONS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +57,94 @@ def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
     return ServiceHarness.migrated(
         "inference", InferenceSettings, create_app, test_database, redis_url
     )
+
+
+@dataclass
+class Upstream:
+    url: str
+    control: FaultControl
+
+
+@pytest.fixture
+async def openai_upstream() -> AsyncIterator[Upstream]:
+    control = FaultControl()
+    async with LiveServer(create_openai_app(control, api_key=UPSTREAM_KEY)) as server:
+        yield Upstream(f"{server.url}/v1", control)
+
+
+@pytest.fixture
+async def hf_upstream() -> AsyncIterator[Upstream]:
+    control = FaultControl()
+    async with LiveServer(create_hf_app(control, token=HF_TOKEN)) as server:
+        yield Upstream(server.url, control)
+
+
+@dataclass
+class Inference:
+    """The service in-process, and ways to call it as different people."""
+
+    app: FastAPI
+    harness: ServiceHarness
+    redis: Redis
+
+    def client(self, identity: Identity | None = None) -> httpx.AsyncClient:
+        return asgi_client(self.app, identity=identity or member(), key=self.harness.key())
+
+    async def call(
+        self, method: str, path: str, *, identity: Identity | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        async with self.client(identity) as client:
+            return await client.request(method, path, **kwargs)
+
+    async def credential(
+        self, base_url: str, *, provider: str = "openai", api_key: str = UPSTREAM_KEY,
+        identity: Identity | None = None, shared: bool = False, name: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        response = await self.call(
+            "POST",
+            "/v1/providers/credentials",
+            identity=identity or (admin() if shared else member()),
+            json={
+                "provider": provider,
+                "name": name or f"{provider}-{base_url}",
+                "api_key": api_key,
+                "base_url": base_url,
+                "shared": shared,
+            },
+        )
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def events(self) -> list[LlmCallEvent]:
+        """The call events appended so far (waiting for the sink to write them)."""
+        import asyncio
+
+        for _ in range(200):
+            if not self.app.state.inference.sink._buffer:
+                break
+            await asyncio.sleep(0.01)
+        entries = await self.redis.xrange(STREAM)
+        return [LlmCallEvent.from_fields(fields) for _, fields in entries]
+
+
+MakeInference = Callable[..., AbstractAsyncContextManager[Inference]]
+
+
+@pytest.fixture
+def make_inference(harness: ServiceHarness, redis: Redis) -> MakeInference:
+    @asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[Inference]:
+        async with harness.app(**{**FAST, **overrides}) as app:
+            yield Inference(app, harness, redis)
+
+    return make
+
+
+@pytest.fixture
+async def inference(make_inference: MakeInference) -> AsyncIterator[Inference]:
+    async with make_inference() as service:
+        yield service
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from common.testing import ServiceHarness, asgi_client, user_identity
 
 
 async def test_models_list_is_in_openai_format(app: FastAPI, harness: ServiceHarness) -> None:
-    async with asgi_client(app, identity=user_identity(), key=harness.key()) as client:
+    caller = user_identity(permissions=("models:read",))
+    async with asgi_client(app, identity=caller, key=harness.key()) as client:
         response = await client.get("/v1/models")
     assert response.status_code == 200
     body = response.json()
@@ -21,3 +22,10 @@ async def test_models_list_is_in_openai_format(app: FastAPI, harness: ServiceHar
 async def test_models_list_needs_the_gateway(app: FastAPI) -> None:
     async with asgi_client(app) as client:
         assert (await client.get("/v1/models")).status_code == 401
+
+
+async def test_models_list_needs_the_models_permission(
+    app: FastAPI, harness: ServiceHarness
+) -> None:
+    async with asgi_client(app, identity=user_identity(), key=harness.key()) as client:
+        assert (await client.get("/v1/models")).status_code == 403

@@ -127,6 +127,7 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = False) 
 
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # drop below-level events before any work
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

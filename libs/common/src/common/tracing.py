@@ -10,6 +10,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 # Requests that are not worth a trace: probes and scrapes.
 EXCLUDED_URLS = "/healthz,/readyz,/metrics"
@@ -33,10 +34,16 @@ def configure_tracing(service_name: str) -> None:
         attributes: dict[str, Any] = {}
         if not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = service_name
-        provider = TracerProvider(resource=Resource.create(attributes))
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-        ):
+        exporting = bool(
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+        # With nowhere to export to (and no sampler chosen), spans are not recorded: trace
+        # and span ids still exist and propagate (logs and errors carry them), but the
+        # cost of recording spans nobody reads (~1 ms per request) is not paid.
+        sampler = None if exporting or os.environ.get("OTEL_TRACES_SAMPLER") else ALWAYS_OFF
+        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+        if exporting:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

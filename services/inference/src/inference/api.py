@@ -159,6 +159,8 @@ def _hub_problem(exc: Exception) -> Exception:
         return NotFound("No such model on the Hub (or it is private).")
     if isinstance(exc, GatedRepoError):
         return Forbidden("This model is gated: accept its terms on the Hub with your account.")
+    if isinstance(exc, TimeoutError):
+        return HubError("The Hub did not answer in time.")
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         if exc.response.status_code == 401:
             return Forbidden("The Hub refused your Hugging Face credential.")
@@ -178,9 +180,7 @@ async def hub_models(
     """Search the Hugging Face Hub (with your HF credential, when you have one)."""
     token = await _hub_token(db, engine, identity)
     try:
-        return await service.hub_search(
-            token, engine.settings.hf_endpoint, search=search, limit=limit
-        )
+        return await service.hub_search(engine.settings, token, search=search, limit=limit)
     except Exception as exc:
         raise _hub_problem(exc) from None
 
@@ -194,6 +194,6 @@ async def hub_model(
 ) -> dict[str, Any]:
     token = await _hub_token(db, engine, identity)
     try:
-        return await service.hub_model(token, engine.settings.hf_endpoint, repo_id=repo_id)
+        return await service.hub_model(engine.settings, token, repo_id=repo_id)
     except Exception as exc:
         raise _hub_problem(exc) from None

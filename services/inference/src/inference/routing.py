@@ -177,6 +177,12 @@ class Router:
                     ) as span:
                         try:
                             result = await asyncio.wait_for(call(target), timeout=remaining)
+                            usage = getattr(result, "usage", None)
+                            if usage is not None:
+                                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+                                span.set_attribute(
+                                    "gen_ai.usage.output_tokens", usage.completion_tokens
+                                )
                         except TimeoutError:
                             raise ProviderError(
                                 "The request deadline passed.", kind="timeout", retryable=True

@@ -522,20 +522,28 @@ async def list_models(db: AsyncSession, *, identity: Identity) -> list[tuple[str
 
 
 async def hub_search(
-    token: str | None, endpoint: str | None, *, search: str | None, limit: int
+    settings: InferenceSettings, token: str | None, *, search: str | None, limit: int
 ) -> list[dict[str, Any]]:
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=endpoint, token=token or False)
-    models = await asyncio.to_thread(lambda: list(api.list_models(search=search, limit=limit)))
+    api = HfApi(endpoint=settings.hf_endpoint, token=token or False)
+    models = await asyncio.wait_for(
+        asyncio.to_thread(lambda: list(api.list_models(search=search, limit=limit))),
+        settings.hub_timeout_seconds,
+    )
     return [_hub_model(m) for m in models]
 
 
-async def hub_model(token: str | None, endpoint: str | None, *, repo_id: str) -> dict[str, Any]:
+async def hub_model(
+    settings: InferenceSettings, token: str | None, *, repo_id: str
+) -> dict[str, Any]:
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=endpoint, token=token or False)
-    return _hub_model(await asyncio.to_thread(api.model_info, repo_id))
+    api = HfApi(endpoint=settings.hf_endpoint, token=token or False)
+    info = await asyncio.wait_for(
+        asyncio.to_thread(api.model_info, repo_id), settings.hub_timeout_seconds
+    )
+    return _hub_model(info)
 
 
 def _hub_model(info: Any) -> dict[str, Any]:

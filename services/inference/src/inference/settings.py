@@ -58,6 +58,7 @@ class InferenceSettings(DatabaseSettings):
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
     # Redis is unreachable (oldest events dropped past it, counted in a metric).
     telemetry_buffer_size: int = Field(10_000, ge=1)
+    hub_timeout_seconds: float = Field(10.0, gt=0)
     hf_endpoint: str | None = Field(
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"
     )

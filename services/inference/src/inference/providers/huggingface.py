@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,14 +118,22 @@ class HuggingFaceProvider:
 
     def __init__(self, *, read_timeout: float) -> None:
         self._timeout = read_timeout
+        self._clients: dict[tuple[str | None, str | None, str], AsyncInferenceClient] = {}
 
     def _client(self, credential: Credential) -> AsyncInferenceClient:
-        # Cheap to build: it holds settings, and opens connections per call.
-        if credential.base_url:
-            return AsyncInferenceClient(
-                base_url=credential.base_url, token=credential.api_key, timeout=self._timeout
-            )
-        return AsyncInferenceClient(token=credential.api_key, timeout=self._timeout)
+        """One client (and its connection pool) per credential and endpoint, reused."""
+        fingerprint = hashlib.sha256((credential.api_key or "").encode()).hexdigest()[:16]
+        key = (credential.id, credential.base_url, fingerprint)
+        client = self._clients.get(key)
+        if client is None:
+            if credential.base_url:
+                client = AsyncInferenceClient(
+                    base_url=credential.base_url, token=credential.api_key, timeout=self._timeout
+                )
+            else:
+                client = AsyncInferenceClient(token=credential.api_key, timeout=self._timeout)
+            self._clients[key] = client
+        return client
 
     def _kwargs(
         self, credential: Credential, model: str, request: dict[str, Any]
@@ -197,4 +206,6 @@ class HuggingFaceProvider:
         return EmbeddingResult(vectors=vectors, usage=None, model=model)
 
     async def aclose(self) -> None:
-        return None
+        for client in self._clients.values():
+            await client.close()  # type: ignore[no-untyped-call]
+        self._clients.clear()

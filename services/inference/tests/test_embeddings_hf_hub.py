@@ -1,0 +1,129 @@
+"""Embeddings (OpenAI and TEI), Hugging Face chat through huggingface_hub, the Hub API,
+and the telemetry buffer that never blocks a request."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+
+from redis.asyncio import Redis
+
+from common.devstack import free_port
+from common.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
+from common.llm_events import LlmCallEvent
+from inference.events import EventSink
+
+from .conftest import HF_TOKEN, Inference, MakeInference, Upstream
+
+
+async def test_openai_embeddings_as_floats_and_base64(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    await inference.credential(openai_upstream.url)
+    body = {"model": "openai/text-embedding-3-small", "input": ["one", "two"]}
+    floats = (await inference.call("POST", "/v1/embeddings", json=body)).json()
+    packed = await inference.call(
+        "POST", "/v1/embeddings", json=body | {"encoding_format": "base64"}
+    )
+    assert floats["object"] == "list"
+    assert [d["index"] for d in floats["data"]] == [0, 1]
+    vector = floats["data"][0]["embedding"]
+    raw = base64.b64decode(packed.json()["data"][0]["embedding"])
+    decoded = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    assert decoded == [struct.unpack("<f", struct.pack("<f", v))[0] for v in vector]
+    assert floats["usage"]["prompt_tokens"] > 0
+    (event, _) = await inference.events()
+    assert (event.operation, event.cost_usd) == ("embeddings", event.cost_usd)
+    assert event.cost_usd is not None
+
+
+async def test_embedding_input_must_be_text(inference: Inference) -> None:
+    for bad in ([], [""], 3, [[1, 2]], None):
+        response = await inference.call(
+            "POST", "/v1/embeddings", json={"model": "local/all-MiniLM-L6-v2", "input": bad}
+        )
+        assert response.status_code == 422, bad
+
+
+async def test_huggingface_chat_stream_and_embeddings_through_huggingface_hub(
+    inference: Inference, hf_upstream: Upstream
+) -> None:
+    await inference.credential(hf_upstream.url, provider="huggingface", api_key=HF_TOKEN)
+    ask = {
+        "model": f"huggingface/{DEFAULT_MODEL_ID}",
+        "messages": [{"role": "user", "content": "words:7"}],
+    }
+    plain = await inference.call("POST", "/v1/chat/completions", json=ask)
+    assert plain.status_code == 200, plain.text
+    streamed = await inference.call("POST", "/v1/chat/completions", json=ask | {"stream": True})
+    chunks = [
+        json.loads(line[6:])
+        for line in streamed.text.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == plain.json()["choices"][0]["message"]["content"]
+    vectors = await inference.call(
+        "POST", "/v1/embeddings", json={"model": "huggingface/tei", "input": ["a", "b", "c"]}
+    )
+    assert vectors.status_code == 200, vectors.text
+    assert len(vectors.json()["data"]) == 3
+    events = await inference.events()
+    assert [e.usage_estimated for e in events][-1]  # TEI reports no usage: estimated
+    assert events[0].prompt_tokens == events[1].prompt_tokens
+
+
+async def test_the_hub_search_and_model_info(
+    make_inference: MakeInference, hf_upstream: Upstream
+) -> None:
+    async with make_inference(hf_endpoint=hf_upstream.url) as inference:
+        found = await inference.call(
+            "GET", "/v1/hub/models", params={"search": "MiniLM", "limit": 5}
+        )
+        assert found.status_code == 200, found.text
+        assert "sentence-transformers/all-MiniLM-L6-v2" in [m["id"] for m in found.json()]
+        info = await inference.call("GET", "/v1/hub/models/sentence-transformers/all-MiniLM-L6-v2")
+        assert info.json()["pipeline_tag"] == "sentence-similarity"
+        missing = await inference.call("GET", "/v1/hub/models/nobody/nothing")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        hidden = await inference.call("GET", f"/v1/hub/models/{PRIVATE_REPO}")
+        assert hidden.status_code == 404  # private without a token: the Hub says not found
+        await inference.credential(hf_upstream.url, provider="huggingface", api_key=HF_TOKEN)
+        seen = await inference.call("GET", f"/v1/hub/models/{PRIVATE_REPO}")
+        assert seen.status_code == 200, seen.text
+
+
+async def test_hub_down_is_a_502(make_inference: MakeInference) -> None:
+    async with make_inference(
+        hf_endpoint=f"http://127.0.0.1:{free_port()}", hub_timeout_seconds=1.0
+    ) as inference:
+        response = await inference.call("GET", "/v1/hub/models")
+    assert response.status_code == 502
+
+
+def _event(n: int) -> LlmCallEvent:
+    fields: dict[str, Any] = {
+        "id": f"e{n}", "occurred_at": 0.0, "user_id": None, "api_key_id": None,
+        "provider": "openai", "model": "openai/m", "alias": None, "status": "ok",
+        "error_type": None, "prompt_tokens": 1, "completion_tokens": 1,
+        "usage_estimated": False, "cost_usd": None, "latency_ms": 1.0, "ttft_ms": None,
+        "stream": False, "attempts": 1, "fallback": False, "operation": "chat",
+        "trace_id": None,
+    }  # fmt: skip
+    return LlmCallEvent(**fields)
+
+
+async def test_events_wait_in_memory_while_redis_is_away_and_the_oldest_go_first() -> None:
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    sink = EventSink(unreachable, buffer_size=3)
+    sink.start()
+    try:
+        for n in range(5):
+            sink.emit(_event(n))  # never raises, never waits
+        assert [e.id for e in sink._buffer] == ["e2", "e3", "e4"]
+    finally:
+        await sink.close(grace_seconds=0.1)
+        await unreachable.aclose()
