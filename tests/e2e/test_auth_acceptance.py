@@ -43,13 +43,13 @@ def test_register_login_key_openai_sdk_revoke(platform: RunningPlatform, login: 
     assert key.startswith("sk-")
     assert all("key" not in k for k in browser.get("/auth/api-keys").json())
 
-    sdk = openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key=key, max_retries=0)
-    models = sdk.models.list()
-    assert models.data == []
+    with openai.OpenAI(base_url=f"{platform.gateway}/v1", api_key=key, max_retries=0) as sdk:
+        models = sdk.models.list()
+        assert "local/all-MiniLM-L6-v2" in [m.id for m in models.data]
 
-    assert browser.delete(f"/auth/api-keys/{created.json()['id']}").status_code == 204
-    with pytest.raises(openai.AuthenticationError):
-        sdk.models.list()
+        assert browser.delete(f"/auth/api-keys/{created.json()['id']}").status_code == 204
+        with pytest.raises(openai.AuthenticationError):
+            sdk.models.list()
 
 
 def test_cookie_without_csrf_header_is_403(platform: RunningPlatform, login: Login) -> None:

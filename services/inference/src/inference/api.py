@@ -37,10 +37,12 @@ MODELS = require("models:read")
 
 
 @router.get("/v1/models")
-async def list_models(identity: Annotated[Identity, MODELS], db: DbSession) -> ModelList:
+async def list_models(
+    identity: Annotated[Identity, MODELS], db: DbSession, engine: EngineDep
+) -> ModelList:
     """The aliases and models you can call, in OpenAI's format."""
     created = int(time.time())
-    found = await service.list_models(db, identity=identity)
+    found = await service.list_models(db, engine, identity=identity)
     return ModelList(data=[Model(id=i, created=created, owned_by=o) for i, o in found])
 
 

