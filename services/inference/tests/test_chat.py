@@ -7,11 +7,14 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from common.devstack import free_port
+from common.identity import SignedIdentity
+from common.testing import LiveServer, signing_key
 
-from .conftest import Inference, MakeInference, Upstream, admin
+from .conftest import Inference, MakeInference, Upstream, admin, member
 
 CHAT = "/v1/chat/completions"
 ROUTE = "/v1/chat/completions"  # on the upstream
@@ -252,3 +255,24 @@ async def test_unknown_models_are_404(inference: Inference, model: str) -> None:
     response = await inference.call("POST", CHAT, json=ask() | {"model": model})
     assert response.status_code == 404
     assert "provider/model" in response.json()["detail"]
+
+
+async def test_a_client_that_hangs_up_cancels_the_provider_call(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    await inference.credential(openai_upstream.url)
+    openai_upstream.control.delay(ROUTE, first_byte_seconds=5)
+    key = signing_key(inference.harness.settings)
+    async with LiveServer(inference.app, lifespan=False) as server:
+        async with httpx.AsyncClient(
+            base_url=server.url, auth=SignedIdentity(key, member()), timeout=0.5
+        ) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(CHAT, json=ask())
+        (seen,) = openai_upstream.control.requests_to(ROUTE)
+        for _ in range(100):  # the upstream learns of it once inference closes the call
+            if seen.closed:
+                break
+            await asyncio.sleep(0.02)
+    assert seen.closed
+    assert not seen.completed

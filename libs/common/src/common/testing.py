@@ -167,13 +167,20 @@ def asgi_client(
 class LiveServer:
     """An ASGI app served by uvicorn on a free 127.0.0.1 port, inside the test's event loop."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, *, lifespan: bool = True) -> None:
+        """`lifespan=False` serves an app whose lifespan already runs (ServiceHarness.app)."""
         import uvicorn
 
         self.port = port or devstack.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_config=None,
+                lifespan="on" if lifespan else "off",
+            )
         )
         self._task: asyncio.Task[None] | None = None
 

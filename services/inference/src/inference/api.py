@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from common.db import DbSession
-from common.errors import Forbidden, NotFound
+from common.errors import Forbidden, NotFound, Problem
 from common.identity import Identity
 from inference import repository, service
 from inference.deps import EngineDep, require
@@ -30,6 +33,36 @@ from inference.schemas import (
 )
 
 router = APIRouter(tags=["inference"])
+T = TypeVar("T")
+
+
+class ClientGone(Problem):
+    """The caller hung up; the provider call was cancelled (nginx's 499, for the logs)."""
+
+    status, slug, title = 499, "client-closed", "Client Closed Request"
+
+
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`, cancelling it (and so the provider call) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone
+    return task.result()
+
+
 INVOKE = require("inference:invoke")
 MANAGE = require("providers:manage")
 MANAGE_SHARED = require("providers:manage_shared")
@@ -48,7 +81,11 @@ async def list_models(
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatRequest, identity: Annotated[Identity, INVOKE], db: DbSession, engine: EngineDep
+    body: ChatRequest,
+    http: Request,
+    identity: Annotated[Identity, INVOKE],
+    db: DbSession,
+    engine: EngineDep,
 ) -> Response:
     """OpenAI's chat completions; `stream: true` answers with server-sent events."""
     request = body.model_dump(exclude_none=True)
@@ -59,18 +96,28 @@ async def chat_completions(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return JSONResponse(await service.chat(db, engine, identity=identity, request=request))
+    body_out = await until_disconnect(
+        http, service.chat(db, engine, identity=identity, request=request)
+    )
+    return JSONResponse(body_out)
 
 
 @router.post("/v1/embeddings")
 async def embeddings(
-    body: EmbeddingsRequest, identity: Annotated[Identity, INVOKE], db: DbSession, engine: EngineDep
+    body: EmbeddingsRequest,
+    http: Request,
+    identity: Annotated[Identity, INVOKE],
+    db: DbSession,
+    engine: EngineDep,
 ) -> dict[str, Any]:
     """OpenAI's embeddings: `input` a string or a list of strings."""
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    return await service.embeddings(
-        db, engine, identity=identity, model=body.model, inputs=inputs,
-        encoding=body.encoding_format,
+    return await until_disconnect(
+        http,
+        service.embeddings(
+            db, engine, identity=identity, model=body.model, inputs=inputs,
+            encoding=body.encoding_format,
+        ),
     )  # fmt: skip
 
 

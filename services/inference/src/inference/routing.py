@@ -15,6 +15,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from inference.metrics import CIRCUIT_OPEN
 from inference.providers.base import ProviderError
 
 log = structlog.get_logger(__name__)
@@ -155,6 +156,7 @@ class Router:
         for index, target in enumerate(targets):
             if not await self.breaker.allows(target, time.time()):
                 log.info("circuit open, skipping target", target=target.name)
+                CIRCUIT_OPEN.labels(target.name).set(1)
                 continue
             all_open = False
             for attempt in range(self.policy.max_attempts):
@@ -204,6 +206,7 @@ class Router:
                     await asyncio.sleep(pause)
                     continue
                 await self.breaker.succeeded(target)
+                CIRCUIT_OPEN.labels(target.name).set(0)
                 return Outcome(
                     result=result, target=target, attempts=trail.attempts, fallback=index > 0
                 )
