@@ -140,3 +140,24 @@ async def test_rotation_reencrypts_every_row_and_the_old_key_can_go(
             json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
         )
         assert chat.status_code == 200, chat.text
+
+
+async def test_cached_credentials_survive_failed_requests_and_see_deletions(
+    make_inference: MakeInference, openai_upstream: Upstream
+) -> None:
+    """With the in-memory cache on (as in production), a request that fails and rolls back
+    does not spoil later ones, and deleting a credential takes effect at once here."""
+    async with make_inference(cache_seconds=30) as inference:
+        created = await inference.credential(openai_upstream.url)
+        body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+        assert (await inference.call("POST", "/v1/chat/completions", json=body)).status_code == 200
+        openai_upstream.control.fail("/v1/chat/completions", status=400)
+        assert (await inference.call("POST", "/v1/chat/completions", json=body)).status_code == 400
+        for _ in range(3):
+            ok = await inference.call("POST", "/v1/chat/completions", json=body)
+            assert ok.status_code == 200, ok.text
+        gone = await inference.call("DELETE", f"/v1/providers/credentials/{created['id']}")
+        assert gone.status_code == 204
+        after = await inference.call("POST", "/v1/chat/completions", json=body)
+        assert after.status_code == 400
+        assert "No credential" in after.json()["detail"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import struct
 import time
@@ -144,41 +143,40 @@ async def delete_credential(
 
 
 def _decrypt(engine: Engine, row: ProviderCredential) -> Credential:
-    fingerprint = hashlib.sha256(row.key_ciphertext).digest()
-    cached = engine.credentials.get(("plain", row.id, fingerprint))
-    if cached is None:
-        cached = Credential(
-            id=str(row.id),
-            api_key=engine.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
-            base_url=row.base_url,
-        )
-        engine.credentials.put(("plain", row.id, fingerprint), cached)
-    result: Credential = cached
-    return result
+    return Credential(
+        id=str(row.id),
+        api_key=engine.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
+        base_url=row.base_url,
+    )
 
 
 async def credential_for(
     db: AsyncSession, engine: Engine, *, identity: Identity, target: Target
 ) -> Credential:
-    """The target's credential; else the caller's own for the provider; else a shared one."""
+    """The target's credential; else the caller's own for the provider; else a shared one.
+
+    Resolved credentials (plain values, never ORM rows) are cached in memory for
+    INFERENCE_CACHE_SECONDS: no database round trip and no decryption per request."""
     if target.provider not in NEEDS_CREDENTIAL:
         return Credential(id=None, api_key=None, base_url=None)
-    key = ("row", target.credential_id or (_owner(identity), target.provider))
-    row: ProviderCredential | None = engine.credentials.get(key)
+    key = target.credential_id or (_owner(identity), target.provider)
+    cached: Credential | None = engine.credentials.get(key)
+    if cached is not None:
+        return cached
+    if target.credential_id:
+        row = await repository.get_credential(db, credential_id=uuid.UUID(target.credential_id))
+    else:
+        row = await repository.credential_for(
+            db, owner_id=_owner(identity), provider=target.provider
+        )
     if row is None:
-        if target.credential_id:
-            row = await repository.get_credential(db, credential_id=uuid.UUID(target.credential_id))
-        else:
-            row = await repository.credential_for(
-                db, owner_id=_owner(identity), provider=target.provider
-            )
-        if row is None:
-            raise NoCredential(
-                f"No credential for provider {target.provider}: add one with "
-                "POST /v1/providers/credentials."
-            )
-        engine.credentials.put(key, row)
-    return _decrypt(engine, row)
+        raise NoCredential(
+            f"No credential for provider {target.provider}: add one with "
+            "POST /v1/providers/credentials."
+        )
+    credential = _decrypt(engine, row)
+    engine.credentials.put(key, credential)
+    return credential
 
 
 async def rotate_keys(db: AsyncSession, keyring: Keyring) -> tuple[int, int]:
