@@ -40,7 +40,10 @@ install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip
 	python3 -m pip --python $(PYTHON) install --quiet --no-index --no-deps --only-binary=:all: "$$torch" \
 	  || { echo "pip found no $$torch in its find-links (pip.conf): install that CPU wheel" \
 	            "into .venv by hand, then run make again" >&2; exit 1; }
-	$(PYTHON) -c '$(LOCAL_REQS)' | $(UV) pip install --python $(PYTHON) --quiet -c $(LOCAL_PINS) -r -
+	@# Every pinned package but torch (torch --no-deps above leaves its own dependencies,
+	@# sympy and networkx among them, to this step), and the extra's own requirements.
+	{ grep -vE '^(#|torch==)' $(LOCAL_PINS); $(PYTHON) -c '$(LOCAL_REQS)'; } \
+	  | $(UV) pip install --python $(PYTHON) --quiet -c $(LOCAL_PINS) -r -
 
 run: install ## the whole platform on http://127.0.0.1:8000 (Ctrl-C stops everything)
 	$(PYTHON) -m common.devstack run
