@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +47,63 @@ class ChatStream(Protocol):
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class ChunkStream:
+    """A provider's stream of chat chunks as OpenAI chunk dicts.
+
+    The first chunk was already read (so failures before it could still be retried). The
+    usage chunk, which we always ask for, is recorded in `usage`, and passed on only when
+    the caller asked for it too. Errors mid-stream come out as ProviderError.
+    """
+
+    def __init__(
+        self,
+        first: Any,
+        rest: AsyncIterator[Any],
+        *,
+        to_dict: Callable[[Any], dict[str, Any]],
+        map_error: Callable[[Exception], ProviderError],
+        read_usage: Callable[[Any], Usage | None],
+        close: Callable[[], Awaitable[None]],
+        forward_usage: bool,
+    ) -> None:
+        self._first: Any = first
+        self._rest = rest
+        self._to_dict = to_dict
+        self._map_error = map_error
+        self._read_usage = read_usage
+        self._close = close
+        self._forward_usage = forward_usage
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            while True:
+                if self._first is not None:
+                    chunk, self._first = self._first, None
+                else:
+                    try:
+                        chunk = await anext(self._rest)
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:
+                        raise self._map_error(exc) from exc
+                data = self._to_dict(chunk)
+                usage = self._read_usage(data.get("usage"))
+                if usage is not None:
+                    self.usage = usage
+                    if not data.get("choices") and not self._forward_usage:
+                        continue
+                yield data
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._close()
 
 
 class ProviderError(Exception):

@@ -12,6 +12,7 @@ from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
 from inference.providers.base import (
     ChatResult,
+    ChunkStream,
     Credential,
     EmbeddingResult,
     ProviderError,
@@ -75,42 +76,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class HuggingFaceChatStream:
-    def __init__(self, first: Any, rest: AsyncIterator[Any], forward_usage: bool) -> None:
-        self._first: Any = first
-        self._rest = rest
-        self._forward_usage = forward_usage
-        self.usage: Usage | None = None
-
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
-        try:
-            while True:
-                if self._first is not None:
-                    chunk, self._first = self._first, None
-                else:
-                    try:
-                        chunk = await anext(self._rest)
-                    except StopAsyncIteration:
-                        return
-                    except Exception as exc:
-                        raise map_error(exc) from exc
-                data = _jsonable(_as_dict(chunk))
-                usage = _usage(data.get("usage"))
-                if usage is not None:
-                    self.usage = usage
-                    if not data.get("choices") and not self._forward_usage:
-                        continue
-                yield data
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        close = getattr(self._rest, "aclose", None)
-        if close is not None:
-            await close()
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class HuggingFaceProvider:
@@ -166,7 +135,7 @@ class HuggingFaceProvider:
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
-    ) -> HuggingFaceChatStream:
+    ) -> ChunkStream:
         wanted = request.get("stream_options") or {}
         forward_usage = bool(isinstance(wanted, dict) and wanted.get("include_usage"))
         try:
@@ -184,7 +153,15 @@ class HuggingFaceProvider:
             ) from None
         except Exception as exc:
             raise map_error(exc) from exc
-        return HuggingFaceChatStream(first, rest, forward_usage)
+        return ChunkStream(
+            first,
+            rest,
+            to_dict=lambda chunk: _jsonable(_as_dict(chunk)),
+            map_error=map_error,
+            read_usage=_usage,
+            close=lambda: _aclose(rest),
+            forward_usage=forward_usage,
+        )
 
     async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
         client = self._client(credential)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -12,6 +11,7 @@ from openai import AsyncOpenAI
 
 from inference.providers.base import (
     ChatResult,
+    ChunkStream,
     Credential,
     EmbeddingResult,
     ProviderError,
@@ -53,53 +53,6 @@ def map_error(exc: Exception) -> ProviderError:
         kind="malformed",
         retryable=True,
     )
-
-
-class OpenAIChatStream:
-    """Chunks as dicts; the usage chunk (asked for) is recorded, and passed on only when
-    the caller asked for it too."""
-
-    def __init__(
-        self, first: dict[str, Any], rest: AsyncIterator[Any], stream: Any, forward_usage: bool
-    ) -> None:
-        self._first: dict[str, Any] | None = first
-        self._rest = rest
-        self._stream = stream
-        self._forward_usage = forward_usage
-        self.usage: Usage | None = None
-
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
-        try:
-            if self._first is not None:
-                first, self._first = self._first, None
-                if self._keep(first):
-                    yield first
-            while True:
-                try:
-                    chunk = await anext(self._rest)
-                except StopAsyncIteration:
-                    return
-                except Exception as exc:
-                    raise map_error(exc) from exc
-                data = chunk.model_dump(exclude_unset=True, mode="json")
-                if self._keep(data):
-                    yield data
-        finally:
-            await self.aclose()
-
-    def _keep(self, chunk: dict[str, Any]) -> bool:
-        usage = _usage(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-            if not chunk.get("choices") and not self._forward_usage:
-                return False
-        return True
-
-    async def aclose(self) -> None:
-        await self._stream.close()
 
 
 class OpenAIProvider:
@@ -151,7 +104,7 @@ class OpenAIProvider:
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
-    ) -> OpenAIChatStream:
+    ) -> ChunkStream:
         wanted = request.get("stream_options") or {}
         forward_usage = bool(isinstance(wanted, dict) and wanted.get("include_usage"))
         try:
@@ -173,8 +126,14 @@ class OpenAIProvider:
             ) from None
         except Exception as exc:
             raise map_error(exc) from exc
-        return OpenAIChatStream(
-            first.model_dump(exclude_unset=True, mode="json"), rest, stream, forward_usage
+        return ChunkStream(
+            first,
+            rest,
+            to_dict=lambda chunk: chunk.model_dump(exclude_unset=True, mode="json"),
+            map_error=map_error,
+            read_usage=_usage,
+            close=stream.close,
+            forward_usage=forward_usage,
         )
 
     async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
