@@ -105,6 +105,54 @@ class ChunkStream:
     async def aclose(self) -> None:
         await self._close()
 
+    @classmethod
+    async def open(
+        cls,
+        opening: Awaitable[Any],
+        *,
+        to_dict: Callable[[Any], dict[str, Any]],
+        map_error: Callable[[Exception], ProviderError],
+        read_usage: Callable[[Any], Usage | None],
+        forward_usage: bool,
+    ) -> ChunkStream:
+        """Start a provider's stream and read its first chunk: until then a failure is a
+        ProviderError the router may retry."""
+        try:
+            stream = await opening
+            rest = stream.__aiter__()
+            first = await anext(rest)
+        except StopAsyncIteration:
+            raise ProviderError(
+                "The provider's stream was empty.", kind="malformed", retryable=True
+            ) from None
+        except Exception as exc:
+            raise map_error(exc) from exc
+        closer = getattr(stream, "aclose", None) or getattr(rest, "aclose", None)
+
+        async def close() -> None:
+            if closer is not None:
+                await closer()
+
+        return cls(
+            first, rest, to_dict=to_dict, map_error=map_error, read_usage=read_usage,
+            close=close, forward_usage=forward_usage,
+        )  # fmt: skip
+
+
+def wants_usage(request: dict[str, Any]) -> bool:
+    """Did the caller ask for the usage chunk at the end of a stream?"""
+    options = request.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def chat_result(body: dict[str, Any], read_usage: Callable[[Any], Usage | None]) -> ChatResult:
+    """A complete chat answer, if it has choices (else a malformed, retryable answer)."""
+    if not isinstance(body.get("choices"), list):
+        raise ProviderError(
+            "The provider's answer has no choices.", kind="malformed", retryable=True
+        )
+    return ChatResult(body=body, usage=read_usage(body.get("usage")))
+
 
 class ProviderError(Exception):
     """A failed call to a provider, classified for the router.

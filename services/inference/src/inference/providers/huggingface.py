@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from huggingface_hub import AsyncInferenceClient
@@ -17,8 +16,10 @@ from inference.providers.base import (
     EmbeddingResult,
     ProviderError,
     Usage,
+    chat_result,
     error_for_status,
     parse_retry_after,
+    wants_usage,
 )
 
 # chat_completion's own keyword arguments; other request fields travel as extra_body.
@@ -76,12 +77,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        await close()
-
-
 class HuggingFaceProvider:
     name = "huggingface"
 
@@ -126,41 +121,22 @@ class HuggingFaceProvider:
             )
         except Exception as exc:
             raise map_error(exc) from exc
-        body = _jsonable(_as_dict(output))
-        if not isinstance(body.get("choices"), list):
-            raise ProviderError(
-                "The provider's answer has no choices.", kind="malformed", retryable=True
-            )
-        return ChatResult(body=body, usage=_usage(body.get("usage")))
+        return chat_result(_jsonable(_as_dict(output)), _usage)
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
     ) -> ChunkStream:
-        wanted = request.get("stream_options") or {}
-        forward_usage = bool(isinstance(wanted, dict) and wanted.get("include_usage"))
-        try:
-            stream = await self._client(credential).chat_completion(  # type: ignore[call-overload]
+        return await ChunkStream.open(
+            self._client(credential).chat_completion(  # type: ignore[call-overload]
                 request["messages"],
                 stream=True,
                 stream_options={"include_usage": True},
                 **self._kwargs(credential, model, request),
-            )
-            rest = stream.__aiter__()
-            first = await anext(rest)
-        except StopAsyncIteration:
-            raise ProviderError(
-                "The provider's stream was empty.", kind="malformed", retryable=True
-            ) from None
-        except Exception as exc:
-            raise map_error(exc) from exc
-        return ChunkStream(
-            first,
-            rest,
+            ),
             to_dict=lambda chunk: _jsonable(_as_dict(chunk)),
             map_error=map_error,
             read_usage=_usage,
-            close=lambda: _aclose(rest),
-            forward_usage=forward_usage,
+            forward_usage=wants_usage(request),
         )
 
     async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:

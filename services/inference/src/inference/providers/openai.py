@@ -16,8 +16,10 @@ from inference.providers.base import (
     EmbeddingResult,
     ProviderError,
     Usage,
+    chat_result,
     error_for_status,
     parse_retry_after,
+    wants_usage,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -96,44 +98,27 @@ class OpenAIProvider:
             body = completion.model_dump(exclude_unset=True, mode="json")
         except Exception as exc:
             raise map_error(exc) from exc
-        if not isinstance(body.get("choices"), list):
-            raise ProviderError(
-                "The provider's answer has no choices.", kind="malformed", retryable=True
-            )
-        return ChatResult(body=body, usage=_usage(body.get("usage")))
+        return chat_result(body, _usage)
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
     ) -> ChunkStream:
-        wanted = request.get("stream_options") or {}
-        forward_usage = bool(isinstance(wanted, dict) and wanted.get("include_usage"))
-        try:
-            stream = await self._client(credential).chat.completions.create(
+        options = request.get("stream_options")
+        return await ChunkStream.open(
+            self._client(credential).chat.completions.create(
                 model=model,
                 messages=request["messages"],
                 stream=True,
                 stream_options={
-                    **(wanted if isinstance(wanted, dict) else {}),
+                    **(options if isinstance(options, dict) else {}),
                     "include_usage": True,
                 },
                 **self._params(request),
-            )
-            rest = stream.__aiter__()
-            first = await anext(rest)
-        except StopAsyncIteration:
-            raise ProviderError(
-                "The provider's stream was empty.", kind="malformed", retryable=True
-            ) from None
-        except Exception as exc:
-            raise map_error(exc) from exc
-        return ChunkStream(
-            first,
-            rest,
+            ),
             to_dict=lambda chunk: chunk.model_dump(exclude_unset=True, mode="json"),
             map_error=map_error,
             read_usage=_usage,
-            close=stream.close,
-            forward_usage=forward_usage,
+            forward_usage=wants_usage(request),
         )
 
     async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
