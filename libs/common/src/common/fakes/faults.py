@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -296,3 +300,24 @@ def _faulty(send: Send, fault: Fault) -> Send:
             sent_chunks += 1
 
     return faulty
+
+
+def build_app(
+    routes: list[Route],
+    *,
+    control: FaultControl | None,
+    render_error: ErrorRenderer,
+    not_found: Callable[[Request, Exception], Awaitable[Response]],
+) -> Starlette:
+    """A fake's Starlette app: its routes, its error shape for unknown URLs and methods,
+    and the fault middleware only when a test holds a control (benchmarks pay nothing)."""
+    middleware = (
+        [Middleware(FaultMiddleware, control=control, render_error=render_error)]
+        if control is not None
+        else []
+    )
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={404: not_found, 405: not_found},
+    )

@@ -23,12 +23,11 @@ from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.fakes.faults import FaultControl, FaultMiddleware
+from common.fakes.faults import FaultControl, build_app
 from common.fakes.openai_server import (
     DEFAULT_DIMENSIONS,
     OpenAIEndpoints,
@@ -365,13 +364,4 @@ def create_hf_app(
     `model_id` is what TGI says it serves; `token` guards the inference routes and opens
     the private repo; `latency` seconds are waited before each inference response."""
     routes = _HfRoutes(token, model_id, dimensions, latency)
-    middleware = (
-        [Middleware(FaultMiddleware, control=control, render_error=hf_error)]
-        if control is not None
-        else []
-    )
-    return Starlette(
-        routes=routes.routes(),
-        middleware=middleware,
-        exception_handlers={404: _not_found, 405: _not_found},
-    )
+    return build_app(routes.routes(), control=control, render_error=hf_error, not_found=_not_found)

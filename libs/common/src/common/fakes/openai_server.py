@@ -28,12 +28,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from common.fakes.faults import FaultControl, FaultMiddleware
+from common.fakes.faults import FaultControl, build_app
 
 __all__ = [
     "DEFAULT_DIMENSIONS",
@@ -450,13 +449,6 @@ def create_openai_app(
     """The OpenAI fake. With `api_key`, other keys get 401; `latency` seconds are waited
     before each chat or embeddings response; `control` injects faults and records requests."""
     routes = OpenAIEndpoints(api_key, models, dimensions, latency)
-    middleware = (
-        [Middleware(FaultMiddleware, control=control, render_error=openai_error)]
-        if control is not None
-        else []
-    )
-    return Starlette(
-        routes=routes.routes(),
-        middleware=middleware,
-        exception_handlers={404: _not_found, 405: _not_found},
+    return build_app(
+        routes.routes(), control=control, render_error=openai_error, not_found=_not_found
     )
