@@ -22,7 +22,6 @@ from auth.deps import (
     require,
 )
 from auth.errors import ApiKeyNotFound, UserNotFound
-from auth.models import ApiKey
 from auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -212,19 +211,6 @@ async def change_password(
     return _set_session_cookies(response, settings, auth)
 
 
-def _key_read(key: ApiKey) -> ApiKeyRead:
-    assert key.created_at is not None
-    return ApiKeyRead(
-        id=key.id,
-        name=key.name,
-        prefix=key.prefix,
-        scopes=key.scopes,
-        created_at=key.created_at,
-        expires_at=key.expires_at,
-        last_used_at=key.last_used_at,
-    )
-
-
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED)
 async def create_api_key(
     body: ApiKeyCreate,
@@ -238,7 +224,9 @@ async def create_api_key(
         db, ctx=ctx, user_id=uuid.UUID(identity.user_id),
         permissions=identity.permissions, body=body,
     )  # fmt: skip
-    return ApiKeyCreated(**_key_read(row).model_dump(), key=key)
+    return ApiKeyCreated(
+        **ApiKeyRead.model_validate(row, from_attributes=True).model_dump(), key=key
+    )
 
 
 @router.get("/api-keys")
@@ -246,7 +234,7 @@ async def list_api_keys(identity: CurrentUser, db: DbSession) -> list[ApiKeyRead
     """Your active keys (never the keys themselves)."""
     assert identity.user_id
     keys = await repository.list_api_keys(db, user_id=uuid.UUID(identity.user_id))
-    return [_key_read(k) for k in keys]
+    return [ApiKeyRead.model_validate(k, from_attributes=True) for k in keys]
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)

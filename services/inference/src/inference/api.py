@@ -23,7 +23,6 @@ from inference.routing import Target
 from inference.schemas import (
     AliasCreate,
     AliasRead,
-    AliasTarget,
     ChatRequest,
     CredentialCreate,
     CredentialRead,
@@ -121,25 +120,14 @@ async def embeddings(
     )  # fmt: skip
 
 
-def _credential_read(row: Any) -> CredentialRead:
-    return CredentialRead(
-        id=row.id,
-        provider=row.provider,
-        name=row.name,
-        base_url=row.base_url,
-        shared=row.shared,
-        key_hint=row.key_hint,
-        created_at=row.created_at,
-    )
-
-
 @router.post("/v1/providers/credentials", status_code=status.HTTP_201_CREATED)
 async def create_credential(
     body: CredentialCreate, identity: Annotated[Identity, MANAGE], db: DbSession, engine: EngineDep
 ) -> CredentialRead:
     """Store a provider key, encrypted. It is never shown again: only its last 4 characters."""
-    return _credential_read(
-        await service.create_credential(db, engine, identity=identity, body=body)
+    return CredentialRead.model_validate(
+        await service.create_credential(db, engine, identity=identity, body=body),
+        from_attributes=True,
     )
 
 
@@ -148,7 +136,10 @@ async def list_credentials(
     identity: Annotated[Identity, MANAGE], db: DbSession
 ) -> list[CredentialRead]:
     """Your credentials and the shared ones (keys never included)."""
-    return [_credential_read(r) for r in await service.list_credentials(db, identity=identity)]
+    return [
+        CredentialRead.model_validate(r, from_attributes=True)
+        for r in await service.list_credentials(db, identity=identity)
+    ]
 
 
 @router.delete("/v1/providers/credentials/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -162,14 +153,6 @@ async def delete_credential(
     await service.delete_credential(db, engine, identity=identity, credential_id=parsed)
 
 
-def _alias_read(row: Any) -> AliasRead:
-    return AliasRead(
-        alias=row.alias,
-        targets=[AliasTarget.model_validate(t) for t in row.targets],
-        created_at=row.created_at,
-    )
-
-
 @router.post("/v1/providers/aliases", status_code=status.HTTP_201_CREATED)
 async def save_alias(
     body: AliasCreate,
@@ -178,12 +161,16 @@ async def save_alias(
     engine: EngineDep,
 ) -> AliasRead:
     """Create or replace an alias: an ordered list of targets, tried in turn."""
-    return _alias_read(await service.save_alias(db, engine, identity=identity, body=body))
+    return AliasRead.model_validate(
+        await service.save_alias(db, engine, identity=identity, body=body), from_attributes=True
+    )
 
 
 @router.get("/v1/providers/aliases")
 async def list_aliases(_: Annotated[Identity, MODELS], db: DbSession) -> list[AliasRead]:
-    return [_alias_read(a) for a in await repository.list_aliases(db)]
+    return [
+        AliasRead.model_validate(a, from_attributes=True) for a in await repository.list_aliases(db)
+    ]
 
 
 @router.delete("/v1/providers/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
