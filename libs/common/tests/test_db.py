@@ -16,7 +16,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, SQLModel
 from starlette.types import Message, Receive, Scope, Send
 
-from common.app import instrument
+from common.app import PlatformApp, instrument
 from common.db import DbSession, create_engine, create_sessionmaker, schema_registry
 from common.errors import Problem
 from common.settings import ServiceSettings
@@ -80,7 +80,7 @@ class VisibleAtResponseStart:
 
 
 def create_app(test_database: RunDatabase) -> FastAPI:
-    app = FastAPI()
+    app = PlatformApp()
     instrument(app, UowSettings())
     app.state.engine = create_engine(test_database.admin_url, application_name="t")
     app.state.sessionmaker = create_sessionmaker(app.state.engine)

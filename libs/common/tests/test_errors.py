@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from common.app import instrument
+from common.app import PlatformApp, instrument
 from common.errors import Problem
 from common.settings import ServiceSettings
 from common.testing import asgi_client
@@ -37,7 +37,7 @@ class Signup(BaseModel):
 
 def create_app() -> FastAPI:
     configure_tracing(ErrDemoSettings.service_name)
-    app = FastAPI()
+    app = PlatformApp()
     instrument(app, ErrDemoSettings())
 
     @app.post("/v1/completions")

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.app import instrument
+from common.app import PlatformApp, instrument
 from common.settings import ServiceSettings
 from common.testing import asgi_client
 
@@ -23,7 +23,7 @@ def create_app(service: str) -> FastAPI:
     class Settings(ServiceSettings):
         service_name: ClassVar[str] = service
 
-    app = FastAPI()
+    app = PlatformApp()
     instrument(app, Settings())
 
     @app.get("/items/{item_id}")

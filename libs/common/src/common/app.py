@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.types import ASGIApp
 
 from common import health
 from common.db import create_engine, create_sessionmaker, ping_database
@@ -17,23 +17,30 @@ from common.logging import configure_logging
 from common.middleware import RequestMiddleware
 from common.redis import create_redis, ping_redis
 from common.settings import DatabaseSettings, ServiceSettings
-from common.tracing import EXCLUDED_URLS, configure_tracing, instrument_libraries
+from common.tracing import configure_tracing, instrument_libraries
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 INTERNAL_OPENAPI_PATH = "/internal/openapi.json"
 
 
+class PlatformApp(FastAPI):
+    """FastAPI with the request middleware (request id, server span, metrics, access log)
+    outside everything, Starlette's last-resort error layer included: an unexpected error's
+    500 is counted, logged and answered inside the request's span, with its trace id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestMiddleware(
+            super().build_middleware_stack(), service=self.state.settings.service_name
+        )
+
+
 def instrument(app: FastAPI, settings: ServiceSettings) -> None:
-    """What every app gets: probes, problem+json errors, metrics, access log, traces."""
+    """What every app gets: probes, problem+json errors (the request middleware comes with
+    PlatformApp)."""
     app.state.settings = settings
     app.state.readiness_checks = {}
     install_error_handlers(app)
     app.include_router(health.router)
-    app.add_middleware(RequestMiddleware, service=settings.service_name)
-    # No per-chunk "http send/receive" spans: noise in a trace, and real cost per request.
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
-    )
 
 
 def configure_process(settings: ServiceSettings) -> None:
@@ -54,7 +61,7 @@ def new_app(
     """A FastAPI app with everything `instrument` gives, and no OpenAPI routes of its own
     (the gateway publishes the one public document)."""
     configure_process(settings)
-    app = FastAPI(
+    app = PlatformApp(
         title=title,
         description=description,
         version=version,
@@ -63,8 +70,7 @@ def new_app(
         docs_url=None,
         redoc_url=None,
         # FastAPI's own telemetry would trace, count and log every request a second time
-        # (and span each dependency): OpenTelemetry's instrumentation and our Prometheus
-        # middleware already do, configured the platform's way.
+        # (and span each dependency): our request middleware already does.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     instrument(app, settings)

@@ -103,8 +103,8 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Problem)
+def render_problem(request: Request, exc: Problem) -> JSONResponse:
+    """The problem+json answer for a Problem (also for pure-ASGI code outside the router)."""
     if exc.status >= 500:
         log.warning("problem", status=exc.status, title=exc.title, detail=exc.detail)
     return problem_response(
@@ -116,6 +116,11 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
         headers=exc.headers,
         **exc.extra,
     )
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return render_problem(request, exc)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -154,10 +159,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # This runs outside the request middleware (Starlette's outermost error layer), so the
-    # request id is added here, to the log line and to the response headers.
-    request_id = getattr(request.state, "request_id", None)
-    log.error("unhandled exception", exc_info=exc, path=request.url.path, request_id=request_id)
+    # Starlette's last-resort layer; the request middleware (outside it) adds the request id
+    # header, and the request's span is still the current one.
+    log.error("unhandled exception", exc_info=exc, path=request.url.path)
     with contextlib.suppress(AttributeError):  # uvicorn need not log it again
         exc.__logged__ = True  # type: ignore[attr-defined]
     return problem_response(
@@ -165,7 +169,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         status=500,
         title="Internal Server Error",
         detail="An unexpected error occurred; quote the trace_id when reporting it.",
-        headers={"X-Request-ID": request_id} if request_id else None,
     )
 
 

@@ -80,27 +80,38 @@ class Session:
         )
 
 
-# Atomically: the session if it is neither idle too long nor past its lifetime, with
-# last_seen_at moved to now and the TTL slid; else delete it and return nothing.
-_TOUCH = """
-local data = redis.call('HGETALL', KEYS[1])
-if #data == 0 then return false end
-local h = {}
-for i = 1, #data, 2 do h[data[i]] = data[i + 1] end
-local now = tonumber(ARGV[1])
-local idle = tonumber(h['idle_timeout'])
-local expires_at = tonumber(h['expires_at'])
-if now >= expires_at or now - tonumber(h['last_seen_at']) >= idle then
-  redis.call('DEL', KEYS[1])
-  return false
+# Lua: touch_session(key, now) -> the session's fields if it is neither idle too long nor
+# past its lifetime, with last_seen_at moved to now and the TTL slid; else deletes it and
+# returns nil. Shared with the gateway's own script (which also counts the request).
+TOUCH_SESSION_LUA = """
+local function touch_session(key, now_text)
+  local data = redis.call('HGETALL', key)
+  if #data == 0 then return nil end
+  local h = {}
+  for i = 1, #data, 2 do h[data[i]] = data[i + 1] end
+  local now = tonumber(now_text)
+  local idle = tonumber(h['idle_timeout'])
+  local expires_at = tonumber(h['expires_at'])
+  if now >= expires_at or now - tonumber(h['last_seen_at']) >= idle then
+    redis.call('DEL', key)
+    return nil
+  end
+  redis.call('HSET', key, 'last_seen_at', now_text)
+  redis.call('EXPIRE', key, math.max(1, math.ceil(math.min(idle, expires_at - now))))
+  h['last_seen_at'] = now_text
+  return h
 end
-redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], math.max(1, math.ceil(math.min(idle, expires_at - now))))
-h['last_seen_at'] = ARGV[1]
+"""
+_TOUCH = (
+    TOUCH_SESSION_LUA
+    + """
+local h = touch_session(KEYS[1], ARGV[1])
+if not h then return false end
 local out = {}
 for k, v in pairs(h) do out[#out + 1] = k; out[#out + 1] = v end
 return out
 """
+)
 
 
 class SessionStore:

@@ -12,9 +12,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-# Requests that are not worth a trace: probes and scrapes.
-EXCLUDED_URLS = "/healthz,/readyz,/metrics"
-
 _lock = threading.Lock()
 _configured = False
 _instrumented_libraries = False
