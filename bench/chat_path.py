@@ -62,6 +62,15 @@ def measure(client: httpx.Client, url: str, body: dict[str, object], n: int) -> 
     return latencies
 
 
+def profile(py_spy: str, name: str, pid: int) -> subprocess.Popen[bytes]:
+    out = ROOT / "bench" / "results" / f"profile-{name}.txt"
+    return subprocess.Popen(  # noqa: S603
+        [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+         "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -74,6 +83,12 @@ def summary(latencies: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument(
+        "--profile",
+        metavar="PY_SPY",
+        help="path to a py-spy binary: sample gateway and inference during the measured run "
+        "and write collapsed stacks to bench/results/profile-<process>.txt",
+    )
     args = parser.parse_args()
     n = args.requests
     upstream_port = devstack.free_port()
@@ -140,7 +155,15 @@ def main() -> int:
             bare_lat = measure(bare, f"{upstream_url}/chat/completions", bare_body, n)
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             own_before = cpu_seconds(os.getpid())
+            spies = (
+                [profile(args.profile, name, pid) for name, pid in pids.items()]
+                if args.profile
+                else []
+            )
             ours_lat = measure(ours, f"{gateway}/v1/chat/completions", BODY, n)
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             cpu = {name: (cpu_seconds(pid) - before[name]) * 1000 / n for name, pid in pids.items()}
             generator_cpu = (cpu_seconds(os.getpid()) - own_before) * 1000 / n
         result = {

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, Request
 from redis.exceptions import RedisError
+from starlette.requests import Request
 
 from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
 from common.identity import Identity
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
 from gateway.security import Principal, RateDecision, Security
+from gateway.settings import GatewaySettings
 
 ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
 
@@ -23,8 +22,13 @@ class SessionRequired(Forbidden):
     slug = "session-required"
 
 
-async def caller_identity(request: Request) -> Identity:
-    """Who is calling this route, checked; raises the problem that stops the request."""
+async def caller_identity(
+    request: Request, *, security: Security, settings: GatewaySettings
+) -> Identity:
+    """Who is calling this route, checked; raises the problem that stops the request.
+
+    Sets `route_template` in the scope (metrics and logs are labelled by it, never the raw
+    path), `user_id` in the scope's state, and the rate-limit headers to return."""
     _refuse_ambiguous_paths(request)
     route = route_for(request.method, request.url.path)
     if route is None:
@@ -32,27 +36,20 @@ async def caller_identity(request: Request) -> Identity:
         if allowed:
             raise MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
         raise NotFound("No such route.")
-    # Metrics and access logs are labelled by the route template, never the raw path.
     request.scope["route_template"] = route.template
-    security: Security = request.app.state.security
     try:
         if route.needs == PUBLIC:
             client = request.client.host if request.client else "unknown"
-            limit = request.app.state.settings.rate_limit_anonymous_per_minute
-            decision = await security.hit(f"ip:{client}", "anonymous", limit)
-            _remember(request, decision)
+            limit = settings.rate_limit_anonymous_per_minute
+            _remember(request, await security.hit(f"ip:{client}", "anonymous", limit))
             return ANONYMOUS
-        principal = await security.authenticate(request)
-        request.scope.setdefault("state", {})["user_id"] = principal.user_id
-        budget = security.budget(principal.roles)
-        if route.model:
-            decision = await security.hit(principal.rate_key, "model", budget.model)
-        else:
-            decision = await security.hit(principal.rate_key, "default", budget.default)
-        _remember(request, decision)
+        admission = await security.admit(request, model=route.model)
     except RedisError:
         # Never let a request through unchecked: without Redis nothing is authenticated.
         raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None
+    principal = admission.principal
+    request.scope["state"]["user_id"] = principal.user_id
+    _remember(request, admission.rate)
     security.check_csrf(request, principal)
     _authorize(principal, route.needs)
     return principal.identity()
@@ -80,7 +77,4 @@ def _authorize(principal: Principal, needs: str) -> None:
 
 def _remember(request: Request, decision: RateDecision | None) -> None:
     if decision is not None:
-        request.state.rate_limit_headers = decision.headers()
-
-
-CallerIdentity = Annotated[Identity, Depends(caller_identity)]
+        request.scope["state"]["rate_limit_headers"] = decision.headers()

@@ -11,12 +11,14 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware import Middleware
 
 from common.app import new_app
 from common.redis import create_redis, ping_redis
 from gateway.api import router
 from gateway.clients import upstream_clients
 from gateway.openapi import OpenAPICache
+from gateway.proxy import ProxyMiddleware, upstream_sessions
 from gateway.security import Security
 from gateway.settings import GatewaySettings
 
@@ -42,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     clients = upstream_clients(settings)
     redis = create_redis(settings.redis_url)
     app.state.upstreams = clients
+    app.state.proxy_sessions = upstream_sessions(settings)
     app.state.redis = redis
     app.state.security = Security(
         redis=redis, auth=clients["auth"], settings=settings, clock=app.state.clock
@@ -58,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.gather(*(client.aclose() for client in clients.values()))
+        await asyncio.gather(*(s.close() for s in app.state.proxy_sessions.values()))
         await redis.aclose()
 
 
@@ -66,6 +70,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = new_app(settings, lifespan=lifespan, title=TITLE, version=VERSION)
     app.state.clock = time.time
     app.include_router(router)
+    # Innermost middleware: behind the request id, metrics and access log, before routing.
+    app.user_middleware.append(Middleware(ProxyMiddleware))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

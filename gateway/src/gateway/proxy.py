@@ -1,170 +1,294 @@
-"""Forwarding one request to its upstream and streaming the answer back unbuffered."""
+"""The gateway's hot path: check the caller, forward to the upstream, relay the answer.
+
+Proxied requests never reach the router: `ProxyMiddleware` (plain ASGI, inside the request
+id/metrics/access-log middleware) answers them itself, and the upstream hop goes through
+aiohttp. On the benchmark machine that is ~1.3 ms less CPU per request than a FastAPI
+route, its dependency solving and an httpx client (bench/README.md).
+
+Answers of a known, small size are relayed in one piece; streams (SSE, chunked) and large
+bodies chunk by chunk as they arrive. A client that hangs up cancels the upstream call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import Iterable
 
-import httpx
+import aiohttp
 import structlog
-from fastapi import Request
-from starlette.responses import Response, StreamingResponse
+from opentelemetry import propagate
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from yarl import URL
 
-from common.errors import BadGateway, GatewayTimeout, Problem
+from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
-from common.identity import Identity
+from common.identity import Identity, request_target, sign
+from gateway.deps import caller_identity
+from gateway.routes import rule_for
+from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
 # Never forwarded: the caller's credentials (the gateway has checked them; services trust
-# the signed identity only), an identity header the caller tried to supply, and what httpx sets.
+# the signed identity only), an identity header the caller tried to supply, what the
+# client library sets itself, and trace context (the gateway's own span is the parent).
 NOT_FORWARDED = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "cookie",
-    "authorization",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-    "x-request-id",
-    IDENTITY_HEADER.lower(),
+    b"host",
+    b"content-length",
+    b"cookie",
+    b"authorization",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+    b"x-real-ip",
+    b"x-request-id",
+    b"traceparent",
+    b"tracestate",
+    IDENTITY_HEADER.lower().encode(),
 }
-# Answers up to this size with a Content-Length are relayed in one piece; streams (SSE,
-# chunked) and larger bodies are relayed chunk by chunk as they arrive.
+# Answers up to this size with a Content-Length are relayed in one piece.
 BUFFERED_MAX_BYTES = 256 * 1024
 # The gateway's own server sets these on the way out.
-NOT_RETURNED = HOP_BY_HOP | {"date", "server", "x-request-id"}
+NOT_RETURNED = HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
 
 
 class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Content Too Large"
 
 
-def _connection_tokens(headers: httpx.Headers | list[tuple[bytes, bytes]]) -> set[str]:
+class ClientClosed(Problem):
+    """The caller hung up before the answer (nginx's 499, for the logs and metrics)."""
+
+    status, slug, title = 499, "client-closed", "Client Closed Request"
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """Headers named in `Connection:` are hop-by-hop too (RFC 9110 section 7.6.1)."""
-    items = (
-        headers.multi_items()
-        if isinstance(headers, httpx.Headers)
-        else [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
-    )
     return {
         token.strip().lower()
-        for name, value in items
-        if name.lower() == "connection"
-        for token in value.split(",")
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
     }
 
 
-def request_headers(request: Request) -> list[tuple[str, str]]:
-    raw = request.headers.raw
+def request_headers(scope: Scope) -> list[tuple[str, str]]:
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
     dropped = NOT_FORWARDED | _connection_tokens(raw)
     headers = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in raw
-        if name.decode("latin-1").lower() not in dropped
+        if name.lower() not in dropped
     ]
-    client = request.client.host if request.client else ""
-    headers.append(("x-forwarded-for", client))
-    headers.append(("x-forwarded-proto", request.url.scheme))
+    client = scope.get("client")
+    headers.append(("x-forwarded-for", client[0] if client else ""))
+    headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
     # The id the gateway logs under (the caller's, if it was valid): one id end to end.
-    request_id = getattr(request.state, "request_id", None)
+    request_id = scope.get("state", {}).get("request_id")
     if request_id:
         headers.append(("x-request-id", request_id))
     return headers
 
 
-def response_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
-    dropped = NOT_RETURNED | _connection_tokens(headers)
-    return [(name, value) for name, value in headers.multi_items() if name.lower() not in dropped]
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    raw = list(raw)
+    dropped = NOT_RETURNED | _connection_tokens(raw)
+    return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request bodies are limited to {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientClosed("The client hung up while sending the request.")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"Request bodies are limited to {limit} bytes.")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-async def forward(
-    request: Request,
-    *,
-    upstream: str,
-    client: httpx.AsyncClient,
-    identity: Identity,
-    max_body_bytes: int,
-) -> Response:
-    body = await read_body(request, max_body_bytes)
-    target = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-    if request.url.query:
-        target += "?" + request.url.query
-    outgoing = client.build_request(
-        request.method,
-        target,
-        headers=request_headers(request),
-        content=body,
-        extensions={"identity": identity},
+def upstream_sessions(settings: GatewaySettings) -> dict[str, aiohttp.ClientSession]:
+    """One pooled aiohttp session per upstream, for proxied requests (made in the lifespan).
+
+    Bytes pass through untouched (no decompression, no headers of aiohttp's own), and no
+    cookie jar: one caller's Set-Cookie must never reach another's request."""
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.upstream_connect_timeout_seconds,
+        sock_read=settings.upstream_read_timeout_seconds,
     )
-    try:
-        response = await client.send(outgoing, stream=True)
-    except httpx.TimeoutException:
-        log.warning("upstream timeout", upstream=upstream)
-        raise GatewayTimeout(f"The {upstream} service did not answer in time.") from None
-    except httpx.TransportError as exc:
-        log.warning("upstream unreachable", upstream=upstream, error=type(exc).__name__)
-        raise BadGateway(f"The {upstream} service is unavailable.") from None
+    return {
+        name: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=settings.upstream_max_connections, use_dns_cache=True
+            ),
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            trust_env=False,
+        )
+        for name in settings.upstream_urls()
+    }
 
-    headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in response_headers(response.headers)
-    ]
-    length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= BUFFERED_MAX_BYTES:
-        # A small answer of known size: one write to the client instead of a stream of them.
+
+class ProxyMiddleware:
+    """Answers every request whose path an upstream serves; the rest go to the router."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rule = rule_for(scope["path"]) if scope["type"] == "http" else None
+        if rule is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        settings: GatewaySettings = state.settings
+        request = Request(scope, receive)
         try:
-            body = await response.aread()
-        except httpx.TransportError as exc:
-            log.warning("upstream body broke", upstream=upstream, error=type(exc).__name__)
-            raise BadGateway(f"The {upstream} service's answer broke off.") from None
+            identity = await caller_identity(request, security=state.security, settings=settings)
+            await Exchange(
+                scope, receive, send,
+                upstream=rule.upstream,
+                base_url=settings.upstream_urls()[rule.upstream],
+                session=state.proxy_sessions[rule.upstream],
+                settings=settings,
+            ).run(identity)  # fmt: skip
+        except Problem as exc:
+            await render_problem(request, exc)(scope, receive, send)
+
+
+class Exchange:
+    """One proxied request: forward it, relay the answer, give up if the client leaves."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        upstream: str,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        settings: GatewaySettings,
+    ) -> None:
+        self.scope, self.receive, self.send = scope, receive, send
+        self.upstream = upstream
+        self.base_url = base_url
+        self.session = session
+        self.settings = settings
+        self.client_gone = False
+        self.started = False
+
+    async def run(self, identity: Identity) -> None:
+        declared = next((v for k, v in self.scope["headers"] if k == b"content-length"), None)
+        body = await read_body(
+            self.receive,
+            declared.decode("latin-1") if declared else None,
+            self.settings.max_body_bytes,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(self._watch(task))
+        try:
+            await self._forward(identity, body)
+        except asyncio.CancelledError:
+            if not self.client_gone:
+                raise
+            task.uncancel()
+            if not self.started:  # for the access log and metrics; the client never sees it
+                await self.send({"type": "http.response.start", "status": 499, "headers": []})
+                await self.send({"type": "http.response.body", "body": b""})
         finally:
-            await response.aclose()
-        buffered = Response(body, status_code=response.status_code)
-        buffered.raw_headers = headers
-        return buffered
+            watcher.cancel()
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def _watch(self, task: asyncio.Task[object]) -> None:
+        """The body is read: the next message can only say that the client is gone."""
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone = True
+        task.cancel()
+
+    async def _forward(self, identity: Identity, body: bytes) -> None:
+        scope = self.scope
+        method: str = scope["method"]
+        target = request_target(scope)
+        headers = request_headers(scope)
+        key = self.settings.internal_signing_key.get_secret_value().encode()
+        headers.append((IDENTITY_HEADER, sign(identity, key, method=method, path=target)))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        headers.extend(carrier.items())
         try:
-            async for chunk in response.aiter_raw():
-                yield chunk
-        except httpx.TransportError as exc:
+            response = await self.session.request(
+                method,
+                URL(self.base_url.rstrip("/") + target, encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            log.warning("upstream timeout", upstream=self.upstream)
+            raise GatewayTimeout(f"The {self.upstream} service did not answer in time.") from None
+        except aiohttp.ClientError as exc:
+            log.warning("upstream unreachable", upstream=self.upstream, error=type(exc).__name__)
+            raise BadGateway(f"The {self.upstream} service is unavailable.") from None
+        with contextlib.closing(response):
+            await self._relay(response)
+
+    async def _relay(self, response: aiohttp.ClientResponse) -> None:
+        headers = response_headers(response.raw_headers)
+        limits = self.scope.get("state", {}).get("rate_limit_headers")
+        if limits:
+            headers.extend((k.lower().encode(), v.encode()) for k, v in limits.items())
+        start: Message = {
+            "type": "http.response.start", "status": response.status, "headers": headers
+        }  # fmt: skip
+        length = response.content_length
+        if length is not None and length <= BUFFERED_MAX_BYTES:
+            # A small answer of known size: one write to the client instead of a stream.
+            try:
+                data = await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("upstream body broke", upstream=self.upstream, error=type(exc).__name__)
+                raise BadGateway(f"The {self.upstream} service's answer broke off.") from None
+            self.started = True
+            await self.send(start)
+            await self.send({"type": "http.response.body", "body": data})
+            return
+        self.started = True
+        await self.send(start)
+        try:
+            async for chunk in response.content.iter_any():
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are already sent: abort the connection (no final chunk), so the client
             # sees a broken response rather than a complete-looking, truncated one.
-            log.warning("upstream stream broke", upstream=upstream, error=type(exc).__name__)
+            log.warning("upstream stream broke", upstream=self.upstream, error=type(exc).__name__)
             raise
-        finally:
-            await response.aclose()
-
-    streaming = StreamingResponse(stream(), status_code=response.status_code)
-    streaming.raw_headers = headers
-    return streaming
+        await self.send({"type": "http.response.body", "body": b""})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +20,20 @@ from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
     API_KEY_PREFIX,
+    SESSION_PREFIX,
+    TOUCH_SESSION_LUA,
     ApiKeyPrincipal,
-    SessionStore,
     secret_hash,
 )
 from gateway.settings import GatewaySettings, RateBudget
 
 log = structlog.get_logger(__name__)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_KEY_SCHEME = "sk-"
 WINDOW_SECONDS = 60
@@ -97,6 +105,54 @@ if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
 
+# The credential check and the rate count in one round trip. The rate-limit key names the
+# user, known only once the credential is read, so the script builds it from ARGV[3]
+# (prefix) and ARGV[4] (window suffix): fine on one Redis (or Sentinel), not on a Cluster.
+_COUNT = """
+local function count(user_id)
+  if ARGV[3] == '' then return -1 end
+  local key = ARGV[3] .. user_id .. ARGV[4]
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, ARGV[5]) end
+  return n
+end
+"""
+# API key: {} not cached, {'invalid'}, {'expired'}, or {resolved JSON, count}; the last
+# use is recorded for auth to flush.
+_API_KEY = (
+    _COUNT
+    + """
+local cached = redis.call('GET', KEYS[1])
+if not cached then return {} end
+if cached == 'invalid' then return {'invalid'} end
+local key = cjson.decode(cached)
+local expires = key['expires_at']
+if expires ~= nil and expires ~= cjson.null and tonumber(expires) <= tonumber(ARGV[1]) then
+  return {'expired'}
+end
+redis.call('HSET', KEYS[2], key['key_id'], ARGV[2])
+return {cached, count(key['user_id'])}
+"""
+)
+# Session: touch it (slide or end it, as SessionStore.touch), then count; {} when it ended.
+_SESSION = (
+    _COUNT
+    + TOUCH_SESSION_LUA
+    + """
+local h = touch_session(KEYS[1], ARGV[1])
+if not h then return {} end
+return {h['user_id'], h['roles'], h['permissions'], h['csrf_hash'], count(h['user_id'])}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Who is calling, and the rate decision for this request (None: unlimited)."""
+
+    principal: Principal
+    rate: RateDecision | None
+
 
 class Security:
     def __init__(
@@ -110,59 +166,89 @@ class Security:
         self._redis = redis
         self._auth = auth
         self._settings = settings
-        self._sessions = SessionStore(redis)
         self._hit = redis.register_script(_HIT)
+        self._api_key_script = redis.register_script(_API_KEY)
+        self._session_script = redis.register_script(_SESSION)
         self.clock = clock
+        # Buckets with a budget for someone: the others are not counted at all.
+        budgets = [self.budget(()), *settings.rate_limits.values()]
+        self._counted = {
+            True: any(b.model > 0 for b in budgets),
+            False: any(b.default > 0 for b in budgets),
+        }
 
     # ------------------------------------------------------------ authentication
 
-    async def authenticate(self, request: Request) -> Principal:
+    async def admit(self, request: Request, *, model: bool) -> Admission:
+        """Authenticate the caller and count the request against its budget (`model`
+        calls have their own), in one Redis round trip when the credential is cached."""
         authorization = request.headers.get("authorization")
         if authorization is not None:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() != "bearer" or not credential.strip():
                 raise Unauthenticated("Use `Authorization: Bearer <API key>`.")
-            return await self._api_key(credential.strip())
+            return await self._api_key(credential.strip(), model=model)
         token = request.cookies.get(self._settings.session_cookie_name)
         if token:
-            return await self._session(token)
+            return await self._session(token, model=model)
         raise Unauthenticated("Log in, or send an API key as `Authorization: Bearer <key>`.")
 
-    async def _session(self, token: str) -> Principal:
-        session = await self._sessions.touch(secret_hash(token), now=self.clock())
-        if session is None:
-            raise Unauthenticated("The session has ended; log in again.")
-        return Principal(
-            user_id=session.user_id,
-            kind="user",
-            roles=session.roles,
-            permissions=session.permissions,
-            session_id=session.id,
-            csrf_hash=session.csrf_hash,
-        )
+    def _window(self, model: bool) -> tuple[float, list[str | int]]:
+        """Now, and the script arguments that count a request in this minute's window."""
+        now = self.clock()
+        window = int(now // WINDOW_SECONDS)
+        bucket = "model" if model else "default"
+        prefix = f"gateway:ratelimit:{bucket}:user:" if self._counted[model] else ""
+        return now, [repr(now), repr(now), prefix, f":{window}", WINDOW_SECONDS + 1]
 
-    async def _api_key(self, key: str) -> Principal:
+    async def _session(self, token: str, *, model: bool) -> Admission:
+        session_id = secret_hash(token)
+        now, args = self._window(model)
+        found = await self._session_script(keys=[SESSION_PREFIX + session_id], args=args)
+        if not found:
+            raise Unauthenticated("The session has ended; log in again.")
+        user_id, roles, permissions, csrf_hash, count = (
+            _text(found[0]), json.loads(found[1]), json.loads(found[2]), _text(found[3]),
+            int(found[4]),
+        )  # fmt: skip
+        principal = Principal(
+            user_id=user_id,
+            kind="user",
+            roles=tuple(roles),
+            permissions=tuple(permissions),
+            session_id=session_id,
+            csrf_hash=csrf_hash,
+        )
+        return Admission(principal, self._decide(principal, count, now, model=model))
+
+    async def _api_key(self, key: str, *, model: bool) -> Admission:
         if not key.startswith(API_KEY_SCHEME) or len(key) > 200:
             raise Unauthenticated("Invalid API key.")
         key_hash = secret_hash(key)
-        cached = await self._redis.get(API_KEY_PREFIX + key_hash)
-        if cached == API_KEY_INVALID:
+        keys = [API_KEY_PREFIX + key_hash, API_KEY_LAST_USED]
+        now, args = self._window(model)
+        found = await self._api_key_script(keys=keys, args=args)
+        if not found:
+            # Not cached yet: auth resolves it (and caches the answer), then count.
+            await self._resolve(key_hash)
+            now, args = self._window(model)
+            found = await self._api_key_script(keys=keys, args=args)
+        if not found or found[0] == API_KEY_INVALID:
             raise Unauthenticated("Invalid API key.")
-        resolved = ApiKeyPrincipal.from_json(cached) if cached else await self._resolve(key_hash)
-        now = self.clock()
-        if resolved.expires_at is not None and resolved.expires_at <= now:
+        if found[0] == b"expired":
             raise Unauthenticated("This API key has expired.")
-        await self._redis.hset(API_KEY_LAST_USED, resolved.key_id, repr(now))
-        return Principal(
+        resolved = ApiKeyPrincipal.from_json(found[0])
+        principal = Principal(
             user_id=resolved.user_id,
             kind="api_key",
             roles=resolved.roles,
             permissions=resolved.permissions,
             key_id=resolved.key_id,
         )
+        return Admission(principal, self._decide(principal, int(found[1]), now, model=model))
 
-    async def _resolve(self, key_hash: str) -> ApiKeyPrincipal:
-        """Not cached yet: auth looks it up (and caches the answer for the next request)."""
+    async def _resolve(self, key_hash: str) -> None:
+        """Ask auth about a key it has not cached; it caches the answer (valid or not)."""
         try:
             response = await self._auth.post(
                 "/internal/api-keys/resolve", json={"key_hash": key_hash}, timeout=5.0
@@ -175,11 +261,6 @@ class Security:
         if response.status_code != 200:
             log.warning("api key resolution failed", status=response.status_code)
             raise AuthUnavailable("Cannot check the API key right now.")
-        try:
-            return ApiKeyPrincipal.from_json(response.content)
-        except (ValueError, KeyError, TypeError):
-            log.warning("api key resolution gave an unexpected answer")
-            raise AuthUnavailable("Cannot check the API key right now.") from None
 
     # ------------------------------------------------------------ CSRF
 
@@ -208,14 +289,18 @@ class Security:
             default=max(b.default for b in budgets), model=max(b.model for b in budgets)
         )
 
-    async def hit(self, subject: str, bucket: str, limit: int) -> RateDecision | None:
-        """Count one request; None when unlimited (limit 0); RateLimited past the budget."""
+    def _decide(
+        self, principal: Principal, count: int, now: float, *, model: bool
+    ) -> RateDecision | None:
+        budget = self.budget(principal.roles)
+        return self._judge(budget.model if model else budget.default, count, now)
+
+    @staticmethod
+    def _judge(limit: int, count: int, now: float) -> RateDecision | None:
+        """The decision for the `count`-th request of this window; RateLimited past it."""
         if limit <= 0:
             return None
-        now = self.clock()
         window = int(now // WINDOW_SECONDS)
-        key = f"gateway:ratelimit:{bucket}:{subject}:{window}"
-        count = int(await self._hit(keys=[key], args=[WINDOW_SECONDS + 1]))
         reset = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
         decision = RateDecision(limit=limit, remaining=max(0, limit - count), reset=reset)
         if count > limit:
@@ -224,3 +309,12 @@ class Security:
                 headers={**decision.headers(), "Retry-After": str(reset)},
             )
         return decision
+
+    async def hit(self, subject: str, bucket: str, limit: int) -> RateDecision | None:
+        """Count one request; None when unlimited (limit 0); RateLimited past the budget."""
+        if limit <= 0:
+            return None
+        now = self.clock()
+        key = f"gateway:ratelimit:{bucket}:{subject}:{int(now // WINDOW_SECONDS)}"
+        count = int(await self._hit(keys=[key], args=[WINDOW_SECONDS + 1]))
+        return self._judge(limit, count, now)
