@@ -65,9 +65,10 @@ async def gateway_only(identity: CurrentIdentity) -> Identity:
 
 
 def _app_state(name: str) -> Callable[[Request], Any]:
-    """A dependency returning what the lifespan put on app.state under `name`."""
+    """A dependency returning what the lifespan put on app.state under `name` (async: a
+    plain `def` dependency would cost a worker-thread hop per request)."""
 
-    def get(request: Request) -> Any:
+    async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     return get

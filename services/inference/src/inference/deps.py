@@ -27,7 +27,8 @@ def require(permission: str) -> object:
     return Depends(check)
 
 
-def _engine(request: Request) -> Engine:
+async def _engine(request: Request) -> Engine:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop per request.
     engine: Engine = request.app.state.inference
     return engine
 

@@ -48,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     app.state.redis,
                     threshold=settings.circuit_failure_threshold,
                     cooldown=settings.circuit_cooldown_seconds,
+                    sync_interval=settings.circuit_sync_seconds,
                 ),
                 RetryPolicy(
                     max_attempts=settings.max_attempts,

@@ -63,9 +63,13 @@ class AllTargetsFailed(Exception):
         self.all_open = all_open
 
 
-# KEYS: circuit hash, probe key. ARGV: now, cool-down. 1 closed, 2 half-open probe, 0 skip.
+# KEYS: circuit hash, probe key. ARGV: now, cool-down.
+# 1 closed and clean, 3 closed with failures counted, 2 half-open probe, 0 skip.
 _ALLOW = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 1 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 3 end
+  return 1
+end
 local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
 if tonumber(ARGV[1]) - opened < tonumber(ARGV[2]) then return 0 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', math.ceil(tonumber(ARGV[2]))) then return 2 end
@@ -84,14 +88,25 @@ return n
 
 
 class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; after `cooldown` one replica probes."""
+    """Opens after `threshold` consecutive failures; after `cooldown` one replica probes.
 
-    def __init__(self, redis: Redis, *, threshold: int, cooldown: float) -> None:
+    The state lives in Redis. A replica that found a circuit closed with no failures
+    trusts that for `sync_interval` seconds without asking again (no Redis round trip per
+    call on the healthy path), so a circuit another replica opens is seen within that
+    time; its own failures it sees at once. A success clears the count in Redis only when
+    there is something to clear."""
+
+    def __init__(
+        self, redis: Redis, *, threshold: int, cooldown: float, sync_interval: float = 1.0
+    ) -> None:
         self._redis = redis
         self._allow = redis.register_script(_ALLOW)
         self._fail = redis.register_script(_FAIL)
         self.threshold = threshold
         self.cooldown = cooldown
+        self.sync_interval = sync_interval
+        # circuit key -> monotonic time until which "closed, no failures" is trusted
+        self._clean_until: dict[str, float] = {}
 
     @staticmethod
     def _keys(target: Target) -> list[str]:
@@ -99,19 +114,30 @@ class CircuitBreaker:
         return [base, base + ":probe"]
 
     async def allows(self, target: Target, now: float) -> bool:
+        key = target.circuit_key
+        if self._clean_until.get(key, 0.0) > time.monotonic():
+            return True
         try:
-            return int(await self._allow(keys=self._keys(target), args=[now, self.cooldown])) > 0
+            verdict = int(await self._allow(keys=self._keys(target), args=[now, self.cooldown]))
         except RedisError:
             log.warning("circuit state unavailable; calling the target", target=target.name)
             return True
+        if verdict == 1:
+            if len(self._clean_until) > 10_000:
+                self._clean_until.clear()
+            self._clean_until[key] = time.monotonic() + self.sync_interval
+        return verdict > 0
 
     async def failed(self, target: Target, now: float) -> None:
+        self._clean_until.pop(target.circuit_key, None)
         try:
             await self._fail(keys=self._keys(target), args=[now, self.threshold])
         except RedisError:
             log.warning("circuit state unavailable", target=target.name)
 
     async def succeeded(self, target: Target) -> None:
+        if self._clean_until.get(target.circuit_key, 0.0) > time.monotonic():
+            return  # closed with no failures when last asked: nothing to clear
         try:
             await self._redis.delete(*self._keys(target))
         except RedisError:
@@ -178,7 +204,8 @@ class Router:
                         },
                     ) as span:
                         try:
-                            result = await asyncio.wait_for(call(target), timeout=remaining)
+                            async with asyncio.timeout(remaining):
+                                result = await call(target)
                             usage = getattr(result, "usage", None)
                             if usage is not None:
                                 span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)

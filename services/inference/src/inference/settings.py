@@ -52,6 +52,9 @@ class InferenceSettings(DatabaseSettings):
     # after the cool-down.
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(30.0, gt=0)
+    # How long a replica trusts "closed, no failures" before asking Redis again: a circuit
+    # another replica opens is seen within this time. 0: ask on every call.
+    circuit_sync_seconds: float = Field(1.0, ge=0)
     # How long resolved credentials and aliases are cached in memory.
     cache_seconds: float = Field(30.0, ge=0)
     prices: dict[str, Price] = {}

