@@ -12,12 +12,19 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, SQLModel
 from starlette.types import Message, Receive, Scope, Send
 
 from common.app import PlatformApp, instrument
-from common.db import DbSession, create_engine, create_sessionmaker, schema_registry
+from common.db import (
+    DbSession,
+    LazyDbSession,
+    create_engine,
+    create_sessionmaker,
+    schema_registry,
+)
 from common.errors import Problem
 from common.settings import ServiceSettings
 from common.testing import RunDatabase, asgi_client
@@ -32,7 +39,7 @@ class Refused(Problem):
 
 
 class ProbeIn(BaseModel):
-    fail: str | None = None  # "problem" or "crash"
+    fail: str | None = None  # "problem", "crash", or "untouched" (no database use at all)
 
 
 @pytest.fixture
@@ -85,8 +92,9 @@ def create_app(test_database: RunDatabase) -> FastAPI:
     app.state.engine = create_engine(test_database.admin_url, application_name="t")
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
 
-    @app.post("/probes/{label}", status_code=201)
-    async def create_probe(label: str, body: ProbeIn, session: DbSession) -> dict[str, str]:
+    async def store(label: str, body: ProbeIn, session: AsyncSession) -> dict[str, str]:
+        if body.fail == "untouched":
+            return {"label": label}
         await session.execute(
             text("INSERT INTO public.uow_probe (label) VALUES (:label)"), {"label": label}
         )
@@ -95,6 +103,16 @@ def create_app(test_database: RunDatabase) -> FastAPI:
         if body.fail == "crash":
             raise RuntimeError("boom")
         return {"label": label}
+
+    @app.post("/probes/{label}", status_code=201)
+    async def create_probe(label: str, body: ProbeIn, session: DbSession) -> dict[str, str]:
+        return await store(label, body, session)
+
+    @app.post("/lazy/probes/{label}", status_code=201)
+    async def create_probe_lazily(
+        label: str, body: ProbeIn, session: LazyDbSession
+    ) -> dict[str, str]:
+        return await store(label, body, session)
 
     return app
 
@@ -112,49 +130,87 @@ async def uow(
         await app.state.engine.dispose()
 
 
+BOTH = pytest.mark.parametrize("route", ["/probes", "/lazy/probes"], ids=["eager", "lazy"])
+
+
+@BOTH
 async def test_successful_request_commits_before_the_response_is_sent(
-    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart], probe_db: asyncpg.Connection
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart],
+    probe_db: asyncpg.Connection,
+    route: str,
 ) -> None:
     client, observed = uow
 
-    response = await client.post("/probes/kept", json={})
+    response = await client.post(f"{route}/kept", json={})
 
     assert response.status_code == 201
     assert observed.seen["kept"] is True
     assert await _exists(probe_db, "kept")
 
 
+@BOTH
 @pytest.mark.parametrize(("fail", "status"), [("problem", 409), ("crash", 500)])
 async def test_failing_request_rolls_back(
     uow: tuple[httpx.AsyncClient, VisibleAtResponseStart],
     probe_db: asyncpg.Connection,
     fail: str,
     status: int,
+    route: str,
 ) -> None:
     client, _ = uow
 
-    response = await client.post("/probes/dropped", json={"fail": fail})
+    response = await client.post(f"{route}/dropped", json={"fail": fail})
 
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     assert not await _exists(probe_db, "dropped")
     # The failed request did not hold anything back: the same label can be stored now.
-    assert (await client.post("/probes/dropped", json={})).status_code == 201
+    assert (await client.post(f"{route}/dropped", json={})).status_code == 201
     assert await _exists(probe_db, "dropped")
 
 
+@BOTH
 async def test_failed_commit_is_a_failed_request(
-    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart], probe_db: asyncpg.Connection
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart],
+    probe_db: asyncpg.Connection,
+    route: str,
 ) -> None:
     client, _ = uow
     await probe_db.execute("INSERT INTO public.uow_probe (label) VALUES ('taken')")
 
-    response = await client.post("/probes/taken", json={})
+    response = await client.post(f"{route}/taken", json={})
 
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     count = await probe_db.fetchval("SELECT count(*) FROM public.uow_probe WHERE label = 'taken'")
     assert count == 1
+
+
+async def test_a_lazy_session_is_opened_only_when_the_route_uses_it(
+    test_database: RunDatabase, probe_db: asyncpg.Connection
+) -> None:
+    """Routes that usually answer from memory (chat) skip a session's cost entirely."""
+    app = create_app(test_database)
+    sessionmaker = app.state.sessionmaker
+    opened: list[AsyncSession] = []
+
+    def counting() -> AsyncSession:
+        opened.append(sessionmaker())
+        return opened[-1]
+
+    app.state.sessionmaker = counting
+    try:
+        async with asgi_client(app) as client:
+            untouched = await client.post("/lazy/probes/a", json={"fail": "untouched"})
+            assert untouched.status_code == 201
+            assert opened == []
+            assert (await client.post("/lazy/probes/b", json={})).status_code == 201
+            assert len(opened) == 1
+            assert (await client.post("/probes/c", json={"fail": "untouched"})).status_code == 201
+            assert len(opened) == 2  # the eager kind opens one whatever the route does
+    finally:
+        await app.state.engine.dispose()
+    assert await _exists(probe_db, "b")
 
 
 class XBase(SQLModel, registry=schema_registry("x")):

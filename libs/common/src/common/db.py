@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, text
@@ -73,6 +73,42 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 # scope="function": commit before the response is sent, so a failed commit is a failed request.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+class _LazySession:
+    """Stands in for an AsyncSession and opens the real one on first use."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self.opened: AsyncSession | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.opened is None:
+            self.opened = self._sessionmaker()
+        return getattr(self.opened, name)
+
+
+async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """As get_session, for routes that usually answer from memory: no session is opened
+    (nor committed) unless the route touches the database."""
+    lazy = _LazySession(request.app.state.sessionmaker)
+    try:
+        yield cast(AsyncSession, lazy)
+    except BaseException:
+        if lazy.opened is not None:
+            try:
+                await lazy.opened.rollback()
+            finally:
+                await lazy.opened.close()
+        raise
+    if lazy.opened is not None:
+        try:
+            await lazy.opened.commit()
+        finally:
+            await lazy.opened.close()
+
+
+LazyDbSession = Annotated[AsyncSession, Depends(get_lazy_session, scope="function")]
 
 
 async def ping_database(engine: AsyncEngine) -> None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-from common.db import DbSession
+from common.db import DbSession, LazyDbSession
 from common.errors import Forbidden, NotFound, Problem
 from common.identity import Identity
 from inference import repository, service
@@ -83,7 +83,7 @@ async def chat_completions(
     body: ChatRequest,
     http: Request,
     identity: Annotated[Identity, INVOKE],
-    db: DbSession,
+    db: LazyDbSession,
     engine: EngineDep,
 ) -> Response:
     """OpenAI's chat completions; `stream: true` answers with server-sent events."""
@@ -106,7 +106,7 @@ async def embeddings(
     body: EmbeddingsRequest,
     http: Request,
     identity: Annotated[Identity, INVOKE],
-    db: DbSession,
+    db: LazyDbSession,
     engine: EngineDep,
 ) -> dict[str, Any]:
     """OpenAI's embeddings: `input` a string or a list of strings."""

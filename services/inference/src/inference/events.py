@@ -73,10 +73,14 @@ def completion_text(body: dict[str, Any]) -> str:
 
 
 class EventSink:
-    """Never blocks or fails the caller: events queue in memory, a task writes them."""
+    """Never blocks or fails the caller: events queue in memory, a task writes them.
 
-    def __init__(self, redis: Redis, *, buffer_size: int) -> None:
+    After the first event of a batch the writer waits `linger` seconds for more, so a busy
+    replica makes one Redis round trip per batch rather than per call."""
+
+    def __init__(self, redis: Redis, *, buffer_size: int, linger: float = 0.0) -> None:
         self._redis = redis
+        self._linger = linger
         self._buffer: deque[LlmCallEvent] = deque()
         self._limit = buffer_size
         self._wake = asyncio.Event()
@@ -114,6 +118,8 @@ class EventSink:
             if not self._buffer:
                 self._wake.clear()
                 await self._wake.wait()
+                if self._linger and len(self._buffer) < BATCH:
+                    await asyncio.sleep(self._linger)
             batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:

@@ -38,7 +38,11 @@ def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: InferenceSettings = app.state.settings
     async with database_and_redis(app, settings):
-        sink = EventSink(app.state.redis, buffer_size=settings.telemetry_buffer_size)
+        sink = EventSink(
+            app.state.redis,
+            buffer_size=settings.telemetry_buffer_size,
+            linger=settings.telemetry_flush_seconds,
+        )
         engine = Engine(
             settings=settings,
             keyring=Keyring(settings.encryption_keys.get_secret_value()),

@@ -61,6 +61,8 @@ class InferenceSettings(DatabaseSettings):
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
     # Redis is unreachable (oldest events dropped past it, counted in a metric).
     telemetry_buffer_size: int = Field(10_000, ge=1)
+    # Events wait up to this long to be written together (one Redis round trip a batch).
+    telemetry_flush_seconds: float = Field(0.05, ge=0, le=5)
     hub_timeout_seconds: float = Field(10.0, gt=0)
     hf_endpoint: str | None = Field(
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"

