@@ -43,6 +43,7 @@ class Upstream:
     url: str = ""
     hits: int = 0
     release_second_chunk: asyncio.Event = field(default_factory=asyncio.Event)
+    saw_disconnect: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def upstream_app(state: Upstream) -> Any:
@@ -93,6 +94,16 @@ def upstream_app(state: Upstream) -> Any:
     async def slow(_: CurrentIdentity, delay: float = 0) -> dict[str, str]:
         await asyncio.sleep(delay)
         return {"status": "late" if delay else "prompt"}
+
+    @router.get("/v1/hub/models/patient")
+    async def patient(request: Request, _: CurrentIdentity) -> dict[str, str]:
+        # Like inference on a long model call: notices when its caller goes away.
+        for _ in range(100):
+            if await request.is_disconnected():
+                state.saw_disconnect.set()
+                return {"status": "abandoned"}
+            await asyncio.sleep(0.05)
+        return {"status": "waited"}
 
     @router.get("/v1/usage")
     async def headers(_: CurrentIdentity) -> JSONResponse:

@@ -118,6 +118,16 @@ async def test_upstream_timeout_is_504_problem(
     assert response.headers["content-type"] == "application/problem+json"
 
 
+async def test_a_client_that_hangs_up_cancels_the_upstream_call(
+    gateway: str, upstream: Upstream, member: Caller
+) -> None:
+    async with client(gateway, member) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get("/v1/hub/models/patient", timeout=0.3)
+    # The gateway dropped its upstream connection, so the upstream stopped waiting.
+    await asyncio.wait_for(upstream.saw_disconnect.wait(), timeout=3)
+
+
 async def test_oversized_body_is_413_and_not_forwarded(
     upstream: Upstream, redis_url: str, member: Caller
 ) -> None:
