@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,13 +16,20 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import uvicorn
 
 from common import devstack
+from common.fakes.faults import FaultControl
+from common.fakes.openai_server import create_openai_app
 from common.testing import _drop_database
+
+from .otlp import OtlpReceiver
 
 READY_WITHIN_SECONDS = 90
 ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "e2e-admin-Passphrase-9931"
+MEMBER_PASSWORD = "e2e-member-Passphrase-3"
+PROVIDER_KEY = "sk-provider-secret-e2e-0123456789abcdef"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,15 +125,29 @@ def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatf
 
 
 @pytest.fixture(scope="session")
+def otlp() -> Iterator[OtlpReceiver]:
+    """Where the e2e platform exports its traces (OTLP/HTTP, as to Jaeger's :4318)."""
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
 def platform(
-    postgres_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_admin_url: str,
+    redis_url: str,
+    otlp: OtlpReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningPlatform]:
-    """The platform on the test run's Postgres (a database of its own) and Redis (db 1)."""
+    """The platform on the test run's Postgres (a database of its own) and Redis (db 1),
+    exporting traces to a local OTLP receiver."""
     database = f"e2e_{secrets.token_hex(4)}"
     running = start_platform(
         {
             "DATABASE_URL": devstack.with_database(postgres_admin_url, database),
             "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
         },
         tmp_path_factory.mktemp("e2e"),
     )
@@ -155,3 +177,58 @@ def login(platform: RunningPlatform) -> Iterator[Login]:
     yield sign_in
     for client in clients:
         client.close()
+
+
+@dataclass
+class FakeOpenAI:
+    url: str
+    control: FaultControl
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """The OpenAI fake in a thread of this process (the platform's processes reach it over
+    127.0.0.1), so the test can inject faults into it."""
+    control = FaultControl()
+    port = devstack.free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_openai_app(control, api_key=PROVIDER_KEY),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+        )
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the fake OpenAI server did not start")
+        threading.Event().wait(0.02)
+    yield FakeOpenAI(f"http://127.0.0.1:{port}/v1", control)
+    server.should_exit = True
+    thread.join(10)
+
+
+def new_member_with_key(platform: RunningPlatform, fake_openai: FakeOpenAI, email: str) -> str:
+    """A member registered through the gateway, with an OpenAI credential pointing at the
+    fake and an API key (returned)."""
+    gateway = platform.gateway
+    httpx.post(f"{gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD})
+    with httpx.Client(base_url=gateway) as browser:
+        login = browser.post("/auth/login", json={"email": email, "password": MEMBER_PASSWORD})
+        browser.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+        created = browser.post(
+            "/v1/providers/credentials",
+            json={"provider": "openai", "name": "local", "api_key": PROVIDER_KEY,
+                  "base_url": fake_openai.url},
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        assert created.json()["key_hint"] == PROVIDER_KEY[-4:]
+        key: str = browser.post("/auth/api-keys", json={"name": "sdk"}).json()["key"]
+    return key
+
+
+@pytest.fixture(scope="session")
+def member_key(platform: RunningPlatform, fake_openai: FakeOpenAI) -> str:
+    return new_member_with_key(platform, fake_openai, "sdk@example.com")

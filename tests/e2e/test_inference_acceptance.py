@@ -3,74 +3,22 @@ local OpenAI-protocol server, faults injected, an alias falling back, the local 
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import httpx
 import openai
 import pytest
-import uvicorn
 
 from common import devstack
-from common.fakes.faults import FaultControl
-from common.fakes.openai_server import create_openai_app
 
-from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform
-
-PROVIDER_KEY = "sk-provider-secret-e2e-0123456789abcdef"
-PASSWORD = "inference-acceptance-Passphrase-3"
-
-
-@dataclass
-class FakeOpenAI:
-    url: str
-    control: FaultControl
-
-
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[FakeOpenAI]:
-    """The OpenAI fake in a thread of this process (the platform's processes reach it over
-    127.0.0.1), so the test can inject faults into it."""
-    control = FaultControl()
-    port = devstack.free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_openai_app(control, api_key=PROVIDER_KEY),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-        )
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the fake OpenAI server did not start")
-        threading.Event().wait(0.02)
-    yield FakeOpenAI(f"http://127.0.0.1:{port}/v1", control)
-    server.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def member_key(platform: RunningPlatform, fake_openai: FakeOpenAI) -> str:
-    gateway = platform.gateway
-    httpx.post(f"{gateway}/auth/register", json={"email": "sdk@example.com", "password": PASSWORD})
-    with httpx.Client(base_url=gateway) as browser:
-        login = browser.post("/auth/login", json={"email": "sdk@example.com", "password": PASSWORD})
-        browser.headers["X-CSRF-Token"] = login.json()["csrf_token"]
-        created = browser.post(
-            "/v1/providers/credentials",
-            json={"provider": "openai", "name": "local", "api_key": PROVIDER_KEY,
-                  "base_url": fake_openai.url},
-        )  # fmt: skip
-        assert created.status_code == 201, created.text
-        assert created.json()["key_hint"] == PROVIDER_KEY[-4:]
-        key: str = browser.post("/auth/api-keys", json={"name": "sdk"}).json()["key"]
-    return key
+from .conftest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    PROVIDER_KEY,
+    FakeOpenAI,
+    Login,
+    RunningPlatform,
+)
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ def configure_tracing(service_name: str) -> None:
 
 
 def instrument_libraries() -> None:
-    """Instrument httpx (W3C traceparent on every outgoing call), redis and SQLAlchemy, once.
+    """Instrument httpx and aiohttp (a CLIENT span and the W3C traceparent on every outgoing
+    call: peers, and providers through the OpenAI SDK's aiohttp transport), redis and
+    SQLAlchemy, once.
 
     SQLAlchemy is instrumented by wrapping engine creation, so every engine made after
     this (through `sqlalchemy.ext.asyncio.create_async_engine`) is traced.
@@ -58,11 +60,13 @@ def instrument_libraries() -> None:
     with _lock:
         if _instrumented_libraries:
             return
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
         from opentelemetry.instrumentation.redis import RedisInstrumentor
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         HTTPXClientInstrumentor().instrument()
+        AioHttpClientInstrumentor().instrument()
         RedisInstrumentor().instrument()
         SQLAlchemyInstrumentor().instrument(enable_commenter=False)
         _instrumented_libraries = True

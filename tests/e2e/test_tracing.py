@@ -1,0 +1,94 @@
+"""One trace across the platform (issue 7): the spans `make run` exports over OTLP/HTTP, as
+Jaeger would receive them, for a chat call made through the gateway."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+
+from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key
+from .otlp import CLIENT, SERVER, OtlpReceiver, ReceivedSpan
+
+
+def _children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
+    return [s for s in spans if s.parent_id == parent.span_id]
+
+
+def _descendants(spans: list[ReceivedSpan], root: ReceivedSpan) -> list[ReceivedSpan]:
+    found, frontier = [], [root]
+    while frontier:
+        nxt = [c for p in frontier for c in _children(spans, p)]
+        found.extend(nxt)
+        frontier = nxt
+    return found
+
+
+def _complete(spans: list[ReceivedSpan]) -> bool:
+    """Every process has exported its part (each exports in its own batches)."""
+    servers = {s.service for s in spans if s.kind == SERVER}
+    attempts = [s for s in spans if s.name.startswith("chat openai/")]
+    return (
+        {"gateway", "inference"} <= servers
+        and bool(attempts)
+        and any(s.kind == CLIENT and s.parent_id == attempts[0].span_id for s in spans)
+    )
+
+
+def test_a_chat_call_is_one_trace_from_gateway_to_provider(
+    platform: RunningPlatform, fake_openai: FakeOpenAI, otlp: OtlpReceiver
+) -> None:
+    # A new member: their credential is not cached yet, so inference reads Postgres.
+    key = new_member_with_key(platform, fake_openai, f"trace-{secrets.token_hex(3)}@example.com")
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    # The caller's own trace context: the platform's spans join it. (http.client: an httpx
+    # instrumented by other tests in this process would replace the traceparent.)
+    connection = http.client.HTTPConnection("127.0.0.1", platform.ports["gateway"], timeout=30)
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "traceparent": f"00-{trace_id}-{caller_span}-01",
+        },
+    )
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    connection.close()
+
+    spans = otlp.wait_for(_complete, trace_id)
+    assert _complete(spans), [(s.service, s.name) for s in spans]
+
+    # The gateway's server span is the root of the platform's part, under the caller's.
+    (gateway,) = [s for s in spans if s.service == "gateway" and s.kind == SERVER]
+    assert gateway.parent_id == caller_span
+    assert gateway.name == "POST /v1/chat/completions"
+    assert gateway.attributes["http.route"] == "/v1/chat/completions"
+    assert gateway.attributes["http.response.status_code"] == 200
+    below_gateway = _descendants(spans, gateway)
+    # Its Redis work (credential check and rate count in one script) is in the trace.
+    assert any(s.service == "gateway" and "EVALSHA" in s.name for s in below_gateway)
+
+    # Inference's server span is a descendant of the gateway's (traceparent over the hop).
+    (inference,) = [s for s in spans if s.service == "inference" and s.kind == SERVER]
+    assert inference in below_gateway
+    below_inference = _descendants(spans, inference)
+    # Postgres (the credential lookup) inside inference.
+    assert any(s.attributes.get("db.system") == "postgresql" for s in below_inference), [
+        s.name for s in below_inference
+    ]
+
+    # One span per provider attempt, with the GenAI attributes ...
+    (attempt,) = [s for s in below_inference if s.name == "chat openai/gpt-4o-mini"]
+    assert attempt.attributes["gen_ai.system"] == "openai"
+    assert attempt.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attempt.attributes["gen_ai.usage.input_tokens"] > 0
+    assert attempt.attributes["gen_ai.usage.output_tokens"] > 0
+    # ... and the provider's HTTP client span under it.
+    http_calls = [s for s in _children(spans, attempt) if s.kind == CLIENT]
+    assert http_calls, [s.name for s in _children(spans, attempt)]
+    call = http_calls[0].attributes
+    assert call.get("http.request.method", call.get("http.method")) == "POST", call
