@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy import column
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.errors import Forbidden, Unauthorized
 from common.identity import Identity
@@ -55,7 +55,6 @@ class Runtime:
     """What the rules need beyond one unit of work, built once in the lifespan."""
 
     settings: EmbeddingsSettings
-    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     inference: Inference
     redis: Redis

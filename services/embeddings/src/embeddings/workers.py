@@ -38,6 +38,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     def poke(self, collection_id: uuid.UUID) -> None:
         self._pending.add(collection_id)
@@ -47,12 +48,19 @@ class Worker:
         self.runtime = runtime
         self._task = asyncio.create_task(self._loop(), name="embeddings-worker")
 
-    async def stop(self) -> None:
-        for task in [self._task, *self._jobs]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let the current step finish (a cancelled database call can leave its connection
+        unusable), then stop; cancel only what is still running after `grace` seconds."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [t for t in (self._task, *self._jobs) if t is not None]
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _stale_before(self) -> datetime:
         assert self.runtime is not None
@@ -65,15 +73,17 @@ class Worker:
             self._pending.update(
                 await repository.collections_to_index(db, stale_before=self._stale_before())
             )
-        while True:
+        while not self._stopping:
             try:
                 await self._claim_reembeds()
                 for collection_id in list(self._pending):
+                    if self._stopping:
+                        return
                     await self._maybe_index(collection_id)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("embeddings worker pass failed")
+            if self._stopping:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), runtime.settings.worker_poll_seconds)
@@ -101,34 +111,39 @@ class Worker:
         if not claimed:
             self._pending.discard(collection_id)
             return
-        status = "none"
         started = time.monotonic()
         try:
-            async with runtime.engine.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                settings = runtime.settings
-                await repository.build_index(
-                    conn, table, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
-                    memory=settings.index_build_memory,
-                )  # fmt: skip
-            status = "ready"
-            self._pending.discard(collection_id)
-            log.info("hnsw index built", collection=str(collection_id),
-                     seconds=round(time.monotonic() - started, 2))  # fmt: skip
+            async with runtime.sessions() as db, db.begin():
+                await self._build(db, table)
+                await repository.set_index_status(
+                    db, collection_id=collection_id, generation=table.generation, status="ready"
+                )
         except Exception as exc:
-            # Deleted or switched to another model meanwhile, most likely; else retried.
-            log.warning("hnsw index build failed", collection=str(collection_id), error=str(exc))
-        finally:
+            # Written to again (lock timeout), deleted, or switched model meanwhile: the
+            # claim is released and the next write (or pass) tries again.
+            log.info("hnsw index not built", collection=str(collection_id), error=str(exc))
             async with runtime.sessions() as db, db.begin():
                 await repository.set_index_status(
-                    db, collection_id=collection_id, generation=table.generation, status=status
+                    db, collection_id=collection_id, generation=table.generation, status="none"
                 )
+            return
+        self._pending.discard(collection_id)
+        log.info("hnsw index built", collection=str(collection_id),
+                 seconds=round(time.monotonic() - started, 2))  # fmt: skip
+
+    async def _build(self, db: Any, table: DocumentTable) -> None:
+        assert self.runtime is not None
+        settings = self.runtime.settings
+        await repository.build_index(
+            db, table, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+            memory=settings.index_build_memory,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ model changes
 
     async def _claim_reembeds(self) -> None:
         assert self.runtime is not None
-        while True:
+        while not self._stopping:
             async with self.runtime.sessions() as db, db.begin():
                 job = await repository.claim_reembed(
                     db, worker=self.id, stale_before=self._stale_before()
@@ -144,8 +159,6 @@ class Worker:
         started = time.monotonic()
         try:
             await self._run_reembed(job, started)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             log.warning("re-embedding failed", collection=str(job.id), error=str(exc))
             await self._fail(job, str(exc) or type(exc).__name__)
@@ -159,6 +172,9 @@ class Worker:
             total = await repository.count_documents(db, old)
         done = 0
         while True:  # copy, re-embedding, while writers go on writing to the old table
+            if self._stopping:
+                await self._release(job)
+                return
             async with runtime.sessions() as db, db.begin():
                 batch = await repository.stale_documents(
                     db, old, new, limit=runtime.settings.reembed_batch_size
@@ -177,10 +193,7 @@ class Worker:
         built = rows >= runtime.settings.index_min_rows
         if built:
             async with runtime.sessions() as db, db.begin():
-                await repository.build_index_now(
-                    db, new, m=runtime.settings.hnsw_m,
-                    ef_construction=runtime.settings.hnsw_ef_construction,
-                )  # fmt: skip
+                await self._build(db, new)
         async with runtime.sessions() as db, db.begin():
             row = await repository.get_collection(db, collection_id=job.id, lock="update")
             if row is None or row.reembed_worker != self.id or row.generation != job.generation:
@@ -234,6 +247,14 @@ class Worker:
             return
         async with self.runtime.sessions() as session, session.begin():
             await repository.upsert_documents(session, new, **columns)
+
+    async def _release(self, job: Collection) -> None:
+        """Stopping: leave the job to whichever replica looks next (this one, restarted)."""
+        assert self.runtime is not None
+        async with self.runtime.sessions() as db, db.begin():
+            row = await repository.get_collection(db, collection_id=job.id, lock="update")
+            if row is not None and row.reembed_worker == self.id:
+                row.reembed_worker = None
 
     async def _fail(self, job: Collection, error: str) -> None:
         assert self.runtime is not None
