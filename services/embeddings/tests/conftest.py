@@ -110,18 +110,24 @@ class Embeddings:
     def client(self, identity: Identity) -> httpx.AsyncClient:
         return asgi_client(self.app, identity=identity, key=self.key)
 
-    async def call(self, identity: Identity, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def call(
+        self, identity: Identity, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response:
         async with self.client(identity) as client:
             return await client.request(method, path, **kwargs)
 
-    async def collection(self, identity: Identity, name: str = "notes", **body: Any) -> dict[str, Any]:
+    async def collection(
+        self, identity: Identity, name: str = "notes", **body: Any
+    ) -> dict[str, Any]:
         response = await self.call(identity, "POST", "/v1/collections",
                                    json={"name": name, "model": MODEL, **body})  # fmt: skip
         assert response.status_code == 201, response.text
         created: dict[str, Any] = response.json()
         return created
 
-    async def upsert(self, identity: Identity, collection_id: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
+    async def upsert(
+        self, identity: Identity, collection_id: str, documents: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         response = await self.call(identity, "POST", f"/v1/collections/{collection_id}/documents",
                                    json={"documents": documents})  # fmt: skip
         assert response.status_code == 200, response.text
@@ -129,7 +135,9 @@ class Embeddings:
         return result
 
     async def query(self, identity: Identity, collection_id: str, **body: Any) -> httpx.Response:
-        return await self.call(identity, "POST", f"/v1/collections/{collection_id}/query", json=body)
+        return await self.call(
+            identity, "POST", f"/v1/collections/{collection_id}/query", json=body
+        )
 
 
 MakeEmbeddings = Callable[..., AbstractAsyncContextManager[Embeddings]]

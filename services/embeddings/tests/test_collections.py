@@ -20,8 +20,12 @@ async def test_a_collection_learns_its_dimension_from_the_model(service: Embeddi
 
 async def test_names_are_unique_per_owner(service: Embeddings) -> None:
     await service.collection(ALICE, "dupe")
-    again = await service.call(ALICE, "POST", "/v1/collections", json={"name": "dupe", "model": MODEL})
-    others = await service.call(BOB, "POST", "/v1/collections", json={"name": "dupe", "model": MODEL})
+    again = await service.call(
+        ALICE, "POST", "/v1/collections", json={"name": "dupe", "model": MODEL}
+    )
+    others = await service.call(
+        BOB, "POST", "/v1/collections", json={"name": "dupe", "model": MODEL}
+    )
 
     assert again.status_code == 409
     assert again.headers["content-type"] == "application/problem+json"
@@ -29,8 +33,8 @@ async def test_names_are_unique_per_owner(service: Embeddings) -> None:
 
 
 async def test_an_unknown_model_is_a_422_and_creates_nothing(service: Embeddings) -> None:
-    response = await service.call(ALICE, "POST", "/v1/collections",
-                                  json={"name": "nope", "model": "local/no-such-model"})  # fmt: skip
+    body = {"name": "nope", "model": "local/no-such-model"}
+    response = await service.call(ALICE, "POST", "/v1/collections", json=body)
     listed = await service.call(ALICE, "GET", "/v1/collections")
 
     assert response.status_code == 422, response.text
@@ -51,8 +55,12 @@ async def test_others_get_404_and_admins_see_all(service: Embeddings) -> None:
     ]:  # fmt: skip
         response = await service.call(BOB, method, path + suffix, json=body)
         assert response.status_code == 404, (method, suffix, response.text)
-    assert mine["id"] not in [c["id"] for c in (await service.call(BOB, "GET", "/v1/collections")).json()]
-    assert mine["id"] in [c["id"] for c in (await service.call(admin, "GET", "/v1/collections")).json()]
+    assert mine["id"] not in [
+        c["id"] for c in (await service.call(BOB, "GET", "/v1/collections")).json()
+    ]
+    assert mine["id"] in [
+        c["id"] for c in (await service.call(admin, "GET", "/v1/collections")).json()
+    ]
     assert (await service.call(admin, "GET", path)).status_code == 200
     assert (await service.call(ALICE, "GET", path)).json()["name"] == "private"
 
@@ -65,14 +73,18 @@ async def test_not_a_uuid_is_404(service: Embeddings) -> None:
 
 async def test_permissions_are_checked(service: Embeddings) -> None:
     viewer = person(104, "viewer")
-    response = await service.call(viewer, "POST", "/v1/collections", json={"name": "x", "model": MODEL})
+    response = await service.call(
+        viewer, "POST", "/v1/collections", json={"name": "x", "model": MODEL}
+    )
 
     assert response.status_code == 403
 
 
 async def test_delete_removes_documents_and_index(service: Embeddings) -> None:
     created = await service.collection(ALICE, "doomed")
-    await service.upsert(ALICE, created["id"], [{"id": "a", "text": "a cat"}, {"id": "b", "text": "a dog"}])
+    await service.upsert(
+        ALICE, created["id"], [{"id": "a", "text": "a cat"}, {"id": "b", "text": "a dog"}]
+    )
     table = f"doc_{created['id'].replace('-', '')}_1"
 
     response = await service.call(ALICE, "DELETE", f"/v1/collections/{created['id']}")

@@ -23,7 +23,9 @@ async def test_the_same_text_twice_is_embedded_once(service: Embeddings) -> None
 
     first = await service.upsert(ALICE, collection["id"], documents)
     second = await service.upsert(ALICE, collection["id"], documents)
-    relabelled = await service.upsert(ALICE, collection["id"], [{**documents[0], "metadata": {"n": 2}}])
+    relabelled = await service.upsert(
+        ALICE, collection["id"], [{**documents[0], "metadata": {"n": 2}}]
+    )
 
     assert service.inference.record.texts()[before:] == ["an unrepeatable sentence 7f3a"]
     assert first == {"documents": [{"id": "a", "status": "created"}], "embedded": 1}
@@ -64,9 +66,14 @@ async def test_precomputed_vectors_are_stored_and_returned(service: Embeddings) 
     collection = await service.collection(ALICE, "vectors")
     calls = len(service.inference.record.calls)
 
-    await service.upsert(ALICE, collection["id"], [{"id": "v", "vector": vector(0.5), "metadata": {"k": "x"}}])
+    await service.upsert(
+        ALICE, collection["id"], [{"id": "v", "vector": vector(0.5), "metadata": {"k": "x"}}]
+    )
     got = await service.call(
-        ALICE, "GET", f"/v1/collections/{collection['id']}/documents/v", params={"include_vector": "true"}
+        ALICE,
+        "GET",
+        f"/v1/collections/{collection['id']}/documents/v",
+        params={"include_vector": "true"},
     )
 
     assert len(service.inference.record.calls) == calls  # nothing to embed
@@ -79,13 +86,13 @@ async def test_dimension_mismatch_is_422_and_writes_nothing(service: Embeddings)
 
     response = await service.call(
         ALICE, "POST", f"/v1/collections/{collection['id']}/documents",
-        json={"documents": [{"id": "ok", "text": "fine"}, {"id": "bad", "vector": [0.1, 0.2, 0.3]}]},
+        json={"documents": [{"id": "ok", "text": "fine"}, {"id": "bad", "vector": [0.1, 0.2]}]},
     )  # fmt: skip
 
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"].endswith("dimension-mismatch")
-    assert "documents[1].vector has 3 dimensions" in response.json()["detail"]
+    assert "documents[1].vector has 2 dimensions" in response.json()["detail"]
     got = await service.call(ALICE, "GET", f"/v1/collections/{collection['id']}")
     assert got.json()["document_count"] == 0
 

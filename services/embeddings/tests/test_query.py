@@ -67,7 +67,9 @@ def unit(axis: int, dimension: int = 384, scale: float = 1.0) -> list[float]:
         ("l2", {"same": -1.0, "three": -1.0, "other": -math.sqrt(5)}),
     ],
 )
-async def test_scores_per_metric(service: Embeddings, metric: str, expected: dict[str, float]) -> None:
+async def test_scores_per_metric(
+    service: Embeddings, metric: str, expected: dict[str, float]
+) -> None:
     collection = await service.collection(ALICE, f"metric {metric}", metric=metric)
     await service.upsert(ALICE, collection["id"], [
         {"id": "same", "vector": unit(0)}, {"id": "other", "vector": unit(1)},
@@ -110,7 +112,10 @@ FILTERS: list[tuple[Any, set[str]]] = [
     ({"flag": 1}, set()),  # a boolean is not a number
     ({"$and": [{"topic": "pets"}, {"year": {"$gt": 2020}}]}, {"b"}),
     ({"$or": [{"topic": "sports"}, {"year": {"$lt": 2020}}]}, {"a", "e"}),
-    ({"$or": [{"$and": [{"topic": "pets"}, {"tags": "x"}]}, {"topic": "finance"}]}, {"a", "c", "d"}),
+    (
+        {"$or": [{"$and": [{"topic": "pets"}, {"tags": "x"}]}, {"topic": "finance"}]},
+        {"a", "c", "d"},
+    ),
     ({"topic": "pets", "year": 2021}, {"b"}),
 ]
 
@@ -154,7 +159,7 @@ BAD_FILTERS: list[tuple[Any, str]] = [
 async def test_malformed_filters_are_422_naming_the_problem(
     service: Embeddings, query_filter: Any, message: str
 ) -> None:
-    collection = await service.collection(BOB, f"bad filter {message}")
+    collection = await service.collection(BOB, f"bad filter {query_filter!r}"[:200])
     calls = len(service.inference.record.calls)
 
     response = await service.query(BOB, collection["id"], text="pets", filter=query_filter)

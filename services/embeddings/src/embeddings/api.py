@@ -34,19 +34,19 @@ def _read(row: Collection, runtime: RuntimeDep, count: int | None = None) -> Col
     reembedding = None
     if row.reembed_status is not None:
         reembedding = ReembedRead(
-            status=row.reembed_status, model=row.reembed_model or "",  # type: ignore[arg-type]
+            status=row.reembed_status, model=row.reembed_model or "",
             dimension=row.reembed_dimension or 0, done=row.reembed_done, total=row.reembed_total,
             error=row.reembed_error, started_at=row.reembed_started_at,
         )  # fmt: skip
     return CollectionRead(
         id=row.id, owner_id=row.owner_id, name=row.name, description=row.description,
-        model=row.model, dimension=row.dimension, metric=row.metric,  # type: ignore[arg-type]
+        model=row.model, dimension=row.dimension, metric=row.metric,
         document_count=count,
-        index=IndexRead(status=row.index_status, m=settings.hnsw_m,  # type: ignore[arg-type]
+        index=IndexRead(status=row.index_status, m=settings.hnsw_m,
                         ef_construction=settings.hnsw_ef_construction),
         reembedding=reembedding,
         lineage=[LineageEntry.model_validate(entry) for entry in row.lineage],
-        created_at=row.created_at, updated_at=row.updated_at,  # type: ignore[arg-type]
+        created_at=row.created_at, updated_at=row.updated_at,
     )  # fmt: skip
 
 

@@ -83,7 +83,8 @@ class _Compiler:
         value = self.column[bindparam(None, field)]
         if op in ("$eq", "$ne"):
             bound = _jsonb(_scalar(operand, here))
-            return value == bound if op == "$eq" else value.is_distinct_from(bound)
+            same: ColumnElement[bool] = value == bound
+            return same if op == "$eq" else value.is_distinct_from(bound)
         if op in ("$in", "$nin"):
             if not isinstance(operand, list) or not operand:
                 raise InvalidFilter(f"{here}: expected a non-empty list of values.")

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
-    any_,
     Column,
     ColumnElement,
     DateTime,
@@ -24,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    any_,
     bindparam,
     delete,
     func,
@@ -84,7 +84,7 @@ async def delete_collection(db: AsyncSession, *, collection_id: uuid.UUID) -> No
 
 async def collections_to_index(db: AsyncSession, *, stale_before: datetime) -> list[uuid.UUID]:
     """Collections without a ready index that nobody is building (or whose builder vanished)."""
-    query = select(Collection.id).where(
+    query = select(col(Collection.id)).where(
         or_(
             col(Collection.index_status) == "none",
             (col(Collection.index_status) == "building")
@@ -190,7 +190,10 @@ class DocumentTable:
     def distance(self, vector: bytes) -> ColumnElement[float]:
         operator = METRICS[self.metric][0]
         query = bindparam("query_vector", vector, type_=Vector(self.dimension))
-        return self.table.c.embedding.op(operator, return_type=Float)(query)  # type: ignore[no-any-return]
+        distance: ColumnElement[float] = self.table.c.embedding.op(operator, return_type=Float)(
+            query
+        )
+        return distance
 
 
 def table_name(collection_id: uuid.UUID, generation: int) -> str:
@@ -254,6 +257,8 @@ async def build_index(
             f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
         )
     )
+    # Statistics for the planner (how selective a metadata filter is, how big the table).
+    await db.execute(text(f"ANALYZE {table.qualified}"))
 
 
 async def existing_documents(
@@ -288,7 +293,7 @@ async def upsert_documents(
         return {}
     result = await db.execute(
         text(
-            f"INSERT INTO {table.qualified} AS d (id, text, metadata, content_hash, embedding)"
+            f"INSERT INTO {table.qualified} AS d (id, text, metadata, content_hash, embedding)"  # noqa: S608 (a UUID-derived table name)
             " SELECT u.id, u.text, u.metadata::jsonb, u.hash, u.embedding FROM unnest("
             "CAST(:ids AS text[]), CAST(:texts AS text[]), CAST(:metadata AS text[]),"
             " CAST(:hashes AS bytea[]), CAST(:vectors AS vector[]))"
@@ -309,7 +314,8 @@ async def update_metadata(
     if ids:
         await db.execute(
             text(
-                f"UPDATE {table.qualified} AS d SET metadata = u.metadata::jsonb, updated_at = now()"
+                f"UPDATE {table.qualified} AS d"  # noqa: S608 (a UUID-derived table name)
+                " SET metadata = u.metadata::jsonb, updated_at = now()"
                 " FROM unnest(CAST(:ids AS text[]), CAST(:metadata AS text[])) AS u(id, metadata)"
                 " WHERE d.id = u.id"
             ),
@@ -414,13 +420,14 @@ async def finish_copy(db: AsyncSession, old: DocumentTable, new: DocumentTable) 
     """Make `new` hold exactly `old`'s documents and metadata (the vectors are already new)."""
     await db.execute(
         text(
-            f"UPDATE {new.qualified} AS n SET metadata = o.metadata, updated_at = o.updated_at"
-            f" FROM {old.qualified} AS o WHERE o.id = n.id AND n.metadata IS DISTINCT FROM o.metadata"
+            f"UPDATE {new.qualified} AS n SET metadata = o.metadata, updated_at = o.updated_at"  # noqa: S608 (a UUID-derived table name)
+            f" FROM {old.qualified} AS o"
+            " WHERE o.id = n.id AND n.metadata IS DISTINCT FROM o.metadata"
         )
     )
     await db.execute(
         text(
-            f"DELETE FROM {new.qualified} AS n"
+            f"DELETE FROM {new.qualified} AS n"  # noqa: S608 (a UUID-derived table name)
             f" WHERE NOT EXISTS (SELECT 1 FROM {old.qualified} AS o WHERE o.id = n.id)"
         )
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,8 +157,9 @@ async def update_collection(
     body: CollectionUpdate,
 ) -> Collection:  # fmt: skip
     row = await owned(db, identity, collection_id)
-    changes_model = body.model is not None and body.model != row.model
-    dimension = await probe_dimension(runtime, identity, body.model) if changes_model else 0
+    new_model = body.model if body.model is not None and body.model != row.model else None
+    changes_model = new_model is not None
+    dimension = await probe_dimension(runtime, identity, new_model) if new_model else 0
     row = await owned(db, identity, collection_id, lock="update")
     if body.name is not None and body.name != row.name:
         row.name = body.name
@@ -262,6 +263,7 @@ async def upsert_documents(
     ids = _ids(documents)
     hashes = [content_hash(d) for d in documents]
     has_vectors = any(d.vector is not None for d in documents)
+    await _writing(runtime, collection_id, busy=True)
     for _ in range(3):
         async with runtime.sessions() as db, db.begin():
             collection = await owned(db, identity, collection_id)
@@ -272,7 +274,7 @@ async def upsert_documents(
         if has_vectors and collection.reembed_status == "running":
             raise Busy("This collection is changing model: send text, not vectors, until then.")
         plan = _plan(documents, ids, hashes, existing)
-        texts = sorted({documents[i].text for i in plan.write if documents[i].text is not None})
+        texts = sorted({t for i in plan.write if (t := documents[i].text) is not None})
         vectors_of: dict[str, bytes] = {}
         if texts:
             _needs_invoke(identity, "Upserting text")
@@ -291,7 +293,7 @@ async def upsert_documents(
             plan.statuses[doc_id] = "created" if was_inserted else "updated"
         await _wrote(runtime, collection)
         return UpsertResult(
-            documents=[DocumentStatus(id=i, status=plan.statuses[i]) for i in ids],  # type: ignore[arg-type]
+            documents=[DocumentStatus(id=i, status=plan.statuses[i]) for i in ids],
             embedded=len(texts),
         )
     raise Busy("The collection changed model while these documents were embedded; retry.")
@@ -327,11 +329,18 @@ async def _write(
     return inserted
 
 
+async def _writing(runtime: Runtime, collection_id: uuid.UUID, *, busy: bool) -> None:
+    """Tell the index builder to wait: a write is running (`busy`, up to a minute) or just
+    ended (for EMBEDDINGS_INDEX_IDLE_SECONDS). Shared by the replicas through Redis."""
+    idle_ms = max(1, int(runtime.settings.index_idle_seconds * 1000))
+    await runtime.redis.set(LAST_WRITE_KEY.format(collection_id.hex), 1,
+                            px=max(idle_ms, 60_000) if busy else idle_ms)  # fmt: skip
+
+
 async def _wrote(runtime: Runtime, collection: Collection) -> None:
     """Remember the write (the index waits for a quiet moment) and wake the worker."""
+    await _writing(runtime, collection.id, busy=False)
     if collection.index_status != "ready":
-        idle_ms = max(1, int(runtime.settings.index_idle_seconds * 1000))
-        await runtime.redis.set(LAST_WRITE_KEY.format(collection.id.hex), 1, px=idle_ms)
         runtime.poke(collection.id)
 
 

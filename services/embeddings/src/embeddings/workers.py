@@ -113,8 +113,11 @@ class Worker:
             return
         started = time.monotonic()
         try:
+            # Its own transaction, touching no collection row: an upsert holds that row
+            # (FOR SHARE) while it waits for the table, and would deadlock with us.
             async with runtime.sessions() as db, db.begin():
                 await self._build(db, table)
+            async with runtime.sessions() as db, db.begin():
                 await repository.set_index_status(
                     db, collection_id=collection_id, generation=table.generation, status="ready"
                 )
