@@ -43,32 +43,18 @@ sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
 from common import devstack  # noqa: E402
 from common.identity import Identity, SignedIdentity  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from chat_path import pct, wait  # noqa: E402
+
 PASSWORD = "bench-Passphrase-for-embeddings-1"  # noqa: S105
 MODEL = "local/all-MiniLM-L6-v2"
 DIMENSION = 384
-
-
-def wait(url: str, deadline: float = 180) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} not ready")
 
 
 def clustered(rng: np.random.Generator, projection: np.ndarray, n: int) -> np.ndarray:
     x = rng.standard_normal((n, 32)).astype(np.float32) @ projection
     x += 0.1 * rng.standard_normal((n, DIMENSION)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)  # type: ignore[no-any-return]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def body(data: np.ndarray, start: int, end: int) -> bytes:
