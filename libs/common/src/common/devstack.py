@@ -271,6 +271,7 @@ class Platform:
             env[f"{name.upper()}_PORT"] = str(port)
         for name in SERVICES:
             env[f"GATEWAY_{name.upper()}_URL"] = self.url(name)
+        env["EMBEDDINGS_INFERENCE_URL"] = self.url("inference")  # embeddings asks inference
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

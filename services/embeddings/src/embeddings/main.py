@@ -9,13 +9,34 @@ from fastapi import FastAPI
 
 from common.app import create_service_app, database_and_redis
 from embeddings.api import router
+from embeddings.clients import Inference
+from embeddings.service import Runtime
 from embeddings.settings import EmbeddingsSettings
+from embeddings.vectors import install_codec
+from embeddings.workers import Worker
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with database_and_redis(app, app.state.settings):
-        yield
+    settings: EmbeddingsSettings = app.state.settings
+    async with database_and_redis(app, settings):
+        install_codec(app.state.engine)
+        inference = getattr(app.state, "inference_client", None) or Inference(settings)
+        worker = Worker()
+        runtime = Runtime(
+            settings=settings,
+            sessions=app.state.sessionmaker,
+            inference=inference,
+            redis=app.state.redis,
+            poke=worker.poke,
+        )
+        app.state.embeddings = runtime
+        worker.start(runtime)
+        try:
+            yield
+        finally:
+            await worker.stop()
+            await inference.aclose()
 
 
 def create_app(settings: EmbeddingsSettings | None = None) -> FastAPI:

@@ -1,0 +1,202 @@
+"""The embeddings service's targets: bulk ingest, query latency at recall, local-model speed.
+
+    .venv/bin/python bench/embeddings.py [--vectors 100000] [--queries 500]
+
+Starts the platform (`python -m common.devstack run`: a fresh embedded Postgres and Redis,
+all services) on free 127.0.0.1 ports, then, talking to the embeddings service directly with a
+signed identity (what the gateway adds per request is measured in bench/chat_path.py):
+
+1. ingests N precomputed 384-d vectors (1,000 per request, 2 requests in flight) into a new
+   collection and reports vectors/s; then waits for the background HNSW build and reports it;
+2. sends queries with a vector one at a time, for several ef_search values, and reports
+   p50/p95 and recall@10 against exact search (numpy over the same vectors);
+3. reports the local all-MiniLM-L6-v2's throughput in texts/s, at inference and through an
+   upsert of text documents.
+
+The vectors are random with the low intrinsic dimension of real sentence embeddings (a random
+32-d Gaussian mapped into 384-d, plus noise); see services/embeddings/README.md for why
+uniformly random 384-d vectors are no test of an approximate index. Writes
+bench/results/embeddings.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+from common import devstack  # noqa: E402
+from common.identity import Identity, SignedIdentity  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from chat_path import pct, wait  # noqa: E402
+
+PASSWORD = "bench-Passphrase-for-embeddings-1"  # noqa: S105
+MODEL = "local/all-MiniLM-L6-v2"
+DIMENSION = 384
+
+
+def clustered(rng: np.random.Generator, projection: np.ndarray, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, 32)).astype(np.float32) @ projection
+    x += 0.1 * rng.standard_normal((n, DIMENSION)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def body(data: np.ndarray, start: int, end: int) -> bytes:
+    documents = [
+        {"id": str(i), "vector": [round(float(x), 7) for x in data[i]],
+         "metadata": {"i": i, "kind": "rare" if i % 100 == 0 else "common"}}
+        for i in range(start, end)
+    ]  # fmt: skip
+    return json.dumps({"documents": documents}).encode()
+
+
+async def ingest(client: httpx.AsyncClient, path: str, data: np.ndarray) -> float:
+    batches = [(s, min(s + 1000, len(data))) for s in range(0, len(data), 1000)]
+    bodies = [body(data, s, e) for s, e in batches]  # encoded before the clock starts
+    queue = list(bodies)
+
+    async def sender() -> None:
+        while queue:
+            content = queue.pop()
+            response = await client.post(path, content=content,
+                                         headers={"content-type": "application/json"})  # fmt: skip
+            assert response.status_code == 200, response.text[:500]
+
+    start = time.perf_counter()
+    await asyncio.gather(sender(), sender())
+    return time.perf_counter() - start
+
+
+async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: Identity,
+                     key: bytes) -> dict[str, Any]:  # fmt: skip
+    rng = np.random.default_rng(1)
+    projection = np.random.default_rng(7).standard_normal((32, DIMENSION)).astype(np.float32)
+    data = clustered(rng, projection, args.vectors)
+    queries = clustered(rng, projection, args.queries)
+    auth = SignedIdentity(key, identity)
+    result: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=urls["embeddings"], auth=auth, timeout=600) as client:
+        created = await client.post("/v1/collections", json={"name": "bench", "model": MODEL})
+        assert created.status_code == 201, created.text
+        collection = created.json()["id"]
+        seconds = await ingest(client, f"/v1/collections/{collection}/documents", data)
+        result["ingest"] = {"vectors": len(data), "seconds": seconds,
+                            "vectors_per_second": len(data) / seconds}  # fmt: skip
+        print(f"ingest: {len(data)} vectors in {seconds:.1f} s = {len(data) / seconds:.0f}/s")
+        start = time.perf_counter()
+        while True:
+            got = (await client.get(f"/v1/collections/{collection}")).json()
+            if got["index"]["status"] == "ready":
+                break
+            await asyncio.sleep(0.5)
+        result["index_ready_after_ingest_seconds"] = time.perf_counter() - start
+        print(f"HNSW index ready {result['index_ready_after_ingest_seconds']:.1f} s after ingest")
+
+        exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+        result["queries"] = []
+        for ef in args.ef:
+            latencies, recalls = [], []
+            for q, truth in zip(queries, exact, strict=True):
+                payload = {"vector": q.tolist(), "top_k": 10, "ef_search": ef}
+                t0 = time.perf_counter()
+                response = await client.post(f"/v1/collections/{collection}/query", json=payload)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                found = {int(m["id"]) for m in response.json()}
+                recalls.append(len(found & set(truth.tolist())) / 10)
+            row = {"ef_search": ef, "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
+                   "recall_at_10": float(np.mean(recalls))}  # fmt: skip
+            result["queries"].append(row)
+            print(f"query ef_search={ef}: p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms,"
+                  f" recall@10 {row['recall_at_10']:.3f}")  # fmt: skip
+
+        texts = [f"sentence {i}: the quick brown fox jumps over the lazy dog {i % 97}"
+                 for i in range(args.texts)]  # fmt: skip
+        async with httpx.AsyncClient(base_url=urls["inference"], auth=auth, timeout=600) as inf:
+            await inf.post("/v1/embeddings", json={"model": MODEL, "input": texts[:8]})  # warm
+            t0 = time.perf_counter()
+            for s in range(0, len(texts), 256):
+                r = await inf.post(
+                    "/v1/embeddings", json={"model": MODEL, "input": texts[s : s + 256]}
+                )
+                assert r.status_code == 200, r.text
+            model_seconds = time.perf_counter() - t0
+        created = await client.post("/v1/collections", json={"name": "texts", "model": MODEL})
+        path = f"/v1/collections/{created.json()['id']}/documents"
+        t0 = time.perf_counter()
+        for s in range(0, len(texts), 1000):
+            docs = [{"text": f"upserted {t}"} for t in texts[s : s + 1000]]
+            r = await client.post(path, json={"documents": docs})
+            assert r.status_code == 200, r.text
+        upsert_seconds = time.perf_counter() - t0
+        result["local_model"] = {
+            "texts": len(texts),
+            "inference_texts_per_second": len(texts) / model_seconds,
+            "upsert_texts_per_second": len(texts) / upsert_seconds,
+        }
+        print(f"local model: {len(texts) / model_seconds:.0f} texts/s at inference,"
+              f" {len(texts) / upsert_seconds:.0f} texts/s through an upsert")  # fmt: skip
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200])
+    args = parser.parse_args()
+    ports = {name: devstack.free_port() for name in (*devstack.SERVICES, "gateway")}
+    key = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({
+        "ADMIN_EMAIL": "perf@example.com", "ADMIN_PASSWORD": PASSWORD,
+        "INTERNAL_SIGNING_KEY": key, "LOG_LEVEL": "WARNING",
+        "PLATFORM_DATA_DIR": tempfile.mkdtemp(prefix="bench-"),
+        "REDIS_URL": f"redis://127.0.0.1:{devstack.free_port()}/0",
+        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    })  # fmt: skip
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    log = open(ROOT / "bench" / "results" / "embeddings.log", "wb")  # noqa: SIM115
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "common.devstack", "run"], cwd=ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    try:
+        wait(f"{urls['gateway']}/readyz")
+        with httpx.Client(base_url=urls["gateway"]) as browser:
+            browser.post("/auth/login", json={"email": "perf@example.com", "password": PASSWORD})
+            me = browser.get("/auth/me").json()
+        identity = Identity(sub=me["id"], kind="user", iss="gateway", roles=tuple(me["roles"]),
+                            permissions=tuple(me["permissions"]))  # fmt: skip
+        result = asyncio.run(main_async(args, urls, identity, key.encode()))
+        result.update({
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "dimension": DIMENSION, "data": "random, intrinsic dimension 32, unit length",
+        })  # fmt: skip
+        (ROOT / "bench" / "results" / "embeddings.json").write_text(json.dumps(result, indent=2))
+        return 0
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        stack.wait(60)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Dependencies of the embeddings routes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from common.errors import Forbidden
+from common.identity import CurrentIdentity, Identity
+from embeddings.errors import CollectionNotFound
+from embeddings.service import Runtime, owner_of
+
+
+def require(permission: str) -> object:
+    """The caller, a user (session or API key) holding `permission`."""
+
+    async def check(identity: CurrentIdentity) -> Identity:
+        owner_of(identity)  # 401 for anyone but a user
+        if not identity.has(permission):
+            raise Forbidden(f"This needs the {permission} permission.")
+        return identity
+
+    return Depends(check)
+
+
+def collection_id(id: str) -> uuid.UUID:
+    """The path's collection id; not a UUID is no such collection."""
+    try:
+        return uuid.UUID(id)
+    except ValueError:
+        raise CollectionNotFound("No such collection.") from None
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.embeddings
+    return runtime
+
+
+Reader = Annotated[Identity, require("embeddings:read")]
+Writer = Annotated[Identity, require("embeddings:write")]
+CollectionId = Annotated[uuid.UUID, Depends(collection_id)]
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]

@@ -1,0 +1,433 @@
+"""Every query of the embeddings service: the `collection` table and the documents tables.
+
+A documents table is `embeddings.doc_<collection uuid hex>_<generation>`: its name is made
+from our own UUID and counter only (never from input), and every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    Column,
+    ColumnElement,
+    DateTime,
+    Float,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from embeddings.models import Collection
+from embeddings.vectors import Vector
+
+SCHEMA = "embeddings"
+# metric -> (pgvector distance operator, HNSW operator class)
+METRICS: dict[str, tuple[str, str]] = {
+    "cosine": ("<=>", "vector_cosine_ops"),
+    "l2": ("<->", "vector_l2_ops"),
+    "inner_product": ("<#>", "vector_ip_ops"),
+}
+
+
+# ---------------------------------------------------------------- collections
+
+
+async def add_collection(db: AsyncSession, *, collection: Collection) -> Collection:
+    db.add(collection)
+    await db.flush()
+    await db.refresh(collection)
+    return collection
+
+
+async def get_collection(
+    db: AsyncSession, *, collection_id: uuid.UUID, lock: str | None = None
+) -> Collection | None:
+    """`lock`: "share" keeps it from changing model or going away until the transaction
+    ends (writers); "update" for the one who changes it."""
+    query = select(Collection).where(col(Collection.id) == collection_id)
+    if lock == "share":
+        query = query.with_for_update(read=True)
+    elif lock == "update":
+        query = query.with_for_update()
+    return (await db.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+
+
+async def list_collections(db: AsyncSession, *, owner_id: uuid.UUID | None) -> Sequence[Collection]:
+    """One owner's collections (everyone's when owner_id is None), oldest first."""
+    query = select(Collection).order_by(col(Collection.created_at), col(Collection.id))
+    if owner_id is not None:
+        query = query.where(col(Collection.owner_id) == owner_id)
+    return (await db.execute(query)).scalars().all()
+
+
+async def delete_collection(db: AsyncSession, *, collection_id: uuid.UUID) -> None:
+    await db.execute(delete(Collection).where(col(Collection.id) == collection_id))
+
+
+async def collections_to_index(db: AsyncSession, *, stale_before: datetime) -> list[uuid.UUID]:
+    """Collections without a ready index that nobody is building (or whose builder vanished)."""
+    query = select(col(Collection.id)).where(
+        or_(
+            col(Collection.index_status) == "none",
+            (col(Collection.index_status) == "building")
+            & (col(Collection.index_claimed_at) < stale_before),
+        )
+    )
+    return list((await db.execute(query)).scalars().all())
+
+
+async def claim_index_build(
+    db: AsyncSession, *, collection_id: uuid.UUID, generation: int, stale_before: datetime
+) -> bool:
+    """Mark the index as being built by us, unless someone else is (atomic across replicas)."""
+    result = await db.execute(
+        text(
+            "UPDATE embeddings.collection SET index_status = 'building', index_claimed_at = now()"
+            " WHERE id = :id AND generation = :generation AND (index_status = 'none'"
+            " OR (index_status = 'building' AND index_claimed_at < :stale))"
+        ),
+        {"id": collection_id, "generation": generation, "stale": stale_before},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_index_status(
+    db: AsyncSession, *, collection_id: uuid.UUID, generation: int, status: str
+) -> None:
+    await db.execute(
+        text(
+            "UPDATE embeddings.collection SET index_status = :status, index_claimed_at = NULL"
+            " WHERE id = :id AND generation = :generation"
+        ),
+        {"id": collection_id, "generation": generation, "status": status},
+    )
+
+
+async def claim_reembed(
+    db: AsyncSession, *, worker: str, stale_before: datetime
+) -> Collection | None:
+    """A model change nobody is working on (or whose worker went silent), now ours."""
+    query = (
+        select(Collection)
+        .where(
+            col(Collection.reembed_status) == "running",
+            or_(
+                col(Collection.reembed_worker).is_(None),
+                col(Collection.reembed_heartbeat_at) < stale_before,
+            ),
+        )
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    row = (await db.execute(query)).scalar_one_or_none()
+    if row is not None:
+        row.reembed_worker = worker
+        row.reembed_heartbeat_at = func.now()  # type: ignore[assignment]
+        await db.flush()
+        await db.refresh(row)
+    return row
+
+
+async def reembed_progress(
+    db: AsyncSession, *, collection_id: uuid.UUID, worker: str, done: int, total: int
+) -> bool:
+    """Record progress; False if the job is no longer ours (cancelled, deleted, taken over)."""
+    result = await db.execute(
+        text(
+            "UPDATE embeddings.collection SET reembed_done = :done, reembed_total = :total,"
+            " reembed_heartbeat_at = now() WHERE id = :id AND reembed_worker = :worker"
+            " AND reembed_status = 'running'"
+        ),
+        {"id": collection_id, "worker": worker, "done": done, "total": total},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- documents tables
+
+
+@dataclass(frozen=True)
+class DocumentTable:
+    collection_id: uuid.UUID
+    generation: int
+    dimension: int
+    metric: str
+
+    @property
+    def name(self) -> str:
+        return table_name(self.collection_id, self.generation)
+
+    @property
+    def table(self) -> Table:
+        return _table(self.name, self.dimension)
+
+    @property
+    def qualified(self) -> str:
+        return f'{SCHEMA}."{self.name}"'
+
+    @property
+    def index_name(self) -> str:
+        return f"{self.name}_hnsw"
+
+    def distance(self, vector: bytes) -> ColumnElement[float]:
+        operator = METRICS[self.metric][0]
+        query = bindparam("query_vector", vector, type_=Vector(self.dimension))
+        distance: ColumnElement[float] = self.table.c.embedding.op(operator, return_type=Float)(
+            query
+        )
+        return distance
+
+
+def table_name(collection_id: uuid.UUID, generation: int) -> str:
+    return f"doc_{collection_id.hex}_{int(generation)}"
+
+
+def current_table(collection: Collection) -> DocumentTable:
+    return DocumentTable(collection.id, collection.generation, collection.dimension,
+                         collection.metric)  # fmt: skip
+
+
+def next_table(collection: Collection) -> DocumentTable:
+    """Where a model change writes: the next generation, at the new model's dimension."""
+    assert collection.reembed_dimension is not None
+    return DocumentTable(collection.id, collection.generation + 1, collection.reembed_dimension,
+                         collection.metric)  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def _table(name: str, dimension: int) -> Table:
+    return Table(
+        name,
+        MetaData(schema=SCHEMA),
+        Column("id", Text, primary_key=True),
+        Column("text", Text, nullable=True),
+        Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("content_hash", LargeBinary, nullable=False),
+        Column("embedding", Vector(dimension), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+async def create_document_table(db: AsyncSession, table: DocumentTable) -> None:
+    await db.run_sync(lambda session: table.table.create(session.connection()))
+
+
+async def drop_document_table(db: AsyncSession, table: DocumentTable) -> None:
+    await db.execute(text(f"DROP TABLE IF EXISTS {table.qualified}"))
+
+
+async def build_index(
+    db: AsyncSession, table: DocumentTable, *, m: int, ef_construction: int, memory: str
+) -> None:
+    """pgvector's bulk HNSW build (far faster than inserting into an index row by row).
+
+    A plain CREATE INDEX: readers go on, writers to this collection wait for it. Not
+    CONCURRENTLY, which waits for every older snapshot in the whole database (one idle
+    transaction anywhere stalls it) and leaves an invalid index behind when interrupted.
+    It gives up at once if writers hold the table (lock_timeout): the worker retries later."""
+    await db.execute(
+        text(
+            "SELECT set_config('maintenance_work_mem', :memory, true),"
+            " set_config('lock_timeout', '1s', true)"
+        ),
+        {"memory": memory},
+    )
+    await db.execute(
+        text(
+            f'CREATE INDEX IF NOT EXISTS "{table.index_name}" ON {table.qualified}'
+            f" USING hnsw (embedding {METRICS[table.metric][1]})"
+            f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
+        )
+    )
+    # Statistics for the planner (how selective a metadata filter is, how big the table).
+    await db.execute(text(f"ANALYZE {table.qualified}"))
+
+
+async def existing_documents(
+    db: AsyncSession, table: DocumentTable, *, ids: list[str]
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """id -> (content hash, metadata) of those of `ids` that exist."""
+    if not ids:
+        return {}
+    t = table.table
+    rows = await db.execute(
+        select(t.c.id, t.c.content_hash, t.c.metadata).where(
+            t.c.id == any_(bindparam("ids", ids, type_=ARRAY(Text)))
+        )
+    )
+    return {row.id: (bytes(row.content_hash), row.metadata) for row in rows}
+
+
+async def upsert_documents(
+    db: AsyncSession,
+    table: DocumentTable,
+    *,
+    ids: list[str],
+    texts: list[str | None],
+    metadata: list[str],
+    hashes: list[bytes],
+    vectors: list[bytes],
+) -> dict[str, bool]:
+    """One multi-row INSERT ... ON CONFLICT for the whole batch; id -> inserted (else updated).
+
+    `metadata` are JSON texts, `vectors` packed (vectors.pack)."""
+    if not ids:
+        return {}
+    result = await db.execute(
+        text(
+            f"INSERT INTO {table.qualified} AS d (id, text, metadata, content_hash, embedding)"  # noqa: S608 (a UUID-derived table name)
+            " SELECT u.id, u.text, u.metadata::jsonb, u.hash, u.embedding FROM unnest("
+            "CAST(:ids AS text[]), CAST(:texts AS text[]), CAST(:metadata AS text[]),"
+            " CAST(:hashes AS bytea[]), CAST(:vectors AS vector[]))"
+            " AS u(id, text, metadata, hash, embedding)"
+            " ON CONFLICT (id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata,"
+            " content_hash = excluded.content_hash, embedding = excluded.embedding,"
+            " updated_at = now() RETURNING d.id, (d.xmax = 0) AS inserted"
+        ),
+        {"ids": ids, "texts": texts, "metadata": metadata, "hashes": hashes, "vectors": vectors},
+    )
+    return {row.id: row.inserted for row in result}
+
+
+async def update_metadata(
+    db: AsyncSession, table: DocumentTable, *, ids: list[str], metadata: list[str]
+) -> None:
+    """New metadata for documents whose text or vector did not change (no re-embedding)."""
+    if ids:
+        await db.execute(
+            text(
+                f"UPDATE {table.qualified} AS d"  # noqa: S608 (a UUID-derived table name)
+                " SET metadata = u.metadata::jsonb, updated_at = now()"
+                " FROM unnest(CAST(:ids AS text[]), CAST(:metadata AS text[])) AS u(id, metadata)"
+                " WHERE d.id = u.id"
+            ),
+            {"ids": ids, "metadata": metadata},
+        )
+
+
+async def get_document(
+    db: AsyncSession, table: DocumentTable, *, document_id: str, with_vector: bool
+) -> Any:
+    t = table.table
+    columns = [t.c.id, t.c.text, t.c.metadata, t.c.updated_at]
+    if with_vector:
+        columns.append(t.c.embedding)
+    return (await db.execute(select(*columns).where(t.c.id == document_id))).one_or_none()
+
+
+async def delete_document(db: AsyncSession, table: DocumentTable, *, document_id: str) -> bool:
+    t = table.table
+    result = await db.execute(delete(t).where(t.c.id == document_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def count_documents(db: AsyncSession, table: DocumentTable) -> int:
+    return int((await db.execute(select(func.count()).select_from(table.table))).scalar_one())
+
+
+async def has_rows(db: AsyncSession, table: DocumentTable, *, at_least: int) -> bool:
+    limited = select(table.table.c.id).limit(at_least).subquery()
+    count = (await db.execute(select(func.count()).select_from(limited))).scalar_one()
+    return int(count) >= at_least
+
+
+async def count_textless(db: AsyncSession, table: DocumentTable) -> int:
+    t = table.table
+    query = select(func.count()).select_from(t).where(t.c.text.is_(None))
+    return int((await db.execute(query)).scalar_one())
+
+
+def search_query(
+    table: DocumentTable,
+    *,
+    vector: bytes,
+    top_k: int,
+    condition: ColumnElement[bool] | None,
+    include_vectors: bool,
+) -> Any:
+    t = table.table
+    distance = table.distance(vector).label("distance")
+    columns: list[Any] = [t.c.id, t.c.text, t.c.metadata, distance]
+    if include_vectors:
+        columns.append(t.c.embedding)
+    query = select(*columns).order_by(distance).limit(top_k)
+    return query if condition is None else query.where(condition)
+
+
+async def search(
+    db: AsyncSession,
+    table: DocumentTable,
+    *,
+    vector: bytes,
+    top_k: int,
+    condition: ColumnElement[bool] | None,
+    ef_search: int,
+    include_vectors: bool,
+) -> Sequence[Any]:
+    """The nearest documents, nearest first. HNSW when the index is there, with pgvector 0.8's
+    iterative scan so that a selective filter still fills top_k; an exact scan otherwise."""
+    await db.execute(
+        text(
+            "SELECT set_config('hnsw.ef_search', :ef, true),"
+            " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+        ),
+        {"ef": str(int(ef_search))},
+    )
+    query = search_query(table, vector=vector, top_k=top_k, condition=condition,
+                         include_vectors=include_vectors)  # fmt: skip
+    rows = (await db.execute(query)).all()
+    # relaxed_order may return a near neighbour slightly out of place: order them exactly.
+    return sorted(rows, key=lambda row: row.distance)
+
+
+# ---------------------------------------------------------------- model change
+
+
+async def stale_documents(
+    db: AsyncSession, old: DocumentTable, new: DocumentTable, *, limit: int
+) -> Sequence[Any]:
+    """Documents of `old` missing from `new` or with other content there: (id, text, hash)."""
+    o, n = old.table, new.table
+    query = (
+        select(o.c.id, o.c.text, o.c.content_hash, o.c.metadata)
+        .select_from(o.outerjoin(n, n.c.id == o.c.id))
+        .where(or_(n.c.id.is_(None), n.c.content_hash != o.c.content_hash))
+        .order_by(o.c.id)
+        .limit(limit)
+    )
+    return (await db.execute(query)).all()
+
+
+async def finish_copy(db: AsyncSession, old: DocumentTable, new: DocumentTable) -> None:
+    """Make `new` hold exactly `old`'s documents and metadata (the vectors are already new)."""
+    await db.execute(
+        text(
+            f"UPDATE {new.qualified} AS n SET metadata = o.metadata, updated_at = o.updated_at"  # noqa: S608 (a UUID-derived table name)
+            f" FROM {old.qualified} AS o"
+            " WHERE o.id = n.id AND n.metadata IS DISTINCT FROM o.metadata"
+        )
+    )
+    await db.execute(
+        text(
+            f"DELETE FROM {new.qualified} AS n"  # noqa: S608 (a UUID-derived table name)
+            f" WHERE NOT EXISTS (SELECT 1 FROM {old.qualified} AS o WHERE o.id = n.id)"
+        )
+    )

@@ -1,0 +1,413 @@
+"""The rules of the embeddings service: collections, documents, search, model changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import column
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from common.errors import Forbidden, Unauthorized
+from common.identity import Identity
+from embeddings import repository
+from embeddings.clients import Inference
+from embeddings.errors import (
+    Busy,
+    CollectionNotFound,
+    DimensionMismatch,
+    DocumentNotFound,
+    Invalid,
+    NameTaken,
+)
+from embeddings.filters import compile_filter
+from embeddings.models import Collection
+from embeddings.repository import DocumentTable, current_table
+from embeddings.schemas import (
+    CollectionCreate,
+    CollectionUpdate,
+    DocumentIn,
+    DocumentStatus,
+    Match,
+    QueryRequest,
+    UpsertResult,
+)
+from embeddings.settings import EmbeddingsSettings
+from embeddings.vectors import MAX_DIMENSION, pack
+
+INVOKE = "inference:invoke"
+ADMIN_ROLE = "admin"
+PROBE_TEXT = "dimension probe"
+LAST_WRITE_KEY = "embeddings:last-write:{}"
+
+
+@dataclass
+class Runtime:
+    """What the rules need beyond one unit of work, built once in the lifespan."""
+
+    settings: EmbeddingsSettings
+    sessions: async_sessionmaker[AsyncSession]
+    inference: Inference
+    redis: Redis
+    # Tells the background worker that a collection has work (an index to build, a model
+    # change to run).
+    poke: Callable[[uuid.UUID], None]
+
+
+def owner_of(identity: Identity) -> uuid.UUID:
+    try:
+        return uuid.UUID(identity.user_id or "")
+    except ValueError:
+        raise Unauthorized("Collections belong to users; sign in or use an API key.") from None
+
+
+def is_admin(identity: Identity) -> bool:
+    return ADMIN_ROLE in identity.roles
+
+
+def score(metric: str, distance: float) -> float:
+    """Higher is more similar, for every metric (see the README)."""
+    return 1.0 - distance if metric == "cosine" else -distance
+
+
+def content_hash(document: DocumentIn) -> bytes:
+    if document.vector is not None:
+        return hashlib.sha256(b"vector\0" + pack(document.vector)).digest()
+    return hashlib.sha256(b"text\0" + (document.text or "").encode()).digest()
+
+
+def _needs_invoke(identity: Identity, why: str) -> None:
+    if not identity.has(INVOKE):
+        raise Forbidden(f"{why} embeds text with the collection's model, which needs the "
+                        f"{INVOKE} permission; send vectors instead.")  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- collections
+
+
+async def owned(
+    db: AsyncSession, identity: Identity, collection_id: uuid.UUID, *, lock: str | None = None,
+    admin_may: bool = False,
+) -> Collection:  # fmt: skip
+    """The caller's collection (any, for an admin where `admin_may`); else 404."""
+    row = await repository.get_collection(db, collection_id=collection_id, lock=lock)
+    if row is None or not (
+        row.owner_id == owner_of(identity) or (admin_may and is_admin(identity))
+    ):
+        raise CollectionNotFound("No such collection.")
+    return row
+
+
+async def probe_dimension(runtime: Runtime, identity: Identity, model: str) -> int:
+    _needs_invoke(identity, "A collection")
+    (vector,) = await runtime.inference.embed(identity, model, [PROBE_TEXT])
+    if len(vector) > MAX_DIMENSION:
+        raise Invalid(f"The model {model!r} has {len(vector)} dimensions; HNSW indexes "
+                      f"take at most {MAX_DIMENSION}.")  # fmt: skip
+    return len(vector)
+
+
+async def create_collection(
+    db: AsyncSession, runtime: Runtime, *, identity: Identity, body: CollectionCreate
+) -> Collection:
+    owner = owner_of(identity)
+    dimension = await probe_dimension(runtime, identity, body.model)
+    now = _now()
+    row = Collection(
+        owner_id=owner, name=body.name, description=body.description, model=body.model,
+        dimension=dimension, metric=body.metric,
+        lineage=[{"model": body.model, "dimension": dimension, "since": now.isoformat()}],
+    )  # fmt: skip
+    try:
+        async with db.begin_nested():
+            await repository.add_collection(db, collection=row)
+    except IntegrityError:
+        raise NameTaken(f"You already have a collection named {body.name!r}.") from None
+    await repository.create_document_table(db, current_table(row))
+    return row
+
+
+async def list_collections(db: AsyncSession, *, identity: Identity) -> list[Collection]:
+    owner = None if is_admin(identity) else owner_of(identity)
+    return list(await repository.list_collections(db, owner_id=owner))
+
+
+async def read_collection(
+    db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID
+) -> tuple[Collection, int]:
+    row = await owned(db, identity, collection_id, admin_may=True)
+    return row, await repository.count_documents(db, current_table(row))
+
+
+async def update_collection(
+    db: AsyncSession, runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID,
+    body: CollectionUpdate,
+) -> Collection:  # fmt: skip
+    row = await owned(db, identity, collection_id)
+    new_model = body.model if body.model is not None and body.model != row.model else None
+    changes_model = new_model is not None
+    dimension = await probe_dimension(runtime, identity, new_model) if new_model else 0
+    row = await owned(db, identity, collection_id, lock="update")
+    if body.name is not None and body.name != row.name:
+        row.name = body.name
+    if "description" in body.model_fields_set:
+        row.description = body.description
+    if changes_model and body.model is not None:
+        if row.reembed_status == "running":
+            raise Busy(f"This collection is already changing model to {row.reembed_model!r}.")
+        textless = await repository.count_textless(db, current_table(row))
+        if textless:
+            raise Busy(f"{textless} documents were given as vectors, without text: they cannot "
+                       "be re-embedded with another model. Delete them first.")  # fmt: skip
+        if row.reembed_status == "failed":  # the failed attempt's table, if it is still there
+            await repository.drop_document_table(db, repository.next_table(row))
+        row.reembed_status, row.reembed_model, row.reembed_dimension = (
+            "running", body.model, dimension)  # fmt: skip
+        row.reembed_done, row.reembed_total, row.reembed_error = 0, 0, None
+        row.reembed_for = {"kind": identity.kind, "roles": list(identity.roles),
+                           "permissions": list(identity.permissions)}  # fmt: skip
+        row.reembed_started_at, row.reembed_worker, row.reembed_heartbeat_at = _now(), None, None
+        await repository.create_document_table(db, repository.next_table(row))
+    row.updated_at = _now()
+    try:
+        async with db.begin_nested():
+            await db.flush()
+    except IntegrityError:
+        raise NameTaken(f"You already have a collection named {body.name!r}.") from None
+    if changes_model:
+        runtime.poke(row.id)
+    return row
+
+
+async def delete_collection(
+    db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID
+) -> None:
+    """The collection, its documents and their index (every generation) go together."""
+    row = await owned(db, identity, collection_id, lock="update")
+    await repository.drop_document_table(db, current_table(row))
+    if row.reembed_dimension is not None:
+        await repository.drop_document_table(db, repository.next_table(row))
+    await repository.delete_collection(db, collection_id=row.id)
+
+
+# ---------------------------------------------------------------- documents
+
+
+@dataclass
+class _Plan:
+    ids: list[str]
+    statuses: dict[str, str]
+    write: list[int]  # indexes of documents to write with a (new) vector
+    metadata_only: list[int]
+
+
+def _ids(documents: Sequence[DocumentIn]) -> list[str]:
+    ids = [d.id or uuid.uuid4().hex for d in documents]
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if duplicates:
+        shown = ", ".join(repr(i) for i in duplicates[:5])
+        raise Invalid(f"Document ids must be unique in a request; repeated: {shown}.")
+    return ids
+
+
+def _check_vectors(collection: Collection, documents: Sequence[DocumentIn]) -> None:
+    for i, document in enumerate(documents):
+        if document.vector is not None:
+            check_vector(collection, document.vector, f"documents[{i}].vector")
+
+
+def check_vector(collection: Collection, vector: Sequence[float], where: str) -> None:
+    if len(vector) != collection.dimension:
+        raise DimensionMismatch(f"{where} has {len(vector)} dimensions; this collection's "
+                                f"model gives {collection.dimension}.")  # fmt: skip
+    if collection.metric == "cosine" and not any(vector):
+        raise Invalid(f"{where} is all zeros: it has no direction to compare by cosine.")
+
+
+def _plan(
+    documents: Sequence[DocumentIn], ids: list[str], hashes: list[bytes],
+    existing: dict[str, tuple[bytes, dict[str, Any]]],
+) -> _Plan:  # fmt: skip
+    plan = _Plan(ids=ids, statuses={}, write=[], metadata_only=[])
+    for i, (doc_id, digest, document) in enumerate(zip(ids, hashes, documents, strict=True)):
+        before = existing.get(doc_id)
+        if before is not None and before[0] == digest:
+            if before[1] == document.metadata:
+                plan.statuses[doc_id] = "unchanged"
+            else:
+                plan.statuses[doc_id] = "updated"
+                plan.metadata_only.append(i)
+        else:
+            plan.write.append(i)
+    return plan
+
+
+async def upsert_documents(
+    runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID, documents: list[DocumentIn]
+) -> UpsertResult:
+    """Unchanged text is not embedded again; new text is embedded in batches, outside any
+    transaction; then one multi-row statement writes the batch."""
+    ids = _ids(documents)
+    hashes = [content_hash(d) for d in documents]
+    has_vectors = any(d.vector is not None for d in documents)
+    await _writing(runtime, collection_id, busy=True)
+    for _ in range(3):
+        async with runtime.sessions() as db, db.begin():
+            collection = await owned(db, identity, collection_id)
+            table = current_table(collection)
+            given = [d.id for d in documents if d.id is not None]
+            existing = await repository.existing_documents(db, table, ids=given)
+        _check_vectors(collection, documents)
+        if has_vectors and collection.reembed_status == "running":
+            raise Busy("This collection is changing model: send text, not vectors, until then.")
+        plan = _plan(documents, ids, hashes, existing)
+        texts = sorted({t for i in plan.write if (t := documents[i].text) is not None})
+        vectors_of: dict[str, bytes] = {}
+        if texts:
+            _needs_invoke(identity, "Upserting text")
+            embedded = await runtime.inference.embed(
+                identity, collection.model, texts, dimension=collection.dimension
+            )
+            vectors_of = {t: pack(v) for t, v in zip(texts, embedded, strict=True)}
+        async with runtime.sessions() as db, db.begin():
+            locked = await owned(db, identity, collection_id, lock="share")
+            if locked.generation != collection.generation:
+                continue  # the model changed meanwhile: embed again with the new one
+            if has_vectors and locked.reembed_status == "running":
+                raise Busy("This collection is changing model: send text, not vectors.")
+            inserted = await _write(db, table, documents, plan, hashes, vectors_of)
+        for doc_id, was_inserted in inserted.items():
+            plan.statuses[doc_id] = "created" if was_inserted else "updated"
+        await _wrote(runtime, collection)
+        return UpsertResult(
+            documents=[DocumentStatus(id=i, status=plan.statuses[i]) for i in ids],
+            embedded=len(texts),
+        )
+    raise Busy("The collection changed model while these documents were embedded; retry.")
+
+
+async def _write(
+    db: AsyncSession, table: DocumentTable, documents: Sequence[DocumentIn], plan: _Plan,
+    hashes: list[bytes], vectors_of: dict[str, bytes],
+) -> dict[str, bool]:  # fmt: skip
+    def metadata(i: int) -> str:
+        return json.dumps(documents[i].metadata, separators=(",", ":"))
+
+    def vector(i: int) -> bytes:
+        document = documents[i]
+        return (
+            pack(document.vector)
+            if document.vector is not None
+            else vectors_of[document.text or ""]
+        )
+
+    inserted = await repository.upsert_documents(
+        db, table,
+        ids=[plan.ids[i] for i in plan.write],
+        texts=[documents[i].text for i in plan.write],
+        metadata=[metadata(i) for i in plan.write],
+        hashes=[hashes[i] for i in plan.write],
+        vectors=[vector(i) for i in plan.write],
+    )  # fmt: skip
+    await repository.update_metadata(
+        db, table, ids=[plan.ids[i] for i in plan.metadata_only],
+        metadata=[metadata(i) for i in plan.metadata_only],
+    )  # fmt: skip
+    return inserted
+
+
+async def _writing(runtime: Runtime, collection_id: uuid.UUID, *, busy: bool) -> None:
+    """Tell the index builder to wait: a write is running (`busy`, up to a minute) or just
+    ended (for EMBEDDINGS_INDEX_IDLE_SECONDS). Shared by the replicas through Redis."""
+    idle_ms = max(1, int(runtime.settings.index_idle_seconds * 1000))
+    await runtime.redis.set(LAST_WRITE_KEY.format(collection_id.hex), 1,
+                            px=max(idle_ms, 60_000) if busy else idle_ms)  # fmt: skip
+
+
+async def _wrote(runtime: Runtime, collection: Collection) -> None:
+    """Remember the write (the index waits for a quiet moment) and wake the worker."""
+    await _writing(runtime, collection.id, busy=False)
+    if collection.index_status != "ready":
+        runtime.poke(collection.id)
+
+
+async def get_document(
+    db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID, document_id: str,
+    with_vector: bool,
+) -> Any:  # fmt: skip
+    collection = await owned(db, identity, collection_id)
+    row = await repository.get_document(
+        db, current_table(collection), document_id=document_id, with_vector=with_vector
+    )
+    if row is None:
+        raise DocumentNotFound("No such document in this collection.")
+    return row
+
+
+async def delete_document(
+    db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID, document_id: str
+) -> None:
+    collection = await owned(db, identity, collection_id, lock="share")
+    if not await repository.delete_document(db, current_table(collection), document_id=document_id):
+        raise DocumentNotFound("No such document in this collection.")
+
+
+# ---------------------------------------------------------------- search
+
+
+async def query(
+    runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID, body: QueryRequest
+) -> list[Match]:
+    """Nearest documents first. Text is embedded with the collection's current model."""
+    if body.filter is not None:
+        compile_filter(body.filter, column("metadata", JSONB))  # 422 before any work
+    ef_search = max(body.ef_search or runtime.settings.default_ef_search, body.top_k)
+    embedded: tuple[str, bytes] | None = None
+    for _ in range(3):
+        async with runtime.sessions() as db, db.begin():
+            collection = await owned(db, identity, collection_id)
+            if body.vector is not None:
+                check_vector(collection, body.vector, "vector")
+                vector = pack(body.vector)
+            elif embedded is not None and embedded[0] == collection.model:
+                vector = embedded[1]
+            else:
+                vector = b""
+            if vector:
+                table = current_table(collection)
+                condition = None if body.filter is None else compile_filter(
+                    body.filter, table.table.c.metadata)  # fmt: skip
+                try:
+                    async with db.begin_nested():
+                        rows = await repository.search(
+                            db, table, vector=vector, top_k=body.top_k, condition=condition,
+                            ef_search=ef_search, include_vectors=body.include_vectors,
+                        )  # fmt: skip
+                except DBAPIError as exc:
+                    if "UndefinedTable" in type(exc.orig).__name__:
+                        continue  # a model change switched tables under us: read again
+                    raise
+                return [
+                    Match(id=r.id, score=score(collection.metric, r.distance), text=r.text,
+                          metadata=r.metadata, vector=r.embedding if body.include_vectors else None)
+                    for r in rows
+                ]  # fmt: skip
+        _needs_invoke(identity, "Querying with text")
+        (values,) = await runtime.inference.embed(
+            identity, collection.model, [body.text or ""], dimension=collection.dimension
+        )
+        embedded = (collection.model, pack(values))
+    raise Busy("The collection changed model during the query; retry.")

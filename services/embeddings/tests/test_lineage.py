@@ -1,0 +1,76 @@
+"""Changing a collection's model: re-embedded in the background, switched atomically."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common.testing import asgi_client
+
+from .conftest import MODEL, Embeddings, person
+
+ALICE = person(501)
+ALIAS = "lineage-mini"
+
+
+async def _alias(service: Embeddings) -> None:
+    """An admin's alias on the real inference service: another model name, same vectors."""
+    admin = person(502, "admin")
+    async with asgi_client(service.inference.app, identity=admin, key=service.inference.key) as c:
+        response = await c.post("/v1/providers/aliases",
+                                json={"alias": ALIAS, "targets": [{"model": MODEL}]})  # fmt: skip
+        assert response.status_code == 201, response.text
+
+
+async def _settled(service: Embeddings, collection_id: str) -> dict[str, Any]:
+    for _ in range(300):
+        got = (await service.call(ALICE, "GET", f"/v1/collections/{collection_id}")).json()
+        if got["reembedding"] is None or got["reembedding"]["status"] == "failed":
+            return got  # type: ignore[no-any-return]
+        await asyncio.sleep(0.1)
+    raise AssertionError("re-embedding did not finish in 30 s")
+
+
+async def test_a_model_change_reembeds_everything_and_switches(service: Embeddings) -> None:
+    await _alias(service)
+    collection = await service.collection(ALICE, "evolving")
+    path = f"/v1/collections/{collection['id']}"
+    await service.upsert(ALICE, collection["id"], [
+        {"id": f"d{i}", "text": f"document number {i} about cats", "metadata": {"i": i}}
+        for i in range(40)
+    ])  # fmt: skip
+
+    changed = await service.call(ALICE, "PATCH", path, json={"model": ALIAS})
+    # Writes go on meanwhile, and end up in the new index too.
+    await service.upsert(ALICE, collection["id"], [{"id": "late", "text": "a late arrival"}])
+    await service.call(ALICE, "DELETE", f"{path}/documents/d0")
+    settled = await _settled(service, collection["id"])
+
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["reembedding"]["model"] == ALIAS
+    assert changed.json()["model"] == MODEL  # still the old one until the switch
+    assert settled["reembedding"] is None
+    assert (settled["model"], settled["dimension"]) == (ALIAS, 384)
+    assert [entry["model"] for entry in settled["lineage"]] == [MODEL, ALIAS]
+    assert settled["document_count"] == 40  # 40 - d0 + late
+    reembedded = set(service.inference.record.texts(ALIAS))
+    assert {f"document number {i} about cats" for i in range(1, 40)} <= reembedded
+    assert "a late arrival" in reembedded
+    found = await service.query(ALICE, collection["id"], text="a late arrival", top_k=1)
+    assert found.json()[0]["id"] == "late"
+    assert (await service.call(ALICE, "GET", f"{path}/documents/d5")).json()["metadata"] == {"i": 5}
+
+
+async def test_vectors_without_text_block_a_model_change(service: Embeddings) -> None:
+    collection = await service.collection(ALICE, "vectors only")
+    await service.upsert(ALICE, collection["id"], [{"id": "v", "vector": [0.1] * 384}])
+
+    response = await service.call(ALICE, "PATCH", f"/v1/collections/{collection['id']}",
+                                  json={"model": "local/all-MiniLM-L6-v2-other"})  # fmt: skip
+    unknown = await service.call(ALICE, "PATCH", f"/v1/collections/{collection['id']}",
+                                 json={"model": "local/unknown"})  # fmt: skip
+
+    assert response.status_code in (409, 422)
+    assert unknown.status_code == 422
+    got = (await service.call(ALICE, "GET", f"/v1/collections/{collection['id']}")).json()
+    assert (got["model"], got["reembedding"]) == (MODEL, None)

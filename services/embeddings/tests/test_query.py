@@ -1,0 +1,192 @@
+"""Search: real MiniLM rankings, scores per metric, every filter operator, bad queries."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from .conftest import Embeddings, person
+
+ALICE, BOB = person(301), person(302)
+
+CORPUS = {
+    "cat": "My cat loves to sleep curled up on the warm windowsill.",
+    "finance": "The central bank raised interest rates to curb inflation.",
+    "football": "The striker scored twice in the second half of the match.",
+    "cooking": "Simmer the tomatoes with garlic and basil for twenty minutes.",
+    "space": "The telescope captured images of a distant spiral galaxy.",
+}
+CASES = [
+    ("Which pets like napping in the sun?", "cat", "finance"),
+    ("monetary policy and the cost of borrowing", "finance", "cat"),
+    ("a goal in the soccer game", "football", "cooking"),
+    ("a recipe for pasta sauce", "cooking", "space"),
+    ("astronomy and stars", "space", "football"),
+]
+
+
+async def test_text_queries_rank_the_relevant_document_first(service: Embeddings) -> None:
+    collection = await service.collection(ALICE, "semantic")
+    await service.upsert(ALICE, collection["id"], [{"id": k, "text": v} for k, v in CORPUS.items()])
+
+    for question, best, unrelated in CASES:
+        response = await service.query(ALICE, collection["id"], text=question, top_k=5)
+        ranked = [match["id"] for match in response.json()]
+        assert ranked[0] == best, (question, ranked)
+        assert ranked.index(best) < ranked.index(unrelated)
+        scores = [match["score"] for match in response.json()]
+        assert scores == sorted(scores, reverse=True)
+
+
+async def test_a_viewer_queries_with_vectors_but_not_text(service: Embeddings) -> None:
+    collection = await service.collection(ALICE, "shared with nobody")
+    # A viewer can only read their own collections: give the viewer the same user id.
+    viewer = person(301, "viewer")
+    await service.upsert(ALICE, collection["id"], [{"id": "a", "vector": unit(0)}])
+
+    by_text = await service.query(viewer, collection["id"], text="anything")
+    by_vector = await service.query(viewer, collection["id"], vector=unit(0))
+
+    assert by_text.status_code == 403
+    assert "inference:invoke" in by_text.json()["detail"]
+    assert [m["id"] for m in by_vector.json()] == ["a"]
+
+
+def unit(axis: int, dimension: int = 384, scale: float = 1.0) -> list[float]:
+    return [scale if i == axis else 0.0 for i in range(dimension)]
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        # the query is 2 * e0; the documents e0, e1 and 3 * e0
+        ("cosine", {"same": 1.0, "three": 1.0, "other": 0.0}),
+        ("inner_product", {"three": 6.0, "same": 2.0, "other": 0.0}),
+        ("l2", {"same": -1.0, "three": -1.0, "other": -math.sqrt(5)}),
+    ],
+)
+async def test_scores_per_metric(
+    service: Embeddings, metric: str, expected: dict[str, float]
+) -> None:
+    collection = await service.collection(ALICE, f"metric {metric}", metric=metric)
+    await service.upsert(ALICE, collection["id"], [
+        {"id": "same", "vector": unit(0)}, {"id": "other", "vector": unit(1)},
+        {"id": "three", "vector": unit(0, scale=3.0)},
+    ])  # fmt: skip
+
+    response = await service.query(ALICE, collection["id"], vector=unit(0, scale=2.0), top_k=3,
+                                   include_vectors=True)  # fmt: skip
+
+    matches = response.json()
+    assert {m["id"]: pytest.approx(m["score"], abs=1e-5) for m in matches} == expected
+    assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
+    assert matches[-1]["id"] == "other"
+    assert matches[0]["vector"] is not None
+
+
+PEOPLE = [
+    ("a", {"topic": "pets", "year": 2019, "tags": "x"}),
+    ("b", {"topic": "pets", "year": 2021}),
+    ("c", {"topic": "finance", "year": 2022.5}),
+    ("d", {"topic": "finance", "year": "2023"}),  # a string, not a number
+    ("e", {"topic": "sports", "year": 2024, "flag": True}),
+    ("f", {}),
+]
+FILTERS: list[tuple[Any, set[str]]] = [
+    ({"topic": "pets"}, {"a", "b"}),
+    ({"topic": {"$eq": "finance"}}, {"c", "d"}),
+    ({"topic": {"$ne": "pets"}}, {"c", "d", "e", "f"}),  # missing fields match $ne
+    ({"topic": {"$in": ["pets", "sports"]}}, {"a", "b", "e"}),
+    ({"topic": {"$nin": ["pets", "sports"]}}, {"c", "d", "f"}),
+    ({"year": {"$gt": 2021}}, {"c", "e"}),
+    ({"year": {"$gte": 2021}}, {"b", "c", "e"}),
+    ({"year": {"$lt": 2021}}, {"a"}),
+    ({"year": {"$lte": 2021}}, {"a", "b"}),
+    ({"year": {"$gte": 2020, "$lt": 2023}}, {"b", "c"}),
+    ({"year": 2022.5}, {"c"}),
+    ({"year": 2021.0}, {"b"}),  # numbers compare as numbers
+    ({"year": "2023"}, {"d"}),
+    ({"flag": True}, {"e"}),
+    ({"flag": 1}, set()),  # a boolean is not a number
+    ({"$and": [{"topic": "pets"}, {"year": {"$gt": 2020}}]}, {"b"}),
+    ({"$or": [{"topic": "sports"}, {"year": {"$lt": 2020}}]}, {"a", "e"}),
+    (
+        {"$or": [{"$and": [{"topic": "pets"}, {"tags": "x"}]}, {"topic": "finance"}]},
+        {"a", "c", "d"},
+    ),
+    ({"topic": "pets", "year": 2021}, {"b"}),
+]
+
+
+async def test_every_filter_operator(service: Embeddings) -> None:
+    collection = await service.collection(ALICE, "filters")
+    await service.upsert(ALICE, collection["id"], [
+        {"id": doc_id, "vector": unit(i), "metadata": metadata}
+        for i, (doc_id, metadata) in enumerate(PEOPLE)
+    ])  # fmt: skip
+
+    for query_filter, expected in FILTERS:
+        response = await service.query(ALICE, collection["id"], vector=unit(0), top_k=10,
+                                       filter=query_filter)  # fmt: skip
+        assert response.status_code == 200, (query_filter, response.text)
+        assert {m["id"] for m in response.json()} == expected, query_filter
+
+
+BAD_FILTERS: list[tuple[Any, str]] = [
+    ({"topic": {"$regex": "p.*"}}, "unknown operator '$regex'"),
+    ({"$not": {"topic": "pets"}}, "unknown operator '$not'"),
+    ("topic = 'pets'", "a filter is an object, not a string"),
+    ([{"topic": "pets"}], "a filter is an object, not a list"),
+    ({"topic": {"$in": "pets"}}, "filter.topic.$in: expected a non-empty list"),
+    ({"topic": {"$in": []}}, "filter.topic.$in: expected a non-empty list"),
+    ({"year": {"$gt": "2020"}}, "filter.year.$gt: expected a number, not a string"),
+    ({"year": {"$gt": True}}, "expected a number, not a boolean"),
+    ({"$and": []}, "filter.$and: expected a non-empty list"),
+    ({"$or": {"topic": "pets"}}, "filter.$or: expected a non-empty list"),
+    ({"topic": {}}, "an empty operator object"),
+    ({}, "an empty filter"),
+    ({"topic": None}, "expected a string, number or boolean, not null"),
+    ({"topic": ["pets"]}, "not a list"),
+    ({"topic": {"$eq": {"nested": 1}}}, "not an object"),
+    ({"a\u0000b": 1}, "NUL"),
+    ({"x": {"$in": list(range(101))}}, "at most 100 values"),
+]
+
+
+@pytest.mark.parametrize(("query_filter", "message"), BAD_FILTERS, ids=[m for _, m in BAD_FILTERS])
+async def test_malformed_filters_are_422_naming_the_problem(
+    service: Embeddings, query_filter: Any, message: str
+) -> None:
+    collection = await service.collection(BOB, f"bad filter {query_filter!r}"[:200])
+    calls = len(service.inference.record.calls)
+
+    response = await service.query(BOB, collection["id"], text="pets", filter=query_filter)
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("invalid-filter")
+    assert message in response.json()["detail"]
+    assert len(service.inference.record.calls) == calls  # refused before embedding anything
+
+
+BAD_QUERIES: list[tuple[str, dict[str, Any]]] = [
+    ("top_k 0", {"vector": unit(0), "top_k": 0}),
+    ("top_k 101", {"vector": unit(0), "top_k": 101}),
+    ("both", {"vector": unit(0), "text": "x"}),
+    ("neither", {"top_k": 3}),
+    ("wrong dimension", {"vector": [1.0, 2.0]}),
+    ("zero vector", {"vector": [0.0] * 384}),
+    ("ef_search 0", {"vector": unit(0), "ef_search": 0}),
+]
+
+
+@pytest.mark.parametrize(("case", "body"), BAD_QUERIES, ids=[c for c, _ in BAD_QUERIES])
+async def test_bad_queries_are_422(service: Embeddings, case: str, body: dict[str, Any]) -> None:
+    collection = await service.collection(BOB, f"bad query {case}")
+
+    response = await service.query(BOB, collection["id"], **body)
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
