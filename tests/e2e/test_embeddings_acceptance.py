@@ -33,7 +33,8 @@ def test_a_new_user_builds_and_searches_a_collection(
     alice = register(platform, login, "alice-embeddings@example.com")
     bob = register(platform, login, "bob-embeddings@example.com")
 
-    created = alice.post("/v1/collections", json={"name": "notes", "model": MODEL})
+    # The first use of the local model may still wait for it to load.
+    created = alice.post("/v1/collections", json={"name": "notes", "model": MODEL}, timeout=120)
     assert created.status_code == 201, created.text
     collection = created.json()
     assert collection["dimension"] == 384
@@ -53,7 +54,7 @@ def test_a_new_user_builds_and_searches_a_collection(
     found = alice.post(f"{path}/query", json={
         "text": "which animals make good companions?", "top_k": 5,
         "filter": {"topic": {"$in": ["pets", "finance"]}, "year": {"$gte": 2020}},
-    })  # fmt: skip
+    }, timeout=60)  # fmt: skip
     assert found.status_code == 200, found.text
     matches = found.json()
     assert len(matches) == 5

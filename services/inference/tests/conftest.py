@@ -37,6 +37,7 @@ FAST = {
     "backoff_max_seconds": 0.05,
     "request_deadline_seconds": 10.0,
     "cache_seconds": 0.0,
+    "local_preload": False,  # the tests that use the model load it once they need it
 }
 
 

@@ -30,7 +30,10 @@ def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
         ),
         "huggingface": HuggingFaceProvider(read_timeout=settings.read_timeout_seconds),
     }
-    providers["local"] = LocalProvider(threads=settings.local_threads)  # torch loads on first use
+    local = LocalProvider(threads=settings.local_threads)
+    if settings.local_preload:
+        local.preload()  # torch and the weights load in the background, not on first use
+    providers["local"] = local
     return providers
 
 

@@ -68,6 +68,8 @@ class InferenceSettings(DatabaseSettings):
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"
     )
     local_threads: int = Field(2, ge=1)
+    # Load the local model at start-up (in the background) rather than on the first call.
+    local_preload: bool = True
 
     def price_of(self, model: str) -> Price | None:
         return self.prices.get(model) or DEFAULT_PRICES.get(model)

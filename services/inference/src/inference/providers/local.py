@@ -10,6 +10,7 @@ of at most `max_batch` texts, and each caller gets its own slice of the result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 from collections import deque
@@ -113,6 +114,16 @@ class LocalProvider:
         # How many `encode` calls ran, and over how many texts (what batching saves).
         self.encode_calls = 0
         self.encoded_texts = 0
+
+    def preload(self) -> None:
+        """Load the model now, on the worker thread, so the first call does not wait for it
+        (torch and the weights take seconds). Calls made meanwhile queue behind the load."""
+        if self.available and not self._closed:
+            self._executor.submit(self._preload)
+
+    def _preload(self) -> None:
+        with contextlib.suppress(ProviderError):  # kept in _load_error; calls report it
+            self._load()
 
     @property
     def available(self) -> bool:
