@@ -7,6 +7,8 @@ import http.client
 import json
 import secrets
 
+import httpx
+
 from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key
 from .otlp import CLIENT, SERVER, OtlpReceiver, ReceivedSpan
 
@@ -41,23 +43,9 @@ def test_a_chat_call_is_one_trace_from_gateway_to_provider(
     # A new member: their credential is not cached yet, so inference reads Postgres.
     key = new_member_with_key(platform, fake_openai, f"trace-{secrets.token_hex(3)}@example.com")
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
-    # The caller's own trace context: the platform's spans join it. (http.client: an httpx
-    # instrumented by other tests in this process would replace the traceparent.)
-    connection = http.client.HTTPConnection("127.0.0.1", platform.ports["gateway"], timeout=30)
+    # The caller's own trace context: the platform's spans join it.
     body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    connection.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps(body),
-        headers={
-            "Authorization": f"Bearer {key}",
-            "Content-Type": "application/json",
-            "traceparent": f"00-{trace_id}-{caller_span}-01",
-        },
-    )
-    response = connection.getresponse()
-    assert response.status == 200, response.read()
-    connection.close()
+    _post_traced(platform, "/v1/chat/completions", body, key, trace_id, caller_span)
 
     spans = otlp.wait_for(_complete, trace_id)
     assert _complete(spans), [(s.service, s.name) for s in spans]
@@ -92,3 +80,68 @@ def test_a_chat_call_is_one_trace_from_gateway_to_provider(
     assert http_calls, [s.name for s in _children(spans, attempt)]
     call = http_calls[0].attributes
     assert call.get("http.request.method", call.get("http.method")) == "POST", call
+
+
+def _post_traced(
+    platform: RunningPlatform, path: str, body: object, key: str, trace_id: str, parent: str
+) -> bytes:
+    """POST through the gateway with the caller's trace context. (http.client: an httpx
+    instrumented by other tests in this process would replace the traceparent.)"""
+    connection = http.client.HTTPConnection("127.0.0.1", platform.ports["gateway"], timeout=120)
+    connection.request(
+        "POST",
+        path,
+        body=json.dumps(body),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "traceparent": f"00-{trace_id}-{parent}-01",
+        },
+    )
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    assert response.status == 200, data
+    return data
+
+
+def test_an_embeddings_query_is_one_trace_down_to_the_local_model(
+    platform: RunningPlatform, fake_openai: FakeOpenAI, otlp: OtlpReceiver
+) -> None:
+    key = new_member_with_key(platform, fake_openai, f"vec-{secrets.token_hex(3)}@example.com")
+    auth = {"Authorization": f"Bearer {key}"}
+    created = httpx.post(
+        f"{platform.gateway}/v1/collections",
+        headers=auth,
+        json={"name": "traced", "model": "local/all-MiniLM-L6-v2"},
+        timeout=120,
+    )
+    assert created.status_code == 201, created.text
+    path = f"/v1/collections/{created.json()['id']}"
+    upserted = httpx.post(
+        f"{platform.gateway}{path}/documents",
+        headers=auth,
+        json={"documents": [{"text": "a cat asleep on the sofa"}, {"text": "bond yields rose"}]},
+        timeout=120,
+    )
+    assert upserted.status_code == 200, upserted.text
+
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    _post_traced(
+        platform, f"{path}/query", {"text": "pets", "top_k": 1}, key, trace_id, caller_span
+    )
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        servers = {s.service for s in spans if s.kind == SERVER}
+        local = any(s.attributes.get("gen_ai.system") == "local" for s in spans)
+        return {"gateway", "embeddings", "inference"} <= servers and local
+
+    spans = otlp.wait_for(complete, trace_id)
+    assert complete(spans), [(s.service, s.name) for s in spans]
+    servers = {s.service: s for s in spans if s.kind == SERVER}
+    assert servers["gateway"].parent_id == caller_span
+    assert servers["embeddings"] in _descendants(spans, servers["gateway"])
+    assert servers["inference"] in _descendants(spans, servers["embeddings"])
+    (model_call,) = [s for s in spans if s.attributes.get("gen_ai.system") == "local"]
+    assert model_call in _descendants(spans, servers["inference"])
+    assert model_call.attributes["gen_ai.request.model"] == "all-MiniLM-L6-v2"
