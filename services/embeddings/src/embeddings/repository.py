@@ -384,10 +384,12 @@ async def search(
 ) -> Sequence[Any]:
     """The nearest documents, nearest first. HNSW when the index is there, with pgvector 0.8's
     iterative scan so that a selective filter still fills top_k; an exact scan otherwise."""
+    # Session-level on purpose: queries run outside a transaction (no BEGIN/COMMIT round
+    # trips) and every search sets both, so a pooled connection's leftover value never counts.
     await db.execute(
         text(
-            "SELECT set_config('hnsw.ef_search', :ef, true),"
-            " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+            "SELECT set_config('hnsw.ef_search', :ef, false),"
+            " set_config('hnsw.iterative_scan', 'relaxed_order', false)"
         ),
         {"ef": str(int(ef_search))},
     )

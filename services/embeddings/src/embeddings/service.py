@@ -265,7 +265,10 @@ async def upsert_documents(
     has_vectors = any(d.vector is not None for d in documents)
     await _writing(runtime, collection_id, busy=True)
     for _ in range(3):
-        async with runtime.sessions() as db, db.begin():
+        async with runtime.sessions() as db:
+            # Reads only: autocommit spares the BEGIN, COMMIT and SAVEPOINT round trips (a
+            # table switched away by a model change just fails this statement: read again).
+            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             collection = await owned(db, identity, collection_id)
             table = current_table(collection)
             given = [d.id for d in documents if d.id is not None]
@@ -377,7 +380,10 @@ async def query(
     ef_search = max(body.ef_search or runtime.settings.default_ef_search, body.top_k)
     embedded: tuple[str, bytes] | None = None
     for _ in range(3):
-        async with runtime.sessions() as db, db.begin():
+        async with runtime.sessions() as db:
+            # Reads only: autocommit spares the BEGIN, COMMIT and SAVEPOINT round trips (a
+            # table switched away by a model change just fails this statement: read again).
+            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             collection = await owned(db, identity, collection_id)
             if body.vector is not None:
                 check_vector(collection, body.vector, "vector")
@@ -391,11 +397,10 @@ async def query(
                 condition = None if body.filter is None else compile_filter(
                     body.filter, table.table.c.metadata)  # fmt: skip
                 try:
-                    async with db.begin_nested():
-                        rows = await repository.search(
-                            db, table, vector=vector, top_k=body.top_k, condition=condition,
-                            ef_search=ef_search, include_vectors=body.include_vectors,
-                        )  # fmt: skip
+                    rows = await repository.search(
+                        db, table, vector=vector, top_k=body.top_k, condition=condition,
+                        ef_search=ef_search, include_vectors=body.include_vectors,
+                    )  # fmt: skip
                 except DBAPIError as exc:
                     if "UndefinedTable" in type(exc.orig).__name__:
                         continue  # a model change switched tables under us: read again
