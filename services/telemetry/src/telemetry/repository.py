@@ -34,6 +34,7 @@ from telemetry.models import DeadLetter, LlmCall
 Db = AsyncSession | AsyncConnection
 SCHEMA = "telemetry"
 PARENT = "llm_call"
+USAGE_WORK_MEM = "64MB"
 PARTITION_NAME = re.compile(r"^llm_call_p(\d{4})(\d{2})$")
 
 # The columns a writer fills, with their Postgres array types (received_at is the default).
@@ -171,7 +172,11 @@ def _group_key(group_by: str) -> Any:
 
 
 async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
-    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50."""
+    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50.
+
+    The rows are sorted by group, then each group's latencies: enough memory for that
+    to stay off disk (for this transaction only)."""
+    await db.execute(text(f"SET LOCAL work_mem = '{USAGE_WORK_MEM}'"))
     key = _group_key(group_by).label("key")
     # One sort for both latency percentiles: percentile_cont over an array of fractions.
     latency = func.percentile_cont(cast([0.5, 0.95], ARRAY(Double))).within_group(
