@@ -98,13 +98,19 @@ class StreamConsumer:
     """One replica's consumer: a background task started and stopped with the app."""
 
     def __init__(
-        self, redis: Redis, engine: AsyncEngine, ingestor: Ingestor, settings: TelemetrySettings
+        self,
+        redis: Redis,
+        engine: AsyncEngine,
+        ingestor: Ingestor,
+        settings: TelemetrySettings,
+        *,
+        name: str | None = None,
     ) -> None:
         self._redis = redis
         self._engine = engine
         self._ingestor = ingestor
         self._group = settings.consumer_group
-        self.name = settings.consumer_name
+        self.name = name or settings.consumer_name
         self._batch = settings.batch_size
         self._block_ms = settings.read_block_ms
         self._claim_idle_ms = int(settings.claim_idle_seconds * 1000)

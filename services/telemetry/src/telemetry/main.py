@@ -40,16 +40,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         maintenance = asyncio.create_task(
             maintain_partitions(ingestor, settings.maintenance_interval_seconds)
         )
-        consumer = None
-        if settings.consumer_enabled:
-            consumer = StreamConsumer(app.state.redis, app.state.engine, ingestor, settings)
+        consumers = [
+            StreamConsumer(
+                app.state.redis,
+                app.state.engine,
+                ingestor,
+                settings,
+                name=f"{settings.consumer_name}-{number}",
+            )
+            for number in range(1, settings.consumers + 1)
+            if settings.consumer_enabled
+        ]
+        for consumer in consumers:
             consumer.start()
-        app.state.consumer = consumer
+        app.state.consumers = consumers
         try:
             yield
         finally:
-            if consumer is not None:
-                await consumer.stop()
+            await asyncio.gather(*(consumer.stop() for consumer in consumers))
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance

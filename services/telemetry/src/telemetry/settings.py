@@ -25,6 +25,9 @@ class TelemetrySettings(DatabaseSettings):
     consumer_group: str = "telemetry"
     # Unique per replica: two consumers with one name would share one pending list.
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Consumers per replica (named consumer_name-1, -2, ...): while one waits for Postgres
+    # or Redis, another parses its batch.
+    consumers: int = Field(2, ge=1, le=16)
     # Entries read (and written to Postgres) at a time, and how long one read waits.
     batch_size: int = Field(2000, ge=1, le=20_000)
     read_block_ms: int = Field(1000, ge=1, le=4000)  # below the Redis socket timeout (5 s)
