@@ -56,20 +56,36 @@ class Replica:
 
     def __init__(self, platform: RunningPlatform) -> None:
         service = next(p for p in platform.descendants() if p.cmdline()[-2:] == ["-m", "telemetry"])
+        self.port = devstack.free_port()
         self.env = dict(service.environ())
         self.env.update(
             TELEMETRY_CONSUMER_ENABLED="true",
-            TELEMETRY_PORT=str(devstack.free_port()),
+            TELEMETRY_PORT=str(self.port),
             # A killed replica's unacknowledged entries are taken over after 2 s (not 30).
             TELEMETRY_CLAIM_IDLE_SECONDS="2",
         )
+        self.log_path = platform.log_path.with_name("telemetry-replica.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "telemetry"], cwd=devstack.repo_root(), env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        """Start it and wait until it answers /readyz (its consumers start before that)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "telemetry"], cwd=devstack.repo_root(), env=self.env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the replica exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the replica is not ready:\n{self.log_path.read_text()[-3000:]}")
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -123,7 +139,7 @@ def test_usage_counts_every_call_once_across_a_telemetry_crash(
 ) -> None:
     gateway = platform.gateway
     chat(sdk, N)
-    before = wait_for_requests(gateway, member_key, N, within=10)
+    before = wait_for_requests(gateway, member_key, N, within=30)
     assert before["requests"] == N
     assert before["prompt_tokens"] > 0
     assert before["completion_tokens"] == sum(i + 3 for i in range(N))
@@ -134,7 +150,7 @@ def test_usage_counts_every_call_once_across_a_telemetry_crash(
     time.sleep(1)
     assert usage(gateway, member_key)["requests"] == N  # the events wait in the stream
 
-    replica.start()
+    replica.start()  # returns once it is up (its start itself is not timed here)
     started = time.monotonic()
     after = wait_for_requests(gateway, member_key, N + M, within=10)
     assert after["requests"] == N + M, f"after {time.monotonic() - started:.1f} s: {after}"

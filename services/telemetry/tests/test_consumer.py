@@ -126,6 +126,36 @@ async def test_a_malformed_entry_is_dead_lettered_and_later_events_are_stored(
     assert "the entry has no `event` field" in reasons
 
 
+async def test_events_postgres_refuses_are_dead_lettered_one_by_one(
+    redis: Redis, engine: AsyncEngine, consumers: MakeConsumer
+) -> None:
+    user = uuid.uuid4()
+    # Something validation lets through but Postgres refuses (here: a constraint of its own).
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "ALTER TABLE telemetry.llm_call ADD CONSTRAINT test_no_poison "
+                "CHECK (model <> 'openai/poison') NOT VALID"
+            )
+        )
+    try:
+        events = [call(user), call(user, model="openai/poison"), call(user)]
+        await append(redis, events)
+        async with consumers():
+            await wait_stored(engine, user, 2)
+            await eventually(lambda: _no_pending(redis))
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("ALTER TABLE telemetry.llm_call DROP CONSTRAINT test_no_poison")
+            )
+    async with engine.connect() as conn:
+        letters = await repository.dead_letters(conn, limit=1)
+    assert events[1].id in letters[0].payload
+    assert letters[0].reason.startswith("refused by Postgres")
+    assert await stored(engine, user) == {"rows": 2, "ids": 2}
+
+
 async def _no_pending(redis: Redis) -> bool:
     return bool((await redis.xpending(STREAM, "telemetry"))["pending"] == 0)
 

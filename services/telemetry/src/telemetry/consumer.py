@@ -225,7 +225,8 @@ class StreamConsumer:
             DEAD_LETTERS.inc(len(dead))
             log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
         ids = [entry_id for entry_id, fields in entries if entry_id is not None]
-        await self._redis.xack(STREAM, self._group, *ids)  # only now: all of it is committed
+        if ids:
+            await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
 
     async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> None:
         async with self._engine.begin() as conn:
