@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.llm_events import STREAM
 from telemetry import repository
 from telemetry.metrics import REGISTRY
+from telemetry.schemas import CallEvent
+from telemetry.service import Ingestor
 
 from .conftest import MakeConsumer, append, call, eventually, stored, wait_stored
 
@@ -77,22 +79,24 @@ async def test_a_consumer_killed_mid_batch_then_another_replica_stores_all_exact
 
 
 async def test_an_entry_delivered_again_after_its_commit_is_one_row(
-    redis: Redis, engine: AsyncEngine, consumers: MakeConsumer
+    redis: Redis, engine: AsyncEngine, ingestor: Ingestor, consumers: MakeConsumer
 ) -> None:
     user = uuid.uuid4()
     event = call(user)
-    # Replica A stored the batch and died before XACK: the row exists, the entry is pending.
+    # Replica A read the entry, committed its row, and died before XACK: still pending.
     await append(redis, [event])
     await redis.xgroup_create(STREAM, "telemetry", id="0")
     await redis.xreadgroup("telemetry", "replica-a", {STREAM: ">"})
+    async with engine.begin() as conn:
+        parsed = CallEvent.model_validate_json(event.to_fields()["event"])
+        assert await ingestor.store(conn, [parsed], source="stream") == 1
     async with consumers("replica-b", claim_idle_seconds=0.2):
-        await append(redis, [event])  # and the producer retried: the same event twice more
-        await append(redis, [event])
+        # And the producer retried: the same event twice more.
+        last = (await append(redis, [event, event]))[-1]
 
         async def settled() -> bool:
-            return (await redis.xpending(STREAM, "telemetry"))["pending"] == 0 and (
-                await redis.xinfo_groups(STREAM)
-            )[0]["last-delivered-id"] != b"0-0"
+            group = (await redis.xinfo_groups(STREAM))[0]
+            return group["last-delivered-id"] == last and await _no_pending(redis)
 
         await eventually(settled)
     assert await stored(engine, user) == {"rows": 1, "ids": 1}
