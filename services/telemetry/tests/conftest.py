@@ -1,15 +1,83 @@
-"""Fixtures of the telemetry service's tests: the service migrated on the test database."""
+"""Fixtures of the telemetry service's tests: the service migrated on the test database,
+the real Redis stream inference appends to, and call events as inference writes them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict
+from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.testing import RunDatabase, ServiceHarness
+from common.db import create_engine
+from common.identity import Identity
+from common.llm_events import STREAM, LlmCallEvent
+from common.testing import RunDatabase, ServiceHarness, asgi_client
+from telemetry.consumer import StreamConsumer
 from telemetry.main import create_app
+from telemetry.service import Ingestor
 from telemetry.settings import TelemetrySettings
+
+MEMBER_PERMISSIONS = ("telemetry:read_own", "telemetry:write")
+ADMIN_PERMISSIONS = (*MEMBER_PERMISSIONS, "telemetry:read_all")
+
+
+def member(user_id: uuid.UUID | None = None) -> Identity:
+    return Identity(
+        sub=str(user_id or uuid.uuid4()), kind="user", iss="gateway", roles=("member",),
+        permissions=MEMBER_PERMISSIONS,
+    )  # fmt: skip
+
+
+def admin() -> Identity:
+    return Identity(
+        sub=str(uuid.uuid4()), kind="user", iss="gateway", roles=("admin",),
+        permissions=ADMIN_PERMISSIONS,
+    )  # fmt: skip
+
+
+def call(user: Identity | uuid.UUID | None, **overrides: Any) -> LlmCallEvent:
+    """A call event as inference makes it (common.llm_events is the contract)."""
+    user_id = user.sub if isinstance(user, Identity) else (str(user) if user else None)
+    fields: dict[str, Any] = {
+        "id": str(uuid.uuid4()), "occurred_at": time.time(), "user_id": user_id,
+        "api_key_id": None, "provider": "openai", "model": "openai/gpt-4o-mini", "alias": None,
+        "status": "ok", "error_type": None, "prompt_tokens": 12, "completion_tokens": 7,
+        "usage_estimated": False, "cost_usd": "0.000006000", "latency_ms": 120.5,
+        "ttft_ms": None, "stream": False, "attempts": 1, "fallback": False,
+        "operation": "chat", "trace_id": uuid.uuid4().hex,
+    }  # fmt: skip
+    return LlmCallEvent(**{**fields, **overrides})
+
+
+def as_json(event: LlmCallEvent) -> dict[str, Any]:
+    return asdict(event)
+
+
+async def append(redis: Redis, events: list[LlmCallEvent]) -> list[bytes]:
+    """XADD, as inference's event sink does."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.xadd(STREAM, event.to_fields())  # type: ignore[arg-type]
+        ids: list[bytes] = await pipe.execute()
+    return ids
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +88,76 @@ def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
 
 
 @pytest.fixture
-async def app(harness: ServiceHarness) -> AsyncIterator[FastAPI]:
-    async with harness.app() as started:
+async def app(harness: ServiceHarness, redis: Redis) -> AsyncIterator[FastAPI]:
+    """The API, its units of work rolled back; no stream consumer (see `consumers`)."""
+    async with harness.app(consumer_enabled=False) as started:
         yield started
+
+
+@pytest.fixture
+def client(app: FastAPI, harness: ServiceHarness) -> Callable[[Identity], httpx.AsyncClient]:
+    def make(identity: Identity) -> httpx.AsyncClient:
+        return asgi_client(app, identity=identity, key=harness.key())
+
+    return make
+
+
+@pytest.fixture
+async def engine(harness: ServiceHarness) -> AsyncIterator[AsyncEngine]:
+    """The service's database, committed for real (the consumer's writes are)."""
+    engine = create_engine(harness.settings.database_url, application_name="telemetry-test")
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def ingestor(engine: AsyncEngine, harness: ServiceHarness) -> Ingestor:
+    ingestor = Ingestor(engine, retention_days=harness.settings.retention_days)  # type: ignore[attr-defined]
+    await ingestor.maintain()
+    return ingestor
+
+
+MakeConsumer = Callable[..., AbstractAsyncContextManager[StreamConsumer]]
+
+
+@pytest.fixture
+def consumers(
+    harness: ServiceHarness, redis: Redis, engine: AsyncEngine, ingestor: Ingestor
+) -> MakeConsumer:
+    """Replicas' consumers on the test stream, started; each stopped after its block."""
+
+    @asynccontextmanager
+    async def make(name: str = "replica-a", **overrides: Any) -> AsyncIterator[StreamConsumer]:
+        settings = harness.settings.model_copy(update={"consumer_name": name, **overrides})
+        consumer = StreamConsumer(redis, engine, ingestor, settings)  # type: ignore[arg-type]
+        consumer.start()
+        try:
+            yield consumer
+        finally:
+            await consumer.stop()
+
+    return make
+
+
+async def wait_stored(engine: AsyncEngine, user_id: uuid.UUID, rows: int) -> None:
+    async def enough() -> bool:
+        return (await stored(engine, user_id))["rows"] >= rows
+
+    await eventually(enough)
+
+
+async def stored(engine: AsyncEngine, user_id: uuid.UUID | str) -> dict[str, int]:
+    """How many rows, and distinct ids, telemetry holds for a user."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) AS rows, count(DISTINCT id) AS ids "
+                    "FROM telemetry.llm_call WHERE user_id = :u"
+                ),
+                {"u": uuid.UUID(str(user_id))},
+            )
+        ).one()
+    return {"rows": row.rows, "ids": row.ids}

@@ -2,6 +2,68 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from datetime import datetime
+from typing import Annotated
 
-router = APIRouter()
+from fastapi import APIRouter, Query
+
+from common.db import DbSession
+from telemetry import service
+from telemetry.deps import IngestorDep, Reader, Reporter
+from telemetry.schemas import CallPage, EventBatch, GroupBy, IngestResult, Usage
+
+router = APIRouter(tags=["telemetry"])
+
+From = Annotated[
+    datetime | None,
+    Query(alias="from", description="Start (inclusive); default: 30 days before `to`."),
+]
+To = Annotated[datetime | None, Query(description="End (exclusive); default: now.")]
+Model = Annotated[str | None, Query(max_length=300, description="Only this provider/model.")]
+User = Annotated[
+    uuid.UUID | None, Query(description="Only this user's calls (telemetry:read_all).")
+]
+
+
+@router.get("/v1/usage")
+async def usage(
+    identity: Reader,
+    db: DbSession,
+    group_by: GroupBy = "model",
+    from_: From = None,
+    to: To = None,
+    model: Model = None,
+    user: User = None,
+) -> Usage:
+    """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
+    user or UTC day. Your own calls; everyone's with telemetry:read_all."""
+    scope = service.scope_for(identity, user=user, start=from_, end=to, model=model)
+    return await service.usage(db, scope=scope, group_by=group_by)
+
+
+@router.get("/v1/calls")
+async def calls(
+    identity: Reader,
+    db: DbSession,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    model: Model = None,
+    status: Annotated[str | None, Query(max_length=32)] = None,
+    from_: From = None,
+    to: To = None,
+    user: User = None,
+) -> CallPage:
+    """Calls, newest first, each with its trace id; pass `next_cursor` back for more."""
+    scope = service.scope_for(identity, user=user, start=from_, end=to, model=model, status=status)
+    return await service.calls(db, scope=scope, cursor=cursor, limit=limit)
+
+
+@router.post("/v1/events")
+async def report_events(
+    body: EventBatch, identity: Reporter, db: DbSession, ingestor: IngestorDep
+) -> IngestResult:
+    """Report LLM calls made elsewhere (up to 1,000 a request). All or nothing: a batch
+    with an invalid event is refused with 422 naming its index. Idempotent: an event
+    already stored (same id and occurred_at) is counted as a duplicate and skipped."""
+    return await service.report(db, ingestor, identity=identity, batch=body)

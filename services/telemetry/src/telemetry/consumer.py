@@ -1,0 +1,279 @@
+"""The stream consumer: reads the call events inference appends to a Redis stream, with a
+consumer group shared by every replica, and stores them in batches.
+
+An entry is acknowledged only after the transaction that stored it (or dead-lettered it)
+committed; a replica that dies leaves its entries pending, and another takes them over
+once they have been idle `claim_idle_seconds` (XAUTOCLAIM). Storing is idempotent, so an
+entry delivered twice is stored once. The stream is trimmed only below the oldest entry
+that some group has not acknowledged yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.llm_events import STREAM
+from telemetry import repository
+from telemetry.metrics import DEAD_LETTERS, STREAM_LAG
+from telemetry.schemas import CallEvent
+from telemetry.service import Ingestor, utcnow
+from telemetry.settings import TelemetrySettings
+
+log = structlog.get_logger(__name__)
+PAYLOAD_LIMIT = 65_536  # characters of a dead letter's payload kept
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    entry_id: str
+    payload: str
+    event: CallEvent
+
+
+DeadLetter = tuple[str, str, str]  # stream id, payload, reason
+
+
+def _payload(fields: dict[bytes, bytes]) -> str:
+    raw = fields.get(b"event")
+    text = raw.decode("utf-8", "replace") if raw is not None else repr(fields)
+    return text[:PAYLOAD_LIMIT].replace("\x00", "\\u0000")  # Postgres text refuses NUL
+
+
+def parse(
+    entries: Sequence[Entry], ingestor: Ingestor, now: datetime
+) -> tuple[list[Parsed], list[DeadLetter]]:
+    """Valid events, and dead letters with their reason (CPU work: run off the loop)."""
+    parsed: list[Parsed] = []
+    dead: list[DeadLetter] = []
+    for raw_id, fields in entries:
+        if fields is None:  # deleted from the stream while pending: nothing to store
+            continue
+        entry_id = raw_id.decode()
+        raw = fields.get(b"event")
+        if raw is None:
+            dead.append((entry_id, _payload(fields), "the entry has no `event` field"))
+            continue
+        try:
+            event = CallEvent.model_validate_json(raw)
+        except ValidationError as exc:
+            reason = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            dead.append((entry_id, _payload(fields), reason))
+            continue
+        refusal = ingestor.refusal(event, now)
+        if refusal:
+            dead.append((entry_id, _payload(fields), refusal))
+        else:
+            parsed.append(Parsed(entry_id, _payload(fields), event))
+    return parsed, dead
+
+
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _is_data_error(exc: DBAPIError) -> bool:
+    """The rows are at fault (SQLSTATE classes 22, 23), not the connection or the server."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return not exc.connection_invalidated and sqlstate[:2] in ("22", "23")
+
+
+class StreamConsumer:
+    """One replica's consumer: a background task started and stopped with the app."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        engine: AsyncEngine,
+        ingestor: Ingestor,
+        settings: TelemetrySettings,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self._redis = redis
+        self._engine = engine
+        self._ingestor = ingestor
+        self._group = settings.consumer_group
+        self.name = name or settings.consumer_name
+        self._batch = settings.batch_size
+        self._block_ms = settings.read_block_ms
+        self._claim_idle_ms = int(settings.claim_idle_seconds * 1000)
+        self._claim_every = settings.claim_idle_seconds / 2
+        self._trim_every = settings.trim_interval_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._reading = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"telemetry-consumer-{self.name}")
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Finish the batch in hand (up to `grace_seconds`), then stop; a blocking read is
+        interrupted at once (what it would have read stays in the stream)."""
+        self._stopping = True
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._reading:
+            task.cancel()
+        await asyncio.wait({task}, timeout=grace_seconds)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                await self._ensure_group()
+                await self._consume()
+            except Exception as exc:  # Redis or Postgres away, the stream deleted: retry
+                log.warning("telemetry consumer failed; retrying", error=repr(exc),
+                            retry_in=backoff)  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _ensure_group(self) -> None:
+        try:
+            # From the start of the stream: events appended before telemetry ever ran count.
+            await self._redis.xgroup_create(STREAM, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _consume(self) -> None:
+        await self._redeliver_own()
+        loop = asyncio.get_running_loop()
+        next_claim = next_trim = loop.time()
+        while not self._stopping:
+            if loop.time() >= next_claim:
+                await self.reclaim()
+                next_claim = loop.time() + self._claim_every
+            if loop.time() >= next_trim:
+                await self.trim()
+                next_trim = loop.time() + self._trim_every
+            self._reading = True
+            try:
+                response: Any = await self._redis.xreadgroup(
+                    self._group, self.name, {STREAM: ">"}, count=self._batch,
+                    block=self._block_ms,
+                )  # fmt: skip
+            finally:
+                self._reading = False
+            for _stream, entries in response or ():
+                await self._handle(entries)
+
+    async def _redeliver_own(self) -> None:
+        """Entries this consumer (same name: restarted in place) was given and never acked."""
+        start = "0"
+        while not self._stopping:
+            response: Any = await self._redis.xreadgroup(
+                self._group, self.name, {STREAM: start}, count=self._batch
+            )
+            entries = response[0][1] if response else []
+            if not entries:
+                return
+            await self._handle(entries)
+            start = entries[-1][0].decode()
+
+    async def reclaim(self) -> int:
+        """Take over the entries other consumers left pending too long; returns how many."""
+        start: Any = "0-0"
+        claimed_total = 0
+        while not self._stopping:
+            answer: Any = await self._redis.xautoclaim(
+                STREAM, self._group, self.name, self._claim_idle_ms, start, count=self._batch
+            )
+            next_start, claimed = answer[0], answer[1]
+            if claimed:
+                claimed_total += len(claimed)
+                log.info("reclaimed pending entries", count=len(claimed))
+                await self._handle(claimed)
+            if _entry_id(next_start) == (0, 0):
+                break
+            start = next_start
+        return claimed_total
+
+    async def _handle(self, entries: Sequence[Entry]) -> None:
+        parsed, dead = await asyncio.to_thread(parse, entries, self._ingestor, utcnow())
+        try:
+            await self._write(parsed, dead)
+        except DBAPIError as exc:
+            if not _is_data_error(exc):
+                raise
+            # Something validation let through broke the batch: store event by event.
+            log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
+            self._ingestor.forget_partitions()
+            await self._write_one_by_one(parsed, dead)
+        if dead:
+            DEAD_LETTERS.inc(len(dead))
+            log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
+        ids = [entry_id for entry_id, fields in entries if entry_id is not None]
+        if ids:
+            await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
+
+    async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> None:
+        async with self._engine.begin() as conn:
+            await self._ingestor.store(conn, [p.event for p in parsed], source="stream")
+            if dead:
+                await repository.insert_dead_letters(conn, dead)
+
+    async def _write_one_by_one(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> None:
+        async with self._engine.begin() as conn:
+            for item in parsed:
+                try:
+                    async with conn.begin_nested():
+                        await self._ingestor.store(conn, [item.event], source="stream")
+                except DBAPIError as exc:
+                    if not _is_data_error(exc):
+                        raise
+                    dead.append((item.entry_id, item.payload, f"refused by Postgres: {exc.orig}"))
+            if dead:
+                await repository.insert_dead_letters(conn, dead)
+
+    async def trim(self) -> None:
+        """XTRIM MINID below the oldest entry some group still needs (pending, or not yet
+        delivered), and refresh the lag gauge."""
+        groups = await self._redis.xinfo_groups(STREAM)
+        if not groups:
+            return
+        floors = []
+        lag = None
+        for group in groups:
+            pending = await self._redis.xpending(STREAM, group["name"])
+            ms, seq = _entry_id(group["last-delivered-id"])
+            floor = (ms, seq + 1)
+            if pending["pending"]:
+                floor = min(floor, _entry_id(pending["min"]))
+            floors.append(floor)
+            if _name(group["name"]) == self._group:
+                # Redis 7 counts the undelivered entries; 6.2 does not (see below).
+                undelivered = group.get("lag")
+                lag = None if undelivered is None else pending["pending"] + undelivered
+        ms, seq = min(floors)
+        await self._redis.xtrim(STREAM, minid=f"{ms}-{seq}", approximate=False)
+        if lag is None:
+            # Exactly trimmed, the stream holds what is pending, what is undelivered, and
+            # entries acknowledged above the oldest pending one: an upper bound.
+            lag = await self._redis.xlen(STREAM)
+        STREAM_LAG.set(lag)
+
+
+def _name(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,19 @@
+"""The telemetry service's problems, one class per condition."""
+
+from __future__ import annotations
+
+from common.errors import BadRequest, Forbidden, Problem
+
+
+class Invalid(Problem):
+    """A query or a batch of events that cannot be served (shaped like FastAPI's 422)."""
+
+    status, slug, title = 422, "validation", "Unprocessable Content"
+
+
+class BadCursor(BadRequest):
+    slug = "bad-cursor"
+
+
+class OthersUsage(Forbidden):
+    slug = "missing-permission"

@@ -1,0 +1,243 @@
+"""The rules of the telemetry service: storing call events, partitions and retention,
+who sees which calls, usage and the call list."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.identity import Identity
+from telemetry import repository
+from telemetry.errors import BadCursor, Invalid, OthersUsage
+from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
+from telemetry.repository import CALL_COLUMNS, Db, Scope
+from telemetry.schemas import (
+    CallEvent,
+    CallPage,
+    CallRead,
+    EventBatch,
+    GroupBy,
+    IngestResult,
+    Usage,
+    UsageGroup,
+)
+
+log = structlog.get_logger(__name__)
+READ_ALL = "telemetry:read_all"
+# A call reported this far ahead of our clock is refused (clock skew is smaller).
+FUTURE_SLACK = timedelta(days=1)
+DEFAULT_RANGE = timedelta(days=30)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def month_of(moment: datetime) -> date:
+    utc = moment.astimezone(UTC)
+    return date(utc.year, utc.month, 1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+class Ingestor:
+    """Stores call events, from the stream or the API, and keeps the monthly partitions
+    of `llm_call`: those from the retention horizon to next month exist (made at start,
+    then hourly, and on demand for a batch that needs one); older ones are dropped whole."""
+
+    def __init__(self, engine: AsyncEngine, *, retention_days: int) -> None:
+        self._engine = engine
+        self.retention = timedelta(days=retention_days)
+        self._months: set[date] = set()  # partitions known to exist
+
+    def refusal(self, event: CallEvent, now: datetime) -> str | None:
+        """Why an otherwise valid event cannot be stored, if it cannot."""
+        if event.occurred_at < now - self.retention:
+            return "occurred_at is older than the retention period"
+        if event.occurred_at > now + FUTURE_SLACK:
+            return "occurred_at is more than a day in the future"
+        return None
+
+    async def ensure_partitions(self, months: Iterable[date]) -> None:
+        """Create the missing monthly partitions (in a transaction of their own)."""
+        missing = set(months) - self._months
+        if not missing:
+            return
+        async with self._engine.begin() as conn:
+            await repository.lock_partitions(conn)
+            existing = set(await repository.partition_months(conn))
+            for month in sorted(missing - existing):
+                await repository.create_partition(conn, month=month, until=next_month(month))
+                log.info("partition created", partition=repository.partition_name(month))
+        self._months = existing | missing
+
+    async def maintain(self, now: datetime | None = None) -> list[date]:
+        """Partitions from the retention horizon to next month; drop those wholly older than
+        the horizon, and dead letters older than it. Returns the months dropped."""
+        now = now or utcnow()
+        horizon = now - self.retention
+        wanted = [month_of(horizon)]
+        while wanted[-1] < next_month(month_of(now)):
+            wanted.append(next_month(wanted[-1]))
+        async with self._engine.begin() as conn:
+            await repository.lock_partitions(conn)
+            existing = await repository.partition_months(conn)
+            for month in sorted(set(wanted) - set(existing)):
+                await repository.create_partition(conn, month=month, until=next_month(month))
+            expired = [m for m in existing if _midnight(next_month(m)) <= horizon]
+            for month in expired:
+                await repository.drop_partition(conn, month=month)
+                log.info("partition dropped", partition=repository.partition_name(month))
+            await repository.delete_dead_letters_before(conn, horizon=horizon)
+        self._months = (set(existing) | set(wanted)) - set(expired)
+        return expired
+
+    async def store(self, db: Db, events: Sequence[CallEvent], *, source: str) -> int:
+        """Insert the calls not stored yet; returns how many were new. Commit is the
+        caller's."""
+        if not events:
+            return 0
+        await self.ensure_partitions({month_of(e.occurred_at) for e in events})
+        start = time.perf_counter()
+        inserted = await repository.insert_calls(db, to_columns(events, source))
+        WRITE_DURATION.labels(source).observe(time.perf_counter() - start)
+        BATCH_SIZE.labels(source).observe(len(events))
+        INGESTED.labels(source).inc(inserted)
+        DUPLICATES.labels(source).inc(len(events) - inserted)
+        return inserted
+
+    def forget_partitions(self) -> None:
+        """After an insert found no partition: ask the database again next time."""
+        self._months.clear()
+
+
+def to_columns(events: Sequence[CallEvent], source: str) -> dict[str, list[Any]]:
+    columns = {
+        name: [getattr(e, name) for e in events] for name, _ in CALL_COLUMNS if name != "source"
+    }
+    columns["source"] = [source] * len(events)
+    return columns
+
+
+# ---------------------------------------------------------------- who sees what
+
+
+def caller_id(identity: Identity) -> uuid.UUID:
+    try:
+        return uuid.UUID(identity.user_id or "")
+    except ValueError:
+        raise OthersUsage("Telemetry is read and reported for a user.") from None
+
+
+def scope_for(
+    identity: Identity,
+    *,
+    user: uuid.UUID | None,
+    start: datetime | None,
+    end: datetime | None,
+    model: str | None = None,
+    status: str | None = None,
+) -> Scope:
+    """Members see their own calls; `telemetry:read_all` sees everyone's (or one user's)."""
+    if identity.has(READ_ALL):
+        user_id = user
+    else:
+        user_id = caller_id(identity)
+        if user is not None and user != user_id:
+            raise OthersUsage(f"Reading another user's calls needs the {READ_ALL} permission.")
+    end = _aware(end) if end else utcnow()
+    start = _aware(start) if start else end - DEFAULT_RANGE
+    if start > end:
+        raise Invalid("`from` must not be after `to`.")
+    return Scope(start=start, end=end, user_id=user_id, model=model, status=status)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A time without an offset is taken as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- queries
+
+
+async def usage(db: Db, *, scope: Scope, group_by: GroupBy) -> Usage:
+    rows = await repository.usage(db, scope=scope, group_by=group_by)
+    groups = [
+        UsageGroup.model_validate(
+            {
+                **row._mapping,
+                "key": str(row.key) if isinstance(row.key, uuid.UUID) else row.key,
+                "error_rate": row.errors / row.requests,
+                "latency_ms_p50": row.latency_ms_p50_p95[0],
+                "latency_ms_p95": row.latency_ms_p50_p95[1],
+            }
+        )
+        for row in rows
+    ]
+    return Usage(group_by=group_by, from_=scope.start, to=scope.end, groups=groups)
+
+
+def encode_cursor(occurred_at: datetime, call_id: uuid.UUID) -> str:
+    micros = (occurred_at - EPOCH) // timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(f"{micros}.{call_id.hex}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, _, hex_id = raw.partition(".")
+        return EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hex_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        raise BadCursor("The cursor is not one this service gave out.") from None
+
+
+async def calls(db: Db, *, scope: Scope, cursor: str | None, limit: int) -> CallPage:
+    """A page of calls, newest first; the cursor is the last row's (time, id), so rows
+    inserted meanwhile never shift a page (newer ones are above the first page)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await repository.calls_page(db, scope=scope, before=before, limit=limit + 1)
+    page = [CallRead.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    last = page[-1] if len(rows) > limit else None
+    return CallPage(
+        data=page, next_cursor=encode_cursor(last.occurred_at, last.id) if last else None
+    )
+
+
+# ---------------------------------------------------------------- reported calls
+
+
+async def report(
+    db: Db, ingestor: Ingestor, *, identity: Identity, batch: EventBatch
+) -> IngestResult:
+    """All or nothing: one event telemetry cannot store refuses the batch (422, with its
+    index). A user's events are theirs: `user_id` is the caller, `api_key_id` the key used."""
+    now = utcnow()
+    errors = [
+        {"loc": ["body", "events", index, "occurred_at"], "msg": reason, "type": "value_error"}
+        for index, event in enumerate(batch.events)
+        if (reason := ingestor.refusal(event, now))
+    ]
+    if errors:
+        raise Invalid("The batch has events that cannot be stored; see errors.",
+                            errors=errors)  # fmt: skip
+    events = batch.events
+    if identity.kind != "service":
+        owner = {"user_id": caller_id(identity), "api_key_id": identity.kid}
+        events = [event.model_copy(update=owner) for event in events]
+    inserted = await ingestor.store(db, events, source="api")
+    return IngestResult(received=len(events), inserted=inserted, duplicates=len(events) - inserted)
