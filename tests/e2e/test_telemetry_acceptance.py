@@ -24,8 +24,8 @@ import pytest
 from common import devstack
 from common.testing import _drop_database
 
-from .conftest import RunningPlatform, start_platform
-from .test_inference_acceptance import fake_openai, member_key, sdk  # noqa: F401  (fixtures)
+from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key, start_platform
+from .test_inference_acceptance import sdk  # noqa: F401  (fixture)
 
 N, M = 4, 3
 
@@ -49,6 +49,12 @@ def platform(
     finally:
         running.stop()
         asyncio.run(_drop_database(postgres_admin_url, database))
+
+
+@pytest.fixture(scope="module")
+def member_key(platform: RunningPlatform, fake_openai: FakeOpenAI) -> str:
+    """A member of this module's platform, with a credential for the OpenAI fake."""
+    return new_member_with_key(platform, fake_openai, "telemetry@example.com")
 
 
 class Replica:
@@ -135,7 +141,7 @@ def test_usage_counts_every_call_once_across_a_telemetry_crash(
     platform: RunningPlatform,
     replica: Replica,
     sdk: openai.OpenAI,  # noqa: F811 (the imported fixture)
-    member_key: str,  # noqa: F811
+    member_key: str,
 ) -> None:
     gateway = platform.gateway
     chat(sdk, N)
