@@ -102,6 +102,8 @@ def main() -> int:
             "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
             "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
             "LOG_LEVEL": "WARNING",
+            # Not measured here; its background load would land in inference's CPU time.
+            "INFERENCE_LOCAL_PRELOAD": "false",
             # A fresh embedded Postgres and Redis per run: nothing left from earlier runs.
             "PLATFORM_DATA_DIR": tempfile.mkdtemp(prefix="bench-"),
             "REDIS_URL": f"redis://127.0.0.1:{devstack.free_port()}/0",

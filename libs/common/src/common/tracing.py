@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _lock = threading.Lock()
 _configured = False
+_recording = False
 _instrumented_libraries = False
 
 
@@ -24,7 +25,7 @@ def configure_tracing(service_name: str) -> None:
     service's own name is the default), the sampler from OTEL_TRACES_SAMPLER[_ARG],
     and spans are exported over OTLP/HTTP only when an OTLP endpoint is configured.
     """
-    global _configured
+    global _configured, _recording
     with _lock:
         if _configured:
             return
@@ -38,7 +39,8 @@ def configure_tracing(service_name: str) -> None:
         # With nowhere to export to (and no sampler chosen), spans are not recorded: trace
         # and span ids still exist and propagate (logs and errors carry them), but the
         # cost of recording spans nobody reads (~1 ms per request) is not paid.
-        sampler = None if exporting or os.environ.get("OTEL_TRACES_SAMPLER") else ALWAYS_OFF
+        _recording = exporting or bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+        sampler = None if _recording else ALWAYS_OFF
         provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
         if exporting:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -49,9 +51,11 @@ def configure_tracing(service_name: str) -> None:
 
 
 def instrument_libraries() -> None:
-    """Instrument httpx and aiohttp (a CLIENT span and the W3C traceparent on every outgoing
-    call: peers, and providers through the OpenAI SDK's aiohttp transport), redis and
-    SQLAlchemy, once.
+    """Instrument the clients, once: httpx always (it carries the W3C traceparent to peers,
+    so logs correlate across services even when nothing is exported); aiohttp (the proxy
+    hop, the OpenAI SDK's transport), redis and SQLAlchemy only when spans are recorded:
+    unrecorded, their spans cost ~0.3 ms CPU per request per process and show nothing.
+    (The gateway injects the traceparent on its aiohttp hop itself.)
 
     SQLAlchemy is instrumented by wrapping engine creation, so every engine made after
     this (through `sqlalchemy.ext.asyncio.create_async_engine`) is traced.
@@ -60,15 +64,17 @@ def instrument_libraries() -> None:
     with _lock:
         if _instrumented_libraries:
             return
-        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-        from opentelemetry.instrumentation.redis import RedisInstrumentor
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         HTTPXClientInstrumentor().instrument()
-        AioHttpClientInstrumentor().instrument()
-        RedisInstrumentor().instrument()
-        SQLAlchemyInstrumentor().instrument(enable_commenter=False)
+        if _recording:
+            from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+            from opentelemetry.instrumentation.redis import RedisInstrumentor
+            from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+            AioHttpClientInstrumentor().instrument()
+            RedisInstrumentor().instrument()
+            SQLAlchemyInstrumentor().instrument(enable_commenter=False)
         _instrumented_libraries = True
 
 
