@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
+from fastapi.routing import APIRoute
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth.main import create_app as create_auth
@@ -218,3 +220,46 @@ async def _in_thread(fn: Callable[..., None], *args: Any) -> None:
     import asyncio
 
     await asyncio.to_thread(fn, *args)
+
+
+def _blocking_calls(dependant: Any) -> list[str]:
+    """Endpoints and dependencies FastAPI would run in a worker thread (plain `def`)."""
+    found = []
+    for dep in [dependant, *dependant.dependencies]:
+        call = dep.call
+        if call is not None and not (
+            inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+        ):
+            found.append(getattr(call, "__qualname__", repr(call)))
+        if dep is not dependant:
+            found.extend(_blocking_calls(dep))
+    return found
+
+
+def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    """Every APIRoute, including those of included routers (FastAPI nests them)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from _api_routes(nested.routes)
+
+
+@pytest.mark.parametrize("name", [*SERVICES, "gateway"])
+def test_no_route_hops_to_a_worker_thread(name: str) -> None:
+    """A plain `def` endpoint or dependency costs a thread hop per request: none allowed."""
+    if name == "gateway":
+        from gateway.main import create_app as create_gateway
+        from gateway.settings import GatewaySettings
+
+        app = create_gateway(GatewaySettings(environment="test"))
+    else:
+        settings_cls, create_app = SERVICES[name]
+        app = create_app(settings_cls(environment="test"))
+    routes = list(_api_routes(app.routes))
+    assert len(routes) > 3
+    blocking = [
+        f"{route.path}: {call}" for route in routes for call in _blocking_calls(route.dependant)
+    ]
+    assert blocking == []

@@ -25,7 +25,11 @@ def require(permission: str) -> object:
     return Depends(check)
 
 
-def collection_id(id: str) -> uuid.UUID:
+# Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread, a hop
+# per request.
+
+
+async def collection_id(id: str) -> uuid.UUID:
     """The path's collection id; not a UUID is no such collection."""
     try:
         return uuid.UUID(id)
@@ -33,7 +37,7 @@ def collection_id(id: str) -> uuid.UUID:
         raise CollectionNotFound("No such collection.") from None
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.embeddings
     return runtime
 
