@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,15 +142,34 @@ def platform(
 ) -> Iterator[RunningPlatform]:
     """The platform on the test run's Postgres (a database of its own) and Redis (db 1),
     exporting traces to a local OTLP receiver."""
+    with platform_on(
+        postgres_admin_url,
+        redis_url,
+        tmp_path_factory.mktemp("e2e"),
+        redis_db=1,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+    ) as running:
+        yield running
+
+
+@contextmanager
+def platform_on(
+    postgres_admin_url: str,
+    redis_url: str,
+    log_dir: Path,
+    *,
+    redis_db: int,
+    env: dict[str, str],
+) -> Iterator[RunningPlatform]:
+    """`make run` on a database of its own (dropped afterwards) and Redis db `redis_db`."""
     database = f"e2e_{secrets.token_hex(4)}"
     running = start_platform(
         {
             "DATABASE_URL": devstack.with_database(postgres_admin_url, database),
-            "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/1",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{redis_db}",
+            **env,
         },
-        tmp_path_factory.mktemp("e2e"),
+        log_dir,
     )
     try:
         yield running

@@ -8,8 +8,6 @@ kill and restart it: `make run` stops every process when one of them exits."""
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,9 +20,8 @@ import openai
 import pytest
 
 from common import devstack
-from common.testing import _drop_database
 
-from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key, start_platform
+from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key, platform_on
 from .test_inference_acceptance import sdk  # noqa: F401  (fixture)
 
 N, M = 4, 3
@@ -35,20 +32,14 @@ def platform(
     postgres_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningPlatform]:
     """A platform of this module's own (database, Redis db 2), telemetry API-only."""
-    database = f"e2e_tel_{secrets.token_hex(4)}"
-    running = start_platform(
-        {
-            "DATABASE_URL": devstack.with_database(postgres_admin_url, database),
-            "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/2",
-            "TELEMETRY_CONSUMER_ENABLED": "false",
-        },
+    with platform_on(
+        postgres_admin_url,
+        redis_url,
         tmp_path_factory.mktemp("e2e-telemetry"),
-    )
-    try:
+        redis_db=2,
+        env={"TELEMETRY_CONSUMER_ENABLED": "false"},
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        asyncio.run(_drop_database(postgres_admin_url, database))
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     clients = upstream_clients(settings)
     redis = create_redis(settings.redis_url)
     app.state.upstreams = clients
-    app.state.proxy_sessions = upstream_sessions(settings)
+    app.state.proxy_upstreams = upstream_sessions(settings)
+    app.state.signing_key = settings.internal_signing_key.get_secret_value().encode()
     app.state.redis = redis
     app.state.security = Security(
         redis=redis, auth=clients["auth"], settings=settings, clock=app.state.clock
@@ -61,7 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.gather(*(client.aclose() for client in clients.values()))
-        await asyncio.gather(*(s.close() for s in app.state.proxy_sessions.values()))
+        await asyncio.gather(*(u.session.close() for u in app.state.proxy_upstreams.values()))
         await redis.aclose()
 
 

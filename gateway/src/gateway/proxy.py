@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -131,7 +132,16 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
             return b"".join(chunks)
 
 
-def upstream_sessions(settings: GatewaySettings) -> dict[str, aiohttp.ClientSession]:
+@dataclass(frozen=True)
+class Upstream:
+    """Where proxied requests for one upstream go, and the pooled session that takes them."""
+
+    name: str
+    base_url: str
+    session: aiohttp.ClientSession
+
+
+def upstream_sessions(settings: GatewaySettings) -> dict[str, Upstream]:
     """One pooled aiohttp session per upstream, for proxied requests (made in the lifespan).
 
     Bytes pass through untouched (no decompression, no headers of aiohttp's own), and no
@@ -142,17 +152,21 @@ def upstream_sessions(settings: GatewaySettings) -> dict[str, aiohttp.ClientSess
         sock_read=settings.upstream_read_timeout_seconds,
     )
     return {
-        name: aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=settings.upstream_max_connections, use_dns_cache=True
+        name: Upstream(
+            name,
+            url.rstrip("/"),
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=settings.upstream_max_connections, use_dns_cache=True
+                ),
+                timeout=timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+                trust_env=False,
             ),
-            timeout=timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            trust_env=False,
         )
-        for name in settings.upstream_urls()
+        for name, url in settings.upstream_urls().items()
     }
 
 
@@ -174,10 +188,9 @@ class ProxyMiddleware:
             identity = await caller_identity(request, security=state.security, settings=settings)
             await Exchange(
                 scope, receive, send,
-                upstream=rule.upstream,
-                base_url=settings.upstream_urls()[rule.upstream],
-                session=state.proxy_sessions[rule.upstream],
-                settings=settings,
+                upstream=state.proxy_upstreams[rule.upstream],
+                signing_key=state.signing_key,
+                max_body_bytes=settings.max_body_bytes,
             ).run(identity)  # fmt: skip
         except Problem as exc:
             await render_problem(request, exc)(scope, receive, send)
@@ -192,16 +205,16 @@ class Exchange:
         receive: Receive,
         send: Send,
         *,
-        upstream: str,
-        base_url: str,
-        session: aiohttp.ClientSession,
-        settings: GatewaySettings,
+        upstream: Upstream,
+        signing_key: bytes,
+        max_body_bytes: int,
     ) -> None:
         self.scope, self.receive, self.send = scope, receive, send
-        self.upstream = upstream
-        self.base_url = base_url
-        self.session = session
-        self.settings = settings
+        self.upstream = upstream.name
+        self.base_url = upstream.base_url
+        self.session = upstream.session
+        self.signing_key = signing_key
+        self.max_body_bytes = max_body_bytes
         self.client_gone = False
         self.started = False
 
@@ -210,7 +223,7 @@ class Exchange:
         body = await read_body(
             self.receive,
             declared.decode("latin-1") if declared else None,
-            self.settings.max_body_bytes,
+            self.max_body_bytes,
         )
         task = asyncio.current_task()
         assert task is not None
@@ -239,15 +252,16 @@ class Exchange:
         method: str = scope["method"]
         target = request_target(scope)
         headers = request_headers(scope)
-        key = self.settings.internal_signing_key.get_secret_value().encode()
-        headers.append((IDENTITY_HEADER, sign(identity, key, method=method, path=target)))
+        headers.append(
+            (IDENTITY_HEADER, sign(identity, self.signing_key, method=method, path=target))
+        )
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         headers.extend(carrier.items())
         try:
             response = await self.session.request(
                 method,
-                URL(self.base_url.rstrip("/") + target, encoded=True),
+                URL(self.base_url + target, encoded=True),
                 headers=headers,
                 data=body or None,
                 allow_redirects=False,

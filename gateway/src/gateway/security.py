@@ -106,14 +106,15 @@ return count
 """
 
 # The credential check and the rate count in one round trip. The rate-limit key names the
-# user, known only once the credential is read, so the script builds it from ARGV[3]
-# (prefix) and ARGV[4] (window suffix): fine on one Redis (or Sentinel), not on a Cluster.
+# user, known only once the credential is read, so the script builds it from ARGV[2]
+# (prefix) and ARGV[3] (window suffix): fine on one Redis (or Sentinel), not on a Cluster.
+# ARGV[1] is now, ARGV[4] the window's TTL.
 _COUNT = """
 local function count(user_id)
-  if ARGV[3] == '' then return -1 end
-  local key = ARGV[3] .. user_id .. ARGV[4]
+  if ARGV[2] == '' then return -1 end
+  local key = ARGV[2] .. user_id .. ARGV[3]
   local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, ARGV[5]) end
+  if n == 1 then redis.call('EXPIRE', key, ARGV[4]) end
   return n
 end
 """
@@ -130,7 +131,7 @@ local expires = key['expires_at']
 if expires ~= nil and expires ~= cjson.null and tonumber(expires) <= tonumber(ARGV[1]) then
   return {'expired'}
 end
-redis.call('HSET', KEYS[2], key['key_id'], ARGV[2])
+redis.call('HSET', KEYS[2], key['key_id'], ARGV[1])
 return {cached, count(key['user_id'])}
 """
 )
@@ -199,7 +200,7 @@ class Security:
         window = int(now // WINDOW_SECONDS)
         bucket = "model" if model else "default"
         prefix = f"gateway:ratelimit:{bucket}:user:" if self._counted[model] else ""
-        return now, [repr(now), repr(now), prefix, f":{window}", WINDOW_SECONDS + 1]
+        return now, [repr(now), prefix, f":{window}", WINDOW_SECONDS + 1]
 
     async def _session(self, token: str, *, model: bool) -> Admission:
         session_id = secret_hash(token)

@@ -83,7 +83,7 @@ class RequestMiddleware:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
-                self._count(scope, method, status, time.perf_counter() - start)
+                self._count(route_template(scope), method, status, time.perf_counter() - start)
             return
 
         parent = propagate.extract(scope["headers"], getter=_getter)
@@ -99,7 +99,7 @@ class RequestMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             route = route_template(scope)
-            self._count(scope, method, status, elapsed)
+            self._count(route, method, status, elapsed)
             state = scope.get("state", {})
             access_log.info(
                 "request",
@@ -115,8 +115,7 @@ class RequestMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
             otel_context.detach(token)
 
-    def _count(self, scope: Scope, method: str, status: int, elapsed: float) -> None:
-        route = route_template(scope)
+    def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
         labels = (route, method, str(status))
         self.metrics.requests.labels(*labels).inc()
         self.metrics.duration.labels(*labels).observe(elapsed)
