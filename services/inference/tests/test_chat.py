@@ -189,6 +189,28 @@ async def test_an_alias_falls_back_from_a_dead_target_to_the_next(
     assert "smart" in [m["id"] for m in models["data"]]
 
 
+async def test_saving_an_alias_again_replaces_its_targets(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    shared = await inference.credential(openai_upstream.url, shared=True, name="shared")
+
+    async def save(model: str) -> httpx.Response:
+        body = {"alias": "house", "targets": [{"model": model, "credential_id": shared["id"]}]}
+        return await inference.call("POST", "/v1/providers/aliases", identity=admin(), json=body)
+
+    first, second = await save("openai/gpt-4o"), await save("openai/gpt-4o-mini")
+    assert first.status_code == 201, first.text
+    assert second.status_code == 201, second.text
+    assert second.json()["targets"] == [{"model": "openai/gpt-4o-mini",
+                                         "credential_id": shared["id"]}]  # fmt: skip
+    assert second.json()["created_at"] == first.json()["created_at"]
+    listed = (await inference.call("GET", "/v1/providers/aliases")).json()
+    assert [a["alias"] for a in listed].count("house") == 1
+    response = await inference.call("POST", CHAT, json=ask() | {"model": "house"})
+    assert response.status_code == 200, response.text
+    assert openai_upstream.control.requests_to(ROUTE)[-1].json["model"] == "gpt-4o-mini"
+
+
 async def test_the_circuit_opens_then_a_probe_closes_it(
     make_inference: MakeInference, openai_upstream: Upstream
 ) -> None:

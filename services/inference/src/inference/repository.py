@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -85,9 +86,18 @@ async def list_aliases(db: AsyncSession) -> Sequence[ModelAlias]:
 
 
 async def save_alias(db: AsyncSession, *, alias: ModelAlias) -> ModelAlias:
-    merged = await db.merge(alias)
-    await db.flush()
-    return merged
+    """Create, or replace the targets of, an alias (one statement: safe under concurrency)."""
+    statement = pg_insert(ModelAlias).values(
+        alias=alias.alias, targets=alias.targets, created_by=alias.created_by
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[col(ModelAlias.alias)],
+        set_={"targets": statement.excluded.targets, "created_by": statement.excluded.created_by},
+    )
+    await db.execute(statement)
+    saved = await db.get(ModelAlias, alias.alias, populate_existing=True)
+    assert saved is not None
+    return saved
 
 
 async def delete_alias(db: AsyncSession, *, alias: str) -> bool:
