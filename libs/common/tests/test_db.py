@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, SQLModel
@@ -256,3 +257,54 @@ def test_tables_are_created_in_the_schema_with_conventional_constraint_names() -
         "CONSTRAINT fk_gadget_part_gadget_id_gadget FOREIGN KEY(gadget_id) REFERENCES x.gadget (id)"
     ) in part
     assert _ddl(CreateIndex(index)) == "CREATE INDEX ix_x_gadget_owner_id ON x.gadget (owner_id)"
+
+
+async def _kill_pooled_backends(admin: asyncpg.Connection, application_name: str) -> int:
+    killed = await admin.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+        application_name,
+    )
+    return int(killed)
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_before_use(
+    test_database: RunDatabase,
+) -> None:
+    """An idle pooled connection that the server dropped (a restart, an idle timeout) is
+    pinged at checkout and replaced: the next query succeeds."""
+    engine = create_engine(
+        test_database.admin_url, application_name="pingdemo", ping_after_idle_seconds=0
+    )
+    admin = await asyncpg.connect(test_database.admin_url.replace("+asyncpg", "", 1))
+    try:
+        async with engine.connect() as conn:
+            first = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert await _kill_pooled_backends(admin, "pingdemo") == 1
+        async with engine.connect() as conn:
+            second = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert second != first
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_a_connection_in_steady_use_is_not_pinged(test_database: RunDatabase) -> None:
+    """Only connections idle for `ping_after_idle_seconds` are pinged: no round trips
+    before every query (so a connection dropped a moment ago fails its next statement)."""
+    engine = create_engine(
+        test_database.admin_url, application_name="nopingdemo", ping_after_idle_seconds=3600
+    )
+    admin = await asyncpg.connect(test_database.admin_url.replace("+asyncpg", "", 1))
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        assert await _kill_pooled_backends(admin, "nopingdemo") == 1
+        with pytest.raises(DBAPIError) as failed:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert failed.value.connection_invalidated
+        async with engine.connect() as conn:  # the pool replaced it
+            assert await conn.scalar(text("SELECT 1")) == 1
+    finally:
+        await admin.close()
+        await engine.dispose()
