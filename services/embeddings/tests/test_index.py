@@ -6,8 +6,6 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from embeddings import repository
 from embeddings.vectors import pack
@@ -28,18 +26,6 @@ def clustered(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 PROJECTION = np.random.default_rng(7).standard_normal((32, DIMENSION)).astype(np.float32)
-
-
-class Explain(Executable, ClauseElement):
-    inherit_cache = False
-
-    def __init__(self, statement: Any) -> None:
-        self.statement = statement
-
-
-@compiles(Explain, "postgresql")
-def _explain(element: Explain, compiler: Any, **kw: Any) -> str:
-    return "EXPLAIN " + compiler.process(element.statement, **kw)
 
 
 async def _load(service: Embeddings, collection_id: str, data: np.ndarray, rare: set[int]) -> None:
@@ -94,10 +80,11 @@ async def test_hnsw_recall_plan_and_selective_filters(make_embeddings: MakeEmbed
         # an exact scan at this size: the answers above are right either way.)
         row = await _row(service, collection["id"])
         table = repository.current_table(row)
-        query = repository.search_query(table, vector=pack(queries[0].tolist()), top_k=10,
-                                        condition=None, include_vectors=False)  # fmt: skip
+        sql = repository.plain_search_sql(table, include_vectors=False)
         async with service.app.state.engine.connect() as conn:
-            plan = "\n".join(r[0] for r in await conn.execute(Explain(query)))
+            driver = (await conn.get_raw_connection()).driver_connection
+            rows = await driver.fetch(f"EXPLAIN {sql}", pack(queries[0].tolist()), 10)
+            plan = "\n".join(r[0] for r in rows)
         assert f"Index Scan using {table.index_name}" in plan, plan
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from common.testing import asgi_client
 
-from .conftest import MODEL, Embeddings, person
+from .conftest import MODEL, Embeddings, MakeEmbeddings, person
 
 ALICE = person(501)
 ALIAS = "lineage-mini"
@@ -74,3 +74,33 @@ async def test_vectors_without_text_block_a_model_change(service: Embeddings) ->
     assert unknown.status_code == 422
     got = (await service.call(ALICE, "GET", f"/v1/collections/{collection['id']}")).json()
     assert (got["model"], got["reembedding"]) == (MODEL, None)
+
+
+async def test_another_replica_sees_a_switch_and_a_delete_at_its_next_query(
+    make_embeddings: MakeEmbeddings,
+) -> None:
+    """Replica `a` keeps what it needs to search a collection; replica `b` changes the
+    collection's model, then deletes it. `a`'s next query uses the new model, then is a 404."""
+    async with make_embeddings() as a, make_embeddings() as b:
+        await _alias(b)
+        collection = await b.collection(ALICE, "two replicas")
+        path = f"/v1/collections/{collection['id']}"
+        await b.upsert(ALICE, collection["id"], [
+            {"id": "cat", "text": "a cat sleeps on the sofa"},
+            {"id": "tax", "text": "quarterly tax filing deadlines"},
+        ])  # fmt: skip
+        first = await a.query(ALICE, collection["id"], text="kitten napping", top_k=1)
+        assert first.json()[0]["id"] == "cat"
+
+        assert (await b.call(ALICE, "PATCH", path, json={"model": ALIAS})).status_code == 200
+        assert (await _settled(b, collection["id"]))["model"] == ALIAS
+        before = len(a.inference.record.texts(ALIAS))
+        switched = await a.query(ALICE, collection["id"], text="kitten napping", top_k=1)
+        assert switched.status_code == 200, switched.text
+        assert switched.json()[0]["id"] == "cat"
+        assert a.inference.record.texts(ALIAS)[before:] == ["kitten napping"]
+
+        assert (await b.call(ALICE, "DELETE", path)).status_code == 204
+        gone = await a.query(ALICE, collection["id"], vector=[0.1] * 384)
+        assert gone.status_code == 404, gone.text
+        assert gone.headers["content-type"] == "application/problem+json"

@@ -25,6 +25,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = Worker()
         runtime = Runtime(
             settings=settings,
+            engine=app.state.engine,
             sessions=app.state.sessionmaker,
             inference=inference,
             redis=app.state.redis,

@@ -7,12 +7,13 @@ from our own UUID and counter only (never from input), and every value is a boun
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     ARRAY,
     Column,
@@ -32,7 +33,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlmodel import col
 
 from embeddings.models import Collection
@@ -68,6 +70,15 @@ async def get_collection(
     elif lock == "update":
         query = query.with_for_update()
     return (await db.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+
+
+async def searchable(conn: AsyncConnection, *, collection_id: uuid.UUID) -> Any:
+    """What a search needs of a collection: owner_id, model, generation, dimension, metric."""
+    query = select(
+        col(Collection.owner_id), col(Collection.model), col(Collection.generation),
+        col(Collection.dimension), col(Collection.metric),
+    ).where(col(Collection.id) == collection_id)  # fmt: skip
+    return (await conn.execute(query)).one_or_none()
 
 
 async def list_collections(db: AsyncSession, *, owner_id: uuid.UUID | None) -> Sequence[Collection]:
@@ -373,7 +384,7 @@ def search_query(
 
 
 async def search(
-    db: AsyncSession,
+    engine: AsyncEngine,
     table: DocumentTable,
     *,
     vector: bytes,
@@ -381,23 +392,68 @@ async def search(
     condition: ColumnElement[bool] | None,
     ef_search: int,
     include_vectors: bool,
-) -> Sequence[Any]:
-    """The nearest documents, nearest first. HNSW when the index is there, with pgvector 0.8's
-    iterative scan so that a selective filter still fills top_k; an exact scan otherwise."""
-    # Session-level on purpose: queries run outside a transaction (no BEGIN/COMMIT round
-    # trips) and every search sets both, so a pooled connection's leftover value never counts.
-    await db.execute(
-        text(
-            "SELECT set_config('hnsw.ef_search', :ef, false),"
-            " set_config('hnsw.iterative_scan', 'relaxed_order', false)"
-        ),
-        {"ef": str(int(ef_search))},
-    )
-    query = search_query(table, vector=vector, top_k=top_k, condition=condition,
-                         include_vectors=include_vectors)  # fmt: skip
-    rows = (await db.execute(query)).all()
+) -> Sequence[Mapping[str, Any]]:
+    """The nearest documents (id, text, metadata, distance[, embedding]), nearest first.
+    HNSW when the index is there, with pgvector 0.8's iterative scan so that a selective
+    filter still fills top_k; an exact scan otherwise.
+
+    The hot path of the service, so it runs outside any transaction (no BEGIN or COMMIT round
+    trip) and, without a filter, on asyncpg itself with a statement prepared once per
+    connection: SQLAlchemy's execution machinery costs more than the search on a small
+    collection. A filtered search is compiled by SQLAlchemy (filters.py binds every value)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        try:
+            # Session-level settings, remembered per connection: set only when they change.
+            # Nothing else on these connections sets them at session level, and outside a
+            # transaction no rollback can undo them.
+            settings = (int(ef_search), "relaxed_order")
+            if raw.info.get(_SEARCH_SETTINGS) != settings:
+                raw.info.pop(_SEARCH_SETTINGS, None)
+                await driver.execute(
+                    "SELECT set_config('hnsw.ef_search', $1, false),"
+                    " set_config('hnsw.iterative_scan', $2, false)",
+                    str(settings[0]), settings[1],
+                )  # fmt: skip
+                raw.info[_SEARCH_SETTINGS] = settings
+            if condition is None:
+                rows: Sequence[Any] = await driver.fetch(
+                    plain_search_sql(table, include_vectors), vector, top_k
+                )
+            else:
+                query = search_query(table, vector=vector, top_k=top_k, condition=condition,
+                                     include_vectors=include_vectors)  # fmt: skip
+                rows = list((await conn.execute(query)).mappings())
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+            raw.invalidate()  # never back to the pool: the next caller gets a new connection
+            raise
     # relaxed_order may return a near neighbour slightly out of place: order them exactly.
-    return sorted(rows, key=lambda row: row.distance)
+    return sorted(rows, key=lambda row: row["distance"])
+
+
+_SEARCH_SETTINGS = "embeddings.search_settings"
+
+
+@lru_cache(maxsize=4096)
+def plain_search_sql(table: DocumentTable, include_vectors: bool) -> str:
+    """search_query without a filter, as SQL for asyncpg ($1 the vector, $2 top_k)."""
+    columns = "id, text, metadata, embedding, " if include_vectors else "id, text, metadata, "
+    operator = METRICS[table.metric][0]
+    return (
+        f"SELECT {columns}embedding {operator} $1::vector AS distance"  # noqa: S608 (a UUID-derived table name)
+        f" FROM {table.qualified} ORDER BY distance LIMIT $2"
+    )
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """The documents table is gone: a model change switched tables, or the collection was
+    deleted (by this replica or another) since we read it."""
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return True
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "42P01"
 
 
 # ---------------------------------------------------------------- model change

@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy import column
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.errors import Forbidden, Unauthorized
 from common.identity import Identity
@@ -55,12 +56,55 @@ class Runtime:
     """What the rules need beyond one unit of work, built once in the lifespan."""
 
     settings: EmbeddingsSettings
+    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     inference: Inference
     redis: Redis
     # Tells the background worker that a collection has work (an index to build, a model
     # change to run).
     poke: Callable[[uuid.UUID], None]
+    searchable: SearchableCollections = field(default_factory=lambda: SearchableCollections())
+
+
+@dataclass(frozen=True)
+class Searchable:
+    """What a search needs of a collection. None of it changes while its documents table
+    exists: a model change moves to a new table (and drops this one) in the same
+    transaction, and a delete drops it, so a search through a stale copy fails with
+    "no such table" instead of answering from the wrong collection."""
+
+    owner_id: uuid.UUID
+    model: str
+    table: DocumentTable
+
+
+class SearchableCollections:
+    """This replica's copy of the collections it searched lately (a bounded LRU): a query
+    reads the collection row only on a miss, or when its table has gone."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._known: OrderedDict[uuid.UUID, Searchable] = OrderedDict()
+
+    async def get(self, engine: AsyncEngine, collection_id: uuid.UUID) -> Searchable | None:
+        found = self._known.get(collection_id)
+        if found is not None:
+            self._known.move_to_end(collection_id)
+            return found
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = await repository.searchable(conn, collection_id=collection_id)
+        if row is None:
+            return None
+        found = Searchable(row.owner_id, row.model, DocumentTable(
+            collection_id, row.generation, row.dimension, row.metric))  # fmt: skip
+        self._known[collection_id] = found
+        if len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return found
+
+    def forget(self, collection_id: uuid.UUID) -> None:
+        self._known.pop(collection_id, None)
 
 
 def owner_of(identity: Identity) -> uuid.UUID:
@@ -229,7 +273,8 @@ def _check_vectors(collection: Collection, documents: Sequence[DocumentIn]) -> N
             check_vector(collection, document.vector, f"documents[{i}].vector")
 
 
-def check_vector(collection: Collection, vector: Sequence[float], where: str) -> None:
+def check_vector(collection: Collection | DocumentTable, vector: Sequence[float],
+                 where: str) -> None:  # fmt: skip
     if len(vector) != collection.dimension:
         raise DimensionMismatch(f"{where} has {len(vector)} dimensions; this collection's "
                                 f"model gives {collection.dimension}.")  # fmt: skip
@@ -377,42 +422,41 @@ async def query(
     """Nearest documents first. Text is embedded with the collection's current model."""
     if body.filter is not None:
         compile_filter(body.filter, column("metadata", JSONB))  # 422 before any work
+    owner = owner_of(identity)
     ef_search = max(body.ef_search or runtime.settings.default_ef_search, body.top_k)
     embedded: tuple[str, bytes] | None = None
     for _ in range(3):
-        async with runtime.sessions() as db:
-            # Reads only: autocommit spares the BEGIN, COMMIT and SAVEPOINT round trips (a
-            # table switched away by a model change just fails this statement: read again).
-            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            collection = await owned(db, identity, collection_id)
-            if body.vector is not None:
-                check_vector(collection, body.vector, "vector")
-                vector = pack(body.vector)
-            elif embedded is not None and embedded[0] == collection.model:
-                vector = embedded[1]
-            else:
-                vector = b""
-            if vector:
-                table = current_table(collection)
-                condition = None if body.filter is None else compile_filter(
-                    body.filter, table.table.c.metadata)  # fmt: skip
-                try:
-                    rows = await repository.search(
-                        db, table, vector=vector, top_k=body.top_k, condition=condition,
-                        ef_search=ef_search, include_vectors=body.include_vectors,
-                    )  # fmt: skip
-                except DBAPIError as exc:
-                    if "UndefinedTable" in type(exc.orig).__name__:
-                        continue  # a model change switched tables under us: read again
-                    raise
-                return [
-                    Match(id=r.id, score=score(collection.metric, r.distance), text=r.text,
-                          metadata=r.metadata, vector=r.embedding if body.include_vectors else None)
-                    for r in rows
-                ]  # fmt: skip
-        _needs_invoke(identity, "Querying with text")
-        (values,) = await runtime.inference.embed(
-            identity, collection.model, [body.text or ""], dimension=collection.dimension
-        )
-        embedded = (collection.model, pack(values))
+        found = await runtime.searchable.get(runtime.engine, collection_id)
+        if found is None or found.owner_id != owner:
+            raise CollectionNotFound("No such collection.")
+        table = found.table
+        if body.vector is not None:
+            check_vector(table, body.vector, "vector")
+            vector = pack(body.vector)
+        else:
+            if embedded is None or embedded[0] != found.model:
+                _needs_invoke(identity, "Querying with text")
+                (values,) = await runtime.inference.embed(
+                    identity, found.model, [body.text or ""], dimension=table.dimension
+                )
+                embedded = (found.model, pack(values))
+            vector = embedded[1]
+        condition = None if body.filter is None else compile_filter(
+            body.filter, table.table.c.metadata)  # fmt: skip
+        try:
+            rows = await repository.search(
+                runtime.engine, table, vector=vector, top_k=body.top_k, condition=condition,
+                ef_search=ef_search, include_vectors=body.include_vectors,
+            )  # fmt: skip
+        except (asyncpg.UndefinedTableError, DBAPIError) as exc:
+            if not repository.is_missing_table(exc):
+                raise
+            runtime.searchable.forget(collection_id)  # switched or deleted: read it again
+            continue
+        return [
+            Match(id=r["id"], score=score(table.metric, r["distance"]), text=r["text"],
+                  metadata=r["metadata"],
+                  vector=r["embedding"] if body.include_vectors else None)
+            for r in rows
+        ]  # fmt: skip
     raise Busy("The collection changed model during the query; retry.")
