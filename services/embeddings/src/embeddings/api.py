@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from common.db import DbSession
+from common.routing import JsonRoute
 from embeddings import service
 from embeddings.deps import CollectionId, Reader, RuntimeDep, Writer
 from embeddings.models import Collection
@@ -25,7 +26,7 @@ from embeddings.schemas import (
     UpsertResult,
 )
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], route_class=JsonRoute)
 DocumentId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
 
 

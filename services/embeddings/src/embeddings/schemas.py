@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -61,7 +61,7 @@ def _clean_json(value: Any, depth: int = 0) -> None:
 
 def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     _clean_json(value)
-    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
+    if len(pydantic_core.to_json(value)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is limited to {MAX_METADATA_BYTES} bytes of JSON")
     return value
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pydantic_core
 from redis.asyncio import Redis
 from sqlalchemy import column
 from sqlalchemy.dialects.postgresql import JSONB
@@ -123,10 +123,16 @@ def score(metric: str, distance: float) -> float:
     return 1.0 - distance if metric == "cosine" else -distance
 
 
-def content_hash(document: DocumentIn) -> bytes:
+def content_hash(document: DocumentIn, packed: bytes | None = None) -> bytes:
+    """`packed`: the document's vector, packed already (vectors.pack)."""
     if document.vector is not None:
-        return hashlib.sha256(b"vector\0" + pack(document.vector)).digest()
+        return hashlib.sha256(b"vector\0" + (packed or pack(document.vector))).digest()
     return hashlib.sha256(b"text\0" + (document.text or "").encode()).digest()
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """Compact JSON text of validated metadata (pydantic-core: several times json.dumps)."""
+    return pydantic_core.to_json(metadata).decode()
 
 
 def _needs_invoke(identity: Identity, why: str) -> None:
@@ -306,7 +312,8 @@ async def upsert_documents(
     """Unchanged text is not embedded again; new text is embedded in batches, outside any
     transaction; then one multi-row statement writes the batch."""
     ids = _ids(documents)
-    hashes = [content_hash(d) for d in documents]
+    packed = [pack(d.vector) if d.vector is not None else None for d in documents]
+    hashes = [content_hash(d, p) for d, p in zip(documents, packed, strict=True)]
     has_vectors = any(d.vector is not None for d in documents)
     await _writing(runtime, collection_id, busy=True)
     for _ in range(3):
@@ -336,7 +343,7 @@ async def upsert_documents(
                 continue  # the model changed meanwhile: embed again with the new one
             if has_vectors and locked.reembed_status == "running":
                 raise Busy("This collection is changing model: send text, not vectors.")
-            inserted = await _write(db, table, documents, plan, hashes, vectors_of)
+            inserted = await _write(db, table, documents, plan, hashes, packed, vectors_of)
         for doc_id, was_inserted in inserted.items():
             plan.statuses[doc_id] = "created" if was_inserted else "updated"
         await _wrote(runtime, collection)
@@ -349,18 +356,13 @@ async def upsert_documents(
 
 async def _write(
     db: AsyncSession, table: DocumentTable, documents: Sequence[DocumentIn], plan: _Plan,
-    hashes: list[bytes], vectors_of: dict[str, bytes],
+    hashes: list[bytes], packed: list[bytes | None], vectors_of: dict[str, bytes],
 ) -> dict[str, bool]:  # fmt: skip
     def metadata(i: int) -> str:
-        return json.dumps(documents[i].metadata, separators=(",", ":"))
+        return metadata_json(documents[i].metadata)
 
     def vector(i: int) -> bytes:
-        document = documents[i]
-        return (
-            pack(document.vector)
-            if document.vector is not None
-            else vectors_of[document.text or ""]
-        )
+        return packed[i] or vectors_of[documents[i].text or ""]
 
     inserted = await repository.upsert_documents(
         db, table,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import time
@@ -23,7 +22,7 @@ from embeddings import repository
 from embeddings.errors import Invalid
 from embeddings.models import Collection
 from embeddings.repository import DocumentTable, current_table, next_table
-from embeddings.service import LAST_WRITE_KEY, Runtime
+from embeddings.service import LAST_WRITE_KEY, Runtime, metadata_json
 from embeddings.vectors import pack
 
 log = structlog.get_logger(__name__)
@@ -241,7 +240,7 @@ class Worker:
                 await asyncio.sleep(2**attempt)
         columns = {
             "ids": [r.id for r in batch], "texts": texts,
-            "metadata": [json.dumps(r.metadata, separators=(",", ":")) for r in batch],
+            "metadata": [metadata_json(r.metadata) for r in batch],
             "hashes": [bytes(r.content_hash) for r in batch],
             "vectors": [pack(v) for v in vectors],
         }  # fmt: skip

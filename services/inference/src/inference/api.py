@@ -16,6 +16,7 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from common.db import DbSession, LazyDbSession
 from common.errors import Forbidden, NotFound, Problem
 from common.identity import Identity
+from common.routing import JsonRoute
 from inference import repository, service
 from inference.deps import EngineDep, require
 from inference.errors import CredentialNotFound, HubError, NoCredential
@@ -31,7 +32,7 @@ from inference.schemas import (
     ModelList,
 )
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=JsonRoute)
 T = TypeVar("T")
 
 

@@ -9,11 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from common.db import DbSession
+from common.routing import JsonRoute
 from telemetry import service
 from telemetry.deps import IngestorDep, Reader, Reporter
 from telemetry.schemas import CallPage, EventBatch, GroupBy, IngestResult, Usage
 
-router = APIRouter(tags=["telemetry"])
+router = APIRouter(tags=["telemetry"], route_class=JsonRoute)
 
 From = Annotated[
     datetime | None,
