@@ -18,6 +18,7 @@ from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
 
 from auth.settings import AuthSettings
+from common.metrics import registry_for
 from common.settings import SHARED_FIELDS, _is_placeholder
 from embeddings.settings import EmbeddingsSettings
 from gateway.settings import GatewaySettings
@@ -132,6 +133,27 @@ def exported_metrics(app: str) -> frozenset[str]:
     """Every sample name the app's real /metrics can carry (read in-process through ASGI,
     so families whose labels have no child yet count too)."""
     return asyncio.run(_scrape(app))
+
+
+@cache
+def metric_labels(app: str) -> dict[str, frozenset[str]]:
+    """The label names of each sample name the app exports (`le` on buckets included)."""
+    exported_metrics(app)  # the app is built: every collector is registered
+    labels: dict[str, frozenset[str]] = {}
+    # prometheus_client keeps a collector's label names private; a metric with no child
+    # yet has no sample to read them from.
+    registry = registry_for(app)
+    for collector, described in registry._collector_to_names.items():
+        declared = set(getattr(collector, "_labelnames", ()))
+        names = set(described)
+        for family in collector.collect():
+            for sample in family.samples:
+                declared |= set(sample.labels) - {"le", "quantile"}
+                names.add(sample.name)
+        for name in names:
+            extra = {"le"} if name.endswith("_bucket") else set()
+            labels[name] = frozenset(declared | extra)
+    return labels
 
 
 async def _scrape(name: str) -> frozenset[str]:

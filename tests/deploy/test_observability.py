@@ -12,7 +12,7 @@ import promql_parser
 import pytest
 import yaml
 
-from .apps import APPS, ROOT, exported_metrics
+from .apps import APPS, ROOT, exported_metrics, metric_labels
 
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -141,6 +141,69 @@ def metric_names(expr: str) -> set[str]:
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return names
+
+
+def target_labels() -> set[str]:
+    """Labels Prometheus adds to every series it scrapes (deploy/prometheus)."""
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    static = {
+        label
+        for job in config["scrape_configs"]
+        for group in job.get("static_configs", [])
+        for label in group.get("labels", {})
+    }
+    return {"job", "instance"} | static
+
+
+def label_problems(expr: str) -> list[str]:
+    """Label names an expression filters or groups by that its metrics do not carry."""
+    known: dict[str, frozenset[str]] = {}
+    for app in APPS:
+        known.update(metric_labels(app))
+    extra = target_labels()
+    problems: list[str] = []
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name in known:
+            for matcher in node.matchers.matchers:
+                if matcher.name != "__name__" and matcher.name not in known[node.name] | extra:
+                    problems.append(f"{node.name} has no label {matcher.name!r}")
+        modifier = getattr(node, "modifier", None)
+        if isinstance(node, promql_parser.AggregateExpr) and modifier is not None:
+            inner = metric_names(str(node.expr))
+            available = extra.union(*(known.get(name, frozenset()) for name in inner))
+            problems.extend(
+                f"{sorted(inner)} have no label {label!r}"
+                for label in modifier.labels
+                if label not in available
+            )
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return problems
+
+
+def test_every_panel_filters_and_groups_by_labels_its_metrics_carry() -> None:
+    board = dashboard()
+    problems = {
+        panel["title"]: problems
+        for panel in all_panels(board)
+        for target in panel.get("targets", [])
+        for expr in expansions(target["expr"], board)
+        if (problems := label_problems(expr))
+    }
+    assert problems == {}
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("sum by (modle) (rate(inference_llm_tokens_total[5m]))", "have no label 'modle'"),
+        ('inference_llm_requests_total{statu="ok"}', "has no label 'statu'"),
+    ],
+)
+def test_a_misspelt_label_is_caught(expr: str, problem: str) -> None:
+    (found,) = label_problems(expr)
+    assert problem in found
 
 
 def dashboard_metrics(board: dict[str, Any]) -> dict[str, set[str]]:
