@@ -3,6 +3,8 @@
 #
 #   serve (the default)  run the app: python -m "$SERVICE"
 #   migrate              apply the app's migrations: alembic upgrade head
+#   wait-migrated        wait until the database is at this image's head (what migrate
+#                        brings it to), for up to MIGRATION_WAIT_SECONDS (default 600)
 #   anything else        run it as given, e.g. `alembic -c /app/alembic.ini current`
 set -eu
 
@@ -22,6 +24,19 @@ case "$1" in
             exit 0
         fi
         exec alembic -c /app/alembic.ini upgrade head
+        ;;
+    wait-migrated)
+        [ -f /app/alembic.ini ] || exit 0
+        waited=0
+        # `alembic current` marks the revision "(head)" once it is this image's head.
+        until alembic -c /app/alembic.ini current 2>/dev/null | grep -q '(head)'; do
+            if [ "$waited" -ge "${MIGRATION_WAIT_SECONDS:-600}" ]; then
+                echo "$SERVICE: the database is not at this image's migration head" >&2
+                exit 1
+            fi
+            sleep 5
+            waited=$((waited + 5))
+        done
         ;;
     *)
         exec "$@"

@@ -21,6 +21,7 @@ from common.principals import (
 )
 from common.testing import LiveServer
 from gateway.main import create_app
+from gateway.metrics import REGISTRY
 
 from .conftest import VIEWER, KeyFactory, SessionFactory, Upstream, gateway_settings
 
@@ -172,6 +173,7 @@ async def test_model_calls_have_their_own_tighter_budget(
         upstream.url, redis_url, rate_limit_per_minute=100, rate_limit_model_per_minute=2
     )
     caller = await session_for()
+    before = refused_model_calls()
     async with (
         LiveServer(create_app(settings)) as gw,
         httpx.AsyncClient(
@@ -182,6 +184,12 @@ async def test_model_calls_have_their_own_tighter_budget(
         other = (await c.get("/v1/models")).status_code
     assert model == [200, 200, 429]
     assert other == 200
+    assert refused_model_calls() - before == 1
+
+
+def refused_model_calls() -> float:
+    sample = REGISTRY.get_sample_value("gateway_rate_limited_requests_total", {"budget": "model"})
+    return sample or 0.0
 
 
 async def test_role_budgets_take_the_most_generous(

@@ -7,8 +7,9 @@ from starlette.requests import Request
 
 from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
 from common.identity import Identity
+from gateway.metrics import RATE_LIMITED
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
-from gateway.security import Principal, RateDecision, Security
+from gateway.security import Principal, RateDecision, RateLimited, Security
 from gateway.settings import GatewaySettings
 
 ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
@@ -47,6 +48,10 @@ async def caller_identity(
     except RedisError:
         # Never let a request through unchecked: without Redis nothing is authenticated.
         raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None
+    except RateLimited:
+        budget = "anonymous" if route.needs == PUBLIC else "model" if route.model else "default"
+        RATE_LIMITED.labels(budget).inc()
+        raise
     principal = admission.principal
     request.scope["state"]["user_id"] = principal.user_id
     _remember(request, admission.rate)

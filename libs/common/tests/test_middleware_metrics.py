@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -148,3 +149,33 @@ async def test_an_unhandled_error_response_carries_the_request_id(
     assert response.status_code == 500
     assert response.json()["request_id"] == "req-500"
     assert response.headers.get("x-request-id") == "req-500"
+
+
+async def test_requests_in_flight_rise_and_fall(service: str) -> None:
+    app = create_app(service)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        entered.set()
+        await release.wait()
+        return {}
+
+    def in_flight(text: str) -> float:
+        (value,) = (
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == f"{service}_http_requests_in_flight"
+        )
+        return value
+
+    async with asgi_client(app) as client:
+        pending = asyncio.create_task(client.get("/slow"))
+        await asyncio.wait_for(entered.wait(), 5)
+        during = in_flight((await client.get("/metrics")).text)  # scrapes are not counted
+        release.set()
+        assert (await pending).status_code == 200
+        after = in_flight((await client.get("/metrics")).text)
+
+    assert (during, after) == (1, 0)

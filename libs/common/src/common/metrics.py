@@ -9,6 +9,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -38,6 +39,7 @@ LATENCY_BUCKETS = (
 class HttpMetrics:
     requests: Counter
     duration: Histogram
+    in_flight: Gauge
 
 
 _lock = threading.Lock()
@@ -75,6 +77,12 @@ def http_metrics(service: str) -> HttpMetrics:
                     "Time to the end of the response, by route template, method and status.",
                     labels,
                     buckets=LATENCY_BUCKETS,
+                    registry=registry,
+                ),
+                # Per replica; inference's HorizontalPodAutoscaler scales on it (deploy/k8s).
+                in_flight=Gauge(
+                    f"{service}_http_requests_in_flight",
+                    "Requests being handled (open streams included), probes and scrapes excluded.",
                     registry=registry,
                 ),
             )

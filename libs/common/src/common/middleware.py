@@ -91,12 +91,14 @@ class RequestMiddleware:
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         structlog.contextvars.bind_contextvars(request_id=request_id)
         failure: BaseException | None = None
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
             failure = exc
             raise
         finally:
+            self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
             route = route_template(scope)
             self._count(route, method, status, elapsed)

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the gateway (per replica), beside the common HTTP ones."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+from common.metrics import registry_for
+
+REGISTRY = registry_for("gateway")
+
+# 429s of the gateway's own budgets; a 429 passed through from a service (auth's login
+# throttling) is only in gateway_http_requests_total.
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_requests_total",
+    "Requests refused by the gateway's rate limits, by budget: anonymous, default or model.",
+    ("budget",),
+    registry=REGISTRY,
+)
