@@ -39,8 +39,13 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 @dataclass(frozen=True)
 class Parsed:
     entry_id: str
-    payload: str
+    fields: dict[bytes, bytes]
     event: CallEvent
+
+    @property
+    def payload(self) -> str:
+        """What a dead letter keeps (made only if Postgres refuses the event)."""
+        return _payload(self.fields)
 
 
 DeadLetter = tuple[str, str, str]  # stream id, payload, reason
@@ -78,7 +83,7 @@ def parse(
         if refusal:
             dead.append((entry_id, _payload(fields), refusal))
         else:
-            parsed.append(Parsed(entry_id, _payload(fields), event))
+            parsed.append(Parsed(entry_id, fields, event))
     return parsed, dead
 
 
