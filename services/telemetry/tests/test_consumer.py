@@ -190,3 +190,37 @@ async def test_the_stream_is_trimmed_only_below_what_is_acknowledged(
             return await redis.xlen(STREAM) == 0
 
         await eventually(trimmed)
+
+
+async def test_every_field_is_stored_exactly_as_sent(
+    redis: Redis, engine: AsyncEngine, consumers: MakeConsumer
+) -> None:
+    """Times to the microsecond, exact decimals, nulls, unicode and the largest values
+    come back from Postgres as they were sent."""
+    user = uuid.uuid4()
+    full = call(
+        user, occurred_at=1795776163.123456, api_key_id="key_ü1", model="hf/Ünïcode-7B",
+        alias="smart", status="upstream_error", error_type="APIStatusError",
+        prompt_tokens=2**31 - 1, completion_tokens=0, usage_estimated=True,
+        cost_usd="123456789.123456789", latency_ms=0.001, ttft_ms=12345.678, stream=True,
+        attempts=1000, fallback=True, operation="embeddings",
+    )  # fmt: skip
+    sparse = call(user, prompt_tokens=None, completion_tokens=None, cost_usd=None,
+                  trace_id=None, occurred_at="2026-11-27T10:00:00.5+02:00")  # fmt: skip
+    await append(redis, [full, sparse])
+    async with consumers():
+        await wait_stored(engine, user, 2)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT * FROM telemetry.llm_call WHERE user_id = :u ORDER BY occurred_at"),
+                {"u": user},
+            )
+        ).mappings().all()
+    by_id = {str(row["id"]): row for row in rows}
+    for event in (full, sparse):
+        expected = CallEvent.model_validate_json(event.to_fields()["event"])
+        row = by_id[event.id]
+        for name, value in expected.model_dump().items():
+            assert row[name] == value, (name, row[name], value)
+        assert row["source"] == "stream"

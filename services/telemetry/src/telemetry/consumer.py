@@ -63,6 +63,7 @@ def parse(
     """Valid events, and dead letters with their reason (CPU work: run off the loop)."""
     parsed: list[Parsed] = []
     dead: list[DeadLetter] = []
+    refusal_of = ingestor.refusals(now)
     for raw_id, fields in entries:
         if fields is None:  # deleted from the stream while pending: nothing to store
             continue
@@ -79,7 +80,7 @@ def parse(
             )
             dead.append((entry_id, _payload(fields), reason))
             continue
-        refusal = ingestor.refusal(event, now)
+        refusal = refusal_of(event)
         if refusal:
             dead.append((entry_id, _payload(fields), refusal))
         else:

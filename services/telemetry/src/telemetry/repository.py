@@ -37,29 +37,32 @@ PARENT = "llm_call"
 USAGE_WORK_MEM = "64MB"
 PARTITION_NAME = re.compile(r"^llm_call_p(\d{4})(\d{2})$")
 
-# The columns a writer fills, with their Postgres array types (received_at is the default).
+# The columns a writer fills, with their Postgres types (received_at is the default).
 CALL_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("occurred_at", "timestamptz"), ("id", "uuid"), ("source", "text"), ("user_id", "uuid"),
+    ("occurred_at", "timestamptz"), ("id", "uuid"), ("user_id", "uuid"),
     ("api_key_id", "text"), ("operation", "text"), ("provider", "text"), ("model", "text"),
     ("alias", "text"), ("status", "text"), ("error_type", "text"), ("prompt_tokens", "int4"),
     ("completion_tokens", "int4"), ("usage_estimated", "bool"), ("cost_usd", "numeric"),
     ("latency_ms", "float8"), ("ttft_ms", "float8"), ("stream", "bool"), ("attempts", "int2"),
     ("fallback", "bool"), ("trace_id", "text"),
 )  # fmt: skip
-# One statement for any number of rows: one array per column, unnested (binary protocol,
-# prepared once per connection); a call already stored (same time and id) is skipped.
-# Built from the constants above only.
+# One statement for any number of rows, from one JSON text: the validated events as
+# pydantic writes them (telemetry.service.EVENTS), read by Postgres's json_to_recordset
+# (in C, several times cheaper than encoding 20 arrays of Python values). A call already
+# stored (same time and id) is skipped. Built from the constants above only.
 _INSERT_CALLS = text(
-    f"INSERT INTO {SCHEMA}.{PARENT} ({', '.join(name for name, _ in CALL_COLUMNS)}) "  # noqa: S608
-    "SELECT * FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in CALL_COLUMNS)
+    f"INSERT INTO {SCHEMA}.{PARENT} (source, {', '.join(name for name, _ in CALL_COLUMNS)}) "  # noqa: S608
+    f"SELECT CAST(:source AS text), {', '.join(f'e.{name}' for name, _ in CALL_COLUMNS)} "
+    "FROM json_to_recordset(CAST(:events AS json)) AS e("
+    + ", ".join(f"{name} {kind}" for name, kind in CALL_COLUMNS)
     + ") ON CONFLICT DO NOTHING"
 )
 
 
-async def insert_calls(db: Db, columns: dict[str, list[Any]]) -> int:
-    """Store calls given column-wise (CALL_COLUMNS); returns how many were new."""
-    result = await db.execute(_INSERT_CALLS, columns)
+async def insert_calls(db: Db, events: bytes, *, source: str) -> int:
+    """Store calls given as a JSON array of objects with CALL_COLUMNS; returns how many
+    were new."""
+    result = await db.execute(_INSERT_CALLS, {"events": events.decode(), "source": source})
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 

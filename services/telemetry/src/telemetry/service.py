@@ -7,18 +7,18 @@ import base64
 import binascii
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import structlog
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.identity import Identity
 from telemetry import repository
 from telemetry.errors import BadCursor, Invalid, OthersUsage
 from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
-from telemetry.repository import CALL_COLUMNS, Db, Scope
+from telemetry.repository import Db, Scope
 from telemetry.schemas import (
     CallEvent,
     CallPage,
@@ -67,11 +67,20 @@ class Ingestor:
 
     def refusal(self, event: CallEvent, now: datetime) -> str | None:
         """Why an otherwise valid event cannot be stored, if it cannot."""
-        if event.occurred_at < now - self.retention:
-            return "occurred_at is older than the retention period"
-        if event.occurred_at > now + FUTURE_SLACK:
-            return "occurred_at is more than a day in the future"
-        return None
+        return self.refusals(now)(event)
+
+    def refusals(self, now: datetime) -> Callable[[CallEvent], str | None]:
+        """`refusal` for many events at one `now` (the bounds computed once)."""
+        oldest, newest = now - self.retention, now + FUTURE_SLACK
+
+        def refusal(event: CallEvent) -> str | None:
+            if event.occurred_at < oldest:
+                return "occurred_at is older than the retention period"
+            if event.occurred_at > newest:
+                return "occurred_at is more than a day in the future"
+            return None
+
+        return refusal
 
     async def ensure_partitions(self, months: Iterable[date]) -> None:
         """Create the missing monthly partitions (in a transaction of their own)."""
@@ -112,9 +121,14 @@ class Ingestor:
         caller's."""
         if not events:
             return 0
-        await self.ensure_partitions({month_of(e.occurred_at) for e in events})
+        first = min(e.occurred_at for e in events)
+        last = max(e.occurred_at for e in events)
+        months = [month_of(first)]
+        while months[-1] < month_of(last):
+            months.append(next_month(months[-1]))
+        await self.ensure_partitions(months)
         start = time.perf_counter()
-        inserted = await repository.insert_calls(db, to_columns(events, source))
+        inserted = await repository.insert_calls(db, EVENTS.dump_json(list(events)), source=source)
         WRITE_DURATION.labels(source).observe(time.perf_counter() - start)
         BATCH_SIZE.labels(source).observe(len(events))
         INGESTED.labels(source).inc(inserted)
@@ -126,12 +140,9 @@ class Ingestor:
         self._months.clear()
 
 
-def to_columns(events: Sequence[CallEvent], source: str) -> dict[str, list[Any]]:
-    columns = {
-        name: [getattr(e, name) for e in events] for name, _ in CALL_COLUMNS if name != "source"
-    }
-    columns["source"] = [source] * len(events)
-    return columns
+# Validated events as canonical JSON (ISO times with offsets, decimal strings, UUID text):
+# what Postgres reads back, column by column, when it stores them.
+EVENTS: TypeAdapter[list[CallEvent]] = TypeAdapter(list[CallEvent])
 
 
 # ---------------------------------------------------------------- who sees what
@@ -226,11 +237,11 @@ async def report(
 ) -> IngestResult:
     """All or nothing: one event telemetry cannot store refuses the batch (422, with its
     index). A user's events are theirs: `user_id` is the caller, `api_key_id` the key used."""
-    now = utcnow()
+    refusal = ingestor.refusals(utcnow())
     errors = [
         {"loc": ["body", "events", index, "occurred_at"], "msg": reason, "type": "value_error"}
         for index, event in enumerate(batch.events)
-        if (reason := ingestor.refusal(event, now))
+        if (reason := refusal(event))
     ]
     if errors:
         raise Invalid("The batch has events that cannot be stored; see errors.",
