@@ -210,13 +210,9 @@ async def test_every_field_is_stored_exactly_as_sent(
     await append(redis, [full, sparse])
     async with consumers():
         await wait_stored(engine, user, 2)
+    query = text("SELECT * FROM telemetry.llm_call WHERE user_id = :u")
     async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text("SELECT * FROM telemetry.llm_call WHERE user_id = :u ORDER BY occurred_at"),
-                {"u": user},
-            )
-        ).mappings().all()
+        rows = (await conn.execute(query, {"u": user})).mappings().all()
     by_id = {str(row["id"]): row for row in rows}
     for event in (full, sparse):
         expected = CallEvent.model_validate_json(event.to_fields()["event"])
