@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,7 +15,7 @@ import pytest
 
 from common import devstack
 
-from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform
+from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, READY_WITHIN_SECONDS, Login, RunningPlatform
 
 PASSWORD = "a-long-and-unusual-passphrase-77"
 
@@ -105,7 +106,7 @@ def test_role_change_and_disable_take_effect_at_once(
 
 
 @pytest.fixture
-def two_more_gateways(platform: RunningPlatform) -> Iterator[list[str]]:
+def two_more_gateways(platform: RunningPlatform, tmp_path: Path) -> Iterator[list[str]]:
     """Two more gateway processes in front of the same services and Redis, budget 5/min."""
     env = dict(os.environ)
     env.update(
@@ -117,26 +118,31 @@ def two_more_gateways(platform: RunningPlatform) -> Iterator[list[str]]:
         }
     )
     ports = [devstack.free_port(), devstack.free_port()]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            env={**env, "GATEWAY_PORT": str(port)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
+    logs = [tmp_path / f"gateway-{port}.log" for port in ports]
+    processes = []
+    for port, log in zip(ports, logs, strict=True):
+        with log.open("wb") as stderr:  # the child keeps its own copy
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gateway"],
+                    env={**env, "GATEWAY_PORT": str(port)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            )
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        deadline = time.monotonic() + 30
-        for url in urls:
+        # As long as the platform itself may take: two more processes start on a machine
+        # already busy with the platform (2 cores here).
+        deadline = time.monotonic() + READY_WITHIN_SECONDS
+        for url, process, log in zip(urls, processes, logs, strict=True):
             while True:
                 try:
-                    if httpx.get(f"{url}/healthz").status_code == 200:
+                    if httpx.get(f"{url}/healthz", trust_env=False).status_code == 200:
                         break
                 except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(f"{url} did not start:\n{log.read_text()}") from None
                 time.sleep(0.1)
         yield urls
     finally:
