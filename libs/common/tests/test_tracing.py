@@ -21,7 +21,12 @@ from common.app import new_app
 from common.db import create_engine
 from common.settings import ServiceSettings
 from common.testing import LiveServer, RunDatabase
-from common.tracing import configure_tracing, current_trace_id, instrument_libraries
+from common.tracing import (
+    configure_tracing,
+    current_trace_id,
+    instrument_libraries,
+    resource,
+)
 
 
 class TraceDemoSettings(ServiceSettings):
@@ -100,3 +105,24 @@ async def test_probes_are_not_traced(spans: InMemorySpanExporter) -> None:
             assert (await client.get(f"{server.url}{path}")).status_code == 200
     server_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
     assert server_spans == []
+
+
+def test_resource_attributes_come_from_the_standard_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "service.version=1.4.2,deployment.environment=staging"
+    )
+    attributes = resource("inference").attributes
+    assert attributes["service.name"] == "inference"  # the service's own name by default
+    assert attributes["service.version"] == "1.4.2"
+    assert attributes["deployment.environment"] == "staging"
+
+    # An operator's name wins over the default, from either variable; OTEL_SERVICE_NAME
+    # over OTEL_RESOURCE_ATTRIBUTES.
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=inference-eu,service.version=2")
+    assert resource("inference").attributes["service.name"] == "inference-eu"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "inference-canary")
+    assert resource("inference").attributes["service.name"] == "inference-canary"
+    assert resource("inference").attributes["service.version"] == "2"
