@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
@@ -53,6 +53,18 @@ def resource(service_name: str) -> Resource:
     named = SERVICE_NAME in OTELResourceDetector().detect().attributes
     attributes: dict[str, Any] = {} if named else {SERVICE_NAME: service_name}
     return Resource.create(attributes)
+
+
+def recording_spans() -> bool:
+    """Whether this process records spans at all (configure_tracing decided): code that
+    makes many spans of its own checks this first, so that it costs nothing otherwise."""
+    return _recording
+
+
+def span_link_limit() -> int | None:
+    """How many links a span keeps (OTEL_SPAN_LINK_COUNT_LIMIT, 128 by default; None: no
+    limit). Beyond it the SDK silently drops the oldest."""
+    return SpanLimits().max_links
 
 
 def instrument_libraries() -> None:

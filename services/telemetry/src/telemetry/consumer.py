@@ -6,18 +6,26 @@ committed; a replica that dies leaves its entries pending, and another takes the
 once they have been idle `claim_idle_seconds` (XAUTOCLAIM). Storing is idempotent, so an
 entry delivered twice is stored once. The stream is trimmed only below the oldest entry
 that some group has not acknowledged yet.
+
+Each batch is one span ("telemetry store llm_call") linked to the calls' spans in their
+own traces, and each call whose trace is sampled gets a short span in that trace
+("telemetry ingest llm_call", a child of inference's span): the call's trace shows it
+stored. None of it is made when this process records no spans.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -25,6 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.llm_events import STREAM
+from common.tracing import recording_spans, span_link_limit
 from telemetry import repository
 from telemetry.metrics import DEAD_LETTERS, STREAM_LAG
 from telemetry.schemas import CallEvent
@@ -32,6 +41,9 @@ from telemetry.service import Ingestor, utcnow
 from telemetry.settings import TelemetrySettings
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
+BATCH_SPAN = "telemetry store llm_call"
+INGEST_SPAN = "telemetry ingest llm_call"
 PAYLOAD_LIMIT = 65_536  # characters of a dead letter's payload kept
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
@@ -125,6 +137,7 @@ class StreamConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._reading = False
+        self._link_limit = span_link_limit()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"telemetry-consumer-{self.name}")
@@ -217,41 +230,88 @@ class StreamConsumer:
         return claimed_total
 
     async def _handle(self, entries: Sequence[Entry]) -> None:
-        parsed, dead = await asyncio.to_thread(parse, entries, self._ingestor, utcnow())
-        try:
-            await self._write(parsed, dead)
-        except DBAPIError as exc:
-            if not _is_data_error(exc):
-                raise
-            # Something validation let through broke the batch: store event by event.
-            log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
-            self._ingestor.forget_partitions()
-            await self._write_one_by_one(parsed, dead)
-        if dead:
-            DEAD_LETTERS.inc(len(dead))
-            log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
-        ids = [entry_id for entry_id, fields in entries if entry_id is not None]
-        if ids:
-            await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
+        with tracer.start_as_current_span(BATCH_SPAN, kind=SpanKind.CONSUMER) as span:
+            parsed, dead = await asyncio.to_thread(parse, entries, self._ingestor, utcnow())
+            invalid = len(dead)
+            started = time.time_ns()
+            try:
+                inserted = await self._write(parsed, dead)
+            except DBAPIError as exc:
+                if not _is_data_error(exc):
+                    raise
+                # Something validation let through broke the batch: store event by event.
+                log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
+                self._ingestor.forget_partitions()
+                inserted = await self._write_one_by_one(parsed, dead)
+            written = time.time_ns()
+            if dead:
+                DEAD_LETTERS.inc(len(dead))
+                log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
+            if recording_spans():
+                refused = {entry_id for entry_id, _, _ in dead[invalid:]}
+                self._trace_batch(span, len(entries), parsed, refused, inserted, len(dead))
+                _trace_calls(parsed, refused, span.get_span_context(), started, written)
+            ids = [entry_id for entry_id, fields in entries if entry_id is not None]
+            if ids:
+                await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
 
-    async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> None:
+    def _trace_batch(
+        self,
+        span: trace.Span,
+        size: int,
+        parsed: Sequence[Parsed],
+        refused: set[str],
+        inserted: int,
+        dead: int,
+    ) -> None:
+        """The batch's attributes, and links to the first calls' spans (as many as a span
+        keeps: the number left out is an attribute)."""
+        if not span.is_recording():
+            return
+        linked = 0
+        limit = self._link_limit
+        for item in parsed:
+            if limit is not None and linked >= limit:
+                break
+            context = _call_context(item)
+            if context is not None:
+                span.add_link(context)
+                linked += 1
+        traced = sum(1 for item in parsed if item.event.span_id and item.event.trace_id)
+        span.set_attributes(
+            {
+                "messaging.destination.name": STREAM,
+                "messaging.operation.type": "process",
+                "messaging.batch.message_count": size,
+                "telemetry.source": "stream",
+                "telemetry.batch.inserted": inserted,
+                "telemetry.batch.duplicates": len(parsed) - len(refused) - inserted,
+                "telemetry.batch.dead_letters": dead,
+                "telemetry.batch.links_dropped": traced - linked,
+            }
+        )
+
+    async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> int:
         async with self._engine.begin() as conn:
-            await self._ingestor.store(conn, [p.event for p in parsed], source="stream")
+            inserted = await self._ingestor.store(conn, [p.event for p in parsed], source="stream")
             if dead:
                 await repository.insert_dead_letters(conn, dead)
+        return inserted
 
-    async def _write_one_by_one(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> None:
+    async def _write_one_by_one(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> int:
+        inserted = 0
         async with self._engine.begin() as conn:
             for item in parsed:
                 try:
                     async with conn.begin_nested():
-                        await self._ingestor.store(conn, [item.event], source="stream")
+                        inserted += await self._ingestor.store(conn, [item.event], source="stream")
                 except DBAPIError as exc:
                     if not _is_data_error(exc):
                         raise
                     dead.append((item.entry_id, item.payload, f"refused by Postgres: {exc.orig}"))
             if dead:
                 await repository.insert_dead_letters(conn, dead)
+        return inserted
 
     async def trim(self) -> None:
         """XTRIM MINID below the oldest entry some group still needs (pending, or not yet
@@ -279,6 +339,52 @@ class StreamConsumer:
             # entries acknowledged above the oldest pending one: an upper bound.
             lag = await self._redis.xlen(STREAM)
         STREAM_LAG.set(lag)
+
+
+def _call_context(item: Parsed) -> SpanContext | None:
+    """The span inference named in the event (its server span for the call), if any."""
+    event = item.event
+    if event.trace_id is None or event.span_id is None:
+        return None
+    context = SpanContext(
+        int(event.trace_id, 16),
+        int(event.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if event.trace_sampled else 0),
+    )
+    return context if context.is_valid else None
+
+
+def _trace_calls(
+    parsed: Sequence[Parsed],
+    refused: set[str],
+    batch: SpanContext,
+    started: int,
+    written: int,
+) -> None:
+    """In each sampled call's own trace, a span under inference's: when it was stored, in
+    which batch (a link), or why not."""
+    for item in parsed:
+        if not item.event.trace_sampled:
+            continue
+        parent = _call_context(item)
+        if parent is None:
+            continue
+        span = tracer.start_span(
+            INGEST_SPAN,
+            context=trace.set_span_in_context(NonRecordingSpan(parent)),
+            kind=SpanKind.CONSUMER,
+            links=[Link(batch)] if batch.trace_flags.sampled else None,
+            start_time=started,
+            attributes={
+                "telemetry.call.id": str(item.event.id),
+                "messaging.message.id": item.entry_id,
+                "messaging.destination.name": STREAM,
+            },
+        )
+        if item.entry_id in refused:
+            span.set_status(trace.StatusCode.ERROR, "refused by Postgres: dead-lettered")
+        span.end(end_time=written)
 
 
 def _name(value: bytes | str) -> str:

@@ -50,6 +50,11 @@ class CallEvent(BaseModel):
     fallback: bool = False
     operation: Annotated[str, _text(32)] = "chat"
     trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
+    # Where the call's trace is (telemetry's spans link to it); not stored: `exclude`.
+    span_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = Field(
+        None, exclude=True, description="The span of the call in its trace (inference's)."
+    )
+    trace_sampled: bool = Field(False, exclude=True, description="Whether that trace is kept.")
 
 
 class EventBatch(BaseModel):
