@@ -74,15 +74,18 @@ async def test_a_sampled_call_gets_a_span_in_its_trace_and_the_batch_links_every
 ) -> None:
     user = uuid.uuid4()
     sampled, unsampled = traced(user), traced(user, sampled=False)
-    # From an inference that predates the span fields: stored, linked to nothing.
+    # From an inference that predates the span fields, and a malformed span id: stored,
+    # linked to nothing.
     old = as_json(call(user))
     del old["span_id"], old["trace_sampled"]
+    malformed = call(user, span_id="not-a-span-id", trace_sampled=True)
     await append(redis, [sampled, unsampled])
     await redis.xadd(STREAM, {"event": json.dumps(old)})
+    await append(redis, [malformed])
     async with consumers():
-        await wait_stored(engine, user, 3)
+        await wait_stored(engine, user, 4)
         batch = await _batch_linking(spans, sampled)
-    assert await stored(engine, user) == {"rows": 3, "ids": 3}
+    assert await stored(engine, user) == {"rows": 4, "ids": 4}
 
     assert batch.kind == SpanKind.CONSUMER
     links = [(li.context.trace_id, li.context.span_id, li.context.trace_flags.sampled,
@@ -91,16 +94,16 @@ async def test_a_sampled_call_gets_a_span_in_its_trace_and_the_batch_links_every
     assert batch.attributes is not None
     assert {k: v for k, v in batch.attributes.items() if k.startswith("telemetry.")} == {
         "telemetry.source": "stream",
-        "telemetry.batch.inserted": 3,
+        "telemetry.batch.inserted": 4,
         "telemetry.batch.duplicates": 0,
         "telemetry.batch.dead_letters": 0,
         "telemetry.batch.links_dropped": 0,
     }
-    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert batch.attributes["messaging.batch.message_count"] == 4
 
     # Only the sampled call's trace gets telemetry's span: under inference's span, linked
     # to the batch, within the batch's time.
-    (ingest,) = _ingest_spans(spans, [sampled, unsampled, call(user, id=old["id"])])
+    (ingest,) = _ingest_spans(spans, [sampled, unsampled, malformed, call(user, id=old["id"])])
     assert ingest.kind == SpanKind.CONSUMER
     assert ingest.attributes is not None
     assert ingest.attributes["telemetry.call.id"] == sampled.id

@@ -36,7 +36,7 @@ from common.llm_events import STREAM
 from common.tracing import recording_spans, span_link_limit
 from telemetry import repository
 from telemetry.metrics import DEAD_LETTERS, STREAM_LAG
-from telemetry.schemas import CallEvent
+from telemetry.schemas import CallEvent, CallTrace
 from telemetry.service import Ingestor, utcnow
 from telemetry.settings import TelemetrySettings
 
@@ -53,6 +53,7 @@ class Parsed:
     entry_id: str
     fields: dict[bytes, bytes]
     event: CallEvent
+    context: SpanContext | None = None  # the call's span (inference's), when spans are recorded
 
     @property
     def payload(self) -> str:
@@ -70,9 +71,10 @@ def _payload(fields: dict[bytes, bytes]) -> str:
 
 
 def parse(
-    entries: Sequence[Entry], ingestor: Ingestor, now: datetime
+    entries: Sequence[Entry], ingestor: Ingestor, now: datetime, *, traced: bool = False
 ) -> tuple[list[Parsed], list[DeadLetter]]:
-    """Valid events, and dead letters with their reason (CPU work: run off the loop)."""
+    """Valid events, and dead letters with their reason (CPU work: run off the loop); with
+    `traced`, each event's span context too."""
     parsed: list[Parsed] = []
     dead: list[DeadLetter] = []
     refusal_of = ingestor.refusals(now)
@@ -96,8 +98,26 @@ def parse(
         if refusal:
             dead.append((entry_id, _payload(fields), refusal))
         else:
-            parsed.append(Parsed(entry_id, fields, event))
+            parsed.append(Parsed(entry_id, fields, event, _call_context(raw) if traced else None))
     return parsed, dead
+
+
+def _call_context(raw: bytes) -> SpanContext | None:
+    """The span the event names (inference's server span for the call), if any. A malformed
+    trace reference loses the link, never the call."""
+    try:
+        ref = CallTrace.model_validate_json(raw)
+    except ValidationError:
+        return None
+    if ref.trace_id is None or ref.span_id is None:
+        return None
+    context = SpanContext(
+        int(ref.trace_id, 16),
+        int(ref.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if ref.trace_sampled else TraceFlags.DEFAULT),
+    )
+    return context if context.is_valid else None
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:
@@ -230,8 +250,11 @@ class StreamConsumer:
         return claimed_total
 
     async def _handle(self, entries: Sequence[Entry]) -> None:
+        traced = recording_spans()
         with tracer.start_as_current_span(BATCH_SPAN, kind=SpanKind.CONSUMER) as span:
-            parsed, dead = await asyncio.to_thread(parse, entries, self._ingestor, utcnow())
+            parsed, dead = await asyncio.to_thread(
+                parse, entries, self._ingestor, utcnow(), traced=traced
+            )
             invalid = len(dead)
             started = time.time_ns()
             try:
@@ -247,7 +270,7 @@ class StreamConsumer:
             if dead:
                 DEAD_LETTERS.inc(len(dead))
                 log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
-            if recording_spans():
+            if traced:
                 refused = {entry_id for entry_id, _, _ in dead[invalid:]}
                 self._trace_batch(span, len(entries), parsed, refused, inserted, len(dead))
                 _trace_calls(parsed, refused, span.get_span_context(), started, written)
@@ -268,16 +291,10 @@ class StreamConsumer:
         keeps: the number left out is an attribute)."""
         if not span.is_recording():
             return
-        linked = 0
-        limit = self._link_limit
-        for item in parsed:
-            if limit is not None and linked >= limit:
-                break
-            context = _call_context(item)
-            if context is not None:
-                span.add_link(context)
-                linked += 1
-        traced = sum(1 for item in parsed if item.event.span_id and item.event.trace_id)
+        contexts = [item.context for item in parsed if item.context is not None]
+        linked = contexts if self._link_limit is None else contexts[: self._link_limit]
+        for context in linked:
+            span.add_link(context)
         span.set_attributes(
             {
                 "messaging.destination.name": STREAM,
@@ -287,7 +304,7 @@ class StreamConsumer:
                 "telemetry.batch.inserted": inserted,
                 "telemetry.batch.duplicates": len(parsed) - len(refused) - inserted,
                 "telemetry.batch.dead_letters": dead,
-                "telemetry.batch.links_dropped": traced - linked,
+                "telemetry.batch.links_dropped": len(contexts) - len(linked),
             }
         )
 
@@ -341,20 +358,6 @@ class StreamConsumer:
         STREAM_LAG.set(lag)
 
 
-def _call_context(item: Parsed) -> SpanContext | None:
-    """The span inference named in the event (its server span for the call), if any."""
-    event = item.event
-    if event.trace_id is None or event.span_id is None:
-        return None
-    context = SpanContext(
-        int(event.trace_id, 16),
-        int(event.span_id, 16),
-        is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED if event.trace_sampled else 0),
-    )
-    return context if context.is_valid else None
-
-
 def _trace_calls(
     parsed: Sequence[Parsed],
     refused: set[str],
@@ -365,14 +368,11 @@ def _trace_calls(
     """In each sampled call's own trace, a span under inference's: when it was stored, in
     which batch (a link), or why not."""
     for item in parsed:
-        if not item.event.trace_sampled:
-            continue
-        parent = _call_context(item)
-        if parent is None:
+        if item.context is None or not item.context.trace_flags.sampled:
             continue
         span = tracer.start_span(
             INGEST_SPAN,
-            context=trace.set_span_in_context(NonRecordingSpan(parent)),
+            context=trace.set_span_in_context(NonRecordingSpan(item.context)),
             kind=SpanKind.CONSUMER,
             links=[Link(batch)] if batch.trace_flags.sampled else None,
             start_time=started,
