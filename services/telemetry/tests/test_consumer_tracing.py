@@ -98,6 +98,7 @@ async def test_a_sampled_call_gets_a_span_in_its_trace_and_the_batch_links_every
         "telemetry.batch.duplicates": 0,
         "telemetry.batch.dead_letters": 0,
         "telemetry.batch.links_dropped": 0,
+        "telemetry.batch.calls_untraced": 0,
     }
     assert batch.attributes["messaging.batch.message_count"] == 4
 
@@ -116,7 +117,7 @@ async def test_a_sampled_call_gets_a_span_in_its_trace_and_the_batch_links_every
     assert ingest.status.status_code == StatusCode.UNSET
 
 
-async def test_the_batch_links_the_first_calls_a_span_keeps_and_counts_the_rest(
+async def test_a_large_batch_links_and_traces_only_its_first_calls_and_counts_the_rest(
     redis: Redis,
     engine: AsyncEngine,
     consumers: MakeConsumer,
@@ -127,7 +128,7 @@ async def test_the_batch_links_the_first_calls_a_span_keeps_and_counts_the_rest(
     user = uuid.uuid4()
     events = [traced(user) for _ in range(5)]
     await append(redis, [*events, events[0]])  # the first one again: a duplicate
-    async with consumers():
+    async with consumers(traced_calls_per_batch=3):
         await wait_stored(engine, user, 5)
         batch = await _batch_linking(spans, events[0])
     assert [(li.context.trace_id, li.context.span_id) for li in batch.links] == [
@@ -139,8 +140,10 @@ async def test_the_batch_links_the_first_calls_a_span_keeps_and_counts_the_rest(
     assert batch.attributes["telemetry.batch.links_dropped"] == 4
     assert batch.attributes["telemetry.batch.inserted"] == 5
     assert batch.attributes["telemetry.batch.duplicates"] == 1
-    # Every sampled call still has its own span (the duplicate's delivery too).
-    assert len(_ingest_spans(spans, events)) == 6
+    # The first three sampled calls have their span; the other three are counted.
+    ingested = [s.attributes for s in _ingest_spans(spans, events) if s.attributes]
+    assert sorted(a["telemetry.call.id"] for a in ingested) == sorted(e.id for e in events[:3])
+    assert batch.attributes["telemetry.batch.calls_untraced"] == 3
 
 
 async def test_a_call_postgres_refuses_shows_as_failed_in_its_trace(

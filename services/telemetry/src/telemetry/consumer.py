@@ -158,6 +158,7 @@ class StreamConsumer:
         self._stopping = False
         self._reading = False
         self._link_limit = span_link_limit()
+        self._traced_calls = settings.traced_calls_per_batch
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"telemetry-consumer-{self.name}")
@@ -272,8 +273,13 @@ class StreamConsumer:
                 log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
             if traced:
                 refused = {entry_id for entry_id, _, _ in dead[invalid:]}
-                self._trace_batch(span, len(entries), parsed, refused, inserted, len(dead))
-                _trace_calls(parsed, refused, span.get_span_context(), started, written)
+                untraced = _trace_calls(
+                    parsed, refused, span.get_span_context(), started, written,
+                    limit=self._traced_calls,
+                )  # fmt: skip
+                self._trace_batch(
+                    span, len(entries), parsed, refused, inserted, len(dead), untraced
+                )
             ids = [entry_id for entry_id, fields in entries if entry_id is not None]
             if ids:
                 await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
@@ -286,6 +292,7 @@ class StreamConsumer:
         refused: set[str],
         inserted: int,
         dead: int,
+        untraced: int,
     ) -> None:
         """The batch's attributes, and links to the first calls' spans (as many as a span
         keeps: the number left out is an attribute)."""
@@ -305,6 +312,7 @@ class StreamConsumer:
                 "telemetry.batch.duplicates": len(parsed) - len(refused) - inserted,
                 "telemetry.batch.dead_letters": dead,
                 "telemetry.batch.links_dropped": len(contexts) - len(linked),
+                "telemetry.batch.calls_untraced": untraced,
             }
         )
 
@@ -364,15 +372,21 @@ def _trace_calls(
     batch: SpanContext,
     started: int,
     written: int,
-) -> None:
-    """In each sampled call's own trace, a span under inference's: when it was stored, in
-    which batch (a link), or why not."""
-    for item in parsed:
-        if item.context is None or not item.context.trace_flags.sampled:
-            continue
+    *,
+    limit: int,
+) -> int:
+    """In each sampled call's own trace (the first `limit` of them), a span under
+    inference's: when it was stored, in which batch (a link), or why not. Returns how many
+    sampled calls got none."""
+    sampled = [
+        (item, parent)
+        for item in parsed
+        if (parent := item.context) is not None and parent.trace_flags.sampled
+    ]
+    for item, parent in sampled[:limit]:
         span = tracer.start_span(
             INGEST_SPAN,
-            context=trace.set_span_in_context(NonRecordingSpan(item.context)),
+            context=trace.set_span_in_context(NonRecordingSpan(parent)),
             kind=SpanKind.CONSUMER,
             links=[Link(batch)] if batch.trace_flags.sampled else None,
             start_time=started,
@@ -385,6 +399,7 @@ def _trace_calls(
         if item.entry_id in refused:
             span.set_status(trace.StatusCode.ERROR, "refused by Postgres: dead-lettered")
         span.end(end_time=written)
+    return max(0, len(sampled) - limit)
 
 
 def _name(value: bytes | str) -> str:
