@@ -78,6 +78,7 @@ def event(user: uuid.UUID, when: float) -> dict[str, str]:
         error_type=None, prompt_tokens=42, completion_tokens=17, usage_estimated=False,
         cost_usd="0.000016500", latency_ms=321.5, ttft_ms=None, stream=False, attempts=1,
         fallback=False, operation="chat", trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16], trace_sampled=False,
     ).to_fields()  # fmt: skip
 
 

@@ -31,6 +31,7 @@ ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "e2e-admin-Passphrase-9931"
 MEMBER_PASSWORD = "e2e-member-Passphrase-3"
 PROVIDER_KEY = "sk-provider-secret-e2e-0123456789abcdef"
+E2E_RESOURCE = "deployment.environment=e2e,service.version=0.0.0-e2e"  # on every span
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -147,7 +148,11 @@ def platform(
         redis_url,
         tmp_path_factory.mktemp("e2e"),
         redis_db=1,
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_RESOURCE_ATTRIBUTES": E2E_RESOURCE,
+        },
     ) as running:
         yield running
 

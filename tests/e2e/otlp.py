@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 # opentelemetry.proto.trace.v1.Span.SpanKind
-SERVER, CLIENT, INTERNAL = 2, 3, 1
+SERVER, CLIENT, INTERNAL, CONSUMER = 2, 3, 1, 5
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ReceivedSpan:
     kind: int
     attributes: dict[str, Any]
     links: tuple[tuple[str, str], ...]  # (trace id, span id)
+    resource: dict[str, Any]
 
 
 def _value(value: AnyValue) -> Any:
@@ -99,6 +100,7 @@ class OtlpReceiver:
                             kind=span.kind,
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             links=tuple((li.trace_id.hex(), li.span_id.hex()) for li in span.links),
+                            resource=resource,
                         )
                     )
         with self.lock:
@@ -112,9 +114,28 @@ class OtlpReceiver:
         self, predicate: Callable[[list[ReceivedSpan]], bool], trace_id: str, timeout: float = 15
     ) -> list[ReceivedSpan]:
         """The trace's spans once `predicate` holds for them (exporters batch: wait)."""
+        return self._wait(lambda: self.trace(trace_id), predicate, timeout)
+
+    def wait_for_span(
+        self, predicate: Callable[[ReceivedSpan], bool], timeout: float = 15
+    ) -> list[ReceivedSpan]:
+        """The spans of any trace for which `predicate` holds, once there is one."""
+
+        def matching() -> list[ReceivedSpan]:
+            with self.lock:
+                return [s for s in self.spans if predicate(s)]
+
+        return self._wait(matching, bool, timeout)
+
+    @staticmethod
+    def _wait(
+        spans: Callable[[], list[ReceivedSpan]],
+        predicate: Callable[[list[ReceivedSpan]], bool],
+        timeout: float,
+    ) -> list[ReceivedSpan]:
         deadline = time.monotonic() + timeout
         while True:
-            spans = self.trace(trace_id)
-            if predicate(spans) or time.monotonic() > deadline:
-                return spans
+            found = spans()
+            if predicate(found) or time.monotonic() > deadline:
+                return found
             time.sleep(0.1)

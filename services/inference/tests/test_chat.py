@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from common.devstack import free_port
 from common.identity import SignedIdentity
@@ -298,3 +301,37 @@ async def test_a_client_that_hangs_up_cancels_the_provider_call(
             await asyncio.sleep(0.02)
     assert seen.closed
     assert not seen.completed
+
+
+async def test_each_call_event_names_the_server_span_its_attempts_are_under(
+    inference: Inference, openai_upstream: Upstream, spans: InMemorySpanExporter
+) -> None:
+    """Telemetry links its spans to the span the event names: the call's server span, for
+    a retried call, a stream (recorded once it ends) and a refused call alike."""
+    await inference.credential(openai_upstream.url)
+    trace_id = secrets.token_hex(16)
+    traceparent = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    openai_upstream.control.fail(ROUTE, status=500)  # the first call takes two attempts
+    for body in (ask(), ask(stream=True)):
+        response = await inference.call("POST", CHAT, json=body, headers=traceparent)
+        assert response.status_code == 200, response.text
+    openai_upstream.control.fail(ROUTE, status=400)
+    refused = await inference.call("POST", CHAT, json=ask(), headers=traceparent)
+    assert refused.status_code == 400
+
+    events = await inference.events()
+    assert [(e.status, e.attempts) for e in events] == [("ok", 2), ("ok", 1), ("error", 1)]
+    finished = spans.get_finished_spans()
+    for event in events:
+        assert (event.trace_id, event.trace_sampled) == (trace_id, True)
+        assert event.span_id is not None
+        (server,) = [s for s in finished if s.context.span_id == int(event.span_id, 16)]
+        assert server.kind == SpanKind.SERVER
+        assert server.name == f"POST {CHAT}"
+        attempts = [
+            s for s in finished
+            if s.parent is not None and s.parent.span_id == server.context.span_id
+            and s.name == "chat openai/gpt-4o-mini"
+        ]  # fmt: skip
+        assert len(attempts) == event.attempts
+    assert len({e.span_id for e in events}) == 3

@@ -141,6 +141,24 @@ def consumers(
     return make
 
 
+@asynccontextmanager
+async def refusing(engine: AsyncEngine, model: str) -> AsyncIterator[None]:
+    """Postgres refuses calls to `model`: something validation lets through (a constraint
+    of its own, for the duration)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "ALTER TABLE telemetry.llm_call ADD CONSTRAINT test_refused "
+                f"CHECK (model <> '{model}') NOT VALID"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE telemetry.llm_call DROP CONSTRAINT test_refused"))
+
+
 async def wait_stored(engine: AsyncEngine, user_id: uuid.UUID, rows: int) -> None:
     async def enough() -> bool:
         return (await stored(engine, user_id))["rows"] >= rows

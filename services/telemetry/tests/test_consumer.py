@@ -18,7 +18,7 @@ from telemetry.metrics import REGISTRY
 from telemetry.schemas import CallEvent
 from telemetry.service import Ingestor
 
-from .conftest import MakeConsumer, append, call, eventually, stored, wait_stored
+from .conftest import MakeConsumer, append, call, eventually, refusing, stored, wait_stored
 
 
 async def test_every_event_is_stored_once_and_acknowledged(
@@ -135,24 +135,12 @@ async def test_events_postgres_refuses_are_dead_lettered_one_by_one(
 ) -> None:
     user = uuid.uuid4()
     # Something validation lets through but Postgres refuses (here: a constraint of its own).
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "ALTER TABLE telemetry.llm_call ADD CONSTRAINT test_no_poison "
-                "CHECK (model <> 'openai/poison') NOT VALID"
-            )
-        )
-    try:
-        events = [call(user), call(user, model="openai/poison"), call(user)]
+    events = [call(user), call(user, model="openai/poison"), call(user)]
+    async with refusing(engine, "openai/poison"):
         await append(redis, events)
         async with consumers():
             await wait_stored(engine, user, 2)
             await eventually(lambda: _no_pending(redis))
-    finally:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("ALTER TABLE telemetry.llm_call DROP CONSTRAINT test_no_poison")
-            )
     async with engine.connect() as conn:
         letters = await repository.dead_letters(conn, limit=1)
     assert events[1].id in letters[0].payload

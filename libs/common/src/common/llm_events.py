@@ -4,7 +4,7 @@ reads it: the contract between the two services (field names and types)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 STREAM = "telemetry:llm-calls"
@@ -32,6 +32,11 @@ class LlmCallEvent:
     fallback: bool
     operation: str  # "chat" or "embeddings"
     trace_id: str | None
+    # The span a trace viewer opens for this call (inference's server span: every attempt,
+    # retry and fallback is below it) and whether its trace was sampled, so that telemetry
+    # can link its own spans to it. Events written before these existed lack them.
+    span_id: str | None = None  # 16 hex digits
+    trace_sampled: bool = False
 
     def to_fields(self) -> dict[str, str]:
         """Redis stream fields: one JSON document, so types survive the trip."""
@@ -39,12 +44,15 @@ class LlmCallEvent:
 
     @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> LlmCallEvent:
-        """Raises ValueError/KeyError/TypeError on anything malformed."""
+        """Raises ValueError/KeyError/TypeError on anything malformed. A field with a default
+        may be absent (an event from an older producer)."""
         value = raw.get(b"event", raw.get("event"))
         if not isinstance(value, str | bytes):
             raise ValueError("no event field")
         data = json.loads(value)
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not names <= data.keys():
-            raise ValueError(f"missing fields: {sorted(names - set(data))}")
-        return cls(**{name: data[name] for name in names})
+        if not isinstance(data, dict):
+            raise ValueError("the event is not an object")
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        if not required <= data.keys():
+            raise ValueError(f"missing fields: {sorted(required - set(data))}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

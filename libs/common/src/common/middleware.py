@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.propagators.textmap import Getter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -81,7 +82,10 @@ class RequestMiddleware:
 
         if quiet:
             try:
-                await self.app(scope, receive, send_wrapper)
+                # Nor are the probes' own calls (readiness pings Postgres, Redis, the peers):
+                # the instrumentations would make a root trace of each, every few seconds.
+                with suppress_instrumentation():
+                    await self.app(scope, receive, send_wrapper)
             finally:
                 self._count(route_template(scope), method, status, time.perf_counter() - start)
             return

@@ -6,6 +6,7 @@ gets a fresh database with the per-service roles and schemas; services migrate i
 Alembic; each test runs inside a transaction that is rolled back.
 Redis: `TEST_REDIS_URL` if set (it is flushed between tests!), else a private
 redis-server on a free port for the run.
+Spans: `spans` holds those this process finishes during a test.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,6 +36,7 @@ from common import devstack
 from common.identity import Identity, SignedIdentity
 from common.migrations import upgrade
 from common.settings import DatabaseSettings, ServiceSettings
+from common.tracing import configure_tracing
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The spans this process finishes during the test (tests record every span: the root
+    conftest sets OTEL_TRACES_SAMPLER)."""
+    configure_tracing("test")
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()  # its processor stays, exporting nothing
 
 
 @pytest.fixture

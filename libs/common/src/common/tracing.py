@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
@@ -29,9 +29,6 @@ def configure_tracing(service_name: str) -> None:
     with _lock:
         if _configured:
             return
-        attributes: dict[str, Any] = {}
-        if not os.environ.get("OTEL_SERVICE_NAME"):
-            attributes["service.name"] = service_name
         exporting = bool(
             os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
             or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -41,13 +38,33 @@ def configure_tracing(service_name: str) -> None:
         # cost of recording spans nobody reads (~1 ms per request) is not paid.
         _recording = exporting or bool(os.environ.get("OTEL_TRACES_SAMPLER"))
         sampler = None if _recording else ALWAYS_OFF
-        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+        provider = TracerProvider(resource=resource(service_name), sampler=sampler)
         if exporting:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
         _configured = True
+
+
+def resource(service_name: str) -> Resource:
+    """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (which wins); the service's own name
+    when neither names the service."""
+    named = SERVICE_NAME in OTELResourceDetector().detect().attributes
+    attributes: dict[str, Any] = {} if named else {SERVICE_NAME: service_name}
+    return Resource.create(attributes)
+
+
+def recording_spans() -> bool:
+    """Whether this process records spans at all (configure_tracing decided): code that
+    makes many spans of its own checks this first, so that it costs nothing otherwise."""
+    return _recording
+
+
+def span_link_limit() -> int | None:
+    """How many links a span keeps (OTEL_SPAN_LINK_COUNT_LIMIT, 128 by default; None: no
+    limit). Beyond it the SDK silently drops the oldest."""
+    return SpanLimits().max_links
 
 
 def instrument_libraries() -> None:

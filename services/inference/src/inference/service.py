@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
-from common.tracing import current_trace_id
 from inference import repository
 from inference.crypto import Keyring
 from inference.errors import (
@@ -304,6 +304,10 @@ class Call:
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
         )
+        # Recorded outside any attempt's span: the current span is this request's server
+        # span, under which are all the attempts (the event sums them up), and which exists
+        # even when no attempt was made (every circuit open).
+        span = trace.get_current_span().get_span_context()
         self.engine.sink.emit(
             LlmCallEvent(
                 id=str(uuid.uuid4()),
@@ -325,7 +329,9 @@ class Call:
                 attempts=attempts,
                 fallback=fallback,
                 operation=self.operation,
-                trace_id=current_trace_id(),
+                trace_id=format(span.trace_id, "032x") if span.is_valid else None,
+                span_id=format(span.span_id, "016x") if span.is_valid else None,
+                trace_sampled=span.is_valid and span.trace_flags.sampled,
             )
         )
 

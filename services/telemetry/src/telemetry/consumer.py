@@ -6,18 +6,26 @@ committed; a replica that dies leaves its entries pending, and another takes the
 once they have been idle `claim_idle_seconds` (XAUTOCLAIM). Storing is idempotent, so an
 entry delivered twice is stored once. The stream is trimmed only below the oldest entry
 that some group has not acknowledged yet.
+
+Each batch is one span ("telemetry store llm_call") linked to the calls' spans in their
+own traces, and each call whose trace is sampled gets a short span in that trace
+("telemetry ingest llm_call", a child of inference's span): the call's trace shows it
+stored. None of it is made when this process records no spans.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -25,13 +33,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.llm_events import STREAM
+from common.tracing import recording_spans, span_link_limit
 from telemetry import repository
 from telemetry.metrics import DEAD_LETTERS, STREAM_LAG
-from telemetry.schemas import CallEvent
+from telemetry.schemas import CallEvent, CallTrace
 from telemetry.service import Ingestor, utcnow
 from telemetry.settings import TelemetrySettings
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
+BATCH_SPAN = "telemetry store llm_call"
+INGEST_SPAN = "telemetry ingest llm_call"
 PAYLOAD_LIMIT = 65_536  # characters of a dead letter's payload kept
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
@@ -41,6 +53,7 @@ class Parsed:
     entry_id: str
     fields: dict[bytes, bytes]
     event: CallEvent
+    context: SpanContext | None = None  # the call's span (inference's), when spans are recorded
 
     @property
     def payload(self) -> str:
@@ -58,9 +71,10 @@ def _payload(fields: dict[bytes, bytes]) -> str:
 
 
 def parse(
-    entries: Sequence[Entry], ingestor: Ingestor, now: datetime
+    entries: Sequence[Entry], ingestor: Ingestor, now: datetime, *, traced: bool = False
 ) -> tuple[list[Parsed], list[DeadLetter]]:
-    """Valid events, and dead letters with their reason (CPU work: run off the loop)."""
+    """Valid events, and dead letters with their reason (CPU work: run off the loop); with
+    `traced`, each event's span context too."""
     parsed: list[Parsed] = []
     dead: list[DeadLetter] = []
     refusal_of = ingestor.refusals(now)
@@ -84,8 +98,26 @@ def parse(
         if refusal:
             dead.append((entry_id, _payload(fields), refusal))
         else:
-            parsed.append(Parsed(entry_id, fields, event))
+            parsed.append(Parsed(entry_id, fields, event, _call_context(raw) if traced else None))
     return parsed, dead
+
+
+def _call_context(raw: bytes) -> SpanContext | None:
+    """The span the event names (inference's server span for the call), if any. A malformed
+    trace reference loses the link, never the call."""
+    try:
+        ref = CallTrace.model_validate_json(raw)
+    except ValidationError:
+        return None
+    if ref.trace_id is None or ref.span_id is None:
+        return None
+    context = SpanContext(
+        int(ref.trace_id, 16),
+        int(ref.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if ref.trace_sampled else TraceFlags.DEFAULT),
+    )
+    return context if context.is_valid else None
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:
@@ -125,6 +157,8 @@ class StreamConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._reading = False
+        self._link_limit = span_link_limit()
+        self._traced_calls = settings.traced_calls_per_batch
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"telemetry-consumer-{self.name}")
@@ -217,41 +251,92 @@ class StreamConsumer:
         return claimed_total
 
     async def _handle(self, entries: Sequence[Entry]) -> None:
-        parsed, dead = await asyncio.to_thread(parse, entries, self._ingestor, utcnow())
-        try:
-            await self._write(parsed, dead)
-        except DBAPIError as exc:
-            if not _is_data_error(exc):
-                raise
-            # Something validation let through broke the batch: store event by event.
-            log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
-            self._ingestor.forget_partitions()
-            await self._write_one_by_one(parsed, dead)
-        if dead:
-            DEAD_LETTERS.inc(len(dead))
-            log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
-        ids = [entry_id for entry_id, fields in entries if entry_id is not None]
-        if ids:
-            await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
+        traced = recording_spans()
+        with tracer.start_as_current_span(BATCH_SPAN, kind=SpanKind.CONSUMER) as span:
+            parsed, dead = await asyncio.to_thread(
+                parse, entries, self._ingestor, utcnow(), traced=traced
+            )
+            invalid = len(dead)
+            started = time.time_ns()
+            try:
+                inserted = await self._write(parsed, dead)
+            except DBAPIError as exc:
+                if not _is_data_error(exc):
+                    raise
+                # Something validation let through broke the batch: store event by event.
+                log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
+                self._ingestor.forget_partitions()
+                inserted = await self._write_one_by_one(parsed, dead)
+            written = time.time_ns()
+            if dead:
+                DEAD_LETTERS.inc(len(dead))
+                log.warning("dead-lettered stream entries", count=len(dead), first=dead[0][2])
+            if traced:
+                refused = {entry_id for entry_id, _, _ in dead[invalid:]}
+                untraced = _trace_calls(
+                    parsed, refused, span.get_span_context(), started, written,
+                    limit=self._traced_calls,
+                )  # fmt: skip
+                self._trace_batch(
+                    span, len(entries), parsed, refused, inserted, len(dead), untraced
+                )
+            ids = [entry_id for entry_id, fields in entries if entry_id is not None]
+            if ids:
+                await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
 
-    async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> None:
+    def _trace_batch(
+        self,
+        span: trace.Span,
+        size: int,
+        parsed: Sequence[Parsed],
+        refused: set[str],
+        inserted: int,
+        dead: int,
+        untraced: int,
+    ) -> None:
+        """The batch's attributes, and links to the first calls' spans (as many as a span
+        keeps: the number left out is an attribute)."""
+        if not span.is_recording():
+            return
+        contexts = [item.context for item in parsed if item.context is not None]
+        linked = contexts if self._link_limit is None else contexts[: self._link_limit]
+        for context in linked:
+            span.add_link(context)
+        span.set_attributes(
+            {
+                "messaging.destination.name": STREAM,
+                "messaging.operation.type": "process",
+                "messaging.batch.message_count": size,
+                "telemetry.source": "stream",
+                "telemetry.batch.inserted": inserted,
+                "telemetry.batch.duplicates": len(parsed) - len(refused) - inserted,
+                "telemetry.batch.dead_letters": dead,
+                "telemetry.batch.links_dropped": len(contexts) - len(linked),
+                "telemetry.batch.calls_untraced": untraced,
+            }
+        )
+
+    async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> int:
         async with self._engine.begin() as conn:
-            await self._ingestor.store(conn, [p.event for p in parsed], source="stream")
+            inserted = await self._ingestor.store(conn, [p.event for p in parsed], source="stream")
             if dead:
                 await repository.insert_dead_letters(conn, dead)
+        return inserted
 
-    async def _write_one_by_one(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> None:
+    async def _write_one_by_one(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> int:
+        inserted = 0
         async with self._engine.begin() as conn:
             for item in parsed:
                 try:
                     async with conn.begin_nested():
-                        await self._ingestor.store(conn, [item.event], source="stream")
+                        inserted += await self._ingestor.store(conn, [item.event], source="stream")
                 except DBAPIError as exc:
                     if not _is_data_error(exc):
                         raise
                     dead.append((item.entry_id, item.payload, f"refused by Postgres: {exc.orig}"))
             if dead:
                 await repository.insert_dead_letters(conn, dead)
+        return inserted
 
     async def trim(self) -> None:
         """XTRIM MINID below the oldest entry some group still needs (pending, or not yet
@@ -279,6 +364,42 @@ class StreamConsumer:
             # entries acknowledged above the oldest pending one: an upper bound.
             lag = await self._redis.xlen(STREAM)
         STREAM_LAG.set(lag)
+
+
+def _trace_calls(
+    parsed: Sequence[Parsed],
+    refused: set[str],
+    batch: SpanContext,
+    started: int,
+    written: int,
+    *,
+    limit: int,
+) -> int:
+    """In each sampled call's own trace (the first `limit` of them), a span under
+    inference's: when it was stored, in which batch (a link), or why not. Returns how many
+    sampled calls got none."""
+    sampled = [
+        (item, parent)
+        for item in parsed
+        if (parent := item.context) is not None and parent.trace_flags.sampled
+    ]
+    for item, parent in sampled[:limit]:
+        span = tracer.start_span(
+            INGEST_SPAN,
+            context=trace.set_span_in_context(NonRecordingSpan(parent)),
+            kind=SpanKind.CONSUMER,
+            links=[Link(batch)] if batch.trace_flags.sampled else None,
+            start_time=started,
+            attributes={
+                "telemetry.call.id": str(item.event.id),
+                "messaging.message.id": item.entry_id,
+                "messaging.destination.name": STREAM,
+            },
+        )
+        if item.entry_id in refused:
+            span.set_status(trace.StatusCode.ERROR, "refused by Postgres: dead-lettered")
+        span.end(end_time=written)
+    return max(0, len(sampled) - limit)
 
 
 def _name(value: bytes | str) -> str:

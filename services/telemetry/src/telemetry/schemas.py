@@ -21,6 +21,7 @@ def _text(max_length: int) -> object:
 Tokens = Annotated[int, Field(ge=0, le=INT32)]
 Millis = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 GroupBy = Literal["model", "provider", "user", "day"]
+TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
 class CallEvent(BaseModel):
@@ -49,7 +50,19 @@ class CallEvent(BaseModel):
     attempts: Annotated[int, Field(ge=1, le=1000)] = 1
     fallback: bool = False
     operation: Annotated[str, _text(32)] = "chat"
-    trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None
+    trace_id: TraceId | None = None
+
+
+class CallTrace(BaseModel):
+    """Where a call is in its trace: the trace fields of common.llm_events.LlmCallEvent.
+    Read by the stream consumer only when it records spans, and never stored; events from
+    before `span_id` and `trace_sampled` existed have neither."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    trace_id: TraceId | None = None
+    span_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
+    trace_sampled: bool = False
 
 
 class EventBatch(BaseModel):

@@ -31,6 +31,10 @@ class TelemetrySettings(DatabaseSettings):
     # Entries read (and written to Postgres) at a time, and how long one read waits.
     batch_size: int = Field(2000, ge=1, le=20_000)
     read_block_ms: int = Field(1000, ge=1, le=4000)  # below the Redis socket timeout (5 s)
+    # With spans recorded, the first this many sampled calls of a batch get a span in their
+    # trace. A larger batch is a backlog draining: a span per call would double its CPU and
+    # overflow the span exporter's queue (2,048 spans; a warning logged per span dropped).
+    traced_calls_per_batch: int = Field(128, ge=0, le=20_000)
     # An entry another consumer has held unacknowledged this long is taken over (XAUTOCLAIM).
     claim_idle_seconds: float = Field(30.0, gt=0)
     # How often the stream is trimmed below what every group has acknowledged (and the lag
