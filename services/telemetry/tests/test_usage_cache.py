@@ -320,6 +320,33 @@ async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_t
         assert epochs.scalar() == 0
 
 
+async def test_prewarm_fills_everyones_closed_days_one_replica_at_a_time(
+    engine: AsyncEngine,
+) -> None:
+    rng = random.Random(7)
+    await store(engine, random_calls(rng, [uuid.uuid4()], ["test/prewarm"], 300, days=4))
+    async with engine.connect() as holder:  # another replica, refreshing
+        await holder.execute(text("SELECT pg_advisory_lock(hashtext('telemetry:usage-cache'))"))
+        try:
+            assert await service.refresh_usage_cache(engine, retention=RETENTION) is None
+        finally:
+            await holder.execute(
+                text("SELECT pg_advisory_unlock(hashtext('telemetry:usage-cache'))")
+            )
+
+    assert await service.refresh_usage_cache(engine, retention=RETENTION) >= 3
+    window = Scope(start=midnight(today() - 31 * DAY), end=midnight(today()), user_id=None)
+    last_31 = {today() - n * DAY for n in range(1, 32)}
+    assert last_31 <= set(await cached(engine, window))
+    assert (await answer(engine, window)).model_dump_json() == (
+        await truth(engine, window)
+    ).model_dump_json()
+    assert await service.refresh_usage_cache(engine, retention=RETENTION) == 0
+    # Bounded by retention: with 2 days kept, only yesterday is (re)considered.
+    await sql(engine, NEW_EPOCH)
+    assert await service.refresh_usage_cache(engine, retention=timedelta(days=2)) == 1
+
+
 async def test_members_never_see_anothers_cached_days(
     engine: AsyncEngine, client: Client, app: FastAPI
 ) -> None:
@@ -411,3 +438,34 @@ async def test_a_failed_store_is_logged_and_the_answer_still_given(
     assert "store usage days" in failures[0]
     assert "refuse_all" in failures[0]
     assert await cached(engine, scope) == {}
+
+
+async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
+    engine: AsyncEngine,
+) -> None:
+    old, recent = today() - 200 * DAY, today() - 2 * DAY
+    for day in (old, recent):
+        await sql(
+            engine,
+            "INSERT INTO telemetry.usage_day_epoch (day, epoch) VALUES (:day, 7) "
+            "ON CONFLICT (day) DO NOTHING",
+            day=day,
+        )
+        await sql(
+            engine,
+            "INSERT INTO telemetry.usage_day (scope, day, epoch, requests, errors, "
+            "prompt_tokens, completion_tokens, cost_usd) VALUES ('retention-test', "
+            ":day, 7, 1, 0, 0, 0, 0)",
+            day=day,
+        )
+    await Ingestor(engine, retention_days=90).maintain()
+    async with engine.connect() as conn:
+        days = await conn.execute(
+            text("SELECT day FROM telemetry.usage_day WHERE scope = 'retention-test'")
+        )
+        assert days.scalars().all() == [recent]
+        epochs = await conn.execute(
+            text("SELECT day FROM telemetry.usage_day_epoch WHERE day IN (:old, :recent)"),
+            {"old": old, "recent": recent},
+        )
+        assert epochs.scalars().all() == [recent]

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.app import create_service_app, database_and_redis
 from telemetry.api import router
 from telemetry.consumer import StreamConsumer
-from telemetry.service import Ingestor
+from telemetry.service import Ingestor, refresh_usage_cache
 from telemetry.settings import TelemetrySettings
 
 log = structlog.get_logger(__name__)
@@ -31,15 +32,36 @@ async def maintain_partitions(ingestor: Ingestor, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+async def prewarm_usage(ingestor: Ingestor, engine: AsyncEngine, interval: float) -> None:
+    """At start and then every `interval`: everyone's usage of the recent closed days into
+    the per-day cache, where it is missing or stale."""
+    while True:
+        try:
+            computed = await refresh_usage_cache(engine, retention=ingestor.retention)
+            if computed:
+                log.info("usage days cached", days=computed)
+        except Exception as exc:  # the database away: the queries compute what they need
+            log.warning("usage cache refresh failed", error=repr(exc))
+        await asyncio.sleep(interval)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: TelemetrySettings = app.state.settings
     async with database_and_redis(app, settings):
         ingestor = Ingestor(app.state.engine, retention_days=settings.retention_days)
         app.state.ingestor = ingestor
-        maintenance = asyncio.create_task(
-            maintain_partitions(ingestor, settings.maintenance_interval_seconds)
-        )
+        background = [
+            asyncio.create_task(
+                maintain_partitions(ingestor, settings.maintenance_interval_seconds)
+            )
+        ]
+        if settings.usage_cache_refresh_seconds:
+            background.append(
+                asyncio.create_task(
+                    prewarm_usage(ingestor, app.state.engine, settings.usage_cache_refresh_seconds)
+                )
+            )
         consumers = [
             StreamConsumer(
                 app.state.redis,
@@ -58,9 +80,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             await asyncio.gather(*(consumer.stop() for consumer in consumers))
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def create_app(settings: TelemetrySettings | None = None) -> FastAPI:

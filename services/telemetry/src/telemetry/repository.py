@@ -376,6 +376,23 @@ async def store_usage_days(db: Db, *, key: str, rows: Sequence[dict[str, Any]]) 
     await db.execute(_STORE_DAYS, {"scope": key, **params})
 
 
+async def try_lock_usage_cache(db: Db) -> bool:
+    """The pre-warm of one replica at a time (a session lock: it outlives transactions)."""
+    query = text("SELECT pg_try_advisory_lock(hashtext('telemetry:usage-cache'))")
+    return bool((await db.execute(query)).scalar())
+
+
+async def unlock_usage_cache(db: Db) -> None:
+    await db.execute(text("SELECT pg_advisory_unlock(hashtext('telemetry:usage-cache'))"))
+
+
+async def delete_usage_days_before(db: Db, *, day: date) -> None:
+    """Retention. (A result stored meanwhile for a day whose epoch row is gone can never be
+    served: an epoch value never comes back.)"""
+    await db.execute(_EPOCHS.delete().where(_EPOCHS.c.day < day))
+    await db.execute(_CACHE.delete().where(_CACHE.c.day < day))
+
+
 async def calls_page(
     db: Db, *, scope: Scope, before: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> Sequence[LlmCall]:

@@ -101,7 +101,8 @@ class Ingestor:
 
     async def maintain(self, now: datetime | None = None) -> list[date]:
         """Partitions from the retention horizon to next month; drop those wholly older than
-        the horizon, and dead letters older than it. Returns the months dropped."""
+        the horizon, and dead letters and cached usage days older than it. Returns the
+        months dropped."""
         now = now or utcnow()
         horizon = now - self.retention
         wanted = [month_of(horizon)]
@@ -117,6 +118,7 @@ class Ingestor:
                 await repository.drop_partition(conn, month=month)
                 log.info("partition dropped", partition=repository.partition_name(month))
             await repository.delete_dead_letters_before(conn, horizon=horizon)
+            await repository.delete_usage_days_before(conn, day=horizon.astimezone(UTC).date())
         self._months = (set(existing) | set(wanted)) - set(expired)
         return expired
 
@@ -221,6 +223,8 @@ def usage_group(row: Mapping[Any, Any]) -> UsageGroup:
 # ---------------------------------------------------------------- usage per day, cached
 
 ONE_DAY = timedelta(days=1)
+# Everyone's usage of the closed days of this many last days is computed ahead of asking.
+PREWARM_DAYS = 31
 
 
 def cacheable_days(scope: Scope, *, now: datetime, retention: timedelta) -> list[date]:
@@ -316,6 +320,37 @@ async def _write(db: Db, what: str, statement: Awaitable[None]) -> None:
     except SQLAlchemyError as exc:
         await db.rollback()
         log.warning("usage cache write failed", what=what, error=repr(exc))
+
+
+async def refresh_usage_cache(
+    engine: AsyncEngine, *, retention: timedelta, now: datetime | None = None
+) -> int | None:
+    """Compute everyone's usage of each closed day of the last PREWARM_DAYS (within
+    retention) that has no valid cached result, one day per transaction. One replica at a
+    time: returns None when another holds the lock, else how many days were computed."""
+    now = now or utcnow()
+    today = _midnight(now.astimezone(UTC).date())
+    window = Scope(start=today - PREWARM_DAYS * ONE_DAY, end=today, user_id=None)
+    days = cacheable_days(window, now=now, retention=retention)
+    async with engine.connect() as conn:
+        if not await repository.try_lock_usage_cache(conn):
+            await conn.rollback()
+            return None
+        try:
+            await conn.commit()
+            probe = await repository.usage_cache_probe(conn, key=window.key(), days=days)
+            unmarked = [row.day for row in probe if not row.marked]
+            if unmarked:  # all at once, so that writers in flight are long done when read
+                await _write(conn, "mark closed days", repository.mark_closed_days(conn, unmarked))
+            missing = [row.day for row in probe if not row.cached]
+            for day in missing:
+                one = Scope(start=_midnight(day), end=_midnight(day + ONE_DAY), user_id=None)
+                await usage_by_day(conn, scope=one, retention=retention)
+                await conn.commit()
+            return len(missing)
+        finally:
+            await repository.unlock_usage_cache(conn)
+            await conn.commit()
 
 
 def encode_cursor(occurred_at: datetime, call_id: uuid.UUID) -> str:
