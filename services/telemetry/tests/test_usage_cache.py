@@ -4,6 +4,7 @@ validated. Real Postgres; the calls are committed (the cache lives across reques
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.identity import Identity
 from common.logging import configure_logging
 from telemetry import repository, service
+from telemetry.main import prewarm_usage
 from telemetry.repository import Scope
 from telemetry.schemas import CallEvent, Usage
 from telemetry.service import Ingestor
@@ -469,3 +471,40 @@ async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
             {"old": old, "recent": recent},
         )
         assert epochs.scalars().all() == [recent]
+
+
+async def test_a_prewarm_cancelled_inside_a_query_stops_and_frees_its_lock(
+    engine: AsyncEngine, ingestor: Ingestor
+) -> None:
+    """A service stopping while its pre-warm waits on the database: the loop ends (it does
+    not take the cancellation for one more failure to log), and the lock is free."""
+    yesterday = today() - DAY
+    await sql(
+        engine,
+        "INSERT INTO telemetry.usage_day_epoch (day, epoch) VALUES "
+        "(:day, nextval('telemetry.usage_day_epoch_seq')) "
+        "ON CONFLICT (day) DO UPDATE SET closed_xid = NULL",
+        day=yesterday,
+    )
+    async with engine.connect() as blocker:  # the pre-warm will wait to mark yesterday
+        await blocker.execute(
+            text("SELECT 1 FROM telemetry.usage_day_epoch WHERE day = :day FOR UPDATE"),
+            {"day": yesterday},
+        )
+        loop = asyncio.create_task(prewarm_usage(ingestor, engine, 3600))
+
+        async def waiting() -> bool:
+            async with engine.connect() as conn:
+                found = await conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+                return bool(found.scalar())
+
+        await eventually(waiting)
+        loop.cancel()
+        done, _ = await asyncio.wait({loop}, timeout=10)
+        if not done:  # still looping: stop it for good before failing
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        assert done, "the pre-warm loop went on after it was cancelled"
+        assert loop.cancelled()
+        await blocker.rollback()
+    assert await service.refresh_usage_cache(engine, retention=RETENTION) is not None

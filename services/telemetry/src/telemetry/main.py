@@ -20,12 +20,21 @@ from telemetry.settings import TelemetrySettings
 log = structlog.get_logger(__name__)
 
 
+def _stopping() -> bool:
+    """This task is being cancelled: a cancellation that reached a driver mid-operation can
+    come out as another error (the connection broken), which must not keep a loop alive."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def maintain_partitions(ingestor: Ingestor, interval: float) -> None:
     """At start and then every `interval`: partitions ahead, retention behind."""
     while True:
         try:
             await ingestor.maintain()
         except Exception as exc:  # the database away, a lock not granted: try again soon
+            if _stopping():
+                raise asyncio.CancelledError from exc
             log.warning("partition maintenance failed", error=repr(exc))
             await asyncio.sleep(min(interval, 30.0))
             continue
@@ -41,6 +50,8 @@ async def prewarm_usage(ingestor: Ingestor, engine: AsyncEngine, interval: float
             if computed:
                 log.info("usage days cached", days=computed)
         except Exception as exc:  # the database away: the queries compute what they need
+            if _stopping():
+                raise asyncio.CancelledError from exc
             log.warning("usage cache refresh failed", error=repr(exc))
         await asyncio.sleep(interval)
 

@@ -349,8 +349,12 @@ async def refresh_usage_cache(
                 await conn.commit()
             return len(missing)
         finally:
-            await repository.unlock_usage_cache(conn)
-            await conn.commit()
+            # The lock is the connection's: gone with it if it broke, or was cancelled in
+            # the middle of a call (then an unlock would only hide the cancellation).
+            if not conn.invalidated:
+                await conn.rollback()
+                await repository.unlock_usage_cache(conn)
+                await conn.commit()
 
 
 def encode_cursor(occurred_at: datetime, call_id: uuid.UUID) -> str:
