@@ -12,9 +12,15 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
    divided by the time between the first and the last commit (received_at in Postgres).
 2. lag: a producer appends 2,000 events/s in 50 ms batches (inference's linger) for
    `--steady-seconds`; each event's lag is received_at minus the time it was appended.
-3. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
+3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
+   statement with the triggers firing and skipped), for calls of now and of yesterday.
+4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
    5 models), then `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's
-   calls) and as one member, timed over HTTP at the service (signed identity).
+   calls) and as one member, timed over HTTP at the service (signed identity): cold (no
+   cached day valid: the first query after the rows were generated, then with the per-day
+   cache emptied before each query) and warm (after a query stored the closed days, and
+   for the admin after the pre-warm, which the service runs every 30 s and is run and
+   timed here instead).
 
 Writes bench/results/telemetry.json.
 """
@@ -34,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
 from common import devstack  # noqa: E402
+from common.db import create_engine  # noqa: E402
 from common.identity import Identity, SignedIdentity  # noqa: E402
 from common.llm_events import STREAM, LlmCallEvent  # noqa: E402
 from common.migrations import upgrade  # noqa: E402
+from telemetry.service import refresh_usage_cache  # noqa: E402
 
 USERS = [uuid.UUID(int=i + 1) for i in range(100)]
 Processes = dict[str, list[psutil.Process]]
@@ -177,10 +186,83 @@ async def steady(
     }
 
 
-async def usage_query(
-    db: asyncpg.Connection, service_url: str, key: bytes, rows: int, repeats: int
+# 1,000 calls at one time base: what one batch of the consumer or POST /v1/events writes.
+BATCH = """
+INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
+    status, prompt_tokens, completion_tokens, usage_estimated, cost_usd, latency_ms, stream,
+    attempts, fallback)
+SELECT $2::timestamptz - i * interval '10 ms', gen_random_uuid(), 'stream', $3::uuid, 'chat',
+    'openai', 'openai/gpt-4o-mini', 'ok', 42, 17, false, 0.0000165, 321.5, false, 1, false
+FROM generate_series(1, $1) AS i
+ON CONFLICT DO NOTHING
+"""
+
+
+async def trigger_overhead(
+    db: asyncpg.Connection, batches: int, size: int = 1000
 ) -> dict[str, Any]:
+    """The usage_day triggers' cost on a batch insert: the same statement with the triggers
+    firing and not (session_replication_role = replica skips ordinary triggers), interleaved,
+    for calls of now (no closed day: nothing to bump) and of yesterday (one epoch bumped).
+    The statement only, the commit excluded."""
     await db.execute("TRUNCATE telemetry.llm_call")
+    timings: dict[str, list[float]] = {}
+    for n in range(batches):
+        for when in ("now", "yesterday"):
+            for triggers in ("on", "off"):
+                base = await db.fetchval(
+                    "SELECT now() - interval '1 second'" if when == "now"
+                    else "SELECT date_trunc('day', now() - interval '1 day') + interval '12 hours'"
+                )  # fmt: skip
+                async with db.transaction():
+                    role = "origin" if triggers == "on" else "replica"
+                    await db.execute(f"SET LOCAL session_replication_role = {role}")
+                    begin = time.perf_counter()
+                    await db.execute(BATCH, size, base, USERS[n % 100])
+                    timings.setdefault(f"{when}, triggers {triggers}", []).append(
+                        time.perf_counter() - begin
+                    )
+    await db.execute("TRUNCATE telemetry.llm_call")
+    medians = {name: statistics.median(values) * 1000 for name, values in timings.items()}
+    return {
+        "batch_rows": size,
+        "batches": batches,
+        "median_ms": medians,
+        "added_ms": {
+            when: medians[f"{when}, triggers on"] - medians[f"{when}, triggers off"]
+            for when in ("now", "yesterday")
+        },
+    }
+
+
+async def timed_usage(http: httpx.AsyncClient, params: dict[str, str], repeats: int,
+                      before: Any = None) -> dict[str, Any]:  # fmt: skip
+    """`repeats` timed GET /v1/usage (`before` awaited ahead of each, untimed)."""
+    timings = []
+    for _ in range(repeats):
+        if before is not None:
+            await before()
+        begin = time.perf_counter()
+        response = await http.get("/v1/usage", params=params)
+        timings.append(time.perf_counter() - begin)
+        response.raise_for_status()
+    groups = response.json()["groups"]
+    return {
+        "seconds": {"min": min(timings), "median": statistics.median(timings),
+                    "max": max(timings)},
+        "groups": len(groups),
+        "requests": sum(g["requests"] for g in groups),
+    }  # fmt: skip
+
+
+async def usage_query(
+    db: asyncpg.Connection, urls: dict[str, str], key: bytes, rows: int, repeats: int
+) -> dict[str, Any]:
+    """Cold: no cached day valid (right after the rows are generated, then with the cache
+    emptied before each query). Warm: after a first query stored the closed days, and
+    after the pre-warm (the service's refresh_usage_cache, run here on its own)."""
+    await db.execute("TRUNCATE telemetry.llm_call")
+    await db.execute("TRUNCATE telemetry.usage_day, telemetry.usage_day_epoch")
     started = time.perf_counter()
     await db.execute(GENERATE, rows)
     generated = time.perf_counter() - started
@@ -189,31 +271,46 @@ async def usage_query(
                      permissions=("telemetry:read_own", "telemetry:read_all"))  # fmt: skip
     member = Identity(sub=str(USERS[0]), kind="user", iss="gateway", roles=("member",),
                       permissions=("telemetry:read_own",))  # fmt: skip
-    result: dict[str, Any] = {"rows": rows, "generate_seconds": generated}
+    result: dict[str, Any] = {
+        "rows": rows,
+        "generate_seconds": generated,
+        "load_average": os.getloadavg(),
+    }
     now = time.time()
     params = {
         "group_by": "day",
         "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 30 * 86400 - 60)),
         "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60)),
     }
+
+    async def forget() -> None:
+        await db.execute("TRUNCATE telemetry.usage_day")
+
     for name, who in (("admin", admin), ("member", member)):
         async with httpx.AsyncClient(
-            base_url=service_url, auth=SignedIdentity(key, who), timeout=60
+            base_url=urls["service"], auth=SignedIdentity(key, who), timeout=60
         ) as http:
-            timings = []
-            for _ in range(repeats):
-                begin = time.perf_counter()
-                response = await http.get("/v1/usage", params=params)
-                timings.append(time.perf_counter() - begin)
-                response.raise_for_status()
-            groups = response.json()["groups"]
-        result[name] = {
-            "seconds": {"min": min(timings), "median": statistics.median(timings),
-                        "max": max(timings)},
-            "groups": len(groups),
-            "requests": sum(g["requests"] for g in groups),
-        }  # fmt: skip
+            first = await timed_usage(http, params, 1)  # nothing cached since the rows came
+            cold = await timed_usage(http, params, max(1, repeats // 2), before=forget)
+            warm = await timed_usage(http, params, repeats)  # the last cold query stored
+            result[name] = {"first": first, "cold": cold, "warm": warm}
+            if name == "admin":
+                await forget()
+                result["prewarm_seconds"] = await prewarm(urls["telemetry"])
+                result[name]["warm_after_prewarm"] = await timed_usage(http, params, repeats)
+        print(f"usage query, {name}:", json.dumps(result[name]))
     return result
+
+
+async def prewarm(database_url: str) -> float:
+    """The service's pre-warm (what its loop runs every 30 s), run here, timed."""
+    engine = create_engine(database_url, application_name="bench-prewarm")
+    try:
+        begin = time.perf_counter()
+        await refresh_usage_cache(engine, retention=timedelta(days=90))
+        return time.perf_counter() - begin
+    finally:
+        await engine.dispose()
 
 
 async def measure(
@@ -234,9 +331,10 @@ async def measure(
         result["steady"] = await steady(db, redis, f"{service_url}/metrics", 2000,
                                         args.steady_seconds)  # fmt: skip
         print("steady 2,000/s:", json.dumps(result["steady"]))
-        result["usage_query"] = await usage_query(db, service_url, key.encode(), args.rows,
+        result["trigger_overhead"] = await trigger_overhead(db, args.trigger_batches)
+        print("usage_day triggers:", json.dumps(result["trigger_overhead"]))
+        result["usage_query"] = await usage_query(db, urls, key.encode(), args.rows,
                                                   args.repeats)  # fmt: skip
-        print("usage query:", json.dumps(result["usage_query"]))
         result["load_average_at_end"] = os.getloadavg()
         return result
     finally:
@@ -250,6 +348,8 @@ def main() -> int:
     parser.add_argument("--steady-seconds", type=float, default=30)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--trigger-batches", type=int, default=100,
+                        help="1,000-row inserts per case for the trigger overhead")  # fmt: skip
     parser.add_argument("--replicas", type=int, default=1, help="telemetry processes")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
@@ -274,6 +374,8 @@ def main() -> int:
         for index, port in enumerate(ports):
             env = dict(os.environ, TELEMETRY_DATABASE_URL=urls["telemetry"], REDIS_URL=redis_url,
                        TELEMETRY_PORT=str(port), INTERNAL_SIGNING_KEY=key,
+                       # The bench runs the pre-warm itself, when it measures it.
+                       TELEMETRY_USAGE_CACHE_REFRESH_SECONDS="0",
                        LOG_LEVEL="WARNING")  # fmt: skip
             log_path = ROOT / "bench" / "results" / f"telemetry-{index}.log"
             with open(log_path, "wb") as log:
@@ -298,7 +400,12 @@ def main() -> int:
         result = asyncio.run(
             measure(
                 args,
-                {"db": admin_url, "redis": redis_url, "service": f"http://127.0.0.1:{port}"},
+                {
+                    "db": admin_url,
+                    "redis": redis_url,
+                    "service": f"http://127.0.0.1:{port}",
+                    "telemetry": urls["telemetry"],
+                },
                 key,
                 processes,
             )

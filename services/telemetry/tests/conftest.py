@@ -89,8 +89,9 @@ def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
 
 @pytest.fixture
 async def app(harness: ServiceHarness, redis: Redis) -> AsyncIterator[FastAPI]:
-    """The API, its units of work rolled back; no stream consumer (see `consumers`)."""
-    async with harness.app(consumer_enabled=False) as started:
+    """The API, its units of work rolled back; no stream consumer (see `consumers`) and no
+    usage pre-warm (tests run it themselves)."""
+    async with harness.app(consumer_enabled=False, usage_cache_refresh_seconds=0) as started:
         yield started
 
 

@@ -31,6 +31,7 @@ User = Annotated[
 async def usage(
     identity: Reader,
     db: DbSession,
+    ingestor: IngestorDep,
     group_by: GroupBy = "model",
     from_: From = None,
     to: To = None,
@@ -40,7 +41,7 @@ async def usage(
     """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
     user or UTC day. Your own calls; everyone's with telemetry:read_all."""
     scope = service.scope_for(identity, user=user, start=from_, end=to, model=model)
-    return await service.usage(db, scope=scope, group_by=group_by)
+    return await service.usage(db, scope=scope, group_by=group_by, retention=ingestor.retention)
 
 
 @router.get("/v1/calls")

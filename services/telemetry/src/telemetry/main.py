@@ -9,14 +9,22 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.app import create_service_app, database_and_redis
 from telemetry.api import router
 from telemetry.consumer import StreamConsumer
-from telemetry.service import Ingestor
+from telemetry.service import Ingestor, refresh_usage_cache
 from telemetry.settings import TelemetrySettings
 
 log = structlog.get_logger(__name__)
+
+
+def _stopping() -> bool:
+    """This task is being cancelled: a cancellation that reached a driver mid-operation can
+    come out as another error (the connection broken), which must not keep a loop alive."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def maintain_partitions(ingestor: Ingestor, interval: float) -> None:
@@ -25,9 +33,26 @@ async def maintain_partitions(ingestor: Ingestor, interval: float) -> None:
         try:
             await ingestor.maintain()
         except Exception as exc:  # the database away, a lock not granted: try again soon
+            if _stopping():
+                raise asyncio.CancelledError from exc
             log.warning("partition maintenance failed", error=repr(exc))
             await asyncio.sleep(min(interval, 30.0))
             continue
+        await asyncio.sleep(interval)
+
+
+async def prewarm_usage(ingestor: Ingestor, engine: AsyncEngine, interval: float) -> None:
+    """At start and then every `interval`: everyone's usage of the recent closed days into
+    the per-day cache, where it is missing or stale."""
+    while True:
+        try:
+            computed = await refresh_usage_cache(engine, retention=ingestor.retention)
+            if computed:
+                log.info("usage days cached", days=computed)
+        except Exception as exc:  # the database away: the queries compute what they need
+            if _stopping():
+                raise asyncio.CancelledError from exc
+            log.warning("usage cache refresh failed", error=repr(exc))
         await asyncio.sleep(interval)
 
 
@@ -37,9 +62,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with database_and_redis(app, settings):
         ingestor = Ingestor(app.state.engine, retention_days=settings.retention_days)
         app.state.ingestor = ingestor
-        maintenance = asyncio.create_task(
-            maintain_partitions(ingestor, settings.maintenance_interval_seconds)
-        )
+        background = [
+            asyncio.create_task(
+                maintain_partitions(ingestor, settings.maintenance_interval_seconds)
+            )
+        ]
+        if settings.usage_cache_refresh_seconds:
+            background.append(
+                asyncio.create_task(
+                    prewarm_usage(ingestor, app.state.engine, settings.usage_cache_refresh_seconds)
+                )
+            )
         consumers = [
             StreamConsumer(
                 app.state.redis,
@@ -58,9 +91,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             await asyncio.gather(*(consumer.stop() for consumer in consumers))
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def create_app(settings: TelemetrySettings | None = None) -> FastAPI:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Double,
     Identity,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.types import UserDefinedType
 from sqlmodel import Field, SQLModel
 
 from common.db import schema_registry
@@ -88,3 +91,49 @@ class DeadLetter(TelemetryBase, table=True):
     stream_id: str = Field(sa_column=Column(String(41), nullable=False, unique=True))
     payload: str = Field(sa_column=Column(Text, nullable=False))
     reason: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Xid8(UserDefinedType[str]):
+    """Postgres `xid8`: a 64-bit transaction id (compared in SQL only)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: Any) -> str:
+        return "xid8"
+
+
+class UsageDayEpoch(TelemetryBase, table=True):
+    """The version of one UTC day's calls: a new one (from the sequence usage_day_epoch_seq,
+    so never a value seen before) whenever a statement writes rows of that day after it
+    ended (triggers on `llm_call`, migration telemetry_0003)."""
+
+    __tablename__ = "usage_day_epoch"
+
+    day: date = Field(sa_column=Column(Date, primary_key=True, nullable=False))
+    epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # A transaction id taken after the day ended (by the database clock): a snapshot whose
+    # xmin is above it has seen every writer that skipped the bump finish.
+    closed_xid: str | None = Field(default=None, sa_column=Column(Xid8()))
+
+
+class UsageDay(TelemetryBase, table=True):
+    """One closed UTC day's `group_by=day` usage for one scope, valid while `epoch` is the
+    day's current epoch. `requests` 0: the day has no calls in that scope."""
+
+    __tablename__ = "usage_day"
+
+    scope: str = Field(sa_column=Column(Text, primary_key=True, nullable=False))
+    day: date = Field(sa_column=Column(Date, primary_key=True, nullable=False, index=True))
+    epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
+    requests: int = Field(sa_column=Column(BigInteger, nullable=False))
+    errors: int = Field(sa_column=Column(BigInteger, nullable=False))
+    prompt_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
+    completion_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
+    cost_usd: Decimal = Field(sa_column=Column(Numeric, nullable=False))
+    latency_ms_p50: float | None = Field(default=None, sa_column=Column(Double))
+    latency_ms_p95: float | None = Field(default=None, sa_column=Column(Double))
+    ttft_ms_p50: float | None = Field(default=None, sa_column=Column(Double))
+    computed_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )

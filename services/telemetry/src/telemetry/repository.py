@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -17,19 +18,22 @@ from sqlalchemy import (
     Row,
     String,
     and_,
+    any_,
     cast,
     func,
     literal,
     select,
     text,
     tuple_,
+    type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
-from telemetry.models import DeadLetter, LlmCall
+from telemetry.models import DeadLetter, LlmCall, UsageDay, UsageDayEpoch
 
 Db = AsyncSession | AsyncConnection
 SCHEMA = "telemetry"
@@ -165,45 +169,228 @@ class Scope:
             found.append(col(LlmCall.status) == self.status)
         return found
 
+    def key(self) -> str:
+        """Whose calls and which filters, not when, as canonical text: the `scope` of the
+        cached per-day results (null: no filter, so no model name can collide with it)."""
+        user = str(self.user_id) if self.user_id is not None else None
+        fields = {"user": user, "model": self.model, "status": self.status}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+# The UTC day of a call: what group_by=day groups by, and what the usage_day triggers use.
+CALL_DAY = cast(func.timezone("UTC", col(LlmCall.occurred_at)), Date)
+
 
 def _group_key(group_by: str) -> Any:
     if group_by == "day":
-        return cast(func.timezone("UTC", col(LlmCall.occurred_at)), Date)
+        return CALL_DAY
     if group_by == "user":
         return col(LlmCall.user_id)
     return col(LlmCall.model) if group_by == "model" else col(LlmCall.provider)
 
 
-async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
-    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50.
-
-    The rows are sorted by group, then each group's latencies: enough memory for that
-    to stay off disk (for this transaction only)."""
-    await db.execute(text(f"SET LOCAL work_mem = '{USAGE_WORK_MEM}'"))
-    key = _group_key(group_by).label("key")
+def _aggregates() -> list[Any]:
+    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50."""
     # One sort for both latency percentiles: percentile_cont over an array of fractions.
     latency = func.percentile_cont(cast([0.5, 0.95], ARRAY(Double))).within_group(
         col(LlmCall.latency_ms)
     )
-    query = (
-        select(
-            key,
-            func.count().label("requests"),
-            func.count().filter(col(LlmCall.status) != "ok").label("errors"),
-            func.coalesce(func.sum(col(LlmCall.prompt_tokens)), 0).label("prompt_tokens"),
-            func.coalesce(func.sum(col(LlmCall.completion_tokens)), 0).label("completion_tokens"),
-            func.coalesce(func.sum(col(LlmCall.cost_usd)), 0).label("cost_usd"),
-            latency.label("latency_ms_p50_p95"),
-            func.percentile_cont(0.5).within_group(col(LlmCall.ttft_ms)).label("ttft_ms_p50"),
-        )
-        .where(*scope.conditions())
-        .group_by(key)
-    )
+    return [
+        func.count().label("requests"),
+        func.count().filter(col(LlmCall.status) != "ok").label("errors"),
+        func.coalesce(func.sum(col(LlmCall.prompt_tokens)), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(col(LlmCall.completion_tokens)), 0).label("completion_tokens"),
+        func.coalesce(func.sum(col(LlmCall.cost_usd)), 0).label("cost_usd"),
+        latency.label("latency_ms_p50_p95"),
+        func.percentile_cont(0.5).within_group(col(LlmCall.ttft_ms)).label("ttft_ms_p50"),
+    ]
+
+
+async def _sort_in_memory(db: Db) -> None:
+    """The rows are sorted by group, then each group's latencies: enough memory for that
+    to stay off disk (for this transaction only)."""
+    await db.execute(text(f"SET LOCAL work_mem = '{USAGE_WORK_MEM}'"))
+
+
+async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
+    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50, from
+    the calls themselves."""
+    await _sort_in_memory(db)
+    key = _group_key(group_by).label("key")
+    query = select(key, *_aggregates()).where(*scope.conditions()).group_by(key)
     if group_by == "day":
         query = query.order_by(key)
     else:
         query = query.order_by(func.count().desc(), cast(key, String))
     return (await db.execute(query)).all()
+
+
+# ---------------------------------------------------------------- usage per day, cached
+#
+# usage_day holds closed UTC days' group_by=day results per scope, each with the epoch of
+# its day when computed; usage_day_epoch the current epochs (bumped by triggers on
+# llm_call) and each closed day's closed_xid. See services/telemetry/README.md.
+
+_EPOCHS = UsageDayEpoch.__table__  # type: ignore[attr-defined]
+_CACHE = UsageDay.__table__  # type: ignore[attr-defined]
+USAGE_DAY_COLUMNS = (
+    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
+    "latency_ms_p50", "latency_ms_p95", "ttft_ms_p50",
+)  # fmt: skip
+
+
+def _days(days: Sequence[date]) -> Any:
+    """The days as a one-column table `d(day)` (one array parameter)."""
+    return func.unnest(cast(list(days), ARRAY(Date))).table_valued("day").render_derived("d")
+
+
+async def usage_cache_probe(db: Db, *, key: str, days: Sequence[date]) -> Sequence[Row[Any]]:
+    """Per day: `marked` (it has a closed_xid) and `cached` (a result for this scope key
+    computed at the day's current epoch)."""
+    d = _days(days)
+    query = select(
+        d.c.day,
+        _EPOCHS.c.closed_xid.is_not(None).label("marked"),
+        _CACHE.c.day.is_not(None).label("cached"),
+    ).select_from(
+        d.outerjoin(_EPOCHS, _EPOCHS.c.day == d.c.day).outerjoin(
+            _CACHE,
+            and_(
+                _CACHE.c.scope == key,
+                _CACHE.c.day == d.c.day,
+                _CACHE.c.epoch == _EPOCHS.c.epoch,
+            ),
+        )
+    )
+    return (await db.execute(query)).all()
+
+
+# Give each day that has ended by the database clock (read once, before any row is written)
+# a closed_xid: this transaction's id, assigned after that check, so after the day ended.
+# A transaction that wrote rows of the day but skipped the epoch bump (its trigger ran
+# before midnight) got its own id before then: a smaller one. A day without an epoch row
+# gets one (from the epochs' sequence, as the triggers do).
+_MARK_CLOSED = text(
+    f"INSERT INTO {SCHEMA}.usage_day_epoch AS e (day, epoch, closed_xid) "  # noqa: S608
+    f"SELECT day, nextval('{SCHEMA}.usage_day_epoch_seq'), pg_current_xact_id() "
+    "FROM unnest(CAST(:days AS date[])) AS d(day) "
+    "WHERE day < (SELECT (clock_timestamp() AT TIME ZONE 'UTC')::date) "
+    "ORDER BY day "
+    "ON CONFLICT (day) DO UPDATE SET closed_xid = excluded.closed_xid "
+    "WHERE e.closed_xid IS NULL"
+)
+
+
+async def mark_closed_days(db: Db, days: Sequence[date]) -> None:
+    await db.execute(_MARK_CLOSED, {"days": list(days)})
+
+
+async def usage_days(
+    db: Db,
+    *,
+    scope: Scope,
+    key: str,
+    closed: Sequence[date],
+    cached: Sequence[date],
+    ranges: Sequence[tuple[datetime, datetime]],
+) -> Sequence[Row[Any]]:
+    """Usage per day from ONE statement, so one snapshot, in day order: the cached result
+    of each day of `cached` (among `closed`) still valid there (`cached` true); the
+    aggregates of the calls in `ranges` for the days with calls; a row without figures for
+    each other day of `closed` (no calls). Each row has the day's epoch and `storable`:
+    the day has a closed_xid below this snapshot's xmin (every transaction that could have
+    written the day without bumping its epoch is visible here, or gone)."""
+    await _sort_in_memory(db)
+    d = _days(closed)
+    raw = union_all(
+        *(
+            select(CALL_DAY.label("day"), *_aggregates())
+            .where(*replace(scope, start=start, end=end).conditions())
+            .group_by(CALL_DAY)
+            for start, end in ranges or [(scope.start, scope.start)]
+        )
+    ).subquery("raw")
+    hit = (
+        select(_CACHE.c.day, *(_CACHE.c[name] for name in USAGE_DAY_COLUMNS))
+        .join(
+            _EPOCHS,
+            and_(_EPOCHS.c.day == _CACHE.c.day, _EPOCHS.c.epoch == _CACHE.c.epoch),
+        )
+        .where(_CACHE.c.scope == key, _CACHE.c.day == any_(cast(list(cached), ARRAY(Date))))
+        .subquery("hit")
+    )
+    day = func.coalesce(d.c.day, raw.c.day)
+    latency = type_coerce(raw.c.latency_ms_p50_p95, ARRAY(Double))
+    computed = {
+        **{name: raw.c[name] for name in USAGE_DAY_COLUMNS if name in raw.c},
+        "latency_ms_p50": latency[1],
+        "latency_ms_p95": latency[2],
+    }
+    xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
+    query = (
+        select(
+            day.label("day"),
+            # A day is either cached or read from the calls, never both.
+            *(func.coalesce(hit.c[n], computed[n]).label(n) for n in USAGE_DAY_COLUMNS),
+            hit.c.day.is_not(None).label("cached"),
+            _EPOCHS.c.epoch,
+            func.coalesce(_EPOCHS.c.closed_xid < xmin, False).label("storable"),
+        )
+        .select_from(
+            d.outerjoin(hit, hit.c.day == d.c.day)
+            .outerjoin(raw, raw.c.day == d.c.day, full=True)
+            .outerjoin(_EPOCHS, _EPOCHS.c.day == day)
+        )
+        .order_by(day)
+    )
+    return (await db.execute(query)).all()
+
+
+# A result is stored only while the epoch it was computed at is still the day's (else it
+# would never be served); an existing result is replaced only by one at least as new (a
+# day's epoch only grows).
+_STORE_DAYS = text(
+    f"INSERT INTO {SCHEMA}.usage_day AS c (scope, day, epoch, "  # noqa: S608
+    + ", ".join(USAGE_DAY_COLUMNS)
+    + ") SELECT :scope, v.day, v.epoch, "
+    + ", ".join(f"v.{name}" for name in USAGE_DAY_COLUMNS)
+    + " FROM unnest(CAST(:day AS date[]), CAST(:epoch AS int8[]), CAST(:requests AS int8[]), "
+    "CAST(:errors AS int8[]), CAST(:prompt_tokens AS int8[]), "
+    "CAST(:completion_tokens AS int8[]), CAST(:cost_usd AS numeric[]), "
+    "CAST(:latency_ms_p50 AS float8[]), CAST(:latency_ms_p95 AS float8[]), "
+    "CAST(:ttft_ms_p50 AS float8[])) AS v(day, epoch, "
+    + ", ".join(USAGE_DAY_COLUMNS)
+    + f") JOIN {SCHEMA}.usage_day_epoch AS e ON e.day = v.day AND e.epoch = v.epoch "
+    "ORDER BY v.day "
+    "ON CONFLICT (scope, day) DO UPDATE SET epoch = excluded.epoch, "
+    + ", ".join(f"{name} = excluded.{name}" for name in USAGE_DAY_COLUMNS)
+    + ", computed_at = now() WHERE c.epoch <= excluded.epoch"
+)
+
+
+async def store_usage_days(db: Db, *, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Store closed days' results (day, epoch and USAGE_DAY_COLUMNS each) for a scope."""
+    params: dict[str, Any] = {
+        name: [row[name] for row in rows] for name in ("day", "epoch", *USAGE_DAY_COLUMNS)
+    }
+    await db.execute(_STORE_DAYS, {"scope": key, **params})
+
+
+async def try_lock_usage_cache(db: Db) -> bool:
+    """The pre-warm of one replica at a time (a session lock: it outlives transactions)."""
+    query = text("SELECT pg_try_advisory_lock(hashtext('telemetry:usage-cache'))")
+    return bool((await db.execute(query)).scalar())
+
+
+async def unlock_usage_cache(db: Db) -> None:
+    await db.execute(text("SELECT pg_advisory_unlock(hashtext('telemetry:usage-cache'))"))
+
+
+async def delete_usage_days_before(db: Db, *, day: date) -> None:
+    """Retention. (A result stored meanwhile for a day whose epoch row is gone can never be
+    served: an epoch value never comes back.)"""
+    await db.execute(_EPOCHS.delete().where(_EPOCHS.c.day < day))
+    await db.execute(_CACHE.delete().where(_CACHE.c.day < day))
 
 
 async def calls_page(

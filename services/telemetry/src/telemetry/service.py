@@ -7,18 +7,22 @@ import base64
 import binascii
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import structlog
 from pydantic import TypeAdapter
+from sqlalchemy import Row
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.identity import Identity
 from telemetry import repository
 from telemetry.errors import BadCursor, Invalid, OthersUsage
 from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
-from telemetry.repository import Db, Scope
+from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
 from telemetry.schemas import (
     CallEvent,
     CallPage,
@@ -97,7 +101,8 @@ class Ingestor:
 
     async def maintain(self, now: datetime | None = None) -> list[date]:
         """Partitions from the retention horizon to next month; drop those wholly older than
-        the horizon, and dead letters older than it. Returns the months dropped."""
+        the horizon, and dead letters and cached usage days older than it. Returns the
+        months dropped."""
         now = now or utcnow()
         horizon = now - self.retention
         wanted = [month_of(horizon)]
@@ -113,6 +118,7 @@ class Ingestor:
                 await repository.drop_partition(conn, month=month)
                 log.info("partition dropped", partition=repository.partition_name(month))
             await repository.delete_dead_letters_before(conn, horizon=horizon)
+            await repository.delete_usage_days_before(conn, day=horizon.astimezone(UTC).date())
         self._months = (set(existing) | set(wanted)) - set(expired)
         return expired
 
@@ -186,21 +192,169 @@ def _aware(moment: datetime) -> datetime:
 # ---------------------------------------------------------------- queries
 
 
-async def usage(db: Db, *, scope: Scope, group_by: GroupBy) -> Usage:
-    rows = await repository.usage(db, scope=scope, group_by=group_by)
-    groups = [
-        UsageGroup.model_validate(
-            {
-                **row._mapping,
-                "key": str(row.key) if isinstance(row.key, uuid.UUID) else row.key,
-                "error_rate": row.errors / row.requests,
-                "latency_ms_p50": row.latency_ms_p50_p95[0],
-                "latency_ms_p95": row.latency_ms_p50_p95[1],
-            }
-        )
-        for row in rows
-    ]
+async def usage(db: Db, *, scope: Scope, group_by: GroupBy, retention: timedelta) -> Usage:
+    """Usage per group. By day, closed days within `retention` come from the per-day cache
+    when it holds them at their current epoch (see usage_by_day); other groupings read the
+    calls (their percentiles span every day and cannot be composed from days)."""
+    if group_by == "day":
+        groups = await usage_by_day(db, scope=scope, retention=retention)
+    else:
+        rows = await repository.usage(db, scope=scope, group_by=group_by)
+        groups = [usage_group(row._mapping) for row in rows]
     return Usage(group_by=group_by, from_=scope.start, to=scope.end, groups=groups)
+
+
+def usage_group(row: Mapping[Any, Any]) -> UsageGroup:
+    """One group's figures, from the calls (`key`, p50 and p95 in one array) or from a
+    day's row (`day`, `latency_ms_p50` and `latency_ms_p95`)."""
+    values = dict(row)
+    key = values.pop("key") if "key" in values else values.pop("day")
+    if "latency_ms_p50_p95" in values:
+        values["latency_ms_p50"], values["latency_ms_p95"] = values.pop("latency_ms_p50_p95")
+    return UsageGroup.model_validate(
+        {
+            **values,
+            "key": str(key) if isinstance(key, uuid.UUID) else key,
+            "error_rate": values["errors"] / values["requests"],
+        }
+    )
+
+
+# ---------------------------------------------------------------- usage per day, cached
+
+ONE_DAY = timedelta(days=1)
+# Everyone's usage of the closed days of this many last days is computed ahead of asking.
+PREWARM_DAYS = 31
+
+
+def cacheable_days(scope: Scope, *, now: datetime, retention: timedelta) -> list[date]:
+    """The UTC days wholly inside [start, end) that have ended, after the retention
+    horizon's day (retention deletes the cached days up to that one)."""
+    first = max(scope.start, _midnight((now - retention).astimezone(UTC).date() + ONE_DAY))
+    end = min(scope.end, _midnight(now.astimezone(UTC).date()))
+    day = first.astimezone(UTC).date()
+    if _midnight(day) < first:
+        day += ONE_DAY
+    found = []
+    while _midnight(day + ONE_DAY) <= end:
+        found.append(day)
+        day += ONE_DAY
+    return found
+
+
+def uncached_ranges(scope: Scope, cached: Iterable[date]) -> list[tuple[datetime, datetime]]:
+    """[start, end) without the (whole) days of `cached`: the contiguous time ranges whose
+    calls must be read."""
+    ranges = []
+    cursor = scope.start
+    for day in sorted(cached):
+        if _midnight(day) > cursor:
+            ranges.append((cursor, _midnight(day)))
+        cursor = max(cursor, _midnight(day + ONE_DAY))
+    if cursor < scope.end:
+        ranges.append((cursor, scope.end))
+    return ranges
+
+
+async def usage_by_day(db: Db, *, scope: Scope, retention: timedelta) -> list[UsageGroup]:
+    """Usage per UTC day, exact, with closed days from the per-day cache when valid.
+
+    The days wholly inside the range that have ended (and are within retention) may come
+    from `usage_day` (for this scope key) when their result was computed at the day's
+    current epoch; every other part of the range (partial first and last days, today,
+    days not cached or no longer valid) is read from the calls, restricted to those time
+    ranges. The cached rows and the calls are read in ONE statement, so in one snapshot;
+    the epochs stored with the days just computed come from that snapshot too. Those
+    days are then stored in a transaction of their own; a failure there is logged and the
+    answer still given. This is the one query that commits: marking days closed, reading,
+    storing."""
+    closed = cacheable_days(scope, now=utcnow(), retention=retention)
+    key = scope.key()
+    cached: set[date] = set()
+    if closed:
+        probe = await repository.usage_cache_probe(db, key=key, days=closed)
+        cached = {row.day for row in probe if row.cached}
+        unmarked = [row.day for row in probe if not row.marked]
+        if unmarked:
+            await _write(db, "mark closed days", repository.mark_closed_days(db, unmarked))
+    while True:
+        rows = await repository.usage_days(
+            db,
+            scope=scope,
+            key=key,
+            closed=closed,
+            cached=sorted(cached),
+            ranges=uncached_ranges(scope, cached),
+        )
+        lost = cached - {row.day for row in rows if row.cached}
+        if not lost:
+            break
+        # Invalidated between the probe and the read (a late call landed): read the calls
+        # of those days instead. `cached` shrinks each time round, so this ends.
+        cached -= lost
+    fresh = [
+        _day_values(row) for row in rows if row.day in closed and not row.cached and row.storable
+    ]
+    if fresh:
+        await db.commit()  # the read is over; storing is a transaction of its own
+        await _write(db, "store usage days", repository.store_usage_days(db, key=key, rows=fresh))
+    return [usage_group(values) for row in rows if (values := _day_values(row))["requests"]]
+
+
+def _day_values(row: Row[Any]) -> dict[str, Any]:
+    """A day's columns; a day without calls has zeros (and no percentiles)."""
+    values = {name: getattr(row, name) for name in ("day", "epoch", *USAGE_DAY_COLUMNS)}
+    if values["requests"] is None:
+        values.update(
+            requests=0, errors=0, prompt_tokens=0, completion_tokens=0, cost_usd=Decimal(0)
+        )
+    return values
+
+
+async def _write(db: Db, what: str, statement: Awaitable[None]) -> None:
+    """Run one write of the cache in a transaction of its own: a failure is logged and
+    rolled back, never the caller's failure (the answer is computed either way)."""
+    try:
+        await statement
+        await db.commit()
+    except SQLAlchemyError as exc:
+        await db.rollback()
+        log.warning("usage cache write failed", what=what, error=repr(exc))
+
+
+async def refresh_usage_cache(
+    engine: AsyncEngine, *, retention: timedelta, now: datetime | None = None
+) -> int | None:
+    """Compute everyone's usage of each closed day of the last PREWARM_DAYS (within
+    retention) that has no valid cached result, one day per transaction. One replica at a
+    time: returns None when another holds the lock, else how many days were computed."""
+    now = now or utcnow()
+    today = _midnight(now.astimezone(UTC).date())
+    window = Scope(start=today - PREWARM_DAYS * ONE_DAY, end=today, user_id=None)
+    days = cacheable_days(window, now=now, retention=retention)
+    async with engine.connect() as conn:
+        if not await repository.try_lock_usage_cache(conn):
+            await conn.rollback()
+            return None
+        try:
+            await conn.commit()
+            probe = await repository.usage_cache_probe(conn, key=window.key(), days=days)
+            unmarked = [row.day for row in probe if not row.marked]
+            if unmarked:  # all at once, so that writers in flight are long done when read
+                await _write(conn, "mark closed days", repository.mark_closed_days(conn, unmarked))
+            missing = [row.day for row in probe if not row.cached]
+            for day in missing:
+                one = Scope(start=_midnight(day), end=_midnight(day + ONE_DAY), user_id=None)
+                await usage_by_day(conn, scope=one, retention=retention)
+                await conn.commit()
+            return len(missing)
+        finally:
+            # The lock is the connection's: gone with it if it broke, or was cancelled in
+            # the middle of a call (then an unlock would only hide the cancellation).
+            if not conn.invalidated:
+                await conn.rollback()
+                await repository.unlock_usage_cache(conn)
+                await conn.commit()
 
 
 def encode_cursor(occurred_at: datetime, call_id: uuid.UUID) -> str:

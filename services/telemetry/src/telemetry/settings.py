@@ -41,3 +41,7 @@ class TelemetrySettings(DatabaseSettings):
     # gauge refreshed), and how often partitions are created ahead and retention applied.
     trim_interval_seconds: float = Field(1.0, gt=0)
     maintenance_interval_seconds: float = Field(3600.0, gt=0)
+    # How often everyone's usage of the closed days of the last 31 days is computed into
+    # the per-day cache where it is missing or stale (one replica at a time); 0: never
+    # (this replica leaves it to others, or to the queries themselves).
+    usage_cache_refresh_seconds: float = Field(30.0, ge=0)
