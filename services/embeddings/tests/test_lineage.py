@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sqlalchemy import text
+
 from common.testing import asgi_client
 
 from .conftest import MODEL, Embeddings, MakeEmbeddings, person
@@ -104,3 +106,24 @@ async def test_another_replica_sees_a_switch_and_a_delete_at_its_next_query(
         gone = await a.query(ALICE, collection["id"], vector=[0.1] * 384)
         assert gone.status_code == 404, gone.text
         assert gone.headers["content-type"] == "application/problem+json"
+
+
+async def test_reading_a_collection_while_it_is_deleted_is_a_404_not_a_500(
+    service: Embeddings,
+) -> None:
+    """GET counts the documents of the table its row names: a delete (or a model switch)
+    committing between the two reads must not leave it counting a dropped table."""
+    collection = await service.collection(ALICE, "going away")
+    path = f"/v1/collections/{collection['id']}"
+    table = f'embeddings."doc_{collection["id"].replace("-", "")}_1"'
+    engine = service.app.state.engine
+    async with engine.connect() as deleter:
+        transaction = await deleter.begin()
+        await deleter.execute(text(f"DROP TABLE {table}"))
+        await deleter.execute(text("DELETE FROM embeddings.collection WHERE id = :id"),
+                              {"id": collection["id"]})  # fmt: skip
+        reading = asyncio.create_task(service.call(ALICE, "GET", path))
+        await asyncio.sleep(0.5)  # the GET is now waiting on the deleter's locks
+        await transaction.commit()
+        response = await reading
+    assert response.status_code == 404, response.text

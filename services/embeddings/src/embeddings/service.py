@@ -198,7 +198,9 @@ async def list_collections(db: AsyncSession, *, identity: Identity) -> list[Coll
 async def read_collection(
     db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID
 ) -> tuple[Collection, int]:
-    row = await owned(db, identity, collection_id, admin_may=True)
+    # Shared lock: a model switch or a delete (which drop the table counted here) waits
+    # for this read, or this read waits for them and sees what they left.
+    row = await owned(db, identity, collection_id, admin_may=True, lock="share")
     return row, await repository.count_documents(db, current_table(row))
 
 
