@@ -55,6 +55,14 @@ def next_month(month: date) -> date:
     return date(month.year + month.month // 12, month.month % 12 + 1, 1)
 
 
+def months_from(first: date, last: date) -> list[date]:
+    """The first days of the months from `first`'s to `last`'s, both included."""
+    months = [first]
+    while months[-1] < last:
+        months.append(next_month(months[-1]))
+    return months
+
+
 def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -69,12 +77,9 @@ class Ingestor:
         self.retention = timedelta(days=retention_days)
         self._months: set[date] = set()  # partitions known to exist
 
-    def refusal(self, event: CallEvent, now: datetime) -> str | None:
-        """Why an otherwise valid event cannot be stored, if it cannot."""
-        return self.refusals(now)(event)
-
     def refusals(self, now: datetime) -> Callable[[CallEvent], str | None]:
-        """`refusal` for many events at one `now` (the bounds computed once)."""
+        """Why an otherwise valid event cannot be stored at `now`, if it cannot (the
+        bounds computed once for a whole batch)."""
         oldest, newest = now - self.retention, now + FUTURE_SLACK
 
         def refusal(event: CallEvent) -> str | None:
@@ -105,9 +110,7 @@ class Ingestor:
         months dropped."""
         now = now or utcnow()
         horizon = now - self.retention
-        wanted = [month_of(horizon)]
-        while wanted[-1] < next_month(month_of(now)):
-            wanted.append(next_month(wanted[-1]))
+        wanted = months_from(month_of(horizon), next_month(month_of(now)))
         async with self._engine.begin() as conn:
             await repository.lock_partitions(conn)
             existing = await repository.partition_months(conn)
@@ -129,10 +132,7 @@ class Ingestor:
             return 0
         first = min(e.occurred_at for e in events)
         last = max(e.occurred_at for e in events)
-        months = [month_of(first)]
-        while months[-1] < month_of(last):
-            months.append(next_month(months[-1]))
-        await self.ensure_partitions(months)
+        await self.ensure_partitions(months_from(month_of(first), month_of(last)))
         start = time.perf_counter()
         inserted = await repository.insert_calls(db, EVENTS.dump_json(list(events)), source=source)
         WRITE_DURATION.labels(source).observe(time.perf_counter() - start)
