@@ -104,8 +104,6 @@ EMBEDDED_SETTINGS = {"shared_buffers": os.environ.get("PLATFORM_PG_SHARED_BUFFER
 def _configure_embedded_postgres(data_dir: Path, uri: str, server: Any) -> None:
     """Apply EMBEDDED_SETTINGS (ALTER SYSTEM, then one restart), once per data directory,
     and only while no other live process holds the server."""
-    import psutil
-
     wanted = {
         name: value
         for name, value in EMBEDDED_SETTINGS.items()
@@ -113,44 +111,51 @@ def _configure_embedded_postgres(data_dir: Path, uri: str, server: Any) -> None:
     }
     if not wanted:
         return
-    others = [
-        h for h in (data_dir / "pg-holders").iterdir()
-        if h.name.isdigit() and int(h.name) != os.getpid() and psutil.pid_exists(int(h.name))
-    ]  # fmt: skip
-    if others:
+    if _held_by_others(data_dir):
         return  # never restart a server someone is using: next time
     for name, value in wanted.items():
         server.psql(f"ALTER SYSTEM SET {name} = '{value}';")  # our constants only
     _log(f"embedded PostgreSQL: {', '.join(f'{n}={v}' for n, v in wanted.items())} (restart)")
     pgdata = data_dir / "pg"
     socket_dir = urlsplit(uri).query.partition("host=")[2].partition("&")[0]
+    _pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {socket_dir}",
+            "-l", str(pgdata / "log"), "restart", check=True)  # fmt: skip
+
+
+def _held_by_others(data_dir: Path) -> bool:
+    """Whether a live process other than this one holds the server. Entries left by
+    processes that died without letting go are removed on the way."""
+    import psutil
+
+    holders = data_dir / "pg-holders"
+    held = False
+    for holder in holders.iterdir() if holders.is_dir() else ():
+        if holder.name == str(os.getpid()):
+            continue
+        if holder.name.isdigit() and psutil.pid_exists(int(holder.name)):
+            held = True
+        else:
+            holder.unlink(missing_ok=True)
+    return held
+
+
+def _pg_ctl(pgdata: Path, *args: str, check: bool) -> None:
+    """pg_ctl on the embedded server, as the user pgserver runs it as."""
     subprocess.run(  # noqa: S603
-        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "60",
-         "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "restart"],
-        check=True, capture_output=True, user="pgserver" if os.geteuid() == 0 else None,
+        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", *args],
+        check=check, capture_output=True, user="pgserver" if os.geteuid() == 0 else None,
     )  # fmt: skip
 
 
 def stop_embedded_postgres(data_dir: Path) -> bool:
     """Let go of the server; stop it if no other live process holds it. True if stopped."""
-    import psutil
-
-    holders = data_dir / "pg-holders"
-    (holders / str(os.getpid())).unlink(missing_ok=True)
-    for holder in holders.iterdir() if holders.is_dir() else ():
-        if holder.name.isdigit() and psutil.pid_exists(int(holder.name)):
-            return False
-        holder.unlink(missing_ok=True)  # left by a process that died without letting go
+    (data_dir / "pg-holders" / str(os.getpid())).unlink(missing_ok=True)
+    if _held_by_others(data_dir):
+        return False
     pgdata = data_dir / "pg"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    user = "pgserver" if os.geteuid() == 0 else None
-    subprocess.run(  # noqa: S603
-        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "20", "stop"],
-        check=False,
-        capture_output=True,
-        user=user,
-    )
+    _pg_ctl(pgdata, "-t", "20", "stop", check=False)
     return True
 
 
