@@ -15,8 +15,9 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
 3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
    statement with the triggers firing and skipped), for calls of now and of yesterday.
 4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
-   5 models), then `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's
-   calls) and as one member, timed over HTTP at the service (signed identity): cold (no
+   5 models, stored in time order as ingestion stores them), then
+   `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
+   one member, timed over HTTP at the service (signed identity): cold (no
    cached day valid: the first query after the rows were generated, then with the per-day
    cache emptied before each query) and warm (after a query stored the closed days, and
    for the admin after the pre-warm, which the service runs every 30 s and is run and
@@ -62,11 +63,13 @@ from telemetry.service import refresh_usage_cache  # noqa: E402
 
 USERS = [uuid.UUID(int=i + 1) for i in range(100)]
 Processes = dict[str, list[psutil.Process]]
+# Stored in time order, as ingestion stores calls (in about the order they happen).
 GENERATE = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, error_type, prompt_tokens, completion_tokens, usage_estimated, cost_usd,
     latency_ms, ttft_ms, stream, attempts, fallback, trace_id)
-SELECT now() - random() * interval '30 days', gen_random_uuid(), 'stream',
+SELECT * FROM (
+SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 'stream',
     ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, 'chat', 'openai',
     (ARRAY['openai/gpt-4o', 'openai/gpt-4o-mini', 'openai/gpt-4.1', 'openai/gpt-4.1-mini',
            'openai/gpt-4.1-nano'])[1 + i % 5],
@@ -77,6 +80,7 @@ SELECT now() - random() * interval '30 days', gen_random_uuid(), 'stream',
     50 + random() * 2000, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END,
     i % 2 = 0, 1, false, md5(i::text)
 FROM generate_series(1, $1) AS i
+) AS calls ORDER BY occurred_at
 """
 
 

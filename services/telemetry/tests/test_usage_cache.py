@@ -10,7 +10,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -113,6 +113,19 @@ def random_calls(
         )
         events.append(CallEvent.model_validate(as_json(raw)))
     return events
+
+
+def test_ranges_are_read_one_utc_day_at_a_time() -> None:
+    paris = timezone(timedelta(hours=1))
+    start = datetime(2026, 3, 1, 23, 30, tzinfo=paris)  # 22:30 UTC on 1 March
+    end = datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
+    later = (datetime(2026, 3, 5, tzinfo=UTC), datetime(2026, 3, 6, tzinfo=UTC))
+    assert repository.day_parts([(start, end), later, (end, end)]) == [
+        (date(2026, 3, 1), start, datetime(2026, 3, 2, tzinfo=UTC)),
+        (date(2026, 3, 2), datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC)),
+        (date(2026, 3, 3), datetime(2026, 3, 3, tzinfo=UTC), end),
+        (date(2026, 3, 5), *later),
+    ]
 
 
 async def test_cached_answers_are_identical_to_reading_every_call(engine: AsyncEngine) -> None:

@@ -6,8 +6,8 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -24,9 +24,9 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    true,
     tuple_,
     type_coerce,
-    union_all,
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -160,7 +160,15 @@ class Scope:
     status: str | None = None
 
     def conditions(self) -> list[Any]:
-        found = [col(LlmCall.occurred_at) >= self.start, col(LlmCall.occurred_at) < self.end]
+        return [
+            col(LlmCall.occurred_at) >= self.start,
+            col(LlmCall.occurred_at) < self.end,
+            *self.filters(),
+        ]
+
+    def filters(self) -> list[Any]:
+        """Whose calls and which: the conditions but the time range."""
+        found = []
         if self.user_id is not None:
             found.append(col(LlmCall.user_id) == self.user_id)
         if self.model is not None:
@@ -285,6 +293,19 @@ async def mark_closed_days(db: Db, days: Sequence[date]) -> None:
     await db.execute(_MARK_CLOSED, {"days": list(days)})
 
 
+def day_parts(ranges: Sequence[tuple[datetime, datetime]]) -> list[tuple[date, datetime, datetime]]:
+    """The ranges cut at UTC midnights: (day, start, end) with [start, end) inside the day."""
+    parts = []
+    for start, end in ranges:
+        lo = start
+        while lo < end:
+            day = lo.astimezone(UTC).date()
+            hi = min(end, datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1))
+            parts.append((day, lo, hi))
+            lo = hi
+    return parts
+
+
 async def usage_days(
     db: Db,
     *,
@@ -302,14 +323,32 @@ async def usage_days(
     written the day without bumping its epoch is visible here, or gone)."""
     await _sort_in_memory(db)
     d = _days(closed)
-    raw = union_all(
-        *(
-            select(CALL_DAY.label("day"), *_aggregates())
-            .where(*replace(scope, start=start, end=end).conditions())
-            .group_by(CALL_DAY)
-            for start, end in ranges or [(scope.start, scope.start)]
+    # Each day's part of the ranges aggregated on its own (a LATERAL subquery per day,
+    # which reads that day's calls through the (occurred_at, id) primary key): no sort of
+    # every call in the range by day before the per-day percentile sorts. Calls are stored
+    # in about the order they happen, so each day's rows are close together. Nothing for a
+    # day without calls (HAVING), as a GROUP BY would give.
+    parts = day_parts(ranges)
+    p = (
+        func.unnest(
+            cast([day for day, _, _ in parts], ARRAY(Date)),
+            cast([lo for _, lo, _ in parts], ARRAY(DateTime(timezone=True))),
+            cast([hi for _, _, hi in parts], ARRAY(DateTime(timezone=True))),
         )
-    ).subquery("raw")
+        .table_valued("day", "lo", "hi")
+        .render_derived("p")
+    )
+    one_day = (
+        select(*_aggregates())
+        .where(
+            col(LlmCall.occurred_at) >= p.c.lo,
+            col(LlmCall.occurred_at) < p.c.hi,
+            *scope.filters(),
+        )
+        .having(func.count() > 0)
+        .lateral("a")
+    )
+    raw = select(p.c.day, one_day).select_from(p.join(one_day, true())).subquery("raw")
     hit = (
         select(_CACHE.c.day, *(_CACHE.c[name] for name in USAGE_DAY_COLUMNS))
         .join(
