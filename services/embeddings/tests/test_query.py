@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import pytest
@@ -84,6 +85,47 @@ async def test_scores_per_metric(
     assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
     assert matches[-1]["id"] == "other"
     assert matches[0]["vector"] is not None
+
+
+async def test_matches_carry_each_document_as_stored(service: Embeddings) -> None:
+    """What a query returns of a document (text, metadata, vector) is what reading the
+    document returns, filtered or not, and nothing else."""
+    rng = random.Random(3)
+    collection = await service.collection(ALICE, "as stored")
+    documents = [
+        {"id": f"doc-{i}", "vector": [rng.uniform(-1, 1) for _ in range(384)],
+         "metadata": {"n": i, "name": "café ☕ \"quoted\"", "nested": {"list": [1, 2.5, None]},
+                      "big": 2**53, "kind": "even" if i % 2 == 0 else "odd"}}
+        for i in range(6)
+    ]  # fmt: skip
+    documents[0]["vector"] = None
+    documents[0]["text"] = "a cat naps on the warm windowsill"
+    await service.upsert(ALICE, collection["id"], documents)
+    stored = {}
+    for document in documents:
+        path = f"/v1/collections/{collection['id']}/documents/{document['id']}"
+        got = await service.call(ALICE, "GET", path, params={"include_vector": "true"})
+        assert got.status_code == 200, got.text
+        stored[document["id"]] = got.json()
+
+    for extra in ({}, {"filter": {"kind": "odd"}}):
+        for include_vectors in (True, False):
+            response = await service.query(
+                ALICE, collection["id"], vector=documents[3]["vector"], top_k=10,
+                include_vectors=include_vectors, **extra,
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "application/json"
+            matches = response.json()
+            assert len(matches) == (3 if extra else 6)
+            assert matches[0]["id"] == "doc-3"
+            assert matches[0]["score"] == pytest.approx(1.0, abs=1e-6)
+            for match in matches:
+                assert set(match) == {"id", "score", "text", "metadata", "vector"}
+                document = stored[match["id"]]
+                assert match["text"] == document["text"]
+                assert match["metadata"] == document["metadata"]
+                assert match["vector"] == (document["vector"] if include_vectors else None)
 
 
 PEOPLE = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from common.db import DbSession
 from common.routing import JsonRoute
@@ -128,10 +128,12 @@ async def delete_document(
     )
 
 
-@router.post("/v1/collections/{id}/query")
+@router.post("/v1/collections/{id}/query", response_model=list[Match])
 async def query(
     collection_id: CollectionId, body: QueryRequest, identity: Reader, runtime: RuntimeDep
-) -> list[Match]:
+) -> Response:
     """The `top_k` most similar documents, most similar first, optionally filtered on
     metadata. See the service README for the score of each metric and the filter grammar."""
-    return await service.query(runtime, identity=identity, collection_id=collection_id, body=body)
+    found = await service.query(runtime, identity=identity, collection_id=collection_id,
+                                body=body)  # fmt: skip
+    return Response(found, media_type="application/json")  # the JSON Postgres built

@@ -7,7 +7,7 @@ from our own UUID and counter only (never from input), and every value is a boun
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -22,12 +22,14 @@ from sqlalchemy import (
     Float,
     LargeBinary,
     MetaData,
+    Select,
     Table,
     Text,
     any_,
     bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -392,10 +394,12 @@ async def search(
     condition: ColumnElement[bool] | None,
     ef_search: int,
     include_vectors: bool,
-) -> Sequence[Mapping[str, Any]]:
-    """The nearest documents (id, text, metadata, distance[, embedding]), nearest first.
-    HNSW when the index is there, with pgvector 0.8's iterative scan so that a selective
-    filter still fills top_k; an exact scan otherwise.
+) -> str:
+    """The nearest documents as the JSON text of the answer, nearest first: an array of
+    `{id, score, text, metadata, vector}` (schemas.Match), built by Postgres, so the rows
+    are never decoded and encoded again here. HNSW when the index is there, with pgvector
+    0.8's iterative scan so that a selective filter still fills top_k; an exact scan
+    otherwise.
 
     The hot path of the service, so it runs outside any transaction (no BEGIN or COMMIT round
     trip) and, without a filter, on asyncpg itself with a statement prepared once per
@@ -420,32 +424,52 @@ async def search(
                 )  # fmt: skip
                 raw.info[_SEARCH_SETTINGS] = settings
             if condition is None:
-                rows: Sequence[Any] = await driver.fetch(
+                found = await driver.fetchval(
                     plain_search_sql(table, include_vectors), vector, top_k
                 )
             else:
-                query = search_query(table, vector=vector, top_k=top_k, condition=condition,
-                                     include_vectors=include_vectors)  # fmt: skip
-                rows = list((await conn.execute(query)).mappings())
+                nearest = search_query(table, vector=vector, top_k=top_k, condition=condition,
+                                       include_vectors=include_vectors)  # fmt: skip
+                answer: Select[tuple[str]] = select(
+                    literal_column(matches_json(table.metric, include_vectors))
+                )
+                found = (await conn.execute(answer.select_from(nearest.subquery("s")))).scalar()
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
             raw.invalidate()  # never back to the pool: the next caller gets a new connection
             raise
-    # relaxed_order may return a near neighbour slightly out of place: order them exactly.
-    return sorted(rows, key=lambda row: row["distance"])
+    return str(found)
 
 
 _SEARCH_SETTINGS = "embeddings.search_settings"
 
 
+@lru_cache(maxsize=16)
+def matches_json(metric: str, include_vectors: bool) -> str:
+    """The answer's JSON text from the rows `s` of search_query, nearest first: the outer
+    ORDER BY also puts back in place a near neighbour that relaxed_order returned slightly
+    out of it. Higher scores are more similar, for every metric (see the README): cosine
+    1 - distance, the others minus the distance (`<#>` is the negative inner product). A
+    vector as the float8 values of its float4s (what decoding it in Python gives)."""
+    score = "1 - s.distance" if metric == "cosine" else "-s.distance"
+    vector = "s.embedding::real[]::float8[]" if include_vectors else "NULL"
+    return (
+        "coalesce(json_agg(json_build_object("
+        f"'id', s.id, 'score', {score}, 'text', s.text, 'metadata', s.metadata, "
+        f"'vector', {vector}) ORDER BY s.distance), '[]')::text"
+    )
+
+
 @lru_cache(maxsize=4096)
 def plain_search_sql(table: DocumentTable, include_vectors: bool) -> str:
-    """search_query without a filter, as SQL for asyncpg ($1 the vector, $2 top_k)."""
+    """search_query without a filter, as SQL for asyncpg ($1 the vector, $2 top_k), giving
+    the answer's JSON text (matches_json)."""
     columns = "id, text, metadata, embedding, " if include_vectors else "id, text, metadata, "
     operator = METRICS[table.metric][0]
-    return (
+    nearest = (
         f"SELECT {columns}embedding {operator} $1::vector AS distance"  # noqa: S608 (a UUID-derived table name)
         f" FROM {table.qualified} ORDER BY distance LIMIT $2"
     )
+    return f"SELECT {matches_json(table.metric, include_vectors)} FROM ({nearest}) AS s"  # noqa: S608
 
 
 def is_missing_table(exc: BaseException) -> bool:

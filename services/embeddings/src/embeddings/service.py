@@ -38,7 +38,6 @@ from embeddings.schemas import (
     CollectionUpdate,
     DocumentIn,
     DocumentStatus,
-    Match,
     QueryRequest,
     UpsertResult,
 )
@@ -116,11 +115,6 @@ def owner_of(identity: Identity) -> uuid.UUID:
 
 def is_admin(identity: Identity) -> bool:
     return ADMIN_ROLE in identity.roles
-
-
-def score(metric: str, distance: float) -> float:
-    """Higher is more similar, for every metric (see the README)."""
-    return 1.0 - distance if metric == "cosine" else -distance
 
 
 def content_hash(document: DocumentIn, packed: bytes | None = None) -> bytes:
@@ -422,8 +416,9 @@ async def delete_document(
 
 async def query(
     runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID, body: QueryRequest
-) -> list[Match]:
-    """Nearest documents first. Text is embedded with the collection's current model."""
+) -> str:
+    """Nearest documents first, as the JSON text of a list of Match (built by Postgres).
+    Text is embedded with the collection's current model."""
     if body.filter is not None:
         compile_filter(body.filter, column("metadata", JSONB))  # 422 before any work
     owner = owner_of(identity)
@@ -448,7 +443,7 @@ async def query(
         condition = None if body.filter is None else compile_filter(
             body.filter, table.table.c.metadata)  # fmt: skip
         try:
-            rows = await repository.search(
+            return await repository.search(
                 runtime.engine, table, vector=vector, top_k=body.top_k, condition=condition,
                 ef_search=ef_search, include_vectors=body.include_vectors,
             )  # fmt: skip
@@ -456,11 +451,4 @@ async def query(
             if not repository.is_missing_table(exc):
                 raise
             runtime.searchable.forget(collection_id)  # switched or deleted: read it again
-            continue
-        return [
-            Match(id=r["id"], score=score(table.metric, r["distance"]), text=r["text"],
-                  metadata=r["metadata"],
-                  vector=r["embedding"] if body.include_vectors else None)
-            for r in rows
-        ]  # fmt: skip
     raise Busy("The collection changed model during the query; retry.")
