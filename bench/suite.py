@@ -16,8 +16,8 @@
    (ingestion, lag at 2,000 events/s, the 1M-row 30-day usage query).
 
 Prints one markdown table per family, writes bench/results/latest.json and a dated copy of
-the tables (bench/results/YYYY-MM-DD.md). Everything it starts is stopped on the way out,
-Ctrl-C and failures included.
+the tables (bench/results/YYYY-MM-DD.md); `--quick` writes bench/results/quick.json only.
+Everything it starts is stopped on the way out, Ctrl-C and failures included.
 """
 
 from __future__ import annotations
@@ -383,7 +383,10 @@ def main() -> int:
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     text = render(report)
     print("\n" + text)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    # A smoke run never replaces the figures of the last real one.
+    (RESULTS / ("quick.json" if args.quick else "latest.json")).write_text(
+        json.dumps(report, indent=2)
+    )
     if not args.quick and not interrupted:
         (RESULTS / f"{time.strftime('%Y-%m-%d')}.md").write_text(text)
     return 130 if interrupted else (1 if report.get("failures") else 0)
