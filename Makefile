@@ -20,7 +20,7 @@ LOCAL_MET := import sys, importlib.metadata as md; \
 LOCAL_REQS := import tomllib; \
   print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
 
-.PHONY: help install install-local run infra test test-fast lint format migrate pin clean
+.PHONY: help install install-local run infra test test-fast lint format migrate pin clean bench bench-peers
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -62,6 +62,14 @@ lint: install ## ruff and mypy
 format: install ## apply ruff's fixes and formatting
 	$(UV) run --no-sync ruff check --fix .
 	$(UV) run --no-sync ruff format .
+
+bench: install ## every benchmark side by side with LiteLLM (< 15 min): tables, bench/results/
+	$(PYTHON) bench/suite.py
+
+# Its own virtualenv, outside the project's dependencies; `make bench` finds it there.
+bench-peers: ## install LiteLLM's proxy (bench/peers-requirements.txt) into .bench-peers/litellm
+	python3 -m venv .bench-peers/litellm
+	.bench-peers/litellm/bin/pip install --quiet --disable-pip-version-check -r bench/peers-requirements.txt
 
 migrate: install ## create roles and schemas, run every service's migrations
 	$(PYTHON) -m common.devstack migrate

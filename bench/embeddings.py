@@ -25,29 +25,15 @@ import argparse
 import asyncio
 import http.client
 import json
-import os
-import platform
-import secrets
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from _common import RESULTS, Platform, admin_client, machine, percentile, platform, utc_now
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
-from common import devstack  # noqa: E402
-from common.identity import HEADER, Identity, SignedIdentity, sign  # noqa: E402
+from common.identity import HEADER, Identity, SignedIdentity, sign
 
-sys.path.insert(0, str(ROOT / "bench"))
-from chat_path import pct, wait  # noqa: E402
-
-PASSWORD = "bench-Passphrase-for-embeddings-1"  # noqa: S105
 MODEL = "local/all-MiniLM-L6-v2"
 DIMENSION = 384
 
@@ -107,7 +93,8 @@ def timed_queries(base_url: str, identity: Identity, key: bytes, collection: str
         found = {int(m["id"]) for m in json.loads(answer)}
         recalls.append(len(found & set(truth.tolist())) / 10)
     connection.close()
-    row = {"ef_search": ef, "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
+    row = {"ef_search": ef, "p50_ms": percentile(latencies, 0.5),
+           "p95_ms": percentile(latencies, 0.95), "p99_ms": percentile(latencies, 0.99),
            "recall_at_10": float(np.mean(recalls))}  # fmt: skip
     print(f"query ef_search={ef}: p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms,"
           f" recall@10 {row['recall_at_10']:.3f}", flush=True)  # fmt: skip
@@ -176,48 +163,37 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: I
     return result
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200])
-    args = parser.parse_args()
-    ports = {name: devstack.free_port() for name in (*devstack.SERVICES, "gateway")}
-    key = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "ADMIN_EMAIL": "perf@example.com", "ADMIN_PASSWORD": PASSWORD,
-        "INTERNAL_SIGNING_KEY": key, "LOG_LEVEL": "WARNING",
-        "PLATFORM_DATA_DIR": tempfile.mkdtemp(prefix="bench-"),
-        "REDIS_URL": f"redis://127.0.0.1:{devstack.free_port()}/0",
-        **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    return parser
+
+
+def run(running: Platform, args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement above against a running platform (its admin's identity, signed
+    with the platform's key, straight to the embeddings and inference services)."""
+    with admin_client(running.gateway) as admin:
+        me = admin.get("/auth/me").json()
+    identity = Identity(sub=me["id"], kind="user", iss="gateway", roles=tuple(me["roles"]),
+                        permissions=tuple(me["permissions"]))  # fmt: skip
+    urls = {name: running.url(name) for name in running.ports}
+    result = asyncio.run(main_async(args, urls, identity, running.signing_key.encode()))
+    result.update({
+        "when": utc_now(), "machine": machine(),
+        "dimension": DIMENSION, "data": "random, intrinsic dimension 32, unit length",
     })  # fmt: skip
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    log = open(ROOT / "bench" / "results" / "embeddings.log", "wb")  # noqa: SIM115
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "common.devstack", "run"], cwd=ROOT, env=env, stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    try:
-        wait(f"{urls['gateway']}/readyz")
-        with httpx.Client(base_url=urls["gateway"]) as browser:
-            browser.post("/auth/login", json={"email": "perf@example.com", "password": PASSWORD})
-            me = browser.get("/auth/me").json()
-        identity = Identity(sub=me["id"], kind="user", iss="gateway", roles=tuple(me["roles"]),
-                            permissions=tuple(me["permissions"]))  # fmt: skip
-        result = asyncio.run(main_async(args, urls, identity, key.encode()))
-        result.update({
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "dimension": DIMENSION, "data": "random, intrinsic dimension 32, unit length",
-        })  # fmt: skip
-        (ROOT / "bench" / "results" / "embeddings.json").write_text(json.dumps(result, indent=2))
-        return 0
-    finally:
-        stack.send_signal(signal.SIGTERM)
-        stack.wait(60)
+    return result
+
+
+def main() -> int:
+    args = parser().parse_args()
+    with platform(RESULTS / "embeddings.log") as running:
+        result = run(running, args)
+    (RESULTS / "embeddings.json").write_text(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

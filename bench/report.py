@@ -1,0 +1,457 @@
+"""The markdown tables of `make bench` (bench/suite.py), from its report (latest.json)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+OUR_SERVICES = ("gateway", "auth", "inference", "embeddings", "telemetry")
+LABELS = {"bare": "bare upstream", "ours": "ours (gateway)", "litellm": "LiteLLM"}
+RSS_TARGET_MB = 150
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """A number with `digits` decimals (thousands separated), or a dash when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |"
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def status(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _server(row: dict[str, Any] | None, key: str) -> float | None:
+    """`key` (cpu_ms_per_request, rss_mb) of the server itself: our five services summed,
+    or LiteLLM's process, or the bare upstream's."""
+    values = row.get(key) if row else None
+    if not row or not values:
+        return None
+    if row["target"] == "ours":
+        return sum(values.get(name, 0.0) for name in OUR_SERVICES)
+    found = values.get("litellm" if row["target"] == "litellm" else "upstream")
+    return None if found is None else float(found)
+
+
+def services_cpu(row: dict[str, Any] | None) -> float | None:
+    return _server(row, "cpu_ms_per_request")
+
+
+def server_rss(row: dict[str, Any] | None) -> float | None:
+    return _server(row, "rss_mb")
+
+
+def by_scenario(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        found.setdefault(row["scenario"], {})[row["target"]] = row
+    return found
+
+
+def _p50(row: dict[str, Any] | None, key: str = "latency_ms") -> float | None:
+    if not row or row.get("not_installed") or not row.get(key):
+        return None
+    value = row[key].get("p50")
+    return float(value) if value is not None else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def chat_tables(chat: dict[str, Any]) -> str:
+    scenarios = by_scenario(chat["rows"])
+    litellm = chat.get("litellm")
+    main_rows, ratio_rows, cpu_rows = [], [], []
+    for name, targets in scenarios.items():
+        bare = targets.get("bare")
+        for target in ("bare", "ours", "litellm"):
+            row = targets.get(target)
+            label = LABELS[target]
+            if target == "litellm" and litellm:
+                label = f"LiteLLM {litellm['version']}"
+            if row is None or row.get("not_installed"):
+                main_rows.append([name, label, "not installed", *["—"] * 10])
+                continue
+            latency = row["latency_ms"]
+            added = None if target == "bare" else _diff(_p50(row), _p50(bare))
+            ttfb = _p50(row, "first_byte_ms")
+            added_ttfb = None if target == "bare" else _diff(ttfb, _p50(bare, "first_byte_ms"))
+            ttfb_text = (
+                "—"
+                if ttfb is None
+                else f"{ttfb:.2f}" + (f" (+{added_ttfb:.2f})" if added_ttfb is not None else "")
+            )
+            cpu = row["cpu_ms_per_request"]
+            main_rows.append(
+                [
+                    name,
+                    label,
+                    fmt(row["rps"]),
+                    fmt(latency["p50"], 2),
+                    fmt(latency["p95"], 2),
+                    fmt(latency["p99"], 2),
+                    fmt(row["errors"], 0),
+                    fmt(added, 2),
+                    ttfb_text,
+                    fmt(services_cpu(row), 2),
+                    fmt(cpu.get("upstream"), 2) if target != "bare" else "—",
+                    fmt(row["generator_cpu_ms_per_request"], 3),
+                    fmt(server_rss(row), 0),
+                ]
+            )
+            if target == "ours":
+                cpu_rows.append(
+                    [
+                        name,
+                        *(fmt(cpu.get(n), 2) for n in OUR_SERVICES),
+                        fmt(services_cpu(row), 2),
+                        fmt(cpu.get("redis"), 2),
+                        fmt(cpu.get("postgres"), 2),
+                        fmt(cpu.get("upstream"), 2),
+                    ]
+                )
+        ours, peer = targets.get("ours"), targets.get("litellm")
+        peer_ok = peer is not None and not peer.get("not_installed")
+        ratio_rows.append(
+            [
+                name,
+                fmt(_ratio(ours and ours.get("rps"), bare and bare.get("rps")), 3),
+                fmt(
+                    _ratio(ours and ours.get("rps"), peer.get("rps") if peer_ok and peer else None),
+                    1,
+                )
+                if peer_ok
+                else "not installed",
+                fmt(
+                    _ratio(
+                        services_cpu(peer) if peer_ok and peer else None,
+                        services_cpu(ours) if ours else None,
+                    ),
+                    1,
+                )
+                if peer_ok
+                else "—",
+                fmt(_diff(_p50(ours), _p50(bare)), 2),
+                fmt(_diff(_p50(peer), _p50(bare)), 2) if peer_ok else "—",
+            ]
+        )
+    parts = [
+        "## Chat and embeddings: bare upstream, ours, LiteLLM",
+        f"Warm-up {chat['warmup_seconds']} s, then {chat['duration_seconds']} s measured per "
+        f"row; delayed upstream: {chat['delay_ms']:g} ms per response. Latencies in ms; CPU in "
+        "ms per request (user + system, /proc); ours = gateway + auth + inference + embeddings "
+        "+ telemetry; RSS after the run (MB).",
+        table(
+            [
+                "scenario",
+                "target",
+                "req/s",
+                "p50",
+                "p95",
+                "p99",
+                "errors",
+                "added p50",
+                "TTFB p50 (added)",
+                "server CPU/req",
+                "upstream CPU/req",
+                "generator CPU/req",
+                "server RSS",
+            ],
+            main_rows,
+        ),
+        "### Ratios, measured in the same run",
+        table(
+            [
+                "scenario",
+                "ours / bare req/s",
+                "ours / LiteLLM req/s",
+                "LiteLLM / ours CPU per request",
+                "added p50 ours (ms)",
+                "added p50 LiteLLM (ms)",
+            ],
+            ratio_rows,
+        ),
+        "### Our CPU per request, by process (ms)",
+        table(["scenario", *OUR_SERVICES, "services", "Redis", "Postgres", "upstream"], cpu_rows),
+    ]
+    return "\n\n".join(parts)
+
+
+def rss_table(report: dict[str, Any]) -> str:
+    idle = report["idle_rss_mb"]
+    rows = [[name, fmt(mb, 0), status(mb <= RSS_TARGET_MB)] for name, mb in idle.items()]
+    peer = report.get("idle_rss_mb_litellm")
+    if peer is not None:
+        rows.append(["LiteLLM (for comparison)", fmt(peer, 0), "—"])
+    return "\n\n".join(
+        [
+            "## Idle RSS of every service (before any load; the local model not loaded)",
+            table(["process", "RSS MB", f"≤ {RSS_TARGET_MB} MB"], rows),
+        ]
+    )
+
+
+def floor_table(floor: dict[str, Any]) -> str:
+    cpu = floor["cpu_ms_per_request"]
+    return "\n\n".join(
+        [
+            "## Transport floor (bench/floor.py: the same two hops with nothing but the transport)",
+            table(
+                ["requests (c=1)", "gateway hop", "inference hop", "together"],
+                [
+                    [
+                        fmt(floor["requests"], 0),
+                        fmt(cpu["gateway"], 2),
+                        fmt(cpu["inference"], 2),
+                        fmt(cpu["gateway+inference"], 2),
+                    ]
+                ],
+            ),
+        ]
+    )
+
+
+def telemetry_tables(tel: dict[str, Any]) -> str:
+    ingestion, steady, usage = tel["ingestion"], tel["steady"], tel["usage_query"]
+    cpu = ingestion["cpu_us_per_event"]
+    lag = steady["lag_seconds"]
+    rows = [
+        [
+            "ingestion (backlog → Postgres)",
+            f"{fmt(ingestion['events_per_second'], 0)} events/s",
+            f"{fmt(ingestion['events'], 0)} events in {fmt(ingestion['seconds'], 2)} s; "
+            "CPU µs/event: " + ", ".join(f"{k} {fmt(v, 0)}" for k, v in cpu.items()),
+        ],
+        [
+            f"lag at {fmt(steady['rate'], 0)} events/s",
+            f"p50 {fmt(lag['p50'], 3)} s",
+            f"p99 {fmt(lag['p99'], 3)} s, max {fmt(lag['max'], 3)} s ({fmt(steady['events'], 0)} "
+            "events)",
+        ],
+    ]
+    query_rows = []
+    for who in ("admin", "member"):
+        data = usage[who]
+        for phase in ("first", "cold", "warm", "warm_after_prewarm"):
+            if phase in data:
+                sec = data[phase]["seconds"]
+                query_rows.append(
+                    [
+                        who,
+                        phase.replace("_", " "),
+                        fmt(sec["min"], 3),
+                        fmt(sec["median"], 3),
+                        fmt(data[phase]["requests"], 0),
+                    ]
+                )
+    return "\n\n".join(
+        [
+            "## Telemetry (bench/telemetry.py: its own Postgres and Redis)",
+            table(["measurement", "value", "detail"], rows),
+            f"### 30-day usage query over {fmt(usage['rows'], 0)} calls "
+            "(`GET /v1/usage?group_by=day`, seconds; rows generated in "
+            f"{fmt(usage['generate_seconds'], 1)} s; pre-warm "
+            f"{fmt(usage.get('prewarm_seconds'), 1)} s)",
+            table(["who", "cache", "min", "median", "calls counted"], query_rows),
+        ]
+    )
+
+
+def vectors_tables(vec: dict[str, Any]) -> str:
+    ingest = vec["ingest"]
+    rows = [
+        [
+            fmt(q["ef_search"], 0),
+            fmt(q["p50_ms"], 2),
+            fmt(q["p95_ms"], 2),
+            fmt(q.get("p99_ms"), 2),
+            fmt(q["recall_at_10"], 3),
+        ]
+        for q in vec["queries"]
+    ]
+    local = vec.get("local_model", {})
+    return "\n\n".join(
+        [
+            f"## Vectors (bench/embeddings.py: {fmt(ingest['vectors'], 0)} x {vec['dimension']}, "
+            "straight to the embeddings service)",
+            table(
+                ["measurement", "value"],
+                [
+                    [
+                        "bulk ingest",
+                        f"{fmt(ingest['vectors_per_second'], 0)} vectors/s "
+                        f"({fmt(ingest['seconds'], 1)} s)",
+                    ],
+                    [
+                        "HNSW index ready after the ingest",
+                        f"{fmt(vec['index_ready_after_ingest_seconds'], 1)} s",
+                    ],
+                    [
+                        "local all-MiniLM-L6-v2, at inference",
+                        f"{fmt(local.get('inference_texts_per_second'), 0)} texts/s",
+                    ],
+                    [
+                        "local all-MiniLM-L6-v2, through an upsert",
+                        f"{fmt(local.get('upsert_texts_per_second'), 0)} texts/s",
+                    ],
+                ],
+            ),
+            "### Queries, one at a time (ms; recall@10 against exact search)",
+            table(["ef_search", "p50", "p95", "p99", "recall@10"], rows),
+        ]
+    )
+
+
+def targets(report: dict[str, Any]) -> list[list[str]]:
+    """Each target of issue 8: what was measured, met or missed."""
+    out: list[list[str]] = []
+    chat = report.get("chat")
+    if chat:
+        sc = by_scenario(chat["rows"])
+        c50, c1, s1 = sc.get("chat c=50", {}), sc.get("chat c=1", {}), sc.get("stream c=1", {})
+        ours50, bare50, peer50 = c50.get("ours"), c50.get("bare"), c50.get("litellm")
+        peer_ok = peer50 is not None and not peer50.get("not_installed")
+        vs_peer = _ratio(ours50 and ours50["rps"], peer50["rps"] if peer_ok and peer50 else None)
+        out.append(
+            [
+                "chat c=50: ≥ 10x LiteLLM's req/s",
+                "LiteLLM not installed" if not peer_ok else f"{fmt(vs_peer, 1)}x",
+                status(None if vs_peer is None else vs_peer >= 10),
+            ]
+        )
+        vs_bare = _ratio(ours50 and ours50["rps"], bare50 and bare50["rps"])
+        out.append(
+            [
+                "chat c=50: ≥ 0.10x the bare upstream's req/s",
+                f"{fmt(vs_bare, 3)}x",
+                status(None if vs_bare is None else vs_bare >= 0.10),
+            ]
+        )
+        added = _diff(_p50(c1.get("ours")), _p50(c1.get("bare")))
+        out.append(
+            [
+                "chat c=1: added p50 ≤ 3 ms",
+                f"{fmt(added, 2)} ms",
+                status(None if added is None else added <= 3),
+            ]
+        )
+        for name, scenario in (("c=1", c1), ("c=50", c50)):
+            cpu = services_cpu(scenario["ours"]) if scenario.get("ours") else None
+            out.append(
+                [
+                    f"chat {name}: ≤ 2 ms CPU per request, our services summed",
+                    f"{fmt(cpu, 2)} ms",
+                    status(None if cpu is None else cpu <= 2),
+                ]
+            )
+        ttfb = _diff(_p50(s1.get("ours"), "first_byte_ms"), _p50(s1.get("bare"), "first_byte_ms"))
+        out.append(
+            [
+                "stream c=1: added time to first byte ≤ 3 ms",
+                f"{fmt(ttfb, 2)} ms",
+                status(None if ttfb is None else ttfb <= 3),
+            ]
+        )
+    tel = report.get("telemetry")
+    if tel:
+        rate = tel["ingestion"]["events_per_second"]
+        out.append(
+            [
+                "telemetry ingestion ≥ 20,000 events/s",
+                f"{fmt(rate, 0)} events/s",
+                status(rate >= 20_000),
+            ]
+        )
+        usage = tel["usage_query"]
+        admin = usage["admin"]
+        warm = admin["warm"]["seconds"]["median"]
+        cold = admin["first"]["seconds"]["median"]
+        out.append(
+            [
+                f"30-day usage query over {fmt(usage['rows'], 0)} calls < 1 s",
+                f"warm {fmt(warm, 3)} s (median), cold {fmt(cold, 3)} s (first query)",
+                status(warm < 1) + ("" if cold < 1 else " warm; cold missed"),
+            ]
+        )
+    vec = report.get("vectors")
+    if vec:
+        rate = vec["ingest"]["vectors_per_second"]
+        out.append(["vectors ingest ≥ 5,000/s", f"{fmt(rate, 0)} vectors/s", status(rate >= 5000)])
+        good = [q for q in vec["queries"] if q["recall_at_10"] >= 0.95]
+        if good:
+            best = min(good, key=lambda q: q["p50_ms"])
+            out.append(
+                [
+                    "vectors query p50 ≤ 5 ms at recall@10 ≥ 0.95",
+                    f"p50 {fmt(best['p50_ms'], 2)} ms at recall {fmt(best['recall_at_10'], 3)}"
+                    f" (ef_search {best['ef_search']})",
+                    status(best["p50_ms"] <= 5),
+                ]
+            )
+        else:
+            out.append(
+                [
+                    "vectors query p50 ≤ 5 ms at recall@10 ≥ 0.95",
+                    "no ef_search reached recall 0.95",
+                    status(False),
+                ]
+            )
+    idle = report.get("idle_rss_mb")
+    if idle:
+        worst = max(idle, key=idle.get)  # type: ignore[arg-type]
+        out.append(
+            [
+                f"every service ≤ {RSS_TARGET_MB} MB RSS idle",
+                f"largest: {worst} {fmt(idle[worst], 0)} MB",
+                status(all(mb <= RSS_TARGET_MB for mb in idle.values())),
+            ]
+        )
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    start, end = report["machine_at_start"], report.get("machine_at_end", {})
+    version = report.get("litellm_version") or "not installed (make bench-peers)"
+    head = [
+        f"# make bench, {report['when']}"
+        + (" (--quick: smoke sizes)" if report.get("quick") else ""),
+        f"Machine: {start['cpu']}, {start['nproc']} cores ({start['arch']}), "
+        f"{start['memory_gb']} GB, Python {start['python']}. Load average (1, 5, 15 min) at "
+        f"start {start['load_average']}, at end {end.get('load_average', '—')}. "
+        f"Wall time {fmt(report.get('wall_seconds'), 0)} s. LiteLLM: {version}.",
+    ]
+    parts = ["\n\n".join(head)]
+    if report.get("chat"):
+        parts.append(chat_tables(report["chat"]))
+    if report.get("idle_rss_mb"):
+        parts.append(rss_table(report))
+    if report.get("floor"):
+        parts.append(floor_table(report["floor"]))
+    if report.get("telemetry"):
+        parts.append(telemetry_tables(report["telemetry"]))
+    if report.get("vectors"):
+        parts.append(vectors_tables(report["vectors"]))
+    parts.append("## Targets\n\n" + table(["target", "measured", "status"], targets(report)))
+    if report.get("failures"):
+        parts.append(
+            "## Failures\n\n"
+            + "\n".join(f"- {family}: {why}" for family, why in report["failures"].items())
+        )
+    return "\n\n".join(parts) + "\n"

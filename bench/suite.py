@@ -1,0 +1,396 @@
+"""`make bench`: every benchmark in one run, side by side with LiteLLM's proxy.
+
+    .venv/bin/python bench/suite.py [--quick] [--families chat vectors telemetry]
+
+1. chat: a zero-delay OpenAI-protocol upstream, the same with a fixed delay, the platform
+   (fresh embedded Postgres and Redis, an admin, an API key, credentials pointing at the
+   upstreams, rate limits off) and, when installed (`make bench-peers`), LiteLLM's proxy
+   (one worker, no database) pointed at the same upstreams. The load generator
+   (bench/loadgen.py, a process of its own) runs each scenario against the bare upstream,
+   our gateway and LiteLLM, one after the other: warm-up, then a fixed window in which
+   the CPU time of every server process is read from /proc. Idle RSS of every service is
+   read before any load; the transport floor (bench/floor.py) after.
+2. vectors: bench/embeddings.py against the same platform (100k x 384 ingest, HNSW build,
+   queries with recall@10 against exact search, the local model's throughput).
+3. telemetry: bench/telemetry.py in its own process with its own Postgres and Redis
+   (ingestion, lag at 2,000 events/s, the 1M-row 30-day usage query).
+
+Prints one markdown table per family, writes bench/results/latest.json and a dated copy of
+the tables (bench/results/YYYY-MM-DD.md); `--quick` writes bench/results/quick.json only.
+Everything it starts is stopped on the way out, Ctrl-C and failures included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import peers
+import psutil
+from _common import (
+    RESULTS,
+    ROOT,
+    SERVICE_NAMES,
+    UPSTREAM_KEY,
+    Platform,
+    cpu_seconds,
+    machine,
+    platform,
+    provision,
+    rss_mb,
+    start_upstream,
+    stop,
+    tree,
+    utc_now,
+    wait,
+)
+from report import render
+from scenarios import SCENARIOS, request_for
+
+import embeddings as vectors_bench
+from common.devstack import free_port
+
+BENCH = ROOT / "bench"
+EMBEDDING_DIMENSIONS = 1536  # text-embedding-3-small's
+
+
+@dataclass
+class Settings:
+    warmup: float
+    duration: float
+    delay_ms: float
+    vectors: int
+    queries: int
+    texts: int
+    ef: list[int]
+    backlog: int
+    steady_seconds: float
+    rows: int
+    repeats: int
+    floor_requests: int
+    families: list[str]
+
+
+FULL = Settings(warmup=2, duration=6, delay_ms=50, vectors=100_000, queries=200, texts=1000,
+                ef=[64, 100, 128], backlog=100_000, steady_seconds=10, rows=1_000_000, repeats=3,
+                floor_requests=1000, families=[])  # fmt: skip
+# A smoke run: every step at tiny sizes (~4 minutes).
+QUICK = replace(FULL, warmup=0.5, duration=1.5, vectors=3000, queries=30, texts=64,
+                ef=[40, 100], backlog=5000, steady_seconds=2, rows=20_000, repeats=1,
+                floor_requests=200)  # fmt: skip
+
+
+# ---------------------------------------------------------------- the load generator
+
+
+def generate(
+    url: str,
+    body: dict[str, Any],
+    token: str,
+    concurrency: int,
+    s: Settings,
+    servers: dict[str, list[psutil.Process]],
+) -> dict[str, Any]:
+    """One scenario: bench/loadgen.py in its own process; the CPU time of each group of
+    `servers` over exactly its measured window, and their RSS after it."""
+    command = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        "--url",
+        url,
+        "--body",
+        json.dumps(body),
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--concurrency",
+        str(concurrency),
+        "--warmup",
+        str(s.warmup),
+        "--duration",
+        str(s.duration),
+        "--wait-for-go",
+    ]
+    with subprocess.Popen(  # noqa: S603
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as generator:
+        assert generator.stdin is not None
+        assert generator.stdout is not None
+        try:
+            _expect(generator, "ready")
+            before = {name: cpu_seconds(procs) for name, procs in servers.items()}
+            generator.stdin.write("go\n")
+            generator.stdin.flush()
+            _expect(generator, "end")
+            after = {name: cpu_seconds(procs) for name, procs in servers.items()}
+            result: dict[str, Any] = json.loads(generator.stdout.readline())
+        finally:
+            stop(generator, timeout=10)
+    ok = result["ok"] or 1
+    result["cpu_ms_per_request"] = {
+        name: (after[name] - before[name]) * 1000 / ok for name in servers
+    }
+    result["rss_mb"] = {name: rss_mb(procs) for name, procs in servers.items()}
+    return result
+
+
+def _expect(process: subprocess.Popen[str], line: str) -> None:
+    assert process.stdout is not None
+    got = process.stdout.readline().strip()
+    if got != line:
+        raise RuntimeError(f"load generator: expected {line!r}, got {got!r}")
+
+
+# ---------------------------------------------------------------- families
+
+
+def chat_family(
+    s: Settings,
+    running: Platform,
+    urls: dict[str, str],
+    key: str,
+    peer: peers.Peer | None,
+    upstreams: dict[str, subprocess.Popen[bytes]],
+) -> dict[str, Any]:
+    """Every scenario against the bare upstream, ours and LiteLLM, in that order."""
+    rows: list[dict[str, Any]] = []
+    for scenario in SCENARIOS:
+        upstream = upstreams["delayed" if scenario.delayed else "bare"]
+        upstream_procs = tree(upstream.pid)
+        ours = {name: procs for name, procs in running.processes().items()}
+        groups: dict[str, dict[str, list[psutil.Process]]] = {
+            "bare": {"upstream": upstream_procs},
+            "ours": {**ours, "upstream": upstream_procs},
+        }
+        if peer is not None:
+            groups["litellm"] = {"litellm": tree(peer.process.pid), "upstream": upstream_procs}
+        for target in ("bare", "ours", "litellm"):
+            row: dict[str, Any] = {
+                "scenario": scenario.name,
+                "kind": scenario.kind,
+                "concurrency": scenario.concurrency,
+                "target": target,
+            }
+            if target not in groups:
+                row["not_installed"] = True
+                rows.append(row)
+                continue
+            url, body, token = request_for(scenario, target, urls, key)
+            row.update(generate(url, body, token, scenario.concurrency, s, groups[target]))
+            rows.append(row)
+            print(_progress(row), flush=True)
+    return {
+        "rows": rows,
+        "delay_ms": s.delay_ms,
+        "warmup_seconds": s.warmup,
+        "duration_seconds": s.duration,
+        "litellm": {"version": peer.version} if peer else None,
+    }
+
+
+def _progress(row: dict[str, Any]) -> str:
+    latency = row["latency_ms"]
+    return (
+        f"  {row['scenario']:<30} {row['target']:<8} {row['rps']:8.1f} req/s  "
+        f"p50 {latency['p50']:.2f} ms  errors {row['errors']}"
+    )
+
+
+def idle_rss(running: Platform, settle: float = 3.0) -> dict[str, float]:
+    """Each service's RSS (MB) at rest, before any load (the local model not loaded)."""
+    time.sleep(settle)
+    return {name: rss_mb(tree(running.pids[name])) for name in SERVICE_NAMES}
+
+
+def floor_family(s: Settings, workdir: Path) -> dict[str, Any]:
+    """bench/floor.py: the two hops with nothing but the transport, CPU ms per request."""
+    log = RESULTS / "floor.log"
+    with open(log, "wb") as out:
+        code = _run_script(["floor.py", "--requests", str(s.floor_requests)], out)
+    if code != 0:
+        raise RuntimeError(f"bench/floor.py exited {code}: see {log}")
+    return dict(json.loads((RESULTS / "floor.json").read_text()))
+
+
+def telemetry_family(s: Settings) -> dict[str, Any]:
+    """bench/telemetry.py in its own process (its own Postgres and Redis)."""
+    log = RESULTS / "telemetry-bench.log"
+    with open(log, "wb") as out:
+        code = _run_script(
+            [
+                "telemetry.py",
+                "--backlog",
+                str(s.backlog),
+                "--steady-seconds",
+                str(s.steady_seconds),
+                "--rows",
+                str(s.rows),
+                "--repeats",
+                str(s.repeats),
+                "--trigger-batches",
+                "10",
+            ],
+            out,
+        )
+    if code != 0:
+        raise RuntimeError(f"bench/telemetry.py exited {code}: see {log}")
+    return dict(json.loads((RESULTS / "telemetry.json").read_text()))
+
+
+def _run_script(args: list[str], out: Any) -> int:
+    """A bench script in a child process; on the way out (Ctrl-C included) it gets SIGINT,
+    which its own clean-up handles, and SIGKILL only if it is still there 60 s later."""
+    child = subprocess.Popen(  # noqa: S603
+        [sys.executable, str(BENCH / args[0]), *args[1:]],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        return child.wait()
+    finally:
+        stop(child, 60, signal.SIGINT)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def upstream(port: int, delay_ms: float = 0) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_upstream(port, delay_ms=delay_ms, dimensions=EMBEDDING_DIMENSIONS)
+    try:
+        wait(
+            f"http://127.0.0.1:{port}/v1/models",
+            deadline=60,
+            process=process,
+            headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
+        )
+        yield process
+    finally:
+        stop(process)
+
+
+def attempt(report: dict[str, Any], family: str, step: Callable[[], Any]) -> None:
+    """Run one family; a failure is recorded (and printed) and the others still run."""
+    started = time.monotonic()
+    print(f"== {family}", flush=True)
+    try:
+        report[family] = step()
+    except Exception as exc:  # one family's failure must not hide the others' figures
+        traceback.print_exc()
+        report.setdefault("failures", {})[family] = f"{type(exc).__name__}: {exc}"
+    report.setdefault("family_seconds", {})[family] = round(time.monotonic() - started, 1)
+
+
+def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> None:
+    """chat (with idle RSS and the floor) and vectors, on one platform."""
+    ports = {"bare": free_port(), "delayed": free_port(), "litellm": free_port()}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    with contextlib.ExitStack() as stack:
+        upstreams = {
+            "bare": stack.enter_context(upstream(ports["bare"])),
+            "delayed": stack.enter_context(upstream(ports["delayed"], s.delay_ms)),
+        }
+        peer_stack = stack.enter_context(contextlib.ExitStack())
+        peer = None
+        if "chat" in s.families:  # LiteLLM starts (~20 s) while the platform does
+            peer = peer_stack.enter_context(
+                peers.litellm(
+                    ports["litellm"],
+                    urls["bare"] + "/v1",
+                    urls["delayed"] + "/v1",
+                    workdir,
+                    RESULTS / "litellm.log",
+                )
+            )
+        print("starting the platform", flush=True)
+        running = stack.enter_context(
+            platform(RESULTS / "platform.log", INFERENCE_LOCAL_PRELOAD="false")
+        )
+        urls["ours"] = running.gateway
+        key = provision(running.gateway, urls["bare"] + "/v1", urls["delayed"] + "/v1")
+        if "chat" in s.families:
+            report["idle_rss_mb"] = idle_rss(running)
+            if peer is not None:
+                peer.ready()
+                report["idle_rss_mb_litellm"] = rss_mb(tree(peer.process.pid))
+            attempt(report, "chat", lambda: chat_family(s, running, urls, key, peer, upstreams))
+            peer_stack.close()  # LiteLLM stops: the rest runs without it
+            attempt(report, "floor", lambda: floor_family(s, workdir))
+        if "vectors" in s.families:
+            args = vectors_bench.parser().parse_args(
+                [
+                    "--vectors",
+                    str(s.vectors),
+                    "--queries",
+                    str(s.queries),
+                    "--texts",
+                    str(s.texts),
+                    "--ef",
+                    *map(str, s.ef),
+                ]
+            )
+            attempt(report, "vectors", lambda: vectors_bench.run(running, args))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=["chat", "vectors", "telemetry"],
+        choices=["chat", "vectors", "telemetry"],
+    )
+    args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C: every `finally` below stops what it started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    s = replace(QUICK if args.quick else FULL, families=args.families)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "when": utc_now(),
+        "quick": args.quick,
+        "machine_at_start": machine(),
+        "litellm_version": peers.litellm_version(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-suite-"))
+    print(f"machine: {report['machine_at_start']}", flush=True)
+    interrupted = False
+    try:
+        if {"chat", "vectors"} & set(s.families):
+            attempt(report, "platform", lambda: platform_families(s, report, workdir))
+            report.pop("platform", None)
+        if "telemetry" in s.families:
+            attempt(report, "telemetry", lambda: telemetry_family(s))
+    except KeyboardInterrupt:
+        interrupted = True
+        report.setdefault("failures", {})["interrupted"] = "stopped by Ctrl-C / SIGTERM"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["machine_at_end"] = machine()
+    report["wall_seconds"] = round(time.monotonic() - started, 1)
+    text = render(report)
+    print("\n" + text)
+    # A smoke run never replaces the figures of the last real one.
+    (RESULTS / ("quick.json" if args.quick else "latest.json")).write_text(
+        json.dumps(report, indent=2)
+    )
+    if not args.quick and not interrupted:
+        (RESULTS / f"{time.strftime('%Y-%m-%d')}.md").write_text(text)
+    return 130 if interrupted else (1 if report.get("failures") else 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

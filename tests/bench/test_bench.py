@@ -1,0 +1,208 @@
+"""The benchmark suite's own logic: percentiles, the load generator, the comparison it
+makes and its tables when LiteLLM is missing. No timing is asserted here: performance is
+shown by `make bench`, never by a test."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+# Appended, never prepended: bench/ holds scripts named like the services' packages.
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))
+
+import loadgen  # noqa: E402
+import peers  # noqa: E402
+from _common import percentile, summary  # noqa: E402
+from report import render  # noqa: E402
+from scenarios import SCENARIOS, request_for  # noqa: E402
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 100..1, unsorted on purpose
+    assert summary(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert math.isnan(percentile([], 0.5))
+
+
+class CountingServer:
+    """HTTP/1.1 on 127.0.0.1: counts connections and requests; every 4th answer is a 500;
+    `chunked` answers in three chunks of server-sent events."""
+
+    def __init__(self, *, chunked: bool = False) -> None:
+        self.chunked = chunked
+        self.connections = 0
+        self.requests = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                status = b"500 Internal Server Error" if self.requests % 4 == 0 else b"200 OK"
+                if self.chunked:
+                    writer.write(b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for data in (b"data: {}\n\n", b"data: {}\n\n", b"data: [DONE]\n\n"):
+                        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0)
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    body = b'{"ok": true}'
+                    writer.write(
+                        b"HTTP/1.1 "
+                        + status
+                        + b"\r\nContent-Length: "
+                        + str(len(body)).encode()
+                        + b"\r\n\r\n"
+                        + body
+                    )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+
+async def load(port: int, concurrency: int) -> dict[str, object]:
+    target = loadgen.Target.from_url(
+        f"http://127.0.0.1:{port}/v1/chat/completions", b'{"model": "m"}', {"X-Test": "1"}
+    )
+    return await loadgen.run(target, concurrency=concurrency, duration=0.3, warmup=0.1)
+
+
+async def test_generator_keeps_one_connection_per_worker_and_counts_errors() -> None:
+    server = CountingServer()
+    async with server as port:
+        result = await load(port, concurrency=3)
+    assert server.connections == 3  # keep-alive: no reconnect, even after a 500
+    assert result["ok"] > 0
+    assert result["errors"] > 0
+    assert result["statuses"] == {"200": result["ok"], "500": result["errors"]}
+    assert result["requests"] == result["ok"] + result["errors"]
+    # Every answer read was a request the server saw; at most one per worker was abandoned
+    # in flight when the window closed.
+    completed = result["completed_total"]
+    assert isinstance(completed, int)
+    assert completed <= server.requests <= completed + 3
+    assert "first_byte_ms" not in result  # not streamed
+
+
+async def test_generator_reads_chunked_streams_to_their_end() -> None:
+    server = CountingServer(chunked=True)
+    async with server as port:
+        result = await load(port, concurrency=2)
+    # Misreading a chunked body would desynchronise the connection: reconnects and errors
+    # other than the server's 500s.
+    assert server.connections == 2
+    assert set(result["statuses"]) == {"200", "500"}  # type: ignore[arg-type]
+    first, total = result["first_byte_ms"], result["latency_ms"]
+    assert isinstance(first, dict)
+    assert isinstance(total, dict)
+    assert first["p50"] <= total["p50"]
+
+
+def test_each_target_gets_the_same_request_in_its_own_names() -> None:
+    urls = {"bare": "http://b", "delayed": "http://d", "ours": "http://o", "litellm": "http://l"}
+    by_name = {s.name: s for s in SCENARIOS}
+    chat = {
+        t: request_for(by_name["chat c=50"], t, urls, "sk-ours") for t in urls if t != "delayed"
+    }
+    assert chat["bare"][0] == "http://b/v1/chat/completions"
+    assert chat["ours"][1]["model"] == "openai/gpt-4o-mini"
+    assert chat["ours"][2] == "sk-ours"
+    assert chat["litellm"][2] == peers.MASTER_KEY
+    assert (
+        chat["bare"][1]["messages"] == chat["ours"][1]["messages"] == chat["litellm"][1]["messages"]
+    )
+    delayed = by_name["chat c=50, delayed upstream"]
+    assert request_for(delayed, "bare", urls, "k")[0] == "http://d/v1/chat/completions"
+    assert request_for(delayed, "ours", urls, "k")[1]["model"] == "bench-delayed"
+    assert request_for(delayed, "litellm", urls, "k")[1]["model"] == peers.DELAYED_MODEL
+    stream = request_for(by_name["stream c=1"], "ours", urls, "k")[1]
+    assert stream["stream"] is True
+    embed = request_for(by_name["embeddings c=10"], "ours", urls, "k")
+    assert embed[0] == "http://o/v1/embeddings"
+    assert embed[1]["model"] == "openai/text-embedding-3-small"
+
+
+def test_without_litellm_its_rows_say_not_installed(tmp_path: Path) -> None:
+    assert peers.litellm_version(tmp_path) is None
+    with peers.litellm(1, "http://u/v1", None, tmp_path, tmp_path / "log", venv=tmp_path) as peer:
+        assert peer is None
+    assert not (tmp_path / "log").exists()  # nothing was started
+
+    def row(target: str, rps: float) -> dict[str, object]:
+        return {
+            "scenario": "chat c=50",
+            "kind": "chat",
+            "concurrency": 50,
+            "target": target,
+            "rps": rps,
+            "errors": 0,
+            "latency_ms": {"p50": 10.0, "p95": 20.0, "p99": 30.0},
+            "cpu_ms_per_request": {"gateway": 1.0, "inference": 2.0, "upstream": 0.3},
+            "generator_cpu_ms_per_request": 0.1,
+            "rss_mb": {"gateway": 100.0},
+        }
+
+    report = {
+        "when": "2026-11-27T00:00:00Z",
+        "machine_at_start": {
+            "cpu": "test",
+            "nproc": 2,
+            "arch": "x86_64",
+            "memory_gb": 1,
+            "python": "3.11",
+            "load_average": [1.0, 1.0, 1.0],
+        },
+        "litellm_version": None,
+        "chat": {
+            "rows": [
+                row("bare", 1000.0),
+                row("ours", 200.0),
+                {
+                    "scenario": "chat c=50",
+                    "kind": "chat",
+                    "concurrency": 50,
+                    "target": "litellm",
+                    "not_installed": True,
+                },
+            ],
+            "delay_ms": 50,
+            "warmup_seconds": 2,
+            "duration_seconds": 6,
+            "litellm": None,
+        },
+    }
+    text = render(report)
+    assert "| chat c=50 | LiteLLM | not installed |" in text
+    assert "| chat c=50 | 0.200 | not installed |" in text  # the ratios table
+    assert "| chat c=50: ≥ 10x LiteLLM's req/s | LiteLLM not installed | n/a |" in text
+    assert "| chat c=50: ≥ 0.10x the bare upstream's req/s | 0.200x | **met** |" in text
+    assert "LiteLLM: not installed (make bench-peers)" in text
