@@ -24,9 +24,9 @@ from sqlalchemy import (
     literal,
     select,
     text,
-    true,
     tuple_,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -323,32 +323,21 @@ async def usage_days(
     written the day without bumping its epoch is visible here, or gone)."""
     await _sort_in_memory(db)
     d = _days(closed)
-    # Each day's part of the ranges aggregated on its own (a LATERAL subquery per day,
-    # which reads that day's calls through the (occurred_at, id) primary key): no sort of
-    # every call in the range by day before the per-day percentile sorts. Calls are stored
-    # in about the order they happen, so each day's rows are close together. Nothing for a
-    # day without calls (HAVING), as a GROUP BY would give.
-    parts = day_parts(ranges)
-    p = (
-        func.unnest(
-            cast([day for day, _, _ in parts], ARRAY(Date)),
-            cast([lo for _, lo, _ in parts], ARRAY(DateTime(timezone=True))),
-            cast([hi for _, _, hi in parts], ARRAY(DateTime(timezone=True))),
+    # Each day's part of the ranges aggregated on its own, one UNION ALL branch per day (the
+    # day and its bounds as parameters), each reading that day's calls through the
+    # (occurred_at, id) primary key: no sort of every call in the range by day before the
+    # per-day percentile sorts, and Postgres may hand whole branches to parallel workers
+    # (Parallel Append). Calls are stored in about the order they happen, so each day's
+    # rows are close together. Nothing for a day without calls (HAVING), as a GROUP BY
+    # would give.
+    raw = union_all(
+        *(
+            select(cast(literal(day), Date).label("day"), *_aggregates())
+            .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
+            .having(func.count() > 0)
+            for day, lo, hi in day_parts(ranges) or [(scope.start.date(), scope.start, scope.start)]
         )
-        .table_valued("day", "lo", "hi")
-        .render_derived("p")
-    )
-    one_day = (
-        select(*_aggregates())
-        .where(
-            col(LlmCall.occurred_at) >= p.c.lo,
-            col(LlmCall.occurred_at) < p.c.hi,
-            *scope.filters(),
-        )
-        .having(func.count() > 0)
-        .lateral("a")
-    )
-    raw = select(p.c.day, one_day).select_from(p.join(one_day, true())).subquery("raw")
+    ).subquery("raw")
     hit = (
         select(_CACHE.c.day, *(_CACHE.c[name] for name in USAGE_DAY_COLUMNS))
         .join(
