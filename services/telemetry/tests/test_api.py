@@ -91,6 +91,21 @@ async def test_usage_sums_equal_the_sum_of_the_reported_calls(client: Client) ->
     assert sum(Decimal(g["cost_usd"]) for g in by_day) == total
 
 
+async def test_usage_by_day_over_the_widest_range_is_exact(client: Client) -> None:
+    """From year 1 to year 9999: the same days and figures as the default range (the
+    statement stays small whatever the range: far stretches are read as one GROUP BY)."""
+    who = member()
+    events = varied_calls(who, 12)
+    assert (await report(client, who, events)).status_code == 200
+
+    recent = (await get(client, who, "/v1/usage", group_by="day")).json()
+    bounds = {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59Z"}
+    widest = await get(client, who, "/v1/usage", group_by="day", **bounds)
+    assert widest.status_code == 200, widest.text
+    assert widest.json()["groups"] == recent["groups"]
+    assert sum(g["requests"] for g in widest.json()["groups"]) == 12
+
+
 async def test_members_see_only_their_own_usage_and_calls(client: Client) -> None:
     alice, bob, root = member(), member(), admin()
     assert (await report(client, alice, [as_json(call(alice)) for _ in range(2)])).is_success

@@ -128,6 +128,21 @@ def test_ranges_are_read_one_utc_day_at_a_time() -> None:
     ]
 
 
+def test_ranges_are_split_at_the_per_day_window() -> None:
+    lo, hi = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    before, inside = datetime(2020, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+    after = datetime(2030, 1, 1, tzinfo=UTC)
+    assert repository.split_ranges([(before, after)], lo, hi) == (
+        [(lo, hi)],
+        [(before, lo), (hi, after)],
+    )
+    assert repository.split_ranges([(inside, after), (before, lo)], lo, hi) == (
+        [(inside, hi)],
+        [(hi, after), (before, lo)],
+    )
+    assert repository.split_ranges([(inside, inside)], lo, hi) == ([], [])
+
+
 async def test_cached_answers_are_identical_to_reading_every_call(engine: AsyncEngine) -> None:
     rng = random.Random(6)
     users = [uuid.uuid4() for _ in range(3)]

@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -293,6 +293,29 @@ async def mark_closed_days(db: Db, days: Sequence[date]) -> None:
     await db.execute(_MARK_CLOSED, {"days": list(days)})
 
 
+# Days read one by one (a branch each) lie within this window around now; the rest of a
+# range (only where a query reaches far back or ahead: no partition holds calls there,
+# short of a hand-made one) is read as one GROUP BY per stretch, so a range of any length
+# makes a statement of bounded size.
+PER_DAY_BEFORE = timedelta(days=93)
+PER_DAY_AFTER = timedelta(days=2)
+
+
+def split_ranges(
+    ranges: Sequence[tuple[datetime, datetime]], lo: datetime, hi: datetime
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """The parts of the ranges inside [lo, hi), and the parts outside it."""
+    inside, outside = [], []
+    for start, end in ranges:
+        if max(start, lo) < min(end, hi):
+            inside.append((max(start, lo), min(end, hi)))
+        if start < min(end, lo):
+            outside.append((start, min(end, lo)))
+        if max(start, hi) < end:
+            outside.append((max(start, hi), end))
+    return inside, outside
+
+
 def day_parts(ranges: Sequence[tuple[datetime, datetime]]) -> list[tuple[date, datetime, datetime]]:
     """The ranges cut at UTC midnights: (day, start, end) with [start, end) inside the day."""
     parts = []
@@ -323,21 +346,28 @@ async def usage_days(
     written the day without bumping its epoch is visible here, or gone)."""
     await _sort_in_memory(db)
     d = _days(closed)
-    # Each day's part of the ranges aggregated on its own, one UNION ALL branch per day (the
-    # day and its bounds as parameters), each reading that day's calls through the
-    # (occurred_at, id) primary key: no sort of every call in the range by day before the
-    # per-day percentile sorts, and Postgres may hand whole branches to parallel workers
-    # (Parallel Append). Calls are stored in about the order they happen, so each day's
-    # rows are close together. Nothing for a day without calls (HAVING), as a GROUP BY
-    # would give.
-    raw = union_all(
-        *(
-            select(cast(literal(day), Date).label("day"), *_aggregates())
-            .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
-            .having(func.count() > 0)
-            for day, lo, hi in day_parts(ranges) or [(scope.start.date(), scope.start, scope.start)]
-        )
-    ).subquery("raw")
+    # Each day's part of the ranges (near now: PER_DAY_*) aggregated on its own, one UNION
+    # ALL branch per day (the day and its bounds as parameters), each reading that day's
+    # calls through the (occurred_at, id) primary key: no sort of every call in the range by
+    # day before the per-day percentile sorts, and Postgres may hand whole branches to
+    # parallel workers (Parallel Append). Calls are stored in about the order they happen,
+    # so each day's rows are close together. Nothing for a day without calls (HAVING), as
+    # the GROUP BY of the far stretches gives.
+    now = datetime.now(UTC)
+    near, far = split_ranges(ranges, now - PER_DAY_BEFORE, now + PER_DAY_AFTER)
+    by_day = [
+        select(cast(literal(day), Date).label("day"), *_aggregates())
+        .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
+        .having(func.count() > 0)
+        for day, lo, hi in day_parts(near) or [(scope.start.date(), scope.start, scope.start)]
+    ]
+    grouped = [
+        select(CALL_DAY.label("day"), *_aggregates())
+        .where(*replace(scope, start=start, end=end).conditions())
+        .group_by(CALL_DAY)
+        for start, end in far
+    ]
+    raw = union_all(*by_day, *grouped).subquery("raw")
     hit = (
         select(_CACHE.c.day, *(_CACHE.c[name] for name in USAGE_DAY_COLUMNS))
         .join(
