@@ -346,15 +346,19 @@ async def usage_days(
     written the day without bumping its epoch is visible here, or gone)."""
     await _sort_in_memory(db)
     d = _days(closed)
-    # Each day's part of the ranges (near now: PER_DAY_*) aggregated on its own, one UNION
-    # ALL branch per day (the day and its bounds as parameters), each reading that day's
-    # calls through the (occurred_at, id) primary key: no sort of every call in the range by
-    # day before the per-day percentile sorts, and Postgres may hand whole branches to
-    # parallel workers (Parallel Append). Calls are stored in about the order they happen,
-    # so each day's rows are close together. Nothing for a day without calls (HAVING), as
-    # the GROUP BY of the far stretches gives.
+    # Everyone's calls: each day's part of the ranges (near now: PER_DAY_*) aggregated on
+    # its own, one UNION ALL branch per day (the day and its bounds as parameters), each
+    # reading that day's calls through the (occurred_at, id) primary key: no sort of every
+    # call in the range by day before the per-day percentile sorts, and Postgres may hand
+    # whole branches to parallel workers (Parallel Append). Calls are stored in about the
+    # order they happen, so each day's rows are close together. Nothing for a day without
+    # calls (HAVING), as the GROUP BY of the far stretches gives. One user's calls are few:
+    # one GROUP BY per range, through (user_id, occurred_at), costs less than 31 branches.
     now = datetime.now(UTC)
-    near, far = split_ranges(ranges, now - PER_DAY_BEFORE, now + PER_DAY_AFTER)
+    if scope.user_id is None:
+        near, far = split_ranges(ranges, now - PER_DAY_BEFORE, now + PER_DAY_AFTER)
+    else:
+        near, far = [], list(ranges)
     by_day = [
         select(cast(literal(day), Date).label("day"), *_aggregates())
         .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
