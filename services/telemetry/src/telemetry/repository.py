@@ -363,8 +363,10 @@ async def usage_days(
         select(cast(literal(day), Date).label("day"), *_aggregates())
         .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
         .having(func.count() > 0)
-        for day, lo, hi in day_parts(near) or [(scope.start.date(), scope.start, scope.start)]
+        for day, lo, hi in day_parts(near)
     ]
+    if not (by_day or far):  # no calls to read: one empty range keeps the statement's shape
+        far = [(scope.start, scope.start)]
     grouped = [
         select(CALL_DAY.label("day"), *_aggregates())
         .where(*replace(scope, start=start, end=end).conditions())
