@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from pydantic import TypeAdapter
+from pydantic_core import TzInfo
 from sqlalchemy import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +39,7 @@ log = structlog.get_logger(__name__)
 READ_ALL = "telemetry:read_all"
 # A call reported this far ahead of our clock is refused (clock skew is smaller).
 FUTURE_SLACK = timedelta(days=1)
+PYDANTIC_UTC = TzInfo(0)  # one object: what pydantic gives every UTC time it parses
 DEFAULT_RANGE = timedelta(days=30)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -80,7 +82,11 @@ class Ingestor:
     def refusals(self, now: datetime) -> Callable[[CallEvent], str | None]:
         """Why an otherwise valid event cannot be stored at `now`, if it cannot (the
         bounds computed once for a whole batch)."""
-        oldest, newest = now - self.retention, now + FUTURE_SLACK
+        # In pydantic's own UTC object: the events' times carry it, and two datetimes with
+        # the very same tzinfo compare field by field, without calling utcoffset() on both
+        # (a tenth of the cost; this runs for every event ingested).
+        oldest = (now - self.retention).astimezone(PYDANTIC_UTC)
+        newest = (now + FUTURE_SLACK).astimezone(PYDANTIC_UTC)
 
         def refusal(event: CallEvent) -> str | None:
             if event.occurred_at < oldest:
