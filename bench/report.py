@@ -228,13 +228,18 @@ def floor_table(floor: dict[str, Any]) -> str:
     )
 
 
+def replicas(tel: dict[str, Any]) -> str:
+    count = int(tel.get("replicas", 1))
+    return "1 telemetry process" if count == 1 else f"{count} telemetry processes"
+
+
 def telemetry_tables(tel: dict[str, Any]) -> str:
     ingestion, steady, usage = tel["ingestion"], tel["steady"], tel["usage_query"]
     cpu = ingestion["cpu_us_per_event"]
     lag = steady["lag_seconds"]
     rows = [
         [
-            "ingestion (backlog → Postgres)",
+            f"ingestion (backlog → Postgres), {replicas(tel)}",
             f"{fmt(ingestion['events_per_second'], 0)} events/s",
             f"{fmt(ingestion['events'], 0)} events in {fmt(ingestion['seconds'], 2)} s; "
             "CPU µs/event: " + ", ".join(f"{k} {fmt(v, 0)}" for k, v in cpu.items()),
@@ -375,7 +380,7 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
         out.append(
             [
                 "telemetry ingestion ≥ 20,000 events/s",
-                f"{fmt(rate, 0)} events/s",
+                f"{fmt(rate, 0)} events/s ({replicas(tel)})",
                 status(rate >= 20_000),
             ]
         )

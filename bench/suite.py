@@ -240,6 +240,10 @@ def telemetry_family(s: Settings) -> dict[str, Any]:
                 str(s.repeats),
                 "--trigger-batches",
                 "10",
+                # Two replicas in one consumer group, as deploy/k8s/base runs telemetry: one
+                # process is one core's worth of Python (the figure with one is in the README).
+                "--replicas",
+                "2",
             ],
             out,
         )
