@@ -10,7 +10,11 @@ signed identity (what the gateway adds per request is measured in bench/chat_pat
    collection and reports vectors/s; then waits for the background HNSW build and reports it;
 2. sends queries with a vector one at a time, for several ef_search values, and reports
    p50/p95 and recall@10 against exact search (numpy over the same vectors);
-3. reports the local all-MiniLM-L6-v2's throughput in texts/s, at inference and through an
+3. measures the floor under each query figure, on the same collection and queries: the
+   service's own statement from a bare asyncpg client (Postgres alone), and from a minimal
+   ASGI app under uvicorn (one asyncpg connection, no framework: what any HTTP service in
+   front of this Postgres costs at the least);
+4. reports the local all-MiniLM-L6-v2's throughput in texts/s, at inference and through an
    upsert of text documents.
 
 The vectors are random with the low intrinsic dimension of real sentence embeddings (a random
@@ -25,13 +29,23 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import numpy as np
 from _common import RESULTS, Platform, admin_client, machine, percentile, platform, utc_now
 
+from common.devstack import free_port
 from common.identity import HEADER, Identity, SignedIdentity, sign
 
 MODEL = "local/all-MiniLM-L6-v2"
@@ -101,6 +115,138 @@ def timed_queries(base_url: str, identity: Identity, key: bytes, collection: str
     return row
 
 
+# The least an HTTP service in front of this Postgres can add: plain ASGI under uvicorn, the
+# body parsed by pydantic-core, the vector packed, one asyncpg connection, the statement
+# given (the service's own), its JSON text sent back as it is.
+FLOOR_APP = """
+import os, struct, asyncpg
+from pydantic_core import from_json
+state = {}
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if not state:
+        state["db"] = await asyncpg.connect(os.environ["FLOOR_DSN"])
+        await state["db"].set_type_codec("vector", schema=os.environ["FLOOR_VECTOR_SCHEMA"],
+                                         encoder=bytes, decoder=bytes, format="binary")
+        state["ef"] = None
+    if scope["method"] != "POST":  # the readiness probe
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    query = from_json(body)
+    if state["ef"] != query["ef_search"]:
+        await state["db"].execute(f"SET hnsw.ef_search = {int(query['ef_search'])}")
+        state["ef"] = query["ef_search"]
+    vector = struct.pack(f">HH{len(query['vector'])}f", len(query["vector"]), 0, *query["vector"])
+    out = (await state["db"].fetchval(os.environ["FLOOR_SQL"], vector, query["top_k"])).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
+"""
+
+
+def search_sql(collection: str, generation: int) -> str:
+    """The service's statement for a query without a filter (embeddings.repository), the
+    vector sent in pgvector's binary format."""
+    table = f'embeddings."doc_{uuid.UUID(collection).hex}_{generation}"'
+    answer = (
+        "coalesce(json_agg(json_build_object('id', s.id, 'score', 1 - s.distance, 'text',"
+        " s.text, 'metadata', s.metadata, 'vector', NULL) ORDER BY s.distance), '[]')::text"
+    )
+    return (f"SELECT {answer} FROM (SELECT id, text, metadata, embedding <=> $1::vector"  # noqa: S608
+            f" AS distance FROM {table} ORDER BY distance LIMIT $2) AS s")  # fmt: skip
+
+
+async def postgres_alone(dsn: str, schema: str, sql: str, queries: np.ndarray, ef: int) -> float:
+    """p50 ms of the statement from a bare asyncpg client (binary vector parameter)."""
+    db = await asyncpg.connect(dsn)
+    try:
+        await db.set_type_codec("vector", schema=schema, encoder=bytes, decoder=bytes,
+                                format="binary")  # fmt: skip
+        await db.execute(f"SET hnsw.ef_search = {int(ef)}")
+        statement = await db.prepare(sql)
+        vectors = [len(q).to_bytes(2, "big") + b"\0\0" + q.astype(">f4").tobytes() for q in queries]
+        latencies = []
+        for vector in vectors:
+            t0 = time.perf_counter()
+            await statement.fetchval(vector, 10)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(latencies)
+    finally:
+        await db.close()
+
+
+def floor_rows(
+    dsn: str,
+    collection: str,
+    identity: Identity,
+    key: bytes,
+    queries: np.ndarray,
+    exact: np.ndarray,
+    efs: list[int],
+) -> list[dict[str, Any]]:
+    """For each ef_search: Postgres alone and the minimal app, p50 ms."""
+    generation, schema = asyncio.run(_collection_facts(dsn, collection))
+    sql = search_sql(collection, generation)
+    workdir = tempfile.mkdtemp(prefix="vector-floor-")
+    Path(workdir, "vector_floor.py").write_text(FLOOR_APP)
+    port = free_port()
+    app = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "uvicorn", "vector_floor:app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        env=dict(os.environ, FLOOR_DSN=dsn, FLOOR_SQL=sql, FLOOR_VECTOR_SCHEMA=schema,
+                 PYTHONPATH=workdir), cwd=workdir,
+    )  # fmt: skip
+    rows = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(url)  # 204 once it answers
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for ef in efs:
+            alone = asyncio.run(postgres_alone(dsn, schema, sql, queries, ef))
+            print(f"floor ef_search={ef}: Postgres alone p50 {alone:.2f} ms", flush=True)
+            minimal = timed_queries(url, identity, key, collection, queries, exact, ef)
+            rows.append({"ef_search": ef, "postgres_alone_p50_ms": alone,
+                         "minimal_app_p50_ms": minimal["p50_ms"],
+                         "minimal_app_recall_at_10": minimal["recall_at_10"]})  # fmt: skip
+    finally:
+        app.terminate()
+        app.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+async def _collection_facts(dsn: str, collection: str) -> tuple[int, str]:
+    """The collection's table generation, and the schema pgvector's type lives in."""
+    db = await asyncpg.connect(dsn)
+    try:
+        generation = await db.fetchval(
+            "SELECT generation FROM embeddings.collection WHERE id = $1", uuid.UUID(collection)
+        )
+        schema = await db.fetchval(
+            "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+            " WHERE t.typname = 'vector' LIMIT 1"
+        )
+        return int(generation), str(schema)
+    finally:
+        await db.close()
+
+
 async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: Identity,
                      key: bytes) -> dict[str, Any]:  # fmt: skip
     rng = np.random.default_rng(1)
@@ -133,6 +279,7 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: I
             timed_queries(urls["embeddings"], identity, key, collection, queries, exact, ef)
             for ef in args.ef
         ]
+        result["_floor_inputs"] = (collection, queries, exact)
 
         texts = [f"sentence {i}: the quick brown fox jumps over the lazy dog {i % 97}"
                  for i in range(args.texts)]  # fmt: skip
@@ -180,7 +327,11 @@ def run(running: Platform, args: argparse.Namespace) -> dict[str, Any]:
     identity = Identity(sub=me["id"], kind="user", iss="gateway", roles=tuple(me["roles"]),
                         permissions=tuple(me["permissions"]))  # fmt: skip
     urls = {name: running.url(name) for name in running.ports}
-    result = asyncio.run(main_async(args, urls, identity, running.signing_key.encode()))
+    key = running.signing_key.encode()
+    result = asyncio.run(main_async(args, urls, identity, key))
+    collection, queries, exact = result.pop("_floor_inputs")
+    dsn = f"postgresql://postgres@/platform?host={running.data_dir / 'pg'}"  # its superuser
+    result["floor"] = floor_rows(dsn, collection, identity, key, queries, exact, args.ef)
     result.update({
         "when": utc_now(), "machine": machine(),
         "dimension": DIMENSION, "data": "random, intrinsic dimension 32, unit length",

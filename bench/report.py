@@ -320,8 +320,34 @@ def vectors_tables(vec: dict[str, Any]) -> str:
             ),
             "### Queries, one at a time (ms; recall@10 against exact search)",
             table(["ef_search", "p50", "p95", "p99", "recall@10"], rows),
+            *vector_floor_table(vec),
         ]
     )
+
+
+def vector_floor_table(vec: dict[str, Any]) -> list[str]:
+    """What is under each query figure: the service's statement from a bare asyncpg client,
+    and from a minimal ASGI app (bench/embeddings.py)."""
+    floor = vec.get("floor")
+    if not floor:
+        return []
+    service = {q["ef_search"]: q["p50_ms"] for q in vec["queries"]}
+    rows = [
+        [
+            fmt(f["ef_search"], 0),
+            fmt(f["postgres_alone_p50_ms"], 2),
+            fmt(f["minimal_app_p50_ms"], 2),
+            fmt(service.get(f["ef_search"]), 2),
+        ]
+        for f in floor
+    ]
+    return [
+        "### The floor under those figures (p50 ms, same collection and queries)",
+        table(
+            ["ef_search", "Postgres alone (asyncpg)", "minimal ASGI app + asyncpg", "the service"],
+            rows,
+        ),
+    ]
 
 
 def targets(report: dict[str, Any]) -> list[list[str]]:
