@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
 
+import httpx
 import pytest
+from starlette.requests import Request
 
-from .conftest import Embeddings, person
+from common.identity import HEADER, Identity, sign
+from embeddings.api import fast_query
+from embeddings.errors import CollectionNotFound
+
+from .conftest import Embeddings, MakeEmbeddings, person
 
 ALICE, BOB = person(301), person(302)
 
@@ -232,3 +239,106 @@ async def test_bad_queries_are_422(service: Embeddings, case: str, body: dict[st
 
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def _as_user_sees(response: Any) -> tuple[int, str, Any]:
+    """Status, content type and body, without what differs per request (trace, request id)."""
+    if response.headers["content-type"].startswith("application/problem+json"):
+        body = {k: v for k, v in response.json().items() if k not in ("trace_id", "request_id")}
+    else:
+        body = response.json() if response.content else None
+    return response.status_code, response.headers["content-type"], body
+
+
+async def test_the_fast_query_path_answers_as_the_route_does(
+    service: Embeddings, make_embeddings: MakeEmbeddings
+) -> None:
+    """Queries with a vector are answered below FastAPI's router (common.fastpath) when
+    they succeed; every answer, right or wrong, is the same as with that path off."""
+    carol = person(303)
+    viewer = person(304, "viewer")
+    collection = await service.collection(BOB, "fast path", metric="cosine")
+    documents = [
+        {"id": f"d{i}", "vector": unit(i), "metadata": {"n": i, "tag": ("even", "odd")[i % 2]}}
+        for i in range(40)
+    ]
+    await service.upsert(BOB, collection["id"], documents)
+    path = f"/v1/collections/{collection['id']}/query"
+    good = {"vector": unit(3), "top_k": 5}
+    requests: list[tuple[str, Any, str, dict[str, Any]]] = [
+        ("vector", BOB, path, {"json": good}),
+        ("filter and vectors", BOB, path, {"json": {
+            **good, "filter": {"tag": "odd", "n": {"$gte": 10}}, "include_vectors": True,
+            "ef_search": 64}}),
+        ("a viewer", viewer, path, {"json": good}),
+        ("charset", BOB, path, {"content": json.dumps(good),
+                                "headers": {"content-type": "application/json; charset=utf-8"}}),
+        ("text", BOB, path, {"json": {"text": "a cat", "top_k": 2}}),
+        ("top_k 0", BOB, path, {"json": {**good, "top_k": 0}}),
+        ("unknown field", BOB, path, {"json": {**good, "extra": 1}}),
+        ("bad filter", BOB, path, {"json": {**good, "filter": {"n": {"$near": 1}}}}),
+        ("wrong dimension", BOB, path, {"json": {"vector": [1.0, 2.0]}}),
+        ("NaN", BOB, path, {"content": '{"vector": [NaN' + ", 0.0" * 383 + "]}",
+                            "headers": {"content-type": "application/json"}}),
+        ("malformed JSON", BOB, path, {"content": '{"vector": [1.0,',
+                                       "headers": {"content-type": "application/json"}}),
+        ("empty body", BOB, path, {"content": b"",
+                                   "headers": {"content-type": "application/json"}}),
+        ("form body", BOB, path, {"content": "vector=1", "headers": {
+            "content-type": "application/x-www-form-urlencoded"}}),
+        ("no content type", BOB, path, {"content": json.dumps(good)}),
+        ("someone else's", carol, path, {"json": good}),
+        ("no such collection", BOB, "/v1/collections/00000000-0000-0000-0000-000000000000/query",
+         {"json": good}),
+        ("not an id", BOB, "/v1/collections/not-a-uuid/query", {"json": good}),
+        ("a service", Identity(sub="service:x", kind="service", iss="x"), path, {"json": good}),
+        ("no permission", Identity(sub=BOB.sub, kind="user", iss="gateway", roles=("member",),
+                                   permissions=("models:read",)), path, {"json": good}),
+    ]  # fmt: skip
+
+    async with make_embeddings(fast_query=False) as plain:
+        for case, who, target, kwargs in requests:
+            fast = await service.call(who, "POST", target, **kwargs)
+            slow = await plain.call(who, "POST", target, **kwargs)
+            assert _as_user_sees(fast) == _as_user_sees(slow), case
+        unsigned = [await app.post(path, json=good) for app in (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=service.app), base_url="http://t"),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=plain.app), base_url="http://t"),
+        )]  # fmt: skip
+        assert _as_user_sees(unsigned[0]) == _as_user_sees(unsigned[1])
+        assert unsigned[0].status_code == 401
+
+    answered = await service.query(BOB, collection["id"], **good)
+    assert answered.status_code == 200
+    assert answered.json()[0]["id"] == "d3"
+
+
+async def test_fast_query_answers_a_vector_query_itself(service: Embeddings) -> None:
+    """The handler under the fast path answers a query with a vector (the route is not
+    asked), and leaves a text query and a failing one to the route."""
+    collection = await service.collection(BOB, "fast handler")
+    await service.upsert(BOB, collection["id"], [{"id": f"d{i}", "vector": unit(i)}
+                                                 for i in range(5)])  # fmt: skip
+    path = f"/v1/collections/{collection['id']}/query"
+
+    async def handle(who: Identity, body: dict[str, Any]) -> Any:
+        raw = json.dumps(body).encode()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        signed = sign(who, service.key, method="POST", path=path)
+        headers = [(b"content-type", b"application/json"),
+                   (HEADER.lower().encode(), signed.encode())]  # fmt: skip
+        scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": headers, "app": service.app}  # fmt: skip
+        return await fast_query(Request(scope, receive), {"id": collection["id"]})
+
+    answered = await handle(BOB, {"vector": unit(2), "top_k": 3})
+    assert answered.status_code == 200
+    routed = await service.query(BOB, collection["id"], vector=unit(2), top_k=3)
+    assert json.loads(answered.body) == routed.json()
+    assert json.loads(answered.body)[0]["id"] == "d2"
+    assert await handle(BOB, {"text": "a cat"}) is None
+    with pytest.raises(CollectionNotFound):
+        await handle(person(305), {"vector": unit(2)})

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from common.app import create_service_app, database_and_redis
-from embeddings.api import router
+from common.fastpath import fast_route
+from embeddings.api import QUERY_PATH, fast_query, router
 from embeddings.clients import Inference
 from embeddings.service import Runtime
 from embeddings.settings import EmbeddingsSettings
@@ -41,10 +42,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: EmbeddingsSettings | None = None) -> FastAPI:
+    settings = settings or EmbeddingsSettings()
     return create_service_app(
-        settings or EmbeddingsSettings(),
+        settings,
         public=router,
         lifespan=lifespan,
         title="Embeddings",
         description="Collections of documents with pgvector indexes and semantic search.",
+        fast_routes=[fast_route("POST", QUERY_PATH, fast_query)] if settings.fast_query else [],
     )

@@ -1,0 +1,80 @@
+"""common.fastpath: a fast route answers what it can; the FastAPI route gets the rest, body
+and all."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from common.fastpath import FastRoutes, fast_route
+
+
+async def handler(request: Request, params: Mapping[str, str]) -> Response | None:
+    body = json.loads(await request.body())
+    if body.get("boom"):
+        raise RuntimeError("the fast path fails")
+    if not body.get("fast"):
+        return None
+    return JSONResponse({"via": "fast", "id": params["id"], "body": body})
+
+
+def client() -> httpx.AsyncClient:
+    app = FastAPI()
+
+    @app.post("/items/{id}")
+    async def route(id: str, request: Request) -> dict[str, Any]:
+        return {"via": "route", "id": id, "body": json.loads(await request.body())}
+
+    @app.get("/items/{id}")
+    async def read(id: str) -> dict[str, Any]:
+        return {"via": "route", "id": id}
+
+    @app.post("/items/{id}/more")
+    async def more(id: str) -> dict[str, Any]:
+        return {"via": "route", "id": id}
+
+    wrapped = FastRoutes(app, [fast_route("POST", "/items/{id}", handler)])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://t")
+
+
+async def test_the_fast_route_answers_when_it_can() -> None:
+    async with client() as http:
+        answer = await http.post("/items/a1", json={"fast": True})
+
+    assert answer.json() == {"via": "fast", "id": "a1", "body": {"fast": True}}
+
+
+async def test_the_route_answers_what_the_fast_route_gives_up_with_the_same_body() -> None:
+    async with client() as http:
+        declined = await http.post("/items/a2", json={"fast": False, "n": 1})
+        failed = await http.post("/items/a3", json={"boom": True})
+
+    assert declined.json() == {"via": "route", "id": "a2", "body": {"fast": False, "n": 1}}
+    assert failed.json() == {"via": "route", "id": "a3", "body": {"boom": True}}
+
+
+async def test_other_methods_and_paths_go_to_the_routes() -> None:
+    async with client() as http:
+        read = await http.get("/items/a4")
+        longer = await http.post("/items/a5/more", json={"fast": True})
+        unknown = await http.post("/other", json={"fast": True})
+
+    assert read.json() == {"via": "route", "id": "a4"}
+    assert longer.json() == {"via": "route", "id": "a5"}
+    assert unknown.status_code == 404
+
+
+def test_a_template_matches_one_segment_per_parameter() -> None:
+    route = fast_route("POST", "/v1/collections/{id}/query", handler)
+
+    found = route.path.fullmatch("/v1/collections/abc-1/query")
+    assert found is not None
+    assert found.groupdict() == {"id": "abc-1"}
+    assert route.path.fullmatch("/v1/collections/a/b/query") is None
+    assert route.path.fullmatch("/v1/collections//query") is None
+    assert route.path.fullmatch("/v1/collectionsX/a/query") is None
