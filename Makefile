@@ -20,7 +20,7 @@ LOCAL_MET := import sys, importlib.metadata as md; \
 LOCAL_REQS := import tomllib; \
   print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
 
-.PHONY: help install install-local run infra test test-fast lint format migrate pin clean bench bench-peers
+.PHONY: help install install-local run stop-service start-service infra test test-fast lint format migrate pin clean bench bench-peers
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip
 
 run: install ## the whole platform on http://127.0.0.1:8000 (Ctrl-C stops everything)
 	$(PYTHON) -m common.devstack run
+
+stop-service: ## stop one service of a running `make run`, the rest kept (SERVICE=telemetry)
+	$(PYTHON) -m common.keeper stop $(SERVICE)
+
+start-service: ## start it again (SERVICE=telemetry)
+	$(PYTHON) -m common.keeper start $(SERVICE)
 
 test: install ## every test: unit, API, contract and end-to-end
 	$(PYTHON) -m pytest

@@ -318,8 +318,10 @@ class Platform:
         return env
 
     def commands(self) -> dict[str, str]:
+        """Each process under a keeper (common.keeper): one can be stopped and started
+        again (`make stop-service` / `make start-service`) without stopping the rest."""
         python = sys.executable
-        return {name: f"exec {python} -m {name}" for name in self.ports}
+        return {name: f"exec {python} -m common.keeper {name}" for name in self.ports}
 
 
 def default_ports() -> dict[str, int]:

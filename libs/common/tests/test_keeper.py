@@ -1,0 +1,117 @@
+"""common.keeper: one service of `make run` stopped and started alone; a service that cannot
+start still stops the platform."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from common import keeper
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def start_keeper(command: list[str], grace: float = 0.5) -> subprocess.Popen[bytes]:
+    """A keeper (as `make run` starts one) around `command`, in a process of its own."""
+    code = (
+        "import sys; from common.keeper import Keeper; "
+        f"sys.exit(Keeper('dummy', {command!r}).run())"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": str(grace)},
+    )
+
+
+def children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    return [p for p in psutil.Process(process.pid).children() if p.status() != "zombie"]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not within the timeout")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def kept() -> Iterator[subprocess.Popen[bytes]]:
+    process = start_keeper(SLEEPER)
+    eventually(lambda: len(children(process)) == 1)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def test_stop_and_start_one_service_while_the_keeper_stays(
+    kept: subprocess.Popen[bytes],
+) -> None:
+    first = children(kept)[0]
+
+    kept.send_signal(signal.SIGUSR1)  # make stop-service
+    eventually(lambda: not first.is_running() or first.status() == "zombie")
+    time.sleep(0.5)
+    assert kept.poll() is None
+    assert children(kept) == []
+
+    kept.send_signal(signal.SIGUSR2)  # make start-service
+    eventually(lambda: len(children(kept)) == 1)
+    assert children(kept)[0].pid != first.pid
+
+
+def test_a_service_killed_after_its_start_leaves_the_rest_running(
+    kept: subprocess.Popen[bytes],
+) -> None:
+    time.sleep(0.6)  # past the start-up grace
+    children(kept)[0].kill()
+
+    time.sleep(1.0)
+    assert kept.poll() is None  # `make run` goes on
+    assert children(kept) == []  # and the service stays down until asked
+    kept.send_signal(signal.SIGUSR2)
+    eventually(lambda: len(children(kept)) == 1)
+
+
+def test_sigterm_stops_the_service_and_the_keeper(kept: subprocess.Popen[bytes]) -> None:
+    service = children(kept)[0]
+
+    kept.send_signal(signal.SIGTERM)
+
+    assert kept.wait(15) == 0
+    eventually(lambda: not service.is_running() or service.status() == "zombie")
+
+
+def test_a_service_that_cannot_start_stops_the_platform() -> None:
+    process = start_keeper([sys.executable, "-c", "raise SystemExit(3)"], grace=30)
+
+    assert process.wait(15) == 3
+
+
+def test_the_make_targets_find_the_keeper_by_its_pid_file(
+    kept: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLATFORM_DATA_DIR", str(tmp_path))
+    path = keeper.pid_file("telemetry")
+    path.parent.mkdir(parents=True)
+    path.write_text(str(kept.pid))
+    first = children(kept)[0]
+
+    assert keeper.control("stop", "telemetry") == 0
+    eventually(lambda: children(kept) == [])
+    assert keeper.control("start", "telemetry") == 0
+    eventually(lambda: len(children(kept)) == 1)
+    assert children(kept)[0].pid != first.pid
+
+    assert keeper.control("stop", "nonsense") == 2
+    path.unlink()
+    assert keeper.control("stop", "telemetry") == 1  # no `make run` keeping it
