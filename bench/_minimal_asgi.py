@@ -1,0 +1,24 @@
+"""What the minimal ASGI apps of the floor measurements share (bench/floor.py,
+bench/embeddings.py): each is written out as a module and served by uvicorn in a process
+of its own, with nothing but these helpers and its own few lines."""
+
+HELPERS = """
+async def lifespan(receive, send):
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+async def read_body(receive):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+async def send_json(send, status, data):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+"""
