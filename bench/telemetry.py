@@ -1,7 +1,7 @@
 """Telemetry's targets on this machine: ingestion from the Redis stream into Postgres,
 lag under a steady 2,000 events/s, and a 30-day usage query over 1,000,000 calls.
 
-    .venv/bin/python bench/telemetry.py [--backlog 200000] [--steady-seconds 30] [--replicas 1]
+    .venv/bin/python bench/telemetry.py [--backlog 200000] [--steady-seconds 30] [--replicas 2]
 
 Starts a fresh embedded PostgreSQL (pgserver, data in a temporary directory) and a Redis
 on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real service
@@ -353,7 +353,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trigger-batches", type=int, default=100,
                         help="1,000-row inserts per case for the trigger overhead")  # fmt: skip
-    parser.add_argument("--replicas", type=int, default=1, help="telemetry processes")
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="telemetry processes (2: as deploy/k8s/base runs it)")  # fmt: skip
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
     admin_url = devstack.with_database(devstack.start_embedded_postgres(data_dir), "bench")
