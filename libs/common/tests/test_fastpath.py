@@ -13,21 +13,31 @@ from starlette.responses import JSONResponse, Response
 
 from common.fastpath import FastRoutes, fast_route
 
+routed: list[str] = []  # the ids the FastAPI route answered
+
 
 async def handler(request: Request, params: Mapping[str, str]) -> Response | None:
     body = json.loads(await request.body())
+    if body.get("invalid"):
+        raise ValueError("the route gives this its own 422")
     if body.get("boom"):
-        raise RuntimeError("the fast path fails")
+        raise RuntimeError("the database went away")
     if not body.get("fast"):
         return None
     return JSONResponse({"via": "fast", "id": params["id"], "body": body})
 
 
+async def on_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"via": "on_error", "error": str(exc)}, status_code=500)
+
+
 def client() -> httpx.AsyncClient:
     app = FastAPI()
+    routed.clear()
 
     @app.post("/items/{id}")
     async def route(id: str, request: Request) -> dict[str, Any]:
+        routed.append(id)
         return {"via": "route", "id": id, "body": json.loads(await request.body())}
 
     @app.get("/items/{id}")
@@ -38,8 +48,9 @@ def client() -> httpx.AsyncClient:
     async def more(id: str) -> dict[str, Any]:
         return {"via": "route", "id": id}
 
-    wrapped = FastRoutes(app, [fast_route("POST", "/items/{id}", handler)])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://t")
+    wrapped = FastRoutes(app, [fast_route("POST", "/items/{id}", handler)], on_error)
+    transport = httpx.ASGITransport(app=wrapped, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://t")
 
 
 async def test_the_fast_route_answers_when_it_can() -> None:
@@ -47,15 +58,26 @@ async def test_the_fast_route_answers_when_it_can() -> None:
         answer = await http.post("/items/a1", json={"fast": True})
 
     assert answer.json() == {"via": "fast", "id": "a1", "body": {"fast": True}}
+    assert routed == []
 
 
 async def test_the_route_answers_what_the_fast_route_gives_up_with_the_same_body() -> None:
     async with client() as http:
         declined = await http.post("/items/a2", json={"fast": False, "n": 1})
-        failed = await http.post("/items/a3", json={"boom": True})
+        invalid = await http.post("/items/a3", json={"invalid": True})
 
     assert declined.json() == {"via": "route", "id": "a2", "body": {"fast": False, "n": 1}}
-    assert failed.json() == {"via": "route", "id": "a3", "body": {"boom": True}}
+    assert invalid.json() == {"via": "route", "id": "a3", "body": {"invalid": True}}
+
+
+async def test_an_unexpected_error_is_answered_once_not_retried() -> None:
+    """A database that went away must not make the caller wait twice."""
+    async with client() as http:
+        failed = await http.post("/items/a6", json={"boom": True})
+
+    assert failed.status_code == 500
+    assert failed.json() == {"via": "on_error", "error": "the database went away"}
+    assert routed == []
 
 
 async def test_other_methods_and_paths_go_to_the_routes() -> None:

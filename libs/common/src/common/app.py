@@ -35,7 +35,7 @@ class PlatformApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.fast_routes:
-            stack = FastRoutes(stack, self.fast_routes)
+            stack = FastRoutes(stack, self.fast_routes, self.exception_handlers[Exception])
         return RequestMiddleware(stack, service=self.state.settings.service_name)
 
 

@@ -4,30 +4,41 @@ FastAPI's routing, dependency solving and request wrappers cost about a millisec
 per request on a small machine: for a route that is otherwise a single database round
 trip (a vector search), that is a third of the request. A fast route answers such a
 request with a plain handler, and only when it can answer exactly as its FastAPI route
-would. Its handler returns None (or raises) for anything else: a body that does not
-validate, a missing permission, an unknown id, any error at all. The request then goes to
-the FastAPI route, its body given again, which answers as it always has (errors as
-problem+json by the app's handlers, the same statuses, the same details).
+would. Its handler returns None, or raises a Problem or a ValueError (a pydantic
+ValidationError is one), for anything else: a body that does not validate, a missing
+permission, an unknown id. The request then goes to the FastAPI route, its body given
+again, which answers as it always has (errors as problem+json by the app's handlers, the
+same statuses, the same details).
 
-So a fast route never has an error behaviour of its own: errors are FastAPI's by
+So a fast route never has an error answer of its own: those are FastAPI's by
 construction, at the cost of doing the failed checks twice. Its handler must have no side
 effects before its last step, since a request it gives up on runs again (a read-only
-query qualifies). The request middleware (request id, server span, metrics, access log)
-wraps both paths; a request is counted and logged once, under the FastAPI route's
-template.
+query qualifies). Any other exception is not retried (an overloaded pool or a database
+that does not answer would make the caller wait twice): it gets what FastAPI's last
+resort gives it, the app's handler for Exception (500 problem+json), and is raised on
+for the server's log, as Starlette does. The request middleware (request id, server span,
+metrics, access log) wraps both paths; a request is counted and logged once, under the
+FastAPI route's template.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.errors import Problem
+
 Handler = Callable[[Request, Mapping[str, str]], Awaitable[Response | None]]
+OnError = Callable[[Request, Any], Response | Awaitable[Response]]
+# What a handler raises to say "the route answers this, with its own error".
+DECLINED: tuple[type[Exception], ...] = (Problem, ValueError)
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,13 @@ def fast_route(method: str, template: str, handler: Handler) -> FastRoute:
 
 class FastRoutes:
     """ASGI: the fast routes first; every other request, and every request a fast route
-    gives up on, goes to `app` (FastAPI's own stack)."""
+    gives up on, goes to `app` (FastAPI's own stack). `on_error` answers an unexpected
+    exception (the app's handler for Exception)."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[FastRoute]) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[FastRoute], on_error: OnError) -> None:
         self.app = app
         self.routes = tuple(routes)
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -75,8 +88,14 @@ class FastRoutes:
         request = Request(scope, receive)
         try:
             response = await route.handler(request, params)
-        except Exception:  # the FastAPI route answers it, as it always has
+        except DECLINED:  # the FastAPI route answers it, as it always has
             response = None
+        except Exception as exc:
+            answer = self.on_error(request, exc)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            await answer(scope, receive, send)
+            raise
         if response is not None:
             await response(scope, receive, send)
             return

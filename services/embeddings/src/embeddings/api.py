@@ -148,11 +148,11 @@ async def query(
 
 async def fast_query(request: Request, params: Mapping[str, str]) -> Response | None:
     """`query` with a given vector, on its success path, below FastAPI's router
-    (common.fastpath): the same checks in the same terms, giving up (None, or any error)
-    wherever the route would answer with an error, which it then does. A search only reads,
-    so running it twice is harmless; a query with text is left to the route, since its
-    embedding call (billed, recorded in telemetry) must not run twice, and it dwarfs the
-    millisecond saved here anyway."""
+    (common.fastpath): the same checks in the same terms, giving up (None, a Problem, a
+    ValueError) wherever the route would answer with an error, which it then does. A
+    search only reads, so running it twice is harmless; a query with text is left to the
+    route, since its embedding call (billed, recorded in telemetry) must not run twice,
+    and it dwarfs the millisecond saved here anyway."""
     content_type = request.headers.get("content-type", "")
     if content_type.partition(";")[0].strip().lower() != "application/json":
         return None  # FastAPI's own content negotiation decides
