@@ -3,6 +3,7 @@ start still stops the platform."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,9 +49,17 @@ def kept() -> Iterator[subprocess.Popen[bytes]]:
     process = start_keeper(SLEEPER)
     eventually(lambda: len(children(process)) == 1)
     yield process
+    left = children(process) if process.poll() is None else []
     if process.poll() is None:
-        process.kill()
-        process.wait(10)
+        process.terminate()  # the keeper stops its service first
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    for child in left:  # nothing left behind, whatever happened
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def test_stop_and_start_one_service_while_the_keeper_stays(
