@@ -146,16 +146,23 @@ async def app(scope, receive, send):
 )
 
 
-def search_sql(collection: str, generation: int) -> str:
-    """The service's statement for a query without a filter (embeddings.repository), the
-    vector sent in pgvector's binary format."""
-    table = f'embeddings."doc_{uuid.UUID(collection).hex}_{generation}"'
-    answer = (
-        "coalesce(json_agg(json_build_object('id', s.id, 'score', 1 - s.distance, 'text',"
-        " s.text, 'metadata', s.metadata, 'vector', NULL) ORDER BY s.distance), '[]')::text"
-    )
-    return (f"SELECT {answer} FROM (SELECT id, text, metadata, embedding <=> $1::vector"  # noqa: S608
-            f" AS distance FROM {table} ORDER BY distance LIMIT $2) AS s")  # fmt: skip
+# The service's own statement for a query without a filter, from its repository. Asked of
+# the service's package in a process of its own: in this one, `embeddings` is this file.
+STATEMENT = (
+    "import sys, uuid; from embeddings.repository import DocumentTable, plain_search_sql; "
+    "print(plain_search_sql(DocumentTable(uuid.UUID(sys.argv[1]), int(sys.argv[2]), "
+    "int(sys.argv[3]), sys.argv[4]), False))"
+)
+
+
+def search_sql(collection: str, generation: int, workdir: str) -> str:
+    """embeddings.repository.plain_search_sql for the collection (cosine, DIMENSION): the
+    vector sent in pgvector's binary format. `workdir`: a directory without this file."""
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", STATEMENT, collection, str(generation), str(DIMENSION), "cosine"],
+        cwd=workdir, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
 
 
 async def postgres_alone(dsn: str, schema: str, sql: str, queries: np.ndarray, ef: int) -> float:
@@ -191,8 +198,12 @@ def query_rows(
     app), measured back to back per ef_search after one unmeasured pass of each at the
     largest (the index and the table in shared buffers)."""
     generation, schema = asyncio.run(_collection_facts(dsn, collection))
-    sql = search_sql(collection, generation)
     workdir = tempfile.mkdtemp(prefix="vector-floor-")
+    try:
+        sql = search_sql(collection, generation, workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     Path(workdir, "vector_floor.py").write_text(FLOOR_APP)
     port = free_port()
     app = subprocess.Popen(  # noqa: S603
