@@ -152,10 +152,21 @@ def stop_embedded_postgres(data_dir: Path) -> bool:
     (data_dir / "pg-holders" / str(os.getpid())).unlink(missing_ok=True)
     if _held_by_others(data_dir):
         return False
+    import psutil
+
     pgdata = data_dir / "pg"
-    if not (pgdata / "postmaster.pid").exists():
+    try:
+        postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+    except (OSError, ValueError, IndexError, psutil.Error):
         return False
     _pg_ctl(pgdata, "-t", "20", "stop", check=False)
+    # pg_ctl returns once postmaster.pid is gone, which the postmaster removes just before
+    # it exits: a server started at once on the same data would find its shared memory
+    # still attached ("pre-existing shared memory block is still in use").
+    deadline = time.monotonic() + 20
+    with suppress(psutil.Error):
+        while postmaster.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
     return True
 
 
