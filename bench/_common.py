@@ -28,7 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
-from common import devstack  # noqa: E402
+from common import devstack, ports  # noqa: E402
 
 ADMIN_EMAIL = "perf@example.com"
 ADMIN_PASSWORD = "bench-Passphrase-for-the-platform-1"  # noqa: S105
@@ -124,16 +124,16 @@ def utc_now() -> str:
 
 
 def start_upstream(
-    port: int, *, delay_ms: float = 0, dimensions: int = 8
-) -> subprocess.Popen[bytes]:
-    """The OpenAI-protocol fake (`python -m common.fakes.run openai`), checking our key."""
+    *, delay_ms: float = 0, dimensions: int = 8
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The OpenAI-protocol fake (`python -m common.fakes.run openai`), checking our key, on
+    a free port it inherits (common.ports: no other process can take it meanwhile); returns
+    it and its port."""
     command = [
         sys.executable,
         "-m",
         "common.fakes.run",
         "openai",
-        "--port",
-        str(port),
         "--api-key",
         UPSTREAM_KEY,
         "--dimensions",
@@ -141,7 +141,7 @@ def start_upstream(
     ]
     if delay_ms:
         command += ["--delay-ms", str(delay_ms)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    return ports.spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop(
@@ -166,7 +166,7 @@ def stop(
 class Platform:
     """The whole platform (`python -m common.devstack run`) on free ports, fresh data."""
 
-    ports: dict[str, int]
+    ports: dict[str, int]  # filled once devstack has announced the ports it holds
     signing_key: str
     data_dir: Path
     stack: subprocess.Popen[bytes]
@@ -184,7 +184,7 @@ class Platform:
         found = {name: tree(pid) for name, pid in self.pids.items()}
         found["redis"] = [
             p for p in tree(self.stack.pid) if p.name().startswith("redis")
-        ]  # started by devstack when none answers at REDIS_URL (always here: a free port)
+        ]  # started by devstack on a free port (REDIS_URL's port 0)
         pid_file = self.data_dir / "pg" / "postmaster.pid"
         with contextlib.suppress(OSError, ValueError):
             found["postgres"] = tree(int(pid_file.read_text().split()[0]))
@@ -194,8 +194,11 @@ class Platform:
 @contextlib.contextmanager
 def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
     """Start the platform with an admin (ADMIN_EMAIL / ADMIN_PASSWORD), rate limits off and
-    a fresh embedded Postgres and Redis; stop it all and delete its data on the way out."""
-    ports = {name: devstack.free_port() for name in SERVICE_NAMES}
+    a fresh embedded Postgres and Redis; stop it all and delete its data on the way out.
+
+    devstack chooses the ports (`<NAME>_PORT=0`, Redis on port 0): each service's is bound
+    before anything starts and served by that very socket, so no other process can take it
+    in between (common.ports); the ports are read from the line it prints."""
     key = secrets.token_hex(32)
     data_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -208,8 +211,8 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
             "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
             "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
             "PLATFORM_DATA_DIR": str(data_dir),
-            "REDIS_URL": f"redis://127.0.0.1:{devstack.free_port()}/0",
-            **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+            "REDIS_URL": "redis://127.0.0.1:0/0",
+            **{f"{name.upper()}_PORT": "0" for name in SERVICE_NAMES},
             **env_extra,
         }
     )
@@ -222,9 +225,11 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    running = Platform(ports, key, data_dir, stack)
+    running = Platform({}, key, data_dir, stack)
     try:
-        wait(f"{running.gateway}/readyz", deadline=180, process=stack)
+        deadline = time.monotonic() + 180
+        running.ports = announced_ports(log, stack, deadline)
+        wait(f"{running.gateway}/readyz", deadline=deadline - time.monotonic(), process=stack)
         children = {" ".join(p.cmdline()): p.pid for p in tree(stack.pid)[1:]}
         running.pids = {
             name: next(pid for cmd, pid in children.items() if cmd.endswith(f"-m {name}"))
@@ -235,6 +240,20 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
         stop(stack, 60)  # devstack stops the services, Redis and Postgres on SIGTERM
         devstack.stop_embedded_postgres(data_dir)  # if devstack could not: its holder is gone
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def announced_ports(log: Path, stack: subprocess.Popen[bytes], deadline: float) -> dict[str, int]:
+    """The ports `python -m common.devstack run` says it holds (the line it prints before
+    it starts any process, into `log`); RuntimeError if it exits first or after `deadline`
+    (time.monotonic)."""
+    while time.monotonic() < deadline:
+        found = devstack.announced_ports(log.read_text(errors="replace"))
+        if found is not None:
+            return found
+        if stack.poll() is not None:
+            raise RuntimeError(f"devstack exited ({stack.returncode}) before its ports: see {log}")
+        time.sleep(0.05)
+    raise RuntimeError(f"devstack announced no ports: see {log}")
 
 
 @contextlib.contextmanager

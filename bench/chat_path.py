@@ -34,8 +34,6 @@ from _common import (
     utc_now,
 )
 
-from common import devstack
-
 BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
 
 
@@ -69,8 +67,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     n = args.requests
-    upstream_port = devstack.free_port()
-    upstream = start_upstream(upstream_port)
+    upstream, upstream_port = start_upstream()
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     # The local model is not measured here; its background load would land in inference's CPU.
     try:

@@ -44,9 +44,9 @@ import asyncpg
 import httpx
 import numpy as np
 from _common import RESULTS, Platform, admin_client, machine, percentile, platform, utc_now
-from _minimal_asgi import HELPERS
+from _minimal_asgi import HELPERS, SERVE
 
-from common.devstack import free_port
+from common import ports
 from common.identity import HEADER, Identity, SignedIdentity, sign
 
 MODEL = "local/all-MiniLM-L6-v2"
@@ -143,6 +143,7 @@ async def app(scope, receive, send):
     out = (await state["db"].fetchval(os.environ["FLOOR_SQL"], vector, query["top_k"])).encode()
     await send_json(send, 200, out)
 """
+    + SERVE
 )
 
 
@@ -205,10 +206,8 @@ def query_rows(
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     Path(workdir, "vector_floor.py").write_text(FLOOR_APP)
-    port = free_port()
-    app = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "uvicorn", "vector_floor:app", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
+    app, port = ports.spawn(  # serving the socket bound here (common.ports)
+        [sys.executable, "-m", "vector_floor"],
         env=dict(os.environ, FLOOR_DSN=dsn, FLOOR_SQL=sql, FLOOR_VECTOR_SCHEMA=schema,
                  PYTHONPATH=workdir), cwd=workdir,
     )  # fmt: skip

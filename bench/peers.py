@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from _common import ROOT, UPSTREAM_KEY, stop, wait
+
+from common import ports
 
 LITELLM_VENV = ROOT / ".bench-peers" / "litellm"
 MASTER_KEY = "sk-litellm-bench-0123456789"
@@ -34,6 +36,11 @@ QUIET_ENV = {
     "LITELLM_LOG": "ERROR",
     "LITELLM_DONT_SHOW_FEEDBACK_BOX": "True",
 }
+# LiteLLM binds its port itself (it cannot inherit a socket: common.ports), so the free
+# port chosen for it may be bound by another process first: it is then started again on
+# another one, this many times in all. What uvicorn (its server) says then, lowercased:
+START_ATTEMPTS = 3
+PORT_TAKEN = (b"address already in use", b"errno 98")
 
 
 def litellm_version(venv: Path = LITELLM_VENV) -> str | None:
@@ -83,10 +90,22 @@ class Peer:
     version: str
     url: str
     process: subprocess.Popen[bytes]
+    # Starts it again on another free port when it exited because its port was taken (the
+    # new URL and process), else None.
+    restart: Callable[[], tuple[str, subprocess.Popen[bytes]] | None] = lambda: None
 
     def ready(self) -> None:
-        """Wait for its liveliness probe (its start-up takes ~20 s here)."""
-        wait(f"{self.url}/health/liveliness", deadline=180, process=self.process)
+        """Wait for its liveliness probe (its start-up takes ~20 s here), starting it again
+        on another port if it exited because another process had taken its own."""
+        while True:
+            try:
+                wait(f"{self.url}/health/liveliness", deadline=180, process=self.process)
+                return
+            except RuntimeError:
+                again = self.restart() if self.process.poll() is not None else None
+                if again is None:
+                    raise
+                self.url, self.process = again
 
 
 @contextlib.contextmanager
@@ -98,8 +117,9 @@ def litellm(
     log: Path,
     venv: Path = LITELLM_VENV,
 ) -> Iterator[Peer | None]:
-    """LiteLLM's proxy on `port` (one worker, its default), started (call `ready()` before
-    using it), or None when not installed."""
+    """LiteLLM's proxy on `port` (0: a free one, another if it is taken before LiteLLM
+    binds it; one worker, its default), started (call `ready()` before using it), or None
+    when not installed."""
     version = litellm_version(venv)
     if version is None:
         yield None
@@ -108,25 +128,43 @@ def litellm(
     config.write_text(litellm_config(upstream_url, delayed_url))
     env = {**os.environ, **QUIET_ENV}
     env.pop("DATABASE_URL", None)  # no database: it would try to use one
-    with open(log, "wb") as out:
-        process = subprocess.Popen(  # noqa: S603
-            [
-                str(LITELLM_VENV / "bin" / "litellm"),
-                "--config",
-                str(config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--num_workers",
-                "1",
-            ],
-            env=env,
-            cwd=workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    log.write_bytes(b"")
+    logged = 0  # where the current attempt's output starts in `log`
+    attempts = 0
+
+    def start() -> tuple[str, subprocess.Popen[bytes]]:
+        nonlocal logged, attempts
+        chosen = port or ports.free_port()
+        logged = log.stat().st_size
+        attempts += 1
+        with open(log, "ab") as out:
+            process = subprocess.Popen(  # noqa: S603
+                [
+                    str(venv / "bin" / "litellm"),
+                    "--config",
+                    str(config),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(chosen),
+                    "--num_workers",
+                    "1",
+                ],
+                env=env,
+                cwd=workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return f"http://127.0.0.1:{chosen}", process
+
+    def restart() -> tuple[str, subprocess.Popen[bytes]] | None:
+        said = log.read_bytes()[logged:].lower()
+        if port or attempts >= START_ATTEMPTS or not any(s in said for s in PORT_TAKEN):
+            return None
+        return start()
+
+    peer = Peer("LiteLLM", version, *start(), restart=restart)
     try:
-        yield Peer("LiteLLM", version, f"http://127.0.0.1:{port}", process)
+        yield peer
     finally:
-        stop(process)
+        stop(peer.process)

@@ -60,7 +60,6 @@ from report import render
 from scenarios import SCENARIOS, request_for
 
 import embeddings as vectors_bench
-from common.devstack import free_port
 
 BENCH = ROOT / "bench"
 EMBEDDING_DIMENSIONS = 1536  # text-embedding-3-small's
@@ -271,16 +270,18 @@ def _run_script(args: list[str], out: Any) -> int:
 
 
 @contextlib.contextmanager
-def upstream(port: int, delay_ms: float = 0) -> Iterator[subprocess.Popen[bytes]]:
-    process = start_upstream(port, delay_ms=delay_ms, dimensions=EMBEDDING_DIMENSIONS)
+def upstream(delay_ms: float = 0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The OpenAI-protocol fake on a free port, answering; yields it and its URL."""
+    process, port = start_upstream(delay_ms=delay_ms, dimensions=EMBEDDING_DIMENSIONS)
+    url = f"http://127.0.0.1:{port}"
     try:
         wait(
-            f"http://127.0.0.1:{port}/v1/models",
+            f"{url}/v1/models",
             deadline=60,
             process=process,
             headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
         )
-        yield process
+        yield process, url
     finally:
         stop(process)
 
@@ -299,19 +300,19 @@ def attempt(report: dict[str, Any], family: str, step: Callable[[], Any]) -> Non
 
 def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> None:
     """chat (with idle RSS and the floor) and vectors, on one platform."""
-    ports = {"bare": free_port(), "delayed": free_port(), "litellm": free_port()}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     with contextlib.ExitStack() as stack:
-        upstreams = {
-            "bare": stack.enter_context(upstream(ports["bare"])),
-            "delayed": stack.enter_context(upstream(ports["delayed"], s.delay_ms)),
+        started = {
+            "bare": stack.enter_context(upstream()),
+            "delayed": stack.enter_context(upstream(s.delay_ms)),
         }
+        upstreams = {name: process for name, (process, _) in started.items()}
+        urls = {name: url for name, (_, url) in started.items()}
         peer_stack = stack.enter_context(contextlib.ExitStack())
         peer = None
         if "chat" in s.families:  # LiteLLM starts (~20 s) while the platform does
             peer = peer_stack.enter_context(
                 peers.litellm(
-                    ports["litellm"],
+                    0,  # a free port, another one if it is taken before LiteLLM binds it
                     urls["bare"] + "/v1",
                     urls["delayed"] + "/v1",
                     workdir,
@@ -328,6 +329,7 @@ def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> Non
             report["idle_rss_mb"] = idle_rss(running)
             if peer is not None:
                 peer.ready()
+                urls["litellm"] = peer.url  # known now: ready() may have moved it
                 report["idle_rss_mb_litellm"] = rss_mb(tree(peer.process.pid))
             attempt(report, "chat", lambda: chat_family(s, running, urls, key, peer, upstreams))
             peer_stack.close()  # LiteLLM stops: the rest runs without it

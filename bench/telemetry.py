@@ -54,7 +54,7 @@ from redis.asyncio import Redis
 
 # This file is named like the service's package: keep bench/ off the import path from here.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-from common import devstack  # noqa: E402
+from common import devstack, ports  # noqa: E402
 from common.db import create_engine  # noqa: E402
 from common.identity import Identity, SignedIdentity  # noqa: E402
 from common.llm_events import STREAM, LlmCallEvent  # noqa: E402
@@ -358,41 +358,38 @@ def main() -> int:
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
     admin_url = devstack.with_database(devstack.start_embedded_postgres(data_dir), "bench")
-    redis_port = devstack.free_port()
-    redis_proc = subprocess.Popen(  # noqa: S603
-        devstack.redis_command(redis_port, data_dir),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_proc: subprocess.Popen[bytes] | None = None
     services: list[subprocess.Popen[bytes]] = []
     try:
+        # On a free port, another if that one is taken first (redis-server binds it
+        # itself); answering when it returns.
+        redis_proc, redis_url = devstack.start_redis(data_dir)
         urls = asyncio.run(devstack.bootstrap_database(admin_url, "bench"))
         upgrade(devstack.service_dir("telemetry"), urls["telemetry"])
-        while not devstack.redis_answers(redis_url):
-            time.sleep(0.05)
         started = time.perf_counter()
         asyncio.run(append_backlog(redis_url, args.backlog))
         print(f"appended {args.backlog} events in {time.perf_counter() - started:.1f} s")
         key = secrets.token_hex(32)
-        ports = [devstack.free_port() for _ in range(args.replicas)]
-        for index, port in enumerate(ports):
-            env = dict(os.environ, TELEMETRY_DATABASE_URL=urls["telemetry"], REDIS_URL=redis_url,
-                       TELEMETRY_PORT=str(port), INTERNAL_SIGNING_KEY=key,
-                       # The bench runs the pre-warm itself, when it measures it.
-                       TELEMETRY_USAGE_CACHE_REFRESH_SECONDS="0",
-                       LOG_LEVEL="WARNING")  # fmt: skip
+        env = dict(os.environ, TELEMETRY_DATABASE_URL=urls["telemetry"], REDIS_URL=redis_url,
+                   INTERNAL_SIGNING_KEY=key,
+                   # The bench runs the pre-warm itself, when it measures it.
+                   TELEMETRY_USAGE_CACHE_REFRESH_SECONDS="0",
+                   LOG_LEVEL="WARNING")  # fmt: skip
+        service_ports = []
+        for index in range(args.replicas):
             log_path = ROOT / "bench" / "results" / f"telemetry-{index}.log"
             with open(log_path, "wb") as log:
-                services.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "telemetry"],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
+                # Each on a free port, serving the socket bound here (common.ports).
+                service, service_port = ports.spawn(
+                    [sys.executable, "-m", "telemetry"],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
-        port = ports[0]
+            services.append(service)
+            service_ports.append(service_port)
+        port = service_ports[0]
         postmaster = psutil.Process(
             int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
         )
@@ -418,8 +415,8 @@ def main() -> int:
         for service in services:
             service.terminate()
             service.wait(30)
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        if redis_proc is not None:
+            devstack.stop_process(redis_proc)
         devstack.stop_embedded_postgres(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)  # 1 GB after the 1M-row query
     (ROOT / "bench" / "results" / "telemetry.json").write_text(json.dumps(result, indent=2))

@@ -8,7 +8,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.devstack import free_port
 from common.testing import LiveServer
 from gateway.main import create_app
 
@@ -97,9 +96,11 @@ async def test_unknown_route_is_404_and_wrong_method_405(gateway: str, member: C
     assert wrong_method.headers["allow"] == "GET"
 
 
-async def test_upstream_down_is_502_problem(redis_url: str, session_for: SessionFactory) -> None:
+async def test_upstream_down_is_502_problem(
+    redis_url: str, session_for: SessionFactory, refused_port: int
+) -> None:
     member = await session_for()
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port}"
     app = create_app(gateway_settings(dead, redis_url))
     async with LiveServer(app) as server, client(server.url, member) as c:
         response = await c.get("/v1/models")

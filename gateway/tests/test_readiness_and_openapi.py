@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 
-from common.devstack import free_port
 from common.testing import LiveServer
 from gateway.main import create_app
 from gateway.openapi import merge
@@ -22,10 +21,12 @@ async def test_readyz_lists_every_upstream(gateway: str) -> None:
 
 
 async def test_readyz_is_503_naming_the_upstream_that_is_down(
-    upstream: Upstream, redis_url: str
+    upstream: Upstream,
+    redis_url: str,
+    refused_port: int,
 ) -> None:
     settings = gateway_settings(
-        upstream.url, redis_url, embeddings_url=f"http://127.0.0.1:{free_port()}"
+        upstream.url, redis_url, embeddings_url=f"http://127.0.0.1:{refused_port}"
     )
     async with LiveServer(create_app(settings)) as server, httpx.AsyncClient() as client:
         response = await client.get(f"{server.url}/readyz")

@@ -74,10 +74,12 @@ async def test_readyz_reports_postgres_and_redis(service: tuple[ServiceHarness, 
     assert checks["redis"]["status"] == "ok"
 
 
-async def test_readyz_is_503_when_redis_is_down(harnesses: dict[str, ServiceHarness]) -> None:
+async def test_readyz_is_503_when_redis_is_down(
+    harnesses: dict[str, ServiceHarness], refused_port: int
+) -> None:
     harness = harnesses["telemetry"]
     settings = harness.settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{devstack.free_port()}/0"}
+        update={"redis_url": f"redis://127.0.0.1:{refused_port}/0"}
     )
     app = harness.create_app(settings)
     async with app.router.lifespan_context(app), asgi_client(app) as client:

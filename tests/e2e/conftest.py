@@ -19,7 +19,7 @@ import psutil
 import pytest
 import uvicorn
 
-from common import devstack
+from common import devstack, ports
 from common.fakes.faults import FaultControl
 from common.fakes.openai_server import create_openai_app
 from common.testing import _drop_database
@@ -73,6 +73,34 @@ class RunningPlatform:
         except psutil.NoSuchProcess:
             return []
 
+    def _waiting(self, deadline: float, interval: float) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"make run exited early:\n{self.log()[-4000:]}")
+        if time.monotonic() > deadline:
+            self.stop()
+            raise RuntimeError(f"not ready in {READY_WITHIN_SECONDS}s:\n{self.log()[-4000:]}")
+        time.sleep(interval)
+
+    def wait_for_ports(self, deadline: float | None = None) -> dict[str, int]:
+        """The ports `make run` said it holds (it says so before it starts anything)."""
+        deadline = deadline or time.monotonic() + READY_WITHIN_SECONDS
+        while not self.ports:
+            self.ports = devstack.announced_ports(self.log()) or {}
+            if not self.ports:
+                self._waiting(deadline, 0.05)
+        return self.ports
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + READY_WITHIN_SECONDS
+        self.wait_for_ports(deadline)
+        while True:
+            try:
+                if httpx.get(f"{self.gateway}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            self._waiting(deadline, 0.25)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             children = self.descendants()
@@ -86,9 +114,9 @@ class RunningPlatform:
                     child.kill()
 
 
-def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatform:
-    """`make run` with its ports moved out of the way; waits until the gateway is ready."""
-    ports = {name: devstack.free_port() for name in (*devstack.SERVICES, "gateway")}
+def launch_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatform:
+    """`make run` on ports it chooses itself (`<NAME>_PORT=0`: free ones, held from the
+    moment they are chosen), not waited for."""
     signing_key = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
@@ -97,7 +125,7 @@ def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatf
             "LOG_FORMAT": "json",
             "ADMIN_EMAIL": ADMIN_EMAIL,
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+            **{f"{name.upper()}_PORT": "0" for name in (*devstack.SERVICES, "gateway")},
             **env_overrides,
         }
     )
@@ -111,19 +139,14 @@ def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatf
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    platform = RunningPlatform(process, ports, log_path, signing_key, env)
-    deadline = time.monotonic() + READY_WITHIN_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"make run exited early:\n{platform.log()[-4000:]}")
-        try:
-            if httpx.get(f"{platform.gateway}/readyz", timeout=2).status_code == 200:
-                return platform
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    platform.stop()
-    raise RuntimeError(f"not ready in {READY_WITHIN_SECONDS}s:\n{platform.log()[-4000:]}")
+    return RunningPlatform(process, {}, log_path, signing_key, env)
+
+
+def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatform:
+    """`make run` (launch_platform), once the gateway is ready."""
+    platform = launch_platform(env_overrides, log_dir)
+    platform.wait_until_ready()
+    return platform
 
 
 @pytest.fixture(scope="session")
@@ -215,24 +238,25 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     """The OpenAI fake in a thread of this process (the platform's processes reach it over
     127.0.0.1), so the test can inject faults into it."""
     control = FaultControl()
-    port = devstack.free_port()
+    sock = ports.listen()
     server = uvicorn.Server(
         uvicorn.Config(
             create_openai_app(control, api_key=PROVIDER_KEY),
             host="127.0.0.1",
-            port=port,
+            port=ports.port_of(sock),
             log_config=None,
         )
     )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():
             raise RuntimeError("the fake OpenAI server did not start")
         threading.Event().wait(0.02)
-    yield FakeOpenAI(f"http://127.0.0.1:{port}/v1", control)
+    yield FakeOpenAI(f"http://127.0.0.1:{ports.port_of(sock)}/v1", control)
     server.should_exit = True
     thread.join(10)
+    sock.close()
 
 
 def new_member_with_key(platform: RunningPlatform, fake_openai: FakeOpenAI, email: str) -> str:

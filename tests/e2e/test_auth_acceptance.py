@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from common import devstack
+from common.ports import spawn
 
 from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, READY_WITHIN_SECONDS, Login, RunningPlatform
 
@@ -117,19 +118,18 @@ def two_more_gateways(platform: RunningPlatform, tmp_path: Path) -> Iterator[lis
             **{f"GATEWAY_{n.upper()}_URL": platform.url(n) for n in devstack.SERVICES},
         }
     )
-    ports = [devstack.free_port(), devstack.free_port()]
-    logs = [tmp_path / f"gateway-{port}.log" for port in ports]
-    processes = []
-    for port, log in zip(ports, logs, strict=True):
+    logs = [tmp_path / f"gateway-{n}.log" for n in range(2)]
+    processes, ports = [], []
+    for log in logs:
         with log.open("wb") as stderr:  # the child keeps its own copy
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "gateway"],
-                    env={**env, "GATEWAY_PORT": str(port)},
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                )
+            process, port = spawn(
+                [sys.executable, "-m", "gateway"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
+        processes.append(process)
+        ports.append(port)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         # As long as the platform itself may take: two more processes start on a machine

@@ -67,13 +67,17 @@ def test_two_upstream_500s_then_a_200_is_a_200(sdk: openai.OpenAI, fake_openai: 
 
 
 def test_an_alias_with_a_dead_first_target_falls_back(
-    platform: RunningPlatform, login: Login, sdk: openai.OpenAI, fake_openai: FakeOpenAI
+    platform: RunningPlatform,
+    login: Login,
+    sdk: openai.OpenAI,
+    fake_openai: FakeOpenAI,
+    refused_port: int,
 ) -> None:
     admin = login(ADMIN_EMAIL, ADMIN_PASSWORD)
     dead = admin.post(
         "/v1/providers/credentials",
         json={"provider": "openai", "name": "dead", "api_key": "sk-dead-000000000000",
-              "base_url": f"http://127.0.0.1:{devstack.free_port()}/v1", "shared": True},
+              "base_url": f"http://127.0.0.1:{refused_port}/v1", "shared": True},
     ).json()  # fmt: skip
     alive = admin.post(
         "/v1/providers/credentials",

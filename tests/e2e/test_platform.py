@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common import devstack
+from common import devstack, ports
 from common.identity import HEADER, Identity, sign
+from common.testing import _drop_database
 
-from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform, start_platform
+from .conftest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    Login,
+    RunningPlatform,
+    launch_platform,
+    start_platform,
+)
 
 SERVICES = list(devstack.SERVICES)
 
@@ -115,14 +129,11 @@ def test_json_log_lines_carry_service_trace_and_request_ids(
 def test_make_run_on_a_fresh_machine_starts_its_own_servers_and_sigterm_stops_all(
     tmp_path: Path,
 ) -> None:
-    """No DATABASE_URL, nothing on REDIS_URL: `make run` starts an embedded PostgreSQL and a
-    Redis itself, and SIGTERM leaves no process behind within 15 s."""
-    redis_port = devstack.free_port()
+    """No DATABASE_URL, a REDIS_URL on port 0 (any free port): `make run` starts an
+    embedded PostgreSQL and a Redis itself, and SIGTERM leaves no process behind within
+    15 s."""
     fresh = start_platform(
-        {
-            "PLATFORM_DATA_DIR": str(tmp_path / "data"),
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        },
+        {"PLATFORM_DATA_DIR": str(tmp_path / "data"), "REDIS_URL": "redis://127.0.0.1:0/0"},
         tmp_path,
     )
     try:
@@ -158,3 +169,63 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_make_run_holds_its_ports_from_the_moment_it_chooses_them(
+    postgres_admin_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 15: a port chosen by binding port 0 and letting go lies in the ephemeral
+    range, where any outgoing connection may take it before the service binds it again.
+    Here the test holds such a port, and tries to take each port `make run` announces, as
+    that connection would, before the services have started: it cannot, and the platform
+    starts on exactly those ports."""
+    low, high = ports.ephemeral_range()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))  # how ports were chosen before
+        held.listen()
+        assert low <= held.getsockname()[1] <= high
+
+        database = f"e2e_{secrets.token_hex(4)}"
+        running = launch_platform(
+            {
+                "DATABASE_URL": devstack.with_database(postgres_admin_url, database),
+                "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/2",
+            },
+            tmp_path,
+        )
+        try:
+            announced = running.wait_for_ports()
+            assert set(announced) == {*SERVICES, "gateway"}
+            for name, port in announced.items():
+                assert not low <= port <= high, (name, port)
+                with socket.socket() as thief:
+                    thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    with pytest.raises(OSError, match="in use") as taken:
+                        thief.bind(("127.0.0.1", port))
+                assert taken.value.errno == errno.EADDRINUSE, name
+            running.wait_until_ready()
+            assert running.process.poll() is None
+            for name, port in announced.items():
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, name
+        finally:
+            running.stop()
+            asyncio.run(_drop_database(postgres_admin_url, database))
+
+
+def test_a_port_in_use_stops_make_run_at_once_naming_its_holder(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        running = launch_platform(
+            {"GATEWAY_PORT": str(port), "PLATFORM_DATA_DIR": str(tmp_path / "data")}, tmp_path
+        )
+        try:
+            code = running.process.wait(60)
+        finally:
+            running.stop()
+    assert code != 0
+    log = running.log()
+    assert f"gateway: 127.0.0.1:{port} is already in use by pid {os.getpid()}" in log
+    assert "set GATEWAY_PORT" in log
+    assert "migrating" not in log  # refused before any work

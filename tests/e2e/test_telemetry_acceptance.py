@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from common import devstack
+from common.ports import spawn
 
 from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key, platform_on
 from .test_inference_acceptance import sdk  # noqa: F401  (fixture)
@@ -53,11 +54,10 @@ class Replica:
 
     def __init__(self, platform: RunningPlatform) -> None:
         service = next(p for p in platform.descendants() if p.cmdline()[-2:] == ["-m", "telemetry"])
-        self.port = devstack.free_port()
+        self.port = 0  # chosen when it starts
         self.env = dict(service.environ())
         self.env.update(
             TELEMETRY_CONSUMER_ENABLED="true",
-            TELEMETRY_PORT=str(self.port),
             # A killed replica's unacknowledged entries are taken over after 2 s (not 30).
             TELEMETRY_CLAIM_IDLE_SECONDS="2",
         )
@@ -67,7 +67,7 @@ class Replica:
     def start(self) -> None:
         """Start it and wait until it answers /readyz (its consumers start before that)."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process, self.port = spawn(
                 [sys.executable, "-m", "telemetry"], cwd=devstack.repo_root(), env=self.env,
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

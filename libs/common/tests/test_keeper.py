@@ -6,29 +6,34 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
-from common import keeper
+from common import keeper, ports
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 
 
+def _keeper(command: list[str]) -> list[str]:
+    code = (
+        "import sys; from common import ports; from common.keeper import Keeper; "
+        f"sys.exit(Keeper('dummy', {command!r}, ports.inherited()).run())"
+    )
+    return [sys.executable, "-c", code]
+
+
 def start_keeper(command: list[str], grace: float = 0.5) -> subprocess.Popen[bytes]:
     """A keeper (as `make run` starts one) around `command`, in a process of its own."""
-    code = (
-        "import sys; from common.keeper import Keeper; "
-        f"sys.exit(Keeper('dummy', {command!r}).run())"
-    )
     return subprocess.Popen(
-        [sys.executable, "-c", code],
-        env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": str(grace)},
+        _keeper(command), env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": str(grace)}
     )
 
 
@@ -124,3 +129,38 @@ def test_the_make_targets_find_the_keeper_by_its_pid_file(
     assert keeper.control("stop", "nonsense") == 2
     path.unlink()
     assert keeper.control("stop", "telemetry") == 1  # no `make run` keeping it
+
+
+def test_the_service_serves_the_keepers_socket_refused_while_down_and_back_on_it(
+    tmp_path: Path,
+) -> None:
+    """As `make run` runs it: the keeper holds the port between two runs of its service."""
+    log = tmp_path / "keeper.log"
+    with log.open("wb") as stderr:
+        process, port = ports.spawn(
+            _keeper([sys.executable, "-m", "common.fakes.run", "openai"]),
+            env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": "0.5"},
+            stderr=stderr,
+        )
+    url = f"http://127.0.0.1:{port}/v1/models"
+    try:
+        assert httpx.get(url, timeout=60).status_code == 200
+
+        process.send_signal(signal.SIGUSR1)  # make stop-service
+        eventually(lambda: "dummy stopped" in log.read_text(), timeout=20)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url)
+        with socket.socket() as other, pytest.raises(OSError, match="in use"):
+            other.bind(("127.0.0.1", port))  # still the service's
+
+        process.send_signal(signal.SIGUSR2)  # make start-service
+        eventually(lambda: log.read_text().count("dummy started") == 2)
+        assert httpx.get(url, timeout=60).status_code == 200  # waits while it starts
+
+        children(process)[0].kill()  # dies on its own: refused until it is started again
+        eventually(lambda: "dummy exited" in log.read_text())
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url)
+    finally:
+        process.terminate()
+        process.wait(15)

@@ -13,7 +13,6 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from common.devstack import free_port
 from common.identity import SignedIdentity
 from common.testing import LiveServer, signing_key
 
@@ -151,8 +150,9 @@ async def test_a_rejected_provider_key_is_a_502_that_says_so(
 
 async def test_connection_refused_everywhere_is_a_502_after_every_attempt(
     inference: Inference,
+    refused_port: int,
 ) -> None:
-    await inference.credential(f"http://127.0.0.1:{free_port()}/v1")
+    await inference.credential(f"http://127.0.0.1:{refused_port}/v1")
     response = await inference.call("POST", CHAT, json=ask())
     assert response.status_code == 502
     body = response.json()
@@ -163,10 +163,12 @@ async def test_connection_refused_everywhere_is_a_502_after_every_attempt(
 
 
 async def test_an_alias_falls_back_from_a_dead_target_to_the_next(
-    inference: Inference, openai_upstream: Upstream
+    inference: Inference,
+    openai_upstream: Upstream,
+    refused_port: int,
 ) -> None:
     dead = await inference.credential(
-        f"http://127.0.0.1:{free_port()}/v1", shared=True, name="dead"
+        f"http://127.0.0.1:{refused_port}/v1", shared=True, name="dead"
     )
     alive = await inference.credential(openai_upstream.url, shared=True, name="alive")
     alias = await inference.call(

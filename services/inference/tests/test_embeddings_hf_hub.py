@@ -10,7 +10,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from common.devstack import free_port
 from common.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
 from common.llm_events import LlmCallEvent
 from inference.events import EventSink
@@ -96,9 +95,9 @@ async def test_the_hub_search_and_model_info(
         assert seen.status_code == 200, seen.text
 
 
-async def test_hub_down_is_a_502(make_inference: MakeInference) -> None:
+async def test_hub_down_is_a_502(make_inference: MakeInference, refused_port: int) -> None:
     async with make_inference(
-        hf_endpoint=f"http://127.0.0.1:{free_port()}", hub_timeout_seconds=1.0
+        hf_endpoint=f"http://127.0.0.1:{refused_port}", hub_timeout_seconds=1.0
     ) as inference:
         response = await inference.call("GET", "/v1/hub/models")
     assert response.status_code == 502
@@ -116,8 +115,10 @@ def _event(n: int) -> LlmCallEvent:
     return LlmCallEvent(**fields)
 
 
-async def test_events_wait_in_memory_while_redis_is_away_and_the_oldest_go_first() -> None:
-    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+async def test_events_wait_in_memory_while_redis_is_away_and_the_oldest_go_first(
+    refused_port: int,
+) -> None:
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{refused_port}/0", socket_connect_timeout=0.2)
     sink = EventSink(unreachable, buffer_size=3)
     sink.start()
     try:

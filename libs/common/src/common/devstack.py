@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import hmac
 import os
 import platform
-import shlex
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+
+from common import ports
 
 # Services that own a schema, their default ports, and the gateway.
 SERVICES: dict[str, int] = {"auth": 8001, "inference": 8002, "embeddings": 8003, "telemetry": 8004}
@@ -291,10 +294,64 @@ def redis_command(port: int, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _our_redis_answers(url: str, pid: int) -> bool:
+    """Whether the Redis at `url` is the process `pid` (not another one on that port)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return client.info("server").get("process_id") == pid
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def start_redis(
+    data_dir: Path, port: int = 0, *, timeout: float = 20
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on 127.0.0.1:`port`, answering; returns it and its URL (db 0).
+
+    redis-server cannot inherit a listening socket (common.ports), so port 0 takes a free
+    port outside the ephemeral range (ports.free_port) and, should another process bind it
+    first, another one. Its log is `<data_dir>/redis/redis.log`; it runs in a session of
+    its own (a terminal's Ctrl-C reaches the services, which still use it as they stop,
+    not Redis): whoever starts it stops it."""
+    attempts = 5 if port == 0 else 1
+    for _ in range(attempts):
+        chosen = port or ports.free_port()
+        command = redis_command(chosen, data_dir)
+        with (data_dir / "redis" / "redis.log").open("ab") as log:
+            process = subprocess.Popen(  # noqa: S603 (our own command)
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        url = f"redis://127.0.0.1:{chosen}/0"
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            if _our_redis_answers(url, process.pid):
+                return process, url
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"redis-server on port {chosen} did not answer in {timeout:.0f} s")
+    taken = ports.holder(chosen)
+    raise RuntimeError(
+        f"redis-server could not start on 127.0.0.1:{chosen} (exit code {process.returncode}"
+        + (f"; the port is held by {taken}" if taken else "")
+        + f"): see {data_dir / 'redis' / 'redis.log'}"
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL after `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # ---------------------------------------------------------------- the platform
@@ -306,14 +363,19 @@ class Platform:
 
     database_urls: dict[str, str]
     redis_url: str
-    ports: dict[str, int] = field(default_factory=dict)
+    # Each process's listening socket (common.ports), bound before any process starts.
+    listeners: dict[str, socket.socket] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: ports.port_of(sock) for name, sock in self.listeners.items()}
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['gateway']}"
+        return self.url("gateway")
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
+        return f"http://127.0.0.1:{ports.port_of(self.listeners[name])}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -328,41 +390,87 @@ class Platform:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def commands(self) -> dict[str, str]:
-        """Each process under a keeper (common.keeper): one can be stopped and started
-        again (`make stop-service` / `make start-service`) without stopping the rest."""
-        python = sys.executable
-        return {name: f"exec {python} -m common.keeper {name}" for name in self.ports}
+    def add_to(self, manager: Any) -> None:
+        """Each process under a keeper (common.keeper), which serves its listening socket:
+        one can be stopped and started again (`make stop-service` / `make start-service`)
+        without stopping the rest, and its port stays its own meanwhile."""
+        from honcho.process import Popen
+
+        env = self.env()
+        for name, sock in self.listeners.items():
+            own_env = dict(env)
+            pass_fds = ports.hand_over(sock, own_env)
+            process = manager.add_process(
+                name, f"exec {sys.executable} -m common.keeper {name}",
+                env=own_env, cwd=str(repo_root()),
+            )  # fmt: skip
+            # honcho closes every other descriptor in the processes it starts.
+            process._child_ctor = functools.partial(Popen, pass_fds=pass_fds)
+
+    def announcement(self) -> str:
+        return "ports: " + " ".join(f"{name}={port}" for name, port in self.ports.items())
 
 
-def default_ports() -> dict[str, int]:
-    ports = {
+ANNOUNCED_PORTS = re.compile(r"\[devstack\] ports: ((?:[a-z]+=\d+ ?)+)$", re.MULTILINE)
+
+
+def announced_ports(log: str) -> dict[str, int] | None:
+    """The ports a `make run` printed (`[devstack] ports: gateway=8000 auth=8001 ...`),
+    for launchers that ask for any free ports (`<NAME>_PORT=0`): None until it has."""
+    found = ANNOUNCED_PORTS.search(log)
+    if found is None:
+        return None
+    return {name: int(port) for name, _, port in (p.partition("=") for p in found[1].split())}
+
+
+def open_listeners() -> dict[str, socket.socket]:
+    """Each process's listening socket, on `<NAME>_PORT` (8000-8004 unset; 0 for any free
+    port). A port in use stops `make run` at once, naming the process that holds it."""
+    wanted = {
         name: int(os.environ.get(f"{name.upper()}_PORT", port)) for name, port in SERVICES.items()
     }
-    ports["gateway"] = int(os.environ.get("GATEWAY_PORT", GATEWAY_PORT))
-    return ports
+    wanted["gateway"] = int(os.environ.get("GATEWAY_PORT", GATEWAY_PORT))
+    listeners: dict[str, socket.socket] = {}
+    try:
+        for name, port in wanted.items():
+            try:
+                listeners[name] = ports.listen("127.0.0.1", port)
+            except ports.PortInUse as exc:
+                raise SystemExit(f"[devstack] {name}: {exc}; set {name.upper()}_PORT") from exc
+    except BaseException:
+        for sock in listeners.values():
+            sock.close()
+        raise
+    return listeners
 
 
 @contextmanager
-def infrastructure(data_dir: Path, *, redis: bool = True) -> Iterator[tuple[str, str, list[str]]]:
-    """Postgres admin URL, Redis URL and the Redis command to run (if we must start one)."""
+def infrastructure(data_dir: Path, *, redis: bool = True) -> Iterator[tuple[str, str]]:
+    """Postgres admin URL and Redis URL; a Redis started here when none answers at
+    REDIS_URL (a local one, or port 0: any free port) is stopped on the way out."""
     holds_pg = False
+    redis_process = None
     admin_url = os.environ.get("DATABASE_URL")
-    if not admin_url:
-        _log(f"embedded PostgreSQL (data in {data_dir / 'pg'})")
-        admin_url = with_database(start_embedded_postgres(data_dir), DEFAULT_DB_NAME)
-        holds_pg = True
-    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    redis_cmd: list[str] = []
-    if redis and not redis_answers(redis_url):
-        parts = urlsplit(redis_url)
-        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit(f"Redis at {parts.hostname}:{parts.port} does not answer")
-        _log(f"no Redis at {parts.hostname}:{parts.port or 6379}; starting one")
-        redis_cmd = redis_command(parts.port or 6379, data_dir)
     try:
-        yield admin_url, redis_url, redis_cmd
+        if not admin_url:
+            _log(f"embedded PostgreSQL (data in {data_dir / 'pg'})")
+            admin_url = with_database(start_embedded_postgres(data_dir), DEFAULT_DB_NAME)
+            holds_pg = True
+        redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+        parts = urlsplit(redis_url)
+        if redis and (parts.port == 0 or not redis_answers(redis_url)):
+            if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+                raise SystemExit(f"Redis at {parts.hostname}:{parts.port} does not answer")
+            _log(f"no Redis at {parts.hostname}:{parts.port or 6379}; starting one")
+            redis_process, started = start_redis(
+                data_dir, 6379 if parts.port is None else parts.port
+            )
+            redis_url = parts._replace(netloc=urlsplit(started).netloc).geturl()
+            _log(f"Redis: {redis_url} (log: {data_dir / 'redis' / 'redis.log'})")
+        yield admin_url, redis_url
     finally:
+        if redis_process is not None:
+            stop_process(redis_process)
         if holds_pg and stop_embedded_postgres(data_dir):
             _log("stopped embedded PostgreSQL")
 
@@ -427,28 +535,24 @@ def _manager() -> Any:
 def run(*, with_services: bool = True) -> int:
     """Everything until Ctrl-C / SIGTERM; `with_services=False` keeps only Postgres and Redis."""
     data_dir = data_root()
-    with infrastructure(data_dir) as (admin_url, redis_url, redis_cmd):
-        platform_ = Platform(prepare(admin_url), redis_url, default_ports())
-        env = platform_.env()
-        manager = _manager()
-        if redis_cmd:
-            manager.add_process("redis", "exec " + shlex.join(redis_cmd), env=env)
+    # Before anything starts: a port in use fails here, in a second, not after migrations.
+    listeners = open_listeners() if with_services else {}
+    with infrastructure(data_dir) as (admin_url, redis_url):
+        platform_ = Platform(prepare(admin_url), redis_url, listeners)
         if not with_services:
             for name, url in platform_.database_urls.items():
                 _log(f"{name.upper()}_DATABASE_URL={url}")
             _log(f"REDIS_URL={redis_url}   (Ctrl-C stops)")
-            if not redis_cmd:
-                _wait_for_signal()
-                return 0
-        else:
-            for name, cmd in platform_.commands().items():
-                manager.add_process(name, cmd, env=env, cwd=str(repo_root()))
-            _log(f"gateway: {platform_.gateway_url}   docs: {platform_.gateway_url}/docs")
+            _wait_for_signal()
+            return 0
+        manager = _manager()
+        platform_.add_to(manager)
+        _log(platform_.announcement())
+        _log(f"gateway: {platform_.gateway_url}   docs: {platform_.gateway_url}/docs")
         stop = threading.Event()
-        if with_services:
-            threading.Thread(
-                target=_announce_when_ready, args=(platform_.gateway_url, stop), daemon=True
-            ).start()
+        threading.Thread(
+            target=_announce_when_ready, args=(platform_.gateway_url, stop), daemon=True
+        ).start()
         try:
             manager.loop()
         finally:
@@ -472,7 +576,7 @@ def main(argv: list[str]) -> int:
     if command == "infra":
         return run(with_services=False)
     if command == "migrate":
-        with infrastructure(data_root(), redis=False) as (admin_url, _, _):
+        with infrastructure(data_root(), redis=False) as (admin_url, _):
             prepare(admin_url)
         return 0
     print(__doc__, file=sys.stderr)

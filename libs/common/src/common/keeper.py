@@ -15,6 +15,11 @@ service therefore runs under a keeper, which is what `make run` supervises:
   with its code, and `make run` stops, showing why, as before.
 - SIGTERM or SIGINT (Ctrl-C) to the keeper: it stops the service and exits.
 
+The keeper holds the service's listening socket (common.ports: `make run` binds it before
+anything starts) and hands it to each run of the service. While the service is down, the
+socket is paused: callers are refused, as by a stopped server, and the port stays the
+service's, so a restart never finds it taken.
+
 The keeper's pid is in `<data dir>/run/<service>.keeper.pid` (common.devstack.data_root),
 which is how `stop` and `start` find it; they send it SIGUSR1 and SIGUSR2.
 """
@@ -23,12 +28,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
+
+from common import ports
 
 STARTUP_GRACE = float(os.environ.get("KEEPER_STARTUP_GRACE_SECONDS", "10"))
 STOP_WAIT = 10.0
@@ -41,9 +49,12 @@ def pid_file(service: str) -> Path:
 
 
 class Keeper:
-    def __init__(self, service: str, command: list[str]) -> None:
+    def __init__(
+        self, service: str, command: list[str], listener: socket.socket | None = None
+    ) -> None:
         self.service = service
         self.command = command
+        self.listener = listener
         self.child: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.wanted = True  # the service should run
@@ -58,7 +69,12 @@ class Keeper:
         print(f"[keeper] {self.service} {message}", file=sys.stderr, flush=True)
 
     def _start(self) -> None:
-        self.child = subprocess.Popen(self.command)  # noqa: S603 (our own service)
+        env = dict(os.environ)
+        pass_fds: tuple[int, ...] = ()
+        if self.listener is not None:
+            ports.resume(self.listener)
+            pass_fds = ports.hand_over(self.listener, env)
+        self.child = subprocess.Popen(self.command, env=env, pass_fds=pass_fds)  # noqa: S603
         self.started_at = time.monotonic()
         self._say(f"started (pid {self.child.pid})")
 
@@ -72,6 +88,14 @@ class Keeper:
         except subprocess.TimeoutExpired:
             child.kill()
             return child.wait()
+        finally:
+            self._pause()
+
+    def _pause(self) -> None:
+        """Once the service has exited (never before: its event loop still watches the
+        socket), refuse callers until it runs again."""
+        if self.listener is not None:
+            ports.pause(self.listener)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,6 +114,7 @@ class Keeper:
             if child is not None and child.poll() is not None:
                 code = child.returncode
                 self.child = None
+                self._pause()
                 if self.first and time.monotonic() - self.started_at < STARTUP_GRACE:
                     self._say(f"exited ({self._how(code)}) while starting: stopping everything")
                     return code or 1
@@ -119,7 +144,7 @@ def keep(service: str) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(os.getpid()))
     try:
-        return Keeper(service, [sys.executable, "-m", service]).run()
+        return Keeper(service, [sys.executable, "-m", service], ports.inherited()).run()
     finally:
         with suppress(OSError):
             if path.read_text() == str(os.getpid()):

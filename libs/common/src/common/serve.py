@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import gc
+import logging
+import socket
+import sys
+from typing import Any
 
 import uvicorn
 from uvicorn.importer import import_from_string
 
+from common import ports
 from common.logging import UVICORN_LOG_CONFIG
 from common.settings import ServiceSettings
 
+STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start
+
 
 def serve(factory: str, settings: ServiceSettings) -> None:
-    """`factory` is an import string for `create_app`, e.g. `auth.main:create_app`."""
+    """`factory` is an import string for `create_app`, e.g. `auth.main:create_app`.
+
+    It serves the listening socket its launcher handed it (common.ports: `make run`, the
+    tests), else one it binds on settings.host:port; a port in use ends the process with
+    uvicorn's start-up failure code and a line naming the port and, if visible, its holder.
+    """
     app = import_from_string(factory)()
+    sock = ports.inherited()
+    if sock is None:
+        try:
+            sock = ports.listen(settings.host, settings.port)
+        except OSError as exc:
+            logging.getLogger("uvicorn.error").error("cannot listen: %s", exc)
+            sys.exit(STARTUP_FAILURE)
     # What importing and building the app allocated lives as long as the process: out of
     # the collector's sight (gc.freeze), and young collections ten times rarer than the
     # default 700 allocations. Batch work (thousands of events or vectors per request)
@@ -21,13 +40,23 @@ def serve(factory: str, settings: ServiceSettings) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(7000, 10, 10)
-    uvicorn.run(
+    run(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock,
         log_config=UVICORN_LOG_CONFIG,
         access_log=False,
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def run(app: Any, sock: socket.socket, **options: Any) -> None:
+    """uvicorn.run on a listening socket of ours, with uvicorn's exit code when the app
+    cannot start (its lifespan failed)."""
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
+    logging.getLogger("uvicorn.error").info("listening on %s:%s", host, port)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

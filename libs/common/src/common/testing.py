@@ -5,7 +5,7 @@ Postgres: `TEST_DATABASE_URL` (a superuser URL) if set, else the embedded server
 gets a fresh database with the per-service roles and schemas; services migrate it with
 Alembic; each test runs inside a transaction that is rolled back.
 Redis: `TEST_REDIS_URL` if set (it is flushed between tests!), else a private
-redis-server on a free port for the run.
+redis-server on a free port for the run (common.devstack.start_redis).
 Spans: `spans` holds those this process finishes during a test.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from common import devstack
+from common import devstack, ports
 from common.identity import Identity, SignedIdentity
 from common.migrations import upgrade
 from common.settings import DatabaseSettings, ServiceSettings
@@ -88,25 +86,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    port = devstack.free_port()
-    data_dir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(  # noqa: S603
-        devstack.redis_command(port, data_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not devstack.redis_answers(url):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
+    process, url = devstack.start_redis(tmp_path_factory.mktemp("redis"))
     try:
         yield url
     finally:
-        process.terminate()
-        process.wait(10)
+        devstack.stop_process(process)
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A 127.0.0.1 port that refuses connections for the whole test, and on which nothing
+    else can start listening meanwhile (common.ports.refusing_port): a dead upstream."""
+    with ports.refusing_port() as port:
+        yield port
 
 
 @pytest.fixture
@@ -184,13 +176,15 @@ def asgi_client(
 
 
 class LiveServer:
-    """An ASGI app served by uvicorn on a free 127.0.0.1 port, inside the test's event loop."""
+    """An ASGI app served by uvicorn on 127.0.0.1, inside the test's event loop, on a socket
+    bound here (common.ports): any free port, or `port`."""
 
-    def __init__(self, app: Any, port: int | None = None, *, lifespan: bool = True) -> None:
+    def __init__(self, app: Any, port: int = 0, *, lifespan: bool = True) -> None:
         """`lifespan=False` serves an app whose lifespan already runs (ServiceHarness.app)."""
         import uvicorn
 
-        self.port = port or devstack.free_port()
+        self._socket = ports.listen("127.0.0.1", port)
+        self.port = ports.port_of(self._socket)
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(
@@ -204,9 +198,10 @@ class LiveServer:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LiveServer:
-        self._task = asyncio.create_task(self._server.serve())
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         while not self._server.started:
             if self._task.done():
+                self._socket.close()
                 self._task.result()
                 raise RuntimeError("server stopped before it started")
             await asyncio.sleep(0.01)
@@ -216,6 +211,7 @@ class LiveServer:
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+        self._socket.close()
 
 
 @dataclass

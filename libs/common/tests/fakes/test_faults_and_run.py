@@ -11,7 +11,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from common import devstack
+from common import ports
 from common.fakes import Fault, FaultControl
 
 
@@ -49,20 +49,11 @@ def test_prefix_routes_and_reset() -> None:
 
 @pytest.fixture
 async def served_fake(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """`python -m common.fakes.run <kind> --port N --delay-ms 100 --api-key k`, started."""
+    """`python -m common.fakes.run <kind> --delay-ms 100 --api-key k` on a socket handed
+    over to it (common.ports), started."""
     kind: str = request.param
-    port = devstack.free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "common.fakes.run",
-        kind,
-        "--port",
-        str(port),
-        "--delay-ms",
-        "100",
-        "--api-key",
-        "k",
+    process, port = ports.spawn(
+        [sys.executable, "-m", "common.fakes.run", kind, "--delay-ms", "100", "--api-key", "k"]
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -72,12 +63,12 @@ async def served_fake(request: pytest.FixtureRequest) -> AsyncIterator[str]:
                     await http.get(f"{url}/v1/models")
                     break
                 except httpx.TransportError:
-                    assert process.returncode is None, "the fake exited"
+                    assert process.poll() is None, "the fake exited"
                     await asyncio.sleep(0.05)
         yield url
     finally:
         process.terminate()
-        await process.wait()
+        await asyncio.to_thread(process.wait)
 
 
 @pytest.mark.parametrize("served_fake", ["openai", "hf"], indirect=True)

@@ -18,7 +18,6 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.inference._providers import get_provider_helper
 
-from common import devstack
 from common.fakes import FaultControl
 from common.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
 from common.fakes.openai_server import embedding_vector
@@ -191,8 +190,8 @@ async def test_cut_stream(client: AsyncInferenceClient, control: FaultControl) -
     assert received == ["", "echo:", " tell"]
 
 
-async def test_connection_refused() -> None:
-    url = f"http://127.0.0.1:{devstack.free_port()}"
+async def test_connection_refused(refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}"
     async with AsyncInferenceClient(base_url=url) as nowhere:
         with pytest.raises(httpx2.ConnectError):
             await nowhere.chat_completion(MESSAGES)

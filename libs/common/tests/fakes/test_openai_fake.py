@@ -15,7 +15,6 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from common import devstack
 from common.fakes import FaultControl, RecordedRequest
 
 from .conftest import API_KEY
@@ -291,8 +290,8 @@ async def test_cut_plain_response_raises_connection_error(
         await client.chat.completions.create(model="m", messages=MESSAGES)
 
 
-async def test_connection_refused() -> None:
-    url = f"http://127.0.0.1:{devstack.free_port()}/v1"
+async def test_connection_refused(refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}/v1"
     async with AsyncOpenAI(base_url=url, api_key=API_KEY, max_retries=0) as sdk:
         with pytest.raises(openai.APIConnectionError) as refused:
             await sdk.chat.completions.create(model="m", messages=MESSAGES)

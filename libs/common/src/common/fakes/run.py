@@ -1,5 +1,7 @@
 """Serve a fake provider as a process: `python -m common.fakes.run openai --port 9100`.
 
+Without `--port`, it serves the listening socket its launcher handed it (common.ports).
+
 `--delay-ms` waits that long before each chat or embeddings response (the benchmarks'
 fixed-delay upstream); `--api-key` / `--token` make the fake check credentials.
 """
@@ -9,17 +11,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import uvicorn
-
+from common import ports
 from common.fakes.hf_server import create_hf_app
 from common.fakes.openai_server import create_openai_app
+from common.serve import run
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m common.fakes.run", description=__doc__)
     parser.add_argument("kind", choices=("openai", "hf"), help="which protocol to speak")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=None, help="else the inherited socket")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay per response")
     parser.add_argument("--api-key", default=None, help="bearer key (OpenAI) or token (HF)")
     parser.add_argument("--dimensions", type=int, default=8, help="default embedding size")
@@ -35,14 +37,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.kind == "openai"
         else create_hf_app(token=args.api_key, dimensions=args.dimensions, latency=latency)
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-    )
+    sock = ports.inherited()
+    if sock is None:
+        if args.port is None:
+            raise SystemExit(f"--port, or a socket handed over in {ports.LISTEN_FD_ENV}")
+        sock = ports.listen(args.host, args.port)
+    run(app, sock, log_level="warning", access_log=False, server_header=False)
 
 
 if __name__ == "__main__":
