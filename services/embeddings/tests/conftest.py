@@ -14,13 +14,25 @@ import pytest
 from fastapi import FastAPI
 
 from common.identity import Identity
-from common.testing import LiveServer, RunDatabase, ServiceHarness, asgi_client, running
+from common.testing import (
+    LiveServer,
+    RunDatabase,
+    ServiceHarness,
+    asgi_client,
+    redis_db_url,
+    running,
+)
 from embeddings.main import create_app
 from embeddings.settings import EmbeddingsSettings
 from inference.main import create_app as create_inference_app
 from inference.settings import InferenceSettings
 
 MODEL = "local/all-MiniLM-L6-v2"
+# A Redis database of this package's own: the session's inference server appends a call
+# event to the telemetry stream for every embeddings call, at any time; on the shared
+# database 0 those events would land in the stream other packages' tests read (the e2e
+# platforms use 1 and 2).
+REDIS_DB = 3
 VIEWER_PERMISSIONS = ("models:read", "embeddings:read", "telemetry:read_own", "api_keys:manage")
 MEMBER_PERMISSIONS = (*VIEWER_PERMISSIONS, "inference:invoke", "providers:manage",
                       "embeddings:write", "telemetry:write")  # fmt: skip
@@ -77,7 +89,11 @@ class InferenceServer:
 @pytest.fixture(scope="session")
 def inference_harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
     return ServiceHarness.migrated(
-        "inference", InferenceSettings, create_inference_app, test_database, redis_url
+        "inference",
+        InferenceSettings,
+        create_inference_app,
+        test_database,
+        redis_db_url(redis_url, REDIS_DB),
     )
 
 
@@ -94,7 +110,11 @@ async def inference_server(inference_harness: ServiceHarness) -> AsyncIterator[I
 @pytest.fixture(scope="session")
 def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
     return ServiceHarness.migrated(
-        "embeddings", EmbeddingsSettings, create_app, test_database, redis_url
+        "embeddings",
+        EmbeddingsSettings,
+        create_app,
+        test_database,
+        redis_db_url(redis_url, REDIS_DB),
     )
 
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from common.db import create_engine
 from common.identity import Identity
 from common.llm_events import STREAM, LlmCallEvent
 from common.testing import RunDatabase, ServiceHarness, asgi_client
+from telemetry import repository
 from telemetry.consumer import StreamConsumer
 from telemetry.main import create_app
 from telemetry.service import Ingestor
@@ -80,6 +82,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
         await asyncio.sleep(0.05)
 
 
+# Longer than any test here takes, even on a loaded machine.
+MIDNIGHT_MARGIN_SECONDS = 60.0
+
+
+@pytest.fixture(autouse=True)
+def one_utc_day() -> None:
+    """Tests here compute today's UTC date more than once, and so does the database (the
+    usage cache's triggers, clock_timestamp()): one that straddled midnight would compare
+    two different todays. Close to midnight, start once it has passed."""
+    left = 86400 - time.time() % 86400
+    if left < MIDNIGHT_MARGIN_SECONDS:
+        time.sleep(left + 0.5)
+
+
 @pytest.fixture(scope="session")
 def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
     return ServiceHarness.migrated(
@@ -88,9 +104,17 @@ def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
 
 
 @pytest.fixture
-async def app(harness: ServiceHarness, redis: Redis) -> AsyncIterator[FastAPI]:
+async def app(harness: ServiceHarness, redis: Redis, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
     """The API, its units of work rolled back; no stream consumer (see `consumers`) and no
-    usage pre-warm (tests run it themselves)."""
+    usage pre-warm (tests run it themselves).
+
+    The days that ended before the test are marked closed first, committed, as a running
+    platform's first query (or its pre-warm) has done: a day first marked inside the test's
+    own transaction can never be cached in it, so a test that expects a day cached would
+    pass only after some other test (one that commits) had marked it."""
+    today = datetime.now(UTC).date()
+    async with engine.begin() as conn:
+        await repository.mark_closed_days(conn, [today - timedelta(days=n) for n in range(1, 100)])
     async with harness.app(consumer_enabled=False, usage_cache_refresh_seconds=0) as started:
         yield started
 
@@ -158,6 +182,15 @@ async def refusing(engine: AsyncEngine, model: str) -> AsyncIterator[None]:
     finally:
         async with engine.begin() as conn:
             await conn.execute(text("ALTER TABLE telemetry.llm_call DROP CONSTRAINT test_refused"))
+
+
+# A lock some session of this test run's database waits for. pg_locks lists every database
+# of the server (the e2e platforms' too, busy at their own pace); and a transaction-id lock
+# (a row lock) names no database of its own, so the waiter's session tells.
+WAITING_HERE = text(
+    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE NOT l.granted AND a.datname = current_database()"
+)
 
 
 async def wait_stored(engine: AsyncEngine, user_id: uuid.UUID, rows: int) -> None:

@@ -18,7 +18,16 @@ from telemetry.metrics import REGISTRY
 from telemetry.schemas import CallEvent
 from telemetry.service import Ingestor
 
-from .conftest import MakeConsumer, append, call, eventually, refusing, stored, wait_stored
+from .conftest import (
+    WAITING_HERE,
+    MakeConsumer,
+    append,
+    call,
+    eventually,
+    refusing,
+    stored,
+    wait_stored,
+)
 
 
 async def test_every_event_is_stored_once_and_acknowledged(
@@ -52,9 +61,7 @@ async def test_a_consumer_killed_mid_batch_then_another_replica_stores_all_exact
 
             async def writing() -> bool:
                 async with engine.connect() as conn:
-                    waiting = await conn.execute(
-                        text("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                    )
+                    waiting = await conn.execute(WAITING_HERE)
                     return bool(waiting.scalar())
 
             await eventually(writing)

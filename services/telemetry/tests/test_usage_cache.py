@@ -28,7 +28,16 @@ from telemetry.repository import Scope
 from telemetry.schemas import CallEvent, Usage
 from telemetry.service import Ingestor
 
-from .conftest import MakeConsumer, admin, append, as_json, call, eventually, member
+from .conftest import (
+    WAITING_HERE,
+    MakeConsumer,
+    admin,
+    append,
+    as_json,
+    call,
+    eventually,
+    member,
+)
 
 DAY = timedelta(days=1)
 RETENTION = timedelta(days=90)
@@ -523,7 +532,7 @@ async def test_a_prewarm_cancelled_inside_a_query_stops_and_frees_its_lock(
 
         async def waiting() -> bool:
             async with engine.connect() as conn:
-                found = await conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+                found = await conn.execute(WAITING_HERE)
                 return bool(found.scalar())
 
         await eventually(waiting)

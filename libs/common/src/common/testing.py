@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -48,12 +49,16 @@ class RunDatabase:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url() -> Iterator[str]:
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
         yield configured
         return
-    data_dir = devstack.data_root()
+    # A server of this run's own (made in under a second), not the one under .data that
+    # `make run` and other test runs share: a transaction they hold open there (any
+    # database) holds back the server's xmin, and the telemetry usage cache, rightly,
+    # caches no day while a transaction older than its close runs: its tests then fail.
+    data_dir = tmp_path_factory.mktemp("postgres")
     url = devstack.start_embedded_postgres(data_dir)
     try:
         yield url
@@ -114,11 +119,20 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter.shutdown()  # its processor stays, exporting nothing
 
 
+def redis_db_url(url: str, db: int) -> str:
+    """The same Redis server, another logical database."""
+    return urlsplit(url)._replace(path=f"/{db}").geturl()
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    """A client on the test Redis; the database is emptied after each test."""
+    """A client on the test Redis; the database is emptied before and after each test.
+
+    Before too: a test that does not use this fixture (or a process still writing after its
+    test ended) may have left keys or stream entries behind."""
     client = Redis.from_url(redis_url)
     try:
+        await client.flushdb()
         yield client
     finally:
         await client.flushdb()
