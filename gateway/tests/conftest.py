@@ -9,6 +9,7 @@ with sessions and API keys written to Redis through the same code auth uses
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from common.principals import API_KEY_PREFIX, ApiKeyPrincipal, SessionStore, sec
 from common.settings import ServiceSettings
 from common.testing import LiveServer
 from gateway.main import create_app
+from gateway.security import WINDOW_SECONDS
 from gateway.settings import GatewaySettings
 
 VIEWER = ("models:read", "embeddings:read", "telemetry:read_own", "api_keys:manage")
@@ -43,6 +45,7 @@ class Upstream:
     url: str = ""
     hits: int = 0
     release_second_chunk: asyncio.Event = field(default_factory=asyncio.Event)
+    patient_called: asyncio.Event = field(default_factory=asyncio.Event)
     saw_disconnect: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -98,7 +101,8 @@ def upstream_app(state: Upstream) -> Any:
     @router.get("/v1/hub/models/patient")
     async def patient(request: Request, _: CurrentIdentity) -> dict[str, str]:
         # Like inference on a long model call: notices when its caller goes away.
-        for _ in range(100):
+        state.patient_called.set()
+        for _ in range(600):
             if await request.is_disconnected():
                 state.saw_disconnect.set()
                 return {"status": "abandoned"}
@@ -134,6 +138,16 @@ async def upstream() -> AsyncIterator[Upstream]:
     async with LiveServer(upstream_app(state)) as server:
         state.url = server.url
         yield state
+
+
+def in_one_window(*apps: Any) -> Any:
+    """Freeze these gateways' clock in the middle of the current rate-limit minute: a test
+    that counts requests against a per-minute budget must not see the minute turn (and its
+    counters start again) halfway through its requests. Returns the first app."""
+    frozen = time.time() // WINDOW_SECONDS * WINDOW_SECONDS + WINDOW_SECONDS / 2
+    for app in apps:
+        app.state.clock = lambda: frozen
+    return apps[0]
 
 
 def gateway_settings(upstream_url: str, redis_url: str, **overrides: Any) -> GatewaySettings:
