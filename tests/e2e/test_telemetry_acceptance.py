@@ -149,7 +149,9 @@ def test_usage_counts_every_call_once_across_a_telemetry_crash(
 
     replica.start()  # returns once it is up (its start itself is not timed here)
     started = time.monotonic()
-    after = wait_for_requests(gateway, member_key, N + M, within=10)
+    # What is checked is "every call once", not how fast: a loaded 2-core machine takes
+    # its time to take over the killed replica's entries (idle 2 s) and store them.
+    after = wait_for_requests(gateway, member_key, N + M, within=60)
     assert after["requests"] == N + M, f"after {time.monotonic() - started:.1f} s: {after}"
 
     calls = httpx.get(

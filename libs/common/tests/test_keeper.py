@@ -30,11 +30,18 @@ def _keeper(command: list[str]) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def start_keeper(command: list[str], grace: float = 0.5) -> subprocess.Popen[bytes]:
-    """A keeper (as `make run` starts one) around `command`, in a process of its own."""
-    return subprocess.Popen(
-        _keeper(command), env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": str(grace)}
-    )
+def start_keeper(
+    command: list[str], grace: float = 0.5, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A keeper (as `make run` starts one) around `command`, in a process of its own; what
+    it says goes to `log` if given."""
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("ab")) if log is not None else None
+        return subprocess.Popen(
+            _keeper(command),
+            env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": str(grace)},
+            stderr=stderr,
+        )
 
 
 def children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -49,9 +56,19 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def said(log: Path, words: str) -> Callable[[], bool]:
+    """Whether the keeper has said `words` (it says what it did once it has done it)."""
+    return lambda: words in log.read_text()
+
+
 @pytest.fixture
-def kept() -> Iterator[subprocess.Popen[bytes]]:
-    process = start_keeper(SLEEPER)
+def keeper_log(tmp_path: Path) -> Path:
+    return tmp_path / "keeper.log"
+
+
+@pytest.fixture
+def kept(keeper_log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_keeper(SLEEPER, log=keeper_log)
     eventually(lambda: len(children(process)) == 1)
     yield process
     left = children(process) if process.poll() is None else []
@@ -84,12 +101,16 @@ def test_stop_and_start_one_service_while_the_keeper_stays(
 
 
 def test_a_service_killed_after_its_start_leaves_the_rest_running(
-    kept: subprocess.Popen[bytes],
+    kept: subprocess.Popen[bytes], keeper_log: Path
 ) -> None:
+    # The grace counts from the keeper's own record of the start, made before it says so.
+    eventually(said(keeper_log, "started (pid"))
     time.sleep(0.6)  # past the start-up grace
     children(kept)[0].kill()
 
-    time.sleep(1.0)
+    # Once the keeper has seen the exit (not after a fixed pause: a SIGUSR2 that came
+    # before it had would be undone by it).
+    eventually(said(keeper_log, "exited ("))
     assert kept.poll() is None  # `make run` goes on
     assert children(kept) == []  # and the service stays down until asked
     kept.send_signal(signal.SIGUSR2)

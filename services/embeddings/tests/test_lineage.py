@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.testing import asgi_client
 
@@ -108,6 +110,22 @@ async def test_another_replica_sees_a_switch_and_a_delete_at_its_next_query(
         assert gone.headers["content-type"] == "application/problem+json"
 
 
+async def _waiting_for_a_lock(engine: AsyncEngine) -> None:
+    """Until a session of this test run's database waits for a lock (a fixed pause may end
+    before the waiter got there, and the test would not test the race)."""
+    waiting = text(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE NOT l.granted AND a.datname = current_database()"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            if await conn.scalar(waiting):
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("nothing waited for a lock within 30 s")
+
+
 async def test_reading_a_collection_while_it_is_deleted_is_a_404_not_a_500(
     service: Embeddings,
 ) -> None:
@@ -123,7 +141,7 @@ async def test_reading_a_collection_while_it_is_deleted_is_a_404_not_a_500(
         await deleter.execute(text("DELETE FROM embeddings.collection WHERE id = :id"),
                               {"id": collection["id"]})  # fmt: skip
         reading = asyncio.create_task(service.call(ALICE, "GET", path))
-        await asyncio.sleep(0.5)  # the GET is now waiting on the deleter's locks
+        await _waiting_for_a_lock(engine)  # the GET, on the deleter's
         await transaction.commit()
         response = await reading
     assert response.status_code == 404, response.text

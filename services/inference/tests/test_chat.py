@@ -219,8 +219,10 @@ async def test_saving_an_alias_again_replaces_its_targets(
 async def test_the_circuit_opens_then_a_probe_closes_it(
     make_inference: MakeInference, openai_upstream: Upstream
 ) -> None:
+    # A cool-down no machine is slow enough to outlast between the failures and the call
+    # that must find the circuit open (with 0.3 s a slow call there became the probe) ...
     async with make_inference(
-        circuit_failure_threshold=2, circuit_cooldown_seconds=0.3, max_attempts=1
+        circuit_failure_threshold=2, circuit_cooldown_seconds=300, max_attempts=1
     ) as inference:
         await inference.credential(openai_upstream.url)
         openai_upstream.control.fail(ROUTE, status=500, times=2)
@@ -231,6 +233,8 @@ async def test_the_circuit_opens_then_a_probe_closes_it(
         assert skipped.status_code == 503
         assert skipped.headers["retry-after"]
         assert len(openai_upstream.control.requests_to(ROUTE)) == 2
+        # ... then a short one, waited out: the next call is the probe.
+        inference.app.state.inference.router.breaker.cooldown = 0.3
         await asyncio.sleep(0.35)  # the cool-down, not a timing assertion
         assert (await inference.call("POST", CHAT, json=ask())).status_code == 200
         assert (await inference.call("POST", CHAT, json=ask())).status_code == 200
@@ -288,14 +292,23 @@ async def test_a_client_that_hangs_up_cancels_the_provider_call(
     inference: Inference, openai_upstream: Upstream
 ) -> None:
     await inference.credential(openai_upstream.url)
-    openai_upstream.control.delay(ROUTE, first_byte_seconds=5)
+    openai_upstream.control.delay(ROUTE, first_byte_seconds=30)
     key = signing_key(inference.harness.settings)
     async with LiveServer(inference.app, lifespan=False) as server:
         async with httpx.AsyncClient(
-            base_url=server.url, auth=SignedIdentity(key, member()), timeout=0.5
+            base_url=server.url, auth=SignedIdentity(key, member()), timeout=60
         ) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                await client.post(CHAT, json=ask())
+            # Hang up once the provider has the call (however long inference took to make
+            # it; a client timeout could expire before inference even called out).
+            call = asyncio.create_task(client.post(CHAT, json=ask()))
+            for _ in range(500):
+                if openai_upstream.control.requests_to(ROUTE) or call.done():
+                    break
+                await asyncio.sleep(0.02)
+            assert not call.done(), call.result()
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
         (seen,) = openai_upstream.control.requests_to(ROUTE)
         for _ in range(100):  # the upstream learns of it once inference closes the call
             if seen.closed:

@@ -58,12 +58,16 @@ async def served_fake(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as http:
-            for _ in range(300):
+            # A deadline, not a count of tries (each may take long on a loaded machine);
+            # and not past it without an answer.
+            deadline = time.monotonic() + 60
+            while True:
                 try:
                     await http.get(f"{url}/v1/models")
                     break
                 except httpx.TransportError:
                     assert process.poll() is None, "the fake exited"
+                    assert time.monotonic() < deadline, "the fake did not answer within 60 s"
                     await asyncio.sleep(0.05)
         yield url
     finally:

@@ -157,9 +157,10 @@ async def test_slow_response_times_out(hf_url: str, control: FaultControl) -> No
 
 
 async def test_slow_first_token_times_out_mid_stream(hf_url: str, control: FaultControl) -> None:
-    control.delay(CHAT, first_byte_seconds=5.0, after_headers=True)
+    control.delay(CHAT, first_byte_seconds=30.0, after_headers=True)
 
-    async with AsyncInferenceClient(base_url=hf_url, token=HF_TOKEN, timeout=0.2) as impatient:
+    # Long enough for the headers: this call is outside the `raises` below.
+    async with AsyncInferenceClient(base_url=hf_url, token=HF_TOKEN, timeout=2.0) as impatient:
         stream = await impatient.chat_completion(MESSAGES, stream=True)
         with pytest.raises(httpx2.ReadTimeout):
             await collect(stream, [])

@@ -245,9 +245,11 @@ async def test_slow_response_times_out(client: AsyncOpenAI, control: FaultContro
 async def test_slow_first_token_times_out_mid_stream(
     client: AsyncOpenAI, control: FaultControl
 ) -> None:
-    control.delay(CHAT, first_byte_seconds=5.0, after_headers=True)
+    control.delay(CHAT, first_byte_seconds=30.0, after_headers=True)
 
-    stream = await client.with_options(timeout=0.2).chat.completions.create(
+    # Long enough for the headers (they come at once, but this call is outside the
+    # `raises` below: a loaded machine took more than a 0.2 s timeout to get them).
+    stream = await client.with_options(timeout=2.0).chat.completions.create(
         model="m", messages=MESSAGES, stream=True
     )
     async with stream:
