@@ -127,21 +127,21 @@ def test_json_log_lines_carry_service_trace_and_request_ids(
 
 
 def test_make_run_on_a_fresh_machine_starts_its_own_servers_and_sigterm_stops_all(
-    tmp_path: Path,
+    tmp_path: Path, server_path: Path
 ) -> None:
     """No DATABASE_URL, a REDIS_URL on port 0 (any free port): `make run` starts an
     embedded PostgreSQL and a Redis itself, and SIGTERM leaves no process behind within
     15 s."""
     fresh = start_platform(
-        {"PLATFORM_DATA_DIR": str(tmp_path / "data"), "REDIS_URL": "redis://127.0.0.1:0/0"},
+        {"PLATFORM_DATA_DIR": str(server_path / "data"), "REDIS_URL": "redis://127.0.0.1:0/0"},
         tmp_path,
     )
     try:
         children = fresh.descendants()
         names = " ".join(" ".join(p.cmdline()) for p in children)
         assert "redis-server" in names
-        assert (tmp_path / "data" / "pg" / "postmaster.pid").exists()
-        postmaster = int((tmp_path / "data" / "pg" / "postmaster.pid").read_text().split()[0])
+        assert (server_path / "data" / "pg" / "postmaster.pid").exists()
+        postmaster = int((server_path / "data" / "pg" / "postmaster.pid").read_text().split()[0])
         admin = httpx.post(
             f"{fresh.gateway}/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
         )
@@ -212,13 +212,15 @@ def test_make_run_holds_its_ports_from_the_moment_it_chooses_them(
             asyncio.run(_drop_database(postgres_admin_url, database))
 
 
-def test_a_port_in_use_stops_make_run_at_once_naming_its_holder(tmp_path: Path) -> None:
+def test_a_port_in_use_stops_make_run_at_once_naming_its_holder(
+    tmp_path: Path, server_path: Path
+) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
         running = launch_platform(
-            {"GATEWAY_PORT": str(port), "PLATFORM_DATA_DIR": str(tmp_path / "data")}, tmp_path
+            {"GATEWAY_PORT": str(port), "PLATFORM_DATA_DIR": str(server_path / "data")}, tmp_path
         )
         try:
             code = running.process.wait(60)

@@ -1,7 +1,7 @@
 """Pytest plugin shared by every package's tests: real Postgres (pgvector) and real Redis.
 
-Postgres: `TEST_DATABASE_URL` (a superuser URL) if set, else the embedded server under
-`.data/pg` (started if needed, stopped afterwards if this run started it). Each test run
+Postgres: `TEST_DATABASE_URL` (a superuser URL) if set, else an embedded server of this
+run's own, in a directory of its own (`server_dir`), stopped and removed afterwards. Each test run
 gets a fresh database with the per-service roles and schemas; services migrate it with
 Alembic; each test runs inside a transaction that is rolled back.
 Redis: `TEST_REDIS_URL` if set (it is flushed between tests!), else a private
@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,8 +51,37 @@ class RunDatabase:
         return self.urls[service]
 
 
+# pgserver keeps an inter-process lock under XDG_RUNTIME_DIR, found once, when it is first
+# imported: the directory `make run` uses, not one under a `server_dir` that is removed.
+os.environ.setdefault("XDG_RUNTIME_DIR", str(devstack.data_root() / "run"))
+Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+@contextmanager
+def server_dir(name: str) -> Iterator[Path]:
+    """A fresh directory for the data of a server this test run starts, removed afterwards.
+
+    Not under pytest's tmp_path: run as root, the embedded PostgreSQL runs as the user
+    `pgserver`, so the directories above its data must let that user through, and every
+    pytest session, when it starts, takes that right away from its root
+    (/tmp/pytest-of-<user> back to mode 0700): a test run started beside this one cut the
+    server off its own files, and it died mid-run ("permission denied" on pg_control)."""
+    path = Path(tempfile.mkdtemp(prefix=f"platform-test-{name}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def server_path() -> Iterator[Path]:
+    """`server_dir` for one test: where a test starts its own server or `make run`."""
+    with server_dir("test") as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin_url() -> Iterator[str]:
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
         yield configured
@@ -58,12 +90,12 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     # `make run` and other test runs share: a transaction they hold open there (any
     # database) holds back the server's xmin, and the telemetry usage cache, rightly,
     # caches no day while a transaction older than its close runs: its tests then fail.
-    data_dir = tmp_path_factory.mktemp("postgres")
-    url = devstack.start_embedded_postgres(data_dir)
-    try:
-        yield url
-    finally:
-        devstack.stop_embedded_postgres(data_dir)
+    with server_dir("postgres") as data_dir:
+        url = devstack.start_embedded_postgres(data_dir)
+        try:
+            yield url
+        finally:
+            devstack.stop_embedded_postgres(data_dir)
 
 
 async def _drop_database(admin_url: str, name: str) -> None:
