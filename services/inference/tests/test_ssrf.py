@@ -1,6 +1,7 @@
 """A member's base_url cannot make inference call what the egress policy refuses (issue 16,
 item 1): refused at creation when it is an address, at call time when a host name resolves
-to one, never through a redirect. In every case nothing reaches the refused target."""
+to one, never through a redirect; and an answer that is not a provider's error is never
+echoed. In every case nothing reaches the refused target."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from common.fakes.hf_server import DEFAULT_MODEL_ID
 from common.testing import LiveServer
 from inference.models import ProviderCredential
 
-from .conftest import Inference, MakeInference, Upstream, member
+from .conftest import HF_TOKEN, Inference, MakeInference, Upstream, member
 
 SECRET = "SECRET-internal-banner-7f3a"  # what an internal service would give away
 CHAT = "/v1/chat/completions"
@@ -230,3 +231,42 @@ async def test_a_redirect_is_never_followed(
         assert "169.254" not in body["detail"]
         assert len(redirector.hits) == 1  # not retried either
     assert openai_upstream.control.requests == []
+
+
+# ---------------------------------------------------------------- error details
+
+
+@pytest.mark.parametrize("provider", ["openai", "huggingface"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        PlainTextResponse(f"{SECRET}: redis 7.2 protected mode", status_code=404),
+        PlainTextResponse(f"<html>{SECRET}</html>", status_code=500, media_type="text/html"),
+        JSONResponse({"message": SECRET, "status": "forbidden"}, status_code=403),
+        JSONResponse({"detail": SECRET}, status_code=422),
+    ],
+    ids=["text-404", "html-500", "json-403", "json-422"],
+)
+async def test_an_answer_that_is_not_a_providers_error_is_never_echoed(
+    inference: Inference, provider: str, answer: Response
+) -> None:
+    async with serve(answer) as server:
+        await create(inference, f"{server.url}/v1", provider)
+        response = await inference.call("POST", CHAT, json=ask(provider))
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.status_code in (400, 502), response.text
+        assert SECRET not in response.text
+        assert "not in an API's error format" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "huggingface"])
+async def test_a_providers_own_error_message_still_reaches_the_member(
+    inference: Inference, openai_upstream: Upstream, hf_upstream: Upstream, provider: str
+) -> None:
+    upstream = hf_upstream if provider == "huggingface" else openai_upstream
+    key = HF_TOKEN if provider == "huggingface" else None
+    await inference.credential(upstream.url, provider=provider, **({"api_key": key} if key else {}))
+    upstream.control.fail("*", status=400, message="temperature must be at most 2")
+    response = await inference.call("POST", CHAT, json=ask(provider))
+    assert response.status_code == 400, response.text
+    assert "temperature must be at most 2" in response.json()["detail"]

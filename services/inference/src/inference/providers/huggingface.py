@@ -21,6 +21,7 @@ from inference.providers.base import (
     EmbeddingResult,
     ProviderError,
     Usage,
+    answer_message,
     chat_result,
     error_for_status,
     parse_retry_after,
@@ -55,7 +56,7 @@ def map_error(exc: Exception) -> ProviderError:
         response = exc.response
         return error_for_status(
             response.status_code,
-            str(getattr(exc, "server_message", None) or exc).splitlines()[0],
+            answer_message(response),
             parse_retry_after(response.headers.get("retry-after")),
         )
     name = type(exc).__name__.lower()

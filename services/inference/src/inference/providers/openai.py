@@ -28,6 +28,7 @@ from inference.providers.base import (
     EmbeddingResult,
     ProviderError,
     Usage,
+    answer_message,
     chat_result,
     error_for_status,
     parse_retry_after,
@@ -84,8 +85,7 @@ def map_error(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
     if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        message = str(body.get("message") or exc.message or exc)
+        message = answer_message(exc.response)
         return error_for_status(
             exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after"))
         )
