@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import shutil
 import subprocess
@@ -191,6 +193,78 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(name: str) -> 
             f"Deployment/{c}" for c in callers
         }, app
         assert [s for s in sources if "namespaceSelector" in s] == [prometheus], app
+
+
+def egress_allows(objects: list[Object], app: str, address: str, port: int) -> bool:
+    """Whether the app's pods may open a TCP connection to `address:port`, by the
+    NetworkPolicies with policyType Egress that select them (none: anything goes). Only
+    ipBlock peers match an address; pod and namespace selectors stand for cluster pods."""
+    labels = of_kind(objects, "Deployment")[app]["spec"]["template"]["metadata"]["labels"]
+    ip = ipaddress.ip_address(address)
+    policies = [
+        p
+        for p in of_kind(objects, "NetworkPolicy").values()
+        if "Egress" in p["spec"]["policyTypes"] and matches(p["spec"]["podSelector"], labels)
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = rule.get("ports")
+            if ports and not any(
+                p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port) for p in ports
+            ):
+                continue
+            for peer in rule.get("to", [{"ipBlock": {"cidr": "0.0.0.0/0"}}]):
+                block = peer.get("ipBlock")
+                if block is None:
+                    continue
+                network = ipaddress.ip_network(block["cidr"])
+                if (
+                    ip.version == network.version
+                    and ip in network
+                    and not any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
+                ):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("name", RENDER_NAMES)
+def test_inference_reaches_public_providers_but_not_metadata_or_private_services(
+    name: str,
+) -> None:
+    objects = render(name)
+    for address, port in [("104.18.6.192", 443), ("8.8.8.8", 8080), ("2606:4700::6812:6c0", 443),
+                          ("10.0.3.7", 5432), ("10.0.3.8", 6379)]:  # fmt: skip
+        assert egress_allows(objects, "inference", address, port), (address, port)
+    for address, port in [
+        ("169.254.169.254", 80),  # cloud metadata
+        ("100.100.100.200", 80),  # Alibaba's metadata, in the shared range
+        ("fd00:ec2::254", 80),  # AWS's metadata over IPv6
+        ("127.0.0.1", 8001),
+        ("10.0.3.9", 8001),  # a pod of the platform
+        ("172.20.0.10", 443),
+        ("192.168.1.1", 80),
+        ("10.0.3.7", 9200),  # private, on a port that is not PostgreSQL's or Redis's
+        ("::ffff:169.254.169.254", 80),
+    ]:
+        assert not egress_allows(objects, "inference", address, port), (address, port)
+    (policy,) = [p for p in of_kind(objects, "NetworkPolicy").values() if "egress" in p["spec"]]
+    peers = {
+        json.dumps(peer, sort_keys=True): {(p["port"], p["protocol"]) for p in rule["ports"]}
+        for rule in policy["spec"]["egress"]
+        if "ports" in rule
+        for peer in rule["to"]
+    }
+    dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    collector = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}
+    }
+    assert peers[json.dumps(dns, sort_keys=True)] == {(53, "UDP"), (53, "TCP")}
+    assert peers[json.dumps(collector, sort_keys=True)] == {(4318, "TCP")}
 
 
 def required_env_problems(objects: list[Object]) -> list[str]:

@@ -53,11 +53,16 @@ def admin(user_id: str = "00000000-0000-0000-0000-0000000000ad") -> Identity:
     )
 
 
+# The fake providers listen on loopback, which the egress policy refuses unless allowed.
+LOOPBACK_ALLOWED = "127.0.0.1/32,::1/128"
+
+
 @pytest.fixture(scope="session")
 def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
     return ServiceHarness.migrated(
-        "inference", InferenceSettings, create_app, test_database, redis_url
-    )
+        "inference", InferenceSettings, create_app, test_database, redis_url,
+        allowed_private_networks=LOOPBACK_ALLOWED,
+    )  # fmt: skip
 
 
 @dataclass

@@ -387,6 +387,14 @@ class Platform:
         for name in SERVICES:
             env[f"GATEWAY_{name.upper()}_URL"] = self.url(name)
         env["EMBEDDINGS_INFERENCE_URL"] = self.url("inference")  # embeddings asks inference
+        # Inference's egress policy refuses loopback providers unless allowed: here they are
+        # (Ollama, the fakes), but never the platform's own ports (its Redis and database
+        # inference refuses by itself).
+        env.setdefault("INFERENCE_ALLOWED_PRIVATE_NETWORKS", "127.0.0.1/32,::1/128")
+        own = [f"127.0.0.1:{port}" for port in self.ports.values()]
+        env["INFERENCE_REFUSED_ENDPOINTS"] = ",".join(
+            filter(None, [env.get("INFERENCE_REFUSED_ENDPOINTS"), *own])
+        )
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

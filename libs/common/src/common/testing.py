@@ -276,10 +276,14 @@ class ServiceHarness:
         create_app: Callable[[Any], FastAPI],
         database: RunDatabase,
         redis_url: str,
+        **settings_values: Any,
     ) -> ServiceHarness:
+        """Migrated on `database`; `settings_values` set more of the service's settings."""
         url = database.url_for(name)
         upgrade(devstack.service_dir(name), url)
-        settings = settings_cls(database_url=url, redis_url=redis_url, environment="test")
+        settings = settings_cls(
+            database_url=url, redis_url=redis_url, environment="test", **settings_values
+        )
         return cls(name=name, settings=settings, create_app=create_app)
 
     @asynccontextmanager

@@ -39,6 +39,19 @@ class ProviderRejected(Problem):
     status, slug, title = 400, "provider-rejected", "Bad Request"
 
 
+class EgressRefused(Problem):
+    """The egress policy refuses the credential's base_url (inference/providers/egress.py):
+    at creation for an address, at call time for what a host name resolved to."""
+
+    status, slug, title = 422, "egress-refused", "Unprocessable Content"
+
+
+class ProviderRedirected(BadGateway):
+    """The provider answered with a redirect, which is never followed."""
+
+    slug = "provider-redirect"
+
+
 class ProviderAuthFailed(BadGateway):
     slug = "provider-auth"
 

@@ -14,6 +14,7 @@ from inference.api import router
 from inference.crypto import Keyring
 from inference.events import EventSink
 from inference.providers.base import Provider
+from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
@@ -22,13 +23,14 @@ from inference.service import Engine, TtlCache
 from inference.settings import InferenceSettings
 
 
-def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
+def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[str, Provider]:
+    timeouts = {
+        "connect_timeout": settings.connect_timeout_seconds,
+        "read_timeout": settings.read_timeout_seconds,
+    }
     providers: dict[str, Any] = {
-        "openai": OpenAIProvider(
-            connect_timeout=settings.connect_timeout_seconds,
-            read_timeout=settings.read_timeout_seconds,
-        ),
-        "huggingface": HuggingFaceProvider(read_timeout=settings.read_timeout_seconds),
+        "openai": OpenAIProvider(**timeouts, egress=egress),
+        "huggingface": HuggingFaceProvider(**timeouts, egress=egress),
     }
     local = LocalProvider(threads=settings.local_threads)
     if settings.local_preload:
@@ -46,10 +48,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             buffer_size=settings.telemetry_buffer_size,
             linger=settings.telemetry_flush_seconds,
         )
+        egress = EgressPolicy.from_settings(settings)
         engine = Engine(
             settings=settings,
             keyring=Keyring(settings.encryption_keys.get_secret_value()),
-            providers=build_providers(settings),
+            egress=egress,
+            providers=build_providers(settings, egress),
             router=Router(
                 CircuitBreaker(
                     app.state.redis,

@@ -26,11 +26,13 @@ from inference.errors import (
     CircuitOpen,
     CredentialNotFound,
     DeadlineExceeded,
+    EgressRefused,
     InvalidRequest,
     ModelNotFound,
     NameTaken,
     NoCredential,
     ProviderAuthFailed,
+    ProviderRedirected,
     ProviderRejected,
     SharedNeedsAdmin,
     UpstreamFailed,
@@ -44,6 +46,7 @@ from inference.events import (
 )
 from inference.models import ModelAlias, ProviderCredential
 from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
+from inference.providers.egress import DestinationRefused, EgressPolicy, RedirectRefused
 from inference.routing import AllTargetsFailed, Outcome, Router, Target, Trail
 from inference.schemas import AliasCreate, CredentialCreate
 from inference.settings import InferenceSettings
@@ -83,6 +86,7 @@ class Engine:
 
     settings: InferenceSettings
     keyring: Keyring
+    egress: EgressPolicy
     providers: dict[str, Provider]
     router: Router
     sink: EventSink
@@ -106,6 +110,13 @@ async def create_credential(
 ) -> ProviderCredential:
     if body.shared and not identity.has(MANAGE_SHARED):
         raise SharedNeedsAdmin(f"Shared credentials need the {MANAGE_SHARED} permission.")
+    if body.base_url is not None and body.base_url.host:
+        # An address is judged now; a host name at each connection, by what it resolves to
+        # then (it may resolve differently later, so that check is the guard).
+        try:
+            engine.egress.check_literal(body.base_url.host, body.base_url.port or 80)
+        except DestinationRefused as exc:
+            raise EgressRefused(f"base_url: {exc.message}", field="base_url") from None
     row = ProviderCredential(
         owner_id=None if body.shared else _owner(identity),
         shared=body.shared,
@@ -354,6 +365,10 @@ def _problem(exc: Exception, trail: Trail) -> Exception:
         "attempts": trail.attempts,
         "model": trail.target.name if trail.target else None,
     }
+    if isinstance(exc, DestinationRefused):
+        return EgressRefused(f"{where}: {exc.message} Fix the credential's base_url.", **extra)
+    if isinstance(exc, RedirectRefused):
+        return ProviderRedirected(f"{where}: {exc.message}", **extra)
     if isinstance(exc, ProviderError):
         if exc.status in (401, 403):
             return ProviderAuthFailed(f"{where} refused the credential: {exc.message}", **extra)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import ipaddress
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import SettingsConfigDict
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from common.settings import DatabaseSettings
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Development only: production refuses placeholder secrets (see ServiceSettings).
 DEV_ENCRYPTION_KEY = "dev:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM="
@@ -31,6 +34,15 @@ DEFAULT_PRICES: dict[str, Price] = {
     "openai/text-embedding-3-large": Price(input=0.13, output=0.0),
     "local/all-MiniLM-L6-v2": Price(input=0.0, output=0.0),
 }
+
+
+def parse_endpoint(text: str) -> tuple[IPNetwork, int]:
+    """An INFERENCE_REFUSED_ENDPOINTS entry: `ip:port`, `[ipv6]:port` or `cidr:port`
+    (`[cidr]:port` for IPv6) -> (network, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not ip:port")
+    return ipaddress.ip_network(host.removeprefix("[").removesuffix("]"), strict=False), int(port)
 
 
 class InferenceSettings(DatabaseSettings):
@@ -67,9 +79,32 @@ class InferenceSettings(DatabaseSettings):
     hf_endpoint: str | None = Field(
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"
     )
+    # The egress policy for provider URLs (inference/providers/egress.py): comma-separated
+    # CIDRs of private networks where providers may be called (loopback under `make run`),
+    # CIDRs refused besides the private ranges (a cluster's public-looking pod or service
+    # ranges), and `ip:port` endpoints never called, even on an allowed network.
+    allowed_private_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    refused_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    refused_endpoints: Annotated[list[str], NoDecode] = []
     local_threads: int = Field(2, ge=1)
     # Load the local model at start-up (in the background) rather than on the first call.
     local_preload: bool = True
+
+    @field_validator(
+        "allowed_private_networks", "refused_networks", "refused_endpoints", mode="before"
+    )
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("refused_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            parse_endpoint(endpoint)  # ValueError: the setting is refused at start-up
+        return value
 
     def price_of(self, model: str) -> Price | None:
         return self.prices.get(model) or DEFAULT_PRICES.get(model)

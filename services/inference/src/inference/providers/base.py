@@ -192,6 +192,36 @@ def error_for_status(status: int, message: str, retry_after: float | None = None
     )
 
 
+def error_message(body: Any) -> str | None:
+    """The message of an error answer in a provider's own shape: OpenAI's
+    `{"error": {"message"}}`, TGI's and Ollama's `{"error": "..."}`, vLLM's
+    `{"object": "error", "message"}`. Anything else (an HTML page, a bare status, another
+    service's JSON) gives None: its body never reaches the caller, whoever answered."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    if body.get("object") == "error" and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return None
+
+
+NOT_AN_API_ERROR = "The provider's error answer is not in an API's error format (not shown)."
+
+
+def answer_message(response: Any) -> str:
+    """What the caller may read of an error answer (an httpx2 response, read): the
+    provider's own message, or NOT_AN_API_ERROR."""
+    try:
+        body = response.json()
+    except Exception:  # not read, or not JSON: not an API's error answer
+        body = None
+    return error_message(body) or NOT_AN_API_ERROR
+
+
 def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None

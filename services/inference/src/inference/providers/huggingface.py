@@ -1,13 +1,18 @@
 """Hugging Face through huggingface_hub's AsyncInferenceClient: TGI/TEI endpoints
-(per-credential `base_url`) or Hugging Face's inference providers."""
+(per-credential `base_url`) or Hugging Face's inference providers.
+
+Every client speaks through one httpx2 client whose transport is the egress guard's
+(providers/egress.py): every address checked, no redirect followed."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+import httpx2
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+from huggingface_hub.utils._http import async_hf_request_event_hook, async_hf_response_event_hook
 
 from inference.providers.base import (
     ChatResult,
@@ -16,10 +21,17 @@ from inference.providers.base import (
     EmbeddingResult,
     ProviderError,
     Usage,
+    answer_message,
     chat_result,
     error_for_status,
     parse_retry_after,
     wants_usage,
+)
+from inference.providers.egress import (
+    EgressPolicy,
+    GuardedTransport,
+    egress_error,
+    refuse_redirects,
 )
 
 # chat_completion's own keyword arguments; other request fields travel as extra_body.
@@ -33,6 +45,9 @@ CHAT_KWARGS = frozenset(
 
 
 def map_error(exc: Exception) -> ProviderError:
+    refused = egress_error(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, InferenceTimeoutError | TimeoutError):
@@ -41,7 +56,7 @@ def map_error(exc: Exception) -> ProviderError:
         response = exc.response
         return error_for_status(
             response.status_code,
-            str(getattr(exc, "server_message", None) or exc).splitlines()[0],
+            answer_message(response),
             parse_retry_after(response.headers.get("retry-after")),
         )
     name = type(exc).__name__.lower()
@@ -77,25 +92,64 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class _GuardedInferenceClient(AsyncInferenceClient):
+    """AsyncInferenceClient speaking through the given httpx2 client.
+
+    huggingface_hub builds each client's httpx2 client from one process-wide factory
+    (`set_async_client_factory`); overriding `_get_async_client` gives this provider's
+    clients the guarded one without changing anyone else's. The SSRF tests fail if
+    huggingface_hub stops calling it."""
+
+    def __init__(self, http: httpx2.AsyncClient, **kwargs: Any) -> None:
+        if not callable(getattr(AsyncInferenceClient, "_get_async_client", None)):
+            raise RuntimeError("AsyncInferenceClient._get_async_client is gone: the guard needs it")
+        super().__init__(**kwargs)
+        self._http = http
+
+    async def _get_async_client(self) -> httpx2.AsyncClient:
+        return self._http
+
+
 class HuggingFaceProvider:
     name = "huggingface"
 
-    def __init__(self, *, read_timeout: float) -> None:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, egress: EgressPolicy
+    ) -> None:
         self._timeout = read_timeout
         self._clients: dict[tuple[str | None, str | None, str], AsyncInferenceClient] = {}
+        limits = httpx2.Limits(max_connections=500, max_keepalive_connections=100)
+        # huggingface_hub's own client settings (its hooks: request ids, error bodies read
+        # before they are raised), but no proxy from the environment (a proxy would connect
+        # where the guard cannot see) and no redirect followed.
+        self._http = httpx2.AsyncClient(
+            transport=GuardedTransport(egress, resolve_timeout=connect_timeout, limits=limits),
+            follow_redirects=False,
+            trust_env=False,
+            timeout=None,
+            event_hooks={
+                "request": [async_hf_request_event_hook],
+                "response": [refuse_redirects, async_hf_response_event_hook],
+            },
+        )
 
     def _client(self, credential: Credential) -> AsyncInferenceClient:
-        """One client (and its connection pool) per credential and endpoint, reused."""
+        """One client per credential and endpoint, reused; one connection pool for all."""
         fingerprint = hashlib.sha256((credential.api_key or "").encode()).hexdigest()[:16]
         key = (credential.id, credential.base_url, fingerprint)
         client = self._clients.get(key)
         if client is None:
             if credential.base_url:
-                client = AsyncInferenceClient(
-                    base_url=credential.base_url, token=credential.api_key, timeout=self._timeout
+                client = _GuardedInferenceClient(
+                    self._http,
+                    base_url=credential.base_url,
+                    token=credential.api_key,
+                    timeout=self._timeout,
                 )
             else:
-                client = AsyncInferenceClient(token=credential.api_key, timeout=self._timeout)
+                client = _GuardedInferenceClient(
+                    self._http, token=credential.api_key, timeout=self._timeout
+                )
             self._clients[key] = client
         return client
 
@@ -162,3 +216,4 @@ class HuggingFaceProvider:
         for client in self._clients.values():
             await client.close()  # type: ignore[no-untyped-call]
         self._clients.clear()
+        await self._http.aclose()

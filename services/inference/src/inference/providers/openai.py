@@ -6,7 +6,8 @@ call an endpoint with a raw body) rather than `chat.completions.create`, which w
 re-validate the typed parameters and build then dump pydantic models: same headers, auth,
 timeouts, error classes and SSE decoding, at 1.3 ms CPU per call instead of 3.5 ms. The SDK
 speaks through its aiohttp transport (`DefaultAioHttpClient`), 0.3 ms per call cheaper than
-the default httpx2 one on the benchmark machine.
+the default httpx2 one on the benchmark machine. Its connector is the egress guard's
+(providers/egress.py): every address checked, no redirect followed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import aiohttp
 import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream
+from openai._vendor.httpx_aiohttp import AiohttpTransport
 
 from inference.providers.base import (
     ChatResult,
@@ -26,10 +28,17 @@ from inference.providers.base import (
     EmbeddingResult,
     ProviderError,
     Usage,
+    answer_message,
     chat_result,
     error_for_status,
     parse_retry_after,
     wants_usage,
+)
+from inference.providers.egress import (
+    EgressPolicy,
+    GuardedConnector,
+    egress_error,
+    refuse_redirects,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -66,6 +75,9 @@ def _refused(exc: BaseException) -> bool:
 
 def map_error(exc: Exception) -> ProviderError:
     """The SDK's exceptions, classified for retries and for the caller."""
+    refused = egress_error(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, openai.APIConnectionError) and _refused(exc):
         return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
     if isinstance(exc, openai.APITimeoutError):
@@ -73,8 +85,7 @@ def map_error(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
     if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        message = str(body.get("message") or exc.message or exc)
+        message = answer_message(exc.response)
         return error_for_status(
             exc.status_code, message, parse_retry_after(exc.response.headers.get("retry-after"))
         )
@@ -90,12 +101,28 @@ def map_error(exc: Exception) -> ProviderError:
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, egress: EgressPolicy
+    ) -> None:
         self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
-        # One connection pool for every credential's client.
+        limits = httpx2.Limits(max_connections=500, max_keepalive_connections=100)
+
+        def session() -> aiohttp.ClientSession:  # made on first use, in the event loop
+            connector = GuardedConnector(
+                egress, resolve_timeout=connect_timeout, limit=limits.max_connections or 0,
+                keepalive_timeout=limits.keepalive_expiry, ssl=httpx2.create_ssl_context(),
+            )  # fmt: skip
+            return aiohttp.ClientSession(connector=connector)
+
+        # One connection pool for every credential's client. No proxy from the environment
+        # (a proxy would connect where the guard cannot see), no redirect followed.
         self._http = openai.DefaultAioHttpClient(
             timeout=self._timeout,
-            limits=httpx2.Limits(max_connections=500, max_keepalive_connections=100),
+            limits=limits,
+            transport=AiohttpTransport(client=session),
+            follow_redirects=False,
+            trust_env=False,
+            event_hooks={"response": [refuse_redirects]},
         )
         self._clients: dict[tuple[str | None, str, str], AsyncOpenAI] = {}
 
