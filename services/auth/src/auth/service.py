@@ -26,6 +26,7 @@ from auth.errors import (
     InvalidExpiry,
     InvalidScopes,
     LoginThrottled,
+    NotAUser,
     RegistrationClosed,
     SelfLockout,
     SessionNotFound,
@@ -36,6 +37,7 @@ from auth.models import ApiKey, AuditEvent, User
 from auth.passwords import Hasher, password_problem
 from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
 from auth.settings import AuthSettings
+from common.identity import Identity
 from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
@@ -372,26 +374,46 @@ async def create_api_key(
     db: AsyncSession,
     *,
     ctx: Context,
-    user_id: uuid.UUID,
-    permissions: tuple[str, ...],
+    creator: Identity,
     body: ApiKeyCreate,
 ) -> tuple[ApiKey, str]:
-    """A new key for its owner: returns the row and the key, which is never stored."""
+    """A new key for the creator's user: returns the row and the key, which is never stored.
+
+    A key never gets more than the credential that creates it: its scopes are a subset of
+    the creator's effective permissions and, when an API key creates it, it expires no
+    later than that key and is unscoped only if that key is (an unscoped key follows its
+    owner's roles, which a scoped one does not). Anything beyond is refused, naming it."""
+    assert creator.user_id
+    permitted = set(creator.permissions)
+    parent = await _creating_key(db, creator)
     if body.scopes is not None:
-        unknown = sorted(set(body.scopes) - set(permissions))
+        unknown = sorted(set(body.scopes) - permitted)
         if unknown or not body.scopes:
             raise InvalidScopes(
                 "Scopes must be a non-empty subset of your permissions.",
                 not_permitted=unknown,
             )
+    elif parent is not None and parent.scopes is not None:
+        raise InvalidScopes(
+            "This API key is scoped, so a key it creates must list its scopes "
+            "(a subset of this key's permissions).",
+            permitted=sorted(permitted),
+        )
     if body.expires_at is not None:
         if body.expires_at.tzinfo is None:
             raise InvalidExpiry("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z).")
         if body.expires_at.timestamp() <= ctx.now:
             raise InvalidExpiry("expires_at must be in the future.")
+    latest = parent.expires_at if parent is not None else None
+    if latest is not None and (body.expires_at is None or body.expires_at > latest):
+        raise InvalidExpiry(
+            "A key created with an API key expires no later than that key: "
+            f"set expires_at to {latest.isoformat()} or earlier.",
+            latest=latest.isoformat(),
+        )
     key = API_KEY_SCHEME + new_token()
     row = ApiKey(
-        user_id=user_id,
+        user_id=uuid.UUID(creator.user_id),
         name=body.name,
         prefix=key[:10],
         key_hash=secret_hash(key),
@@ -399,10 +421,28 @@ async def create_api_key(
         expires_at=body.expires_at,
     )
     row = await repository.add_api_key(db, key=row)
+    # Which key made it, when a key did: the chain a leaked key could have extended.
+    made_with: dict[str, Any] = {"created_with_key": str(parent.id)} if parent else {}
     await audit(
-        db, ctx, "api_key.create", target_type="api_key", target_id=str(row.id), name=body.name
-    )
+        db, ctx, "api_key.create", target_type="api_key", target_id=str(row.id), name=body.name,
+        **made_with,
+    )  # fmt: skip
     return row, key
+
+
+async def _creating_key(db: AsyncSession, creator: Identity) -> ApiKey | None:
+    """The API key making this request (None for a session); refused if it is gone."""
+    if creator.kind != "api_key":
+        return None
+    assert creator.user_id
+    try:
+        key_id = uuid.UUID(creator.kid or "")
+    except ValueError:
+        raise NotAUser("This API key is no longer valid.") from None
+    key = await repository.get_api_key(db, key_id=key_id, user_id=uuid.UUID(creator.user_id))
+    if key is None:  # revoked since the gateway checked it
+        raise NotAUser("This API key is no longer valid.")
+    return key
 
 
 async def revoke_api_key(
