@@ -37,6 +37,7 @@ from auth.models import ApiKey, AuditEvent, User
 from auth.passwords import Hasher, password_problem
 from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
 from auth.settings import AuthSettings
+from common.db import AfterCommit, after_commit
 from common.identity import Identity
 from common.principals import (
     API_KEY_INVALID,
@@ -132,6 +133,18 @@ def user_read(user: User, roles: list[str]) -> UserRead:
         disabled=user.disabled,
         created_at=user.created_at,
     )
+
+
+async def forget_now_and_after_commit(db: AsyncSession, forget: AfterCommit) -> None:
+    """Clear what Redis holds of someone's access (sessions, cached keys), once the change
+    holds its row locks, and again once it has committed.
+
+    The first clearing fails the request, before anything is committed, if Redis does not
+    answer; with the row locks (repository.Lock) it already removes any answer a check
+    cached from the old rows. The second one does not depend on every reader taking those
+    locks: whatever was cached while the change was in flight is gone once it is visible."""
+    await forget()
+    after_commit(db, forget)
 
 
 # ---------------------------------------------------------------- registration
@@ -289,6 +302,10 @@ async def login(
 async def _start_session(
     db: AsyncSession, *, user: User, store: SessionStore, settings: AuthSettings, ctx: Context
 ) -> Authenticated:
+    # The roles are read, and the session stored, under the lock a change of access takes
+    # (repository.Lock): a disable or role change committing meanwhile ends it too.
+    if await repository.lock_user(db, user_id=user.id) is not False:
+        raise AccountDisabled("This account is disabled.")
     me = await user_view(db, user)
     token, csrf, session = await store.create(
         user_id=str(user.id),
@@ -451,10 +468,9 @@ async def revoke_api_key(
     key = await repository.get_api_key(db, key_id=key_id, user_id=user_id)
     if key is None:
         raise ApiKeyNotFound("No such API key.")
-    await repository.revoke_api_key(db, key=key)
-    await db.flush()
-    # The gateway's cache forgets it now: the next request with it is refused.
-    await redis.delete(API_KEY_PREFIX + key.key_hash)
+    await repository.revoke_api_key(db, key=key)  # the row stays locked until the commit
+    # The gateway's cache forgets it: the next request with it is refused.
+    await forget_now_and_after_commit(db, lambda: redis.delete(API_KEY_PREFIX + key.key_hash))
     await audit(db, ctx, "api_key.revoke", target_type="api_key", target_id=str(key.id))
 
 
@@ -463,8 +479,10 @@ async def resolve_api_key(
 ) -> ApiKeyPrincipal | None:
     """What a key stands for now, cached for the gateway; None (cached too) if unusable."""
     cache_key = API_KEY_PREFIX + key_hash
-    key = await repository.get_api_key_by_hash(db, key_hash=key_hash)
-    user = await repository.get_user(db, user_id=key.user_id) if key else None
+    # Read under "share" locks, held until this answer is cached and committed: a revoke,
+    # disable or role change in flight is waited for, or waits, then clears the cache.
+    key = await repository.get_api_key_by_hash(db, key_hash=key_hash, lock="share")
+    user = await repository.get_user(db, user_id=key.user_id, lock="share") if key else None
     expires_at = key.expires_at.timestamp() if key and key.expires_at else None
     if (
         key is None
@@ -585,7 +603,7 @@ async def update_user(
 ) -> UserRead:
     """Roles, disabled flag, name. A role change or a disable ends the user's sessions
     and empties the key cache, so it applies to the very next request."""
-    user = await repository.get_user(db, user_id=user_id)
+    user = await repository.get_user(db, user_id=user_id, lock="update")
     if user is None:
         raise UserNotFound("No such user.")
     roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
@@ -608,10 +626,14 @@ async def update_user(
         user.name = body.name
     await db.flush()
     if access_changed:
-        await store.delete_all_for_user(str(user.id))
         hashes = await repository.api_key_hashes_of(db, user_id=user.id)
-        if hashes:
-            await redis.delete(*(API_KEY_PREFIX + h for h in hashes))
+
+        async def forget() -> None:
+            await store.delete_all_for_user(str(user.id))
+            if hashes:
+                await redis.delete(*(API_KEY_PREFIX + h for h in hashes))
+
+        await forget_now_and_after_commit(db, forget)
     await db.refresh(user)
     return user_read(user, roles)
 
