@@ -1,8 +1,9 @@
 """A change of access (key revoke, user disable, role change) racing a credential check.
 
 The gateway caches what a key stands for (auth:api-key:<hash>, for up to 300 s), filled by
-auth's resolve. A resolve running while a change of access is in flight must not leave the
-old state in that cache: the next use of the key sees the change. Each race is made
+auth's resolve, and a session holds the roles and permissions of its login. A resolve or a
+login running while a change of access is in flight must not leave the old state in Redis:
+the next request sees the change. Each race is made
 deterministic with a table lock held by the test: one side is stopped at a chosen point,
 the other runs as far as it can, then the lock is released.
 """
@@ -164,3 +165,25 @@ async def test_a_check_that_read_before_the_change_does_not_cache_the_old_state(
         assert checked.status_code == 200, checked.text  # it answered for before the change
         assert changed.status_code in (200, 204), changed.text
         assert await _next_use(auth, key) == after
+
+
+@pytest.mark.parametrize(
+    "change", [pytest.param(_disable, id="disable"), pytest.param(_demote, id="role-change")]
+)
+async def test_a_login_that_read_before_the_change_leaves_no_session_of_the_old_state(
+    make_app: MakeApp, test_database: RunDatabase, change: Change
+) -> None:
+    """A login has checked the password and reads the roles (waiting for the test's lock
+    on the role permissions) when the user is disabled or demoted: the session it makes
+    with the old state must not outlive the change, which ends every session."""
+    async with make_app(committed=True) as auth:
+        parties = await _parties(auth)
+        no_reads = "LOCK TABLE auth.role_permission IN ACCESS EXCLUSIVE MODE"
+
+        logged_in, changed = await _race(
+            test_database, no_reads, auth.login(parties.owner.user["email"]), change(auth, parties)
+        )
+
+        assert logged_in.status_code == 200, logged_in.text  # for before the change
+        assert changed.status_code == 200, changed.text
+        assert await auth.store.list_for_user(parties.owner.user_id) == []
