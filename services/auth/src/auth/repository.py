@@ -37,7 +37,7 @@ async def lock_user(db: AsyncSession, *, user_id: uuid.UUID) -> bool | None:
     """Lock the user's row ("update") without loading it (pending changes to it stay);
     whether the user is disabled, None if there is no such user."""
     query = select(col(User.disabled)).where(col(User.id) == user_id)
-    result = await db.execute(query.with_for_update(key_share=True))
+    result = await db.execute(query.with_for_update(**_LOCKS["update"]))
     disabled: bool | None = result.scalar_one_or_none()
     return disabled
 
@@ -134,7 +134,7 @@ async def get_api_key_by_hash(
 ) -> ApiKey | None:
     query = select(ApiKey).where(col(ApiKey.key_hash) == key_hash)
     if lock is not None:
-        query = query.with_for_update(read=lock == "share", key_share=lock == "update")
+        query = query.with_for_update(**_LOCKS[lock])
     result = await db.execute(query)
     return result.scalar_one_or_none()
 
