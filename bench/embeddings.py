@@ -98,7 +98,8 @@ def timed_queries(base_url: str, identity: Identity, key: bytes, collection: str
     latencies, recalls = [], []
     for body, truth in zip(bodies, exact, strict=True):
         headers = {"content-type": "application/json",
-                   HEADER: sign(identity, key, method="POST", path=path)}  # fmt: skip
+                   HEADER: sign(identity, key, method="POST", path=path,
+                                audience="embeddings")}  # fmt: skip
         t0 = time.perf_counter()
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
@@ -263,7 +264,7 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: I
     projection = np.random.default_rng(7).standard_normal((32, DIMENSION)).astype(np.float32)
     data = clustered(rng, projection, args.vectors)
     queries = clustered(rng, projection, args.queries)
-    auth = SignedIdentity(key, identity)
+    auth = SignedIdentity(key, identity, audience="embeddings")
     result: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=urls["embeddings"], auth=auth, timeout=600) as client:
         created = await client.post("/v1/collections", json={"name": "bench", "model": MODEL})

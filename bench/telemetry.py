@@ -291,7 +291,9 @@ async def usage_query(
 
     for name, who in (("admin", admin), ("member", member)):
         async with httpx.AsyncClient(
-            base_url=urls["service"], auth=SignedIdentity(key, who), timeout=60
+            base_url=urls["service"],
+            auth=SignedIdentity(key, who, audience="telemetry"),
+            timeout=60,
         ) as http:
             first = await timed_usage(http, params, 1)  # nothing cached since the rows came
             cold = await timed_usage(http, params, max(1, repeats // 2), before=forget)

@@ -1,7 +1,9 @@
 """Gateway tests: the real gateway under uvicorn, real Redis, in front of a real upstream app.
 
 The upstream is a service built exactly like ours (signed identity required) whose routes
-echo what they received, so a test sees what the gateway forwarded. Callers authenticate
+echo what they received, so a test sees what the gateway forwarded. It runs once per
+service name (auth, inference, ...), as each verifies that a signed identity is meant for
+it, all four sharing one state. Callers authenticate
 with sessions and API keys written to Redis through the same code auth uses
 (common.principals), so no auth service is needed here; tests/e2e covers the real one.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,26 +32,32 @@ from gateway.main import create_app
 from gateway.security import WINDOW_SECONDS
 from gateway.settings import GatewaySettings
 
+SERVICES = ("auth", "inference", "embeddings", "telemetry")
 VIEWER = ("models:read", "embeddings:read", "telemetry:read_own", "api_keys:manage")
 MEMBER = (*VIEWER, "inference:invoke", "providers:manage", "embeddings:write", "telemetry:write")
 
 
-class UpstreamSettings(ServiceSettings):
-    service_name: ClassVar[str] = "upstream"
+def upstream_settings(service: str) -> ServiceSettings:
+    """Settings of an upstream that takes identities signed for `service`."""
+    annotations = {"service_name": ClassVar[str]}
+    cls = type(f"{service.title()}Upstream", (ServiceSettings,),
+               {"__annotations__": annotations, "service_name": service})  # fmt: skip
+    settings: ServiceSettings = cls(environment="test")
+    return settings
 
 
 @dataclass
 class Upstream:
     """Test routes on a service built like ours; counts what reached it."""
 
-    url: str = ""
+    urls: dict[str, str] = field(default_factory=dict)  # per service name
     hits: int = 0
     release_second_chunk: asyncio.Event = field(default_factory=asyncio.Event)
     patient_called: asyncio.Event = field(default_factory=asyncio.Event)
     saw_disconnect: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def upstream_app(state: Upstream) -> Any:
+def upstream_app(state: Upstream, service: str) -> Any:
     router = APIRouter()
 
     async def echo(request: Request, identity: CurrentIdentity) -> dict[str, Any]:
@@ -128,15 +136,17 @@ def upstream_app(state: Upstream) -> Any:
         yield
 
     return create_service_app(
-        UpstreamSettings(environment="test"), public=router, lifespan=lifespan, title="Upstream"
+        upstream_settings(service), public=router, lifespan=lifespan, title="Upstream"
     )
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     state = Upstream()
-    async with LiveServer(upstream_app(state)) as server:
-        state.url = server.url
+    async with AsyncExitStack() as stack:
+        for service in SERVICES:
+            server = await stack.enter_async_context(LiveServer(upstream_app(state, service)))
+            state.urls[service] = server.url
         yield state
 
 
@@ -150,12 +160,9 @@ def in_one_window(*apps: Any) -> Any:
     return apps[0]
 
 
-def gateway_settings(upstream_url: str, redis_url: str, **overrides: Any) -> GatewaySettings:
+def gateway_settings(upstream: Upstream, redis_url: str, **overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {
-        "auth_url": upstream_url,
-        "inference_url": upstream_url,
-        "embeddings_url": upstream_url,
-        "telemetry_url": upstream_url,
+        **{f"{service}_url": url for service, url in upstream.urls.items()},
         "redis_url": redis_url,
         "environment": "test",
     }
@@ -165,7 +172,7 @@ def gateway_settings(upstream_url: str, redis_url: str, **overrides: Any) -> Gat
 
 @pytest.fixture
 async def gateway(upstream: Upstream, redis_url: str) -> AsyncIterator[str]:
-    async with LiveServer(create_app(gateway_settings(upstream.url, redis_url))) as server:
+    async with LiveServer(create_app(gateway_settings(upstream, redis_url))) as server:
         yield server.url
 
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.testing import LiveServer
 from gateway.main import create_app
 
-from .conftest import Caller, SessionFactory, Upstream, gateway_settings
+from .conftest import SERVICES, Caller, SessionFactory, Upstream, gateway_settings
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ async def test_upstream_down_is_502_problem(
 ) -> None:
     member = await session_for()
     dead = f"http://127.0.0.1:{refused_port}"
-    app = create_app(gateway_settings(dead, redis_url))
+    app = create_app(gateway_settings(Upstream({name: dead for name in SERVICES}), redis_url))
     async with LiveServer(app) as server, client(server.url, member) as c:
         response = await c.get("/v1/models")
     assert response.status_code == 502
@@ -112,7 +112,7 @@ async def test_upstream_down_is_502_problem(
 async def test_upstream_timeout_is_504_problem(
     upstream: Upstream, redis_url: str, member: Caller
 ) -> None:
-    app = create_app(gateway_settings(upstream.url, redis_url, upstream_read_timeout_seconds=0.3))
+    app = create_app(gateway_settings(upstream, redis_url, upstream_read_timeout_seconds=0.3))
     async with LiveServer(app) as server, client(server.url, member) as c:
         response = await c.get("/v1/hub/models?delay=3")
     assert response.status_code == 504
@@ -137,7 +137,7 @@ async def test_a_client_that_hangs_up_cancels_the_upstream_call(
 async def test_oversized_body_is_413_and_not_forwarded(
     upstream: Upstream, redis_url: str, member: Caller
 ) -> None:
-    app = create_app(gateway_settings(upstream.url, redis_url, max_body_bytes=1024))
+    app = create_app(gateway_settings(upstream, redis_url, max_body_bytes=1024))
     async with LiveServer(app) as server, client(server.url, member) as c:
         response = await c.post(
             "/v1/chat/completions", content=b"x" * 4096, headers=member.unsafe_headers()

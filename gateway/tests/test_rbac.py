@@ -89,7 +89,7 @@ def _expected(route: Route, kind: str, permissions: tuple[str, ...]) -> int:
 @pytest.fixture
 async def unlimited_gateway(upstream: Upstream, redis_url: str) -> Any:
     settings = gateway_settings(
-        upstream.url,
+        upstream,
         redis_url,
         rate_limit_per_minute=0,
         rate_limit_model_per_minute=0,

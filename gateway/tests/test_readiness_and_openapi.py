@@ -26,7 +26,7 @@ async def test_readyz_is_503_naming_the_upstream_that_is_down(
     refused_port: int,
 ) -> None:
     settings = gateway_settings(
-        upstream.url, redis_url, embeddings_url=f"http://127.0.0.1:{refused_port}"
+        upstream, redis_url, embeddings_url=f"http://127.0.0.1:{refused_port}"
     )
     async with LiveServer(create_app(settings)) as server, httpx.AsyncClient() as client:
         response = await client.get(f"{server.url}/readyz")

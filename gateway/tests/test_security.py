@@ -152,7 +152,7 @@ async def test_session_only_routes_refuse_api_keys(gateway: str, api_key_for: Ke
 async def test_rate_limit_429_with_headers_shared_by_two_gateways(
     upstream: Upstream, redis_url: str, session_for: SessionFactory
 ) -> None:
-    settings = gateway_settings(upstream.url, redis_url, rate_limit_per_minute=5)
+    settings = gateway_settings(upstream, redis_url, rate_limit_per_minute=5)
     caller = await session_for()
     apps = (create_app(settings), create_app(settings))
     in_one_window(*apps)
@@ -176,7 +176,7 @@ async def test_model_calls_have_their_own_tighter_budget(
     upstream: Upstream, redis_url: str, session_for: SessionFactory
 ) -> None:
     settings = gateway_settings(
-        upstream.url, redis_url, rate_limit_per_minute=100, rate_limit_model_per_minute=2
+        upstream, redis_url, rate_limit_per_minute=100, rate_limit_model_per_minute=2
     )
     caller = await session_for()
     before = refused_model_calls()
@@ -202,7 +202,7 @@ async def test_role_budgets_take_the_most_generous(
     upstream: Upstream, redis_url: str, session_for: SessionFactory
 ) -> None:
     settings = gateway_settings(
-        upstream.url,
+        upstream,
         redis_url,
         rate_limit_per_minute=1,
         rate_limits={"admin": {"default": 3, "model": 3}},
@@ -220,7 +220,7 @@ async def test_anonymous_routes_are_limited_per_client_ip(
     upstream: Upstream, redis_url: str, redis: Redis
 ) -> None:
     # `redis`: this client's count starts from an empty database and is cleared afterwards.
-    settings = gateway_settings(upstream.url, redis_url, rate_limit_anonymous_per_minute=2)
+    settings = gateway_settings(upstream, redis_url, rate_limit_anonymous_per_minute=2)
     gateway = in_one_window(create_app(settings))
     async with LiveServer(gateway) as gw, httpx.AsyncClient(base_url=gw.url) as c:
         statuses = [(await c.post("/auth/login", json={})).status_code for _ in range(3)]
@@ -239,7 +239,7 @@ async def test_redis_down_means_503_and_nothing_gets_through(
         )  # fmt: skip
         cookie = {"Cookie": f"session={token}"}
         key = {"Authorization": "Bearer sk-xxxxxxxxxxxx"}
-        app = create_app(gateway_settings(upstream.url, url))
+        app = create_app(gateway_settings(upstream, url))
         async with LiveServer(app) as gw, httpx.AsyncClient(base_url=gw.url) as c:
             assert (await c.get("/v1/models", headers=cookie)).status_code == 200
             await asyncio.to_thread(devstack.stop_process, server)
@@ -261,7 +261,7 @@ async def test_redis_down_means_503_and_nothing_gets_through(
 async def test_cors_allows_only_listed_origins_with_credentials(
     upstream: Upstream, redis_url: str, session_for: SessionFactory
 ) -> None:
-    settings = gateway_settings(upstream.url, redis_url, cors_origins=["https://app.example.com"])
+    settings = gateway_settings(upstream, redis_url, cors_origins=["https://app.example.com"])
     caller = await session_for()
     preflight = {
         "Access-Control-Request-Method": "POST",

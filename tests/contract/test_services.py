@@ -52,8 +52,23 @@ async def service(
         yield harness, app
 
 
-def _header(harness: ServiceHarness, path: str, *, method: str = "GET", **kwargs: Any) -> str:
-    return sign(user_identity(), harness.key(), method=method, path=path, **kwargs)
+def _header(
+    harness: ServiceHarness,
+    path: str,
+    *,
+    method: str = "GET",
+    audience: str | None = None,
+    **kwargs: Any,
+) -> str:
+    """What the gateway signs for this service (or, given `audience`, for another one)."""
+    audience = audience or harness.name
+    return sign(
+        user_identity(), harness.key(), method=method, path=path, audience=audience, **kwargs
+    )
+
+
+def _another_service(harness: ServiceHarness) -> str:
+    return next(name for name in SERVICES if name != harness.name)
 
 
 async def test_healthz_needs_no_identity(service: tuple[ServiceHarness, Any]) -> None:
@@ -139,7 +154,13 @@ async def test_signed_request_is_accepted(service: tuple[ServiceHarness, Any]) -
         pytest.param(lambda h: _header(h, "/v1/other"), id="signed-for-another-path"),
         pytest.param(lambda h: _header(h, "/v1/models", method="POST"), id="another-method"),
         pytest.param(
-            lambda h: sign(user_identity(), b"k" * 32, method="GET", path="/v1/models"),
+            lambda h: _header(h, "/v1/models", audience=_another_service(h)),
+            id="signed-for-another-service",
+        ),
+        pytest.param(
+            lambda h: sign(
+                user_identity(), b"k" * 32, method="GET", path="/v1/models", audience=h.name
+            ),
             id="wrong-key",
         ),
         pytest.param(

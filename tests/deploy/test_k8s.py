@@ -12,6 +12,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from fastapi.routing import APIRoute
+
+from gateway.api import router as gateway_router
+from gateway.rbac import ROUTES
 
 from . import kustomize
 from .apps import APPS, SERVICES, entrypoint_commands, exported_metrics, image_env
@@ -127,6 +131,43 @@ def test_apps_are_probed_on_healthz_and_readyz_at_their_port(name: str) -> None:
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(APPS[app].port)
         assert container["image"].startswith(f"llm-platform/{app}:")
+
+
+def _routed(paths: list[Object], path: str) -> bool:
+    """Whether an Ingress's paths take a request path (Kubernetes' Exact and Prefix rules:
+    a prefix matches whole path elements)."""
+    for rule in paths:
+        given = rule["path"]
+        if rule["pathType"] == "Exact" and path == given:
+            return True
+        if rule["pathType"] == "Prefix":
+            prefix = given.rstrip("/")
+            if path in (given, prefix) or path.startswith(prefix + "/"):
+                return True
+    return False
+
+
+def _public_paths() -> list[str]:
+    """Every path the gateway serves to the public: the proxied routes (a concrete path
+    for each template) and its own (the API document and its page), and /healthz."""
+    proxied = [re.sub(r"\{[a-z_]+(:path)?\}", "x", route.template) for route in ROUTES]
+    own = [route.path for route in gateway_router.routes if isinstance(route, APIRoute)]
+    return [*proxied, *own, "/healthz"]
+
+
+@pytest.mark.parametrize("name", RENDER_NAMES)
+def test_the_ingress_routes_the_public_api_and_not_metrics_or_readiness(name: str) -> None:
+    """/metrics and the gateway's /readyz (which asks every service) are not for the
+    internet: Prometheus and the kubelet reach the pods directly."""
+    (ingress,) = of_kind(render(name), "Ingress").values()
+    paths = [path for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+
+    assert [p for p in _public_paths() if not _routed(paths, p)] == []
+    for probe in ("/metrics", "/readyz", "/metrics/x", "/readyz/x"):
+        assert not _routed(paths, probe), probe
+    backends = {(p["backend"]["service"]["name"], p["backend"]["service"]["port"]["name"])
+                for p in paths}  # fmt: skip
+    assert backends == {("gateway", "http")}
 
 
 @pytest.mark.parametrize("name", RENDER_NAMES)

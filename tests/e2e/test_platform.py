@@ -53,9 +53,12 @@ def test_every_process_serves_prometheus_metrics(platform: RunningPlatform) -> N
         assert f"{name}_http_request_duration_seconds" in families, name
 
 
-def _signed(platform: RunningPlatform, path: str, *, now: float | None = None) -> str:
+def _signed(
+    platform: RunningPlatform, path: str, *, now: float | None = None, audience: str = "inference"
+) -> str:
     identity = Identity(sub="e2e-user", kind="user", iss="gateway", roles=("member",))
-    return sign(identity, platform.signing_key.encode(), method="GET", path=path, now=now)
+    key = platform.signing_key.encode()
+    return sign(identity, key, method="GET", path=path, audience=audience, now=now)
 
 
 def test_services_refuse_calls_that_skip_the_gateway(platform: RunningPlatform) -> None:
@@ -70,6 +73,9 @@ def test_services_refuse_calls_that_skip_the_gateway(platform: RunningPlatform) 
 
     stale = httpx.get(url, headers={HEADER: _signed(platform, "/v1/models", now=time.time() - 120)})
     assert stale.status_code == 401
+    # A header captured on its way to another service is refused here.
+    elsewhere = _signed(platform, "/v1/models", audience="embeddings")
+    assert httpx.get(url, headers={HEADER: elsewhere}).status_code == 401
     for name in SERVICES:
         assert httpx.get(f"{platform.url(name)}/v1/anything").status_code == 401, name
 

@@ -15,7 +15,11 @@ def upstream_clients(settings: GatewaySettings) -> dict[str, httpx.AsyncClient]:
     )
     return {
         name: peer_client(
-            url, settings, timeout=timeout, max_connections=settings.upstream_max_connections
+            url,
+            settings,
+            peer=name,
+            timeout=timeout,
+            max_connections=settings.upstream_max_connections,
         )
         for name, url in settings.upstream_urls().items()
     }

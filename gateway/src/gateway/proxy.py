@@ -253,7 +253,12 @@ class Exchange:
         target = request_target(scope)
         headers = request_headers(scope)
         headers.append(
-            (IDENTITY_HEADER, sign(identity, self.signing_key, method=method, path=target))
+            (
+                IDENTITY_HEADER,
+                sign(
+                    identity, self.signing_key, method=method, path=target, audience=self.upstream
+                ),
+            )
         )
         carrier: dict[str, str] = {}
         propagate.inject(carrier)

@@ -22,6 +22,7 @@ from common.app import PlatformApp, instrument
 from common.db import (
     DbSession,
     LazyDbSession,
+    after_commit,
     create_engine,
     create_sessionmaker,
     schema_registry,
@@ -41,6 +42,8 @@ class Refused(Problem):
 
 class ProbeIn(BaseModel):
     fail: str | None = None  # "problem", "crash", or "untouched" (no database use at all)
+    # Register an after-commit action that looks the label up from another connection.
+    after_commit: bool = False
 
 
 @pytest.fixture
@@ -99,6 +102,12 @@ def create_app(test_database: RunDatabase) -> FastAPI:
         await session.execute(
             text("INSERT INTO public.uow_probe (label) VALUES (:label)"), {"label": label}
         )
+        if body.after_commit:
+
+            async def look() -> None:
+                app.state.after_commit[label] = await _exists(app.state.probe_db, label)
+
+            after_commit(session, look)
         if body.fail == "problem":
             raise Refused("Not this one.")
         if body.fail == "crash":
@@ -123,6 +132,7 @@ async def uow(
     test_database: RunDatabase, probe_db: asyncpg.Connection
 ) -> AsyncIterator[tuple[httpx.AsyncClient, VisibleAtResponseStart]]:
     app = create_app(test_database)
+    app.state.probe_db, app.state.after_commit = probe_db, {}
     observed = VisibleAtResponseStart(app, probe_db)
     try:
         async with asgi_client(observed) as client:  # type: ignore[arg-type]
@@ -185,6 +195,22 @@ async def test_failed_commit_is_a_failed_request(
     assert response.headers["content-type"] == "application/problem+json"
     count = await probe_db.fetchval("SELECT count(*) FROM public.uow_probe WHERE label = 'taken'")
     assert count == 1
+
+
+@BOTH
+async def test_after_commit_actions_run_once_committed_and_never_on_rollback(
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart], route: str
+) -> None:
+    """What must follow the commit (clearing a cache of the old state) sees the change
+    committed, and does not run for a change that was rolled back."""
+    client, observed = uow
+    seen = observed.app.state.after_commit
+
+    kept = await client.post(f"{route}/kept", json={"after_commit": True})
+    dropped = await client.post(f"{route}/dropped", json={"after_commit": True, "fail": "crash"})
+
+    assert (kept.status_code, dropped.status_code) == (201, 500)
+    assert seen == {"kept": True}
 
 
 async def test_a_lazy_session_is_opened_only_when_the_route_uses_it(

@@ -24,6 +24,7 @@ from common.identity import (
 )
 
 KEY = secrets.token_bytes(32)
+AUD = "inference"  # the service the headers are for
 NOW = 1_700_000_000.0
 MAX_AGE = 60.0
 USER = Identity(
@@ -37,14 +38,16 @@ USER = Identity(
 )
 
 
-def _sign(identity: Identity = USER, *, key: bytes = KEY, at: float = NOW) -> str:
-    return sign(identity, key, method="POST", path="/v1/completions", now=at)
+def _sign(
+    identity: Identity = USER, *, key: bytes = KEY, at: float = NOW, audience: str = AUD
+) -> str:
+    return sign(identity, key, method="POST", path="/v1/completions", audience=audience, now=at)
 
 
 def _verify(
     header: str | None, *, method: str = "POST", path: str = "/v1/completions", at: float = NOW
 ) -> Identity:
-    return verify(header, KEY, method=method, path=path, max_age=MAX_AGE, now=at)
+    return verify(header, KEY, method=method, path=path, audience=AUD, max_age=MAX_AGE, now=at)
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -64,7 +67,7 @@ def test_round_trip_keeps_every_field() -> None:
 
 
 def test_method_is_compared_case_insensitively() -> None:
-    header = sign(USER, KEY, method="post", path="/v1/completions", now=NOW)
+    header = sign(USER, KEY, method="post", path="/v1/completions", audience=AUD, now=NOW)
 
     assert _verify(header).sub == USER.sub
 
@@ -89,6 +92,9 @@ def _tampered(header: str) -> str:
         pytest.param(_sign(), "GET", "/v1/completions", NOW, id="other-method"),
         pytest.param(_sign(), "POST", "/v1/completions/1", NOW, id="other-path"),
         pytest.param(_sign(), "POST", "/v1/completions", NOW + MAX_AGE + 1, id="too-old"),
+        pytest.param(
+            _sign(audience="embeddings"), "POST", "/v1/completions", NOW, id="other-service"
+        ),
         pytest.param(
             _sign(at=NOW + CLOCK_SKEW_SECONDS + 1), "POST", "/v1/completions", NOW, id="future"
         ),
@@ -120,6 +126,7 @@ def _peer(request: httpx.Request) -> httpx.Response:
             KEY,
             method=request.method,
             path=request.url.raw_path.decode(),
+            audience=AUD,
             max_age=MAX_AGE,
         )
     except InvalidIdentity as exc:
@@ -128,7 +135,7 @@ def _peer(request: httpx.Request) -> httpx.Response:
 
 
 async def test_signed_identity_signs_each_request_and_honours_a_per_request_identity() -> None:
-    auth = SignedIdentity(KEY, service_identity("inference"))
+    auth = SignedIdentity(KEY, service_identity("embeddings"), audience=AUD)
     async with httpx.AsyncClient(
         transport=httpx.MockTransport(_peer), auth=auth, base_url="http://peer"
     ) as client:
@@ -139,16 +146,18 @@ async def test_signed_identity_signs_each_request_and_honours_a_per_request_iden
         as_service_again = await client.delete("/v1/usage/1")
 
     assert as_service.status_code == 200
-    assert as_service.json() == {"sub": "service:inference", "kind": "service"}
+    assert as_service.json() == {"sub": "service:embeddings", "kind": "service"}
     assert as_user.status_code == 200
     assert as_user.json() == {"sub": USER.sub, "kind": "api_key"}
     assert as_service_again.status_code == 200
-    assert as_service_again.json() == {"sub": "service:inference", "kind": "service"}
+    assert as_service_again.json() == {"sub": "service:embeddings", "kind": "service"}
 
 
 async def test_signed_identity_without_an_identity_sends_no_header() -> None:
     async with httpx.AsyncClient(
-        transport=httpx.MockTransport(_peer), auth=SignedIdentity(KEY), base_url="http://peer"
+        transport=httpx.MockTransport(_peer),
+        auth=SignedIdentity(KEY, audience=AUD),
+        base_url="http://peer",
     ) as client:
         anonymous = await client.get("/v1/models")
         as_user = await client.get("/v1/models", extensions={"identity": USER})
@@ -193,31 +202,39 @@ async def test_a_service_accepts_what_a_peer_signed_whatever_the_encoding(target
         response = await client.get(target)
     async with asgi_client(app) as client:
         tampered = await client.get(
-            target, headers={HEADER: sign(USER, key.encode(), method="GET", path="/v1/other")}
+            target,
+            headers={
+                HEADER: sign(USER, key.encode(), method="GET", path="/v1/other", audience=AUD)
+            },
         )
     assert response.status_code == 200, response.text
     assert tampered.status_code == 401
 
 
 def test_a_signature_does_not_cover_another_query() -> None:
-    header = sign(USER, KEY, method="GET", path="/v1/usage?user=me", now=NOW)
+    header = sign(USER, KEY, method="GET", path="/v1/usage?user=me", audience=AUD, now=NOW)
     with pytest.raises(InvalidIdentity):
-        verify(header, KEY, method="GET", path="/v1/usage?user=all", max_age=MAX_AGE, now=NOW)
+        verify(
+            header, KEY, method="GET", path="/v1/usage?user=all", audience=AUD, max_age=MAX_AGE,
+            now=NOW,
+        )  # fmt: skip
 
 
-@pytest.mark.parametrize("field", [{"iat": "NaN"}, {"kind": "root"}])
+@pytest.mark.parametrize(
+    "field", [{"iat": "NaN"}, {"kind": "root"}, {"aud": None}, {"aud": ["inference"]}]
+)
 def test_malformed_claims_are_refused(field: dict[str, object]) -> None:
     import base64
     import hashlib
     import hmac
     import json
 
-    body = {"sub": "u", "kind": "user", "iss": "gateway", "iat": NOW, **field}
+    body = {"sub": "u", "kind": "user", "iss": "gateway", "iat": NOW, "aud": AUD, **field}
     payload = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
     mac = hmac.new(KEY, f"{payload}\nGET\n/v1/x".encode(), hashlib.sha256).digest()
     header = payload + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     with pytest.raises(InvalidIdentity):
-        verify(header, KEY, method="GET", path="/v1/x", max_age=1e12, now=NOW)
+        verify(header, KEY, method="GET", path="/v1/x", audience=AUD, max_age=1e12, now=NOW)
 
 
 @asynccontextmanager

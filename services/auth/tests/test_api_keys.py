@@ -145,6 +145,90 @@ async def test_a_viewer_key_cannot_be_scoped_to_invoke_models(auth: AuthClient) 
     assert allowed.status_code == 201
 
 
+# ---------------------------------------------------------------- keys made with keys
+
+
+async def test_a_scoped_key_cannot_make_a_key_with_more_permissions(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    manager = await auth.key_identity(
+        (await auth.create_key(who, scopes=["api_keys:manage"]))["key"]
+    )
+
+    unscoped = await auth.call("POST", "/auth/api-keys", identity=manager, json={"name": "k"})
+    wider = await auth.call(
+        "POST", "/auth/api-keys", identity=manager,
+        json={"name": "k", "scopes": ["api_keys:manage", "inference:invoke"]},
+    )  # fmt: skip
+    same = await auth.call(
+        "POST", "/auth/api-keys", identity=manager,
+        json={"name": "k", "scopes": ["api_keys:manage"]},
+    )  # fmt: skip
+
+    assert unscoped.status_code == 422
+    assert unscoped.headers["content-type"] == PROBLEM_JSON
+    assert unscoped.json()["type"] == "urn:llm-platform:problem:invalid-scopes"
+    assert unscoped.json()["permitted"] == ["api_keys:manage"]
+    assert wider.status_code == 422
+    assert wider.json()["not_permitted"] == ["inference:invoke"]
+    assert same.status_code == 201, same.text
+    assert same.json()["scopes"] == ["api_keys:manage"]
+    listed = (await auth.as_user(who, "GET", "/auth/api-keys")).json()
+    assert sorted(k["scopes"] is None for k in listed) == [False, False]
+
+
+async def test_an_unscoped_key_may_make_an_unscoped_key(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    key = await auth.key_identity((await auth.create_key(who))["key"])
+
+    response = await auth.call("POST", "/auth/api-keys", identity=key, json={"name": "k"})
+
+    assert response.status_code == 201, response.text
+    assert response.json()["scopes"] is None
+
+
+async def test_a_key_cannot_make_a_key_that_outlives_it(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    expires = datetime.fromtimestamp(int(auth.clock()) + 3600, UTC)
+    manager = await auth.key_identity(
+        (await auth.create_key(who, scopes=["api_keys:manage"], expires_at=expires.isoformat()))[
+            "key"
+        ]
+    )
+    body = {"name": "k", "scopes": ["api_keys:manage"]}
+
+    forever = await auth.call("POST", "/auth/api-keys", identity=manager, json=body)
+    later = await auth.call(
+        "POST", "/auth/api-keys", identity=manager,
+        json={**body, "expires_at": (expires + timedelta(seconds=1)).isoformat()},
+    )  # fmt: skip
+    as_long = await auth.call(
+        "POST", "/auth/api-keys", identity=manager, json={**body, "expires_at": expires.isoformat()}
+    )
+
+    for refused in (forever, later):
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"] == PROBLEM_JSON
+        assert refused.json()["type"] == "urn:llm-platform:problem:invalid-expiry"
+        assert datetime.fromisoformat(refused.json()["latest"]) == expires
+    assert as_long.status_code == 201, as_long.text
+    assert datetime.fromisoformat(as_long.json()["expires_at"]) == expires
+    # A session is the user themself: its keys may be unscoped and never expire.
+    assert (await auth.create_key(who))["expires_at"] is None
+
+
+async def test_a_key_revoked_meanwhile_cannot_make_keys(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    created = await auth.create_key(who)
+    key = await auth.key_identity(created["key"])  # what the gateway signed before the revoke
+    assert (await auth.as_user(who, "DELETE", f"/auth/api-keys/{created['id']}")).status_code == 204
+
+    response = await auth.call("POST", "/auth/api-keys", identity=key, json={"name": "k"})
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert (await auth.as_user(who, "GET", "/auth/api-keys")).json() == []
+
+
 # ---------------------------------------------------------------- resolve (for the gateway)
 
 

@@ -348,6 +348,21 @@ async def test_me_shows_who_i_am(auth: AuthClient) -> None:
     assert response.json() == who.user
 
 
+async def test_api_keys_cannot_list_or_end_sessions(auth: AuthClient) -> None:
+    who = await auth.signup("alice@example.com")
+    key = await auth.key_identity((await auth.create_key(who, scopes=["api_keys:manage"]))["key"])
+
+    listed = await auth.call("GET", "/auth/sessions", identity=key)
+    ended = await auth.call("DELETE", f"/auth/sessions/{who.sid}", identity=key)
+
+    for response in (listed, ended):
+        assert response.status_code == 403
+        assert response.headers["content-type"] == PROBLEM_JSON
+        assert response.json()["type"] == "urn:llm-platform:problem:session-required"
+    assert who.sid not in listed.text
+    assert (await auth.as_user(who, "GET", "/auth/me")).status_code == 200  # still logged in
+
+
 async def test_anonymous_callers_get_401_on_session_routes(auth: AuthClient) -> None:
     for method, path in [("GET", "/auth/me"), ("GET", "/auth/sessions"), ("POST", "/auth/logout")]:
         response = await auth.call(method, path)

@@ -37,7 +37,7 @@ VIEWER_PERMISSIONS = ("models:read", "embeddings:read", "telemetry:read_own", "a
 MEMBER_PERMISSIONS = (*VIEWER_PERMISSIONS, "inference:invoke", "providers:manage",
                       "embeddings:write", "telemetry:write")  # fmt: skip
 ADMIN_PERMISSIONS = (*MEMBER_PERMISSIONS, "providers:manage_shared", "telemetry:read_all",
-                     "users:manage", "audit:read")  # fmt: skip
+                     "users:manage", "audit:read", "embeddings:read_all")  # fmt: skip
 
 
 def person(number: int, role: str = "member") -> Identity:

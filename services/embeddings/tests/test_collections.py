@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import text
 
 from .conftest import MODEL, Embeddings, person
@@ -63,6 +65,26 @@ async def test_others_get_404_and_admins_see_all(service: Embeddings) -> None:
     ]
     assert (await service.call(admin, "GET", path)).status_code == 200
     assert (await service.call(ALICE, "GET", path)).json()["name"] == "private"
+
+
+async def test_an_admins_key_scoped_without_read_all_sees_only_its_own(
+    service: Embeddings,
+) -> None:
+    """What a service sees is the credential's effective permissions: an admin's API key
+    scoped to reading collections is not an admin here, whatever its owner's role."""
+    mine = await service.collection(ALICE, "not for scoped keys")
+    path = f"/v1/collections/{mine['id']}"
+    admin = person(104, "admin")
+    key = replace(admin, kind="api_key", sid=None, kid="k1",
+                  permissions=("embeddings:read", "embeddings:write"))  # fmt: skip
+
+    listed = await service.call(key, "GET", "/v1/collections")
+    read = await service.call(key, "GET", path)
+
+    assert listed.status_code == 200
+    assert mine["id"] not in [c["id"] for c in listed.json()]
+    assert read.status_code == 404
+    assert read.json()["type"].endswith("collection-not-found")
 
 
 async def test_not_a_uuid_is_404(service: Embeddings) -> None:

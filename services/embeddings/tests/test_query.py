@@ -327,7 +327,7 @@ async def test_fast_query_answers_a_vector_query_itself(service: Embeddings) -> 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": raw, "more_body": False}
 
-        signed = sign(who, service.key, method="POST", path=path)
+        signed = sign(who, service.key, method="POST", path=path, audience="embeddings")
         headers = [(b"content-type", b"application/json"),
                    (HEADER.lower().encode(), signed.encode())]  # fmt: skip
         scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),

@@ -296,7 +296,9 @@ async def test_a_client_that_hangs_up_cancels_the_provider_call(
     key = signing_key(inference.harness.settings)
     async with LiveServer(inference.app, lifespan=False) as server:
         async with httpx.AsyncClient(
-            base_url=server.url, auth=SignedIdentity(key, member()), timeout=60
+            base_url=server.url,
+            auth=SignedIdentity(key, member(), audience="inference"),
+            timeout=60,
         ) as client:
             # Hang up once the provider has the call (however long inference took to make
             # it; a client timeout could expire before inference even called out).

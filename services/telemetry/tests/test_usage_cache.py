@@ -5,6 +5,7 @@ validated. Real Postgres; the calls are committed (the cache lives across reques
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -267,7 +268,8 @@ async def test_a_late_call_reported_over_http_changes_the_next_answer(
                 text("SELECT requests FROM telemetry.usage_day WHERE scope LIKE :who ORDER BY day"),
                 {"who": f'%"{who.sub}"%'},
             )
-            assert stored.scalars().all() == [3, 0]  # the day after: no calls, cached too
+            # The day after had no calls: one user's scope keeps only the days with calls.
+            assert stored.scalars().all() == [3]
 
         late = [as_json(call(who, occurred_at=noon + 99, latency_ms=9999.0))]
         assert (await http.post("/v1/events", json={"events": late})).is_success
@@ -298,7 +300,8 @@ async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_t
     async def agrees() -> Usage:
         found = await answer(engine, scope)
         assert found.model_dump_json() == (await truth(engine, scope)).model_dump_json()
-        assert {day, other} <= set(await cached(engine, scope))
+        # Every closed day with calls is cached now (one user's days without are not).
+        assert {group.key for group in found.groups} <= set(await cached(engine, scope))
         return found
 
     assert by_day(await agrees()) == {day: 4, other: 4}
@@ -423,6 +426,40 @@ async def test_members_never_see_anothers_cached_days(
     assert await requests(bob) == [(day.isoformat(), 777)]  # his key: the same as user=bob
     assert await requests(alice) == [(day.isoformat(), 1)]
     assert everyone >= 3
+
+
+async def test_made_up_filters_do_not_grow_the_cache(
+    engine: AsyncEngine, client: Client, app: FastAPI
+) -> None:
+    """A viewer asking for 90 days of a model name that matches nothing, again and again
+    with new names, stores nothing: a scope keeps only the days it had calls on (everyone's
+    unfiltered days excepted), so the cache is bounded by the calls, not by the requests."""
+    viewer = member()
+    day = today() - 3 * DAY
+    model = f"test/real-{uuid.uuid4().hex[:8]}"
+    noon = midnight(day).timestamp() + 43200
+    await store(engine, [CallEvent.model_validate(as_json(call(viewer, occurred_at=noon,
+                                                               model=model)))])  # fmt: skip
+    window = {"group_by": "day", "from": midnight(today() - 90 * DAY).isoformat()}
+
+    async with client(viewer) as http:
+        made_up = [
+            await http.get("/v1/usage", params={**window, "model": f"junk-{n}"}) for n in range(5)
+        ]
+        mine = await http.get("/v1/usage", params=window)
+        real = await http.get("/v1/usage", params={**window, "model": model})
+
+    assert [r.status_code for r in made_up] == [200] * 5
+    assert all(r.json()["groups"] == [] for r in made_up)
+    assert [(g["key"], g["requests"]) for g in mine.json()["groups"]] == [(day.isoformat(), 1)]
+    assert [(g["key"], g["requests"]) for g in real.json()["groups"]] == [(day.isoformat(), 1)]
+    async with app.state.sessionmaker() as session:  # the API's (rolled-back) transaction
+        rows = await session.execute(
+            text("SELECT scope, day FROM telemetry.usage_day WHERE scope LIKE :mine"),
+            {"mine": f'%"user":"{viewer.sub}"%'},
+        )
+        stored = sorted((json.loads(row.scope)["model"] or "", row.day) for row in rows)
+    assert stored == [("", day), (model, day)]
 
 
 async def test_no_day_is_cached_from_a_snapshot_that_missed_a_writer_still_in_flight(

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, cast
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import registry
+
+log = structlog.get_logger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -87,6 +90,29 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+AfterCommit = Callable[[], Awaitable[object]]
+_AFTER_COMMIT = "after_commit"
+
+
+def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+    """Run `action` once the request's unit of work has committed (never if it rolls back).
+
+    For what must follow the commit: clearing a cache that a concurrent request, reading
+    the rows before this commit, could otherwise fill again with the state being replaced.
+    A failing action is logged, and the others still run: the change is committed."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit, then run what was registered with after_commit."""
+    await session.commit()
+    for action in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            await action()
+        except Exception as exc:
+            log.error("after-commit action failed", action=repr(action), error=repr(exc))
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One unit of work per request: commit when the endpoint returns, roll back on error."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
@@ -97,7 +123,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         else:
-            await session.commit()
+            await commit(session)
 
 
 # scope="function": commit before the response is sent, so a failed commit is a failed request.
@@ -132,7 +158,7 @@ async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
         raise
     if lazy.opened is not None:
         try:
-            await lazy.opened.commit()
+            await commit(lazy.opened)
         finally:
             await lazy.opened.close()
 

@@ -12,16 +12,19 @@ def peer_client(
     base_url: str,
     settings: ServiceSettings,
     *,
+    peer: str,
     timeout: httpx.Timeout | float = 30.0,
     max_connections: int = 100,
 ) -> httpx.AsyncClient:
-    """A client for one peer service. Calls are signed as this service unless a request
-    carries another identity in `extensions={"identity": ...}` (acting for a user)."""
+    """A client for the peer service named `peer` (its service_name: the audience of every
+    signed call). Calls are signed as this service unless a request carries another
+    identity in `extensions={"identity": ...}` (acting for a user)."""
     return httpx.AsyncClient(
         base_url=base_url,
         auth=SignedIdentity(
             settings.internal_signing_key.get_secret_value().encode(),
             service_identity(settings.service_name),
+            audience=peer,
         ),
         timeout=timeout,
         limits=httpx.Limits(

@@ -1,10 +1,13 @@
 """Signed internal identity: how the gateway (and services calling each other) say who is asking.
 
 Header `X-Internal-Identity: <payload>.<mac>`, both base64url. The payload is compact JSON
-`{"sub", "roles", "permissions", "sid", "kid", "iss", "iat", "kind"}`; the MAC is
+`{"sub", "roles", "permissions", "sid", "kid", "iss", "iat", "kind", "aud"}`; the MAC is
 HMAC-SHA256 under INTERNAL_SIGNING_KEY over the payload, the HTTP method and the request
 target exactly as sent (raw path and query), so a captured header cannot be replayed
-against another route or query, and it expires after a max age.
+against another route or query, and it expires after a max age. `aud` names the service
+the header is for (its `service_name`, e.g. `inference`): each service refuses a header
+signed for another, so one captured at one service cannot be replayed at a second that
+serves the same method and path.
 """
 
 from __future__ import annotations
@@ -67,11 +70,17 @@ def _mac(key: bytes, payload: str, method: str, path: str) -> bytes:
 
 
 def sign(
-    identity: Identity, key: bytes, *, method: str, path: str, now: float | None = None
+    identity: Identity,
+    key: bytes,
+    *,
+    method: str,
+    path: str,
+    audience: str,
+    now: float | None = None,
 ) -> str:
-    """A header value for one request, stamped with the current time."""
+    """A header value for one request to the service `audience`, stamped with the time."""
     stamped = replace(identity, iat=time.time() if now is None else now)
-    body = asdict(stamped)
+    body: dict[str, Any] = {**asdict(stamped), "aud": audience}
     body["roles"] = list(stamped.roles)
     body["permissions"] = list(stamped.permissions)
     payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
@@ -88,10 +97,12 @@ def verify(
     *,
     method: str,
     path: str,
+    audience: str,
     max_age: float,
     now: float | None = None,
 ) -> Identity:
-    """The identity in a header, if its MAC is right and it is fresh; else InvalidIdentity."""
+    """The identity in a header, if its MAC is right, it is for `audience` (this service)
+    and it is fresh; else InvalidIdentity."""
     if not header:
         raise InvalidIdentity("This service only answers requests that come through the gateway.")
     payload, _, mac = header.partition(".")
@@ -105,6 +116,7 @@ def verify(
         body: dict[str, Any] = json.loads(_unb64(payload))
         if body["kind"] not in KINDS or not math.isfinite(float(body["iat"])):
             raise ValueError("bad kind or time")
+        aud = body.get("aud")
         identity = Identity(
             sub=str(body["sub"]),
             kind=body["kind"],
@@ -117,6 +129,8 @@ def verify(
         )
     except (ValueError, KeyError, TypeError):
         raise InvalidIdentity("Malformed internal identity.") from None
+    if aud != audience:
+        raise InvalidIdentity("This internal identity was signed for another service.")
     current = time.time() if now is None else now
     age = current - identity.iat
     if age > max_age or age < -CLOCK_SKEW_SECONDS:
@@ -140,6 +154,7 @@ async def require_identity(request: Request) -> Identity:
         settings.internal_signing_key.get_secret_value().encode(),
         method=request.method,
         path=request_target(request.scope),
+        audience=settings.service_name,
         max_age=settings.identity_max_age_seconds,
     )
     request.state.identity = identity
@@ -160,15 +175,17 @@ def request_target(scope: Any) -> str:
 
 
 class SignedIdentity(httpx.Auth):
-    """httpx auth flow that signs each outgoing request with an identity.
+    """httpx auth flow that signs each outgoing request with an identity, for the service
+    `audience` (the one the client talks to).
 
     `identity` is fixed (a service acting as itself) or looked up per request from the
     `identity` extension, so one pooled client can act on behalf of many users.
     """
 
-    def __init__(self, key: bytes, identity: Identity | None = None) -> None:
+    def __init__(self, key: bytes, identity: Identity | None = None, *, audience: str) -> None:
         self._key = key
         self._identity = identity
+        self._audience = audience
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         identity = request.extensions.get("identity", self._identity)
@@ -178,5 +195,6 @@ class SignedIdentity(httpx.Auth):
                 self._key,
                 method=request.method,
                 path=request.url.raw_path.decode("ascii"),
+                audience=self._audience,
             )
         yield request

@@ -210,10 +210,18 @@ def user_identity(
 
 
 def asgi_client(
-    app: FastAPI, *, identity: Identity | None = None, key: bytes | None = None
+    app: FastAPI,
+    *,
+    identity: Identity | None = None,
+    key: bytes | None = None,
+    audience: str | None = None,
 ) -> httpx.AsyncClient:
-    """An httpx client talking to the app in-process, signing requests when given an identity."""
-    auth = SignedIdentity(key, identity) if identity is not None and key is not None else None
+    """An httpx client talking to the app in-process, signing requests when given an identity
+    (for `audience`, by default the app's own service name)."""
+    auth = None
+    if identity is not None and key is not None:
+        audience = audience or app.state.settings.service_name
+        auth = SignedIdentity(key, identity, audience=audience)
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
         base_url="http://testserver",

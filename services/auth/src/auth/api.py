@@ -143,8 +143,9 @@ async def me(identity: CurrentUser, db: DbSession) -> Me:
 
 
 @router.get("/sessions")
-async def sessions(identity: CurrentUser, store: Sessions) -> list[SessionRead]:
-    """Your sessions, newest first; `current` marks the one making this request."""
+async def sessions(identity: CurrentSession, store: Sessions) -> list[SessionRead]:
+    """Your sessions, newest first; `current` marks the one making this request. Needs a
+    session: an API key (however scoped) never sees or ends its owner's sessions."""
     assert identity.user_id
     found = await service.list_sessions(store, user_id=uuid.UUID(identity.user_id))
     return [
@@ -164,7 +165,7 @@ async def sessions(identity: CurrentUser, store: Sessions) -> list[SessionRead]:
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_session(
     session_id: str,
-    identity: CurrentUser,
+    identity: CurrentSession,
     db: DbSession,
     store: Sessions,
     settings: Settings,
@@ -218,12 +219,10 @@ async def create_api_key(
     db: DbSession,
     ctx: Ctx,
 ) -> ApiKeyCreated:
-    """A new API key. `key` is in this response only; store it now."""
-    assert identity.user_id
-    row, key = await service.create_api_key(
-        db, ctx=ctx, user_id=uuid.UUID(identity.user_id),
-        permissions=identity.permissions, body=body,
-    )  # fmt: skip
+    """A new API key. `key` is in this response only; store it now. A key created with an
+    API key gets no more than that key: scopes within its permissions (listed, if it is
+    scoped) and an expiry no later than its own; beyond that, 422 naming what exceeds."""
+    row, key = await service.create_api_key(db, ctx=ctx, creator=identity, body=body)
     return ApiKeyCreated(
         **ApiKeyRead.model_validate(row, from_attributes=True).model_dump(), key=key
     )

@@ -6,7 +6,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,9 +14,32 @@ from sqlmodel import col
 
 from auth.models import ApiKey, AuditEvent, RolePermission, User, UserRole
 
+# Row locks held to the end of the unit of work. A credential check (key resolution,
+# login) reads the key and the user under "share" and writes its answer to Redis before it
+# commits; a change of access (revoke, disable, role change) updates the row or takes
+# "update", then clears Redis. So one waits for the other: a check that read the old state
+# wrote its answer before the change could lock the row, and the change's clearing comes
+# after; a check that comes later waits for the change to commit and reads the new state.
+Lock = Literal["share", "update"]
+# FOR SHARE, and FOR NO KEY UPDATE (what an UPDATE of non-key columns takes).
+_LOCKS: dict[Lock, dict[str, Any]] = {"share": {"read": True}, "update": {"key_share": True}}
 
-async def get_user(db: AsyncSession, *, user_id: uuid.UUID) -> User | None:
-    return await db.get(User, user_id)
+
+async def get_user(
+    db: AsyncSession, *, user_id: uuid.UUID, lock: Lock | None = None
+) -> User | None:
+    if lock is None:
+        return await db.get(User, user_id)
+    return await db.get(User, user_id, with_for_update=_LOCKS[lock], populate_existing=True)
+
+
+async def lock_user(db: AsyncSession, *, user_id: uuid.UUID) -> bool | None:
+    """Lock the user's row ("update") without loading it (pending changes to it stay);
+    whether the user is disabled, None if there is no such user."""
+    query = select(col(User.disabled)).where(col(User.id) == user_id)
+    result = await db.execute(query.with_for_update(**_LOCKS["update"]))
+    disabled: bool | None = result.scalar_one_or_none()
+    return disabled
 
 
 async def get_user_by_email(db: AsyncSession, *, email: str) -> User | None:
@@ -106,8 +129,13 @@ async def get_api_key(db: AsyncSession, *, key_id: uuid.UUID, user_id: uuid.UUID
     return result.scalar_one_or_none()
 
 
-async def get_api_key_by_hash(db: AsyncSession, *, key_hash: str) -> ApiKey | None:
-    result = await db.execute(select(ApiKey).where(col(ApiKey.key_hash) == key_hash))
+async def get_api_key_by_hash(
+    db: AsyncSession, *, key_hash: str, lock: Lock | None = None
+) -> ApiKey | None:
+    query = select(ApiKey).where(col(ApiKey.key_hash) == key_hash)
+    if lock is not None:
+        query = query.with_for_update(**_LOCKS[lock])
+    result = await db.execute(query)
     return result.scalar_one_or_none()
 
 

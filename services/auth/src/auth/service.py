@@ -26,6 +26,7 @@ from auth.errors import (
     InvalidExpiry,
     InvalidScopes,
     LoginThrottled,
+    NotAUser,
     RegistrationClosed,
     SelfLockout,
     SessionNotFound,
@@ -36,6 +37,8 @@ from auth.models import ApiKey, AuditEvent, User
 from auth.passwords import Hasher, password_problem
 from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
 from auth.settings import AuthSettings
+from common.db import AfterCommit, after_commit
+from common.identity import Identity
 from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
@@ -130,6 +133,18 @@ def user_read(user: User, roles: list[str]) -> UserRead:
         disabled=user.disabled,
         created_at=user.created_at,
     )
+
+
+async def forget_now_and_after_commit(db: AsyncSession, forget: AfterCommit) -> None:
+    """Clear what Redis holds of someone's access (sessions, cached keys), once the change
+    holds its row locks, and again once it has committed.
+
+    The first clearing fails the request, before anything is committed, if Redis does not
+    answer; with the row locks (repository.Lock) it already removes any answer a check
+    cached from the old rows. The second one does not depend on every reader taking those
+    locks: whatever was cached while the change was in flight is gone once it is visible."""
+    await forget()
+    after_commit(db, forget)
 
 
 # ---------------------------------------------------------------- registration
@@ -287,6 +302,10 @@ async def login(
 async def _start_session(
     db: AsyncSession, *, user: User, store: SessionStore, settings: AuthSettings, ctx: Context
 ) -> Authenticated:
+    # The roles are read, and the session stored, under the lock a change of access takes
+    # (repository.Lock): a disable or role change committing meanwhile ends it too.
+    if await repository.lock_user(db, user_id=user.id) is not False:
+        raise AccountDisabled("This account is disabled.")
     me = await user_view(db, user)
     token, csrf, session = await store.create(
         user_id=str(user.id),
@@ -372,26 +391,46 @@ async def create_api_key(
     db: AsyncSession,
     *,
     ctx: Context,
-    user_id: uuid.UUID,
-    permissions: tuple[str, ...],
+    creator: Identity,
     body: ApiKeyCreate,
 ) -> tuple[ApiKey, str]:
-    """A new key for its owner: returns the row and the key, which is never stored."""
+    """A new key for the creator's user: returns the row and the key, which is never stored.
+
+    A key never gets more than the credential that creates it: its scopes are a subset of
+    the creator's effective permissions and, when an API key creates it, it expires no
+    later than that key and is unscoped only if that key is (an unscoped key follows its
+    owner's roles, which a scoped one does not). Anything beyond is refused, naming it."""
+    assert creator.user_id
+    permitted = set(creator.permissions)
+    parent = await _creating_key(db, creator)
     if body.scopes is not None:
-        unknown = sorted(set(body.scopes) - set(permissions))
+        unknown = sorted(set(body.scopes) - permitted)
         if unknown or not body.scopes:
             raise InvalidScopes(
                 "Scopes must be a non-empty subset of your permissions.",
                 not_permitted=unknown,
             )
+    elif parent is not None and parent.scopes is not None:
+        raise InvalidScopes(
+            "This API key is scoped, so a key it creates must list its scopes "
+            "(a subset of this key's permissions).",
+            permitted=sorted(permitted),
+        )
     if body.expires_at is not None:
         if body.expires_at.tzinfo is None:
             raise InvalidExpiry("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z).")
         if body.expires_at.timestamp() <= ctx.now:
             raise InvalidExpiry("expires_at must be in the future.")
+    latest = parent.expires_at if parent is not None else None
+    if latest is not None and (body.expires_at is None or body.expires_at > latest):
+        raise InvalidExpiry(
+            "A key created with an API key expires no later than that key: "
+            f"set expires_at to {latest.isoformat()} or earlier.",
+            latest=latest.isoformat(),
+        )
     key = API_KEY_SCHEME + new_token()
     row = ApiKey(
-        user_id=user_id,
+        user_id=uuid.UUID(creator.user_id),
         name=body.name,
         prefix=key[:10],
         key_hash=secret_hash(key),
@@ -399,10 +438,28 @@ async def create_api_key(
         expires_at=body.expires_at,
     )
     row = await repository.add_api_key(db, key=row)
+    # Which key made it, when a key did: the chain a leaked key could have extended.
+    made_with: dict[str, Any] = {"created_with_key": str(parent.id)} if parent else {}
     await audit(
-        db, ctx, "api_key.create", target_type="api_key", target_id=str(row.id), name=body.name
-    )
+        db, ctx, "api_key.create", target_type="api_key", target_id=str(row.id), name=body.name,
+        **made_with,
+    )  # fmt: skip
     return row, key
+
+
+async def _creating_key(db: AsyncSession, creator: Identity) -> ApiKey | None:
+    """The API key making this request (None for a session); refused if it is gone."""
+    if creator.kind != "api_key":
+        return None
+    assert creator.user_id
+    try:
+        key_id = uuid.UUID(creator.kid or "")
+    except ValueError:
+        raise NotAUser("This API key is no longer valid.") from None
+    key = await repository.get_api_key(db, key_id=key_id, user_id=uuid.UUID(creator.user_id))
+    if key is None:  # revoked since the gateway checked it
+        raise NotAUser("This API key is no longer valid.")
+    return key
 
 
 async def revoke_api_key(
@@ -411,10 +468,9 @@ async def revoke_api_key(
     key = await repository.get_api_key(db, key_id=key_id, user_id=user_id)
     if key is None:
         raise ApiKeyNotFound("No such API key.")
-    await repository.revoke_api_key(db, key=key)
-    await db.flush()
-    # The gateway's cache forgets it now: the next request with it is refused.
-    await redis.delete(API_KEY_PREFIX + key.key_hash)
+    await repository.revoke_api_key(db, key=key)  # the row stays locked until the commit
+    # The gateway's cache forgets it: the next request with it is refused.
+    await forget_now_and_after_commit(db, lambda: redis.delete(API_KEY_PREFIX + key.key_hash))
     await audit(db, ctx, "api_key.revoke", target_type="api_key", target_id=str(key.id))
 
 
@@ -423,8 +479,10 @@ async def resolve_api_key(
 ) -> ApiKeyPrincipal | None:
     """What a key stands for now, cached for the gateway; None (cached too) if unusable."""
     cache_key = API_KEY_PREFIX + key_hash
-    key = await repository.get_api_key_by_hash(db, key_hash=key_hash)
-    user = await repository.get_user(db, user_id=key.user_id) if key else None
+    # Read under "share" locks, held until this answer is cached and committed: a revoke,
+    # disable or role change in flight is waited for, or waits, then clears the cache.
+    key = await repository.get_api_key_by_hash(db, key_hash=key_hash, lock="share")
+    user = await repository.get_user(db, user_id=key.user_id, lock="share") if key else None
     expires_at = key.expires_at.timestamp() if key and key.expires_at else None
     if (
         key is None
@@ -545,7 +603,7 @@ async def update_user(
 ) -> UserRead:
     """Roles, disabled flag, name. A role change or a disable ends the user's sessions
     and empties the key cache, so it applies to the very next request."""
-    user = await repository.get_user(db, user_id=user_id)
+    user = await repository.get_user(db, user_id=user_id, lock="update")
     if user is None:
         raise UserNotFound("No such user.")
     roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
@@ -568,10 +626,14 @@ async def update_user(
         user.name = body.name
     await db.flush()
     if access_changed:
-        await store.delete_all_for_user(str(user.id))
         hashes = await repository.api_key_hashes_of(db, user_id=user.id)
-        if hashes:
-            await redis.delete(*(API_KEY_PREFIX + h for h in hashes))
+
+        async def forget() -> None:
+            await store.delete_all_for_user(str(user.id))
+            if hashes:
+                await redis.delete(*(API_KEY_PREFIX + h for h in hashes))
+
+        await forget_now_and_after_commit(db, forget)
     await db.refresh(user)
     return user_read(user, roles)
 

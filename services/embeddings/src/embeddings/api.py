@@ -68,7 +68,7 @@ async def create_collection(
 async def list_collections(
     identity: Reader, db: DbSession, runtime: RuntimeDep
 ) -> list[CollectionRead]:
-    """Your collections (an admin sees everyone's)."""
+    """Your collections (with embeddings:read_all, everyone's)."""
     return [_read(r, runtime) for r in await service.list_collections(db, identity=identity)]
 
 

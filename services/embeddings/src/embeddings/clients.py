@@ -25,7 +25,10 @@ class Inference:
 
     def __init__(self, settings: EmbeddingsSettings, client: httpx.AsyncClient | None = None):
         self.client = client or peer_client(
-            settings.inference_url, settings, timeout=settings.inference_timeout_seconds
+            settings.inference_url,
+            settings,
+            peer="inference",
+            timeout=settings.inference_timeout_seconds,
         )
         self.batch_size = settings.embed_batch_size
         self.concurrency = settings.embed_concurrency

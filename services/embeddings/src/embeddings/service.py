@@ -45,7 +45,9 @@ from embeddings.settings import EmbeddingsSettings
 from embeddings.vectors import MAX_DIMENSION, pack
 
 INVOKE = "inference:invoke"
-ADMIN_ROLE = "admin"
+# Reads everyone's collections: a permission of the credential (a key scoped without it
+# reads only its owner's), never the role alone.
+READ_ALL = "embeddings:read_all"
 PROBE_TEXT = "dimension probe"
 LAST_WRITE_KEY = "embeddings:last-write:{}"
 
@@ -113,8 +115,8 @@ def owner_of(identity: Identity) -> uuid.UUID:
         raise Unauthorized("Collections belong to users; sign in or use an API key.") from None
 
 
-def is_admin(identity: Identity) -> bool:
-    return ADMIN_ROLE in identity.roles
+def reads_all(identity: Identity) -> bool:
+    return identity.has(READ_ALL)
 
 
 def content_hash(document: DocumentIn, packed: bytes | None = None) -> bytes:
@@ -144,12 +146,12 @@ def _now() -> datetime:
 
 async def owned(
     db: AsyncSession, identity: Identity, collection_id: uuid.UUID, *, lock: str | None = None,
-    admin_may: bool = False,
+    others_may: bool = False,
 ) -> Collection:  # fmt: skip
-    """The caller's collection (any, for an admin where `admin_may`); else 404."""
+    """The caller's collection (any, with embeddings:read_all where `others_may`); else 404."""
     row = await repository.get_collection(db, collection_id=collection_id, lock=lock)
     if row is None or not (
-        row.owner_id == owner_of(identity) or (admin_may and is_admin(identity))
+        row.owner_id == owner_of(identity) or (others_may and reads_all(identity))
     ):
         raise CollectionNotFound("No such collection.")
     return row
@@ -185,7 +187,7 @@ async def create_collection(
 
 
 async def list_collections(db: AsyncSession, *, identity: Identity) -> list[Collection]:
-    owner = None if is_admin(identity) else owner_of(identity)
+    owner = None if reads_all(identity) else owner_of(identity)
     return list(await repository.list_collections(db, owner_id=owner))
 
 
@@ -194,7 +196,7 @@ async def read_collection(
 ) -> tuple[Collection, int]:
     # Shared lock: a model switch or a delete (which drop the table counted here) waits
     # for this read, or this read waits for them and sees what they left.
-    row = await owned(db, identity, collection_id, admin_may=True, lock="share")
+    row = await owned(db, identity, collection_id, others_may=True, lock="share")
     return row, await repository.count_documents(db, current_table(row))
 
 

@@ -298,8 +298,17 @@ async def usage_by_day(db: Db, *, scope: Scope, retention: timedelta) -> list[Us
         # Invalidated between the probe and the read (a late call landed): read the calls
         # of those days instead. `cached` shrinks each time round, so this ends.
         cached -= lost
+    # A day without calls is stored for everyone's unfiltered usage only (the pre-warmed
+    # scope, one row a day). Any other scope keeps just the days it had calls on, so what
+    # it stores is bounded by the calls themselves, never by filter values a caller makes
+    # up: a model name that matches nothing would otherwise store a row for every day
+    # asked, on every request. Such a day is read again instead: for one user, an index
+    # range on (user_id, occurred_at) that finds nothing.
+    keep_empty = scope.user_id is None and scope.model is None and scope.status is None
     fresh = [
-        _day_values(row) for row in rows if row.day in closed and not row.cached and row.storable
+        _day_values(row)
+        for row in rows
+        if row.day in closed and not row.cached and row.storable and (row.requests or keep_empty)
     ]
     if fresh:
         await db.commit()  # the read is over; storing is a transaction of its own
