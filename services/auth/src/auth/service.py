@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import math
 import uuid
@@ -201,46 +202,97 @@ async def ensure_admin(
 # ---------------------------------------------------------------- login and sessions
 
 
+def client_address(ip: str) -> str:
+    """A client as login throttling counts it: an IPv6 client is its /64 (one host may get
+    a whole /64 to choose from); anything that is not an address is one "unknown" client."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+# Both counters of one login attempt, checked and counted in one step: concurrent attempts
+# cannot all pass the check before any is counted. While either counter's delay runs the
+# attempt is refused (the seconds left are returned); otherwise it is counted as a failure
+# in both, until `succeeded` gives it back. Each counter is a hash: `n` failures, `at` the
+# time of the last. KEYS: the account at this address, the address. ARGV: now, the free
+# failures of each, the first delay, the maximum delay, the window.
+_ATTEMPT = """
+local now, base, cap = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local function delay(n, free)
+  if n < free then return 0 end
+  return math.min(cap, base * 2 ^ (n - free))
+end
+local counts, wait = {}, 0
+for i = 1, 2 do
+  local found = redis.call('HMGET', KEYS[i], 'n', 'at')
+  counts[i] = tonumber(found[1]) or 0
+  local left = (tonumber(found[2]) or 0) + delay(counts[i], tonumber(ARGV[i + 1])) - now
+  if left > wait then wait = left end
+end
+if wait > 0 then return math.ceil(wait) end
+for i = 1, 2 do
+  local n = counts[i] + 1
+  redis.call('HSET', KEYS[i], 'n', n, 'at', ARGV[1])
+  redis.call('EXPIRE', KEYS[i], math.ceil(window + delay(n, tonumber(ARGV[i + 1]))))
+end
+return 0
+"""
+# The password was right: the account's counter at this address starts again; the address
+# only gets this attempt back (one good account must not wipe out its guesses at others).
+_SUCCEEDED = """
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('HGET', KEYS[2], 'n') or 0) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'n', -1)
+end
+"""
+
+
 class LoginThrottle:
-    """Failed logins counted per account and per client IP, in Redis, over a window."""
+    """Failed logins per account at one client address, and per client address, in Redis.
+
+    Past its free failures a counter makes each further attempt wait, twice as long after
+    every failure (an exponential delay, never a lock): the account's owner at another
+    address is never refused, and neither is a client that has not failed."""
 
     def __init__(self, redis: Redis, settings: AuthSettings) -> None:
-        self._redis = redis
-        self._max = settings.login_max_failures
-        self._window = settings.login_failure_window_seconds
-
-    def _keys(self, email: str, ip: str) -> list[str]:
-        return [
-            f"auth:login-failures:account:{secret_hash(email)}",
-            f"auth:login-failures:ip:{ip or 'unknown'}",
+        self._attempt = redis.register_script(_ATTEMPT)
+        self._succeeded = redis.register_script(_SUCCEEDED)
+        self._limits: list[str | int] = [
+            settings.login_free_failures,
+            settings.login_ip_free_failures,
+            repr(settings.login_delay_seconds),
+            repr(settings.login_max_delay_seconds),
+            settings.login_failure_window_seconds,
         ]
 
-    async def check(self, email: str, ip: str) -> None:
-        keys = self._keys(email, ip)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.ttl(key)
-            values = await pipe.execute()
-        for count, ttl in zip(values[::2], values[1::2], strict=True):
-            if count is not None and int(count) >= self._max:
-                retry = max(1, int(ttl)) if ttl and ttl > 0 else self._window
-                raise LoginThrottled(
-                    "Too many failed logins; try again later.",
-                    headers={"Retry-After": str(retry)},
-                    retry_after=retry,
-                )
+    @staticmethod
+    def _keys(email: str, ip: str) -> list[str]:
+        address = client_address(ip)
+        return [
+            f"auth:login-failures:account:{secret_hash(email)}:{address}",
+            f"auth:login-failures:ip:{address}",
+        ]
 
-    async def failed(self, email: str, ip: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in self._keys(email, ip):
-                # The window starts at the first failure (SET NX EX, not EXPIRE NX: Redis 6).
-                pipe.set(key, 0, ex=self._window, nx=True)
-                pipe.incr(key)
-            await pipe.execute()
+    async def attempt(self, email: str, ip: str, *, now: float) -> None:
+        """Admit one password check, counted as a failure until `succeeded`; raises
+        LoginThrottled (with Retry-After) while a delay runs."""
+        wait = int(await self._attempt(keys=self._keys(email, ip), args=[repr(now), *self._limits]))
+        if wait > 0:
+            raise LoginThrottled(
+                f"Too many failed logins from this address; try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
+                retry_after=wait,
+            )
 
     async def succeeded(self, email: str, ip: str) -> None:
-        await self._redis.delete(self._keys(email, ip)[0])
+        await self._succeeded(keys=self._keys(email, ip))
 
 
 async def login(
@@ -255,12 +307,13 @@ async def login(
     email: str,
     password: str,
 ) -> Authenticated:
-    await throttle.check(email, ctx.ip)
+    # Counted as a failure before the password is compared (a burst cannot outrun the
+    # budget), given back when it was right.
+    await throttle.attempt(email, ctx.ip, now=ctx.now)
     user = await repository.get_user_by_email(db, email=email)
     # Unknown emails are verified against a dummy hash: same work, same answer.
     valid = await hasher.verify(user.password_hash if user else None, password)
     if user is None or not valid:
-        await throttle.failed(email, ctx.ip)
         await audit_failure(
             sessionmaker,
             ctx,
@@ -272,13 +325,13 @@ async def login(
             reason="invalid_credentials",
         )
         raise InvalidCredentials()
+    await throttle.succeeded(email, ctx.ip)
     if user.disabled:
         await audit_failure(
             sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
             target_id=str(user.id), reason="disabled",
         )  # fmt: skip
         raise AccountDisabled("This account is disabled.")
-    await throttle.succeeded(email, ctx.ip)
     if hasher.needs_rehash(user.password_hash):
         user.password_hash = await hasher.hash(password)
     return await _start_session(db, user=user, store=store, settings=settings, ctx=ctx)
@@ -345,14 +398,14 @@ async def change_password(
     user = await repository.get_user(db, user_id=user_id)
     if user is None:
         raise UserNotFound("No such user.")
-    await throttle.check(user.email, ctx.ip)
+    await throttle.attempt(user.email, ctx.ip, now=ctx.now)
     if not await hasher.verify(user.password_hash, current_password):
-        await throttle.failed(user.email, ctx.ip)
         await audit_failure(
             sessionmaker, ctx, "user.password_change", target_type="user",
             target_id=str(user.id), reason="invalid_current_password",
         )  # fmt: skip
         raise InvalidCredentials()
+    await throttle.succeeded(user.email, ctx.ip)
     problem = password_problem(new_password, email=user.email)
     if problem:
         raise WeakPassword(problem)
