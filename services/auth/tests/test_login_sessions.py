@@ -286,6 +286,22 @@ async def test_failure_counters_expire_in_redis(auth: AuthClient) -> None:
         assert b"alice" not in key  # the email is hashed
 
 
+async def test_a_failed_login_needs_one_database_connection_at_a_time(
+    make_app: MakeApp,
+) -> None:
+    """The failure is audited in a unit of work of its own. While the request's own still
+    held its connection, as many concurrent failures as the pool has connections waited
+    for each other: 30 s, then 500, for everyone logging in."""
+    async with make_app(committed=True, database_pool_size=1, database_max_overflow=0) as auth:
+        await auth.register("alice@example.com")
+
+        wrong = await auth.login("alice@example.com", "Guess-Number-000")
+
+        assert wrong.status_code == 401
+        failures = [e for e in await auth.audit_events() if e.outcome == "failure"]
+        assert [e.action for e in failures] == ["auth.login"]
+
+
 async def test_the_password_is_rehashed_when_the_argon2_parameters_change(
     auth: AuthClient,
 ) -> None:

@@ -107,9 +107,17 @@ async def audit(
 
 
 async def audit_failure(
-    sessionmaker: async_sessionmaker[AsyncSession], ctx: Context, action: str, **kwargs: Any
+    request_db: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    ctx: Context,
+    action: str,
+    **kwargs: Any,
 ) -> None:
-    """A failure is recorded in its own unit of work: the request's own is rolled back."""
+    """A failure is recorded in its own unit of work: the request's own is rolled back (an
+    error follows). It is rolled back first, so that its connection goes back to the pool
+    before this one takes another: holding both, as many concurrent failures as the pool
+    has connections would wait for each other until the pool's timeout."""
+    await request_db.rollback()
     async with sessionmaker() as db:
         await audit(db, ctx, action, outcome="failure", **kwargs)
         await db.commit()
@@ -315,6 +323,7 @@ async def login(
     valid = await hasher.verify(user.password_hash if user else None, password)
     if user is None or not valid:
         await audit_failure(
+            db,
             sessionmaker,
             ctx,
             "auth.login",
@@ -328,7 +337,7 @@ async def login(
     await throttle.succeeded(email, ctx.ip)
     if user.disabled:
         await audit_failure(
-            sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
+            db, sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
             target_id=str(user.id), reason="disabled",
         )  # fmt: skip
         raise AccountDisabled("This account is disabled.")
@@ -401,7 +410,7 @@ async def change_password(
     await throttle.attempt(user.email, ctx.ip, now=ctx.now)
     if not await hasher.verify(user.password_hash, current_password):
         await audit_failure(
-            sessionmaker, ctx, "user.password_change", target_type="user",
+            db, sessionmaker, ctx, "user.password_change", target_type="user",
             target_id=str(user.id), reason="invalid_current_password",
         )  # fmt: skip
         raise InvalidCredentials()
