@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
+from common.addresses import client_bucket
 from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
 from common.identity import Identity
 from gateway.metrics import RATE_LIMITED
@@ -38,9 +39,9 @@ async def caller_identity(
             raise MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
         raise NotFound("No such route.")
     request.scope["route_template"] = route.template
+    client = client_bucket(request.scope["state"]["client_address"])
     try:
         if route.needs == PUBLIC:
-            client = request.client.host if request.client else "unknown"
             limit = settings.rate_limit_anonymous_per_minute
             _remember(request, await security.hit(f"ip:{client}", "anonymous", limit))
             return ANONYMOUS

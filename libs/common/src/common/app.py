@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from common import health
 from common.db import create_engine, create_sessionmaker, ping_database
@@ -31,12 +31,18 @@ class PlatformApp(FastAPI):
     `fast_routes` (common.fastpath), set before the app first runs, go under it too."""
 
     fast_routes: Sequence[FastRoute] = ()
+    # At the edge: whose inbound trace context to join (common.middleware.RequestMiddleware).
+    trace_context_from: Callable[[Scope], bool] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.fast_routes:
             stack = FastRoutes(stack, self.fast_routes, self.exception_handlers[Exception])
-        return RequestMiddleware(stack, service=self.state.settings.service_name)
+        return RequestMiddleware(
+            stack,
+            service=self.state.settings.service_name,
+            trace_context_from=self.trace_context_from,
+        )
 
 
 def instrument(app: FastAPI, settings: ServiceSettings) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import math
 import uuid
@@ -37,6 +36,7 @@ from auth.models import ApiKey, AuditEvent, User
 from auth.passwords import Hasher, password_problem
 from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
 from auth.settings import AuthSettings
+from common.addresses import client_bucket
 from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
@@ -210,20 +210,6 @@ async def ensure_admin(
 # ---------------------------------------------------------------- login and sessions
 
 
-def client_address(ip: str) -> str:
-    """A client as login throttling counts it: an IPv6 client is its /64 (one host may get
-    a whole /64 to choose from); anything that is not an address is one "unknown" client."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 # Both counters of one login attempt, checked and counted in one step: concurrent attempts
 # cannot all pass the check before any is counted. While either counter's delay runs the
 # attempt is refused (the seconds left are returned); otherwise it is counted as a failure
@@ -282,7 +268,7 @@ class LoginThrottle:
 
     @staticmethod
     def _keys(email: str, ip: str) -> list[str]:
-        address = client_address(ip)
+        address = client_bucket(ip)
         return [
             f"auth:login-failures:account:{secret_hash(email)}:{address}",
             f"auth:login-failures:ip:{address}",
