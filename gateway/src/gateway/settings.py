@@ -40,6 +40,9 @@ class GatewaySettings(ServiceSettings):
     rate_limit_model_per_minute: int = Field(120, ge=0)
     # Per client IP, for the routes that need no credentials (register, login).
     rate_limit_anonymous_per_minute: int = Field(60, ge=0)
+    # Per client IP: API keys that auth had to be asked about and did not know. Past it,
+    # keys not in the cache are refused (429) without asking auth. 0: unlimited.
+    invalid_api_keys_per_minute: int = Field(20, ge=0)
     # Reverse proxies (CIDRs) whose X-Forwarded-For names the client, and whose W3C trace
     # context the gateway joins (gateway/forwarded.py). Empty: the socket's peer is the
     # client, and a caller's trace context only gets a link from a new trace.
