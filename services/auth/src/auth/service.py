@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from auth import repository
 from auth.errors import (
     AccountDisabled,
+    AdminRefused,
     ApiKeyNotFound,
     EmailTaken,
     InvalidCredentials,
@@ -184,13 +185,16 @@ async def ensure_admin(
     password: str,
     ctx: Context,
     store: SessionStore | None = None,
+    promote_existing: bool = False,
 ) -> bool:
-    """Create the first admin once; an existing account is made admin, its password kept.
+    """Create the first admin once. An existing account with this email is made admin, its
+    own password kept, only when `promote_existing` says so: anyone may have registered
+    the address before the operator started the platform.
 
-    Returns whether anything changed."""
+    Returns whether anything changed; raises AdminRefused saying why it cannot."""
     problem = password_problem(password, email=email)
     if problem:
-        raise WeakPassword(f"ADMIN_PASSWORD: {problem}")
+        raise AdminRefused(f"ADMIN_PASSWORD is refused by the password policy: {problem}")
     user = await repository.get_user_by_email(db, email=email)
     if user is None:
         user = User(email=email, name="Administrator", password_hash=await hasher.hash(password))
@@ -200,6 +204,12 @@ async def ensure_admin(
     roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
     if "admin" in roles:
         return False
+    if not promote_existing:
+        raise AdminRefused(
+            f"ADMIN_EMAIL {email} belongs to an existing account that is not an admin: it is "
+            "not made admin (its password is its owner's, not ADMIN_PASSWORD). Choose "
+            "another ADMIN_EMAIL, or set ADMIN_PROMOTE_EXISTING=true to promote that account."
+        )
     await repository.set_roles(db, user_id=user.id, roles=[*roles, "admin"])
     await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
     if store is not None:  # a role change: sessions made with the old roles end

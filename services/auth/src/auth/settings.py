@@ -46,6 +46,12 @@ class AuthSettings(DatabaseSettings):
     admin_password: SecretStr | None = Field(
         None, validation_alias=AliasChoices("AUTH_ADMIN_PASSWORD", "ADMIN_PASSWORD")
     )
+    # When ADMIN_EMAIL is an existing account that is not an admin: make it admin (its own
+    # password kept) rather than refuse to start.
+    admin_promote_existing: bool = Field(
+        False,
+        validation_alias=AliasChoices("AUTH_ADMIN_PROMOTE_EXISTING", "ADMIN_PROMOTE_EXISTING"),
+    )
 
     @property
     def secure_cookies(self) -> bool:
