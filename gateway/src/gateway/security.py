@@ -277,7 +277,7 @@ class Security:
                 f"Too many invalid API keys from this address; retry in {reset} s.",
                 headers={"Retry-After": str(reset)},
             )
-        await self._resolve(key_hash)  # raises for an unknown key: the count stays
+        await self._resolve(key_hash)  # raises for an unknown key (or auth down): counted
         await self._give_back(keys=[counter])
 
     async def _resolve(self, key_hash: str) -> None:
