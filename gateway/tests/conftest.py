@@ -52,6 +52,11 @@ class Upstream:
 
     urls: dict[str, str] = field(default_factory=dict)  # per service name
     hits: int = 0
+    # Auth's resolver: how often it was asked, and the keys it knows (by hash; it caches
+    # them in Redis at `redis_url`, as auth does).
+    resolve_calls: int = 0
+    known_keys: dict[str, ApiKeyPrincipal] = field(default_factory=dict)
+    redis_url: str = ""
     release_second_chunk: asyncio.Event = field(default_factory=asyncio.Event)
     patient_called: asyncio.Event = field(default_factory=asyncio.Event)
     saw_disconnect: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,9 +84,16 @@ def upstream_app(state: Upstream, service: str) -> Any:
         }
 
     @router.post("/internal/api-keys/resolve")
-    async def resolve(_: CurrentIdentity) -> None:
-        # Like auth for a key it does not know (tests put known keys in the cache).
-        raise NotFound("Unknown, revoked or expired API key.")
+    async def resolve(request: Request, _: CurrentIdentity) -> dict[str, Any]:
+        # Like auth: unknown keys are 404 (most tests put known keys in the cache).
+        state.resolve_calls += 1
+        key_hash = (await request.json())["key_hash"]
+        known = state.known_keys.get(key_hash)
+        if known is None:
+            raise NotFound("Unknown, revoked or expired API key.")
+        async with Redis.from_url(state.redis_url) as redis:
+            await redis.set(API_KEY_PREFIX + key_hash, known.to_json(), ex=300)
+        return {"key_id": known.key_id, "user_id": known.user_id}
 
     @router.get("/v1/calls")
     async def stream(_: CurrentIdentity) -> StreamingResponse:
@@ -141,8 +153,8 @@ def upstream_app(state: Upstream, service: str) -> Any:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    state = Upstream()
+async def upstream(redis_url: str) -> AsyncIterator[Upstream]:
+    state = Upstream(redis_url=redis_url)
     async with AsyncExitStack() as stack:
         for service in SERVICES:
             server = await stack.enter_async_context(LiveServer(upstream_app(state, service)))

@@ -15,6 +15,7 @@ from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
     API_KEY_PREFIX,
+    ApiKeyPrincipal,
     SessionStore,
     secret_hash,
 )
@@ -193,9 +194,13 @@ async def test_model_calls_have_their_own_tighter_budget(
     assert refused_model_calls() - before == 1
 
 
-def refused_model_calls() -> float:
-    sample = REGISTRY.get_sample_value("gateway_rate_limited_requests_total", {"budget": "model"})
+def refused(budget: str) -> float:
+    sample = REGISTRY.get_sample_value("gateway_rate_limited_requests_total", {"budget": budget})
     return sample or 0.0
+
+
+def refused_model_calls() -> float:
+    return refused("model")
 
 
 async def test_role_budgets_take_the_most_generous(
@@ -283,3 +288,78 @@ async def test_cors_allows_only_listed_origins_with_credentials(
     assert "access-control-allow-origin" not in refused.headers
     assert actual.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "ratelimit-remaining" in actual.headers["access-control-expose-headers"].lower()
+
+
+# ---------------------------------------------------------------- invalid API keys
+
+
+def unknown_keys(n: int) -> list[dict[str, str]]:
+    return [{"Authorization": f"Bearer sk-unknown-{i:04d}-000000000000000000"} for i in range(n)]
+
+
+async def test_unknown_api_keys_are_refused_without_asking_auth_past_a_budget(
+    upstream: Upstream, redis_url: str, redis: Redis, api_key_for: KeyFactory
+) -> None:
+    """Each unknown key cost auth a call and a database query, with no limit."""
+    settings = gateway_settings(
+        upstream, redis_url, invalid_api_keys_per_minute=3, trusted_proxies="127.0.0.1/32"
+    )
+    known = await api_key_for()  # in the cache: no question to auth
+    before = refused("invalid_api_keys")
+    async with (
+        LiveServer(in_one_window(create_app(settings))) as gw,
+        httpx.AsyncClient(base_url=gw.url, headers={"X-Forwarded-For": "203.0.113.5"}) as c,
+    ):
+        answers = [await c.get("/v1/models", headers=h) for h in unknown_keys(5)]
+        cached = await c.get("/v1/models", headers=known.headers)
+        elsewhere = await c.get(
+            "/v1/models", headers={**unknown_keys(6)[5], "X-Forwarded-For": "203.0.113.6"}
+        )
+
+    assert [r.status_code for r in answers] == [401, 401, 401, 429, 429]
+    limited = answers[-1]
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert limited.json()["type"] == "urn:llm-platform:problem:too-many-invalid-api-keys"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert upstream.resolve_calls == 3 + 1  # the budget, and the other client's one
+    assert cached.status_code == 200  # keys in the cache are not held up
+    assert elsewhere.status_code == 401
+    assert refused("invalid_api_keys") - before == 2
+
+
+async def test_a_burst_of_unknown_api_keys_gets_no_more_checks_than_the_budget(
+    upstream: Upstream, redis_url: str, redis: Redis
+) -> None:
+    settings = gateway_settings(upstream, redis_url, invalid_api_keys_per_minute=3)
+    async with (
+        LiveServer(in_one_window(create_app(settings))) as gw,
+        httpx.AsyncClient(base_url=gw.url) as c,
+    ):
+        burst = await asyncio.gather(*(c.get("/v1/models", headers=h) for h in unknown_keys(12)))
+
+    assert sorted(r.status_code for r in burst) == [401] * 3 + [429] * 9
+    assert upstream.resolve_calls == 3
+
+
+async def test_a_valid_key_auth_is_asked_about_is_not_counted_as_a_failure(
+    upstream: Upstream, redis_url: str, redis: Redis
+) -> None:
+    key = "sk-valid-but-not-cached-0000000000000"
+    upstream.known_keys[secret_hash(key)] = ApiKeyPrincipal(
+        key_id="22222222-2222-2222-2222-222222222222",
+        user_id="00000000-0000-0000-0000-0000000000cc",
+        roles=("member",),
+        permissions=("models:read",),
+        expires_at=None,
+    )
+    settings = gateway_settings(upstream, redis_url, invalid_api_keys_per_minute=1)
+    async with (
+        LiveServer(in_one_window(create_app(settings))) as gw,
+        httpx.AsyncClient(base_url=gw.url) as c,
+    ):
+        valid = await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+        unknown = [await c.get("/v1/models", headers=h) for h in unknown_keys(2)]
+
+    assert valid.status_code == 200
+    assert [r.status_code for r in unknown] == [401, 429]
+    assert upstream.resolve_calls == 2

@@ -206,6 +206,21 @@ def platform_on(
         asyncio.run(_drop_database(postgres_admin_url, database))
 
 
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until another process of the test (an extra gateway) answers /healthz: as long as
+    the platform itself may take, since it starts on a machine already busy with the
+    platform (2 cores here)."""
+    deadline = time.monotonic() + READY_WITHIN_SECONDS
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not start:\n{log.read_text()}") from None
+        time.sleep(0.1)
+
+
 Login = Callable[[str, str], httpx.Client]
 
 

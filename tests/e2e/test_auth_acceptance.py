@@ -16,7 +16,7 @@ import pytest
 from common import devstack
 from common.ports import spawn
 
-from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, READY_WITHIN_SECONDS, Login, RunningPlatform
+from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform, wait_until_serving
 
 PASSWORD = "a-long-and-unusual-passphrase-77"
 
@@ -132,18 +132,8 @@ def two_more_gateways(platform: RunningPlatform, tmp_path: Path) -> Iterator[lis
         ports.append(port)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        # As long as the platform itself may take: two more processes start on a machine
-        # already busy with the platform (2 cores here).
-        deadline = time.monotonic() + READY_WITHIN_SECONDS
         for url, process, log in zip(urls, processes, logs, strict=True):
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", trust_env=False).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(f"{url} did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
+            wait_until_serving(url, process, log)
         yield urls
     finally:
         for process in processes:

@@ -5,11 +5,18 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
+from common.addresses import client_bucket
 from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
 from common.identity import Identity
 from gateway.metrics import RATE_LIMITED
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
-from gateway.security import Principal, RateDecision, RateLimited, Security
+from gateway.security import (
+    InvalidKeysLimited,
+    Principal,
+    RateDecision,
+    RateLimited,
+    Security,
+)
 from gateway.settings import GatewaySettings
 
 ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
@@ -38,16 +45,19 @@ async def caller_identity(
             raise MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
         raise NotFound("No such route.")
     request.scope["route_template"] = route.template
+    client = client_bucket(request.scope["state"]["client_address"])
     try:
         if route.needs == PUBLIC:
-            client = request.client.host if request.client else "unknown"
             limit = settings.rate_limit_anonymous_per_minute
             _remember(request, await security.hit(f"ip:{client}", "anonymous", limit))
             return ANONYMOUS
-        admission = await security.admit(request, model=route.model)
+        admission = await security.admit(request, model=route.model, client=client)
     except RedisError:
         # Never let a request through unchecked: without Redis nothing is authenticated.
         raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None
+    except InvalidKeysLimited:
+        RATE_LIMITED.labels("invalid_api_keys").inc()
+        raise
     except RateLimited:
         budget = "anonymous" if route.needs == PUBLIC else "model" if route.model else "default"
         RATE_LIMITED.labels(budget).inc()

@@ -13,10 +13,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
-from common.app import new_app
+from common.app import PlatformApp, new_app
 from common.redis import create_redis, ping_redis
 from gateway.api import router
 from gateway.clients import upstream_clients
+from gateway.forwarded import TrustedProxies
 from gateway.openapi import OpenAPICache
 from gateway.proxy import ProxyMiddleware, upstream_sessions
 from gateway.security import Security
@@ -69,7 +70,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     app = new_app(settings, lifespan=lifespan, title=TITLE, version=VERSION)
+    assert isinstance(app, PlatformApp)
     app.state.clock = time.time
+    app.state.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+    app.trace_context_from = (
+        app.state.trusted_proxies.peer_trusted
+        if settings.join_proxy_trace_context
+        else lambda _: False
+    )
     app.include_router(router)
     # Innermost middleware: behind the request id, metrics and access log, before routing.
     app.user_middleware.append(Middleware(ProxyMiddleware))

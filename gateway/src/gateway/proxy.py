@@ -48,7 +48,8 @@ HOP_BY_HOP = frozenset(
 )
 # Never forwarded: the caller's credentials (the gateway has checked them; services trust
 # the signed identity only), an identity header the caller tried to supply, what the
-# client library sets itself, and trace context (the gateway's own span is the parent).
+# client library sets itself, and trace context (the gateway's own span is the parent;
+# baggage from outside is never passed on).
 NOT_FORWARDED = HOP_BY_HOP | {
     b"host",
     b"content-length",
@@ -62,6 +63,7 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"x-request-id",
     b"traceparent",
     b"tracestate",
+    b"baggage",
     IDENTITY_HEADER.lower().encode(),
 }
 # Answers up to this size with a Content-Length are relayed in one piece.
@@ -98,8 +100,8 @@ def request_headers(scope: Scope) -> list[tuple[str, str]]:
         for name, value in raw
         if name.lower() not in dropped
     ]
-    client = scope.get("client")
-    headers.append(("x-forwarded-for", client[0] if client else ""))
+    # The client as the gateway determined it (gateway/forwarded.py), and nothing else.
+    headers.append(("x-forwarded-for", scope["state"]["client_address"]))
     headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
     # The id the gateway logs under (the caller's, if it was valid): one id end to end.
     request_id = scope.get("state", {}).get("request_id")
@@ -183,6 +185,7 @@ class ProxyMiddleware:
             return
         state = scope["app"].state
         settings: GatewaySettings = state.settings
+        scope["state"]["client_address"] = state.trusted_proxies.client_address(scope)
         request = Request(scope, receive)
         try:
             identity = await caller_identity(request, security=state.security, settings=settings)

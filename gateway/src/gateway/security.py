@@ -54,6 +54,10 @@ class RateLimited(TooManyRequests):
     slug = "rate-limited"
 
 
+class InvalidKeysLimited(RateLimited):
+    slug = "too-many-invalid-api-keys"
+
+
 class AuthUnavailable(ServiceUnavailable):
     slug = "auth-unavailable"
 
@@ -103,6 +107,10 @@ _HIT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
+"""
+# Take back one count of a window that may have ended meanwhile (never recreate its key).
+_GIVE_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
 """
 
 # The credential check and the rate count in one round trip. The rate-limit key names the
@@ -168,6 +176,7 @@ class Security:
         self._auth = auth
         self._settings = settings
         self._hit = redis.register_script(_HIT)
+        self._give_back = redis.register_script(_GIVE_BACK)
         self._api_key_script = redis.register_script(_API_KEY)
         self._session_script = redis.register_script(_SESSION)
         self.clock = clock
@@ -180,15 +189,16 @@ class Security:
 
     # ------------------------------------------------------------ authentication
 
-    async def admit(self, request: Request, *, model: bool) -> Admission:
+    async def admit(self, request: Request, *, model: bool, client: str) -> Admission:
         """Authenticate the caller and count the request against its budget (`model`
-        calls have their own), in one Redis round trip when the credential is cached."""
+        calls have their own), in one Redis round trip when the credential is cached.
+        `client`: the client's address, as per-address counters count it."""
         authorization = request.headers.get("authorization")
         if authorization is not None:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() != "bearer" or not credential.strip():
                 raise Unauthenticated("Use `Authorization: Bearer <API key>`.")
-            return await self._api_key(credential.strip(), model=model)
+            return await self._api_key(credential.strip(), model=model, client=client)
         token = request.cookies.get(self._settings.session_cookie_name)
         if token:
             return await self._session(token, model=model)
@@ -222,7 +232,7 @@ class Security:
         )
         return Admission(principal, self._decide(principal, count, now, model=model))
 
-    async def _api_key(self, key: str, *, model: bool) -> Admission:
+    async def _api_key(self, key: str, *, model: bool, client: str) -> Admission:
         if not key.startswith(API_KEY_SCHEME) or len(key) > 200:
             raise Unauthenticated("Invalid API key.")
         key_hash = secret_hash(key)
@@ -231,7 +241,7 @@ class Security:
         found = await self._api_key_script(keys=keys, args=args)
         if not found:
             # Not cached yet: auth resolves it (and caches the answer), then count.
-            await self._resolve(key_hash)
+            await self._resolve_counted(key_hash, client)
             now, args = self._window(model)
             found = await self._api_key_script(keys=keys, args=args)
         if not found or found[0] == API_KEY_INVALID:
@@ -247,6 +257,28 @@ class Security:
             key_id=resolved.key_id,
         )
         return Admission(principal, self._decide(principal, int(found[1]), now, model=model))
+
+    async def _resolve_counted(self, key_hash: str, client: str) -> None:
+        """Ask auth about a key, as one of the client's failed checks until auth knows the
+        key. Each unknown key costs auth a database query: past the client's budget of
+        them, keys not in the cache are refused without asking. Counted before asking
+        (with the check, atomically), so that a burst cannot outrun the budget."""
+        limit = self._settings.invalid_api_keys_per_minute
+        if limit <= 0:
+            await self._resolve(key_hash)
+            return
+        now = self.clock()
+        window = int(now // WINDOW_SECONDS)
+        counter = f"gateway:ratelimit:invalid_api_keys:ip:{client}:{window}"
+        count = int(await self._hit(keys=[counter], args=[WINDOW_SECONDS + 1]))
+        if count > limit:
+            reset = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
+            raise InvalidKeysLimited(
+                f"Too many invalid API keys from this address; retry in {reset} s.",
+                headers={"Retry-After": str(reset)},
+            )
+        await self._resolve(key_hash)  # raises for an unknown key (or auth down): counted
+        await self._give_back(keys=[counter])
 
     async def _resolve(self, key_hash: str) -> None:
         """Ask auth about a key it has not cached; it caches the answer (valid or not)."""

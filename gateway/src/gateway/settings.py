@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from common.settings import ServiceSettings
 
@@ -39,9 +40,30 @@ class GatewaySettings(ServiceSettings):
     rate_limit_model_per_minute: int = Field(120, ge=0)
     # Per client IP, for the routes that need no credentials (register, login).
     rate_limit_anonymous_per_minute: int = Field(60, ge=0)
+    # Per client IP: API keys that auth had to be asked about and did not know. Past it,
+    # keys not in the cache are refused (429) without asking auth. 0: unlimited.
+    invalid_api_keys_per_minute: int = Field(20, ge=0)
+    # Reverse proxies (CIDRs) whose X-Forwarded-For names the client, and whose W3C trace
+    # context the gateway joins (gateway/forwarded.py). Empty: the socket's peer is the
+    # client, and a caller's trace context only gets a link from a new trace.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    # Whether a trusted proxy's trace context is joined: false behind a proxy that passes
+    # its clients' traceparent through unchanged (ingress-nginx without OpenTelemetry).
+    join_proxy_trace_context: bool = True
     # Per role, e.g. {"admin": {"default": 2000, "model": 500}}; a caller gets the most
     # generous budget among its roles.
     rate_limits: dict[str, RateBudget] = {}
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """`10.0.0.0/8,fd00::/8` (or a JSON list) from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     def upstream_urls(self) -> dict[str, str]:
         return {

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from auth.passwords import Hasher, common_passwords, password_problem
+from auth.passwords import MAX_LENGTH, Hasher, common_passwords, password_problem
 from auth.settings import AuthSettings
 
 from .conftest import FAST_ARGON2, PASSWORD
@@ -53,6 +54,37 @@ def test_weak_passwords_are_explained(password: str, email: str, refused_because
 )
 def test_good_passwords_pass(password: str, email: str) -> None:
     assert password_problem(password, email=email) is None
+
+
+def test_the_longest_crafted_password_is_judged_in_linear_time() -> None:
+    """Decoration, then a letter, a newline and a letter: the pattern that stripped the
+    decoration (`^[\\W\\d_]*(.*?)[\\W\\d_]*$`) backtracked cubically on it, 2.5 s of
+    event loop at 1,024 characters, before the duplicate-email check."""
+    crafted = "1" * (MAX_LENGTH - 3) + "a\na"
+    assert len(crafted) == MAX_LENGTH
+
+    def judged_in() -> float:  # CPU time of this thread: a loaded machine cannot fail it
+        start = time.thread_time()
+        password_problem(crafted, email="crafted@example.com")
+        return time.thread_time() - start
+
+    assert min(judged_in() for _ in range(3)) < 0.020
+
+
+@pytest.mark.parametrize(
+    ("password", "refused"),
+    [
+        ("2024!!Password!!2024", True),  # decoration both ends of a common word
+        ("___sunshine___12", True),
+        ("\u00a7\u00a7\u00a7letmein\u00a7\u00a7\u00a7", True),  # any non-letter decorates
+        ("12\uff10\uff11dragon\uff10\uff10", True),  # Unicode digits too
+        ("1234 letmein now", False),  # a common word inside is not the whole core
+    ],
+)
+def test_decoration_around_a_common_password_does_not_hide_it(password: str, refused: bool) -> None:
+    problem = password_problem(password)
+
+    assert (problem is not None and "common" in problem) is refused, problem
 
 
 def test_the_common_password_list_is_shipped_with_the_package() -> None:

@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import health
 from common.db import create_engine, create_sessionmaker, ping_database
@@ -24,6 +24,11 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 INTERNAL_OPENAPI_PATH = "/internal/openapi.json"
 
 
+class StartupRefused(Exception):
+    """An app refuses to start because of how it is configured. Its message, one line that
+    names the setting and what is wrong with it, is all that is logged: no traceback."""
+
+
 class PlatformApp(FastAPI):
     """FastAPI with the request middleware (request id, server span, metrics, access log)
     outside everything, Starlette's last-resort error layer included: an unexpected error's
@@ -31,12 +36,44 @@ class PlatformApp(FastAPI):
     `fast_routes` (common.fastpath), set before the app first runs, go under it too."""
 
     fast_routes: Sequence[FastRoute] = ()
+    # At the edge: whose inbound trace context to join (common.middleware.RequestMiddleware).
+    trace_context_from: Callable[[Scope], bool] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        # Starlette reports a failed start-up with the traceback as its message, which the
+        # server logs; for a StartupRefused the refusal's own line replaces it.
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await super().__call__(scope, receive, hold_failure)
+        except StartupRefused as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
+        for message in held:
+            await send(message)
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.fast_routes:
             stack = FastRoutes(stack, self.fast_routes, self.exception_handlers[Exception])
-        return RequestMiddleware(stack, service=self.state.settings.service_name)
+        return RequestMiddleware(
+            stack,
+            service=self.state.settings.service_name,
+            trace_context_from=self.trace_context_from,
+        )
 
 
 def instrument(app: FastAPI, settings: ServiceSettings) -> None:

@@ -42,6 +42,7 @@ SERVICES: dict[str, int] = {"auth": 8001, "inference": 8002, "embeddings": 8003,
 GATEWAY_PORT = 8000
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DB_NAME = "platform"
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 def repo_root() -> Path:
@@ -395,6 +396,10 @@ class Platform:
         env["INFERENCE_REFUSED_ENDPOINTS"] = ",".join(
             filter(None, [env.get("INFERENCE_REFUSED_ENDPOINTS"), *own])
         )
+        # On a developer's machine every client is local: a local proxy's X-Forwarded-For
+        # (a frontend dev server) and the trace context of the developer's own instrumented
+        # programs are believed. Any local program can therefore claim any client address.
+        env.setdefault("GATEWAY_TRUSTED_PROXIES", LOOPBACK_NETWORKS)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.propagators.textmap import Getter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,9 +56,21 @@ _getter = _HeaderGetter()
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, service: str) -> None:
+    """`trace_context_from`, for an app at the edge (the gateway): whose inbound trace
+    context to join. Anyone else's starts a new trace, linked to theirs, so that callers
+    choose neither trace ids nor sampling, and baggage from outside is never taken. None:
+    every caller's is joined (a service behind the gateway: its callers are ours)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        trace_context_from: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = http_metrics(service)
+        self.trace_context_from = trace_context_from
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,8 +102,8 @@ class RequestMiddleware:
                 self._count(route_template(scope), method, status, time.perf_counter() - start)
             return
 
-        parent = propagate.extract(scope["headers"], getter=_getter)
-        span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER)
+        parent, links = self._parent(scope)
+        span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, links=links)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         structlog.contextvars.bind_contextvars(request_id=request_id)
         failure: BaseException | None = None
@@ -120,6 +132,16 @@ class RequestMiddleware:
             span.end()
             structlog.contextvars.unbind_contextvars("request_id")
             otel_context.detach(token)
+
+    def _parent(self, scope: Scope) -> tuple[otel_context.Context, list[trace.Link]]:
+        """The context the request's span starts in, and the links it carries."""
+        inbound = propagate.extract(scope["headers"], getter=_getter)
+        if self.trace_context_from is None:
+            return inbound, []
+        if self.trace_context_from(scope):
+            return baggage.clear(inbound), []
+        caller = trace.get_current_span(inbound).get_span_context()
+        return otel_context.Context(), [trace.Link(caller)] if caller.is_valid else []
 
     def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
         labels = (route, method, str(status))

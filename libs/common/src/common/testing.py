@@ -247,6 +247,8 @@ class LiveServer:
                 port=self.port,
                 log_config=None,
                 lifespan="on" if lifespan else "off",
+                # As common.serve: whose X-Forwarded-For to believe is the gateway's call.
+                proxy_headers=False,
             )
         )
         self._task: asyncio.Task[None] | None = None

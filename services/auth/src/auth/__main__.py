@@ -1,6 +1,7 @@
 """`python -m auth`: serve the auth service; `python -m auth create-admin`: make an admin.
 
 python -m auth create-admin --email admin@example.com   # password: ADMIN_PASSWORD or a prompt
+python -m auth create-admin --email ada@example.com --promote-existing   # make ada an admin
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from auth.settings import AuthSettings
 from common.serve import serve
 
 
-async def _create_admin(email: str, password: str) -> bool:
+async def _create_admin(email: str, password: str, *, promote_existing: bool) -> bool:
     from auth import service
     from auth.passwords import Hasher
     from common.db import create_engine, create_sessionmaker
@@ -39,6 +40,7 @@ async def _create_admin(email: str, password: str) -> bool:
                 password=password,
                 ctx=service.Context(now=time.time(), ip="", user_agent="cli", trace_id=None),
                 store=SessionStore(redis),
+                promote_existing=promote_existing or settings.admin_promote_existing,
             )
             await db.commit()
             return changed
@@ -53,6 +55,11 @@ def main(argv: list[str]) -> int:
     commands.add_parser("serve", help="serve the auth service (the default)")
     admin = commands.add_parser("create-admin", help="create an admin, or make a user admin")
     admin.add_argument("--email", default=os.environ.get("ADMIN_EMAIL"))
+    admin.add_argument(
+        "--promote-existing",
+        action="store_true",
+        help="make an existing account admin, its own password kept (ADMIN_PROMOTE_EXISTING)",
+    )
     args = parser.parse_args(argv)
     if args.command in (None, "serve"):
         serve("auth.main:create_app", AuthSettings())
@@ -60,12 +67,14 @@ def main(argv: list[str]) -> int:
     if not args.email:
         parser.error("--email (or ADMIN_EMAIL) is required")
     password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Password: ")
-    from auth.errors import WeakPassword
+    from auth.errors import AdminRefused
 
     try:
-        changed = asyncio.run(_create_admin(args.email, password))
-    except WeakPassword as exc:
-        print(f"refused: {exc.detail}", file=sys.stderr)
+        changed = asyncio.run(
+            _create_admin(args.email, password, promote_existing=args.promote_existing)
+        )
+    except AdminRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
         return 1
     print("admin created or promoted" if changed else "already an admin", file=sys.stderr)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.app import StartupRefused
 from common.errors import Conflict, Forbidden, NotFound, Problem, TooManyRequests, Unauthorized
 
 
@@ -70,3 +71,7 @@ class SelfLockout(Conflict):
 
 class InvalidCursor(Problem):
     status, slug, title = 422, "invalid-cursor", "Unprocessable Content"
+
+
+class AdminRefused(StartupRefused):
+    """ADMIN_EMAIL / ADMIN_PASSWORD (or `create-admin`) cannot make the first admin."""

@@ -32,7 +32,8 @@ async def _flush_api_key_use_forever(app: FastAPI, every: float) -> None:
 
 
 async def bootstrap_admin(app: FastAPI) -> None:
-    """ADMIN_EMAIL / ADMIN_PASSWORD: the first admin, created once (every replica may try)."""
+    """ADMIN_EMAIL / ADMIN_PASSWORD: the first admin, created once (every replica may try).
+    A refusal (AdminRefused) stops the start with one line saying why."""
     settings: AuthSettings = app.state.settings
     if not (settings.admin_email and settings.admin_password):
         return
@@ -47,6 +48,7 @@ async def bootstrap_admin(app: FastAPI) -> None:
                 password=settings.admin_password.get_secret_value(),
                 ctx=ctx,
                 store=app.state.sessions,
+                promote_existing=settings.admin_promote_existing,
             )
             await db.commit()
     except IntegrityError:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from auth import repository
 from auth.errors import (
     AccountDisabled,
+    AdminRefused,
     ApiKeyNotFound,
     EmailTaken,
     InvalidCredentials,
@@ -37,6 +38,7 @@ from auth.models import ApiKey, AuditEvent, User
 from auth.passwords import Hasher, password_problem
 from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
 from auth.settings import AuthSettings
+from common.addresses import client_bucket
 from common.db import AfterCommit, after_commit
 from common.identity import Identity
 from common.principals import (
@@ -109,9 +111,17 @@ async def audit(
 
 
 async def audit_failure(
-    sessionmaker: async_sessionmaker[AsyncSession], ctx: Context, action: str, **kwargs: Any
+    request_db: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    ctx: Context,
+    action: str,
+    **kwargs: Any,
 ) -> None:
-    """A failure is recorded in its own unit of work: the request's own is rolled back."""
+    """A failure is recorded in its own unit of work: the request's own is rolled back (an
+    error follows). It is rolled back first, so that its connection goes back to the pool
+    before this one takes another: holding both, as many concurrent failures as the pool
+    has connections would wait for each other until the pool's timeout."""
+    await request_db.rollback()
     async with sessionmaker() as db:
         await audit(db, ctx, action, outcome="failure", **kwargs)
         await db.commit()
@@ -190,13 +200,16 @@ async def ensure_admin(
     password: str,
     ctx: Context,
     store: SessionStore | None = None,
+    promote_existing: bool = False,
 ) -> bool:
-    """Create the first admin once; an existing account is made admin, its password kept.
+    """Create the first admin once. An existing account with this email is made admin, its
+    own password kept, only when `promote_existing` says so: anyone may have registered
+    the address before the operator started the platform.
 
-    Returns whether anything changed."""
+    Returns whether anything changed; raises AdminRefused saying why it cannot."""
     problem = password_problem(password, email=email)
     if problem:
-        raise WeakPassword(f"ADMIN_PASSWORD: {problem}")
+        raise AdminRefused(f"ADMIN_PASSWORD is refused by the password policy: {problem}")
     user = await repository.get_user_by_email(db, email=email)
     if user is None:
         user = User(email=email, name="Administrator", password_hash=await hasher.hash(password))
@@ -206,6 +219,12 @@ async def ensure_admin(
     roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
     if "admin" in roles:
         return False
+    if not promote_existing:
+        raise AdminRefused(
+            f"ADMIN_EMAIL {email} belongs to an existing account that is not an admin: it is "
+            "not made admin (its password is its owner's, not ADMIN_PASSWORD). Choose "
+            "another ADMIN_EMAIL, or set ADMIN_PROMOTE_EXISTING=true to promote that account."
+        )
     await repository.set_roles(db, user_id=user.id, roles=[*roles, "admin"])
     await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
     if store is not None:  # a role change: sessions made with the old roles end
@@ -216,46 +235,83 @@ async def ensure_admin(
 # ---------------------------------------------------------------- login and sessions
 
 
+# Both counters of one login attempt, checked and counted in one step: concurrent attempts
+# cannot all pass the check before any is counted. While either counter's delay runs the
+# attempt is refused (the seconds left are returned); otherwise it is counted as a failure
+# in both, until `succeeded` gives it back. Each counter is a hash: `n` failures, `at` the
+# time of the last. KEYS: the account at this address, the address. ARGV: now, the free
+# failures of each, the first delay, the maximum delay, the window.
+_ATTEMPT = """
+local now, base, cap = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local function delay(n, free)
+  if n < free then return 0 end
+  return math.min(cap, base * 2 ^ (n - free))
+end
+local counts, wait = {}, 0
+for i = 1, 2 do
+  local found = redis.call('HMGET', KEYS[i], 'n', 'at')
+  counts[i] = tonumber(found[1]) or 0
+  local left = (tonumber(found[2]) or 0) + delay(counts[i], tonumber(ARGV[i + 1])) - now
+  if left > wait then wait = left end
+end
+if wait > 0 then return math.ceil(wait) end
+for i = 1, 2 do
+  local n = counts[i] + 1
+  redis.call('HSET', KEYS[i], 'n', n, 'at', ARGV[1])
+  redis.call('EXPIRE', KEYS[i], math.ceil(window + delay(n, tonumber(ARGV[i + 1]))))
+end
+return 0
+"""
+# The password was right: the account's counter at this address starts again; the address
+# only gets this attempt back (one good account must not wipe out its guesses at others).
+_SUCCEEDED = """
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('HGET', KEYS[2], 'n') or 0) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'n', -1)
+end
+"""
+
+
 class LoginThrottle:
-    """Failed logins counted per account and per client IP, in Redis, over a window."""
+    """Failed logins per account at one client address, and per client address, in Redis.
+
+    Past its free failures a counter makes each further attempt wait, twice as long after
+    every failure (an exponential delay, never a lock): the account's owner at another
+    address is never refused, and neither is a client that has not failed."""
 
     def __init__(self, redis: Redis, settings: AuthSettings) -> None:
-        self._redis = redis
-        self._max = settings.login_max_failures
-        self._window = settings.login_failure_window_seconds
-
-    def _keys(self, email: str, ip: str) -> list[str]:
-        return [
-            f"auth:login-failures:account:{secret_hash(email)}",
-            f"auth:login-failures:ip:{ip or 'unknown'}",
+        self._attempt = redis.register_script(_ATTEMPT)
+        self._succeeded = redis.register_script(_SUCCEEDED)
+        self._limits: list[str | int] = [
+            settings.login_free_failures,
+            settings.login_ip_free_failures,
+            repr(settings.login_delay_seconds),
+            repr(settings.login_max_delay_seconds),
+            settings.login_failure_window_seconds,
         ]
 
-    async def check(self, email: str, ip: str) -> None:
-        keys = self._keys(email, ip)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.ttl(key)
-            values = await pipe.execute()
-        for count, ttl in zip(values[::2], values[1::2], strict=True):
-            if count is not None and int(count) >= self._max:
-                retry = max(1, int(ttl)) if ttl and ttl > 0 else self._window
-                raise LoginThrottled(
-                    "Too many failed logins; try again later.",
-                    headers={"Retry-After": str(retry)},
-                    retry_after=retry,
-                )
+    @staticmethod
+    def _keys(email: str, ip: str) -> list[str]:
+        address = client_bucket(ip)
+        return [
+            f"auth:login-failures:account:{secret_hash(email)}:{address}",
+            f"auth:login-failures:ip:{address}",
+        ]
 
-    async def failed(self, email: str, ip: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in self._keys(email, ip):
-                # The window starts at the first failure (SET NX EX, not EXPIRE NX: Redis 6).
-                pipe.set(key, 0, ex=self._window, nx=True)
-                pipe.incr(key)
-            await pipe.execute()
+    async def attempt(self, email: str, ip: str, *, now: float) -> None:
+        """Admit one password check, counted as a failure until `succeeded`; raises
+        LoginThrottled (with Retry-After) while a delay runs."""
+        wait = int(await self._attempt(keys=self._keys(email, ip), args=[repr(now), *self._limits]))
+        if wait > 0:
+            raise LoginThrottled(
+                f"Too many failed logins from this address; try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
+                retry_after=wait,
+            )
 
     async def succeeded(self, email: str, ip: str) -> None:
-        await self._redis.delete(self._keys(email, ip)[0])
+        await self._succeeded(keys=self._keys(email, ip))
 
 
 async def login(
@@ -270,13 +326,15 @@ async def login(
     email: str,
     password: str,
 ) -> Authenticated:
-    await throttle.check(email, ctx.ip)
+    # Counted as a failure before the password is compared (a burst cannot outrun the
+    # budget), given back when it was right.
+    await throttle.attempt(email, ctx.ip, now=ctx.now)
     user = await repository.get_user_by_email(db, email=email)
     # Unknown emails are verified against a dummy hash: same work, same answer.
     valid = await hasher.verify(user.password_hash if user else None, password)
     if user is None or not valid:
-        await throttle.failed(email, ctx.ip)
         await audit_failure(
+            db,
             sessionmaker,
             ctx,
             "auth.login",
@@ -287,13 +345,13 @@ async def login(
             reason="invalid_credentials",
         )
         raise InvalidCredentials()
+    await throttle.succeeded(email, ctx.ip)
     if user.disabled:
         await audit_failure(
-            sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
+            db, sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
             target_id=str(user.id), reason="disabled",
         )  # fmt: skip
         raise AccountDisabled("This account is disabled.")
-    await throttle.succeeded(email, ctx.ip)
     if hasher.needs_rehash(user.password_hash):
         user.password_hash = await hasher.hash(password)
     return await _start_session(db, user=user, store=store, settings=settings, ctx=ctx)
@@ -364,14 +422,14 @@ async def change_password(
     user = await repository.get_user(db, user_id=user_id)
     if user is None:
         raise UserNotFound("No such user.")
-    await throttle.check(user.email, ctx.ip)
+    await throttle.attempt(user.email, ctx.ip, now=ctx.now)
     if not await hasher.verify(user.password_hash, current_password):
-        await throttle.failed(user.email, ctx.ip)
         await audit_failure(
-            sessionmaker, ctx, "user.password_change", target_type="user",
+            db, sessionmaker, ctx, "user.password_change", target_type="user",
             target_id=str(user.id), reason="invalid_current_password",
         )  # fmt: skip
         raise InvalidCredentials()
+    await throttle.succeeded(user.email, ctx.ip)
     problem = password_problem(new_password, email=user.email)
     if problem:
         raise WeakPassword(problem)

@@ -22,8 +22,14 @@ class AuthSettings(DatabaseSettings):
     session_lifetime_seconds: float = Field(12 * 3600, gt=0)
     # Secure cookies everywhere but dev, unless set explicitly.
     cookie_secure: bool | None = None
-    # Login throttling: this many failures per account or per client IP within the window.
-    login_max_failures: int = Field(10, ge=1)
+    # Login throttling, per account at one client address and per client address (an IPv6
+    # client is its /64): past the free failures each attempt waits a delay that doubles
+    # with every further failure, up to the maximum. A counter is forgotten a window after
+    # the delay its last failure started; a successful login clears its account's.
+    login_free_failures: int = Field(10, ge=1)
+    login_ip_free_failures: int = Field(100, ge=1)
+    login_delay_seconds: float = Field(1.0, gt=0)
+    login_max_delay_seconds: float = Field(15 * 60, gt=0)
     login_failure_window_seconds: int = Field(15 * 60, ge=1)
     # Argon2id, OWASP's recommended minimum: 19 MiB, 2 passes, 1 lane.
     argon2_time_cost: int = 2
@@ -39,6 +45,12 @@ class AuthSettings(DatabaseSettings):
     )
     admin_password: SecretStr | None = Field(
         None, validation_alias=AliasChoices("AUTH_ADMIN_PASSWORD", "ADMIN_PASSWORD")
+    )
+    # When ADMIN_EMAIL is an existing account that is not an admin: make it admin (its own
+    # password kept) rather than refuse to start.
+    admin_promote_existing: bool = Field(
+        False,
+        validation_alias=AliasChoices("AUTH_ADMIN_PROMOTE_EXISTING", "ADMIN_PROMOTE_EXISTING"),
     )
 
     @property
