@@ -12,7 +12,8 @@ REGISTRY = registry_for("gateway")
 # throttling) is only in gateway_http_requests_total.
 RATE_LIMITED = Counter(
     "gateway_rate_limited_requests_total",
-    "Requests refused by the gateway's rate limits, by budget: anonymous, default or model.",
+    "Requests refused by the gateway's rate limits, by budget: anonymous, default, model, or"
+    " in_flight (a caller's share of an upstream's connections).",
     ("budget",),
     registry=REGISTRY,
 )
