@@ -47,6 +47,13 @@ class UpstreamFailed(BadGateway):
     slug = "upstream-failed"
 
 
+class AnswerRefused(BadGateway):
+    """The provider's answer was over a size limit (or compressed, so it could not be
+    limited): refused, not retried."""
+
+    slug = "answer-refused"
+
+
 class DeadlineExceeded(Problem):
     status, slug, title = 504, "deadline-exceeded", "Gateway Timeout"
 

@@ -15,6 +15,7 @@ from inference.crypto import Keyring
 from inference.events import EventSink
 from inference.providers.base import Provider
 from inference.providers.huggingface import HuggingFaceProvider
+from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
 from inference.routing import CircuitBreaker, RetryPolicy, Router
@@ -23,12 +24,20 @@ from inference.settings import InferenceSettings
 
 
 def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
+    limits = AnswerLimits(
+        body_bytes=settings.max_response_bytes,
+        stream_bytes=settings.max_stream_bytes,
+        event_bytes=settings.max_stream_chunk_bytes,
+    )
     providers: dict[str, Any] = {
         "openai": OpenAIProvider(
             connect_timeout=settings.connect_timeout_seconds,
             read_timeout=settings.read_timeout_seconds,
+            answer_limits=limits,
         ),
-        "huggingface": HuggingFaceProvider(read_timeout=settings.read_timeout_seconds),
+        "huggingface": HuggingFaceProvider(
+            read_timeout=settings.read_timeout_seconds, answer_limits=limits
+        ),
     }
     local = LocalProvider(threads=settings.local_threads)
     if settings.local_preload:

@@ -23,6 +23,7 @@ from inference import repository
 from inference.crypto import Keyring
 from inference.errors import (
     AliasNotFound,
+    AnswerRefused,
     CircuitOpen,
     CredentialNotFound,
     DeadlineExceeded,
@@ -357,6 +358,8 @@ def _problem(exc: Exception, trail: Trail) -> Exception:
     if isinstance(exc, ProviderError):
         if exc.status in (401, 403):
             return ProviderAuthFailed(f"{where} refused the credential: {exc.message}", **extra)
+        if exc.kind == "too_large":
+            return AnswerRefused(f"{where}'s answer was refused: {exc.message}", **extra)
         return ProviderRejected(f"{where} rejected the request: {exc.message}", **extra)
     assert isinstance(exc, AllTargetsFailed)
     last = trail.errors[-1].message if trail.errors else "no target could be called"

@@ -55,6 +55,11 @@ class InferenceSettings(DatabaseSettings):
     # How long a replica trusts "closed, no failures" before asking Redis again: a circuit
     # another replica opens is seen within this time. 0: ask on every call.
     circuit_sync_seconds: float = Field(1.0, ge=0)
+    # The most a provider may send back: a plain answer (or an error's body), a whole
+    # stream, one event of a stream. Past one the call fails with 502, not retried.
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_stream_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_stream_chunk_bytes: int = Field(256 * 1024, ge=1024)
     # How long resolved credentials and aliases are cached in memory.
     cache_seconds: float = Field(30.0, ge=0)
     prices: dict[str, Price] = {}

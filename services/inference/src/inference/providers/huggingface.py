@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import httpx2
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
@@ -21,6 +22,7 @@ from inference.providers.base import (
     parse_retry_after,
     wants_usage,
 )
+from inference.providers.limits import AnswerLimits
 
 # chat_completion's own keyword arguments; other request fields travel as extra_body.
 CHAT_KWARGS = frozenset(
@@ -77,11 +79,29 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class _LimitedInferenceClient(AsyncInferenceClient):
+    """An AsyncInferenceClient whose HTTP client reads answers within AnswerLimits. It
+    makes its httpx2 client on first use, from a process-wide factory: the limits are put
+    on that client, this one's own, rather than on the factory, every client's."""
+
+    def __init__(self, *, answer_limits: AnswerLimits, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._answer_limits = answer_limits
+
+    async def _get_async_client(self) -> httpx2.AsyncClient:
+        made = self._async_client is None
+        client: httpx2.AsyncClient = await super()._get_async_client()  # type: ignore[no-untyped-call]
+        if made:
+            self._answer_limits.install(client)
+        return client
+
+
 class HuggingFaceProvider:
     name = "huggingface"
 
-    def __init__(self, *, read_timeout: float) -> None:
+    def __init__(self, *, read_timeout: float, answer_limits: AnswerLimits) -> None:
         self._timeout = read_timeout
+        self._answer_limits = answer_limits
         self._clients: dict[tuple[str | None, str | None, str], AsyncInferenceClient] = {}
 
     def _client(self, credential: Credential) -> AsyncInferenceClient:
@@ -91,11 +111,15 @@ class HuggingFaceProvider:
         client = self._clients.get(key)
         if client is None:
             if credential.base_url:
-                client = AsyncInferenceClient(
-                    base_url=credential.base_url, token=credential.api_key, timeout=self._timeout
-                )
+                client = _LimitedInferenceClient(
+                    base_url=credential.base_url, token=credential.api_key, timeout=self._timeout,
+                    answer_limits=self._answer_limits,
+                )  # fmt: skip
             else:
-                client = AsyncInferenceClient(token=credential.api_key, timeout=self._timeout)
+                client = _LimitedInferenceClient(
+                    token=credential.api_key, timeout=self._timeout,
+                    answer_limits=self._answer_limits,
+                )  # fmt: skip
             self._clients[key] = client
         return client
 

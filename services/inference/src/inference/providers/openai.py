@@ -31,6 +31,7 @@ from inference.providers.base import (
     parse_retry_after,
     wants_usage,
 )
+from inference.providers.limits import AnswerLimits
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -90,13 +91,16 @@ def map_error(exc: Exception) -> ProviderError:
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, answer_limits: AnswerLimits
+    ) -> None:
         self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
         # One connection pool for every credential's client.
         self._http = openai.DefaultAioHttpClient(
             timeout=self._timeout,
             limits=httpx2.Limits(max_connections=500, max_keepalive_connections=100),
         )
+        answer_limits.install(self._http)
         self._clients: dict[tuple[str | None, str, str], AsyncOpenAI] = {}
 
     def _client(self, credential: Credential) -> AsyncOpenAI:

@@ -1,0 +1,132 @@
+"""What a member's own endpoint can cost everyone else, bounded (issue 16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from common.fakes.hf_server import DEFAULT_MODEL_ID
+
+from .conftest import HF_TOKEN, Inference, MakeInference, Upstream
+from .test_chat import ask, sse
+
+CHAT = "/v1/chat/completions"
+ROUTE = "/v1/chat/completions"  # on the upstream
+
+
+def refused_answer(response: httpx.Response, setting: str) -> None:
+    assert response.status_code == 502, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"].endswith(":answer-refused")
+    assert setting in problem["detail"]
+
+
+# ---------------------------------------------------------------- answer sizes
+
+
+async def test_an_answer_over_the_size_limit_is_a_502_and_not_retried(
+    make_inference: MakeInference, openai_upstream: Upstream
+) -> None:
+    async with make_inference(max_response_bytes=4096) as inference:
+        await inference.credential(openai_upstream.url)
+        response = await inference.call("POST", CHAT, json=ask("words:2000"))
+        refused_answer(response, "INFERENCE_MAX_RESPONSE_BYTES")
+        assert len(openai_upstream.control.requests_to(ROUTE)) == 1
+        (event,) = await inference.events()
+        assert (event.status, event.error_type) == ("error", "too_large")
+
+
+async def test_a_huge_provider_error_is_refused_and_a_long_one_clipped(
+    make_inference: MakeInference, openai_upstream: Upstream
+) -> None:
+    async with make_inference(max_response_bytes=64 * 1024) as inference:
+        await inference.credential(openai_upstream.url)
+        openai_upstream.control.fail(ROUTE, status=400, message="x" * 200_000)
+        huge = await inference.call("POST", CHAT, json=ask())
+        openai_upstream.control.fail(ROUTE, status=400, message="too long " * 4_000)
+        long = await inference.call("POST", CHAT, json=ask())
+
+    refused_answer(huge, "INFERENCE_MAX_RESPONSE_BYTES")
+    assert long.status_code == 400
+    detail = long.json()["detail"]
+    assert detail.startswith("openai/gpt-4o-mini rejected the request: too long too long")
+    assert len(detail) < 1000
+    assert detail.endswith("more characters)")
+
+
+async def test_an_answer_compressed_against_the_request_is_refused(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    """Compressed, a small body could inflate past any limit; identity is asked for."""
+    await inference.credential(openai_upstream.url)
+    openai_upstream.control.compress(ROUTE)
+    response = await inference.call("POST", CHAT, json=ask())
+    assert response.status_code == 502
+    assert response.json()["type"].endswith(":answer-refused")
+    assert "compressed" in response.json()["detail"]
+    (sent,) = openai_upstream.control.requests_to(ROUTE)
+    assert sent.headers["accept-encoding"] == "identity"
+
+
+async def test_a_huggingface_answer_over_the_size_limit_is_a_502(
+    make_inference: MakeInference, hf_upstream: Upstream
+) -> None:
+    async with make_inference(max_response_bytes=4096) as inference:
+        await inference.credential(hf_upstream.url, provider="huggingface", api_key=HF_TOKEN)
+        body = ask("words:2000") | {"model": f"huggingface/{DEFAULT_MODEL_ID}"}
+        response = await inference.call("POST", CHAT, json=body)
+    refused_answer(response, "INFERENCE_MAX_RESPONSE_BYTES")
+
+
+def error_event(response: httpx.Response) -> dict[str, Any]:
+    """The error event a stream ended with (before its [DONE])."""
+    assert response.status_code == 200, response.text
+    events = sse(response.text)
+    assert events[-1] == "[DONE]"
+    error: dict[str, Any] = events[-2]["error"]
+    return error
+
+
+# ---------------------------------------------------------------- streams
+
+
+@pytest.mark.parametrize(
+    ("limit", "prompt", "pause", "code", "setting"),
+    [
+        pytest.param(
+            {"max_stream_bytes": 8192}, "words:3000", 0.01, "too_large",
+            "INFERENCE_MAX_STREAM_BYTES", id="whole-stream",
+        ),
+        # The fake streams a word per event: the echo of a 10 kB word is a 10 kB event.
+        pytest.param(
+            {"max_stream_chunk_bytes": 4096}, "x" * 10_000 + " more" * 100, 0.01, "too_large",
+            "INFERENCE_MAX_STREAM_CHUNK_BYTES", id="one-event",
+        ),
+    ],
+)  # fmt: skip
+async def test_a_stream_past_a_limit_ends_with_an_error_event(
+    make_inference: MakeInference,
+    openai_upstream: Upstream,
+    limit: dict[str, Any],
+    prompt: str,
+    pause: float,
+    code: str,
+    setting: str,
+) -> None:
+    async with make_inference(**limit) as inference:
+        await inference.credential(openai_upstream.url)
+        # Events `pause` apart: the first arrives alone, and starts the stream (all at once,
+        # a stream over its size limit is refused before its first event, with a 502).
+        openai_upstream.control.delay(ROUTE, between_chunks_seconds=pause)
+        response = await inference.call("POST", CHAT, json=ask(prompt, stream=True))
+        error = error_event(response)
+        (event,) = await inference.events()
+
+    assert error["code"] == code
+    assert setting in error["message"]
+    assert (event.status, event.error_type) == ("error", code)
+    (seen,) = openai_upstream.control.requests_to(ROUTE)
+    assert not seen.completed
