@@ -9,11 +9,13 @@ import pytest
 
 from common.fakes.hf_server import DEFAULT_MODEL_ID
 
-from .conftest import HF_TOKEN, Inference, MakeInference, Upstream
+from .conftest import HF_TOKEN, Inference, MakeInference, Upstream, member
 from .test_chat import ask, sse
 
 CHAT = "/v1/chat/completions"
 ROUTE = "/v1/chat/completions"  # on the upstream
+ALICE = member("00000000-0000-0000-0000-0000000000a1")
+BOB = member("00000000-0000-0000-0000-0000000000b2")
 
 
 def refused_answer(response: httpx.Response, setting: str) -> None:
@@ -130,3 +132,35 @@ async def test_a_stream_past_a_limit_ends_with_an_error_event(
     assert (event.status, event.error_type) == ("error", code)
     (seen,) = openai_upstream.control.requests_to(ROUTE)
     assert not seen.completed
+
+
+# ---------------------------------------------------------------- circuits
+
+
+async def test_a_members_dead_endpoint_opens_only_their_own_circuit(
+    make_inference: MakeInference, openai_upstream: Upstream, refused_port: int
+) -> None:
+    async with make_inference(
+        circuit_failure_threshold=2, circuit_cooldown_seconds=300, max_attempts=1
+    ) as inference:
+        await inference.credential(f"http://127.0.0.1:{refused_port}/v1", identity=ALICE)
+        await inference.credential(openai_upstream.url, identity=BOB)
+        failed = [(await inference.call("POST", CHAT, json=ask(), identity=ALICE)) for _ in "ab"]
+        skipped = await inference.call("POST", CHAT, json=ask(), identity=ALICE)
+        bobs = await inference.call("POST", CHAT, json=ask(), identity=BOB)
+
+    assert [r.status_code for r in failed] == [502, 502]
+    assert skipped.status_code == 503  # Alice's circuit is open ...
+    assert bobs.status_code == 200, bobs.text  # ... Bob's, for the same model, is not
+
+
+async def test_circuit_state_expires(make_inference: MakeInference, refused_port: int) -> None:
+    async with make_inference(max_attempts=1, circuit_state_seconds=60) as inference:
+        await inference.credential(f"http://127.0.0.1:{refused_port}/v1")
+        for name in ("gpt-a", "gpt-b"):
+            response = await inference.call("POST", CHAT, json=ask() | {"model": f"openai/{name}"})
+            assert response.status_code == 502
+        keys = [key async for key in inference.redis.scan_iter("inference:circuit:*")]
+        ttls = [await inference.redis.ttl(key) for key in keys]
+    assert len(keys) == 2
+    assert all(0 < ttl <= 60 for ttl in ttls), ttls

@@ -65,6 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     threshold=settings.circuit_failure_threshold,
                     cooldown=settings.circuit_cooldown_seconds,
                     sync_interval=settings.circuit_sync_seconds,
+                    state_ttl=settings.circuit_state_seconds,
                 ),
                 RetryPolicy(
                     max_attempts=settings.max_attempts,

@@ -40,10 +40,10 @@ LLM_TTFT = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-CIRCUIT_OPEN = Gauge(
-    "inference_circuit_open",
-    "1 while this replica last saw the target's circuit open.",
-    ("target",),
+CIRCUIT_SKIPS = Counter(
+    "inference_circuit_skips_total",
+    "Targets skipped because the circuit of their model and credential was open, by provider.",
+    ("provider",),
     registry=REGISTRY,
 )
 TELEMETRY_BUFFERED = Gauge(

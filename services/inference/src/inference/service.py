@@ -9,7 +9,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -382,16 +382,17 @@ async def _routed(
 ) -> Outcome[Any]:
     engine = call.engine
     # Credentials are looked up once, before any attempt; a target without one is skipped
-    # when there are others, and reported when it is the only one.
+    # when there are others, and reported when it is the only one. Each target then names
+    # the credential it is called with, and so has a circuit of its own (Target.circuit_key).
     usable: list[tuple[Target, Credential]] = []
     missing: NoCredential | None = None
     for target in targets:
         try:
-            usable.append(
-                (target, await credential_for(db, engine, identity=call.identity, target=target))
-            )
+            credential = await credential_for(db, engine, identity=call.identity, target=target)
         except NoCredential as exc:
             missing = exc
+            continue
+        usable.append((replace(target, credential_id=credential.id), credential))
     if not usable and missing is not None:
         raise missing
     by_target = dict(usable)

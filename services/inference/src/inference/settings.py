@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import DatabaseSettings
@@ -55,6 +55,9 @@ class InferenceSettings(DatabaseSettings):
     # How long a replica trusts "closed, no failures" before asking Redis again: a circuit
     # another replica opens is seen within this time. 0: ask on every call.
     circuit_sync_seconds: float = Field(1.0, ge=0)
+    # A circuit's state (its failures, open or not) is forgotten this long after its last
+    # failure: failures further apart do not add up, and no failed name stays in Redis.
+    circuit_state_seconds: float = Field(300.0, gt=0)
     # The most a provider may send back: a plain answer (or an error's body), a whole
     # stream, one event of a stream. Past one the call fails with 502, not retried.
     max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -75,6 +78,15 @@ class InferenceSettings(DatabaseSettings):
     local_threads: int = Field(2, ge=1)
     # Load the local model at start-up (in the background) rather than on the first call.
     local_preload: bool = True
+
+    @model_validator(mode="after")
+    def _circuit_outlives_its_cooldown(self) -> InferenceSettings:
+        if self.circuit_state_seconds < self.circuit_cooldown_seconds:
+            raise ValueError(
+                "INFERENCE_CIRCUIT_STATE_SECONDS must be at least "
+                "INFERENCE_CIRCUIT_COOLDOWN_SECONDS: an open circuit would close unprobed"
+            )
+        return self
 
     def price_of(self, model: str) -> Price | None:
         return self.prices.get(model) or DEFAULT_PRICES.get(model)
