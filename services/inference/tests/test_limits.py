@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.fakes.hf_server import DEFAULT_MODEL_ID
 
@@ -164,3 +165,36 @@ async def test_circuit_state_expires(make_inference: MakeInference, refused_port
         ttls = [await inference.redis.ttl(key) for key in keys]
     assert len(keys) == 2
     assert all(0 < ttl <= 60 for ttl in ttls), ttls
+
+
+# ---------------------------------------------------------------- metric labels
+
+
+async def model_labels(inference: Inference) -> set[str]:
+    text = (await inference.call("GET", "/metrics")).text
+    return {
+        sample.labels["model"]
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("inference_llm_")
+        for sample in family.samples
+        if "model" in sample.labels
+    }
+
+
+async def test_metric_labels_name_only_priced_or_answering_models(
+    make_inference: MakeInference, openai_upstream: Upstream
+) -> None:
+    async with make_inference(metrics_max_models=1) as inference:
+        await inference.credential(openai_upstream.url)
+        for n in range(30):
+            body = {"model": f"local/junk-{n}", "input": "x"}
+            assert (await inference.call("POST", "/v1/embeddings", json=body)).status_code == 400
+        for name in ("tuned-first", "tuned-second"):  # unpriced, and answering
+            response = await inference.call("POST", CHAT, json=ask() | {"model": f"openai/{name}"})
+            assert response.status_code == 200
+        await inference.call("POST", CHAT, json=ask())  # priced
+        labels = await model_labels(inference)
+
+    assert not [label for label in labels if "junk" in label]
+    assert {"other", "openai/tuned-first", "openai/gpt-4o-mini"} <= labels
+    assert "openai/tuned-second" not in labels  # past INFERENCE_METRICS_MAX_MODELS

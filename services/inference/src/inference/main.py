@@ -12,15 +12,15 @@ from fastapi import FastAPI
 from common.app import create_service_app, database_and_redis
 from inference.api import router
 from inference.crypto import Keyring
-from inference.events import EventSink
+from inference.events import EventSink, MetricLabels
 from inference.providers.base import Provider
 from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
 from inference.routing import CircuitBreaker, RetryPolicy, Router
-from inference.service import Engine, TtlCache
-from inference.settings import InferenceSettings
+from inference.service import PROVIDERS, Engine, TtlCache
+from inference.settings import DEFAULT_PRICES, InferenceSettings
 
 
 def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
@@ -54,6 +54,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.redis,
             buffer_size=settings.telemetry_buffer_size,
             linger=settings.telemetry_flush_seconds,
+            labels=MetricLabels(
+                PROVIDERS,
+                priced=[*DEFAULT_PRICES, *settings.prices],
+                max_learned=settings.metrics_max_models,
+            ),
         )
         engine = Engine(
             settings=settings,

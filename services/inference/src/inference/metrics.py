@@ -1,4 +1,8 @@
-"""Prometheus metrics of the inference service (per replica)."""
+"""Prometheus metrics of the inference service (per replica).
+
+Label values are bounded whatever callers send: `model` is a priced model, one that
+answered (INFERENCE_METRICS_MAX_MODELS of them at most) or `other`, and `provider` one of
+the providers or `other` (events.MetricLabels)."""
 
 from __future__ import annotations
 

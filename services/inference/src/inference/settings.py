@@ -63,6 +63,9 @@ class InferenceSettings(DatabaseSettings):
     max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_stream_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_stream_chunk_bytes: int = Field(256 * 1024, ge=1024)
+    # Model names that get a label of their own in the Prometheus metrics, beyond the priced
+    # ones: the first this many that answered a call, per replica. The rest are `other`.
+    metrics_max_models: int = Field(100, ge=0)
     # How long resolved credentials and aliases are cached in memory.
     cache_seconds: float = Field(30.0, ge=0)
     prices: dict[str, Price] = {}
