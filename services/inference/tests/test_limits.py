@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -198,3 +199,31 @@ async def test_metric_labels_name_only_priced_or_answering_models(
     assert not [label for label in labels if "junk" in label]
     assert {"other", "openai/tuned-first", "openai/gpt-4o-mini"} <= labels
     assert "openai/tuned-second" not in labels  # past INFERENCE_METRICS_MAX_MODELS
+
+
+# ---------------------------------------------------------------- the local model's queue
+
+
+async def test_a_full_local_queue_is_a_503_with_retry_after(make_inference: MakeInference) -> None:
+    # Aliases cached: the calls below run at once, and the test database takes one at a time.
+    # The model loads on the first call: the deadline leaves it time to.
+    limits = {"local_max_queued_texts": 300, "request_deadline_seconds": 300}
+    async with make_inference(cache_seconds=60, **limits) as inference:
+        body = {"model": "local/all-MiniLM-L6-v2", "input": ["warm up"]}
+        assert (await inference.call("POST", "/v1/embeddings", json=body)).status_code == 200
+        body["input"] = [f"text {i}" for i in range(300)]
+        # The first is taken (the queue is empty), its 300 texts encoded 64 at a time; the
+        # others, arriving meanwhile, would queue 300 texts more.
+        responses = await asyncio.gather(
+            *(inference.call("POST", "/v1/embeddings", json=body) for _ in range(4))
+        )
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses[0] == 200
+    busy = [r for r in responses if r.status_code == 503]
+    assert busy, statuses
+    assert set(statuses) <= {200, 503}
+    for response in busy:
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith(":overloaded")
+        assert int(response.headers["retry-after"]) > 0

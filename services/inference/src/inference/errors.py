@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from common.errors import BadGateway, BadRequest, Conflict, Forbidden, NotFound, Problem
+from common.errors import (
+    BadGateway,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    ServiceUnavailable,
+)
 
 
 class ModelNotFound(NotFound):
@@ -52,6 +60,12 @@ class AnswerRefused(BadGateway):
     limited): refused, not retried."""
 
     slug = "answer-refused"
+
+
+class Overloaded(ServiceUnavailable):
+    """The local model has more work queued than it may (INFERENCE_LOCAL_MAX_QUEUED_TEXTS)."""
+
+    slug = "overloaded"
 
 
 class DeadlineExceeded(Problem):

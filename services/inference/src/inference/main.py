@@ -39,7 +39,9 @@ def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
             read_timeout=settings.read_timeout_seconds, answer_limits=limits
         ),
     }
-    local = LocalProvider(threads=settings.local_threads)
+    local = LocalProvider(
+        threads=settings.local_threads, max_queued=settings.local_max_queued_texts
+    )
     if settings.local_preload:
         local.preload()  # torch and the weights load in the background, not on first use
     providers["local"] = local

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import struct
 import time
 import uuid
@@ -31,6 +32,7 @@ from inference.errors import (
     ModelNotFound,
     NameTaken,
     NoCredential,
+    Overloaded,
     ProviderAuthFailed,
     ProviderRejected,
     SharedNeedsAdmin,
@@ -360,6 +362,9 @@ def _problem(exc: Exception, trail: Trail) -> Exception:
             return ProviderAuthFailed(f"{where} refused the credential: {exc.message}", **extra)
         if exc.kind == "too_large":
             return AnswerRefused(f"{where}'s answer was refused: {exc.message}", **extra)
+        if exc.kind == "overloaded":
+            retry_after = str(math.ceil(exc.retry_after or 1))
+            return Overloaded(exc.message, headers={"Retry-After": retry_after}, **extra)
         return ProviderRejected(f"{where} rejected the request: {exc.message}", **extra)
     assert isinstance(exc, AllTargetsFailed)
     last = trail.errors[-1].message if trail.errors else "no target could be called"

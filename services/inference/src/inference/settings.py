@@ -79,6 +79,9 @@ class InferenceSettings(DatabaseSettings):
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"
     )
     local_threads: int = Field(2, ge=1)
+    # Texts waiting for the local model; a call that would queue more is refused with 503
+    # and Retry-After (a call finding the queue empty is always taken, whatever its size).
+    local_max_queued_texts: int = Field(4096, ge=1)
     # Load the local model at start-up (in the background) rather than on the first call.
     local_preload: bool = True
 
