@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -10,6 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.fakes.hf_server import DEFAULT_MODEL_ID
+from common.identity import SignedIdentity
+from common.testing import LiveServer, signing_key
 
 from .conftest import HF_TOKEN, Inference, MakeInference, Upstream, member
 from .test_chat import ask, sse
@@ -109,6 +112,11 @@ def error_event(response: httpx.Response) -> dict[str, Any]:
             {"max_stream_chunk_bytes": 4096}, "x" * 10_000 + " more" * 100, 0.01, "too_large",
             "INFERENCE_MAX_STREAM_CHUNK_BYTES", id="one-event",
         ),
+        # 100 words, one every 0.2 s: 20 s, were it not cut.
+        pytest.param(
+            {"stream_max_seconds": 1.0}, "words:100", 0.2, "stream_too_long",
+            "INFERENCE_STREAM_MAX_SECONDS", id="duration",
+        ),
     ],
 )  # fmt: skip
 async def test_a_stream_past_a_limit_ends_with_an_error_event(
@@ -134,6 +142,50 @@ async def test_a_stream_past_a_limit_ends_with_an_error_event(
     assert (event.status, event.error_type) == ("error", code)
     (seen,) = openai_upstream.control.requests_to(ROUTE)
     assert not seen.completed
+
+
+async def test_a_user_has_at_most_the_allowed_streams_open_at_once(
+    make_inference: MakeInference, openai_upstream: Upstream
+) -> None:
+    async with make_inference(max_concurrent_streams=2) as inference:
+        for user in (ALICE, BOB):
+            await inference.credential(openai_upstream.url, identity=user)
+        # Alice's first two streams trickle for 50 s unless she hangs up.
+        openai_upstream.control.delay(ROUTE, between_chunks_seconds=0.5, times=2)
+        key = signing_key(inference.harness.settings)
+        async with LiveServer(inference.app, lifespan=False) as server:
+
+            def client(user: Any) -> httpx.AsyncClient:
+                return httpx.AsyncClient(
+                    base_url=server.url, auth=SignedIdentity(key, user), timeout=30
+                )
+
+            async with client(ALICE) as alice, client(BOB) as bob:
+                async with contextlib.AsyncExitStack() as open_streams:
+                    readers = []  # a dropped reader would close its stream
+                    for _ in range(2):
+                        stream = await open_streams.enter_async_context(
+                            alice.stream("POST", CHAT, json=ask("words:100", stream=True))
+                        )
+                        assert stream.status_code == 200
+                        readers.append(stream.aiter_raw())
+                        assert await anext(readers[-1])
+                    third = await alice.post(CHAT, json=ask(stream=True))
+                    bobs = await bob.post(CHAT, json=ask(stream=True))
+                # Alice hung up on both: her leases come back once inference sees it.
+                for _ in range(200):
+                    again = await alice.post(CHAT, json=ask(stream=True))
+                    if again.status_code != 429:
+                        break
+                    await asyncio.sleep(0.05)
+
+    assert third.status_code == 429
+    assert third.headers["content-type"] == "application/problem+json"
+    assert third.json()["type"].endswith(":too-many-streams")
+    assert int(third.headers["retry-after"]) > 0
+    assert bobs.status_code == 200
+    assert sse(bobs.text)[-1] == "[DONE]"
+    assert again.status_code == 200
 
 
 # ---------------------------------------------------------------- circuits

@@ -10,6 +10,7 @@ from common.errors import (
     NotFound,
     Problem,
     ServiceUnavailable,
+    TooManyRequests,
 )
 
 
@@ -66,6 +67,10 @@ class Overloaded(ServiceUnavailable):
     """The local model has more work queued than it may (INFERENCE_LOCAL_MAX_QUEUED_TEXTS)."""
 
     slug = "overloaded"
+
+
+class TooManyStreams(TooManyRequests):
+    slug = "too-many-streams"
 
 
 class DeadlineExceeded(Problem):

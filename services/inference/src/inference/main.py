@@ -21,6 +21,7 @@ from inference.providers.openai import OpenAIProvider
 from inference.routing import CircuitBreaker, RetryPolicy, Router
 from inference.service import PROVIDERS, Engine, TtlCache
 from inference.settings import DEFAULT_PRICES, InferenceSettings
+from inference.streams import StreamSlots
 
 
 def build_providers(settings: InferenceSettings) -> dict[str, Provider]:
@@ -84,6 +85,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             sink=sink,
             credentials=TtlCache(settings.cache_seconds),
             aliases=TtlCache(settings.cache_seconds),
+            streams=StreamSlots(
+                app.state.redis,
+                cap=settings.max_concurrent_streams,
+                lifetime=settings.stream_max_seconds,
+            ),
         )
         app.state.inference = engine
         sink.start()

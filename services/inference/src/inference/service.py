@@ -50,6 +50,7 @@ from inference.providers.base import ChatStream, Credential, Provider, ProviderE
 from inference.routing import AllTargetsFailed, Outcome, Router, Target, Trail
 from inference.schemas import AliasCreate, CredentialCreate
 from inference.settings import InferenceSettings
+from inference.streams import StreamSlots
 
 log = structlog.get_logger(__name__)
 PROVIDERS = ("openai", "huggingface", "local")
@@ -91,6 +92,7 @@ class Engine:
     sink: EventSink
     credentials: TtlCache
     aliases: TtlCache
+    streams: StreamSlots
 
 
 def _owner(identity: Identity) -> uuid.UUID | None:
@@ -444,21 +446,49 @@ async def chat_stream(
     db: AsyncSession, engine: Engine, *, identity: Identity, request: dict[str, Any]
 ) -> AsyncIterator[bytes]:
     """Retries and fallbacks happen until the first chunk; from then on the stream is the
-    client's, and a failure becomes an SSE error event (never a silent retry)."""
+    client's, and a failure becomes an SSE error event (never a silent retry).
+
+    A user has at most INFERENCE_MAX_CONCURRENT_STREAMS streams open (429 past them), each
+    for at most INFERENCE_STREAM_MAX_SECONDS from the request's arrival (then it ends with
+    an error event): a provider that trickles cannot hold connections for ever."""
     alias, targets = await resolve_model(db, engine, request["model"])
     call = Call(engine, identity, request["model"], alias, "chat", stream=True)
-    outcome = await _routed(db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request))
+    owner = identity.user_id or identity.sub
+    lease = await engine.streams.acquire(owner)
+    opened = False
+    try:
+        outcome = await _routed(
+            db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request)
+        )
+        opened = True
+    finally:
+        if not opened:
+            await engine.streams.release(owner, lease)
     stream: ChatStream = outcome.result
     ttft = time.monotonic() - call.started
+    limit = engine.settings.stream_max_seconds
+    # On the event loop's clock: time.monotonic(), as call.started.
+    deadline = asyncio.get_running_loop().time() + limit - ttft
 
     async def events() -> AsyncIterator[bytes]:
         status, error_type, text = "cancelled", None, []
+        chunks = aiter(stream)
         try:
-            async for chunk in stream:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
                 chunk["model"] = request["model"]
                 text.append(completion_text(chunk))
                 yield _sse(chunk)
             status = "ok"
+        except TimeoutError:
+            status, error_type = "error", "stream_too_long"
+            message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
+            yield _sse({"error": {"message": message, "type": "upstream_error",
+                                  "code": error_type}})  # fmt: skip
         except ProviderError as exc:
             status, error_type = "error", exc.kind
             yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
@@ -479,6 +509,7 @@ async def chat_stream(
                 ttft=ttft,
             )
             await stream.aclose()
+            await engine.streams.release(owner, lease)
         yield b"data: [DONE]\n\n"
 
     return events()

@@ -63,6 +63,11 @@ class InferenceSettings(DatabaseSettings):
     max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_stream_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_stream_chunk_bytes: int = Field(256 * 1024, ge=1024)
+    # How long a stream may last from the request's arrival; then it ends with an error event.
+    stream_max_seconds: float = Field(600.0, gt=0)
+    # Streams one user may have open at once, every replica together; more are refused with
+    # 429. 0: no limit.
+    max_concurrent_streams: int = Field(8, ge=0)
     # Model names that get a label of their own in the Prometheus metrics, beyond the priced
     # ones: the first this many that answered a call, per replica. The rest are `other`.
     metrics_max_models: int = Field(100, ge=0)
