@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
@@ -233,3 +234,41 @@ async def test_an_invalid_request_id_is_replaced_for_the_upstream_too(
     assert response.headers["x-request-id"] != "bad id with spaces"
     assert response.json()["headers"]["x-request-id"] == response.headers["x-request-id"]
     assert kept.json()["headers"]["x-request-id"] == "trace-me-42"
+
+
+async def test_one_caller_cannot_take_every_connection_to_an_upstream(
+    upstream: Upstream, redis_url: str, session_for: SessionFactory
+) -> None:
+    """Three connections to each upstream, two of them for any one caller: the caller's
+    third stream is refused (429), and someone else still gets through at once."""
+    greedy = await session_for(user_id="00000000-0000-0000-0000-0000000000a1")
+    other = await session_for(user_id="00000000-0000-0000-0000-0000000000b2")
+    settings = gateway_settings(
+        upstream.url, redis_url,
+        upstream_max_connections=3, upstream_max_connections_per_user=2,
+        upstream_connect_timeout_seconds=2,  # waiting for a free connection counts as connecting
+    )  # fmt: skip
+    app = create_app(settings)
+    async with (
+        LiveServer(app) as server,
+        client(server.url, greedy) as greedy_client,
+        client(server.url, other) as other_client,
+        contextlib.AsyncExitStack() as held,
+    ):
+        streams, reading = [], []  # a dropped reader would close its stream
+        for _ in range(3):  # /v1/calls streams until the upstream is told to finish
+            response = await held.enter_async_context(greedy_client.stream("GET", "/v1/calls"))
+            streams.append(response)
+            if response.status_code == 200:
+                reading.append(response.aiter_raw())
+                assert await anext(reading[-1]) == b"data: first\n\n"
+        assert [s.status_code for s in streams] == [200, 200, 429]
+        others = await other_client.get("/v1/usage")  # the same upstream: telemetry
+        upstream.release_second_chunk.set()
+        refused = streams[-1]
+        await refused.aread()
+
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["type"].endswith("too-many-in-flight")
+    assert others.status_code == 200

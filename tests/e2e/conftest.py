@@ -274,9 +274,11 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     sock.close()
 
 
-def new_member_with_key(platform: RunningPlatform, fake_openai: FakeOpenAI, email: str) -> str:
+def new_member_with_key(
+    platform: RunningPlatform, fake_openai: FakeOpenAI, email: str, *, base_url: str | None = None
+) -> str:
     """A member registered through the gateway, with an OpenAI credential pointing at the
-    fake and an API key (returned)."""
+    fake (or at `base_url`) and an API key (returned)."""
     gateway = platform.gateway
     httpx.post(f"{gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD})
     with httpx.Client(base_url=gateway) as browser:
@@ -285,7 +287,7 @@ def new_member_with_key(platform: RunningPlatform, fake_openai: FakeOpenAI, emai
         created = browser.post(
             "/v1/providers/credentials",
             json={"provider": "openai", "name": "local", "api_key": PROVIDER_KEY,
-                  "base_url": fake_openai.url},
+                  "base_url": base_url or fake_openai.url},
         )  # fmt: skip
         assert created.status_code == 201, created.text
         assert created.json()["key_hint"] == PROVIDER_KEY[-4:]

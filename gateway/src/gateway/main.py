@@ -19,7 +19,7 @@ from gateway.api import router
 from gateway.clients import upstream_clients
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import OpenAPICache
-from gateway.proxy import ProxyMiddleware, upstream_sessions
+from gateway.proxy import InFlight, ProxyMiddleware, upstream_sessions
 from gateway.security import Security
 from gateway.settings import GatewaySettings
 
@@ -46,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = create_redis(settings.redis_url)
     app.state.upstreams = clients
     app.state.proxy_upstreams = upstream_sessions(settings)
+    app.state.in_flight = InFlight(settings.upstream_max_connections_per_user)
     app.state.signing_key = settings.internal_signing_key.get_secret_value().encode()
     app.state.redis = redis
     app.state.security = Security(

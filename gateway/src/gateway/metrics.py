@@ -13,7 +13,8 @@ REGISTRY = registry_for("gateway")
 RATE_LIMITED = Counter(
     "gateway_rate_limited_requests_total",
     "Requests refused by the gateway's rate limits, by budget: anonymous, default, model, "
-    "or invalid_api_keys (per client address).",
+    "invalid_api_keys (per client address) or in_flight (a caller's share of an upstream's "
+    "connections).",
     ("budget",),
     registry=REGISTRY,
 )

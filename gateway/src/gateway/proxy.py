@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,10 +23,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
-from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
+from common.errors import BadGateway, GatewayTimeout, Problem, TooManyRequests, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
 from common.identity import Identity, request_target, sign
 from gateway.deps import caller_identity
+from gateway.metrics import RATE_LIMITED
 from gateway.routes import rule_for
 from gateway.settings import GatewaySettings
 
@@ -80,6 +81,45 @@ class ClientClosed(Problem):
     """The caller hung up before the answer (nginx's 499, for the logs and metrics)."""
 
     status, slug, title = 499, "client-closed", "Client Closed Request"
+
+
+class TooManyInFlight(TooManyRequests):
+    slug = "too-many-in-flight"
+
+
+class InFlight:
+    """How many requests each caller has in flight to each upstream on this replica, held
+    to `limit` (0: no limit), so that no one caller holds all of an upstream's pool
+    (GATEWAY_UPSTREAM_MAX_CONNECTIONS) with slow calls or endless streams. An entry lives
+    only while its requests do."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[tuple[str, str], int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, upstream: str, caller: str | None) -> Iterator[None]:
+        """One request of `caller`'s to `upstream`, or TooManyInFlight. Anonymous callers
+        (sign-in, registration) only reach auth, briefly, and are rate-limited by IP."""
+        if caller is None or not self.limit:
+            yield
+            return
+        key = (upstream, caller)
+        held = self._counts.get(key, 0)
+        if held >= self.limit:
+            RATE_LIMITED.labels("in_flight").inc()
+            raise TooManyInFlight(
+                f"You have {held} requests in flight to the {upstream} service, the most "
+                "allowed at once; retry when one has finished.",
+                headers={"Retry-After": "1"},
+            )
+        self._counts[key] = held + 1
+        try:
+            yield
+        finally:
+            held = self._counts.pop(key) - 1
+            if held:
+                self._counts[key] = held
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -189,12 +229,13 @@ class ProxyMiddleware:
         request = Request(scope, receive)
         try:
             identity = await caller_identity(request, security=state.security, settings=settings)
-            await Exchange(
-                scope, receive, send,
-                upstream=state.proxy_upstreams[rule.upstream],
-                signing_key=state.signing_key,
-                max_body_bytes=settings.max_body_bytes,
-            ).run(identity)  # fmt: skip
+            with state.in_flight.hold(rule.upstream, identity.user_id):
+                await Exchange(
+                    scope, receive, send,
+                    upstream=state.proxy_upstreams[rule.upstream],
+                    signing_key=state.signing_key,
+                    max_body_bytes=settings.max_body_bytes,
+                ).run(identity)  # fmt: skip
         except Problem as exc:
             await render_problem(request, exc)(scope, receive, send)
 

@@ -31,7 +31,11 @@ class GatewaySettings(ServiceSettings):
     # Upstream time limits: connecting, and waiting for each piece of a response.
     upstream_connect_timeout_seconds: float = 5.0
     upstream_read_timeout_seconds: float = 120.0
-    upstream_max_connections: int = 200
+    # Connections to each upstream (per gateway replica), and how many of them one caller
+    # (a user, with all their API keys) may hold at once; past that, 429. See README.md:
+    # the per-caller share keeps one caller from taking the whole pool. 0: no per-caller cap.
+    upstream_max_connections: int = Field(200, ge=1)
+    upstream_max_connections_per_user: int = Field(16, ge=0)
     max_body_bytes: int = 16 * 1024 * 1024
     # Browser origins allowed to call with credentials (CORS); empty: no CORS headers.
     cors_origins: list[str] = []

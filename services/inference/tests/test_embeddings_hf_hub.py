@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from common.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
 from common.llm_events import LlmCallEvent
-from inference.events import EventSink
+from inference.events import EventSink, MetricLabels
 
 from .conftest import HF_TOKEN, Inference, MakeInference, Upstream
 
@@ -119,7 +119,7 @@ async def test_events_wait_in_memory_while_redis_is_away_and_the_oldest_go_first
     refused_port: int,
 ) -> None:
     unreachable = Redis.from_url(f"redis://127.0.0.1:{refused_port}/0", socket_connect_timeout=0.2)
-    sink = EventSink(unreachable, buffer_size=3)
+    sink = EventSink(unreachable, buffer_size=3, labels=MetricLabels((), (), 0))
     sink.start()
     try:
         for n in range(5):

@@ -154,6 +154,25 @@ async def test_the_event_loop_keeps_running_while_a_batch_encodes(
     assert during >= 5
 
 
+async def test_a_call_that_would_overfill_the_queue_is_refused_at_once() -> None:
+    local = LocalProvider(max_queued=100)
+    first = asyncio.create_task(local.embed(NO_CREDENTIAL, MODEL, ["queued"] * 100))
+    await asyncio.sleep(0)  # the first call queues its texts (the queue was empty: taken)
+
+    with pytest.raises(ProviderError) as caught:
+        await local.embed(NO_CREDENTIAL, MODEL, ["one more"] * 100)
+    served = await first
+    await local.aclose()
+
+    assert (caught.value.kind, caught.value.status, caught.value.retryable) == (
+        "overloaded",
+        503,
+        False,
+    )
+    assert caught.value.retry_after
+    assert len(served.vectors) == 100
+
+
 async def test_an_unknown_model_is_a_404(provider: LocalProvider) -> None:
     with pytest.raises(ProviderError) as caught:
         await provider.embed(NO_CREDENTIAL, "bge-small-en", ["text"])

@@ -210,6 +210,22 @@ async def test_500_then_success(client: AsyncOpenAI, control: FaultControl) -> N
     assert len(control.requests_to(CHAT)) == 3
 
 
+async def test_a_compressed_answer_comes_gzipped_whatever_was_accepted(
+    openai_url: str, control: FaultControl
+) -> None:
+    control.compress(CHAT)
+    body = {"model": "m", "messages": MESSAGES}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{openai_url}{CHAT}",
+            json=body,
+            headers={"Authorization": f"Bearer {API_KEY}", "Accept-Encoding": "identity"},
+        )
+
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.json()["choices"][0]["message"]["content"] == "echo: hello there world"
+
+
 async def test_sdk_retries_through_500s(openai_url: str, control: FaultControl) -> None:
     control.fail(CHAT, status=500, times=2)
     async with AsyncOpenAI(base_url=f"{openai_url}/v1", api_key=API_KEY, max_retries=2) as sdk:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from common.errors import BadGateway, BadRequest, Conflict, Forbidden, NotFound, Problem
+from common.errors import (
+    BadGateway,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 
 
 class ModelNotFound(NotFound):
@@ -58,6 +67,23 @@ class ProviderAuthFailed(BadGateway):
 
 class UpstreamFailed(BadGateway):
     slug = "upstream-failed"
+
+
+class AnswerRefused(BadGateway):
+    """The provider's answer was over a size limit (or compressed, so it could not be
+    limited): refused, not retried."""
+
+    slug = "answer-refused"
+
+
+class Overloaded(ServiceUnavailable):
+    """The local model has more work queued than it may (INFERENCE_LOCAL_MAX_QUEUED_TEXTS)."""
+
+    slug = "overloaded"
+
+
+class TooManyStreams(TooManyRequests):
+    slug = "too-many-streams"
 
 
 class DeadlineExceeded(Problem):

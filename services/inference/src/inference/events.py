@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Iterable
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -72,14 +73,46 @@ def completion_text(body: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+OTHER = "other"
+
+
+class MetricLabels:
+    """The label values a call event gets in the Prometheus metrics, from a bounded set.
+
+    Callers name any model they like (`local/<anything>`, `openai/<anything>` against their
+    own endpoint), and each label value is a time series kept for the life of the process.
+    So a model has a label of its own only if it is priced (configured), or once a call to
+    it succeeded, for the first `max_learned` such models; any other name is `other`."""
+
+    def __init__(self, providers: Iterable[str], priced: Iterable[str], max_learned: int) -> None:
+        self._providers = frozenset(providers)
+        self._known = set(priced)
+        self._learned = 0
+        self._max_learned = max_learned
+
+    def __call__(self, event: LlmCallEvent) -> tuple[str, str]:
+        """(provider, model) labels for `event`."""
+        provider = event.provider if event.provider in self._providers else OTHER
+        model = event.model
+        if model not in self._known:
+            if event.status != "ok" or self._learned >= self._max_learned:
+                return provider, OTHER
+            self._known.add(model)
+            self._learned += 1
+        return provider, model
+
+
 class EventSink:
     """Never blocks or fails the caller: events queue in memory, a task writes them.
 
     After the first event of a batch the writer waits `linger` seconds for more, so a busy
     replica makes one Redis round trip per batch rather than per call."""
 
-    def __init__(self, redis: Redis, *, buffer_size: int, linger: float = 0.0) -> None:
+    def __init__(
+        self, redis: Redis, *, buffer_size: int, labels: MetricLabels, linger: float = 0.0
+    ) -> None:
         self._redis = redis
+        self._labels = labels
         self._linger = linger
         self._buffer: deque[LlmCallEvent] = deque()
         self._limit = buffer_size
@@ -98,9 +131,8 @@ class EventSink:
         TELEMETRY_BUFFERED.set(len(self._buffer))
         self._wake.set()
 
-    @staticmethod
-    def _record_metrics(event: LlmCallEvent) -> None:
-        labels = (event.provider, event.model)
+    def _record_metrics(self, event: LlmCallEvent) -> None:
+        labels = self._labels(event)
         LLM_REQUESTS.labels(*labels, event.status).inc()
         LLM_DURATION.labels(*labels).observe(event.latency_ms / 1000)
         if event.ttft_ms is not None:

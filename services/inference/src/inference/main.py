@@ -12,27 +12,36 @@ from fastapi import FastAPI
 from common.app import create_service_app, database_and_redis
 from inference.api import router
 from inference.crypto import Keyring
-from inference.events import EventSink
+from inference.events import EventSink, MetricLabels
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
+from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
 from inference.routing import CircuitBreaker, RetryPolicy, Router
-from inference.service import Engine, TtlCache
-from inference.settings import InferenceSettings
+from inference.service import PROVIDERS, Engine, TtlCache
+from inference.settings import DEFAULT_PRICES, InferenceSettings
+from inference.streams import StreamSlots
 
 
 def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[str, Provider]:
+    limits = AnswerLimits(
+        body_bytes=settings.max_response_bytes,
+        stream_bytes=settings.max_stream_bytes,
+        event_bytes=settings.max_stream_chunk_bytes,
+    )
     timeouts = {
         "connect_timeout": settings.connect_timeout_seconds,
         "read_timeout": settings.read_timeout_seconds,
     }
     providers: dict[str, Any] = {
-        "openai": OpenAIProvider(**timeouts, egress=egress),
-        "huggingface": HuggingFaceProvider(**timeouts, egress=egress),
+        "openai": OpenAIProvider(**timeouts, egress=egress, answer_limits=limits),
+        "huggingface": HuggingFaceProvider(**timeouts, egress=egress, answer_limits=limits),
     }
-    local = LocalProvider(threads=settings.local_threads)
+    local = LocalProvider(
+        threads=settings.local_threads, max_queued=settings.local_max_queued_texts
+    )
     if settings.local_preload:
         local.preload()  # torch and the weights load in the background, not on first use
     providers["local"] = local
@@ -47,6 +56,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.redis,
             buffer_size=settings.telemetry_buffer_size,
             linger=settings.telemetry_flush_seconds,
+            labels=MetricLabels(
+                PROVIDERS,
+                priced=[*DEFAULT_PRICES, *settings.prices],
+                max_learned=settings.metrics_max_models,
+            ),
         )
         egress = EgressPolicy.from_settings(settings)
         engine = Engine(
@@ -60,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     threshold=settings.circuit_failure_threshold,
                     cooldown=settings.circuit_cooldown_seconds,
                     sync_interval=settings.circuit_sync_seconds,
+                    state_ttl=settings.circuit_state_seconds,
                 ),
                 RetryPolicy(
                     max_attempts=settings.max_attempts,
@@ -71,6 +86,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             sink=sink,
             credentials=TtlCache(settings.cache_seconds),
             aliases=TtlCache(settings.cache_seconds),
+            streams=StreamSlots(
+                app.state.redis,
+                cap=settings.max_concurrent_streams,
+                lifetime=settings.stream_max_seconds,
+            ),
         )
         app.state.inference = engine
         sink.start()

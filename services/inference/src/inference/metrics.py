@@ -1,4 +1,8 @@
-"""Prometheus metrics of the inference service (per replica)."""
+"""Prometheus metrics of the inference service (per replica).
+
+Label values are bounded whatever callers send: `model` is a priced model, one that
+answered (INFERENCE_METRICS_MAX_MODELS of them at most) or `other`, and `provider` one of
+the providers or `other` (events.MetricLabels)."""
 
 from __future__ import annotations
 
@@ -40,10 +44,10 @@ LLM_TTFT = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-CIRCUIT_OPEN = Gauge(
-    "inference_circuit_open",
-    "1 while this replica last saw the target's circuit open.",
-    ("target",),
+CIRCUIT_SKIPS = Counter(
+    "inference_circuit_skips_total",
+    "Targets skipped because the circuit of their model and credential was open, by provider.",
+    ("provider",),
     registry=REGISTRY,
 )
 TELEMETRY_BUFFERED = Gauge(

@@ -1,9 +1,11 @@
 """Retries with backoff and full jitter, a deadline, fallbacks across targets, and a
-circuit breaker per target whose state lives in Redis (every replica agrees)."""
+circuit breaker per target and credential whose state lives in Redis (every replica
+agrees)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +17,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from inference.metrics import CIRCUIT_OPEN
+from inference.metrics import CIRCUIT_SKIPS
 from inference.providers.base import ProviderError
 
 log = structlog.get_logger(__name__)
@@ -27,6 +29,8 @@ T = TypeVar("T")
 class Target:
     provider: str  # openai | huggingface | local
     model: str  # the provider's own model name
+    # The credential to call with: an alias target names one; the router's targets always
+    # carry the one resolved for the caller (see service._routed).
     credential_id: str | None = None
 
     @property
@@ -35,6 +39,8 @@ class Target:
 
     @property
     def circuit_key(self) -> str:
+        """One circuit per model and credential: a member whose own endpoint is dead opens
+        a circuit that only their own calls go through. `-`: no credential (local)."""
         return f"{self.name}|{self.credential_id or '-'}"
 
 
@@ -75,13 +81,13 @@ if tonumber(ARGV[1]) - opened < tonumber(ARGV[2]) then return 0 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', math.ceil(tonumber(ARGV[2]))) then return 2 end
 return 0
 """
-# KEYS: circuit hash, probe key. ARGV: now, threshold.
+# KEYS: circuit hash, probe key. ARGV: now, threshold, seconds the state lives.
 _FAIL = """
 local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if n >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1])
 end
-redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[2])
 return n
 """
@@ -94,10 +100,18 @@ class CircuitBreaker:
     trusts that for `sync_interval` seconds without asking again (no Redis round trip per
     call on the healthy path), so a circuit another replica opens is seen within that
     time; its own failures it sees at once. A success clears the count in Redis only when
-    there is something to clear."""
+    there is something to clear. A circuit's state expires `state_ttl` seconds after its
+    last failure (at least the cool-down): a key per model and credential that ever failed
+    would otherwise stay."""
 
     def __init__(
-        self, redis: Redis, *, threshold: int, cooldown: float, sync_interval: float = 1.0
+        self,
+        redis: Redis,
+        *,
+        threshold: int,
+        cooldown: float,
+        sync_interval: float = 1.0,
+        state_ttl: float = 300.0,
     ) -> None:
         self._redis = redis
         self._allow = redis.register_script(_ALLOW)
@@ -105,6 +119,7 @@ class CircuitBreaker:
         self.threshold = threshold
         self.cooldown = cooldown
         self.sync_interval = sync_interval
+        self.state_ttl = math.ceil(max(state_ttl, cooldown))
         # circuit key -> monotonic time until which "closed, no failures" is trusted
         self._clean_until: dict[str, float] = {}
 
@@ -131,7 +146,7 @@ class CircuitBreaker:
     async def failed(self, target: Target, now: float) -> None:
         self._clean_until.pop(target.circuit_key, None)
         try:
-            await self._fail(keys=self._keys(target), args=[now, self.threshold])
+            await self._fail(keys=self._keys(target), args=[now, self.threshold, self.state_ttl])
         except RedisError:
             log.warning("circuit state unavailable", target=target.name)
 
@@ -182,7 +197,7 @@ class Router:
         for index, target in enumerate(targets):
             if not await self.breaker.allows(target, time.time()):
                 log.info("circuit open, skipping target", target=target.name)
-                CIRCUIT_OPEN.labels(target.name).set(1)
+                CIRCUIT_SKIPS.labels(target.provider).inc()
                 continue
             all_open = False
             for attempt in range(self.policy.max_attempts):
@@ -233,7 +248,6 @@ class Router:
                     await asyncio.sleep(pause)
                     continue
                 await self.breaker.succeeded(target)
-                CIRCUIT_OPEN.labels(target.name).set(0)
                 return Outcome(
                     result=result, target=target, attempts=trail.attempts, fallback=index > 0
                 )

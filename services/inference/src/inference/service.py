@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -23,6 +24,7 @@ from inference import repository
 from inference.crypto import Keyring
 from inference.errors import (
     AliasNotFound,
+    AnswerRefused,
     CircuitOpen,
     CredentialNotFound,
     DeadlineExceeded,
@@ -31,6 +33,7 @@ from inference.errors import (
     ModelNotFound,
     NameTaken,
     NoCredential,
+    Overloaded,
     ProviderAuthFailed,
     ProviderRedirected,
     ProviderRejected,
@@ -50,6 +53,7 @@ from inference.providers.egress import DestinationRefused, EgressPolicy, Redirec
 from inference.routing import AllTargetsFailed, Outcome, Router, Target, Trail
 from inference.schemas import AliasCreate, CredentialCreate
 from inference.settings import InferenceSettings
+from inference.streams import StreamSlots
 
 log = structlog.get_logger(__name__)
 PROVIDERS = ("openai", "huggingface", "local")
@@ -92,6 +96,7 @@ class Engine:
     sink: EventSink
     credentials: TtlCache
     aliases: TtlCache
+    streams: StreamSlots
 
 
 def _owner(identity: Identity) -> uuid.UUID | None:
@@ -372,6 +377,11 @@ def _problem(exc: Exception, trail: Trail) -> Exception:
     if isinstance(exc, ProviderError):
         if exc.status in (401, 403):
             return ProviderAuthFailed(f"{where} refused the credential: {exc.message}", **extra)
+        if exc.kind == "too_large":
+            return AnswerRefused(f"{where}'s answer was refused: {exc.message}", **extra)
+        if exc.kind == "overloaded":
+            retry_after = str(math.ceil(exc.retry_after or 1))
+            return Overloaded(exc.message, headers={"Retry-After": retry_after}, **extra)
         return ProviderRejected(f"{where} rejected the request: {exc.message}", **extra)
     assert isinstance(exc, AllTargetsFailed)
     last = trail.errors[-1].message if trail.errors else "no target could be called"
@@ -394,16 +404,17 @@ async def _routed(
 ) -> Outcome[Any]:
     engine = call.engine
     # Credentials are looked up once, before any attempt; a target without one is skipped
-    # when there are others, and reported when it is the only one.
+    # when there are others, and reported when it is the only one. Each target then names
+    # the credential it is called with, and so has a circuit of its own (Target.circuit_key).
     usable: list[tuple[Target, Credential]] = []
     missing: NoCredential | None = None
     for target in targets:
         try:
-            usable.append(
-                (target, await credential_for(db, engine, identity=call.identity, target=target))
-            )
+            credential = await credential_for(db, engine, identity=call.identity, target=target)
         except NoCredential as exc:
             missing = exc
+            continue
+        usable.append((replace(target, credential_id=credential.id), credential))
     if not usable and missing is not None:
         raise missing
     by_target = dict(usable)
@@ -450,21 +461,49 @@ async def chat_stream(
     db: AsyncSession, engine: Engine, *, identity: Identity, request: dict[str, Any]
 ) -> AsyncIterator[bytes]:
     """Retries and fallbacks happen until the first chunk; from then on the stream is the
-    client's, and a failure becomes an SSE error event (never a silent retry)."""
+    client's, and a failure becomes an SSE error event (never a silent retry).
+
+    A user has at most INFERENCE_MAX_CONCURRENT_STREAMS streams open (429 past them), each
+    for at most INFERENCE_STREAM_MAX_SECONDS from the request's arrival (then it ends with
+    an error event): a provider that trickles cannot hold connections for ever."""
     alias, targets = await resolve_model(db, engine, request["model"])
     call = Call(engine, identity, request["model"], alias, "chat", stream=True)
-    outcome = await _routed(db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request))
+    owner = identity.user_id or identity.sub
+    lease = await engine.streams.acquire(owner)
+    opened = False
+    try:
+        outcome = await _routed(
+            db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request)
+        )
+        opened = True
+    finally:
+        if not opened:
+            await engine.streams.release(owner, lease)
     stream: ChatStream = outcome.result
     ttft = time.monotonic() - call.started
+    limit = engine.settings.stream_max_seconds
+    # On the event loop's clock: time.monotonic(), as call.started.
+    deadline = asyncio.get_running_loop().time() + limit - ttft
 
     async def events() -> AsyncIterator[bytes]:
         status, error_type, text = "cancelled", None, []
+        chunks = aiter(stream)
         try:
-            async for chunk in stream:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
                 chunk["model"] = request["model"]
                 text.append(completion_text(chunk))
                 yield _sse(chunk)
             status = "ok"
+        except TimeoutError:
+            status, error_type = "error", "stream_too_long"
+            message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
+            yield _sse({"error": {"message": message, "type": "upstream_error",
+                                  "code": error_type}})  # fmt: skip
         except ProviderError as exc:
             status, error_type = "error", exc.kind
             yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
@@ -485,6 +524,7 @@ async def chat_stream(
                 ttft=ttft,
             )
             await stream.aclose()
+            await engine.streams.release(owner, lease)
         yield b"data: [DONE]\n\n"
 
     return events()

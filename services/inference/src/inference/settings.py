@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from common.settings import DatabaseSettings
@@ -67,6 +67,22 @@ class InferenceSettings(DatabaseSettings):
     # How long a replica trusts "closed, no failures" before asking Redis again: a circuit
     # another replica opens is seen within this time. 0: ask on every call.
     circuit_sync_seconds: float = Field(1.0, ge=0)
+    # A circuit's state (its failures, open or not) is forgotten this long after its last
+    # failure: failures further apart do not add up, and no failed name stays in Redis.
+    circuit_state_seconds: float = Field(300.0, gt=0)
+    # The most a provider may send back: a plain answer (or an error's body), a whole
+    # stream, one event of a stream. Past one the call fails with 502, not retried.
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_stream_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_stream_chunk_bytes: int = Field(256 * 1024, ge=1024)
+    # How long a stream may last from the request's arrival; then it ends with an error event.
+    stream_max_seconds: float = Field(600.0, gt=0)
+    # Streams one user may have open at once, every replica together; more are refused with
+    # 429. 0: no limit.
+    max_concurrent_streams: int = Field(8, ge=0)
+    # Model names that get a label of their own in the Prometheus metrics, beyond the priced
+    # ones: the first this many that answered a call, per replica. The rest are `other`.
+    metrics_max_models: int = Field(100, ge=0)
     # How long resolved credentials and aliases are cached in memory.
     cache_seconds: float = Field(30.0, ge=0)
     prices: dict[str, Price] = {}
@@ -87,6 +103,9 @@ class InferenceSettings(DatabaseSettings):
     refused_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
     refused_endpoints: Annotated[list[str], NoDecode] = []
     local_threads: int = Field(2, ge=1)
+    # Texts waiting for the local model; a call that would queue more is refused with 503
+    # and Retry-After (a call finding the queue empty is always taken, whatever its size).
+    local_max_queued_texts: int = Field(4096, ge=1)
     # Load the local model at start-up (in the background) rather than on the first call.
     local_preload: bool = True
 
@@ -105,6 +124,15 @@ class InferenceSettings(DatabaseSettings):
         for endpoint in value:
             parse_endpoint(endpoint)  # ValueError: the setting is refused at start-up
         return value
+
+    @model_validator(mode="after")
+    def _circuit_outlives_its_cooldown(self) -> InferenceSettings:
+        if self.circuit_state_seconds < self.circuit_cooldown_seconds:
+            raise ValueError(
+                "INFERENCE_CIRCUIT_STATE_SECONDS must be at least "
+                "INFERENCE_CIRCUIT_COOLDOWN_SECONDS: an open circuit would close unprobed"
+            )
+        return self
 
     def price_of(self, model: str) -> Price | None:
         return self.prices.get(model) or DEFAULT_PRICES.get(model)

@@ -12,6 +12,7 @@ errors in the protocol's own shape through the app's `ErrorRenderer`.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,7 @@ class Fault:
     after_headers: bool = False
     malformed: bool = False
     cut_after_chunks: int | None = None
+    compressed: bool = False
 
 
 @dataclass(slots=True)
@@ -117,6 +119,11 @@ class FaultControl:
 
         A single-chunk (non-streamed) body is cut in half instead."""
         self._queue(route, Fault(cut_after_chunks=after_chunks), times)
+
+    def compress(self, route: str, *, times: int = 1) -> None:
+        """Answer gzip-compressed (`Content-Encoding: gzip`) whatever the request accepts,
+        as a server that ignores `Accept-Encoding: identity` does (the body is sent whole)."""
+        self._queue(route, Fault(compressed=True), times)
 
     def reset(self) -> None:
         """Forget queued faults and recorded requests."""
@@ -192,6 +199,8 @@ class FaultMiddleware:
         if fault.malformed:
             await _malformed(recorded)(scope, receive, send)
             return
+        if fault.compressed:
+            send = _compressing(send)
         try:
             await self.app(scope, _replay(body, receive), _faulty(send, fault))
         except _StreamCut:
@@ -264,6 +273,34 @@ def _tracking(send: Send, recorded: RecordedRequest) -> Send:
             recorded.completed = True
 
     return tracking
+
+
+def _compressing(send: Send) -> Send:
+    """A send that holds the response back, then sends its body gzip-compressed."""
+    start: Message = {}
+    parts: list[bytes] = []
+
+    async def compressing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        parts.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = gzip.compress(b"".join(parts))
+        headers = [
+            (name, value)
+            for name, value in start["headers"]
+            if name.lower() not in (b"content-length", b"content-encoding")
+        ]
+        headers += [(b"content-encoding", b"gzip"), (b"content-length", str(len(body)).encode())]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return compressing
 
 
 def _faulty(send: Send, fault: Fault) -> Send:

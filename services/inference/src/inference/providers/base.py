@@ -154,12 +154,25 @@ def chat_result(body: dict[str, Any], read_usage: Callable[[Any], Usage | None])
     return ChatResult(body=body, usage=read_usage(body.get("usage")))
 
 
+# A provider's message goes into the caller's problem detail, a span's status and log
+# lines: only its first MESSAGE_MAX_CHARS characters do (a 200 kB one was seen, and every
+# log line is scanned for secrets, per character).
+MESSAGE_MAX_CHARS = 500
+
+
+def clip(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 class ProviderError(Exception):
     """A failed call to a provider, classified for the router.
 
     `retryable`: worth another attempt or another target (timeouts, connection errors,
     408/409/429/5xx, malformed answers). Otherwise a client error (400/401/403/404/422)
-    that comes back to the caller with the provider's own message.
+    that comes back to the caller with the provider's own message, clipped.
     """
 
     def __init__(
@@ -171,6 +184,7 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = clip(message)
         super().__init__(message)
         self.message = message
         self.kind = kind

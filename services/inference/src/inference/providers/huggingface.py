@@ -33,6 +33,7 @@ from inference.providers.egress import (
     egress_error,
     refuse_redirects,
 )
+from inference.providers.limits import AnswerLimits
 
 # chat_completion's own keyword arguments; other request fields travel as extra_body.
 CHAT_KWARGS = frozenset(
@@ -114,7 +115,12 @@ class HuggingFaceProvider:
     name = "huggingface"
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, egress: EgressPolicy
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        egress: EgressPolicy,
+        answer_limits: AnswerLimits,
     ) -> None:
         self._timeout = read_timeout
         self._clients: dict[tuple[str | None, str | None, str], AsyncInferenceClient] = {}
@@ -132,6 +138,8 @@ class HuggingFaceProvider:
                 "response": [refuse_redirects, async_hf_response_event_hook],
             },
         )
+        # Answers read within the limits, error bodies included (its hook goes first).
+        answer_limits.install(self._http)
 
     def _client(self, credential: Credential) -> AsyncInferenceClient:
         """One client per credential and endpoint, reused; one connection pool for all."""

@@ -59,6 +59,22 @@ def _unavailable(detail: str) -> ProviderError:
     )
 
 
+# How long a caller refused by a full queue is told to wait: about how long the model takes
+# to work through a few batches.
+BUSY_RETRY_AFTER_SECONDS = 1.0
+
+
+def _busy(queued: int) -> ProviderError:
+    return ProviderError(
+        f"The local model has {queued} texts waiting (INFERENCE_LOCAL_MAX_QUEUED_TEXTS); "
+        "retry shortly.",
+        kind="overloaded",
+        retryable=False,
+        status=503,
+        retry_after=BUSY_RETRY_AFTER_SECONDS,
+    )
+
+
 def _shut_down() -> ProviderError:
     return ProviderError(
         "The local provider is shut down.", kind="unavailable", retryable=True, status=503
@@ -93,14 +109,22 @@ class LocalProvider:
 
     `threads` caps torch's intra-op threads (process-wide) when the model loads. Without the
     extra the provider still builds, `available` is false and every call fails with 503.
+    At most `max_queued` texts wait for the model (more than one call's only when that
+    call found the queue empty); a call that would queue more fails at once, with 503.
     """
 
     name = "local"
 
     def __init__(
-        self, *, max_batch: int = 64, batch_window: float = 0.005, threads: int = 2
+        self,
+        *,
+        max_batch: int = 64,
+        batch_window: float = 0.005,
+        threads: int = 2,
+        max_queued: int = 4096,
     ) -> None:
         self._max_batch = max_batch
+        self._max_queued = max_queued
         self._batch_window = batch_window
         self._threads = threads
         self._missing = _missing_module()
@@ -152,6 +176,8 @@ class LocalProvider:
             raise _shut_down()
         if not inputs:
             return EmbeddingResult(vectors=[], usage=Usage(0, 0), model=MODEL)
+        if self._queued_texts and self._queued_texts + len(inputs) > self._max_queued:
+            raise _busy(self._queued_texts)
         job = _Job(list(inputs), asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._queued_texts += len(job.texts)

@@ -40,6 +40,7 @@ from inference.providers.egress import (
     egress_error,
     refuse_redirects,
 )
+from inference.providers.limits import AnswerLimits
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -102,7 +103,12 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, egress: EgressPolicy
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        egress: EgressPolicy,
+        answer_limits: AnswerLimits,
     ) -> None:
         self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
         limits = httpx2.Limits(max_connections=500, max_keepalive_connections=100)
@@ -124,6 +130,7 @@ class OpenAIProvider:
             trust_env=False,
             event_hooks={"response": [refuse_redirects]},
         )
+        answer_limits.install(self._http)
         self._clients: dict[tuple[str | None, str, str], AsyncOpenAI] = {}
 
     def _client(self, credential: Credential) -> AsyncOpenAI:
