@@ -244,7 +244,7 @@ async def test_one_caller_cannot_take_every_connection_to_an_upstream(
     greedy = await session_for(user_id="00000000-0000-0000-0000-0000000000a1")
     other = await session_for(user_id="00000000-0000-0000-0000-0000000000b2")
     settings = gateway_settings(
-        upstream.url, redis_url,
+        upstream, redis_url,
         upstream_max_connections=3, upstream_max_connections_per_user=2,
         upstream_connect_timeout_seconds=2,  # waiting for a free connection counts as connecting
     )  # fmt: skip

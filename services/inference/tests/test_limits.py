@@ -157,7 +157,9 @@ async def test_a_user_has_at_most_the_allowed_streams_open_at_once(
 
             def client(user: Any) -> httpx.AsyncClient:
                 return httpx.AsyncClient(
-                    base_url=server.url, auth=SignedIdentity(key, user), timeout=30
+                    base_url=server.url,
+                    auth=SignedIdentity(key, user, audience="inference"),
+                    timeout=30,
                 )
 
             async with client(ALICE) as alice, client(BOB) as bob:
