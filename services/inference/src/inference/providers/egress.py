@@ -240,6 +240,10 @@ async def resolve(policy: EgressPolicy, host: str, port: int, within: float) -> 
     return addresses
 
 
+# One connection pool per provider, shared by every credential's client.
+POOL_LIMITS = httpx2.Limits(max_connections=500, max_keepalive_connections=100)
+
+
 # ---------------------------------------------------------------- redirects
 
 

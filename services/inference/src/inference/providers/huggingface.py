@@ -28,6 +28,7 @@ from inference.providers.base import (
     wants_usage,
 )
 from inference.providers.egress import (
+    POOL_LIMITS,
     EgressPolicy,
     GuardedTransport,
     egress_error,
@@ -124,12 +125,11 @@ class HuggingFaceProvider:
     ) -> None:
         self._timeout = read_timeout
         self._clients: dict[tuple[str | None, str | None, str], AsyncInferenceClient] = {}
-        limits = httpx2.Limits(max_connections=500, max_keepalive_connections=100)
         # huggingface_hub's own client settings (its hooks: request ids, error bodies read
         # before they are raised), but no proxy from the environment (a proxy would connect
         # where the guard cannot see) and no redirect followed.
         self._http = httpx2.AsyncClient(
-            transport=GuardedTransport(egress, resolve_timeout=connect_timeout, limits=limits),
+            transport=GuardedTransport(egress, resolve_timeout=connect_timeout, limits=POOL_LIMITS),
             follow_redirects=False,
             trust_env=False,
             timeout=None,

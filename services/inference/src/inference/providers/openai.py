@@ -35,6 +35,7 @@ from inference.providers.base import (
     wants_usage,
 )
 from inference.providers.egress import (
+    POOL_LIMITS,
     EgressPolicy,
     GuardedConnector,
     egress_error,
@@ -111,12 +112,11 @@ class OpenAIProvider:
         answer_limits: AnswerLimits,
     ) -> None:
         self._timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
-        limits = httpx2.Limits(max_connections=500, max_keepalive_connections=100)
 
         def session() -> aiohttp.ClientSession:  # made on first use, in the event loop
             connector = GuardedConnector(
-                egress, resolve_timeout=connect_timeout, limit=limits.max_connections or 0,
-                keepalive_timeout=limits.keepalive_expiry, ssl=httpx2.create_ssl_context(),
+                egress, resolve_timeout=connect_timeout, limit=POOL_LIMITS.max_connections or 0,
+                keepalive_timeout=POOL_LIMITS.keepalive_expiry, ssl=httpx2.create_ssl_context(),
             )  # fmt: skip
             return aiohttp.ClientSession(connector=connector)
 
@@ -124,7 +124,7 @@ class OpenAIProvider:
         # (a proxy would connect where the guard cannot see), no redirect followed.
         self._http = openai.DefaultAioHttpClient(
             timeout=self._timeout,
-            limits=limits,
+            limits=POOL_LIMITS,
             transport=AiohttpTransport(client=session),
             follow_redirects=False,
             trust_env=False,
