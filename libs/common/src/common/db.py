@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
 import structlog
@@ -113,9 +114,14 @@ async def commit(session: AsyncSession) -> None:
             log.error("after-commit action failed", action=repr(action), error=repr(exc))
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One unit of work per request: commit when the endpoint returns, roll back on error."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+@asynccontextmanager
+async def transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit when the block ends (then the after_commit actions), roll
+    back when it raises. The request's session is one (get_session); background work (a
+    worker's batch, a consumer's write, a start-up task) opens its own with this, never
+    with a bare sessionmaker() and commit()."""
     async with sessionmaker() as session:
         try:
             yield session
@@ -124,6 +130,12 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await commit(session)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One unit of work per request: commit when the endpoint returns, roll back on error."""
+    async with transaction(request.app.state.sessionmaker) as session:
+        yield session
 
 
 # scope="function": commit before the response is sent, so a failed commit is a failed request.
