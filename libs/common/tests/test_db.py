@@ -23,6 +23,7 @@ from common.db import (
     DbSession,
     LazyDbSession,
     after_commit,
+    commit_anyway,
     create_engine,
     create_sessionmaker,
     schema_registry,
@@ -41,7 +42,9 @@ class Refused(Problem):
 
 
 class ProbeIn(BaseModel):
-    fail: str | None = None  # "problem", "crash", or "untouched" (no database use at all)
+    # "problem", "crash", "recorded" (a problem that keeps its unit of work), or "untouched"
+    # (no database use at all).
+    fail: str | None = None
     # Register an after-commit action that looks the label up from another connection.
     after_commit: bool = False
 
@@ -110,6 +113,8 @@ def create_app(test_database: RunDatabase) -> FastAPI:
             after_commit(session, look)
         if body.fail == "problem":
             raise Refused("Not this one.")
+        if body.fail == "recorded":
+            raise commit_anyway(Refused("Not this one, and that is on record."))
         if body.fail == "crash":
             raise RuntimeError("boom")
         return {"label": label}
@@ -178,6 +183,25 @@ async def test_failing_request_rolls_back(
     # The failed request did not hold anything back: the same label can be stored now.
     assert (await client.post(f"{route}/dropped", json={})).status_code == 201
     assert await _exists(probe_db, "dropped")
+
+
+@BOTH
+async def test_a_problem_marked_commit_anyway_commits_before_it_is_answered(
+    uow: tuple[httpx.AsyncClient, VisibleAtResponseStart], route: str
+) -> None:
+    """A record of the failure itself (a failed login's audit event) outlives the error."""
+    client, observed = uow
+    seen = observed.app.state.after_commit
+
+    response = await client.post(
+        f"{route}/recorded", json={"fail": "recorded", "after_commit": True}
+    )
+
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "Not this one, and that is on record."
+    assert observed.seen["recorded"] is True
+    assert seen == {"recorded": True}
 
 
 @BOTH

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import structlog
 from fastapi import Depends, Request
@@ -114,26 +114,47 @@ async def commit(session: AsyncSession) -> None:
             log.error("after-commit action failed", action=repr(action), error=repr(exc))
 
 
+E = TypeVar("E", bound=BaseException)
+_COMMIT_ANYWAY = "commit_unit_of_work"
+
+
+def commit_anyway(error: E) -> E:
+    """Mark an error whose unit of work is committed all the same, before it is answered:
+    `raise commit_anyway(InvalidCredentials())`. For a record of the failure itself (a
+    failed login's audit event) that a rollback would lose. Everything the unit of work
+    holds is committed with it: raise it before any write the error should undo."""
+    setattr(error, _COMMIT_ANYWAY, True)
+    return error
+
+
+async def _end_on_error(session: AsyncSession, error: BaseException) -> None:
+    if getattr(error, _COMMIT_ANYWAY, False):
+        await commit(session)
+    else:
+        await session.rollback()
+
+
 @asynccontextmanager
 async def transaction(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """One unit of work: commit when the block ends (then the after_commit actions), roll
-    back when it raises. The request's session is one (get_session); background work (a
-    worker's batch, a consumer's write, a start-up task) opens its own with this, never
-    with a bare sessionmaker() and commit()."""
+    back when it raises (unless the error says commit_anyway). The request's session is
+    one (get_session); background work (a worker's batch, a consumer's write, a start-up
+    task) opens its own with this, never with a bare sessionmaker() and commit()."""
     async with sessionmaker() as session:
         try:
             yield session
-        except BaseException:
-            await session.rollback()
+        except BaseException as error:
+            await _end_on_error(session, error)
             raise
         else:
             await commit(session)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One unit of work per request: commit when the endpoint returns, roll back on error."""
+    """One unit of work per request: commit when the endpoint returns, roll back on error
+    (commit_anyway: commit, then answer the error)."""
     async with transaction(request.app.state.sessionmaker) as session:
         yield session
 
@@ -161,10 +182,10 @@ async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
     lazy = _LazySession(request.app.state.sessionmaker)
     try:
         yield cast(AsyncSession, lazy)
-    except BaseException:
+    except BaseException as error:
         if lazy.opened is not None:
             try:
-                await lazy.opened.rollback()
+                await _end_on_error(lazy.opened, error)
             finally:
                 await lazy.opened.close()
         raise
