@@ -24,6 +24,7 @@ from sqlmodel import col
 from auth import repository
 from auth.main import create_app
 from auth.models import AuditEvent, User
+from auth.runtime import Runtime
 from auth.settings import AuthSettings
 from common.identity import Identity
 from common.principals import SessionStore, secret_hash
@@ -38,7 +39,7 @@ FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_paralle
 
 
 class Clock:
-    """The app's clock (`app.state.clock`), moved by hand."""
+    """The app's clock (`Runtime.clock`), moved by hand."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -94,14 +95,19 @@ class AuthClient:
         self.ips: set[str] = set()
 
     @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+    @property
     def clock(self) -> Clock:
-        clock: Clock = self.app.state.clock
+        clock = self.runtime.clock
+        assert isinstance(clock, Clock)
         return clock
 
     @property
     def settings(self) -> AuthSettings:
-        settings: AuthSettings = self.app.state.settings
-        return settings
+        return self.runtime.settings
 
     def db(self) -> AsyncSession:
         """A unit of work on the app's database (a savepoint in the test's transaction,
@@ -273,14 +279,16 @@ def make_app(harness: ServiceHarness, redis: Redis, test_database: RunDatabase) 
         settings = harness.settings.model_copy(update=overrides)
         if not committed:
             async with ServiceHarness("auth", settings, create_app).app() as app:
-                app.state.clock = Clock(time.time())
+                # Work outside a request too in the test's rolled-back transaction.
+                app.state.runtime.sessionmaker = app.state.sessionmaker
+                app.state.runtime.clock = Clock(time.time())
                 async with asgi_client(app, identity=ANONYMOUS, key=harness.key()) as http:
                     yield AuthClient(app, http, redis)
             return
         client: AuthClient | None = None
         try:
             async with running(create_app(settings)) as app:
-                app.state.clock = Clock(time.time())
+                app.state.runtime.clock = Clock(time.time())
                 async with asgi_client(app, identity=ANONYMOUS, key=harness.key()) as http:
                     client = AuthClient(app, http, redis)
                     yield client

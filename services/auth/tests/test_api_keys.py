@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import col
 
-from auth import service
+from auth import background
 from auth.models import ApiKey
 from common.identity import Identity
 from common.principals import API_KEY_LAST_USED, API_KEY_PREFIX, secret_hash
@@ -402,7 +402,7 @@ async def test_last_use_times_collected_by_the_gateway_are_written_in_batches(
     await auth.redis.hset(API_KEY_LAST_USED, second["id"], repr(used_at + 5))
     await auth.redis.hset(API_KEY_LAST_USED, "not-a-key-id", repr(used_at))
 
-    written = await service.flush_api_key_use(auth.app.state.sessionmaker, auth.redis)
+    written = await background.flush_api_key_use(auth.runtime)
 
     assert written == 2
     assert not await auth.redis.exists(API_KEY_LAST_USED)
@@ -416,9 +416,9 @@ async def test_last_use_times_collected_by_the_gateway_are_written_in_batches(
 
     # A late, older report never moves the time backwards.
     await auth.redis.hset(API_KEY_LAST_USED, first["id"], repr(used_at - 600))
-    assert await service.flush_api_key_use(auth.app.state.sessionmaker, auth.redis) == 1
+    assert await background.flush_api_key_use(auth.runtime) == 1
     row = await _row(auth, first["id"])
     assert row.last_used_at is not None
     assert row.last_used_at.timestamp() == pytest.approx(used_at)
     # Nothing to write: nothing happens.
-    assert await service.flush_api_key_use(auth.app.state.sessionmaker, auth.redis) == 0
+    assert await background.flush_api_key_use(auth.runtime) == 0

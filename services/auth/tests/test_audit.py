@@ -48,8 +48,8 @@ class Traced:
 async def test_every_security_event_is_recorded_with_actor_target_ip_and_trace(
     make_app: MakeApp,
 ) -> None:
-    # Committed for real, as in production: a failed login's event is written in its own
-    # unit of work while the request's own is rolled back.
+    # Committed for real, as in production: a failed login's event is kept although the
+    # request answers with an error.
     async with make_app(committed=True) as auth:
         admin = await auth.signup("audit-admin@example.com", roles=["admin"])
         call = Traced(auth)

@@ -35,7 +35,7 @@ async def _ensure_admin(
 ) -> bool:
     async with auth.db() as db:
         changed = await service.ensure_admin(
-            db, hasher=auth.app.state.hasher, email=email, password=password, ctx=CONTEXT,
+            auth.runtime, db, CONTEXT, email=email, password=password,
             promote_existing=promote_existing,
         )  # fmt: skip
         await db.commit()
@@ -305,12 +305,11 @@ async def test_promoting_an_existing_user_ends_their_sessions(auth: AuthClient) 
     who = await auth.signup("promoted@example.com")
     async with auth.app.state.sessionmaker() as db:
         changed = await service.ensure_admin(
+            auth.runtime,
             db,
-            hasher=auth.app.state.hasher,
+            service.Context(now=auth.clock(), ip="", user_agent="t", trace_id=None),
             email="promoted@example.com",
             password=ADMIN_PASSWORD,
-            ctx=service.Context(now=auth.clock(), ip="", user_agent="t", trace_id=None),
-            store=auth.store,
             promote_existing=True,
         )
         await db.commit()

@@ -289,9 +289,10 @@ async def test_failure_counters_expire_in_redis(auth: AuthClient) -> None:
 async def test_a_failed_login_needs_one_database_connection_at_a_time(
     make_app: MakeApp,
 ) -> None:
-    """The failure is audited in a unit of work of its own. While the request's own still
-    held its connection, as many concurrent failures as the pool has connections waited
-    for each other: 30 s, then 500, for everyone logging in."""
+    """The failure is audited in the request's unit of work, committed all the same. When a
+    second unit of work recorded it while the request's own still held its connection, as
+    many concurrent failures as the pool has connections waited for each other: 30 s, then
+    500, for everyone logging in."""
     async with make_app(committed=True, database_pool_size=1, database_max_overflow=0) as auth:
         await auth.register("alice@example.com")
 

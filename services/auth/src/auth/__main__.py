@@ -11,39 +11,28 @@ import asyncio
 import getpass
 import os
 import sys
-import time
 
 from auth.settings import AuthSettings
 from common.serve import serve
 
 
 async def _create_admin(email: str, password: str, *, promote_existing: bool) -> bool:
-    from auth import service
-    from auth.passwords import Hasher
+    from auth import background, service
+    from auth.runtime import Runtime
     from common.db import create_engine, create_sessionmaker
-    from common.principals import SessionStore
     from common.redis import create_redis
 
     settings = AuthSettings()
     engine = create_engine(settings.database_url, application_name="auth-cli")
     redis = create_redis(settings.redis_url)
     try:
-        async with create_sessionmaker(engine)() as db:
-            changed = await service.ensure_admin(
-                db,
-                hasher=Hasher(
-                    time_cost=settings.argon2_time_cost,
-                    memory_kib=settings.argon2_memory_kib,
-                    parallelism=settings.argon2_parallelism,
-                ),
-                email=service.normalize_email(email),
-                password=password,
-                ctx=service.Context(now=time.time(), ip="", user_agent="cli", trace_id=None),
-                store=SessionStore(redis),
-                promote_existing=promote_existing or settings.admin_promote_existing,
-            )
-            await db.commit()
-            return changed
+        return await background.create_admin(
+            Runtime.create(settings, sessionmaker=create_sessionmaker(engine), redis=redis),
+            email=service.normalize_email(email),
+            password=password,
+            promote_existing=promote_existing or settings.admin_promote_existing,
+            via="cli",
+        )
     finally:
         await engine.dispose()
         await redis.aclose()

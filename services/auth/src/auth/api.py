@@ -6,21 +6,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
-from auth import repository, service
-from auth.deps import (
-    Ctx,
-    CurrentSession,
-    CurrentUser,
-    PasswordHasher,
-    RedisClient,
-    Sessions,
-    Settings,
-    Throttle,
-    gateway_only,
-    require,
-)
+from auth import service
+from auth.deps import Ctx, CurrentSession, CurrentUser, RuntimeDep, gateway_only, require
 from auth.errors import ApiKeyNotFound, UserNotFound
 from auth.schemas import (
     ApiKeyCreate,
@@ -76,55 +65,32 @@ def _clear_session_cookies(response: Response, settings: AuthSettings) -> None:
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
-async def register(
-    body: RegisterRequest, db: DbSession, hasher: PasswordHasher, settings: Settings, ctx: Ctx
-) -> UserRead:
+async def register(body: RegisterRequest, runtime: RuntimeDep, db: DbSession, ctx: Ctx) -> UserRead:
     """Create an account (role `member`). Closed when AUTH_OPEN_REGISTRATION is false."""
-    return await service.register(
-        db, hasher=hasher, settings=settings, ctx=ctx,
-        email=body.email, password=body.password, name=body.name,
-    )  # fmt: skip
+    return await service.register(runtime, db, ctx, body)
 
 
 @router.post("/login")
 async def login(
-    body: LoginRequest,
-    request: Request,
-    response: Response,
-    db: DbSession,
-    hasher: PasswordHasher,
-    store: Sessions,
-    throttle: Throttle,
-    settings: Settings,
-    ctx: Ctx,
+    body: LoginRequest, response: Response, runtime: RuntimeDep, db: DbSession, ctx: Ctx
 ) -> LoginResponse:
     """Start a session: sets the HttpOnly session cookie and the readable CSRF cookie."""
-    auth = await service.login(
-        db,
-        sessionmaker=request.app.state.sessionmaker,
-        hasher=hasher,
-        store=store,
-        throttle=throttle,
-        settings=settings,
-        ctx=ctx,
-        email=body.email,
-        password=body.password,
-    )
-    return _set_session_cookies(response, settings, auth)
+    auth = await service.login(runtime, db, ctx, body)
+    return _set_session_cookies(response, runtime.settings, auth)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
-    identity: CurrentSession, db: DbSession, store: Sessions, settings: Settings, ctx: Ctx
+    identity: CurrentSession, runtime: RuntimeDep, db: DbSession, ctx: Ctx
 ) -> Response:
     """End this session at once."""
     assert identity.user_id
     assert identity.sid
     await service.logout(
-        db, store=store, ctx=ctx, user_id=uuid.UUID(identity.user_id), session_id=identity.sid
+        runtime, db, ctx, user_id=uuid.UUID(identity.user_id), session_id=identity.sid
     )
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    _clear_session_cookies(response, settings)
+    _clear_session_cookies(response, runtime.settings)
     return response
 
 
@@ -143,11 +109,11 @@ async def me(identity: CurrentUser, db: DbSession) -> Me:
 
 
 @router.get("/sessions")
-async def sessions(identity: CurrentSession, store: Sessions) -> list[SessionRead]:
+async def sessions(identity: CurrentSession, runtime: RuntimeDep) -> list[SessionRead]:
     """Your sessions, newest first; `current` marks the one making this request. Needs a
     session: an API key (however scoped) never sees or ends its owner's sessions."""
     assert identity.user_id
-    found = await service.list_sessions(store, user_id=uuid.UUID(identity.user_id))
+    found = await service.list_sessions(runtime, user_id=uuid.UUID(identity.user_id))
     return [
         SessionRead(
             id=s.id,
@@ -164,52 +130,34 @@ async def sessions(identity: CurrentSession, store: Sessions) -> list[SessionRea
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_session(
-    session_id: str,
-    identity: CurrentSession,
-    db: DbSession,
-    store: Sessions,
-    settings: Settings,
-    ctx: Ctx,
+    session_id: str, identity: CurrentSession, runtime: RuntimeDep, db: DbSession, ctx: Ctx
 ) -> Response:
     """End one of your sessions (another device's, or this one)."""
     assert identity.user_id
     await service.revoke_session(
-        db, store=store, ctx=ctx, user_id=uuid.UUID(identity.user_id), session_id=session_id
+        runtime, db, ctx, user_id=uuid.UUID(identity.user_id), session_id=session_id
     )
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     if session_id == identity.sid:
-        _clear_session_cookies(response, settings)
+        _clear_session_cookies(response, runtime.settings)
     return response
 
 
 @router.post("/password")
 async def change_password(
     body: PasswordChange,
-    request: Request,
     response: Response,
     identity: CurrentSession,
+    runtime: RuntimeDep,
     db: DbSession,
-    hasher: PasswordHasher,
-    store: Sessions,
-    throttle: Throttle,
-    settings: Settings,
     ctx: Ctx,
 ) -> LoginResponse:
     """Change your password: every session ends, this client gets a new one."""
     assert identity.user_id
     auth = await service.change_password(
-        db,
-        sessionmaker=request.app.state.sessionmaker,
-        hasher=hasher,
-        store=store,
-        throttle=throttle,
-        settings=settings,
-        ctx=ctx,
-        user_id=uuid.UUID(identity.user_id),
-        current_password=body.current_password,
-        new_password=body.new_password,
+        runtime, db, ctx, user_id=uuid.UUID(identity.user_id), body=body
     )
-    return _set_session_cookies(response, settings, auth)
+    return _set_session_cookies(response, runtime.settings, auth)
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED)
@@ -222,7 +170,7 @@ async def create_api_key(
     """A new API key. `key` is in this response only; store it now. A key created with an
     API key gets no more than that key: scopes within its permissions (listed, if it is
     scoped) and an expiry no later than its own; beyond that, 422 naming what exceeds."""
-    row, key = await service.create_api_key(db, ctx=ctx, creator=identity, body=body)
+    row, key = await service.create_api_key(db, ctx, creator=identity, body=body)
     return ApiKeyCreated(
         **ApiKeyRead.model_validate(row, from_attributes=True).model_dump(), key=key
     )
@@ -232,7 +180,7 @@ async def create_api_key(
 async def list_api_keys(identity: CurrentUser, db: DbSession) -> list[ApiKeyRead]:
     """Your active keys (never the keys themselves)."""
     assert identity.user_id
-    keys = await repository.list_api_keys(db, user_id=uuid.UUID(identity.user_id))
+    keys = await service.list_api_keys(db, user_id=uuid.UUID(identity.user_id))
     return [ApiKeyRead.model_validate(k, from_attributes=True) for k in keys]
 
 
@@ -240,8 +188,8 @@ async def list_api_keys(identity: CurrentUser, db: DbSession) -> list[ApiKeyRead
 async def revoke_api_key(
     key_id: str,
     identity: Annotated[Identity, Depends(require("api_keys:manage"))],
+    runtime: RuntimeDep,
     db: DbSession,
-    redis: RedisClient,
     ctx: Ctx,
 ) -> None:
     """Revoke a key: refused on its very next use."""
@@ -251,7 +199,7 @@ async def revoke_api_key(
     except ValueError:
         raise ApiKeyNotFound("No such API key.") from None
     await service.revoke_api_key(
-        db, redis=redis, ctx=ctx, user_id=uuid.UUID(identity.user_id), key_id=parsed
+        runtime, db, ctx, user_id=uuid.UUID(identity.user_id), key_id=parsed
     )
 
 
@@ -276,13 +224,11 @@ async def get_user(user_id: str, db: DbSession) -> UserRead:
 
 @router.patch("/users/{user_id}", dependencies=[Depends(require("users:manage"))])
 async def update_user(
-    user_id: str, body: UserUpdate, db: DbSession, redis: RedisClient, store: Sessions, ctx: Ctx
+    user_id: str, body: UserUpdate, runtime: RuntimeDep, db: DbSession, ctx: Ctx
 ) -> UserRead:
     """Change roles, disable or enable, rename. Role changes and disabling end the user's
     sessions and invalidate the cached API keys at once."""
-    return await service.update_user(
-        db, redis=redis, store=store, ctx=ctx, user_id=_user_id(user_id), body=body
-    )
+    return await service.update_user(runtime, db, ctx, user_id=_user_id(user_id), body=body)
 
 
 @router.get("/audit", dependencies=[Depends(require("audit:read"))])
@@ -305,12 +251,10 @@ async def audit_log(
 
 @internal.post("/api-keys/resolve", dependencies=[Depends(gateway_only)])
 async def resolve_api_key(
-    body: ResolveApiKey, request: Request, db: DbSession, redis: RedisClient, settings: Settings
+    body: ResolveApiKey, runtime: RuntimeDep, db: DbSession
 ) -> ResolvedApiKey:
     """For the gateway: what a key (by hash) stands for; also fills its cache."""
-    principal = await service.resolve_api_key(
-        db, redis=redis, settings=settings, now=request.app.state.clock(), key_hash=body.key_hash
-    )
+    principal = await service.resolve_api_key(runtime, db, key_hash=body.key_hash)
     if principal is None:
         raise ApiKeyNotFound("Unknown, revoked or expired API key.")
     return ResolvedApiKey(

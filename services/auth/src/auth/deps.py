@@ -1,22 +1,23 @@
-"""Dependencies of the auth routes: the caller, its permissions, the request context."""
+"""Dependencies of the auth routes: the runtime, the caller, its permissions, the request
+context."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 
 from auth.errors import MissingPermission, NotAUser, SessionRequired
-from auth.passwords import Hasher
-from auth.service import Context, LoginThrottle
-from auth.settings import AuthSettings
+from auth.runtime import Runtime
+from auth.service import Context
+from common.deps import app_state
 from common.errors import Forbidden
 from common.identity import CurrentIdentity, Identity
-from common.principals import SessionStore
 from common.tracing import current_trace_id
+
+RuntimeDep = Annotated[Runtime, Depends(app_state("runtime"))]
 
 
 def client_ip(request: Request) -> str:
@@ -27,9 +28,11 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-async def request_context(request: Request, identity: CurrentIdentity) -> Context:
+async def request_context(
+    request: Request, runtime: RuntimeDep, identity: CurrentIdentity
+) -> Context:
     return Context(
-        now=request.app.state.clock(),
+        now=runtime.clock(),
         ip=client_ip(request),
         user_agent=request.headers.get("user-agent", "")[:512],
         trace_id=current_trace_id(),
@@ -64,21 +67,6 @@ async def gateway_only(identity: CurrentIdentity) -> Identity:
     return identity
 
 
-def _app_state(name: str) -> Callable[[Request], Any]:
-    """A dependency returning what the lifespan put on app.state under `name` (async: a
-    plain `def` dependency would cost a worker-thread hop per request)."""
-
-    async def get(request: Request) -> Any:
-        return getattr(request.app.state, name)
-
-    return get
-
-
 Ctx = Annotated[Context, Depends(request_context)]
 CurrentUser = Annotated[Identity, Depends(current_user)]
 CurrentSession = Annotated[Identity, Depends(current_session)]
-Settings = Annotated[AuthSettings, Depends(_app_state("settings"))]
-Sessions = Annotated[SessionStore, Depends(_app_state("sessions"))]
-PasswordHasher = Annotated[Hasher, Depends(_app_state("hasher"))]
-Throttle = Annotated[LoginThrottle, Depends(_app_state("login_throttle"))]
-RedisClient = Annotated[Redis, Depends(_app_state("redis"))]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,45 +11,39 @@ import structlog
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.exc import IntegrityError
 
-from auth import service
+from auth import background, service
 from auth.api import internal, router
-from auth.passwords import Hasher
+from auth.runtime import Runtime
 from auth.settings import AuthSettings
 from common.app import create_service_app, database_and_redis
-from common.principals import SessionStore
 
 log = structlog.get_logger(__name__)
 
 
-async def _flush_api_key_use_forever(app: FastAPI, every: float) -> None:
+async def _flush_api_key_use_forever(runtime: Runtime, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await service.flush_api_key_use(app.state.sessionmaker, app.state.redis)
+            await background.flush_api_key_use(runtime)
         except Exception:
             log.exception("flushing API key use failed; will retry")
 
 
-async def bootstrap_admin(app: FastAPI) -> None:
+async def bootstrap_admin(runtime: Runtime) -> None:
     """ADMIN_EMAIL / ADMIN_PASSWORD: the first admin, created once (every replica may try).
     A refusal (AdminRefused) stops the start with one line saying why."""
-    settings: AuthSettings = app.state.settings
+    settings = runtime.settings
     if not (settings.admin_email and settings.admin_password):
         return
     email = service.normalize_email(settings.admin_email)
-    ctx = service.Context(now=time.time(), ip="", user_agent="bootstrap", trace_id=None)
     try:
-        async with app.state.sessionmaker() as db:
-            changed = await service.ensure_admin(
-                db,
-                hasher=app.state.hasher,
-                email=email,
-                password=settings.admin_password.get_secret_value(),
-                ctx=ctx,
-                store=app.state.sessions,
-                promote_existing=settings.admin_promote_existing,
-            )
-            await db.commit()
+        changed = await background.create_admin(
+            runtime,
+            email=email,
+            password=settings.admin_password.get_secret_value(),
+            promote_existing=settings.admin_promote_existing,
+            via="bootstrap",
+        )
     except IntegrityError:
         changed = False  # another replica created it at the same moment
     if changed:
@@ -61,17 +54,13 @@ async def bootstrap_admin(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: AuthSettings = app.state.settings
     async with database_and_redis(app, settings):
-        app.state.clock = time.time
-        app.state.sessions = SessionStore(app.state.redis)
-        app.state.hasher = Hasher(
-            time_cost=settings.argon2_time_cost,
-            memory_kib=settings.argon2_memory_kib,
-            parallelism=settings.argon2_parallelism,
+        runtime = Runtime.create(
+            settings, sessionmaker=app.state.sessionmaker, redis=app.state.redis
         )
-        app.state.login_throttle = service.LoginThrottle(app.state.redis, settings)
-        await bootstrap_admin(app)
+        app.state.runtime = runtime
+        await bootstrap_admin(runtime)
         flusher = asyncio.create_task(
-            _flush_api_key_use_forever(app, settings.api_key_last_used_flush_seconds)
+            _flush_api_key_use_forever(runtime, settings.api_key_last_used_flush_seconds)
         )
         try:
             yield
@@ -80,7 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             with contextlib.suppress(Exception):
-                await service.flush_api_key_use(app.state.sessionmaker, app.state.redis)
+                await background.flush_api_key_use(runtime)
 
 
 def create_app(settings: AuthSettings | None = None) -> FastAPI:

@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth import repository
 from auth.errors import (
@@ -35,22 +34,21 @@ from auth.errors import (
     WeakPassword,
 )
 from auth.models import ApiKey, AuditEvent, User
-from auth.passwords import Hasher, password_problem
-from auth.schemas import ApiKeyCreate, Me, UserRead, UserUpdate, normalize_email
-from auth.settings import AuthSettings
-from common.addresses import client_bucket
-from common.db import AfterCommit, after_commit
-from common.identity import Identity
-from common.principals import (
-    API_KEY_INVALID,
-    API_KEY_LAST_USED,
-    API_KEY_PREFIX,
-    ApiKeyPrincipal,
-    Session,
-    SessionStore,
-    new_token,
-    secret_hash,
+from auth.passwords import password_problem
+from auth.runtime import Runtime
+from auth.schemas import (
+    ApiKeyCreate,
+    LoginRequest,
+    Me,
+    PasswordChange,
+    RegisterRequest,
+    UserRead,
+    UserUpdate,
+    normalize_email,
 )
+from common.db import AfterCommit, after_commit, commit_anyway
+from common.identity import Identity
+from common.principals import ApiKeyPrincipal, Session, new_token, secret_hash
 
 log = structlog.get_logger(__name__)
 __all__ = ["normalize_email"]
@@ -110,23 +108,6 @@ async def audit(
     )
 
 
-async def audit_failure(
-    request_db: AsyncSession,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    ctx: Context,
-    action: str,
-    **kwargs: Any,
-) -> None:
-    """A failure is recorded in its own unit of work: the request's own is rolled back (an
-    error follows). It is rolled back first, so that its connection goes back to the pool
-    before this one takes another: holding both, as many concurrent failures as the pool
-    has connections would wait for each other until the pool's timeout."""
-    await request_db.rollback()
-    async with sessionmaker() as db:
-        await audit(db, ctx, action, outcome="failure", **kwargs)
-        await db.commit()
-
-
 async def user_view(db: AsyncSession, user: User) -> Me:
     roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
     permissions = await repository.permissions_of(db, roles=roles)
@@ -161,25 +142,19 @@ async def forget_now_and_after_commit(db: AsyncSession, forget: AfterCommit) -> 
 
 
 async def register(
-    db: AsyncSession,
-    *,
-    hasher: Hasher,
-    settings: AuthSettings,
-    ctx: Context,
-    email: str,
-    password: str,
-    name: str,
-    roles: tuple[str, ...] = (DEFAULT_ROLE,),
+    runtime: Runtime, db: AsyncSession, ctx: Context, body: RegisterRequest
 ) -> UserRead:
     """A new user with the member role (email already normalised by the schema)."""
-    if not settings.open_registration:
+    if not runtime.settings.open_registration:
         raise RegistrationClosed("Registration is closed; ask an administrator.")
-    problem = password_problem(password, email=email)
+    email, roles = body.email, [DEFAULT_ROLE]
+    problem = password_problem(body.password, email=email)
     if problem:
         raise WeakPassword(problem)
     if await repository.get_user_by_email(db, email=email):
         raise EmailTaken("An account with this email already exists.")
-    user = User(email=email, name=name, password_hash=await hasher.hash(password))
+    password_hash = await runtime.hasher.hash(body.password)
+    user = User(email=email, name=body.name, password_hash=password_hash)
     try:
         async with db.begin_nested():
             await repository.add_user(db, user=user, roles=roles)
@@ -189,17 +164,16 @@ async def register(
         db, ctx, "user.register", actor_id=user.id, target_type="user", target_id=str(user.id)
     )
     await db.refresh(user)
-    return user_read(user, sorted(roles))
+    return user_read(user, roles)
 
 
 async def ensure_admin(
+    runtime: Runtime,
     db: AsyncSession,
+    ctx: Context,
     *,
-    hasher: Hasher,
     email: str,
     password: str,
-    ctx: Context,
-    store: SessionStore | None = None,
     promote_existing: bool = False,
 ) -> bool:
     """Create the first admin once. An existing account with this email is made admin, its
@@ -212,7 +186,8 @@ async def ensure_admin(
         raise AdminRefused(f"ADMIN_PASSWORD is refused by the password policy: {problem}")
     user = await repository.get_user_by_email(db, email=email)
     if user is None:
-        user = User(email=email, name="Administrator", password_hash=await hasher.hash(password))
+        password_hash = await runtime.hasher.hash(password)
+        user = User(email=email, name="Administrator", password_hash=password_hash)
         await repository.add_user(db, user=user, roles=["admin"])
         await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
         return True
@@ -227,145 +202,73 @@ async def ensure_admin(
         )
     await repository.set_roles(db, user_id=user.id, roles=[*roles, "admin"])
     await audit(db, ctx, "user.bootstrap_admin", target_type="user", target_id=str(user.id))
-    if store is not None:  # a role change: sessions made with the old roles end
-        await store.delete_all_for_user(str(user.id))
+    # A role change: sessions made with the old roles end.
+    await runtime.sessions.delete_all_for_user(str(user.id))
     return True
 
 
 # ---------------------------------------------------------------- login and sessions
 
 
-# Both counters of one login attempt, checked and counted in one step: concurrent attempts
-# cannot all pass the check before any is counted. While either counter's delay runs the
-# attempt is refused (the seconds left are returned); otherwise it is counted as a failure
-# in both, until `succeeded` gives it back. Each counter is a hash: `n` failures, `at` the
-# time of the last. KEYS: the account at this address, the address. ARGV: now, the free
-# failures of each, the first delay, the maximum delay, the window.
-_ATTEMPT = """
-local now, base, cap = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local window = tonumber(ARGV[6])
-local function delay(n, free)
-  if n < free then return 0 end
-  return math.min(cap, base * 2 ^ (n - free))
-end
-local counts, wait = {}, 0
-for i = 1, 2 do
-  local found = redis.call('HMGET', KEYS[i], 'n', 'at')
-  counts[i] = tonumber(found[1]) or 0
-  local left = (tonumber(found[2]) or 0) + delay(counts[i], tonumber(ARGV[i + 1])) - now
-  if left > wait then wait = left end
-end
-if wait > 0 then return math.ceil(wait) end
-for i = 1, 2 do
-  local n = counts[i] + 1
-  redis.call('HSET', KEYS[i], 'n', n, 'at', ARGV[1])
-  redis.call('EXPIRE', KEYS[i], math.ceil(window + delay(n, tonumber(ARGV[i + 1]))))
-end
-return 0
-"""
-# The password was right: the account's counter at this address starts again; the address
-# only gets this attempt back (one good account must not wipe out its guesses at others).
-_SUCCEEDED = """
-redis.call('DEL', KEYS[1])
-if tonumber(redis.call('HGET', KEYS[2], 'n') or 0) > 0 then
-  redis.call('HINCRBY', KEYS[2], 'n', -1)
-end
-"""
-
-
-class LoginThrottle:
-    """Failed logins per account at one client address, and per client address, in Redis.
-
-    Past its free failures a counter makes each further attempt wait, twice as long after
-    every failure (an exponential delay, never a lock): the account's owner at another
-    address is never refused, and neither is a client that has not failed."""
-
-    def __init__(self, redis: Redis, settings: AuthSettings) -> None:
-        self._attempt = redis.register_script(_ATTEMPT)
-        self._succeeded = redis.register_script(_SUCCEEDED)
-        self._limits: list[str | int] = [
-            settings.login_free_failures,
-            settings.login_ip_free_failures,
-            repr(settings.login_delay_seconds),
-            repr(settings.login_max_delay_seconds),
-            settings.login_failure_window_seconds,
-        ]
-
-    @staticmethod
-    def _keys(email: str, ip: str) -> list[str]:
-        address = client_bucket(ip)
-        return [
-            f"auth:login-failures:account:{secret_hash(email)}:{address}",
-            f"auth:login-failures:ip:{address}",
-        ]
-
-    async def attempt(self, email: str, ip: str, *, now: float) -> None:
-        """Admit one password check, counted as a failure until `succeeded`; raises
-        LoginThrottled (with Retry-After) while a delay runs."""
-        wait = int(await self._attempt(keys=self._keys(email, ip), args=[repr(now), *self._limits]))
-        if wait > 0:
-            raise LoginThrottled(
-                f"Too many failed logins from this address; try again in {wait} s.",
-                headers={"Retry-After": str(wait)},
-                retry_after=wait,
-            )
-
-    async def succeeded(self, email: str, ip: str) -> None:
-        await self._succeeded(keys=self._keys(email, ip))
+async def _admit_password_check(runtime: Runtime, ctx: Context, email: str) -> None:
+    """Count one password check as a failed login (given back by the throttle's
+    `succeeded`); raises LoginThrottled (with Retry-After) while a delay runs."""
+    wait = await runtime.login_throttle.attempt(email, ctx.ip, now=ctx.now)
+    if wait > 0:
+        raise LoginThrottled(
+            f"Too many failed logins from this address; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+            retry_after=wait,
+        )
 
 
 async def login(
-    db: AsyncSession,
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    hasher: Hasher,
-    store: SessionStore,
-    throttle: LoginThrottle,
-    settings: AuthSettings,
-    ctx: Context,
-    email: str,
-    password: str,
+    runtime: Runtime, db: AsyncSession, ctx: Context, body: LoginRequest
 ) -> Authenticated:
+    """A new session for the right password. A refusal is audited, and that record kept
+    (commit_anyway): the unit of work holds nothing else yet."""
+    email, hasher = body.email, runtime.hasher
     # Counted as a failure before the password is compared (a burst cannot outrun the
     # budget), given back when it was right.
-    await throttle.attempt(email, ctx.ip, now=ctx.now)
+    await _admit_password_check(runtime, ctx, email)
     user = await repository.get_user_by_email(db, email=email)
     # Unknown emails are verified against a dummy hash: same work, same answer.
-    valid = await hasher.verify(user.password_hash if user else None, password)
+    valid = await hasher.verify(user.password_hash if user else None, body.password)
     if user is None or not valid:
-        await audit_failure(
+        await audit(
             db,
-            sessionmaker,
             ctx,
             "auth.login",
+            outcome="failure",
             actor_id=user.id if user else None,
             target_type="user",
             target_id=str(user.id) if user else None,
             email_hash=secret_hash(email)[:16],
             reason="invalid_credentials",
         )
-        raise InvalidCredentials()
-    await throttle.succeeded(email, ctx.ip)
+        raise commit_anyway(InvalidCredentials())
+    await runtime.login_throttle.succeeded(email, ctx.ip)
     if user.disabled:
-        await audit_failure(
-            db, sessionmaker, ctx, "auth.login", actor_id=user.id, target_type="user",
+        await audit(
+            db, ctx, "auth.login", outcome="failure", actor_id=user.id, target_type="user",
             target_id=str(user.id), reason="disabled",
         )  # fmt: skip
-        raise AccountDisabled("This account is disabled.")
+        raise commit_anyway(AccountDisabled("This account is disabled."))
     if hasher.needs_rehash(user.password_hash):
-        user.password_hash = await hasher.hash(password)
-    return await _start_session(db, user=user, store=store, settings=settings, ctx=ctx)
+        user.password_hash = await hasher.hash(body.password)
+    return await _start_session(runtime, db, ctx, user)
 
 
 async def _start_session(
-    db: AsyncSession, *, user: User, store: SessionStore, settings: AuthSettings, ctx: Context
+    runtime: Runtime, db: AsyncSession, ctx: Context, user: User
 ) -> Authenticated:
     # The roles are read, and the session stored, under the lock a change of access takes
     # (repository.Lock): a disable or role change committing meanwhile ends it too.
     if await repository.lock_user(db, user_id=user.id) is not False:
         raise AccountDisabled("This account is disabled.")
     me = await user_view(db, user)
-    token, csrf, session = await store.create(
+    settings = runtime.settings
+    token, csrf, session = await runtime.sessions.create(
         user_id=str(user.id),
         roles=me.roles,
         permissions=me.permissions,
@@ -382,75 +285,62 @@ async def _start_session(
 
 
 async def logout(
-    db: AsyncSession, *, store: SessionStore, ctx: Context, user_id: uuid.UUID, session_id: str
+    runtime: Runtime, db: AsyncSession, ctx: Context, *, user_id: uuid.UUID, session_id: str
 ) -> None:
-    await store.delete(session_id, str(user_id))
+    await runtime.sessions.delete(session_id, str(user_id))
     await audit(db, ctx, "auth.logout", target_type="session", target_id=session_id[:16])
 
 
-async def list_sessions(store: SessionStore, *, user_id: uuid.UUID) -> list[Session]:
-    sessions = await store.list_for_user(str(user_id))
+async def list_sessions(runtime: Runtime, *, user_id: uuid.UUID) -> list[Session]:
+    sessions = await runtime.sessions.list_for_user(str(user_id))
     return sorted(sessions, key=lambda s: s.created_at, reverse=True)
 
 
 async def revoke_session(
-    db: AsyncSession, *, store: SessionStore, ctx: Context, user_id: uuid.UUID, session_id: str
+    runtime: Runtime, db: AsyncSession, ctx: Context, *, user_id: uuid.UUID, session_id: str
 ) -> None:
-    session = await store.get(session_id)
+    session = await runtime.sessions.get(session_id)
     if session is None or session.user_id != str(user_id):
         raise SessionNotFound("No such session.")
-    await store.delete(session_id, str(user_id))
+    await runtime.sessions.delete(session_id, str(user_id))
     await audit(db, ctx, "session.revoke", target_type="session", target_id=session_id[:16])
 
 
 async def change_password(
-    db: AsyncSession,
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    hasher: Hasher,
-    store: SessionStore,
-    throttle: LoginThrottle,
-    settings: AuthSettings,
-    ctx: Context,
-    user_id: uuid.UUID,
-    current_password: str,
-    new_password: str,
+    runtime: Runtime, db: AsyncSession, ctx: Context, *, user_id: uuid.UUID, body: PasswordChange
 ) -> Authenticated:
     """Every session of the user ends; the caller gets a fresh one. Wrong current
-    passwords count as failed logins (throttled, audited): a stolen session cannot be
-    used to guess the password."""
+    passwords count as failed logins (throttled, audited and the record kept): a stolen
+    session cannot be used to guess the password."""
+    hasher = runtime.hasher
     user = await repository.get_user(db, user_id=user_id)
     if user is None:
         raise UserNotFound("No such user.")
-    await throttle.attempt(user.email, ctx.ip, now=ctx.now)
-    if not await hasher.verify(user.password_hash, current_password):
-        await audit_failure(
-            db, sessionmaker, ctx, "user.password_change", target_type="user",
+    await _admit_password_check(runtime, ctx, user.email)
+    if not await hasher.verify(user.password_hash, body.current_password):
+        await audit(
+            db, ctx, "user.password_change", outcome="failure", target_type="user",
             target_id=str(user.id), reason="invalid_current_password",
         )  # fmt: skip
-        raise InvalidCredentials()
-    await throttle.succeeded(user.email, ctx.ip)
-    problem = password_problem(new_password, email=user.email)
+        raise commit_anyway(InvalidCredentials())
+    await runtime.login_throttle.succeeded(user.email, ctx.ip)
+    problem = password_problem(body.new_password, email=user.email)
     if problem:
         raise WeakPassword(problem)
-    if await hasher.verify(user.password_hash, new_password):
+    if await hasher.verify(user.password_hash, body.new_password):
         raise WeakPassword("The new password must differ from the current one.")
-    user.password_hash = await hasher.hash(new_password)
+    user.password_hash = await hasher.hash(body.new_password)
     user.password_changed_at = _datetime(ctx.now)
-    await store.delete_all_for_user(str(user.id))
+    await runtime.sessions.delete_all_for_user(str(user.id))
     await audit(db, ctx, "user.password_change", target_type="user", target_id=str(user.id))
-    return await _start_session(db, user=user, store=store, settings=settings, ctx=ctx)
+    return await _start_session(runtime, db, ctx, user)
 
 
 # ---------------------------------------------------------------- API keys
 
 
 async def create_api_key(
-    db: AsyncSession,
-    *,
-    ctx: Context,
-    creator: Identity,
-    body: ApiKeyCreate,
+    db: AsyncSession, ctx: Context, *, creator: Identity, body: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
     """A new key for the creator's user: returns the row and the key, which is never stored.
 
@@ -461,31 +351,8 @@ async def create_api_key(
     assert creator.user_id
     permitted = set(creator.permissions)
     parent = await _creating_key(db, creator)
-    if body.scopes is not None:
-        unknown = sorted(set(body.scopes) - permitted)
-        if unknown or not body.scopes:
-            raise InvalidScopes(
-                "Scopes must be a non-empty subset of your permissions.",
-                not_permitted=unknown,
-            )
-    elif parent is not None and parent.scopes is not None:
-        raise InvalidScopes(
-            "This API key is scoped, so a key it creates must list its scopes "
-            "(a subset of this key's permissions).",
-            permitted=sorted(permitted),
-        )
-    if body.expires_at is not None:
-        if body.expires_at.tzinfo is None:
-            raise InvalidExpiry("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z).")
-        if body.expires_at.timestamp() <= ctx.now:
-            raise InvalidExpiry("expires_at must be in the future.")
-    latest = parent.expires_at if parent is not None else None
-    if latest is not None and (body.expires_at is None or body.expires_at > latest):
-        raise InvalidExpiry(
-            "A key created with an API key expires no later than that key: "
-            f"set expires_at to {latest.isoformat()} or earlier.",
-            latest=latest.isoformat(),
-        )
+    _check_scopes(body, permitted=permitted, parent=parent)
+    _check_expiry(body, now=ctx.now, parent=parent)
     key = API_KEY_SCHEME + new_token()
     row = ApiKey(
         user_id=uuid.UUID(creator.user_id),
@@ -520,23 +387,63 @@ async def _creating_key(db: AsyncSession, creator: Identity) -> ApiKey | None:
     return key
 
 
+def _check_scopes(body: ApiKeyCreate, *, permitted: set[str], parent: ApiKey | None) -> None:
+    """Scopes within the creator's permissions; listed when a scoped key creates it."""
+    if body.scopes is not None:
+        unknown = sorted(set(body.scopes) - permitted)
+        if unknown or not body.scopes:
+            raise InvalidScopes(
+                "Scopes must be a non-empty subset of your permissions.",
+                not_permitted=unknown,
+            )
+    elif parent is not None and parent.scopes is not None:
+        raise InvalidScopes(
+            "This API key is scoped, so a key it creates must list its scopes "
+            "(a subset of this key's permissions).",
+            permitted=sorted(permitted),
+        )
+
+
+def _check_expiry(body: ApiKeyCreate, *, now: float, parent: ApiKey | None) -> None:
+    """An expiry in the future, and no later than the creating key's."""
+    if body.expires_at is not None:
+        if body.expires_at.tzinfo is None:
+            raise InvalidExpiry("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z).")
+        if body.expires_at.timestamp() <= now:
+            raise InvalidExpiry("expires_at must be in the future.")
+    latest = parent.expires_at if parent is not None else None
+    if latest is not None and (body.expires_at is None or body.expires_at > latest):
+        raise InvalidExpiry(
+            "A key created with an API key expires no later than that key: "
+            f"set expires_at to {latest.isoformat()} or earlier.",
+            latest=latest.isoformat(),
+        )
+
+
+async def list_api_keys(db: AsyncSession, *, user_id: uuid.UUID) -> list[ApiKey]:
+    """The user's active keys, newest first."""
+    return await repository.list_api_keys(db, user_id=user_id)
+
+
 async def revoke_api_key(
-    db: AsyncSession, *, redis: Redis, ctx: Context, user_id: uuid.UUID, key_id: uuid.UUID
+    runtime: Runtime, db: AsyncSession, ctx: Context, *, user_id: uuid.UUID, key_id: uuid.UUID
 ) -> None:
     key = await repository.get_api_key(db, key_id=key_id, user_id=user_id)
     if key is None:
         raise ApiKeyNotFound("No such API key.")
     await repository.revoke_api_key(db, key=key)  # the row stays locked until the commit
     # The gateway's cache forgets it: the next request with it is refused.
-    await forget_now_and_after_commit(db, lambda: redis.delete(API_KEY_PREFIX + key.key_hash))
+    await forget_now_and_after_commit(
+        db, lambda: repository.forget_api_keys(runtime.redis, key_hashes=[key.key_hash])
+    )
     await audit(db, ctx, "api_key.revoke", target_type="api_key", target_id=str(key.id))
 
 
 async def resolve_api_key(
-    db: AsyncSession, *, redis: Redis, settings: AuthSettings, now: float, key_hash: str
+    runtime: Runtime, db: AsyncSession, *, key_hash: str
 ) -> ApiKeyPrincipal | None:
     """What a key stands for now, cached for the gateway; None (cached too) if unusable."""
-    cache_key = API_KEY_PREFIX + key_hash
+    now = runtime.clock()
     # Read under "share" locks, held until this answer is cached and committed: a revoke,
     # disable or role change in flight is waited for, or waits, then clears the cache.
     key = await repository.get_api_key_by_hash(db, key_hash=key_hash, lock="share")
@@ -549,7 +456,9 @@ async def resolve_api_key(
         or key.revoked_at is not None
         or (expires_at is not None and expires_at <= now)
     ):
-        await redis.set(cache_key, API_KEY_INVALID, ex=INVALID_KEY_CACHE_SECONDS)
+        await repository.cache_api_key(
+            runtime.redis, key_hash=key_hash, principal=None, seconds=INVALID_KEY_CACHE_SECONDS
+        )
         return None
     roles = (await repository.roles_of(db, user_ids=[user.id])).get(user.id, [])
     permissions = await repository.permissions_of(db, roles=roles)
@@ -562,42 +471,13 @@ async def resolve_api_key(
         permissions=tuple(permissions),
         expires_at=expires_at,
     )
-    ttl = settings.api_key_cache_seconds
+    ttl = runtime.settings.api_key_cache_seconds
     if expires_at is not None:
         ttl = min(ttl, max(1, math.floor(expires_at - now)))
-    await redis.set(cache_key, principal.to_json(), ex=ttl)
+    await repository.cache_api_key(
+        runtime.redis, key_hash=key_hash, principal=principal, seconds=ttl
+    )
     return principal
-
-
-async def flush_api_key_use(sessionmaker: async_sessionmaker[AsyncSession], redis: Redis) -> int:
-    """Write the last-use times the gateway collected in Redis, in one statement."""
-    batch = f"{API_KEY_LAST_USED}:flushing:{uuid.uuid4().hex}"
-    if not await redis.exists(API_KEY_LAST_USED):
-        return 0
-    try:
-        await redis.rename(API_KEY_LAST_USED, batch)
-    except Exception:  # another replica took it first
-        return 0
-    raw: dict[Any, Any] = await redis.hgetall(batch)
-    last_used: dict[uuid.UUID, datetime] = {}
-    for key_id, ts in raw.items():
-        try:
-            text = key_id.decode() if isinstance(key_id, bytes) else str(key_id)
-            last_used[uuid.UUID(text)] = _datetime(float(ts))
-        except ValueError:
-            continue
-    try:
-        async with sessionmaker() as db:
-            await repository.record_api_key_use(db, last_used=last_used)
-            await db.commit()
-    except Exception:
-        # Put the batch back for the next round rather than lose it.
-        if raw:
-            await redis.hset(API_KEY_LAST_USED, mapping=raw)
-        raise
-    finally:
-        await redis.delete(batch)
-    return len(last_used)
 
 
 # ---------------------------------------------------------------- users (admin)
@@ -651,13 +531,7 @@ async def get_user(db: AsyncSession, *, user_id: uuid.UUID) -> UserRead:
 
 
 async def update_user(
-    db: AsyncSession,
-    *,
-    redis: Redis,
-    store: SessionStore,
-    ctx: Context,
-    user_id: uuid.UUID,
-    body: UserUpdate,
+    runtime: Runtime, db: AsyncSession, ctx: Context, *, user_id: uuid.UUID, body: UserUpdate
 ) -> UserRead:
     """Roles, disabled flag, name. A role change or a disable ends the user's sessions
     and empties the key cache, so it applies to the very next request."""
@@ -687,9 +561,8 @@ async def update_user(
         hashes = await repository.api_key_hashes_of(db, user_id=user.id)
 
         async def forget() -> None:
-            await store.delete_all_for_user(str(user.id))
-            if hashes:
-                await redis.delete(*(API_KEY_PREFIX + h for h in hashes))
+            await runtime.sessions.delete_all_for_user(str(user.id))
+            await repository.forget_api_keys(runtime.redis, key_hashes=hashes)
 
         await forget_now_and_after_commit(db, forget)
     await db.refresh(user)
