@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql import Subquery
 from sqlmodel import col
 
 from telemetry.models import DeadLetter, LlmCall, UsageDay, UsageDayEpoch
@@ -346,43 +347,8 @@ async def usage_days(
     written the day without bumping its epoch is visible here, or gone)."""
     await _sort_in_memory(db)
     d = _days(closed)
-    # Everyone's calls: each day's part of the ranges (near now: PER_DAY_*) aggregated on
-    # its own, one UNION ALL branch per day (the day and its bounds as parameters), each
-    # reading that day's calls through the (occurred_at, id) primary key: no sort of every
-    # call in the range by day before the per-day percentile sorts, and Postgres may hand
-    # whole branches to parallel workers (Parallel Append). Calls are stored in about the
-    # order they happen, so each day's rows are close together. Nothing for a day without
-    # calls (HAVING), as the GROUP BY of the far stretches gives. One user's calls are few:
-    # one GROUP BY per range, through (user_id, occurred_at), costs less than 31 branches.
-    now = datetime.now(UTC)
-    if scope.user_id is None:
-        near, far = split_ranges(ranges, now - PER_DAY_BEFORE, now + PER_DAY_AFTER)
-    else:
-        near, far = [], list(ranges)
-    by_day = [
-        select(cast(literal(day), Date).label("day"), *_aggregates())
-        .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
-        .having(func.count() > 0)
-        for day, lo, hi in day_parts(near)
-    ]
-    if not (by_day or far):  # no calls to read: one empty range keeps the statement's shape
-        far = [(scope.start, scope.start)]
-    grouped = [
-        select(CALL_DAY.label("day"), *_aggregates())
-        .where(*replace(scope, start=start, end=end).conditions())
-        .group_by(CALL_DAY)
-        for start, end in far
-    ]
-    raw = union_all(*by_day, *grouped).subquery("raw")
-    hit = (
-        select(_CACHE.c.day, *(_CACHE.c[name] for name in USAGE_DAY_COLUMNS))
-        .join(
-            _EPOCHS,
-            and_(_EPOCHS.c.day == _CACHE.c.day, _EPOCHS.c.epoch == _CACHE.c.epoch),
-        )
-        .where(_CACHE.c.scope == key, _CACHE.c.day == any_(cast(list(cached), ARRAY(Date))))
-        .subquery("hit")
-    )
+    raw = _calls_per_day(scope, ranges)
+    hit = _valid_cached_days(key, cached)
     day = func.coalesce(d.c.day, raw.c.day)
     latency = type_coerce(raw.c.latency_ms_p50_p95, ARRAY(Double))
     computed = {
@@ -408,6 +374,54 @@ async def usage_days(
         .order_by(day)
     )
     return (await db.execute(query)).all()
+
+
+def _calls_per_day(scope: Scope, ranges: Sequence[tuple[datetime, datetime]]) -> Subquery:
+    """`raw`: the aggregates of the calls in `ranges` (and the scope's filters), a row per
+    UTC day with calls.
+
+    Everyone's calls: each day's part of the ranges (near now: PER_DAY_*) aggregated on its
+    own, one UNION ALL branch per day (the day and its bounds as parameters), each reading
+    that day's calls through the (occurred_at, id) primary key: no sort of every call in
+    the range by day before the per-day percentile sorts, and Postgres may hand whole
+    branches to parallel workers (Parallel Append). Calls are stored in about the order
+    they happen, so each day's rows are close together. Nothing for a day without calls
+    (HAVING), as the GROUP BY of the far stretches gives. One user's calls are few: one
+    GROUP BY per range, through (user_id, occurred_at), costs less than 31 branches."""
+    now = datetime.now(UTC)
+    if scope.user_id is None:
+        near, far = split_ranges(ranges, now - PER_DAY_BEFORE, now + PER_DAY_AFTER)
+    else:
+        near, far = [], list(ranges)
+    by_day = [
+        select(cast(literal(day), Date).label("day"), *_aggregates())
+        .where(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi, *scope.filters())
+        .having(func.count() > 0)
+        for day, lo, hi in day_parts(near)
+    ]
+    if not (by_day or far):  # no calls to read: one empty range keeps the statement's shape
+        far = [(scope.start, scope.start)]
+    grouped = [
+        select(CALL_DAY.label("day"), *_aggregates())
+        .where(*replace(scope, start=start, end=end).conditions())
+        .group_by(CALL_DAY)
+        for start, end in far
+    ]
+    return union_all(*by_day, *grouped).subquery("raw")
+
+
+def _valid_cached_days(key: str, cached: Sequence[date]) -> Subquery:
+    """`hit`: the cached results for the scope `key` of the days of `cached` that were
+    computed at their day's current epoch."""
+    return (
+        select(_CACHE.c.day, *(_CACHE.c[name] for name in USAGE_DAY_COLUMNS))
+        .join(
+            _EPOCHS,
+            and_(_EPOCHS.c.day == _CACHE.c.day, _EPOCHS.c.epoch == _CACHE.c.epoch),
+        )
+        .where(_CACHE.c.scope == key, _CACHE.c.day == any_(cast(list(cached), ARRAY(Date))))
+        .subquery("hit")
+    )
 
 
 # A result is stored only while the epoch it was computed at is still the day's (else it
