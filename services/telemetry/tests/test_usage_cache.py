@@ -85,6 +85,15 @@ async def cached(engine: AsyncEngine, scope: Scope) -> dict[date, int]:
         return {row.day: row.requests for row in rows}
 
 
+async def cached_and_true(runtime: Runtime, engine: AsyncEngine, scope: Scope) -> Usage:
+    """The service's answer, checked against every call's; every closed day with calls is
+    cached afterwards (one user's days without are not)."""
+    found = await answer(runtime, scope)
+    assert found.model_dump_json() == (await truth(engine, scope)).model_dump_json()
+    assert {group.key for group in found.groups} <= set(await cached(engine, scope))
+    return found
+
+
 async def sql(engine: AsyncEngine, statement: str, **params: Any) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(statement), params)
@@ -290,26 +299,16 @@ async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_t
 ) -> None:
     user = uuid.uuid4()
     day, other = today() - 4 * DAY, today() - 2 * DAY
-    events = [
-        CallEvent.model_validate(
-            as_json(
-                call(
-                    user, occurred_at=midnight(d).timestamp() + 3600 * (i + 1), latency_ms=100.0 + i
-                )
-            )
-        )
+    events = [  # 01:00 to 04:00 of both days
+        CallEvent.model_validate(as_json(call(user, occurred_at=at, latency_ms=100.0 + i)))
         for d in (day, other)
-        for i in range(4)
+        for i, at in enumerate(midnight(d).timestamp() + 3600 * hour for hour in range(1, 5))
     ]
     await store(runtime, events)
     scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
 
     async def agrees() -> Usage:
-        found = await answer(runtime, scope)
-        assert found.model_dump_json() == (await truth(engine, scope)).model_dump_json()
-        # Every closed day with calls is cached now (one user's days without are not).
-        assert {group.key for group in found.groups} <= set(await cached(engine, scope))
-        return found
+        return await cached_and_true(runtime, engine, scope)
 
     assert by_day(await agrees()) == {day: 4, other: 4}
 
@@ -359,8 +358,10 @@ async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_t
     )
     assert by_day(await agrees()) == {day: 4}
 
-    # Today's writes bump nothing: today is never cached, and no writer waits on its row.
-    await store(runtime, [CallEvent.model_validate(as_json(call(user)))])
+
+async def test_todays_writes_bump_no_epoch(engine: AsyncEngine, runtime: Runtime) -> None:
+    """Today is never cached, and no writer waits on its row."""
+    await store(runtime, [CallEvent.model_validate(as_json(call(uuid.uuid4())))])
     async with engine.connect() as conn:
         epochs = await conn.execute(
             text("SELECT count(*) FROM telemetry.usage_day_epoch WHERE day >= :today"),
