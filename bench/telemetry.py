@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +54,13 @@ from redis.asyncio import Redis
 # This file is named like the service's package: keep bench/ off the import path from here.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 from common import devstack, ports  # noqa: E402
-from common.db import create_engine  # noqa: E402
+from common.db import create_engine, create_sessionmaker  # noqa: E402
 from common.identity import Identity, SignedIdentity  # noqa: E402
 from common.llm_events import STREAM, LlmCallEvent  # noqa: E402
 from common.migrations import upgrade  # noqa: E402
+from telemetry.runtime import Runtime  # noqa: E402
 from telemetry.service import refresh_usage_cache  # noqa: E402
+from telemetry.settings import TelemetrySettings  # noqa: E402
 
 USERS = [uuid.UUID(int=i + 1) for i in range(100)]
 Processes = dict[str, list[psutil.Process]]
@@ -301,20 +302,26 @@ async def usage_query(
             result[name] = {"first": first, "cold": cold, "warm": warm}
             if name == "admin":
                 await forget()
-                result["prewarm_seconds"] = await prewarm(urls["telemetry"])
+                result["prewarm_seconds"] = await prewarm(urls["telemetry"], urls["redis"])
                 result[name]["warm_after_prewarm"] = await timed_usage(http, params, repeats)
         print(f"usage query, {name}:", json.dumps(result[name]))
     return result
 
 
-async def prewarm(database_url: str) -> float:
+async def prewarm(database_url: str, redis_url: str) -> float:
     """The service's pre-warm (what its loop runs every 30 s), run here, timed."""
+    settings = TelemetrySettings(database_url=database_url, redis_url=redis_url, retention_days=90)
     engine = create_engine(database_url, application_name="bench-prewarm")
+    redis = Redis.from_url(redis_url)
+    runtime = Runtime(
+        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), redis=redis
+    )
     try:
         begin = time.perf_counter()
-        await refresh_usage_cache(engine, retention=timedelta(days=90))
+        await refresh_usage_cache(runtime)
         return time.perf_counter() - begin
     finally:
+        await redis.aclose()
         await engine.dispose()
 
 

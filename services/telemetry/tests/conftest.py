@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,14 +19,14 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.db import create_engine
+from common.db import create_engine, create_sessionmaker
 from common.identity import Identity
 from common.llm_events import STREAM, LlmCallEvent
 from common.testing import RunDatabase, ServiceHarness, asgi_client
-from telemetry import repository
+from telemetry import repository, service
 from telemetry.consumer import StreamConsumer
 from telemetry.main import create_app
-from telemetry.service import Ingestor
+from telemetry.runtime import Runtime
 from telemetry.settings import TelemetrySettings
 
 MEMBER_PERMISSIONS = ("telemetry:read_own", "telemetry:write")
@@ -137,26 +137,39 @@ async def engine(harness: ServiceHarness) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
+def make_runtime(
+    harness: ServiceHarness, engine: AsyncEngine, redis: Redis, **settings: Any
+) -> Runtime:
+    """The service's runtime on the test database and Redis, as the lifespan builds it
+    (`settings` change the harness's)."""
+    assert isinstance(harness.settings, TelemetrySettings)
+    return Runtime(
+        settings=harness.settings.model_copy(update=settings),
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        redis=redis,
+    )
+
+
 @pytest.fixture
-async def ingestor(engine: AsyncEngine, harness: ServiceHarness) -> Ingestor:
-    ingestor = Ingestor(engine, retention_days=harness.settings.retention_days)  # type: ignore[attr-defined]
-    await ingestor.maintain()
-    return ingestor
+async def runtime(harness: ServiceHarness, engine: AsyncEngine, redis: Redis) -> Runtime:
+    """The runtime of a replica without its app: its units of work committed for real."""
+    runtime = make_runtime(harness, engine, redis)
+    await service.maintain(runtime)
+    return runtime
 
 
 MakeConsumer = Callable[..., AbstractAsyncContextManager[StreamConsumer]]
 
 
 @pytest.fixture
-def consumers(
-    harness: ServiceHarness, redis: Redis, engine: AsyncEngine, ingestor: Ingestor
-) -> MakeConsumer:
+def consumers(runtime: Runtime) -> MakeConsumer:
     """Replicas' consumers on the test stream, started; each stopped after its block."""
 
     @asynccontextmanager
     async def make(name: str = "replica-a", **overrides: Any) -> AsyncIterator[StreamConsumer]:
-        settings = harness.settings.model_copy(update={"consumer_name": name, **overrides})
-        consumer = StreamConsumer(redis, engine, ingestor, settings)  # type: ignore[arg-type]
+        settings = runtime.settings.model_copy(update={"consumer_name": name, **overrides})
+        consumer = StreamConsumer(replace(runtime, settings=settings))
         consumer.start()
         try:
             yield consumer

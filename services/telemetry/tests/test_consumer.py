@@ -13,10 +13,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.llm_events import STREAM
-from telemetry import repository
+from telemetry import repository, service
 from telemetry.metrics import REGISTRY
+from telemetry.runtime import Runtime
 from telemetry.schemas import CallEvent
-from telemetry.service import Ingestor
 
 from .conftest import (
     WAITING_HERE,
@@ -86,7 +86,7 @@ async def test_a_consumer_killed_mid_batch_then_another_replica_stores_all_exact
 
 
 async def test_an_entry_delivered_again_after_its_commit_is_one_row(
-    redis: Redis, engine: AsyncEngine, ingestor: Ingestor, consumers: MakeConsumer
+    redis: Redis, engine: AsyncEngine, runtime: Runtime, consumers: MakeConsumer
 ) -> None:
     user = uuid.uuid4()
     event = call(user)
@@ -96,7 +96,7 @@ async def test_an_entry_delivered_again_after_its_commit_is_one_row(
     await redis.xreadgroup("telemetry", "replica-a", {STREAM: ">"})
     async with engine.begin() as conn:
         parsed = CallEvent.model_validate_json(event.to_fields()["event"])
-        assert await ingestor.store(conn, [parsed], source="stream") == 1
+        assert await service.store(runtime, conn, [parsed], source="stream") == 1
     async with consumers("replica-b", claim_idle_seconds=0.2):
         # And the producer retried: the same event twice more.
         last = (await append(redis, [event, event]))[-1]

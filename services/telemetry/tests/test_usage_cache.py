@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -21,13 +22,14 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.db import transaction
 from common.identity import Identity
 from common.logging import configure_logging
 from telemetry import repository, service
 from telemetry.main import prewarm_usage
 from telemetry.repository import Scope
+from telemetry.runtime import Runtime
 from telemetry.schemas import CallEvent, Usage
-from telemetry.service import Ingestor
 
 from .conftest import (
     WAITING_HERE,
@@ -55,12 +57,10 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-async def answer(engine: AsyncEngine, scope: Scope) -> Usage:
+async def answer(runtime: Runtime, scope: Scope) -> Usage:
     """The service's answer: closed days from the cache where it is valid."""
-    async with engine.connect() as conn:
-        found = await service.usage(conn, scope=scope, group_by="day", retention=RETENTION)
-        await conn.commit()
-    return found
+    async with transaction(runtime.sessionmaker) as db:
+        return await service.usage_in(runtime, db, scope=scope, group_by="day")
 
 
 async def truth(engine: AsyncEngine, scope: Scope) -> Usage:
@@ -85,16 +85,28 @@ async def cached(engine: AsyncEngine, scope: Scope) -> dict[date, int]:
         return {row.day: row.requests for row in rows}
 
 
+async def cached_and_true(runtime: Runtime, engine: AsyncEngine, scope: Scope) -> Usage:
+    """The service's answer, checked against every call's; every closed day with calls is
+    cached afterwards (one user's days without are not)."""
+    found = await answer(runtime, scope)
+    assert found.model_dump_json() == (await truth(engine, scope)).model_dump_json()
+    assert {group.key for group in found.groups} <= set(await cached(engine, scope))
+    return found
+
+
 async def sql(engine: AsyncEngine, statement: str, **params: Any) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(statement), params)
 
 
-async def store(engine: AsyncEngine, events: list[CallEvent]) -> None:
-    """Through the ingestion code (Ingestor.store), committed."""
-    ingestor = Ingestor(engine, retention_days=90)
-    async with engine.begin() as conn:
-        await ingestor.store(conn, events, source="api")
+async def store(runtime: Runtime, events: list[CallEvent]) -> None:
+    """Through the ingestion code (service.store), committed."""
+    async with transaction(runtime.sessionmaker) as db:
+        await service.store(runtime, db, events, source="api")
+
+
+def with_retention(runtime: Runtime, *, days: int) -> Runtime:
+    return replace(runtime, settings=runtime.settings.model_copy(update={"retention_days": days}))
 
 
 def by_day(usage: Usage) -> dict[Any, int]:
@@ -153,11 +165,13 @@ def test_ranges_are_split_at_the_per_day_window() -> None:
     assert repository.split_ranges([(inside, inside)], lo, hi) == ([], [])
 
 
-async def test_cached_answers_are_identical_to_reading_every_call(engine: AsyncEngine) -> None:
+async def test_cached_answers_are_identical_to_reading_every_call(
+    engine: AsyncEngine, runtime: Runtime
+) -> None:
     rng = random.Random(6)
     users = [uuid.uuid4() for _ in range(3)]
     models = [f"test/cache-{uuid.uuid4().hex[:8]}", f"test/cache-{uuid.uuid4().hex[:8]}"]
-    await store(engine, random_calls(rng, users, models, 1500, days=6))
+    await store(runtime, random_calls(rng, users, models, 1500, days=6))
     now = datetime.now(UTC)
     first = today() - 5 * DAY
     ranges = {
@@ -182,7 +196,7 @@ async def test_cached_answers_are_identical_to_reading_every_call(engine: AsyncE
             scope = Scope(start=start, end=end, **filters)
             expected = (await truth(engine, scope)).model_dump_json()
             where = f"{scope_name}, {range_name}"
-            assert (await answer(engine, scope)).model_dump_json() == expected, where
+            assert (await answer(runtime, scope)).model_dump_json() == expected, where
             # The closed whole days of the range are cached now, and served from there.
             whole = [
                 d
@@ -191,21 +205,22 @@ async def test_cached_answers_are_identical_to_reading_every_call(engine: AsyncE
             ]
             assert whole or range_name.startswith("partial first day"), where
             assert set(whole) <= set(await cached(engine, scope)), where
-            assert (await answer(engine, scope)).model_dump_json() == expected, where
+            assert (await answer(runtime, scope)).model_dump_json() == expected, where
 
 
 async def test_a_cached_day_is_served_only_while_its_epoch_is_current(
     engine: AsyncEngine,
+    runtime: Runtime,
 ) -> None:
     user = uuid.uuid4()
     day = today() - 2 * DAY
     noon = midnight(day).timestamp() + 43200
     await store(
-        engine,
+        runtime,
         [CallEvent.model_validate(as_json(call(user, occurred_at=noon + i))) for i in range(5)],
     )
     scope = Scope(start=midnight(day - DAY), end=midnight(today()), user_id=user)
-    assert by_day(await answer(engine, scope)) == {day: 5}
+    assert by_day(await answer(runtime, scope)) == {day: 5}
     assert (await cached(engine, scope))[day] == 5
 
     # Corrupt the cached figure, epoch untouched: the cache is what answers.
@@ -215,33 +230,33 @@ async def test_a_cached_day_is_served_only_while_its_epoch_is_current(
         scope=scope.key(),
         day=day,
     )
-    assert by_day(await answer(engine, scope)) == {day: 424242}
+    assert by_day(await answer(runtime, scope)) == {day: 424242}
 
     # A new epoch for the day: the corrupted row is no longer valid, the true figure returns.
     await sql(engine, NEW_EPOCH + " WHERE day = :day", day=day)
-    assert by_day(await answer(engine, scope)) == {day: 5}
+    assert by_day(await answer(runtime, scope)) == {day: 5}
     assert (await cached(engine, scope))[day] == 5  # computed again and stored
 
 
 async def test_a_late_call_from_the_stream_changes_the_next_answer(
-    engine: AsyncEngine, redis: Redis, consumers: MakeConsumer
+    engine: AsyncEngine, runtime: Runtime, redis: Redis, consumers: MakeConsumer
 ) -> None:
     user = uuid.uuid4()
     day = today() - 3 * DAY
     noon = midnight(day).timestamp() + 43200
-    await store(engine, [CallEvent.model_validate(as_json(call(user, occurred_at=noon)))])
+    await store(runtime, [CallEvent.model_validate(as_json(call(user, occurred_at=noon)))])
     scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
-    assert by_day(await answer(engine, scope)) == {day: 1}
+    assert by_day(await answer(runtime, scope)) == {day: 1}
     assert day in await cached(engine, scope)
 
     async with consumers():
         await append(redis, [call(user, occurred_at=noon + 60)])
 
         async def counted() -> bool:
-            return by_day(await answer(engine, scope)) == {day: 2}
+            return by_day(await answer(runtime, scope)) == {day: 2}
 
         await eventually(counted)
-    assert (await answer(engine, scope)).model_dump_json() == (
+    assert (await answer(runtime, scope)).model_dump_json() == (
         await truth(engine, scope)
     ).model_dump_json()
 
@@ -280,29 +295,20 @@ async def test_a_late_call_reported_over_http_changes_the_next_answer(
 
 async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_touch(
     engine: AsyncEngine,
+    runtime: Runtime,
 ) -> None:
     user = uuid.uuid4()
     day, other = today() - 4 * DAY, today() - 2 * DAY
-    events = [
-        CallEvent.model_validate(
-            as_json(
-                call(
-                    user, occurred_at=midnight(d).timestamp() + 3600 * (i + 1), latency_ms=100.0 + i
-                )
-            )
-        )
+    events = [  # 01:00 to 04:00 of both days
+        CallEvent.model_validate(as_json(call(user, occurred_at=at, latency_ms=100.0 + i)))
         for d in (day, other)
-        for i in range(4)
+        for i, at in enumerate(midnight(d).timestamp() + 3600 * hour for hour in range(1, 5))
     ]
-    await store(engine, events)
+    await store(runtime, events)
     scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
 
     async def agrees() -> Usage:
-        found = await answer(engine, scope)
-        assert found.model_dump_json() == (await truth(engine, scope)).model_dump_json()
-        # Every closed day with calls is cached now (one user's days without are not).
-        assert {group.key for group in found.groups} <= set(await cached(engine, scope))
-        return found
+        return await cached_and_true(runtime, engine, scope)
 
     assert by_day(await agrees()) == {day: 4, other: 4}
 
@@ -352,8 +358,10 @@ async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_t
     )
     assert by_day(await agrees()) == {day: 4}
 
-    # Today's writes bump nothing: today is never cached, and no writer waits on its row.
-    await store(engine, [CallEvent.model_validate(as_json(call(user)))])
+
+async def test_todays_writes_bump_no_epoch(engine: AsyncEngine, runtime: Runtime) -> None:
+    """Today is never cached, and no writer waits on its row."""
+    await store(runtime, [CallEvent.model_validate(as_json(call(uuid.uuid4())))])
     async with engine.connect() as conn:
         epochs = await conn.execute(
             text("SELECT count(*) FROM telemetry.usage_day_epoch WHERE day >= :today"),
@@ -364,39 +372,40 @@ async def test_direct_sql_inserts_updates_and_deletes_invalidate_the_days_they_t
 
 async def test_prewarm_fills_everyones_closed_days_one_replica_at_a_time(
     engine: AsyncEngine,
+    runtime: Runtime,
 ) -> None:
     rng = random.Random(7)
-    await store(engine, random_calls(rng, [uuid.uuid4()], ["test/prewarm"], 300, days=4))
+    await store(runtime, random_calls(rng, [uuid.uuid4()], ["test/prewarm"], 300, days=4))
     async with engine.connect() as holder:  # another replica, refreshing
         await holder.execute(text("SELECT pg_advisory_lock(hashtext('telemetry:usage-cache'))"))
         try:
-            assert await service.refresh_usage_cache(engine, retention=RETENTION) is None
+            assert await service.refresh_usage_cache(runtime) is None
         finally:
             await holder.execute(
                 text("SELECT pg_advisory_unlock(hashtext('telemetry:usage-cache'))")
             )
 
-    assert await service.refresh_usage_cache(engine, retention=RETENTION) >= 3
+    assert await service.refresh_usage_cache(runtime) >= 3
     window = Scope(start=midnight(today() - 31 * DAY), end=midnight(today()), user_id=None)
     last_31 = {today() - n * DAY for n in range(1, 32)}
     assert last_31 <= set(await cached(engine, window))
-    assert (await answer(engine, window)).model_dump_json() == (
+    assert (await answer(runtime, window)).model_dump_json() == (
         await truth(engine, window)
     ).model_dump_json()
-    assert await service.refresh_usage_cache(engine, retention=RETENTION) == 0
+    assert await service.refresh_usage_cache(runtime) == 0
     # Bounded by retention: with 2 days kept, only yesterday is (re)considered.
     await sql(engine, NEW_EPOCH)
-    assert await service.refresh_usage_cache(engine, retention=timedelta(days=2)) == 1
+    assert await service.refresh_usage_cache(with_retention(runtime, days=2)) == 1
 
 
 async def test_members_never_see_anothers_cached_days(
-    engine: AsyncEngine, client: Client, app: FastAPI
+    engine: AsyncEngine, runtime: Runtime, client: Client, app: FastAPI
 ) -> None:
     alice, bob, root = member(), member(), admin()
     day = today() - 2 * DAY
     noon = midnight(day).timestamp() + 43200
     await store(
-        engine,
+        runtime,
         [
             CallEvent.model_validate(as_json(call(who, occurred_at=noon + i)))
             for i, who in enumerate([alice, bob, bob])
@@ -429,7 +438,7 @@ async def test_members_never_see_anothers_cached_days(
 
 
 async def test_made_up_filters_do_not_grow_the_cache(
-    engine: AsyncEngine, client: Client, app: FastAPI
+    engine: AsyncEngine, runtime: Runtime, client: Client, app: FastAPI
 ) -> None:
     """A viewer asking for 90 days of a model name that matches nothing, again and again
     with new names, stores nothing: a scope keeps only the days it had calls on (everyone's
@@ -438,7 +447,7 @@ async def test_made_up_filters_do_not_grow_the_cache(
     day = today() - 3 * DAY
     model = f"test/real-{uuid.uuid4().hex[:8]}"
     noon = midnight(day).timestamp() + 43200
-    await store(engine, [CallEvent.model_validate(as_json(call(viewer, occurred_at=noon,
+    await store(runtime, [CallEvent.model_validate(as_json(call(viewer, occurred_at=noon,
                                                                model=model)))])  # fmt: skip
     window = {"group_by": "day", "from": midnight(today() - 90 * DAY).isoformat()}
 
@@ -464,13 +473,14 @@ async def test_made_up_filters_do_not_grow_the_cache(
 
 async def test_no_day_is_cached_from_a_snapshot_that_missed_a_writer_still_in_flight(
     engine: AsyncEngine,
+    runtime: Runtime,
 ) -> None:
     """A writer whose trigger ran before midnight skipped the bump; the day may be cached
     only from a snapshot that saw every transaction older than the day's close finish."""
     user = uuid.uuid4()
     day = today() - 20 * DAY
     await store(
-        engine,
+        runtime,
         [CallEvent.model_validate(as_json(call(user, occurred_at=midnight(day).timestamp() + 60)))],
     )
     # The day as if it had just ended: nobody has marked it closed yet.
@@ -480,20 +490,20 @@ async def test_no_day_is_cached_from_a_snapshot_that_missed_a_writer_still_in_fl
 
     async with engine.connect() as in_flight:  # holds a transaction id, not committed
         await in_flight.execute(text("SELECT pg_current_xact_id()"))
-        assert by_day(await answer(engine, scope)) == {day: 1}
+        assert by_day(await answer(runtime, scope)) == {day: 1}
         assert await cached(engine, scope) == {}
         await in_flight.rollback()
-    assert by_day(await answer(engine, scope)) == {day: 1}
+    assert by_day(await answer(runtime, scope)) == {day: 1}
     assert await cached(engine, scope) == {day: 1}
 
 
 async def test_a_failed_store_is_logged_and_the_answer_still_given(
-    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, runtime: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     user = uuid.uuid4()
     day = today() - 3 * DAY
     await store(
-        engine,
+        runtime,
         [CallEvent.model_validate(as_json(call(user, occurred_at=midnight(day).timestamp() + 60)))],
     )
     scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
@@ -505,7 +515,7 @@ async def test_a_failed_store_is_logged_and_the_answer_still_given(
     logger = logging.getLogger("telemetry.service")
     logger.addHandler(caplog.handler)  # configure_logging replaced the root's handlers
     try:
-        assert by_day(await answer(engine, scope)) == {day: 1}
+        assert by_day(await answer(runtime, scope)) == {day: 1}
     finally:
         logger.removeHandler(caplog.handler)
         await sql(engine, "ALTER TABLE telemetry.usage_day DROP CONSTRAINT refuse_all")
@@ -518,6 +528,7 @@ async def test_a_failed_store_is_logged_and_the_answer_still_given(
 
 async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
     engine: AsyncEngine,
+    runtime: Runtime,
 ) -> None:
     old, recent = today() - 200 * DAY, today() - 2 * DAY
     for day in (old, recent):
@@ -534,7 +545,7 @@ async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
             ":day, 7, 1, 0, 0, 0, 0)",
             day=day,
         )
-    await Ingestor(engine, retention_days=90).maintain()
+    await service.maintain(runtime)
     async with engine.connect() as conn:
         days = await conn.execute(
             text("SELECT day FROM telemetry.usage_day WHERE scope = 'retention-test'")
@@ -548,7 +559,7 @@ async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
 
 
 async def test_a_prewarm_cancelled_inside_a_query_stops_and_frees_its_lock(
-    engine: AsyncEngine, ingestor: Ingestor
+    engine: AsyncEngine, runtime: Runtime
 ) -> None:
     """A service stopping while its pre-warm waits on the database: the loop ends (it does
     not take the cancellation for one more failure to log), and the lock is free."""
@@ -565,7 +576,7 @@ async def test_a_prewarm_cancelled_inside_a_query_stops_and_frees_its_lock(
             text("SELECT 1 FROM telemetry.usage_day_epoch WHERE day = :day FOR UPDATE"),
             {"day": yesterday},
         )
-        loop = asyncio.create_task(prewarm_usage(ingestor, engine, 3600))
+        loop = asyncio.create_task(prewarm_usage(runtime, 3600))
 
         async def waiting() -> bool:
             async with engine.connect() as conn:
@@ -581,4 +592,4 @@ async def test_a_prewarm_cancelled_inside_a_query_stops_and_frees_its_lock(
         assert done, "the pre-warm loop went on after it was cancelled"
         assert loop.cancelled()
         await blocker.rollback()
-    assert await service.refresh_usage_cache(engine, retention=RETENTION) is not None
+    assert await service.refresh_usage_cache(runtime) is not None

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from common.db import DbSession
 from common.routing import JsonRoute
 from telemetry import service
-from telemetry.deps import IngestorDep, Reader, Reporter
+from telemetry.deps import Reader, Reporter, RuntimeDep
 from telemetry.schemas import CallPage, EventBatch, GroupBy, IngestResult, Usage
 
 router = APIRouter(tags=["telemetry"], route_class=JsonRoute)
@@ -31,7 +31,7 @@ User = Annotated[
 async def usage(
     identity: Reader,
     db: DbSession,
-    ingestor: IngestorDep,
+    runtime: RuntimeDep,
     group_by: GroupBy = "model",
     from_: From = None,
     to: To = None,
@@ -40,8 +40,9 @@ async def usage(
 ) -> Usage:
     """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
     user or UTC day. Your own calls; everyone's with telemetry:read_all."""
-    scope = service.scope_for(identity, user=user, start=from_, end=to, model=model)
-    return await service.usage(db, scope=scope, group_by=group_by, retention=ingestor.retention)
+    return await service.usage(
+        runtime, db, identity, group_by=group_by, start=from_, end=to, model=model, user=user
+    )
 
 
 @router.get("/v1/calls")
@@ -57,15 +58,24 @@ async def calls(
     user: User = None,
 ) -> CallPage:
     """Calls, newest first, each with its trace id; pass `next_cursor` back for more."""
-    scope = service.scope_for(identity, user=user, start=from_, end=to, model=model, status=status)
-    return await service.calls(db, scope=scope, cursor=cursor, limit=limit)
+    return await service.calls(
+        db,
+        identity,
+        cursor=cursor,
+        limit=limit,
+        model=model,
+        status=status,
+        start=from_,
+        end=to,
+        user=user,
+    )
 
 
 @router.post("/v1/events")
 async def report_events(
-    body: EventBatch, identity: Reporter, db: DbSession, ingestor: IngestorDep
+    body: EventBatch, identity: Reporter, db: DbSession, runtime: RuntimeDep
 ) -> IngestResult:
     """Report LLM calls made elsewhere (up to 1,000 a request). All or nothing: a batch
     with an invalid event is refused with 422 naming its index. Idempotent: an event
     already stored (same id and occurred_at) is counted as a duplicate and skipped."""
-    return await service.report(db, ingestor, identity=identity, batch=body)
+    return await service.report(runtime, db, identity, body)

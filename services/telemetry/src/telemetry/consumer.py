@@ -20,25 +20,23 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.db import transaction
 from common.llm_events import STREAM
 from common.tracing import recording_spans, span_link_limit
-from telemetry import repository
+from telemetry import repository, service
 from telemetry.metrics import DEAD_LETTERS, STREAM_LAG
+from telemetry.runtime import Runtime
 from telemetry.schemas import CallEvent, CallTrace
-from telemetry.service import Ingestor, utcnow
-from telemetry.settings import TelemetrySettings
+from telemetry.service import utcnow
+from telemetry.stream_repository import CallStream, Entry
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -49,7 +47,6 @@ PAYLOAD_LIMIT = 65_536  # characters of a dead letter's payload kept
 # millisecond); larger ones in a worker thread. At low rates most batches hold one or two
 # events, and the hop to a thread and back cost more CPU than parsing them.
 INLINE_PARSE = 32
-Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x, per event
@@ -75,13 +72,13 @@ def _payload(fields: dict[bytes, bytes]) -> str:
 
 
 def parse(
-    entries: Sequence[Entry], ingestor: Ingestor, now: datetime, *, traced: bool = False
+    entries: Sequence[Entry], retention: timedelta, now: datetime, *, traced: bool = False
 ) -> tuple[list[Parsed], list[DeadLetter]]:
     """Valid events, and dead letters with their reason (CPU work: run off the loop); with
     `traced`, each event's span context too."""
     parsed: list[Parsed] = []
     dead: list[DeadLetter] = []
-    refusal_of = ingestor.refusals(now)
+    refusal_of = service.refusals(retention, now)
     for raw_id, fields in entries:
         if fields is None:  # deleted from the stream while pending: nothing to store
             continue
@@ -124,12 +121,6 @@ def _call_context(raw: bytes) -> SpanContext | None:
     return context if context.is_valid else None
 
 
-def _entry_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _is_data_error(exc: DBAPIError) -> bool:
     """The rows are at fault (SQLSTATE classes 22, 23), not the connection or the server."""
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
@@ -139,20 +130,11 @@ def _is_data_error(exc: DBAPIError) -> bool:
 class StreamConsumer:
     """One replica's consumer: a background task started and stopped with the app."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        engine: AsyncEngine,
-        ingestor: Ingestor,
-        settings: TelemetrySettings,
-        *,
-        name: str | None = None,
-    ) -> None:
-        self._redis = redis
-        self._engine = engine
-        self._ingestor = ingestor
-        self._group = settings.consumer_group
+    def __init__(self, runtime: Runtime, *, name: str | None = None) -> None:
+        settings = runtime.settings
+        self._runtime = runtime
         self.name = name or settings.consumer_name
+        self._stream = CallStream(runtime.redis, group=settings.consumer_group, consumer=self.name)
         self._batch = settings.batch_size
         self._block_ms = settings.read_block_ms
         self._claim_idle_ms = int(settings.claim_idle_seconds * 1000)
@@ -185,21 +167,13 @@ class StreamConsumer:
         backoff = 0.2
         while not self._stopping:
             try:
-                await self._ensure_group()
+                await self._stream.ensure_group()
                 await self._consume()
             except Exception as exc:  # Redis or Postgres away, the stream deleted: retry
                 log.warning("telemetry consumer failed; retrying", error=repr(exc),
                             retry_in=backoff)  # fmt: skip
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-
-    async def _ensure_group(self) -> None:
-        try:
-            # From the start of the stream: events appended before telemetry ever ran count.
-            await self._redis.xgroup_create(STREAM, self._group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def _consume(self) -> None:
         await self._redeliver_own()
@@ -214,66 +188,50 @@ class StreamConsumer:
                 next_trim = loop.time() + self._trim_every
             self._reading = True
             try:
-                response: Any = await self._redis.xreadgroup(
-                    self._group, self.name, {STREAM: ">"}, count=self._batch,
-                    block=self._block_ms,
-                )  # fmt: skip
+                entries = await self._stream.read_new(count=self._batch, block_ms=self._block_ms)
             finally:
                 self._reading = False
-            for _stream, entries in response or ():
+            if entries:
                 await self._handle(entries)
 
     async def _redeliver_own(self) -> None:
         """Entries this consumer (same name: restarted in place) was given and never acked."""
-        start = "0"
+        after = "0"
         while not self._stopping:
-            response: Any = await self._redis.xreadgroup(
-                self._group, self.name, {STREAM: start}, count=self._batch
-            )
-            entries = response[0][1] if response else []
+            entries = await self._stream.read_own_pending(after=after, count=self._batch)
             if not entries:
                 return
             await self._handle(entries)
-            start = entries[-1][0].decode()
+            after = entries[-1][0].decode()
 
     async def reclaim(self) -> int:
         """Take over the entries other consumers left pending too long; returns how many."""
-        start: Any = "0-0"
+        start: bytes | str | None = "0-0"
         claimed_total = 0
-        while not self._stopping:
-            answer: Any = await self._redis.xautoclaim(
-                STREAM, self._group, self.name, self._claim_idle_ms, start, count=self._batch
+        while start is not None and not self._stopping:
+            start, claimed = await self._stream.claim_idle(
+                idle_ms=self._claim_idle_ms, start=start, count=self._batch
             )
-            next_start, claimed = answer[0], answer[1]
             if claimed:
                 claimed_total += len(claimed)
                 log.info("reclaimed pending entries", count=len(claimed))
                 await self._handle(claimed)
-            if _entry_id(next_start) == (0, 0):
-                break
-            start = next_start
         return claimed_total
 
+    async def trim(self) -> None:
+        """Trim the stream below what every group still needs; refresh the lag gauge."""
+        lag = await self._stream.trim()
+        if lag is not None:
+            STREAM_LAG.set(lag)
+
     async def _handle(self, entries: Sequence[Entry]) -> None:
+        """Store a batch (dead letters included), trace it, then acknowledge it."""
         traced = recording_spans()
         with tracer.start_as_current_span(BATCH_SPAN, kind=SpanKind.CONSUMER) as span:
-            if len(entries) <= INLINE_PARSE:
-                parsed, dead = parse(entries, self._ingestor, utcnow(), traced=traced)
-            else:
-                parsed, dead = await asyncio.to_thread(
-                    parse, entries, self._ingestor, utcnow(), traced=traced
-                )
+            parsed, dead = await self._parse(entries, traced=traced)
             invalid = len(dead)
             started = time.time_ns()
-            try:
-                inserted = await self._write(parsed, dead)
-            except DBAPIError as exc:
-                if not _is_data_error(exc):
-                    raise
-                # Something validation let through broke the batch: store event by event.
-                log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
-                self._ingestor.forget_partitions()
-                inserted = await self._write_one_by_one(parsed, dead)
+            inserted = await self._store(parsed, dead)
             written = time.time_ns()
             if dead:
                 DEAD_LETTERS.inc(len(dead))
@@ -289,7 +247,29 @@ class StreamConsumer:
                 )
             ids = [entry_id for entry_id, fields in entries if entry_id is not None]
             if ids:
-                await self._redis.xack(STREAM, self._group, *ids)  # only now: all is committed
+                await self._stream.ack(ids)  # only now: all is committed
+
+    async def _parse(
+        self, entries: Sequence[Entry], *, traced: bool
+    ) -> tuple[list[Parsed], list[DeadLetter]]:
+        retention = self._runtime.retention
+        if len(entries) <= INLINE_PARSE:
+            return parse(entries, retention, utcnow(), traced=traced)
+        return await asyncio.to_thread(parse, entries, retention, utcnow(), traced=traced)
+
+    async def _store(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> int:
+        """Store the batch and its dead letters; returns how many calls were new. Should
+        Postgres refuse the batch for its data, event by event: the refused ones are added
+        to `dead`."""
+        try:
+            return await self._write(parsed, dead)
+        except DBAPIError as exc:
+            if not _is_data_error(exc):
+                raise
+            # Something validation let through broke the batch: store event by event.
+            log.warning("batch refused by Postgres; storing one by one", error=str(exc.orig))
+            service.forget_partitions(self._runtime)
+            return await self._write_one_by_one(parsed, dead)
 
     def _trace_batch(
         self,
@@ -326,57 +306,30 @@ class StreamConsumer:
     async def _write(self, parsed: Sequence[Parsed], dead: Sequence[DeadLetter]) -> int:
         events = [p.event for p in parsed]
         if not dead:
-            # One statement commits on its own: no BEGIN and COMMIT round trips, which cost
-            # more than the insert itself when batches are small (low rates).
-            async with self._engine.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await self._ingestor.store(conn, events, source="stream")
-        async with self._engine.begin() as conn:
-            inserted = await self._ingestor.store(conn, events, source="stream")
-            await repository.insert_dead_letters(conn, dead)
+            # One statement, its own unit of work: autocommit (see repository.autocommit).
+            async with repository.autocommit(self._runtime.engine) as db:
+                return await service.store(self._runtime, db, events, source="stream")
+        async with transaction(self._runtime.sessionmaker) as db:
+            inserted = await service.store(self._runtime, db, events, source="stream")
+            await repository.insert_dead_letters(db, dead)
         return inserted
 
     async def _write_one_by_one(self, parsed: Sequence[Parsed], dead: list[DeadLetter]) -> int:
         inserted = 0
-        async with self._engine.begin() as conn:
+        async with transaction(self._runtime.sessionmaker) as db:
             for item in parsed:
                 try:
-                    async with conn.begin_nested():
-                        inserted += await self._ingestor.store(conn, [item.event], source="stream")
+                    async with db.begin_nested():
+                        inserted += await service.store(
+                            self._runtime, db, [item.event], source="stream"
+                        )
                 except DBAPIError as exc:
                     if not _is_data_error(exc):
                         raise
                     dead.append((item.entry_id, item.payload, f"refused by Postgres: {exc.orig}"))
             if dead:
-                await repository.insert_dead_letters(conn, dead)
+                await repository.insert_dead_letters(db, dead)
         return inserted
-
-    async def trim(self) -> None:
-        """XTRIM MINID below the oldest entry some group still needs (pending, or not yet
-        delivered), and refresh the lag gauge."""
-        groups = await self._redis.xinfo_groups(STREAM)
-        if not groups:
-            return
-        floors = []
-        lag = None
-        for group in groups:
-            pending = await self._redis.xpending(STREAM, group["name"])
-            ms, seq = _entry_id(group["last-delivered-id"])
-            floor = (ms, seq + 1)
-            if pending["pending"]:
-                floor = min(floor, _entry_id(pending["min"]))
-            floors.append(floor)
-            if _name(group["name"]) == self._group:
-                # Redis 7 counts the undelivered entries; 6.2 does not (see below).
-                undelivered = group.get("lag")
-                lag = None if undelivered is None else pending["pending"] + undelivered
-        ms, seq = min(floors)
-        await self._redis.xtrim(STREAM, minid=f"{ms}-{seq}", approximate=False)
-        if lag is None:
-            # Exactly trimmed, the stream holds what is pending, what is undelivered, and
-            # entries acknowledged above the oldest pending one: an upper bound.
-            lag = await self._redis.xlen(STREAM)
-        STREAM_LAG.set(lag)
 
 
 def _trace_calls(
@@ -413,7 +366,3 @@ def _trace_calls(
             span.set_status(trace.StatusCode.ERROR, "refused by Postgres: dead-lettered")
         span.end(end_time=written)
     return max(0, len(sampled) - limit)
-
-
-def _name(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
+from common.deps import app_state
 from common.errors import Forbidden
 from common.identity import CurrentIdentity, Identity
-from telemetry.service import READ_ALL, Ingestor, caller_id
+from telemetry.runtime import Runtime
+from telemetry.service import READ_ALL, caller_id
 
 READ_OWN = "telemetry:read_own"
 WRITE = "telemetry:write"
@@ -32,11 +34,6 @@ async def reporter(identity: CurrentIdentity) -> Identity:
     return identity
 
 
-async def _ingestor(request: Request) -> Ingestor:
-    ingestor: Ingestor = request.app.state.ingestor
-    return ingestor
-
-
 Reader = Annotated[Identity, Depends(reader)]
 Reporter = Annotated[Identity, Depends(reporter)]
-IngestorDep = Annotated[Ingestor, Depends(_ingestor)]
+RuntimeDep = Annotated[Runtime, Depends(app_state("runtime"))]

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.app import create_service_app, database_and_redis
+from telemetry import service
 from telemetry.api import router
 from telemetry.consumer import StreamConsumer
-from telemetry.service import Ingestor, refresh_usage_cache
+from telemetry.runtime import Runtime
 from telemetry.settings import TelemetrySettings
 
 log = structlog.get_logger(__name__)
@@ -27,11 +27,11 @@ def _stopping() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def maintain_partitions(ingestor: Ingestor, interval: float) -> None:
+async def maintain_partitions(runtime: Runtime, interval: float) -> None:
     """At start and then every `interval`: partitions ahead, retention behind."""
     while True:
         try:
-            await ingestor.maintain()
+            await service.maintain(runtime)
         except Exception as exc:  # the database away, a lock not granted: try again soon
             if _stopping():
                 raise asyncio.CancelledError from exc
@@ -41,12 +41,12 @@ async def maintain_partitions(ingestor: Ingestor, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def prewarm_usage(ingestor: Ingestor, engine: AsyncEngine, interval: float) -> None:
+async def prewarm_usage(runtime: Runtime, interval: float) -> None:
     """At start and then every `interval`: everyone's usage of the recent closed days into
     the per-day cache, where it is missing or stale."""
     while True:
         try:
-            computed = await refresh_usage_cache(engine, retention=ingestor.retention)
+            computed = await service.refresh_usage_cache(runtime)
             if computed:
                 log.info("usage days cached", days=computed)
         except Exception as exc:  # the database away: the queries compute what they need
@@ -60,37 +60,31 @@ async def prewarm_usage(ingestor: Ingestor, engine: AsyncEngine, interval: float
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: TelemetrySettings = app.state.settings
     async with database_and_redis(app, settings):
-        ingestor = Ingestor(app.state.engine, retention_days=settings.retention_days)
-        app.state.ingestor = ingestor
+        runtime = Runtime(
+            settings=settings,
+            engine=app.state.engine,
+            sessionmaker=app.state.sessionmaker,
+            redis=app.state.redis,
+        )
+        app.state.runtime = runtime
         background = [
-            asyncio.create_task(
-                maintain_partitions(ingestor, settings.maintenance_interval_seconds)
-            )
+            asyncio.create_task(maintain_partitions(runtime, settings.maintenance_interval_seconds))
         ]
         if settings.usage_cache_refresh_seconds:
             background.append(
-                asyncio.create_task(
-                    prewarm_usage(ingestor, app.state.engine, settings.usage_cache_refresh_seconds)
-                )
+                asyncio.create_task(prewarm_usage(runtime, settings.usage_cache_refresh_seconds))
             )
-        consumers = [
-            StreamConsumer(
-                app.state.redis,
-                app.state.engine,
-                ingestor,
-                settings,
-                name=f"{settings.consumer_name}-{number}",
-            )
-            for number in range(1, settings.consumers + 1)
-            if settings.consumer_enabled
-        ]
-        for consumer in consumers:
+        if settings.consumer_enabled:
+            runtime.consumers = [
+                StreamConsumer(runtime, name=f"{settings.consumer_name}-{number}")
+                for number in range(1, settings.consumers + 1)
+            ]
+        for consumer in runtime.consumers:
             consumer.start()
-        app.state.consumers = consumers
         try:
             yield
         finally:
-            await asyncio.gather(*(consumer.stop() for consumer in consumers))
+            await asyncio.gather(*(consumer.stop() for consumer in runtime.consumers))
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

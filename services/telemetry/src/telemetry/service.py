@@ -7,7 +7,7 @@ import base64
 import binascii
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,13 +17,14 @@ from pydantic import TypeAdapter
 from pydantic_core import TzInfo
 from sqlalchemy import Row
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.db import transaction
 from common.identity import Identity
 from telemetry import repository
 from telemetry.errors import BadCursor, Invalid, OthersUsage
 from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
 from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
+from telemetry.runtime import Runtime
 from telemetry.schemas import (
     CallEvent,
     CallPage,
@@ -69,87 +70,90 @@ def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-class Ingestor:
-    """Stores call events, from the stream or the API, and keeps the monthly partitions
-    of `llm_call`: those from the retention horizon to next month exist (made at start,
-    then hourly, and on demand for a batch that needs one); older ones are dropped whole."""
+# ---------------------------------------------------------------- storing calls
+#
+# The monthly partitions of llm_call from the retention horizon to next month exist (made
+# at start, then hourly, and on demand for a batch that needs one); older ones are dropped
+# whole. Runtime.partition_months remembers which exist.
 
-    def __init__(self, engine: AsyncEngine, *, retention_days: int) -> None:
-        self._engine = engine
-        self.retention = timedelta(days=retention_days)
-        self._months: set[date] = set()  # partitions known to exist
 
-    def refusals(self, now: datetime) -> Callable[[CallEvent], str | None]:
-        """Why an otherwise valid event cannot be stored at `now`, if it cannot (the
-        bounds computed once for a whole batch)."""
-        # In pydantic's own UTC object: the events' times carry it, and two datetimes with
-        # the very same tzinfo compare field by field, without calling utcoffset() on both
-        # (a tenth of the cost; this runs for every event ingested).
-        oldest = (now - self.retention).astimezone(PYDANTIC_UTC)
-        newest = (now + FUTURE_SLACK).astimezone(PYDANTIC_UTC)
+def refusals(retention: timedelta, now: datetime) -> Callable[[CallEvent], str | None]:
+    """Why an otherwise valid event cannot be stored at `now`, if it cannot (the bounds
+    computed once for a whole batch)."""
+    # In pydantic's own UTC object: the events' times carry it, and two datetimes with the
+    # very same tzinfo compare field by field, without calling utcoffset() on both (a tenth
+    # of the cost; this runs for every event ingested).
+    oldest = (now - retention).astimezone(PYDANTIC_UTC)
+    newest = (now + FUTURE_SLACK).astimezone(PYDANTIC_UTC)
 
-        def refusal(event: CallEvent) -> str | None:
-            if event.occurred_at < oldest:
-                return "occurred_at is older than the retention period"
-            if event.occurred_at > newest:
-                return "occurred_at is more than a day in the future"
-            return None
+    def refusal(event: CallEvent) -> str | None:
+        if event.occurred_at < oldest:
+            return "occurred_at is older than the retention period"
+        if event.occurred_at > newest:
+            return "occurred_at is more than a day in the future"
+        return None
 
-        return refusal
+    return refusal
 
-    async def ensure_partitions(self, months: Iterable[date]) -> None:
-        """Create the missing monthly partitions (in a transaction of their own)."""
-        missing = set(months) - self._months
-        if not missing:
-            return
-        async with self._engine.begin() as conn:
-            await repository.lock_partitions(conn)
-            existing = set(await repository.partition_months(conn))
-            for month in sorted(missing - existing):
-                await repository.create_partition(conn, month=month, until=next_month(month))
-                log.info("partition created", partition=repository.partition_name(month))
-        self._months = existing | missing
 
-    async def maintain(self, now: datetime | None = None) -> list[date]:
-        """Partitions from the retention horizon to next month; drop those wholly older than
-        the horizon, and dead letters and cached usage days older than it. Returns the
-        months dropped."""
-        now = now or utcnow()
-        horizon = now - self.retention
-        wanted = months_from(month_of(horizon), next_month(month_of(now)))
-        async with self._engine.begin() as conn:
-            await repository.lock_partitions(conn)
-            existing = await repository.partition_months(conn)
-            for month in sorted(set(wanted) - set(existing)):
-                await repository.create_partition(conn, month=month, until=next_month(month))
-            expired = [m for m in existing if _midnight(next_month(m)) <= horizon]
-            for month in expired:
-                await repository.drop_partition(conn, month=month)
-                log.info("partition dropped", partition=repository.partition_name(month))
-            await repository.delete_dead_letters_before(conn, horizon=horizon)
-            await repository.delete_usage_days_before(conn, day=horizon.astimezone(UTC).date())
-        self._months = (set(existing) | set(wanted)) - set(expired)
-        return expired
+async def ensure_partitions(runtime: Runtime, months: Iterable[date]) -> None:
+    """Create the missing monthly partitions, in a transaction of their own: the DDL's
+    locks (the advisory lock of every replica's partition DDL, the parent table's) are
+    released at once, not held for the batch's unit of work."""
+    missing = set(months) - runtime.partition_months
+    if not missing:
+        return
+    async with transaction(runtime.sessionmaker) as db:
+        await repository.lock_partitions(db)
+        existing = set(await repository.partition_months(db))
+        for month in sorted(missing - existing):
+            await repository.create_partition(db, month=month, until=next_month(month))
+            log.info("partition created", partition=repository.partition_name(month))
+    runtime.partition_months = existing | missing
 
-    async def store(self, db: Db, events: Sequence[CallEvent], *, source: str) -> int:
-        """Insert the calls not stored yet; returns how many were new. Commit is the
-        caller's."""
-        if not events:
-            return 0
-        first = min(e.occurred_at for e in events)
-        last = max(e.occurred_at for e in events)
-        await self.ensure_partitions(months_from(month_of(first), month_of(last)))
-        start = time.perf_counter()
-        inserted = await repository.insert_calls(db, EVENTS.dump_json(list(events)), source=source)
-        WRITE_DURATION.labels(source).observe(time.perf_counter() - start)
-        BATCH_SIZE.labels(source).observe(len(events))
-        INGESTED.labels(source).inc(inserted)
-        DUPLICATES.labels(source).inc(len(events) - inserted)
-        return inserted
 
-    def forget_partitions(self) -> None:
-        """After an insert found no partition: ask the database again next time."""
-        self._months.clear()
+async def maintain(runtime: Runtime, now: datetime | None = None) -> list[date]:
+    """Partitions from the retention horizon to next month; drop those wholly older than
+    the horizon, and dead letters and cached usage days older than it. Returns the months
+    dropped."""
+    now = now or utcnow()
+    horizon = now - runtime.retention
+    wanted = months_from(month_of(horizon), next_month(month_of(now)))
+    async with transaction(runtime.sessionmaker) as db:
+        await repository.lock_partitions(db)
+        existing = await repository.partition_months(db)
+        for month in sorted(set(wanted) - set(existing)):
+            await repository.create_partition(db, month=month, until=next_month(month))
+        expired = [m for m in existing if _midnight(next_month(m)) <= horizon]
+        for month in expired:
+            await repository.drop_partition(db, month=month)
+            log.info("partition dropped", partition=repository.partition_name(month))
+        await repository.delete_dead_letters_before(db, horizon=horizon)
+        await repository.delete_usage_days_before(db, day=horizon.astimezone(UTC).date())
+    runtime.partition_months = (set(existing) | set(wanted)) - set(expired)
+    return expired
+
+
+async def store(runtime: Runtime, db: Db, events: Sequence[CallEvent], *, source: str) -> int:
+    """Insert the calls not stored yet, in the caller's unit of work; returns how many
+    were new."""
+    if not events:
+        return 0
+    first = min(e.occurred_at for e in events)
+    last = max(e.occurred_at for e in events)
+    await ensure_partitions(runtime, months_from(month_of(first), month_of(last)))
+    start = time.perf_counter()
+    inserted = await repository.insert_calls(db, EVENTS.dump_json(list(events)), source=source)
+    WRITE_DURATION.labels(source).observe(time.perf_counter() - start)
+    BATCH_SIZE.labels(source).observe(len(events))
+    INGESTED.labels(source).inc(inserted)
+    DUPLICATES.labels(source).inc(len(events) - inserted)
+    return inserted
+
+
+def forget_partitions(runtime: Runtime) -> None:
+    """After an insert found no partition: ask the database again next time."""
+    runtime.partition_months.clear()
 
 
 # Validated events as canonical JSON (ISO times with offsets, decimal strings, UUID text):
@@ -198,12 +202,28 @@ def _aware(moment: datetime) -> datetime:
 # ---------------------------------------------------------------- queries
 
 
-async def usage(db: Db, *, scope: Scope, group_by: GroupBy, retention: timedelta) -> Usage:
-    """Usage per group. By day, closed days within `retention` come from the per-day cache
+async def usage(
+    runtime: Runtime,
+    db: Db,
+    identity: Identity,
+    *,
+    group_by: GroupBy,
+    start: datetime | None,
+    end: datetime | None,
+    model: str | None,
+    user: uuid.UUID | None,
+) -> Usage:
+    """Usage per group of the calls the caller may see (scope_for)."""
+    scope = scope_for(identity, user=user, start=start, end=end, model=model)
+    return await usage_in(runtime, db, scope=scope, group_by=group_by)
+
+
+async def usage_in(runtime: Runtime, db: Db, *, scope: Scope, group_by: GroupBy) -> Usage:
+    """Usage per group. By day, closed days within retention come from the per-day cache
     when it holds them at their current epoch (see usage_by_day); other groupings read the
     calls (their percentiles span every day and cannot be composed from days)."""
     if group_by == "day":
-        groups = await usage_by_day(db, scope=scope, retention=retention)
+        groups = await usage_by_day(runtime, db, scope=scope)
     else:
         rows = await repository.usage(db, scope=scope, group_by=group_by)
         groups = [usage_group(row._mapping) for row in rows]
@@ -262,7 +282,7 @@ def uncached_ranges(scope: Scope, cached: Iterable[date]) -> list[tuple[datetime
     return ranges
 
 
-async def usage_by_day(db: Db, *, scope: Scope, retention: timedelta) -> list[UsageGroup]:
+async def usage_by_day(runtime: Runtime, db: Db, *, scope: Scope) -> list[UsageGroup]:
     """Usage per UTC day, exact, with closed days from the per-day cache when valid.
 
     The days wholly inside the range that have ended (and are within retention) may come
@@ -270,19 +290,36 @@ async def usage_by_day(db: Db, *, scope: Scope, retention: timedelta) -> list[Us
     current epoch; every other part of the range (partial first and last days, today,
     days not cached or no longer valid) is read from the calls, restricted to those time
     ranges. The cached rows and the calls are read in ONE statement, so in one snapshot;
-    the epochs stored with the days just computed come from that snapshot too. Those
-    days are then stored in a transaction of their own; a failure there is logged and the
-    answer still given. This is the one query that commits: marking days closed, reading,
-    storing."""
-    closed = cacheable_days(scope, now=utcnow(), retention=retention)
+    the epochs stored with the days just computed come from that snapshot too. Those days
+    are then stored in a savepoint of `db`'s unit of work; a failure there is logged and
+    the answer still given. Days not marked closed yet are marked first, in a transaction
+    of their own (mark_closed)."""
+    closed = cacheable_days(scope, now=utcnow(), retention=runtime.retention)
     key = scope.key()
     cached: set[date] = set()
     if closed:
         probe = await repository.usage_cache_probe(db, key=key, days=closed)
         cached = {row.day for row in probe if row.cached}
-        unmarked = [row.day for row in probe if not row.marked]
-        if unmarked:
-            await _write(db, "mark closed days", repository.mark_closed_days(db, unmarked))
+        await mark_closed(runtime, [row.day for row in probe if not row.marked])
+    rows = await _read_days(db, scope=scope, key=key, closed=closed, cached=cached)
+    keep_empty = _keeps_days_without_calls(scope)
+    fresh = [
+        _day_values(row)
+        for row in rows
+        if row.day in closed and not row.cached and row.storable and (row.requests or keep_empty)
+    ]
+    if fresh:
+        await _store_days(db, key=key, rows=fresh)
+    return [usage_group(values) for row in rows if (values := _day_values(row))["requests"]]
+
+
+async def _read_days(
+    db: Db, *, scope: Scope, key: str, closed: Sequence[date], cached: set[date]
+) -> Sequence[Row[Any]]:
+    """The scope's days (repository.usage_days): the days of `cached` from the cache, the
+    rest of the range from the calls. A cached day invalidated between the probe and this
+    read (a late call landed) is read again from the calls; `cached` shrinks each time
+    round, so this ends."""
     while True:
         rows = await repository.usage_days(
             db,
@@ -294,26 +331,18 @@ async def usage_by_day(db: Db, *, scope: Scope, retention: timedelta) -> list[Us
         )
         lost = cached - {row.day for row in rows if row.cached}
         if not lost:
-            break
-        # Invalidated between the probe and the read (a late call landed): read the calls
-        # of those days instead. `cached` shrinks each time round, so this ends.
-        cached -= lost
-    # A day without calls is stored for everyone's unfiltered usage only (the pre-warmed
-    # scope, one row a day). Any other scope keeps just the days it had calls on, so what
-    # it stores is bounded by the calls themselves, never by filter values a caller makes
-    # up: a model name that matches nothing would otherwise store a row for every day
-    # asked, on every request. Such a day is read again instead: for one user, an index
-    # range on (user_id, occurred_at) that finds nothing.
-    keep_empty = scope.user_id is None and scope.model is None and scope.status is None
-    fresh = [
-        _day_values(row)
-        for row in rows
-        if row.day in closed and not row.cached and row.storable and (row.requests or keep_empty)
-    ]
-    if fresh:
-        await db.commit()  # the read is over; storing is a transaction of its own
-        await _write(db, "store usage days", repository.store_usage_days(db, key=key, rows=fresh))
-    return [usage_group(values) for row in rows if (values := _day_values(row))["requests"]]
+            return rows
+        cached = cached - lost
+
+
+def _keeps_days_without_calls(scope: Scope) -> bool:
+    """A day without calls is stored for everyone's unfiltered usage only (the pre-warmed
+    scope, one row a day). Any other scope keeps just the days it had calls on, so what it
+    stores is bounded by the calls themselves, never by filter values a caller makes up: a
+    model name that matches nothing would otherwise store a row for every day asked, on
+    every request. Such a day is read again instead: for one user, an index range on
+    (user_id, occurred_at) that finds nothing."""
+    return scope.user_id is None and scope.model is None and scope.status is None
 
 
 def _day_values(row: Row[Any]) -> dict[str, Any]:
@@ -326,50 +355,52 @@ def _day_values(row: Row[Any]) -> dict[str, Any]:
     return values
 
 
-async def _write(db: Db, what: str, statement: Awaitable[None]) -> None:
-    """Run one write of the cache in a transaction of its own: a failure is logged and
-    rolled back, never the caller's failure (the answer is computed either way)."""
+async def mark_closed(runtime: Runtime, days: Sequence[date]) -> None:
+    """Give the days a closed_xid, in a transaction of their own committed before the calls
+    are read: a day marked in the reading transaction could not be stored from it (its
+    closed_xid would be that transaction's own id, not below its snapshot's xmin). A
+    failure is logged, never the caller's failure (the answer is computed either way)."""
+    if not days:
+        return
     try:
-        await statement
-        await db.commit()
+        async with transaction(runtime.sessionmaker) as db:
+            await repository.mark_closed_days(db, days)
     except SQLAlchemyError as exc:
-        await db.rollback()
-        log.warning("usage cache write failed", what=what, error=repr(exc))
+        log.warning("usage cache write failed", what="mark closed days", error=repr(exc))
 
 
-async def refresh_usage_cache(
-    engine: AsyncEngine, *, retention: timedelta, now: datetime | None = None
-) -> int | None:
+async def _store_days(db: Db, *, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Store the closed days just computed, in a savepoint of `db`'s unit of work: a failure
+    is logged and rolled back to it, never the caller's failure (the answer is computed
+    either way)."""
+    try:
+        async with db.begin_nested():
+            await repository.store_usage_days(db, key=key, rows=rows)
+    except SQLAlchemyError as exc:
+        log.warning("usage cache write failed", what="store usage days", error=repr(exc))
+
+
+async def refresh_usage_cache(runtime: Runtime, *, now: datetime | None = None) -> int | None:
     """Compute everyone's usage of each closed day of the last PREWARM_DAYS (within
     retention) that has no valid cached result, one day per transaction. One replica at a
     time: returns None when another holds the lock, else how many days were computed."""
     now = now or utcnow()
     today = _midnight(now.astimezone(UTC).date())
     window = Scope(start=today - PREWARM_DAYS * ONE_DAY, end=today, user_id=None)
-    days = cacheable_days(window, now=now, retention=retention)
-    async with engine.connect() as conn:
-        if not await repository.try_lock_usage_cache(conn):
-            await conn.rollback()
+    days = cacheable_days(window, now=now, retention=runtime.retention)
+    async with repository.usage_cache_lock(runtime.engine) as granted:
+        if not granted:
             return None
-        try:
-            await conn.commit()
-            probe = await repository.usage_cache_probe(conn, key=window.key(), days=days)
-            unmarked = [row.day for row in probe if not row.marked]
-            if unmarked:  # all at once, so that writers in flight are long done when read
-                await _write(conn, "mark closed days", repository.mark_closed_days(conn, unmarked))
-            missing = [row.day for row in probe if not row.cached]
-            for day in missing:
-                one = Scope(start=_midnight(day), end=_midnight(day + ONE_DAY), user_id=None)
-                await usage_by_day(conn, scope=one, retention=retention)
-                await conn.commit()
-            return len(missing)
-        finally:
-            # The lock is the connection's: gone with it if it broke, or was cancelled in
-            # the middle of a call (then an unlock would only hide the cancellation).
-            if not conn.invalidated:
-                await conn.rollback()
-                await repository.unlock_usage_cache(conn)
-                await conn.commit()
+        async with transaction(runtime.sessionmaker) as db:
+            probe = await repository.usage_cache_probe(db, key=window.key(), days=days)
+        # All at once, so that writers in flight are long done when the days are read.
+        await mark_closed(runtime, [row.day for row in probe if not row.marked])
+        missing = [row.day for row in probe if not row.cached]
+        for day in missing:
+            one = Scope(start=_midnight(day), end=_midnight(day + ONE_DAY), user_id=None)
+            async with transaction(runtime.sessionmaker) as db:
+                await usage_by_day(runtime, db, scope=one)
+        return len(missing)
 
 
 def encode_cursor(occurred_at: datetime, call_id: uuid.UUID) -> str:
@@ -386,9 +417,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise BadCursor("The cursor is not one this service gave out.") from None
 
 
-async def calls(db: Db, *, scope: Scope, cursor: str | None, limit: int) -> CallPage:
-    """A page of calls, newest first; the cursor is the last row's (time, id), so rows
-    inserted meanwhile never shift a page (newer ones are above the first page)."""
+async def calls(
+    db: Db,
+    identity: Identity,
+    *,
+    cursor: str | None,
+    limit: int,
+    model: str | None,
+    status: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    user: uuid.UUID | None,
+) -> CallPage:
+    """A page of the calls the caller may see (scope_for), newest first; the cursor is the
+    last row's (time, id), so rows inserted meanwhile never shift a page (newer ones are
+    above the first page)."""
+    scope = scope_for(identity, user=user, start=start, end=end, model=model, status=status)
     before = decode_cursor(cursor) if cursor else None
     rows = await repository.calls_page(db, scope=scope, before=before, limit=limit + 1)
     page = [CallRead.model_validate(row, from_attributes=True) for row in rows[:limit]]
@@ -401,12 +445,10 @@ async def calls(db: Db, *, scope: Scope, cursor: str | None, limit: int) -> Call
 # ---------------------------------------------------------------- reported calls
 
 
-async def report(
-    db: Db, ingestor: Ingestor, *, identity: Identity, batch: EventBatch
-) -> IngestResult:
+async def report(runtime: Runtime, db: Db, identity: Identity, batch: EventBatch) -> IngestResult:
     """All or nothing: one event telemetry cannot store refuses the batch (422, with its
     index). A user's events are theirs: `user_id` is the caller, `api_key_id` the key used."""
-    refusal = ingestor.refusals(utcnow())
+    refusal = refusals(runtime.retention, utcnow())
     errors = [
         {"loc": ["body", "events", index, "occurred_at"], "msg": reason, "type": "value_error"}
         for index, event in enumerate(batch.events)
@@ -419,5 +461,5 @@ async def report(
     if identity.kind != "service":
         owner = {"user_id": caller_id(identity), "api_key_id": identity.kid}
         events = [event.model_copy(update=owner) for event in events]
-    inserted = await ingestor.store(db, events, source="api")
+    inserted = await store(runtime, db, events, source="api")
     return IngestResult(received=len(events), inserted=inserted, duplicates=len(events) - inserted)

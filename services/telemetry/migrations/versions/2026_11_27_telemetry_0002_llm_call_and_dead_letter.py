@@ -5,7 +5,7 @@ demand), never here: which months exist depends on the date and the retention se
 
 Revision ID: telemetry_0002
 Revises: telemetry_0001
-Create Date: 2026-11-28
+Create Date: 2026-11-27
 """
 
 from collections.abc import Sequence

@@ -1,0 +1,37 @@
+"""The telemetry service's long-lived infrastructure, in one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from telemetry.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    from telemetry.consumer import StreamConsumer
+
+
+@dataclass(eq=False)
+class Runtime:
+    """Built once by the lifespan (main.py), on `app.state.runtime`; the routes get it
+    with RuntimeDep, the stream consumers and the background loops are given it."""
+
+    settings: TelemetrySettings
+    engine: AsyncEngine
+    # Background units of work (common.db.transaction): partitions, the usage cache's marks,
+    # the pre-warm, the consumers' batches with dead letters.
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    # The monthly partitions of llm_call known to exist (asked again after an insert found
+    # none: service.forget_partitions).
+    partition_months: set[date] = field(default_factory=set)
+    consumers: list[StreamConsumer] = field(default_factory=list)
+
+    @property
+    def retention(self) -> timedelta:
+        """Calls are kept at least this long."""
+        return timedelta(days=self.settings.retention_days)
