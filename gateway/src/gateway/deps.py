@@ -6,28 +6,15 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from common.addresses import client_bucket
-from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
+from common.errors import BadRequest, MethodNotAllowed, NotFound, ServiceUnavailable
 from common.identity import Identity
+from gateway.errors import InvalidKeysLimited, MissingPermission, RateLimited, SessionRequired
 from gateway.metrics import RATE_LIMITED
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
-from gateway.security import (
-    InvalidKeysLimited,
-    Principal,
-    RateDecision,
-    RateLimited,
-    Security,
-)
+from gateway.security import Principal, RateDecision, Security
 from gateway.settings import GatewaySettings
 
 ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
-
-
-class MissingPermission(Forbidden):
-    slug = "missing-permission"
-
-
-class SessionRequired(Forbidden):
-    slug = "session-required"
 
 
 async def caller_identity(

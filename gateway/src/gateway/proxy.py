@@ -23,10 +23,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
-from common.errors import BadGateway, GatewayTimeout, Problem, TooManyRequests, render_problem
+from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
 from common.identity import Identity, request_target, sign
 from gateway.deps import caller_identity
+from gateway.errors import ClientClosed, PayloadTooLarge, TooManyInFlight
 from gateway.metrics import RATE_LIMITED
 from gateway.routes import rule_for
 from gateway.settings import GatewaySettings
@@ -71,20 +72,6 @@ NOT_FORWARDED = HOP_BY_HOP | {
 BUFFERED_MAX_BYTES = 256 * 1024
 # The gateway's own server sets these on the way out.
 NOT_RETURNED = HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
-
-
-class PayloadTooLarge(Problem):
-    status, slug, title = 413, "payload-too-large", "Content Too Large"
-
-
-class ClientClosed(Problem):
-    """The caller hung up before the answer (nginx's 499, for the logs and metrics)."""
-
-    status, slug, title = 499, "client-closed", "Client Closed Request"
-
-
-class TooManyInFlight(TooManyRequests):
-    slug = "too-many-in-flight"
 
 
 class InFlight:
