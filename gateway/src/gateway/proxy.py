@@ -29,7 +29,7 @@ from common.identity import Identity, request_target, sign
 from gateway.deps import caller_identity
 from gateway.errors import ClientClosed, PayloadTooLarge, TooManyInFlight
 from gateway.metrics import RATE_LIMITED
-from gateway.routes import rule_for
+from gateway.proxy_table import proxy_rule_for
 from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -206,7 +206,7 @@ class ProxyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rule = rule_for(scope["path"]) if scope["type"] == "http" else None
+        rule = proxy_rule_for(scope["path"]) if scope["type"] == "http" else None
         if rule is None:
             await self.app(scope, receive, send)
             return
