@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +15,10 @@ from starlette.middleware import Middleware
 from common.app import PlatformApp, new_app
 from common.redis import create_redis, ping_redis
 from gateway.api import router
-from gateway.clients import upstream_clients
+from gateway.clients import Upstreams
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import OpenAPICache
-from gateway.proxy import InFlight, ProxyMiddleware, upstream_sessions
+from gateway.proxy import InFlight, ProxyMiddleware
 from gateway.security import Security
 from gateway.settings import GatewaySettings
 
@@ -42,10 +41,10 @@ def _upstream_ready(client: httpx.AsyncClient) -> Any:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
-    clients = upstream_clients(settings)
+    upstreams = Upstreams(settings)
+    clients = upstreams.clients
     redis = create_redis(settings.redis_url)
-    app.state.upstreams = clients
-    app.state.proxy_upstreams = upstream_sessions(settings)
+    app.state.upstreams = upstreams
     app.state.in_flight = InFlight(settings.upstream_max_connections_per_user)
     app.state.signing_key = settings.internal_signing_key.get_secret_value().encode()
     app.state.redis = redis
@@ -63,8 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await asyncio.gather(*(client.aclose() for client in clients.values()))
-        await asyncio.gather(*(u.session.close() for u in app.state.proxy_upstreams.values()))
+        await upstreams.aclose()
         await redis.aclose()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -26,6 +25,7 @@ from yarl import URL
 from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
 from common.identity import Identity, request_target, sign
+from gateway.clients import Upstream
 from gateway.deps import caller_identity
 from gateway.errors import ClientClosed, PayloadTooLarge, TooManyInFlight
 from gateway.metrics import RATE_LIMITED
@@ -161,44 +161,6 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
             return b"".join(chunks)
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where proxied requests for one upstream go, and the pooled session that takes them."""
-
-    name: str
-    base_url: str
-    session: aiohttp.ClientSession
-
-
-def upstream_sessions(settings: GatewaySettings) -> dict[str, Upstream]:
-    """One pooled aiohttp session per upstream, for proxied requests (made in the lifespan).
-
-    Bytes pass through untouched (no decompression, no headers of aiohttp's own), and no
-    cookie jar: one caller's Set-Cookie must never reach another's request."""
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=settings.upstream_connect_timeout_seconds,
-        sock_read=settings.upstream_read_timeout_seconds,
-    )
-    return {
-        name: Upstream(
-            name,
-            url.rstrip("/"),
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=settings.upstream_max_connections, use_dns_cache=True
-                ),
-                timeout=timeout,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-                trust_env=False,
-            ),
-        )
-        for name, url in settings.upstream_urls().items()
-    }
-
-
 class ProxyMiddleware:
     """Answers every request whose path an upstream serves; the rest go to the router."""
 
@@ -219,7 +181,7 @@ class ProxyMiddleware:
             with state.in_flight.hold(rule.upstream, identity.user_id):
                 await Exchange(
                     scope, receive, send,
-                    upstream=state.proxy_upstreams[rule.upstream],
+                    upstream=state.upstreams.proxied[rule.upstream],
                     signing_key=state.signing_key,
                     max_body_bytes=settings.max_body_bytes,
                 ).run(identity)  # fmt: skip
