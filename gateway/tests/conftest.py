@@ -162,14 +162,12 @@ async def upstream(redis_url: str) -> AsyncIterator[Upstream]:
         yield state
 
 
-def in_one_window(*apps: Any) -> Any:
-    """Freeze these gateways' clock in the middle of the current rate-limit minute: a test
-    that counts requests against a per-minute budget must not see the minute turn (and its
-    counters start again) halfway through its requests. Returns the first app."""
+def in_one_window() -> Callable[[], float]:
+    """A gateway clock frozen in the middle of the current rate-limit minute (pass it to
+    create_app): a test that counts requests against a per-minute budget must not see the
+    minute turn (and its counters start again) halfway through its requests."""
     frozen = time.time() // WINDOW_SECONDS * WINDOW_SECONDS + WINDOW_SECONDS / 2
-    for app in apps:
-        app.state.clock = lambda: frozen
-    return apps[0]
+    return lambda: frozen
 
 
 def gateway_settings(upstream: Upstream, redis_url: str, **overrides: Any) -> GatewaySettings:

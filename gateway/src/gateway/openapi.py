@@ -14,6 +14,9 @@ from common.app import INTERNAL_OPENAPI_PATH
 from gateway.proxy_table import proxy_rule_for
 
 log = structlog.get_logger(__name__)
+# The public document's title and version.
+TITLE = "LLM Platform API"
+VERSION = "0.1.0"
 REF_PREFIX = "#/components/schemas/"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -25,12 +26,14 @@ from yarl import URL
 from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
 from common.identity import Identity, request_target, sign
+from gateway.admission import caller_identity
 from gateway.clients import Upstream
-from gateway.deps import caller_identity
 from gateway.errors import ClientClosed, PayloadTooLarge, TooManyInFlight
 from gateway.metrics import RATE_LIMITED
 from gateway.proxy_table import proxy_rule_for
-from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -172,18 +175,17 @@ class ProxyMiddleware:
         if rule is None:
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
-        settings: GatewaySettings = state.settings
-        scope["state"]["client_address"] = state.trusted_proxies.client_address(scope)
+        runtime: Runtime = scope["app"].state.runtime
+        scope["state"]["client_address"] = runtime.trusted_proxies.client_address(scope)
         request = Request(scope, receive)
         try:
-            identity = await caller_identity(request, security=state.security, settings=settings)
-            with state.in_flight.hold(rule.upstream, identity.user_id):
+            identity = await caller_identity(runtime, request)
+            with runtime.in_flight.hold(rule.upstream, identity.user_id):
                 await Exchange(
                     scope, receive, send,
-                    upstream=state.upstreams.proxied[rule.upstream],
-                    signing_key=state.signing_key,
-                    max_body_bytes=settings.max_body_bytes,
+                    upstream=runtime.upstreams.proxied[rule.upstream],
+                    signing_key=runtime.signing_key,
+                    max_body_bytes=runtime.settings.max_body_bytes,
                 ).run(identity)  # fmt: skip
         except Problem as exc:
             await render_problem(request, exc)(scope, receive, send)
