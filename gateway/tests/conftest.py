@@ -64,25 +64,22 @@ class Upstream:
 
 def upstream_app(state: Upstream, service: str) -> Any:
     router = APIRouter()
+    add_auth_resolver(router, state)
+    add_streams(router, state)
+    add_waits(router, state)
+    add_odd_answers(router)
+    add_echo(router, state)  # last: it takes every other path
 
-    async def echo(request: Request, identity: CurrentIdentity) -> dict[str, Any]:
-        state.hits += 1
-        return {
-            "method": request.method,
-            "path": request.url.path,
-            "query": request.url.query,
-            "headers": {k.lower(): v for k, v in request.headers.items()},
-            "body": (await request.body()).decode(),
-            "identity": {
-                "sub": identity.sub,
-                "kind": identity.kind,
-                "iss": identity.iss,
-                "permissions": list(identity.permissions),
-                "sid": identity.sid,
-                "kid": identity.kid,
-            },
-        }
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
 
+    return create_service_app(
+        upstream_settings(service), public=router, lifespan=lifespan, title="Upstream"
+    )
+
+
+def add_auth_resolver(router: APIRouter, state: Upstream) -> None:
     @router.post("/internal/api-keys/resolve")
     async def resolve(request: Request, _: CurrentIdentity) -> dict[str, Any]:
         # Like auth: unknown keys are 404 (most tests put known keys in the cache).
@@ -94,6 +91,10 @@ def upstream_app(state: Upstream, service: str) -> Any:
         async with Redis.from_url(state.redis_url) as redis:
             await redis.set(API_KEY_PREFIX + key_hash, known.to_json(), ex=300)
         return {"key_id": known.key_id, "user_id": known.user_id}
+
+
+def add_streams(router: APIRouter, state: Upstream) -> None:
+    """Server-sent events: one held between its chunks, one that breaks off."""
 
     @router.get("/v1/calls")
     async def stream(_: CurrentIdentity) -> StreamingResponse:
@@ -113,6 +114,10 @@ def upstream_app(state: Upstream, service: str) -> Any:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+
+def add_waits(router: APIRouter, state: Upstream) -> None:
+    """Slow answers: one late by `delay`, one that waits until its caller leaves."""
+
     @router.get("/v1/hub/models")
     async def slow(_: CurrentIdentity, delay: float = 0) -> dict[str, str]:
         await asyncio.sleep(delay)
@@ -129,6 +134,10 @@ def upstream_app(state: Upstream, service: str) -> Any:
             await asyncio.sleep(0.05)
         return {"status": "waited"}
 
+
+def add_odd_answers(router: APIRouter) -> None:
+    """Hop-by-hop headers named in `Connection`, and a crash with a secret in it."""
+
     @router.get("/v1/usage")
     async def headers(_: CurrentIdentity) -> JSONResponse:
         return JSONResponse(
@@ -139,17 +148,30 @@ def upstream_app(state: Upstream, service: str) -> Any:
     async def boom(_: CurrentIdentity) -> None:
         raise RuntimeError("database password is hunter2")
 
-    # Everything else: echo, for every method.
+
+def add_echo(router: APIRouter, state: Upstream) -> None:
+    """Every other path, for every method: what the request looked like when it arrived."""
+
+    async def echo(request: Request, identity: CurrentIdentity) -> dict[str, Any]:
+        state.hits += 1
+        return {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": (await request.body()).decode(),
+            "identity": {
+                "sub": identity.sub,
+                "kind": identity.kind,
+                "iss": identity.iss,
+                "permissions": list(identity.permissions),
+                "sid": identity.sid,
+                "kid": identity.kid,
+            },
+        }
+
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         router.add_api_route("/{path:path}", echo, methods=[method], name=f"echo_{method}")
-
-    @asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        yield
-
-    return create_service_app(
-        upstream_settings(service), public=router, lifespan=lifespan, title="Upstream"
-    )
 
 
 @pytest.fixture
@@ -162,14 +184,12 @@ async def upstream(redis_url: str) -> AsyncIterator[Upstream]:
         yield state
 
 
-def in_one_window(*apps: Any) -> Any:
-    """Freeze these gateways' clock in the middle of the current rate-limit minute: a test
-    that counts requests against a per-minute budget must not see the minute turn (and its
-    counters start again) halfway through its requests. Returns the first app."""
+def in_one_window() -> Callable[[], float]:
+    """A gateway clock frozen in the middle of the current rate-limit minute (pass it to
+    create_app): a test that counts requests against a per-minute budget must not see the
+    minute turn (and its counters start again) halfway through its requests."""
     frozen = time.time() // WINDOW_SECONDS * WINDOW_SECONDS + WINDOW_SECONDS / 2
-    for app in apps:
-        app.state.clock = lambda: frozen
-    return apps[0]
+    return lambda: frozen
 
 
 def gateway_settings(upstream: Upstream, redis_url: str, **overrides: Any) -> GatewaySettings:

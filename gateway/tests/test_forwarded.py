@@ -31,7 +31,8 @@ def gateway_with(upstream: Upstream, redis_url: str) -> Gateway:
 
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = in_one_window(create_app(gateway_settings(upstream, redis_url, **overrides)))
+        settings = gateway_settings(upstream, redis_url, **overrides)
+        app = create_app(settings, clock=in_one_window())
         async with LiveServer(app) as server, httpx.AsyncClient(base_url=server.url) as client:
             yield client
 

@@ -155,8 +155,8 @@ async def test_rate_limit_429_with_headers_shared_by_two_gateways(
 ) -> None:
     settings = gateway_settings(upstream, redis_url, rate_limit_per_minute=5)
     caller = await session_for()
-    apps = (create_app(settings), create_app(settings))
-    in_one_window(*apps)
+    clock = in_one_window()
+    apps = (create_app(settings, clock=clock), create_app(settings, clock=clock))
     async with (
         LiveServer(apps[0]) as one,
         LiveServer(apps[1]) as two,
@@ -182,7 +182,7 @@ async def test_model_calls_have_their_own_tighter_budget(
     caller = await session_for()
     before = refused_model_calls()
     async with (
-        LiveServer(in_one_window(create_app(settings))) as gw,
+        LiveServer(create_app(settings, clock=in_one_window())) as gw,
         httpx.AsyncClient(
             base_url=gw.url, cookies=caller.cookies, headers=caller.unsafe_headers()
         ) as c,
@@ -214,7 +214,7 @@ async def test_role_budgets_take_the_most_generous(
     )
     admin = await session_for(roles=("member", "admin"))
     async with (
-        LiveServer(in_one_window(create_app(settings))) as gw,
+        LiveServer(create_app(settings, clock=in_one_window())) as gw,
         httpx.AsyncClient(base_url=gw.url, cookies=admin.cookies) as c,
     ):
         statuses = [(await c.get("/v1/models")).status_code for _ in range(4)]
@@ -226,7 +226,7 @@ async def test_anonymous_routes_are_limited_per_client_ip(
 ) -> None:
     # `redis`: this client's count starts from an empty database and is cleared afterwards.
     settings = gateway_settings(upstream, redis_url, rate_limit_anonymous_per_minute=2)
-    gateway = in_one_window(create_app(settings))
+    gateway = create_app(settings, clock=in_one_window())
     async with LiveServer(gateway) as gw, httpx.AsyncClient(base_url=gw.url) as c:
         statuses = [(await c.post("/auth/login", json={})).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
@@ -307,7 +307,7 @@ async def test_unknown_api_keys_are_refused_without_asking_auth_past_a_budget(
     known = await api_key_for()  # in the cache: no question to auth
     before = refused("invalid_api_keys")
     async with (
-        LiveServer(in_one_window(create_app(settings))) as gw,
+        LiveServer(create_app(settings, clock=in_one_window())) as gw,
         httpx.AsyncClient(base_url=gw.url, headers={"X-Forwarded-For": "203.0.113.5"}) as c,
     ):
         answers = [await c.get("/v1/models", headers=h) for h in unknown_keys(5)]
@@ -332,7 +332,7 @@ async def test_a_burst_of_unknown_api_keys_gets_no_more_checks_than_the_budget(
 ) -> None:
     settings = gateway_settings(upstream, redis_url, invalid_api_keys_per_minute=3)
     async with (
-        LiveServer(in_one_window(create_app(settings))) as gw,
+        LiveServer(create_app(settings, clock=in_one_window())) as gw,
         httpx.AsyncClient(base_url=gw.url) as c,
     ):
         burst = await asyncio.gather(*(c.get("/v1/models", headers=h) for h in unknown_keys(12)))
@@ -354,7 +354,7 @@ async def test_a_valid_key_auth_is_asked_about_is_not_counted_as_a_failure(
     )
     settings = gateway_settings(upstream, redis_url, invalid_api_keys_per_minute=1)
     async with (
-        LiveServer(in_one_window(create_app(settings))) as gw,
+        LiveServer(create_app(settings, clock=in_one_window())) as gw,
         httpx.AsyncClient(base_url=gw.url) as c,
     ):
         valid = await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+
+from gateway.deps import RuntimeDep
+from gateway.openapi import TITLE
 
 router = APIRouter()
 
 
 @router.get("/openapi.json", include_in_schema=False)
-async def openapi(request: Request) -> dict[str, Any]:
-    document: dict[str, Any] = await request.app.state.openapi.document()
-    return document
+async def openapi(runtime: RuntimeDep) -> dict[str, Any]:
+    return await runtime.openapi.document()
 
 
 @router.get("/docs", include_in_schema=False)
 async def docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="LLM Platform API")
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)

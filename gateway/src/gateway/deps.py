@@ -1,95 +1,13 @@
-"""The gateway's checks on every proxied request: route, credentials, CSRF, RBAC, rate."""
+"""Dependencies of the gateway's own routes (api.py). Proxied requests never reach the
+router: their checks are gateway/admission.py."""
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
-from starlette.requests import Request
+from typing import Annotated
 
-from common.addresses import client_bucket
-from common.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceUnavailable
-from common.identity import Identity
-from gateway.metrics import RATE_LIMITED
-from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
-from gateway.security import (
-    InvalidKeysLimited,
-    Principal,
-    RateDecision,
-    RateLimited,
-    Security,
-)
-from gateway.settings import GatewaySettings
+from fastapi import Depends
 
-ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
+from common.deps import app_state
+from gateway.runtime import Runtime
 
-
-class MissingPermission(Forbidden):
-    slug = "missing-permission"
-
-
-class SessionRequired(Forbidden):
-    slug = "session-required"
-
-
-async def caller_identity(
-    request: Request, *, security: Security, settings: GatewaySettings
-) -> Identity:
-    """Who is calling this route, checked; raises the problem that stops the request.
-
-    Sets `route_template` in the scope (metrics and logs are labelled by it, never the raw
-    path), `user_id` in the scope's state, and the rate-limit headers to return."""
-    _refuse_ambiguous_paths(request)
-    route = route_for(request.method, request.url.path)
-    if route is None:
-        allowed = allowed_methods(request.url.path)
-        if allowed:
-            raise MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
-        raise NotFound("No such route.")
-    request.scope["route_template"] = route.template
-    client = client_bucket(request.scope["state"]["client_address"])
-    try:
-        if route.needs == PUBLIC:
-            limit = settings.rate_limit_anonymous_per_minute
-            _remember(request, await security.hit(f"ip:{client}", "anonymous", limit))
-            return ANONYMOUS
-        admission = await security.admit(request, model=route.model, client=client)
-    except RedisError:
-        # Never let a request through unchecked: without Redis nothing is authenticated.
-        raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None
-    except InvalidKeysLimited:
-        RATE_LIMITED.labels("invalid_api_keys").inc()
-        raise
-    except RateLimited:
-        budget = "anonymous" if route.needs == PUBLIC else "model" if route.model else "default"
-        RATE_LIMITED.labels(budget).inc()
-        raise
-    principal = admission.principal
-    request.scope["state"]["user_id"] = principal.user_id
-    _remember(request, admission.rate)
-    security.check_csrf(request, principal)
-    _authorize(principal, route.needs)
-    return principal.identity()
-
-
-def _refuse_ambiguous_paths(request: Request) -> None:
-    """Dot segments and encoded slashes could name one route to the RBAC check and another
-    to the upstream (which may normalise them): such paths are refused outright."""
-    raw = bytes(request.scope.get("raw_path") or b"").split(b"?", 1)[0].lower()
-    segments = request.url.path.split("/")
-    if b"%2f" in raw or b"%5c" in raw or b"\\" in raw or "." in segments or ".." in segments:
-        raise BadRequest("Paths may not contain dot segments or encoded slashes.")
-
-
-def _authorize(principal: Principal, needs: str) -> None:
-    if needs == SIGNED_IN:
-        return
-    if needs == SESSION_ONLY:
-        if principal.kind != "user":
-            raise SessionRequired("This needs a logged-in session, not an API key.")
-        return
-    if needs not in principal.permissions:
-        raise MissingPermission(f"This needs the {needs} permission.")
-
-
-def _remember(request: Request, decision: RateDecision | None) -> None:
-    if decision is not None:
-        request.scope["state"]["rate_limit_headers"] = decision.headers()
+RuntimeDep = Annotated[Runtime, Depends(app_state("runtime"))]

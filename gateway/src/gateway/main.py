@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -14,17 +14,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
 from common.app import PlatformApp, new_app
-from common.redis import create_redis, ping_redis
+from common.redis import ping_redis
 from gateway.api import router
-from gateway.clients import upstream_clients
 from gateway.forwarded import TrustedProxies
-from gateway.openapi import OpenAPICache
-from gateway.proxy import InFlight, ProxyMiddleware, upstream_sessions
-from gateway.security import Security
+from gateway.openapi import TITLE, VERSION
+from gateway.proxy import ProxyMiddleware
+from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
-
-TITLE = "LLM Platform API"
-VERSION = "0.1.0"
 
 
 def _upstream_ready(client: httpx.AsyncClient) -> Any:
@@ -40,44 +36,39 @@ def _upstream_ready(client: httpx.AsyncClient) -> Any:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: GatewaySettings = app.state.settings
-    clients = upstream_clients(settings)
-    redis = create_redis(settings.redis_url)
-    app.state.upstreams = clients
-    app.state.proxy_upstreams = upstream_sessions(settings)
-    app.state.in_flight = InFlight(settings.upstream_max_connections_per_user)
-    app.state.signing_key = settings.internal_signing_key.get_secret_value().encode()
-    app.state.redis = redis
-    app.state.security = Security(
-        redis=redis, auth=clients["auth"], settings=settings, clock=app.state.clock
-    )
-    app.state.openapi = OpenAPICache(clients, title=TITLE, version=VERSION)
+async def lifespan(
+    app: FastAPI, *, clock: Callable[[], float], trusted_proxies: TrustedProxies
+) -> AsyncIterator[None]:
+    runtime = Runtime.start(app.state.settings, clock=clock, trusted_proxies=trusted_proxies)
+    app.state.runtime = runtime
 
     async def redis_ready() -> None:
-        await ping_redis(redis)
+        await ping_redis(runtime.redis)
 
     app.state.readiness_checks["redis"] = redis_ready
-    for name, client in clients.items():
+    for name, client in runtime.upstreams.clients.items():
         app.state.readiness_checks[name] = _upstream_ready(client)
     try:
         yield
     finally:
-        await asyncio.gather(*(client.aclose() for client in clients.values()))
-        await asyncio.gather(*(u.session.close() for u in app.state.proxy_upstreams.values()))
-        await redis.aclose()
+        await runtime.aclose()
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings | None = None, *, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The gateway; `clock` (seconds since the epoch) times sessions and rate windows."""
     settings = settings or GatewaySettings()
-    app = new_app(settings, lifespan=lifespan, title=TITLE, version=VERSION)
+    trusted_proxies = TrustedProxies(settings.trusted_proxies)
+    app = new_app(
+        settings,
+        lifespan=partial(lifespan, clock=clock, trusted_proxies=trusted_proxies),
+        title=TITLE,
+        version=VERSION,
+    )
     assert isinstance(app, PlatformApp)
-    app.state.clock = time.time
-    app.state.trusted_proxies = TrustedProxies(settings.trusted_proxies)
     app.trace_context_from = (
-        app.state.trusted_proxies.peer_trusted
-        if settings.join_proxy_trace_context
-        else lambda _: False
+        trusted_proxies.peer_trusted if settings.join_proxy_trace_context else lambda _: False
     )
     app.include_router(router)
     # Innermost middleware: behind the request id, metrics and access log, before routing.

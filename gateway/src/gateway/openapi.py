@@ -11,9 +11,12 @@ import httpx
 import structlog
 
 from common.app import INTERNAL_OPENAPI_PATH
-from gateway.routes import rule_for
+from gateway.proxy_table import proxy_rule_for
 
 log = structlog.get_logger(__name__)
+# The public document's title and version.
+TITLE = "LLM Platform API"
+VERSION = "0.1.0"
 REF_PREFIX = "#/components/schemas/"
 
 
@@ -61,7 +64,7 @@ def merge(documents: dict[str, dict[str, Any]], *, title: str, version: str) -> 
         for name, schema in own.items():
             schemas[renames.get(name, name)] = _rename_refs(schema, renames)
         for path, item in document.get("paths", {}).items():
-            rule = rule_for(path)
+            rule = proxy_rule_for(path)
             if rule is None or rule.upstream != service:
                 log.warning("route not routed by the gateway", service=service, path=path)
                 continue

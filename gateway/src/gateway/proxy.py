@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -23,13 +23,17 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
-from common.errors import BadGateway, GatewayTimeout, Problem, TooManyRequests, render_problem
+from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
 from common.identity import Identity, request_target, sign
-from gateway.deps import caller_identity
+from gateway.admission import caller_identity
+from gateway.clients import Upstream
+from gateway.errors import ClientClosed, PayloadTooLarge, TooManyInFlight
 from gateway.metrics import RATE_LIMITED
-from gateway.routes import rule_for
-from gateway.settings import GatewaySettings
+from gateway.proxy_table import proxy_rule_for
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -71,20 +75,6 @@ NOT_FORWARDED = HOP_BY_HOP | {
 BUFFERED_MAX_BYTES = 256 * 1024
 # The gateway's own server sets these on the way out.
 NOT_RETURNED = HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
-
-
-class PayloadTooLarge(Problem):
-    status, slug, title = 413, "payload-too-large", "Content Too Large"
-
-
-class ClientClosed(Problem):
-    """The caller hung up before the answer (nginx's 499, for the logs and metrics)."""
-
-    status, slug, title = 499, "client-closed", "Client Closed Request"
-
-
-class TooManyInFlight(TooManyRequests):
-    slug = "too-many-in-flight"
 
 
 class InFlight:
@@ -174,44 +164,6 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
             return b"".join(chunks)
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where proxied requests for one upstream go, and the pooled session that takes them."""
-
-    name: str
-    base_url: str
-    session: aiohttp.ClientSession
-
-
-def upstream_sessions(settings: GatewaySettings) -> dict[str, Upstream]:
-    """One pooled aiohttp session per upstream, for proxied requests (made in the lifespan).
-
-    Bytes pass through untouched (no decompression, no headers of aiohttp's own), and no
-    cookie jar: one caller's Set-Cookie must never reach another's request."""
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=settings.upstream_connect_timeout_seconds,
-        sock_read=settings.upstream_read_timeout_seconds,
-    )
-    return {
-        name: Upstream(
-            name,
-            url.rstrip("/"),
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=settings.upstream_max_connections, use_dns_cache=True
-                ),
-                timeout=timeout,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-                trust_env=False,
-            ),
-        )
-        for name, url in settings.upstream_urls().items()
-    }
-
-
 class ProxyMiddleware:
     """Answers every request whose path an upstream serves; the rest go to the router."""
 
@@ -219,22 +171,21 @@ class ProxyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rule = rule_for(scope["path"]) if scope["type"] == "http" else None
+        rule = proxy_rule_for(scope["path"]) if scope["type"] == "http" else None
         if rule is None:
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
-        settings: GatewaySettings = state.settings
-        scope["state"]["client_address"] = state.trusted_proxies.client_address(scope)
+        runtime: Runtime = scope["app"].state.runtime
+        scope["state"]["client_address"] = runtime.trusted_proxies.client_address(scope)
         request = Request(scope, receive)
         try:
-            identity = await caller_identity(request, security=state.security, settings=settings)
-            with state.in_flight.hold(rule.upstream, identity.user_id):
+            identity = await caller_identity(runtime, request)
+            with runtime.in_flight.hold(rule.upstream, identity.user_id):
                 await Exchange(
                     scope, receive, send,
-                    upstream=state.proxy_upstreams[rule.upstream],
-                    signing_key=state.signing_key,
-                    max_body_bytes=settings.max_body_bytes,
+                    upstream=runtime.upstreams.proxied[rule.upstream],
+                    signing_key=runtime.signing_key,
+                    max_body_bytes=runtime.settings.max_body_bytes,
                 ).run(identity)  # fmt: skip
         except Problem as exc:
             await render_problem(request, exc)(scope, receive, send)

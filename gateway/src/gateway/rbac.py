@@ -82,7 +82,7 @@ ROUTES: tuple[Route, ...] = (
 
 
 def route_for(method: str, path: str) -> Route | None:
-    """The rule for a request; HEAD is checked as GET."""
+    """The entry of ROUTES a request calls (what it needs); HEAD is checked as GET."""
     method = "GET" if method == "HEAD" else method
     return next((route for route in ROUTES if route.matches(method, path)), None)
 

@@ -14,7 +14,6 @@ import structlog
 from fastapi import Request
 from redis.asyncio import Redis
 
-from common.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from common.identity import Identity
 from common.principals import (
     API_KEY_INVALID,
@@ -24,6 +23,13 @@ from common.principals import (
     TOUCH_SESSION_LUA,
     ApiKeyPrincipal,
     secret_hash,
+)
+from gateway.errors import (
+    AuthUnavailable,
+    CsrfFailed,
+    InvalidKeysLimited,
+    RateLimited,
+    Unauthenticated,
 )
 from gateway.settings import GatewaySettings, RateBudget
 
@@ -37,29 +43,6 @@ def _text(value: bytes | str) -> str:
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_KEY_SCHEME = "sk-"
 WINDOW_SECONDS = 60
-
-
-class Unauthenticated(Unauthorized):
-    slug = "authentication-required"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="llm-platform"'})
-
-
-class CsrfFailed(Forbidden):
-    slug = "csrf"
-
-
-class RateLimited(TooManyRequests):
-    slug = "rate-limited"
-
-
-class InvalidKeysLimited(RateLimited):
-    slug = "too-many-invalid-api-keys"
-
-
-class AuthUnavailable(ServiceUnavailable):
-    slug = "auth-unavailable"
 
 
 @dataclass(frozen=True)

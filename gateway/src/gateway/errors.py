@@ -1,0 +1,61 @@
+"""The gateway's problems, one class per condition."""
+
+from __future__ import annotations
+
+from common.errors import Forbidden, Problem, ServiceUnavailable, TooManyRequests, Unauthorized
+
+# Credentials
+
+
+class Unauthenticated(Unauthorized):
+    slug = "authentication-required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="llm-platform"'})
+
+
+class AuthUnavailable(ServiceUnavailable):
+    slug = "auth-unavailable"
+
+
+class CsrfFailed(Forbidden):
+    slug = "csrf"
+
+
+# Role-based access (gateway/rbac.py)
+
+
+class MissingPermission(Forbidden):
+    slug = "missing-permission"
+
+
+class SessionRequired(Forbidden):
+    slug = "session-required"
+
+
+# Budgets
+
+
+class RateLimited(TooManyRequests):
+    slug = "rate-limited"
+
+
+class InvalidKeysLimited(RateLimited):
+    slug = "too-many-invalid-api-keys"
+
+
+class TooManyInFlight(TooManyRequests):
+    slug = "too-many-in-flight"
+
+
+# The proxied exchange
+
+
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Content Too Large"
+
+
+class ClientClosed(Problem):
+    """The caller hung up before the answer (nginx's 499, for the logs and metrics)."""
+
+    status, slug, title = 499, "client-closed", "Client Closed Request"

@@ -1,0 +1,63 @@
+"""The gateway's long-lived infrastructure as one object: built by the lifespan (main.py),
+kept on `app.state.runtime`, closed when the app stops. A proxied request reads it once
+(gateway/proxy.py); the gateway's own routes get it as `RuntimeDep` (gateway/deps.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from common.redis import create_redis
+from gateway.clients import Upstreams
+from gateway.forwarded import TrustedProxies
+from gateway.openapi import TITLE, VERSION, OpenAPICache
+from gateway.proxy import InFlight
+from gateway.security import Security
+from gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: GatewaySettings
+    clock: Callable[[], float]
+    # Made by create_app: the request middleware asks it whose trace context to join.
+    trusted_proxies: TrustedProxies
+    upstreams: Upstreams
+    redis: Redis
+    security: Security
+    # Each caller's share of each upstream's connections on this replica.
+    in_flight: InFlight
+    # HMAC key of the identity header sent to the services.
+    signing_key: bytes
+    openapi: OpenAPICache
+
+    @classmethod
+    def start(
+        cls,
+        settings: GatewaySettings,
+        *,
+        clock: Callable[[], float],
+        trusted_proxies: TrustedProxies,
+    ) -> Runtime:
+        """Clients and pools, made inside the running event loop; nothing is called yet."""
+        upstreams = Upstreams(settings)
+        redis = create_redis(settings.redis_url)
+        return cls(
+            settings=settings,
+            clock=clock,
+            trusted_proxies=trusted_proxies,
+            upstreams=upstreams,
+            redis=redis,
+            security=Security(
+                redis=redis, auth=upstreams.clients["auth"], settings=settings, clock=clock
+            ),
+            in_flight=InFlight(settings.upstream_max_connections_per_user),
+            signing_key=settings.internal_signing_key.get_secret_value().encode(),
+            openapi=OpenAPICache(upstreams.clients, title=TITLE, version=VERSION),
+        )
+
+    async def aclose(self) -> None:
+        await self.upstreams.aclose()
+        await self.redis.aclose()
