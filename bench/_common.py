@@ -211,6 +211,7 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
             "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
             "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
             "PLATFORM_DATA_DIR": str(data_dir),
+            "PLATFORM_ENV_FILE": "",  # the platform as shipped, whatever a .env says
             "REDIS_URL": "redis://127.0.0.1:0/0",
             **{f"{name.upper()}_PORT": "0" for name in SERVICE_NAMES},
             **env_extra,
