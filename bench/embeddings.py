@@ -325,7 +325,11 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: I
         collection = result.pop("collection")
         exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
         result["_query_inputs"] = (collection, queries, exact)  # measured after (run)
-        result["local_model"] = await local_model(client, urls["inference"], auth, args.texts)
+        # A signed identity names the one service it is for (its audience).
+        to_inference = SignedIdentity(key, identity, audience="inference")
+        result["local_model"] = await local_model(
+            client, urls["inference"], to_inference, args.texts
+        )
     return result
 
 
