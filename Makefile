@@ -20,7 +20,7 @@ LOCAL_MET := import sys, importlib.metadata as md; \
 LOCAL_REQS := import tomllib; \
   print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
 
-.PHONY: help install install-local run stop-service start-service infra test test-fast lint format migrate pin clean bench bench-peers
+.PHONY: help install install-local run stop-service start-service infra test test-fast coverage lint format migrate pin clean bench bench-peers
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -59,6 +59,14 @@ test: install ## every test: unit, API, contract and end-to-end
 
 test-fast: install ## everything but the end-to-end suite
 	$(PYTHON) -m pytest -m "not e2e"
+
+# Every test under coverage.py ([tool.coverage] in pyproject.toml), the processes the tests
+# start included; then one line per package. The data stays in .coverage for
+# `.venv/bin/coverage report -m --include='services/auth/*'` and the like.
+coverage: install ## every test, then line and branch coverage per service, gateway and libs/common
+	rm -f .coverage .coverage.*
+	status=0; COVERAGE_FILE="$(CURDIR)/.coverage" $(PYTHON) -m coverage run -m pytest || status=$$?; \
+	  $(PYTHON) -m coverage combine --quiet && $(PYTHON) .ci/coverage-summary; exit $$status
 
 lint: install ## ruff and mypy
 	$(UV) run --no-sync ruff check .

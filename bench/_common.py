@@ -193,7 +193,7 @@ class Platform:
 
 @contextlib.contextmanager
 def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
-    """Start the platform with an admin (ADMIN_EMAIL / ADMIN_PASSWORD), rate limits off and
+    """Start the platform with an admin (ADMIN_EMAIL / ADMIN_PASSWORD), rate limits and caps off,
     a fresh embedded Postgres and Redis; stop it all and delete its data on the way out.
 
     devstack chooses the ports (`<NAME>_PORT=0`, Redis on port 0): each service's is bound
@@ -210,7 +210,12 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
             "LOG_LEVEL": "WARNING",
             "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
             "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
+            # One user drives every concurrent request: no cap on their requests in flight
+            # (16 by default) or their open streams (8), or c=50 measures 429s.
+            "GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_USER": "0",
+            "INFERENCE_MAX_CONCURRENT_STREAMS": "0",
             "PLATFORM_DATA_DIR": str(data_dir),
+            "PLATFORM_ENV_FILE": "",  # the platform as shipped, whatever a .env says
             "REDIS_URL": "redis://127.0.0.1:0/0",
             **{f"{name.upper()}_PORT": "0" for name in SERVICE_NAMES},
             **env_extra,

@@ -18,12 +18,14 @@ import signal
 import statistics
 import subprocess
 import time
+from typing import Any
 
 import httpx
 import psutil
 from _common import (
     RESULTS,
     UPSTREAM_KEY,
+    Platform,
     cpu_seconds,
     machine,
     platform,
@@ -56,7 +58,7 @@ def profile(py_spy: str, name: str, pid: int) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument(
@@ -65,41 +67,58 @@ def main() -> int:
         help="path to a py-spy binary: sample gateway and inference during the measured run "
         "and write collapsed stacks to bench/results/profile-<process>.txt",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure_both(
+    running: Platform, upstream_url: str, n: int, py_spy: str | None
+) -> tuple[list[float], list[float], dict[str, float], float]:
+    """The bare upstream's latencies, then the gateway path's, each after a warm-up; during
+    the gateway path, the CPU ms per request of gateway and inference and of this process
+    (the load generator), sampled by py-spy when given."""
+    key = provision(running.gateway, upstream_url)
+    procs = {name: [psutil.Process(running.pids[name])] for name in ("gateway", "inference")}
+    bare_body = dict(BODY, model="gpt-4o-mini")
+    with (
+        httpx.Client(headers={"Authorization": f"Bearer {UPSTREAM_KEY}"}) as bare,
+        httpx.Client(headers={"Authorization": f"Bearer {key}"}) as ours,
+    ):
+        measure(bare, f"{upstream_url}/chat/completions", bare_body, 200)  # warm-up
+        measure(ours, f"{running.gateway}/v1/chat/completions", BODY, 200)
+        bare_lat = measure(bare, f"{upstream_url}/chat/completions", bare_body, n)
+        before = {name: cpu_seconds(p) for name, p in procs.items()}
+        own = [psutil.Process(os.getpid())]
+        own_before = cpu_seconds(own)
+        spies = [profile(py_spy, name, running.pids[name]) for name in procs] if py_spy else []
+        ours_lat = measure(ours, f"{running.gateway}/v1/chat/completions", BODY, n)
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        cpu = {name: (cpu_seconds(p) - before[name]) * 1000 / n for name, p in procs.items()}
+        generator_cpu = (cpu_seconds(own) - own_before) * 1000 / n
+    return bare_lat, ours_lat, cpu, generator_cpu
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print("| path | p50 ms | p95 ms | p99 ms |\n|---|---|---|---|")
+    for name in ("bare_ms", "gateway_ms"):
+        r = result[name]
+        print(f"| {name[:-3]} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} |")
+    print(f"\nadded p50: {result['added_p50_ms']:.2f} ms")
+    print("CPU ms per request:", json.dumps(result["cpu_ms_per_request"], indent=None))
+
+
+def main() -> int:
+    args = parse_args()
     n = args.requests
     upstream, upstream_port = start_upstream()
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     # The local model is not measured here; its background load would land in inference's CPU.
     try:
         with platform(RESULTS / "chat_path.log", INFERENCE_LOCAL_PRELOAD="false") as running:
-            key = provision(running.gateway, upstream_url)
-            procs = {
-                name: [psutil.Process(running.pids[name])] for name in ("gateway", "inference")
-            }
-            bare_body = dict(BODY, model="gpt-4o-mini")
-            with (
-                httpx.Client(headers={"Authorization": f"Bearer {UPSTREAM_KEY}"}) as bare,
-                httpx.Client(headers={"Authorization": f"Bearer {key}"}) as ours,
-            ):
-                measure(bare, f"{upstream_url}/chat/completions", bare_body, 200)  # warm-up
-                measure(ours, f"{running.gateway}/v1/chat/completions", BODY, 200)
-                bare_lat = measure(bare, f"{upstream_url}/chat/completions", bare_body, n)
-                before = {name: cpu_seconds(p) for name, p in procs.items()}
-                own = [psutil.Process(os.getpid())]
-                own_before = cpu_seconds(own)
-                spies = (
-                    [profile(args.profile, name, running.pids[name]) for name in procs]
-                    if args.profile
-                    else []
-                )
-                ours_lat = measure(ours, f"{running.gateway}/v1/chat/completions", BODY, n)
-                for spy in spies:
-                    spy.send_signal(signal.SIGINT)
-                    spy.wait(30)
-                cpu = {
-                    name: (cpu_seconds(p) - before[name]) * 1000 / n for name, p in procs.items()
-                }
-                generator_cpu = (cpu_seconds(own) - own_before) * 1000 / n
+            bare_lat, ours_lat, cpu, generator_cpu = measure_both(
+                running, upstream_url, n, args.profile
+            )
     finally:
         stop(upstream)
     result = {
@@ -117,12 +136,7 @@ def main() -> int:
         },
     }
     (RESULTS / "chat_path.json").write_text(json.dumps(result, indent=2))
-    print("| path | p50 ms | p95 ms | p99 ms |\n|---|---|---|---|")
-    for name in ("bare_ms", "gateway_ms"):
-        r = result[name]
-        print(f"| {name[:-3]} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} |")  # type: ignore[index]
-    print(f"\nadded p50: {result['added_p50_ms']:.2f} ms")
-    print("CPU ms per request:", json.dumps(result["cpu_ms_per_request"], indent=None))
+    print_result(result)
     return 0
 
 

@@ -258,6 +258,61 @@ async def _collection_facts(dsn: str, collection: str) -> tuple[int, str]:
         await db.close()
 
 
+async def ingest_and_index(client: httpx.AsyncClient, data: np.ndarray) -> dict[str, Any]:
+    """A collection of `data`, bulk-ingested (timed), then how long its HNSW index took to be
+    ready after the ingest. The collection's id is under "collection"."""
+    created = await client.post("/v1/collections", json={"name": "bench", "model": MODEL})
+    assert created.status_code == 201, created.text
+    collection = created.json()["id"]
+    seconds = await ingest(client, f"/v1/collections/{collection}/documents", data)
+    result: dict[str, Any] = {"collection": collection}
+    result["ingest"] = {"vectors": len(data), "seconds": seconds,
+                        "vectors_per_second": len(data) / seconds}  # fmt: skip
+    print(f"ingest: {len(data)} vectors in {seconds:.1f} s = {len(data) / seconds:.0f}/s",
+          flush=True)  # fmt: skip
+    start = time.perf_counter()
+    while True:
+        got = (await client.get(f"/v1/collections/{collection}")).json()
+        if got["index"]["status"] == "ready":
+            break
+        await asyncio.sleep(0.5)
+    result["index_ready_after_ingest_seconds"] = time.perf_counter() - start
+    print(f"HNSW index ready {result['index_ready_after_ingest_seconds']:.1f} s after ingest",
+          flush=True)  # fmt: skip
+    return result
+
+
+async def local_model(
+    client: httpx.AsyncClient, inference_url: str, auth: SignedIdentity, count: int
+) -> dict[str, Any]:
+    """The local model's texts per second: at inference directly, then through an upsert
+    into a collection of the embeddings service (`client`)."""
+    texts = [f"sentence {i}: the quick brown fox jumps over the lazy dog {i % 97}"
+             for i in range(count)]  # fmt: skip
+    async with httpx.AsyncClient(base_url=inference_url, auth=auth, timeout=600) as inf:
+        await inf.post("/v1/embeddings", json={"model": MODEL, "input": texts[:8]})  # warm
+        t0 = time.perf_counter()
+        for s in range(0, len(texts), 256):
+            r = await inf.post("/v1/embeddings", json={"model": MODEL, "input": texts[s : s + 256]})
+            assert r.status_code == 200, r.text
+        model_seconds = time.perf_counter() - t0
+    created = await client.post("/v1/collections", json={"name": "texts", "model": MODEL})
+    path = f"/v1/collections/{created.json()['id']}/documents"
+    t0 = time.perf_counter()
+    for s in range(0, len(texts), 1000):
+        docs = [{"text": f"upserted {t}"} for t in texts[s : s + 1000]]
+        r = await client.post(path, json={"documents": docs})
+        assert r.status_code == 200, r.text
+    upsert_seconds = time.perf_counter() - t0
+    print(f"local model: {len(texts) / model_seconds:.0f} texts/s at inference,"
+          f" {len(texts) / upsert_seconds:.0f} texts/s through an upsert")  # fmt: skip
+    return {
+        "texts": len(texts),
+        "inference_texts_per_second": len(texts) / model_seconds,
+        "upsert_texts_per_second": len(texts) / upsert_seconds,
+    }
+
+
 async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: Identity,
                      key: bytes) -> dict[str, Any]:  # fmt: skip
     rng = np.random.default_rng(1)
@@ -265,55 +320,16 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: I
     data = clustered(rng, projection, args.vectors)
     queries = clustered(rng, projection, args.queries)
     auth = SignedIdentity(key, identity, audience="embeddings")
-    result: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=urls["embeddings"], auth=auth, timeout=600) as client:
-        created = await client.post("/v1/collections", json={"name": "bench", "model": MODEL})
-        assert created.status_code == 201, created.text
-        collection = created.json()["id"]
-        seconds = await ingest(client, f"/v1/collections/{collection}/documents", data)
-        result["ingest"] = {"vectors": len(data), "seconds": seconds,
-                            "vectors_per_second": len(data) / seconds}  # fmt: skip
-        print(f"ingest: {len(data)} vectors in {seconds:.1f} s = {len(data) / seconds:.0f}/s",
-              flush=True)  # fmt: skip
-        start = time.perf_counter()
-        while True:
-            got = (await client.get(f"/v1/collections/{collection}")).json()
-            if got["index"]["status"] == "ready":
-                break
-            await asyncio.sleep(0.5)
-        result["index_ready_after_ingest_seconds"] = time.perf_counter() - start
-        print(f"HNSW index ready {result['index_ready_after_ingest_seconds']:.1f} s after ingest",
-              flush=True)  # fmt: skip
-
+        result = await ingest_and_index(client, data)
+        collection = result.pop("collection")
         exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
         result["_query_inputs"] = (collection, queries, exact)  # measured after (run)
-
-        texts = [f"sentence {i}: the quick brown fox jumps over the lazy dog {i % 97}"
-                 for i in range(args.texts)]  # fmt: skip
-        async with httpx.AsyncClient(base_url=urls["inference"], auth=auth, timeout=600) as inf:
-            await inf.post("/v1/embeddings", json={"model": MODEL, "input": texts[:8]})  # warm
-            t0 = time.perf_counter()
-            for s in range(0, len(texts), 256):
-                r = await inf.post(
-                    "/v1/embeddings", json={"model": MODEL, "input": texts[s : s + 256]}
-                )
-                assert r.status_code == 200, r.text
-            model_seconds = time.perf_counter() - t0
-        created = await client.post("/v1/collections", json={"name": "texts", "model": MODEL})
-        path = f"/v1/collections/{created.json()['id']}/documents"
-        t0 = time.perf_counter()
-        for s in range(0, len(texts), 1000):
-            docs = [{"text": f"upserted {t}"} for t in texts[s : s + 1000]]
-            r = await client.post(path, json={"documents": docs})
-            assert r.status_code == 200, r.text
-        upsert_seconds = time.perf_counter() - t0
-        result["local_model"] = {
-            "texts": len(texts),
-            "inference_texts_per_second": len(texts) / model_seconds,
-            "upsert_texts_per_second": len(texts) / upsert_seconds,
-        }
-        print(f"local model: {len(texts) / model_seconds:.0f} texts/s at inference,"
-              f" {len(texts) / upsert_seconds:.0f} texts/s through an upsert")  # fmt: skip
+        # A signed identity names the one service it is for (its audience).
+        to_inference = SignedIdentity(key, identity, audience="inference")
+        result["local_model"] = await local_model(
+            client, urls["inference"], to_inference, args.texts
+        )
     return result
 
 

@@ -75,11 +75,111 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+MAIN_HEADER = [
+    "scenario",
+    "target",
+    "req/s",
+    "p50",
+    "p95",
+    "p99",
+    "errors",
+    "added p50",
+    "TTFB p50 (added)",
+    "server CPU/req",
+    "upstream CPU/req",
+    "generator CPU/req",
+    "server RSS",
+]
+RATIO_HEADER = [
+    "scenario",
+    "ours / bare req/s",
+    "ours / LiteLLM req/s",
+    "LiteLLM / ours CPU per request",
+    "added p50 ours (ms)",
+    "added p50 LiteLLM (ms)",
+]
+
+
+def _installed(row: dict[str, Any] | None) -> bool:
+    return row is not None and not row.get("not_installed")
+
+
+def _ttfb_text(row: dict[str, Any], bare: dict[str, Any] | None, target: str) -> str:
+    """Time to first byte, p50, with what the target adds to the bare upstream's."""
+    ttfb = _p50(row, "first_byte_ms")
+    added = None if target == "bare" else _diff(ttfb, _p50(bare, "first_byte_ms"))
+    if ttfb is None:
+        return "—"
+    return f"{ttfb:.2f}" + (f" (+{added:.2f})" if added is not None else "")
+
+
+def _main_row(
+    name: str, label: str, target: str, row: dict[str, Any], bare: dict[str, Any] | None
+) -> list[str]:
+    """One target of one scenario: throughput, latency, CPU and memory."""
+    latency = row["latency_ms"]
+    added = None if target == "bare" else _diff(_p50(row), _p50(bare))
+    return [
+        name,
+        label,
+        fmt(row["rps"]),
+        fmt(latency["p50"], 2),
+        fmt(latency["p95"], 2),
+        fmt(latency["p99"], 2),
+        fmt(row["errors"], 0),
+        fmt(added, 2),
+        _ttfb_text(row, bare, target),
+        fmt(services_cpu(row), 2),
+        fmt(row["cpu_ms_per_request"].get("upstream"), 2) if target != "bare" else "—",
+        fmt(row["generator_cpu_ms_per_request"], 3),
+        fmt(server_rss(row), 0),
+    ]
+
+
+def _cpu_row(name: str, ours: dict[str, Any]) -> list[str]:
+    """Our CPU per request, process by process."""
+    cpu = ours["cpu_ms_per_request"]
+    return [
+        name,
+        *(fmt(cpu.get(n), 2) for n in OUR_SERVICES),
+        fmt(services_cpu(ours), 2),
+        fmt(cpu.get("redis"), 2),
+        fmt(cpu.get("postgres"), 2),
+        fmt(cpu.get("upstream"), 2),
+    ]
+
+
+def _ratio_row(name: str, targets: dict[str, dict[str, Any]]) -> list[str]:
+    """Ours against the bare upstream and against LiteLLM, in one scenario."""
+    bare, ours, peer = targets.get("bare"), targets.get("ours"), targets.get("litellm")
+    peer_ok = _installed(peer)
+    return [
+        name,
+        fmt(_ratio(ours and ours.get("rps"), bare and bare.get("rps")), 3),
+        fmt(
+            _ratio(ours and ours.get("rps"), peer.get("rps") if peer_ok and peer else None),
+            1,
+        )
+        if peer_ok
+        else "not installed",
+        fmt(
+            _ratio(
+                services_cpu(peer) if peer_ok and peer else None,
+                services_cpu(ours) if ours else None,
+            ),
+            1,
+        )
+        if peer_ok
+        else "—",
+        fmt(_diff(_p50(ours), _p50(bare)), 2),
+        fmt(_diff(_p50(peer), _p50(bare)), 2) if peer_ok else "—",
+    ]
+
+
 def chat_tables(chat: dict[str, Any]) -> str:
-    scenarios = by_scenario(chat["rows"])
     litellm = chat.get("litellm")
     main_rows, ratio_rows, cpu_rows = [], [], []
-    for name, targets in scenarios.items():
+    for name, targets in by_scenario(chat["rows"]).items():
         bare = targets.get("bare")
         for target in ("bare", "ours", "litellm"):
             row = targets.get(target)
@@ -89,105 +189,19 @@ def chat_tables(chat: dict[str, Any]) -> str:
             if row is None or row.get("not_installed"):
                 main_rows.append([name, label, "not installed", *["—"] * 10])
                 continue
-            latency = row["latency_ms"]
-            added = None if target == "bare" else _diff(_p50(row), _p50(bare))
-            ttfb = _p50(row, "first_byte_ms")
-            added_ttfb = None if target == "bare" else _diff(ttfb, _p50(bare, "first_byte_ms"))
-            ttfb_text = (
-                "—"
-                if ttfb is None
-                else f"{ttfb:.2f}" + (f" (+{added_ttfb:.2f})" if added_ttfb is not None else "")
-            )
-            cpu = row["cpu_ms_per_request"]
-            main_rows.append(
-                [
-                    name,
-                    label,
-                    fmt(row["rps"]),
-                    fmt(latency["p50"], 2),
-                    fmt(latency["p95"], 2),
-                    fmt(latency["p99"], 2),
-                    fmt(row["errors"], 0),
-                    fmt(added, 2),
-                    ttfb_text,
-                    fmt(services_cpu(row), 2),
-                    fmt(cpu.get("upstream"), 2) if target != "bare" else "—",
-                    fmt(row["generator_cpu_ms_per_request"], 3),
-                    fmt(server_rss(row), 0),
-                ]
-            )
+            main_rows.append(_main_row(name, label, target, row, bare))
             if target == "ours":
-                cpu_rows.append(
-                    [
-                        name,
-                        *(fmt(cpu.get(n), 2) for n in OUR_SERVICES),
-                        fmt(services_cpu(row), 2),
-                        fmt(cpu.get("redis"), 2),
-                        fmt(cpu.get("postgres"), 2),
-                        fmt(cpu.get("upstream"), 2),
-                    ]
-                )
-        ours, peer = targets.get("ours"), targets.get("litellm")
-        peer_ok = peer is not None and not peer.get("not_installed")
-        ratio_rows.append(
-            [
-                name,
-                fmt(_ratio(ours and ours.get("rps"), bare and bare.get("rps")), 3),
-                fmt(
-                    _ratio(ours and ours.get("rps"), peer.get("rps") if peer_ok and peer else None),
-                    1,
-                )
-                if peer_ok
-                else "not installed",
-                fmt(
-                    _ratio(
-                        services_cpu(peer) if peer_ok and peer else None,
-                        services_cpu(ours) if ours else None,
-                    ),
-                    1,
-                )
-                if peer_ok
-                else "—",
-                fmt(_diff(_p50(ours), _p50(bare)), 2),
-                fmt(_diff(_p50(peer), _p50(bare)), 2) if peer_ok else "—",
-            ]
-        )
+                cpu_rows.append(_cpu_row(name, row))
+        ratio_rows.append(_ratio_row(name, targets))
     parts = [
         "## Chat and embeddings: bare upstream, ours, LiteLLM",
         f"Warm-up {chat['warmup_seconds']} s, then {chat['duration_seconds']} s measured per "
         f"row; delayed upstream: {chat['delay_ms']:g} ms per response. Latencies in ms; CPU in "
         "ms per request (user + system, /proc); ours = gateway + auth + inference + embeddings "
         "+ telemetry; RSS after the run (MB).",
-        table(
-            [
-                "scenario",
-                "target",
-                "req/s",
-                "p50",
-                "p95",
-                "p99",
-                "errors",
-                "added p50",
-                "TTFB p50 (added)",
-                "server CPU/req",
-                "upstream CPU/req",
-                "generator CPU/req",
-                "server RSS",
-            ],
-            main_rows,
-        ),
+        table(MAIN_HEADER, main_rows),
         "### Ratios, measured in the same run",
-        table(
-            [
-                "scenario",
-                "ours / bare req/s",
-                "ours / LiteLLM req/s",
-                "LiteLLM / ours CPU per request",
-                "added p50 ours (ms)",
-                "added p50 LiteLLM (ms)",
-            ],
-            ratio_rows,
-        ),
+        table(RATIO_HEADER, ratio_rows),
         "### Our CPU per request, by process (ms)",
         table(["scenario", *OUR_SERVICES, "services", "Redis", "Postgres", "upstream"], cpu_rows),
     ]
@@ -350,110 +364,116 @@ def vector_floor_table(vec: dict[str, Any]) -> list[str]:
     ]
 
 
+def _chat_targets(chat: dict[str, Any]) -> list[list[str]]:
+    sc = by_scenario(chat["rows"])
+    c50, c1, s1 = sc.get("chat c=50", {}), sc.get("chat c=1", {}), sc.get("stream c=1", {})
+    ours50, bare50, peer50 = c50.get("ours"), c50.get("bare"), c50.get("litellm")
+    peer_ok = _installed(peer50)
+    vs_peer = _ratio(ours50 and ours50["rps"], peer50["rps"] if peer_ok and peer50 else None)
+    vs_bare = _ratio(ours50 and ours50["rps"], bare50 and bare50["rps"])
+    added = _diff(_p50(c1.get("ours")), _p50(c1.get("bare")))
+    out = [
+        [
+            "chat c=50: ≥ 10x LiteLLM's req/s",
+            "LiteLLM not installed" if not peer_ok else f"{fmt(vs_peer, 1)}x",
+            status(None if vs_peer is None else vs_peer >= 10),
+        ],
+        [
+            "chat c=50: ≥ 0.10x the bare upstream's req/s",
+            f"{fmt(vs_bare, 3)}x",
+            status(None if vs_bare is None else vs_bare >= 0.10),
+        ],
+        [
+            "chat c=1: added p50 ≤ 3 ms",
+            f"{fmt(added, 2)} ms",
+            status(None if added is None else added <= 3),
+        ],
+    ]
+    for name, scenario in (("c=1", c1), ("c=50", c50)):
+        cpu = services_cpu(scenario["ours"]) if scenario.get("ours") else None
+        out.append(
+            [
+                f"chat {name}: ≤ 2 ms CPU per request, our services summed",
+                f"{fmt(cpu, 2)} ms",
+                status(None if cpu is None else cpu <= 2),
+            ]
+        )
+    ttfb = _diff(_p50(s1.get("ours"), "first_byte_ms"), _p50(s1.get("bare"), "first_byte_ms"))
+    out.append(
+        [
+            "stream c=1: added time to first byte ≤ 3 ms",
+            f"{fmt(ttfb, 2)} ms",
+            status(None if ttfb is None else ttfb <= 3),
+        ]
+    )
+    return out
+
+
+def _telemetry_targets(tel: dict[str, Any]) -> list[list[str]]:
+    rate = tel["ingestion"]["events_per_second"]
+    usage = tel["usage_query"]
+    admin = usage["admin"]
+    warm = admin["warm"]["seconds"]["median"]
+    cold = admin["first"]["seconds"]["median"]
+    return [
+        [
+            "telemetry ingestion ≥ 20,000 events/s",
+            f"{fmt(rate, 0)} events/s ({replicas(tel)})",
+            status(rate >= 20_000),
+        ],
+        [
+            f"30-day usage query over {fmt(usage['rows'], 0)} calls < 1 s",
+            f"warm {fmt(warm, 3)} s (median), cold {fmt(cold, 3)} s (first query)",
+            status(warm < 1) + ("" if cold < 1 else " warm; cold missed"),
+        ],
+    ]
+
+
+def _vector_targets(vec: dict[str, Any]) -> list[list[str]]:
+    rate = vec["ingest"]["vectors_per_second"]
+    out = [["vectors ingest ≥ 5,000/s", f"{fmt(rate, 0)} vectors/s", status(rate >= 5000)]]
+    good = [q for q in vec["queries"] if q["recall_at_10"] >= 0.95]
+    if not good:
+        out.append(
+            [
+                "vectors query p50 ≤ 5 ms at recall@10 ≥ 0.95",
+                "no ef_search reached recall 0.95",
+                status(False),
+            ]
+        )
+        return out
+    best = min(good, key=lambda q: q["p50_ms"])
+    out.append(
+        [
+            "vectors query p50 ≤ 5 ms at recall@10 ≥ 0.95",
+            f"p50 {fmt(best['p50_ms'], 2)} ms at recall {fmt(best['recall_at_10'], 3)}"
+            f" (ef_search {best['ef_search']})",
+            status(best["p50_ms"] <= 5),
+        ]
+    )
+    return out
+
+
+def _rss_target(idle: dict[str, float]) -> list[str]:
+    worst = max(idle, key=idle.__getitem__)
+    return [
+        f"every service ≤ {RSS_TARGET_MB} MB RSS idle",
+        f"largest: {worst} {fmt(idle[worst], 0)} MB",
+        status(all(mb <= RSS_TARGET_MB for mb in idle.values())),
+    ]
+
+
 def targets(report: dict[str, Any]) -> list[list[str]]:
     """Each target of issue 8: what was measured, met or missed."""
     out: list[list[str]] = []
-    chat = report.get("chat")
-    if chat:
-        sc = by_scenario(chat["rows"])
-        c50, c1, s1 = sc.get("chat c=50", {}), sc.get("chat c=1", {}), sc.get("stream c=1", {})
-        ours50, bare50, peer50 = c50.get("ours"), c50.get("bare"), c50.get("litellm")
-        peer_ok = peer50 is not None and not peer50.get("not_installed")
-        vs_peer = _ratio(ours50 and ours50["rps"], peer50["rps"] if peer_ok and peer50 else None)
-        out.append(
-            [
-                "chat c=50: ≥ 10x LiteLLM's req/s",
-                "LiteLLM not installed" if not peer_ok else f"{fmt(vs_peer, 1)}x",
-                status(None if vs_peer is None else vs_peer >= 10),
-            ]
-        )
-        vs_bare = _ratio(ours50 and ours50["rps"], bare50 and bare50["rps"])
-        out.append(
-            [
-                "chat c=50: ≥ 0.10x the bare upstream's req/s",
-                f"{fmt(vs_bare, 3)}x",
-                status(None if vs_bare is None else vs_bare >= 0.10),
-            ]
-        )
-        added = _diff(_p50(c1.get("ours")), _p50(c1.get("bare")))
-        out.append(
-            [
-                "chat c=1: added p50 ≤ 3 ms",
-                f"{fmt(added, 2)} ms",
-                status(None if added is None else added <= 3),
-            ]
-        )
-        for name, scenario in (("c=1", c1), ("c=50", c50)):
-            cpu = services_cpu(scenario["ours"]) if scenario.get("ours") else None
-            out.append(
-                [
-                    f"chat {name}: ≤ 2 ms CPU per request, our services summed",
-                    f"{fmt(cpu, 2)} ms",
-                    status(None if cpu is None else cpu <= 2),
-                ]
-            )
-        ttfb = _diff(_p50(s1.get("ours"), "first_byte_ms"), _p50(s1.get("bare"), "first_byte_ms"))
-        out.append(
-            [
-                "stream c=1: added time to first byte ≤ 3 ms",
-                f"{fmt(ttfb, 2)} ms",
-                status(None if ttfb is None else ttfb <= 3),
-            ]
-        )
-    tel = report.get("telemetry")
-    if tel:
-        rate = tel["ingestion"]["events_per_second"]
-        out.append(
-            [
-                "telemetry ingestion ≥ 20,000 events/s",
-                f"{fmt(rate, 0)} events/s ({replicas(tel)})",
-                status(rate >= 20_000),
-            ]
-        )
-        usage = tel["usage_query"]
-        admin = usage["admin"]
-        warm = admin["warm"]["seconds"]["median"]
-        cold = admin["first"]["seconds"]["median"]
-        out.append(
-            [
-                f"30-day usage query over {fmt(usage['rows'], 0)} calls < 1 s",
-                f"warm {fmt(warm, 3)} s (median), cold {fmt(cold, 3)} s (first query)",
-                status(warm < 1) + ("" if cold < 1 else " warm; cold missed"),
-            ]
-        )
-    vec = report.get("vectors")
-    if vec:
-        rate = vec["ingest"]["vectors_per_second"]
-        out.append(["vectors ingest ≥ 5,000/s", f"{fmt(rate, 0)} vectors/s", status(rate >= 5000)])
-        good = [q for q in vec["queries"] if q["recall_at_10"] >= 0.95]
-        if good:
-            best = min(good, key=lambda q: q["p50_ms"])
-            out.append(
-                [
-                    "vectors query p50 ≤ 5 ms at recall@10 ≥ 0.95",
-                    f"p50 {fmt(best['p50_ms'], 2)} ms at recall {fmt(best['recall_at_10'], 3)}"
-                    f" (ef_search {best['ef_search']})",
-                    status(best["p50_ms"] <= 5),
-                ]
-            )
-        else:
-            out.append(
-                [
-                    "vectors query p50 ≤ 5 ms at recall@10 ≥ 0.95",
-                    "no ef_search reached recall 0.95",
-                    status(False),
-                ]
-            )
-    idle = report.get("idle_rss_mb")
-    if idle:
-        worst = max(idle, key=idle.get)  # type: ignore[arg-type]
-        out.append(
-            [
-                f"every service ≤ {RSS_TARGET_MB} MB RSS idle",
-                f"largest: {worst} {fmt(idle[worst], 0)} MB",
-                status(all(mb <= RSS_TARGET_MB for mb in idle.values())),
-            ]
-        )
+    if report.get("chat"):
+        out += _chat_targets(report["chat"])
+    if report.get("telemetry"):
+        out += _telemetry_targets(report["telemetry"])
+    if report.get("vectors"):
+        out += _vector_targets(report["vectors"])
+    if report.get("idle_rss_mb"):
+        out.append(_rss_target(report["idle_rss_mb"]))
     return out
 
 

@@ -354,7 +354,7 @@ async def measure(
         await redis.aclose()
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--steady-seconds", type=float, default=30)
@@ -364,7 +364,45 @@ def main() -> int:
                         help="1,000-row inserts per case for the trigger overhead")  # fmt: skip
     parser.add_argument("--replicas", type=int, default=2,
                         help="telemetry processes (2: as deploy/k8s/base runs it)")  # fmt: skip
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def start_replicas(
+    count: int, env: dict[str, str], services: list[subprocess.Popen[bytes]]
+) -> list[int]:
+    """`count` telemetry processes, each on a free port, serving the socket bound here
+    (common.ports), logging to bench/results/telemetry-<n>.log; each is added to `services`
+    as soon as it runs (the caller stops them). Their ports, in order."""
+    service_ports = []
+    for index in range(count):
+        log_path = ROOT / "bench" / "results" / f"telemetry-{index}.log"
+        with open(log_path, "wb") as log:
+            service, service_port = ports.spawn(
+                [sys.executable, "-m", "telemetry"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        services.append(service)
+        service_ports.append(service_port)
+    return service_ports
+
+
+def watched(
+    data_dir: Path, services: list[subprocess.Popen[bytes]], redis: subprocess.Popen[bytes]
+) -> Processes:
+    """The processes whose CPU the ingestion is charged with."""
+    postmaster = psutil.Process(int((data_dir / "pg" / "postmaster.pid").read_text().split()[0]))
+    return {
+        "telemetry": [psutil.Process(service.pid) for service in services],
+        "postgres": [postmaster],
+        "redis": [psutil.Process(redis.pid)],
+    }
+
+
+def main() -> int:
+    args = parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
     admin_url = devstack.with_database(devstack.start_embedded_postgres(data_dir), "bench")
     redis_proc: subprocess.Popen[bytes] | None = None
@@ -384,42 +422,15 @@ def main() -> int:
                    # The bench runs the pre-warm itself, when it measures it.
                    TELEMETRY_USAGE_CACHE_REFRESH_SECONDS="0",
                    LOG_LEVEL="WARNING")  # fmt: skip
-        service_ports = []
-        for index in range(args.replicas):
-            log_path = ROOT / "bench" / "results" / f"telemetry-{index}.log"
-            with open(log_path, "wb") as log:
-                # Each on a free port, serving the socket bound here (common.ports).
-                service, service_port = ports.spawn(
-                    [sys.executable, "-m", "telemetry"],
-                    env=env,
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            services.append(service)
-            service_ports.append(service_port)
-        port = service_ports[0]
-        postmaster = psutil.Process(
-            int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
-        )
-        processes = {
-            "telemetry": [psutil.Process(service.pid) for service in services],
-            "postgres": [postmaster],
-            "redis": [psutil.Process(redis_proc.pid)],
+        port = start_replicas(args.replicas, env, services)[0]
+        endpoints = {
+            "db": admin_url,
+            "redis": redis_url,
+            "service": f"http://127.0.0.1:{port}",
+            "telemetry": urls["telemetry"],
         }
-        result = asyncio.run(
-            measure(
-                args,
-                {
-                    "db": admin_url,
-                    "redis": redis_url,
-                    "service": f"http://127.0.0.1:{port}",
-                    "telemetry": urls["telemetry"],
-                },
-                key,
-                processes,
-            )
-        )
+        processes = watched(data_dir, services, redis_proc)
+        result = asyncio.run(measure(args, endpoints, key, processes))
     finally:
         for service in services:
             service.terminate()

@@ -123,6 +123,7 @@ def launch_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlat
         {
             "INTERNAL_SIGNING_KEY": signing_key,
             "LOG_FORMAT": "json",
+            "PLATFORM_ENV_FILE": "",  # a developer's .env stays out of the tests
             "ADMIN_EMAIL": ADMIN_EMAIL,
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
             **{f"{name.upper()}_PORT": "0" for name in (*devstack.SERVICES, "gateway")},

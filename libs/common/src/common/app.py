@@ -17,6 +17,7 @@ from common.identity import require_identity
 from common.logging import configure_logging
 from common.middleware import RequestMiddleware
 from common.redis import create_redis, ping_redis
+from common.sentry import configure_sentry, report_unexpected_errors
 from common.settings import DatabaseSettings, ServiceSettings
 from common.tracing import configure_tracing, instrument_libraries
 
@@ -82,14 +83,16 @@ def instrument(app: FastAPI, settings: ServiceSettings) -> None:
     app.state.settings = settings
     app.state.readiness_checks = {}
     install_error_handlers(app)
+    report_unexpected_errors(app, settings)
     app.include_router(health.router)
 
 
 def configure_process(settings: ServiceSettings) -> None:
-    """Logging and tracing are per process; calling this twice is harmless."""
+    """Logging, tracing and error reports are per process; calling this twice is harmless."""
     configure_logging(settings.service_name, level=settings.log_level, json=settings.json_logs)
     configure_tracing(settings.service_name)
     instrument_libraries()
+    configure_sentry(settings)
 
 
 def new_app(

@@ -63,6 +63,27 @@ def _log(message: str) -> None:
     print(f"[devstack] {message}", file=sys.stderr, flush=True)
 
 
+def load_env_file() -> Path | None:
+    """Settings from a file, for `make run`, `make infra` and `make migrate`: the file that
+    `PLATFORM_ENV_FILE` names (empty: none), else `.env` at the repository root if there is
+    one (.env.example lists every variable). A variable already in the environment wins
+    over the file. Every process started here inherits the result."""
+    from dotenv import dotenv_values
+
+    configured = os.environ.get("PLATFORM_ENV_FILE")
+    if configured == "":
+        return None
+    path = Path(configured) if configured else repo_root() / ".env"
+    if not path.is_file():
+        if configured:
+            raise SystemExit(f"PLATFORM_ENV_FILE={configured}: no such file")
+        return None
+    for name, value in dotenv_values(path).items():
+        if value is not None:  # a bare NAME line sets nothing
+            os.environ.setdefault(name, value)
+    return path
+
+
 # ---------------------------------------------------------------- Postgres
 
 
@@ -584,6 +605,9 @@ def _wait_for_signal() -> None:
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "run"
+    env_file = load_env_file()
+    if env_file is not None:
+        _log(f"settings from {env_file} (the environment wins)")
     if command == "run":
         return run()
     if command == "infra":

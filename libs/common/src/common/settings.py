@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -31,6 +31,8 @@ SHARED_FIELDS = frozenset(
         "redis_url",
         "session_cookie_name",
         "csrf_cookie_name",
+        "sentry_dsn",
+        "sentry_environment",
     }
 )
 
@@ -61,6 +63,9 @@ class ServiceSettings(BaseSettings):
     # Read by auth (which sets the cookies) and the gateway (which checks them).
     session_cookie_name: str = "session"
     csrf_cookie_name: str = "csrf_token"
+    # Error reports (common.sentry): nothing is loaded or sent while the DSN is unset.
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str | None = None  # unset: `environment`
 
     @classmethod
     def settings_customise_sources(
@@ -73,6 +78,12 @@ class ServiceSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         shared = _SharedEnvSource(settings_cls, env_prefix="")
         return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
+
+    @field_validator("sentry_dsn", "sentry_environment", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`SENTRY_DSN=` (an empty line of .env, an optional Secret's empty key): no Sentry."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _defaults_and_secrets(self) -> ServiceSettings:
