@@ -15,6 +15,7 @@ from common.routing import JsonRoute
 from embeddings import service
 from embeddings.deps import CollectionId, Reader, RuntimeDep, Writer
 from embeddings.models import Collection
+from embeddings.runtime import Runtime
 from embeddings.schemas import (
     MAX_ID,
     CollectionCreate,
@@ -34,7 +35,7 @@ router = APIRouter(tags=["embeddings"], route_class=JsonRoute)
 DocumentId = Annotated[str, Path(min_length=1, max_length=MAX_ID)]
 
 
-def _read(row: Collection, runtime: RuntimeDep, count: int | None = None) -> CollectionRead:
+def _read(row: Collection, runtime: Runtime, count: int | None = None) -> CollectionRead:
     settings = runtime.settings
     reembedding = None
     if row.reembed_status is not None:
@@ -60,7 +61,7 @@ async def create_collection(
     body: CollectionCreate, identity: Writer, db: DbSession, runtime: RuntimeDep
 ) -> CollectionRead:
     """A new collection; its dimension is learned from the model (one probe embedding)."""
-    row = await service.create_collection(db, runtime, identity=identity, body=body)
+    row = await service.create_collection(runtime, db, identity=identity, body=body)
     return _read(row, runtime, 0)
 
 
@@ -89,7 +90,7 @@ async def update_collection(
     """Rename, describe, or change model: the documents are re-embedded in the background
     into a new index, and the collection switches to it atomically when it is complete."""
     row = await service.update_collection(
-        db, runtime, identity=identity, collection_id=collection_id, body=body
+        runtime, db, identity=identity, collection_id=collection_id, body=body
     )
     return _read(row, runtime)
 
@@ -102,11 +103,12 @@ async def delete_collection(collection_id: CollectionId, identity: Writer, db: D
 
 @router.post("/v1/collections/{id}/documents")
 async def upsert_documents(
-    collection_id: CollectionId, body: UpsertRequest, identity: Writer, runtime: RuntimeDep
-) -> UpsertResult:
+    collection_id: CollectionId, body: UpsertRequest, identity: Writer, db: DbSession,
+    runtime: RuntimeDep,
+) -> UpsertResult:  # fmt: skip
     """Insert or replace up to 1,000 documents, each with `text` or a precomputed `vector`."""
     return await service.upsert_documents(
-        runtime, identity=identity, collection_id=collection_id, documents=body.documents
+        runtime, db, identity=identity, collection_id=collection_id, documents=body.documents
     )
 
 
@@ -163,7 +165,7 @@ async def fast_query(request: Request, params: Mapping[str, str]) -> Response | 
     body = QueryRequest.model_validate(from_json(await request.body(), allow_inf_nan=True))
     if body.vector is None:
         return None
-    runtime: service.Runtime = request.app.state.embeddings
+    runtime: Runtime = request.app.state.runtime
     found = await service.query(
         runtime, identity=identity, collection_id=uuid.UUID(params["id"]), body=body
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
+from common.deps import app_state
 from common.errors import Forbidden
 from common.identity import CurrentIdentity, Identity
 from embeddings.errors import CollectionNotFound
-from embeddings.service import Runtime, owner_of
+from embeddings.runtime import Runtime
+from embeddings.service import owner_of
 
 
 def require(permission: str) -> object:
@@ -37,12 +39,7 @@ async def collection_id(id: str) -> uuid.UUID:
         raise CollectionNotFound("No such collection.") from None
 
 
-async def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.embeddings
-    return runtime
-
-
 Reader = Annotated[Identity, require("embeddings:read")]
 Writer = Annotated[Identity, require("embeddings:write")]
 CollectionId = Annotated[uuid.UUID, Depends(collection_id)]
-RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+RuntimeDep = Annotated[Runtime, Depends(app_state("runtime"))]

@@ -11,7 +11,7 @@ from common.app import create_service_app, database_and_redis
 from common.fastpath import fast_route
 from embeddings.api import QUERY_PATH, fast_query, router
 from embeddings.clients import Inference
-from embeddings.service import Runtime
+from embeddings.runtime import Runtime
 from embeddings.settings import EmbeddingsSettings
 from embeddings.vectors import install_codec
 from embeddings.workers import Worker
@@ -27,12 +27,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(
             settings=settings,
             engine=app.state.engine,
-            sessions=app.state.sessionmaker,
+            sessionmaker=app.state.sessionmaker,
             inference=inference,
             redis=app.state.redis,
             poke=worker.poke,
         )
-        app.state.embeddings = runtime
+        app.state.runtime = runtime
         worker.start(runtime)
         try:
             yield

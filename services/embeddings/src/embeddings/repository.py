@@ -1,19 +1,25 @@
-"""Every query of the embeddings service: the `collection` table and the documents tables.
+"""Every storage access of the embeddings service: the `collection` table, the documents
+tables, and the collections' last-write marks in Redis.
 
 A documents table is `embeddings.doc_<collection uuid hex>_<generation>`: its name is made
 from our own UUID and counter only (never from input), and every value is a bound parameter.
+
+Everything runs in the caller's unit of work (the request's session, or the worker's
+common.db.transaction), except the reads of `outside_transaction`: the one exception.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 from sqlalchemy import (
     ARRAY,
     Column,
@@ -49,6 +55,25 @@ METRICS: dict[str, tuple[str, str]] = {
     "l2": ("<->", "vector_l2_ops"),
     "inner_product": ("<#>", "vector_ip_ops"),
 }
+LAST_WRITE_KEY = "embeddings:last-write:{}"
+
+
+@asynccontextmanager
+async def outside_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection in autocommit, for reads that must not be part of a unit of work.
+
+    THE exception to "one unit of work per request" (issue 17), for two reads:
+    - the vector query (collection_head, search), the service's hot path: no BEGIN or COMMIT
+      round trip, no Session, and its hnsw settings kept per connection (set only when they
+      change, which outside a transaction no rollback can undo);
+    - an upsert's look before it embeds (collection_head, existing_documents): a transaction
+      left open across the call to inference would hold the documents table for seconds,
+      and a model switch's DROP of that table, holding the collection row meanwhile, would
+      deadlock with the upsert's write. The write itself is the request's unit of work.
+    A table switched away or dropped meanwhile just fails the statement: read again."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
 
 
 # ---------------------------------------------------------------- collections
@@ -62,11 +87,15 @@ async def add_collection(db: AsyncSession, *, collection: Collection) -> Collect
 
 
 async def get_collection(
-    db: AsyncSession, *, collection_id: uuid.UUID, lock: str | None = None
-) -> Collection | None:
+    db: AsyncSession, *, collection_id: uuid.UUID, lock: str | None = None,
+    generation: int | None = None,
+) -> Collection | None:  # fmt: skip
     """`lock`: "share" keeps it from changing model or going away until the transaction
-    ends (writers); "update" for the one who changes it."""
+    ends (writers); "update" for the one who changes it. `generation`: only if it is still
+    at that one (else None, and nothing locked)."""
     query = select(Collection).where(col(Collection.id) == collection_id)
+    if generation is not None:
+        query = query.where(col(Collection.generation) == generation)
     if lock == "share":
         query = query.with_for_update(read=True)
     elif lock == "update":
@@ -74,11 +103,12 @@ async def get_collection(
     return (await db.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
 
 
-async def searchable(conn: AsyncConnection, *, collection_id: uuid.UUID) -> Any:
-    """What a search needs of a collection: owner_id, model, generation, dimension, metric."""
+async def collection_head(conn: AsyncConnection, *, collection_id: uuid.UUID) -> Any:
+    """What a search or an upsert looks at first (outside_transaction): owner_id, model,
+    generation, dimension, metric, reembed_status."""
     query = select(
         col(Collection.owner_id), col(Collection.model), col(Collection.generation),
-        col(Collection.dimension), col(Collection.metric),
+        col(Collection.dimension), col(Collection.metric), col(Collection.reembed_status),
     ).where(col(Collection.id) == collection_id)  # fmt: skip
     return (await conn.execute(query)).one_or_none()
 
@@ -172,6 +202,19 @@ async def reembed_progress(
         {"id": collection_id, "worker": worker, "done": done, "total": total},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- last writes (Redis)
+
+
+async def mark_written(redis: Redis, collection_id: uuid.UUID, *, for_ms: int) -> None:
+    """The collection is being written to, or just was: its index build waits `for_ms`
+    (shared by the replicas)."""
+    await redis.set(LAST_WRITE_KEY.format(collection_id.hex), 1, px=for_ms)
+
+
+async def written_lately(redis: Redis, collection_id: uuid.UUID) -> bool:
+    return bool(await redis.exists(LAST_WRITE_KEY.format(collection_id.hex)))
 
 
 # ---------------------------------------------------------------- documents tables
@@ -275,7 +318,7 @@ async def build_index(
 
 
 async def existing_documents(
-    db: AsyncSession, table: DocumentTable, *, ids: list[str]
+    db: AsyncSession | AsyncConnection, table: DocumentTable, *, ids: list[str]
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
     """id -> (content hash, metadata) of those of `ids` that exist."""
     if not ids:
@@ -386,7 +429,7 @@ def search_query(
 
 
 async def search(
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     table: DocumentTable,
     *,
     vector: bytes,
@@ -401,42 +444,39 @@ async def search(
     0.8's iterative scan so that a selective filter still fills top_k; an exact scan
     otherwise.
 
-    The hot path of the service, so it runs outside any transaction (no BEGIN or COMMIT round
-    trip) and, without a filter, on asyncpg itself with a statement prepared once per
-    connection: SQLAlchemy's execution machinery costs more than the search on a small
-    collection. A filtered search is compiled by SQLAlchemy (filters.py binds every value)."""
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
-        try:
-            # Session-level settings, remembered per connection: set only when they change.
-            # Nothing else on these connections sets them at session level, and outside a
-            # transaction no rollback can undo them.
-            settings = (int(ef_search), "relaxed_order")
-            if raw.info.get(_SEARCH_SETTINGS) != settings:
-                raw.info.pop(_SEARCH_SETTINGS, None)
-                await driver.execute(
-                    "SELECT set_config('hnsw.ef_search', $1, false),"
-                    " set_config('hnsw.iterative_scan', $2, false)",
-                    str(settings[0]), settings[1],
-                )  # fmt: skip
-                raw.info[_SEARCH_SETTINGS] = settings
-            if condition is None:
-                found = await driver.fetchval(
-                    plain_search_sql(table, include_vectors), vector, top_k
-                )
-            else:
-                nearest = search_query(table, vector=vector, top_k=top_k, condition=condition,
-                                       include_vectors=include_vectors)  # fmt: skip
-                answer: Select[tuple[str]] = select(
-                    literal_column(matches_json(table.metric, include_vectors))
-                )
-                found = (await conn.execute(answer.select_from(nearest.subquery("s")))).scalar()
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-            raw.invalidate()  # never back to the pool: the next caller gets a new connection
-            raise
+    The hot path of the service, so it runs outside any transaction (`conn`, from
+    outside_transaction) and, without a filter, on asyncpg itself with a statement prepared
+    once per connection: SQLAlchemy's execution machinery costs more than the search on a
+    small collection. A filtered search is compiled by SQLAlchemy (filters.py binds every
+    value)."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    try:
+        # Session-level settings, remembered per connection: set only when they change.
+        # Nothing else on these connections sets them at session level, and outside a
+        # transaction no rollback can undo them.
+        settings = (int(ef_search), "relaxed_order")
+        if raw.info.get(_SEARCH_SETTINGS) != settings:
+            raw.info.pop(_SEARCH_SETTINGS, None)
+            await driver.execute(
+                "SELECT set_config('hnsw.ef_search', $1, false),"
+                " set_config('hnsw.iterative_scan', $2, false)",
+                str(settings[0]), settings[1],
+            )  # fmt: skip
+            raw.info[_SEARCH_SETTINGS] = settings
+        if condition is None:
+            found = await driver.fetchval(plain_search_sql(table, include_vectors), vector, top_k)
+        else:
+            nearest = search_query(table, vector=vector, top_k=top_k, condition=condition,
+                                   include_vectors=include_vectors)  # fmt: skip
+            answer: Select[tuple[str]] = select(
+                literal_column(matches_json(table.metric, include_vectors))
+            )
+            found = (await conn.execute(answer.select_from(nearest.subquery("s")))).scalar()
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+        raw.invalidate()  # never back to the pool: the next caller gets a new connection
+        raise
     return str(found)
 
 

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pydantic_core
-from redis.asyncio import Redis
-from sqlalchemy import column
+from sqlalchemy import ColumnElement, column
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.db import after_commit
 from common.errors import Forbidden, Unauthorized
 from common.identity import Identity
 from embeddings import repository
-from embeddings.clients import Inference
 from embeddings.errors import (
     Busy,
     CollectionNotFound,
@@ -33,6 +32,7 @@ from embeddings.errors import (
 from embeddings.filters import compile_filter
 from embeddings.models import Collection
 from embeddings.repository import DocumentTable, current_table
+from embeddings.runtime import Runtime, Searchable
 from embeddings.schemas import (
     CollectionCreate,
     CollectionUpdate,
@@ -41,7 +41,6 @@ from embeddings.schemas import (
     QueryRequest,
     UpsertResult,
 )
-from embeddings.settings import EmbeddingsSettings
 from embeddings.vectors import MAX_DIMENSION, pack
 
 INVOKE = "inference:invoke"
@@ -49,63 +48,6 @@ INVOKE = "inference:invoke"
 # reads only its owner's), never the role alone.
 READ_ALL = "embeddings:read_all"
 PROBE_TEXT = "dimension probe"
-LAST_WRITE_KEY = "embeddings:last-write:{}"
-
-
-@dataclass
-class Runtime:
-    """What the rules need beyond one unit of work, built once in the lifespan."""
-
-    settings: EmbeddingsSettings
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    inference: Inference
-    redis: Redis
-    # Tells the background worker that a collection has work (an index to build, a model
-    # change to run).
-    poke: Callable[[uuid.UUID], None]
-    searchable: SearchableCollections = field(default_factory=lambda: SearchableCollections())
-
-
-@dataclass(frozen=True)
-class Searchable:
-    """What a search needs of a collection. None of it changes while its documents table
-    exists: a model change moves to a new table (and drops this one) in the same
-    transaction, and a delete drops it, so a search through a stale copy fails with
-    "no such table" instead of answering from the wrong collection."""
-
-    owner_id: uuid.UUID
-    model: str
-    table: DocumentTable
-
-
-class SearchableCollections:
-    """This replica's copy of the collections it searched lately (a bounded LRU): a query
-    reads the collection row only on a miss, or when its table has gone."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._known: OrderedDict[uuid.UUID, Searchable] = OrderedDict()
-
-    async def get(self, engine: AsyncEngine, collection_id: uuid.UUID) -> Searchable | None:
-        found = self._known.get(collection_id)
-        if found is not None:
-            self._known.move_to_end(collection_id)
-            return found
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = await repository.searchable(conn, collection_id=collection_id)
-        if row is None:
-            return None
-        found = Searchable(row.owner_id, row.model, DocumentTable(
-            collection_id, row.generation, row.dimension, row.metric))  # fmt: skip
-        self._known[collection_id] = found
-        if len(self._known) > self.size:
-            self._known.popitem(last=False)
-        return found
-
-    def forget(self, collection_id: uuid.UUID) -> None:
-        self._known.pop(collection_id, None)
 
 
 def owner_of(identity: Identity) -> uuid.UUID:
@@ -167,7 +109,7 @@ async def probe_dimension(runtime: Runtime, identity: Identity, model: str) -> i
 
 
 async def create_collection(
-    db: AsyncSession, runtime: Runtime, *, identity: Identity, body: CollectionCreate
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, body: CollectionCreate
 ) -> Collection:
     owner = owner_of(identity)
     dimension = await probe_dimension(runtime, identity, body.model)
@@ -201,7 +143,7 @@ async def read_collection(
 
 
 async def update_collection(
-    db: AsyncSession, runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID,
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID,
     body: CollectionUpdate,
 ) -> Collection:  # fmt: skip
     row = await owned(db, identity, collection_id)
@@ -236,7 +178,7 @@ async def update_collection(
     except IntegrityError:
         raise NameTaken(f"You already have a collection named {body.name!r}.") from None
     if changes_model:
-        runtime.poke(row.id)
+        _poke_after_commit(runtime, db, row.id)
     return row
 
 
@@ -271,18 +213,17 @@ def _ids(documents: Sequence[DocumentIn]) -> list[str]:
     return ids
 
 
-def _check_vectors(collection: Collection, documents: Sequence[DocumentIn]) -> None:
+def _check_vectors(table: DocumentTable, documents: Sequence[DocumentIn]) -> None:
     for i, document in enumerate(documents):
         if document.vector is not None:
-            check_vector(collection, document.vector, f"documents[{i}].vector")
+            check_vector(table, document.vector, f"documents[{i}].vector")
 
 
-def check_vector(collection: Collection | DocumentTable, vector: Sequence[float],
-                 where: str) -> None:  # fmt: skip
-    if len(vector) != collection.dimension:
+def check_vector(table: DocumentTable, vector: Sequence[float], where: str) -> None:
+    if len(vector) != table.dimension:
         raise DimensionMismatch(f"{where} has {len(vector)} dimensions; this collection's "
-                                f"model gives {collection.dimension}.")  # fmt: skip
-    if collection.metric == "cosine" and not any(vector):
+                                f"model gives {table.dimension}.")  # fmt: skip
+    if table.metric == "cosine" and not any(vector):
         raise Invalid(f"{where} is all zeros: it has no direction to compare by cosine.")
 
 
@@ -304,52 +245,83 @@ def _plan(
     return plan
 
 
+def _poke_after_commit(runtime: Runtime, db: AsyncSession, collection_id: uuid.UUID) -> None:
+    """Wake the worker once the request's unit of work has committed what it has to do."""
+
+    async def poke() -> None:
+        runtime.poke(collection_id)
+
+    after_commit(db, poke)
+
+
+def _table_of(collection_id: uuid.UUID, head: Any) -> DocumentTable:
+    """The documents table of a repository.collection_head row."""
+    return DocumentTable(collection_id, head.generation, head.dimension, head.metric)
+
+
 async def upsert_documents(
-    runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID, documents: list[DocumentIn]
-) -> UpsertResult:
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, collection_id: uuid.UUID,
+    documents: list[DocumentIn],
+) -> UpsertResult:  # fmt: skip
     """Unchanged text is not embedded again; new text is embedded in batches, outside any
-    transaction; then one multi-row statement writes the batch."""
+    transaction; then one multi-row statement writes the batch, in the request's unit of
+    work."""
     ids = _ids(documents)
     packed = [pack(d.vector) if d.vector is not None else None for d in documents]
     hashes = [content_hash(d, p) for d, p in zip(documents, packed, strict=True)]
     has_vectors = any(d.vector is not None for d in documents)
     await _writing(runtime, collection_id, busy=True)
     for _ in range(3):
-        async with runtime.sessions() as db:
-            # Reads only: autocommit spares the BEGIN, COMMIT and SAVEPOINT round trips (a
-            # table switched away by a model change just fails this statement: read again).
-            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            collection = await owned(db, identity, collection_id)
-            table = current_table(collection)
-            given = [d.id for d in documents if d.id is not None]
-            existing = await repository.existing_documents(db, table, ids=given)
-        _check_vectors(collection, documents)
-        if has_vectors and collection.reembed_status == "running":
+        head, existing = await _look_before_upsert(runtime, identity, collection_id, documents)
+        table = _table_of(collection_id, head)
+        _check_vectors(table, documents)
+        if has_vectors and head.reembed_status == "running":
             raise Busy("This collection is changing model: send text, not vectors, until then.")
         plan = _plan(documents, ids, hashes, existing)
         texts = sorted({t for i in plan.write if (t := documents[i].text) is not None})
-        vectors_of: dict[str, bytes] = {}
-        if texts:
-            _needs_invoke(identity, "Upserting text")
-            embedded = await runtime.inference.embed(
-                identity, collection.model, texts, dimension=collection.dimension
-            )
-            vectors_of = {t: pack(v) for t, v in zip(texts, embedded, strict=True)}
-        async with runtime.sessions() as db, db.begin():
-            locked = await owned(db, identity, collection_id, lock="share")
-            if locked.generation != collection.generation:
-                continue  # the model changed meanwhile: embed again with the new one
-            if has_vectors and locked.reembed_status == "running":
-                raise Busy("This collection is changing model: send text, not vectors.")
-            inserted = await _write(db, table, documents, plan, hashes, packed, vectors_of)
+        vectors_of = await _embed_texts(runtime, identity, head.model, table, texts)
+        # Held until the request commits: a model switch or a delete waits for this write.
+        locked = await repository.get_collection(
+            db, collection_id=collection_id, lock="share", generation=head.generation
+        )
+        if locked is None:
+            continue  # the model changed meanwhile (or the collection went): read again
+        if has_vectors and locked.reembed_status == "running":
+            raise Busy("This collection is changing model: send text, not vectors.")
+        inserted = await _write(db, table, documents, plan, hashes, packed, vectors_of)
         for doc_id, was_inserted in inserted.items():
             plan.statuses[doc_id] = "created" if was_inserted else "updated"
-        await _wrote(runtime, collection)
+        _wrote_after_commit(runtime, db, locked)
         return UpsertResult(
             documents=[DocumentStatus(id=i, status=plan.statuses[i]) for i in ids],
             embedded=len(texts),
         )
     raise Busy("The collection changed model while these documents were embedded; retry.")
+
+
+async def _look_before_upsert(
+    runtime: Runtime, identity: Identity, collection_id: uuid.UUID, documents: list[DocumentIn]
+) -> tuple[Any, dict[str, tuple[bytes, dict[str, Any]]]]:
+    """The collection (404 unless the caller's) and what it holds of the given ids, read
+    outside any transaction (repository.outside_transaction says why)."""
+    async with repository.outside_transaction(runtime.engine) as conn:
+        head = await repository.collection_head(conn, collection_id=collection_id)
+        if head is None or head.owner_id != owner_of(identity):
+            raise CollectionNotFound("No such collection.")
+        given = [d.id for d in documents if d.id is not None]
+        table = _table_of(collection_id, head)
+        return head, await repository.existing_documents(conn, table, ids=given)
+
+
+async def _embed_texts(
+    runtime: Runtime, identity: Identity, model: str, table: DocumentTable, texts: list[str]
+) -> dict[str, bytes]:
+    """text -> its packed vector, from inference (nothing to ask for no text)."""
+    if not texts:
+        return {}
+    _needs_invoke(identity, "Upserting text")
+    embedded = await runtime.inference.embed(identity, model, texts, dimension=table.dimension)
+    return {t: pack(v) for t, v in zip(texts, embedded, strict=True)}
 
 
 async def _write(
@@ -381,15 +353,21 @@ async def _writing(runtime: Runtime, collection_id: uuid.UUID, *, busy: bool) ->
     """Tell the index builder to wait: a write is running (`busy`, up to a minute) or just
     ended (for EMBEDDINGS_INDEX_IDLE_SECONDS). Shared by the replicas through Redis."""
     idle_ms = max(1, int(runtime.settings.index_idle_seconds * 1000))
-    await runtime.redis.set(LAST_WRITE_KEY.format(collection_id.hex), 1,
-                            px=max(idle_ms, 60_000) if busy else idle_ms)  # fmt: skip
+    await repository.mark_written(runtime.redis, collection_id,
+                                  for_ms=max(idle_ms, 60_000) if busy else idle_ms)  # fmt: skip
 
 
-async def _wrote(runtime: Runtime, collection: Collection) -> None:
-    """Remember the write (the index waits for a quiet moment) and wake the worker."""
-    await _writing(runtime, collection.id, busy=False)
-    if collection.index_status != "ready":
-        runtime.poke(collection.id)
+def _wrote_after_commit(runtime: Runtime, db: AsyncSession, collection: Collection) -> None:
+    """Once the write has committed: remember it (the index waits for a quiet moment) and
+    wake the worker."""
+    collection_id, indexed = collection.id, collection.index_status == "ready"
+
+    async def wrote() -> None:
+        await _writing(runtime, collection_id, busy=False)
+        if not indexed:
+            runtime.poke(collection_id)
+
+    after_commit(db, wrote)
 
 
 async def get_document(
@@ -420,14 +398,15 @@ async def query(
     runtime: Runtime, *, identity: Identity, collection_id: uuid.UUID, body: QueryRequest
 ) -> str:
     """Nearest documents first, as the JSON text of a list of Match (built by Postgres).
-    Text is embedded with the collection's current model."""
+    Text is embedded with the collection's current model. Outside any transaction: see
+    repository.outside_transaction."""
     if body.filter is not None:
         compile_filter(body.filter, column("metadata", JSONB))  # 422 before any work
     owner = owner_of(identity)
     ef_search = max(body.ef_search or runtime.settings.default_ef_search, body.top_k)
     embedded: tuple[str, bytes] | None = None
     for _ in range(3):
-        found = await runtime.searchable.get(runtime.engine, collection_id)
+        found = await _searchable(runtime, collection_id)
         if found is None or found.owner_id != owner:
             raise CollectionNotFound("No such collection.")
         table = found.table
@@ -445,12 +424,35 @@ async def query(
         condition = None if body.filter is None else compile_filter(
             body.filter, table.table.c.metadata)  # fmt: skip
         try:
-            return await repository.search(
-                runtime.engine, table, vector=vector, top_k=body.top_k, condition=condition,
-                ef_search=ef_search, include_vectors=body.include_vectors,
-            )  # fmt: skip
+            return await _search(runtime, table, vector, body, condition, ef_search)
         except (asyncpg.UndefinedTableError, DBAPIError) as exc:
             if not repository.is_missing_table(exc):
                 raise
             runtime.searchable.forget(collection_id)  # switched or deleted: read it again
     raise Busy("The collection changed model during the query; retry.")
+
+
+async def _searchable(runtime: Runtime, collection_id: uuid.UUID) -> Searchable | None:
+    """What a search needs of the collection: this replica's copy, or read on a miss."""
+    found = runtime.searchable.get(collection_id)
+    if found is not None:
+        return found
+    async with repository.outside_transaction(runtime.engine) as conn:
+        head = await repository.collection_head(conn, collection_id=collection_id)
+    if head is None:
+        return None
+    found = Searchable(head.owner_id, head.model, _table_of(collection_id, head))
+    runtime.searchable.remember(collection_id, found)
+    return found
+
+
+async def _search(
+    runtime: Runtime, table: DocumentTable, vector: bytes, body: QueryRequest,
+    condition: ColumnElement[bool] | None, ef_search: int,
+) -> str:  # fmt: skip
+    async with repository.outside_transaction(runtime.engine) as conn:
+        return await repository.search(
+            conn, table, vector=vector, top_k=body.top_k, condition=condition,
+            ef_search=ef_search,
+            include_vectors=body.include_vectors,
+        )  # fmt: skip

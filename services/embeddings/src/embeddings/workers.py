@@ -17,12 +17,14 @@ from typing import Any
 
 import structlog
 
+from common.db import transaction
 from common.identity import Identity
 from embeddings import repository
 from embeddings.errors import Invalid
 from embeddings.models import Collection
 from embeddings.repository import DocumentTable, current_table, next_table
-from embeddings.service import LAST_WRITE_KEY, Runtime, metadata_json
+from embeddings.runtime import Runtime
+from embeddings.service import metadata_json
 from embeddings.vectors import pack
 
 log = structlog.get_logger(__name__)
@@ -68,7 +70,7 @@ class Worker:
     async def _loop(self) -> None:
         assert self.runtime is not None
         runtime = self.runtime
-        async with runtime.sessions() as db:
+        async with transaction(runtime.sessionmaker) as db:
             self._pending.update(
                 await repository.collections_to_index(db, stale_before=self._stale_before())
             )
@@ -92,9 +94,9 @@ class Worker:
     async def _maybe_index(self, collection_id: uuid.UUID) -> None:
         assert self.runtime is not None
         runtime = self.runtime
-        if await runtime.redis.exists(LAST_WRITE_KEY.format(collection_id.hex)):
+        if await repository.written_lately(runtime.redis, collection_id):
             return  # still being written to: build when it is quiet
-        async with runtime.sessions() as db, db.begin():
+        async with transaction(runtime.sessionmaker) as db:
             row = await repository.get_collection(db, collection_id=collection_id)
             if row is None or row.index_status == "ready":
                 self._pending.discard(collection_id)
@@ -114,9 +116,9 @@ class Worker:
         try:
             # Its own transaction, touching no collection row: an upsert holds that row
             # (FOR SHARE) while it waits for the table, and would deadlock with us.
-            async with runtime.sessions() as db, db.begin():
+            async with transaction(runtime.sessionmaker) as db:
                 await self._build(db, table)
-            async with runtime.sessions() as db, db.begin():
+            async with transaction(runtime.sessionmaker) as db:
                 await repository.set_index_status(
                     db, collection_id=collection_id, generation=table.generation, status="ready"
                 )
@@ -124,7 +126,7 @@ class Worker:
             # Written to again (lock timeout), deleted, or switched model meanwhile: the
             # claim is released and the next write (or pass) tries again.
             log.info("hnsw index not built", collection=str(collection_id), error=str(exc))
-            async with runtime.sessions() as db, db.begin():
+            async with transaction(runtime.sessionmaker) as db:
                 await repository.set_index_status(
                     db, collection_id=collection_id, generation=table.generation, status="none"
                 )
@@ -146,7 +148,7 @@ class Worker:
     async def _claim_reembeds(self) -> None:
         assert self.runtime is not None
         while not self._stopping:
-            async with self.runtime.sessions() as db, db.begin():
+            async with transaction(self.runtime.sessionmaker) as db:
                 job = await repository.claim_reembed(
                     db, worker=self.id, stale_before=self._stale_before()
                 )
@@ -170,36 +172,61 @@ class Worker:
         runtime = self.runtime
         old, new = current_table(job), next_table(job)
         identity = _acting_for(job)
-        async with runtime.sessions() as db:
+        if not await self._catch_up(job, identity, old, new):
+            return
+        async with transaction(runtime.sessionmaker) as db:
+            rows = await repository.count_documents(db, new)
+        built = rows >= runtime.settings.index_min_rows
+        if built:
+            async with transaction(runtime.sessionmaker) as db:
+                await self._build(db, new)
+        seconds = await self._switch(job, identity, old, new, built=built, started=started)
+        if seconds is None:
+            return
+        if not built:
+            self.poke(job.id)
+        log.info("re-embedded", collection=str(job.id), model=job.reembed_model, seconds=seconds)
+
+    async def _catch_up(
+        self, job: Collection, identity: Identity, old: DocumentTable, new: DocumentTable
+    ) -> bool:
+        """Copy, re-embedding, while writers go on writing to the old table, until nothing
+        is left to copy (True); False if the job was released or is no longer ours."""
+        assert self.runtime is not None
+        runtime = self.runtime
+        async with transaction(runtime.sessionmaker) as db:
             total = await repository.count_documents(db, old)
         done = 0
-        while True:  # copy, re-embedding, while writers go on writing to the old table
+        while True:
             if self._stopping:
                 await self._release(job)
-                return
-            async with runtime.sessions() as db, db.begin():
+                return False
+            async with transaction(runtime.sessionmaker) as db:
                 batch = await repository.stale_documents(
                     db, old, new, limit=runtime.settings.reembed_batch_size
                 )
             if not batch:
-                break
+                return True
             await self._copy(identity, job, new, batch)
             done += len(batch)
-            async with runtime.sessions() as db, db.begin():
+            async with transaction(runtime.sessionmaker) as db:
                 if not await repository.reembed_progress(
                     db, collection_id=job.id, worker=self.id, done=done, total=max(total, done)
                 ):
-                    return  # deleted, or taken over
-        async with runtime.sessions() as db:
-            rows = await repository.count_documents(db, new)
-        built = rows >= runtime.settings.index_min_rows
-        if built:
-            async with runtime.sessions() as db, db.begin():
-                await self._build(db, new)
-        async with runtime.sessions() as db, db.begin():
+                    return False  # deleted, or taken over
+
+    async def _switch(
+        self, job: Collection, identity: Identity, old: DocumentTable, new: DocumentTable, *,
+        built: bool, started: float,
+    ) -> float | None:  # fmt: skip
+        """In one transaction, holding the collection row (writers wait a moment): copy the
+        last changes and the metadata, move the collection to the new table, drop the old
+        one. The seconds the change took; None if the job is no longer ours."""
+        assert self.runtime is not None
+        async with transaction(self.runtime.sessionmaker) as db:
             row = await repository.get_collection(db, collection_id=job.id, lock="update")
             if row is None or row.reembed_worker != self.id or row.generation != job.generation:
-                return
+                return None
             while batch := await repository.stale_documents(db, old, new, limit=10_000):
                 await self._copy(identity, job, new, batch, db=db)  # the last few, writers wait
             await repository.finish_copy(db, old, new)
@@ -217,9 +244,7 @@ class Worker:
             row.updated_at = datetime.now(UTC)
             await db.flush()
             await repository.drop_document_table(db, old)
-        if not built:
-            self.poke(job.id)
-        log.info("re-embedded", collection=str(job.id), model=job.reembed_model, seconds=seconds)
+        return seconds
 
     async def _copy(
         self, identity: Identity, job: Collection, new: DocumentTable, batch: Any, db: Any = None
@@ -247,20 +272,20 @@ class Worker:
         if db is not None:
             await repository.upsert_documents(db, new, **columns)
             return
-        async with self.runtime.sessions() as session, session.begin():
+        async with transaction(self.runtime.sessionmaker) as session:
             await repository.upsert_documents(session, new, **columns)
 
     async def _release(self, job: Collection) -> None:
         """Stopping: leave the job to whichever replica looks next (this one, restarted)."""
         assert self.runtime is not None
-        async with self.runtime.sessions() as db, db.begin():
+        async with transaction(self.runtime.sessionmaker) as db:
             row = await repository.get_collection(db, collection_id=job.id, lock="update")
             if row is not None and row.reembed_worker == self.id:
                 row.reembed_worker = None
 
     async def _fail(self, job: Collection, error: str) -> None:
         assert self.runtime is not None
-        async with self.runtime.sessions() as db, db.begin():
+        async with transaction(self.runtime.sessionmaker) as db:
             row = await repository.get_collection(db, collection_id=job.id, lock="update")
             if row is None or row.reembed_worker != self.id:
                 return
