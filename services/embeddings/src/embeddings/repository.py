@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlmodel import col
 
+from embeddings.filters import Filter
 from embeddings.models import Collection
 from embeddings.vectors import Vector
 
@@ -416,7 +417,7 @@ def search_query(
     *,
     vector: bytes,
     top_k: int,
-    condition: ColumnElement[bool] | None,
+    where: Filter | None,
     include_vectors: bool,
 ) -> Any:
     t = table.table
@@ -425,7 +426,7 @@ def search_query(
     if include_vectors:
         columns.append(t.c.embedding)
     query = select(*columns).order_by(distance).limit(top_k)
-    return query if condition is None else query.where(condition)
+    return query if where is None else query.where(where.on(t.c.metadata))
 
 
 async def search(
@@ -434,7 +435,7 @@ async def search(
     *,
     vector: bytes,
     top_k: int,
-    condition: ColumnElement[bool] | None,
+    where: Filter | None,
     ef_search: int,
     include_vectors: bool,
 ) -> str:
@@ -465,10 +466,10 @@ async def search(
                 str(settings[0]), settings[1],
             )  # fmt: skip
             raw.info[_SEARCH_SETTINGS] = settings
-        if condition is None:
+        if where is None:
             found = await driver.fetchval(plain_search_sql(table, include_vectors), vector, top_k)
         else:
-            nearest = search_query(table, vector=vector, top_k=top_k, condition=condition,
+            nearest = search_query(table, vector=vector, top_k=top_k, where=where,
                                    include_vectors=include_vectors)  # fmt: skip
             answer: Select[tuple[str]] = select(
                 literal_column(matches_json(table.metric, include_vectors))

@@ -12,8 +12,6 @@ from typing import Any
 
 import asyncpg
 import pydantic_core
-from sqlalchemy import ColumnElement, column
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +27,7 @@ from embeddings.errors import (
     Invalid,
     NameTaken,
 )
-from embeddings.filters import compile_filter
+from embeddings.filters import Filter, parse_filter
 from embeddings.models import Collection
 from embeddings.repository import DocumentTable, current_table
 from embeddings.runtime import Runtime, Searchable
@@ -400,8 +398,7 @@ async def query(
     """Nearest documents first, as the JSON text of a list of Match (built by Postgres).
     Text is embedded with the collection's current model. Outside any transaction: see
     repository.outside_transaction."""
-    if body.filter is not None:
-        compile_filter(body.filter, column("metadata", JSONB))  # 422 before any work
+    where = None if body.filter is None else parse_filter(body.filter)  # 422 before any work
     owner = owner_of(identity)
     ef_search = max(body.ef_search or runtime.settings.default_ef_search, body.top_k)
     embedded: tuple[str, bytes] | None = None
@@ -421,10 +418,8 @@ async def query(
                 )
                 embedded = (found.model, pack(values))
             vector = embedded[1]
-        condition = None if body.filter is None else compile_filter(
-            body.filter, table.table.c.metadata)  # fmt: skip
         try:
-            return await _search(runtime, table, vector, body, condition, ef_search)
+            return await _search(runtime, table, vector, body, where, ef_search)
         except (asyncpg.UndefinedTableError, DBAPIError) as exc:
             if not repository.is_missing_table(exc):
                 raise
@@ -448,11 +443,10 @@ async def _searchable(runtime: Runtime, collection_id: uuid.UUID) -> Searchable 
 
 async def _search(
     runtime: Runtime, table: DocumentTable, vector: bytes, body: QueryRequest,
-    condition: ColumnElement[bool] | None, ef_search: int,
+    where: Filter | None, ef_search: int,
 ) -> str:  # fmt: skip
     async with repository.outside_transaction(runtime.engine) as conn:
         return await repository.search(
-            conn, table, vector=vector, top_k=body.top_k, condition=condition,
-            ef_search=ef_search,
+            conn, table, vector=vector, top_k=body.top_k, where=where, ef_search=ef_search,
             include_vectors=body.include_vectors,
         )  # fmt: skip
