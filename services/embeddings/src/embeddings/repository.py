@@ -66,7 +66,11 @@ async def outside_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnect
     THE exception to "one unit of work per request" (issue 17), for two reads:
     - the vector query (collection_head, search), the service's hot path: no BEGIN or COMMIT
       round trip, no Session, and its hnsw settings kept per connection (set only when they
-      change, which outside a transaction no rollback can undo);
+      change, which outside a transaction no rollback can undo). Measured against the query
+      in the request's session (BEGIN, SET LOCAL of the hnsw settings, the search compiled
+      by SQLAlchemy, COMMIT), both served at once on one platform and collection, queries
+      interleaved (bench/README.md, issue 17): p50 2.1-3.1 ms against 3.0-5.1 ms at
+      ef_search 40, 3.1-9.2 ms against 5.1-13.8 ms at ef_search 100;
     - an upsert's look before it embeds (collection_head, existing_documents): a transaction
       left open across the call to inference would hold the documents table for seconds,
       and a model switch's DROP of that table, holding the collection row meanwhile, would
