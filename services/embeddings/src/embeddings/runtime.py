@@ -56,9 +56,10 @@ class Runtime:
     """What the rules need beyond one unit of work."""
 
     settings: EmbeddingsSettings
-    # The engine serves only the search's reads outside any transaction
-    # (repository.outside_transaction); everything else goes through a unit of work.
+    # Only for the reads outside any unit of work (repository.outside_transaction: the
+    # query's, an upsert's look before it embeds); everything else is in a unit of work.
     engine: AsyncEngine
+    # The worker's units of work (common.db.transaction); a request's is its DbSession.
     sessionmaker: async_sessionmaker[AsyncSession]
     inference: Inference
     redis: Redis
