@@ -20,7 +20,8 @@ from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
 from inference.routing import CircuitBreaker, RetryPolicy, Router
-from inference.service import PROVIDERS, Engine, TtlCache
+from inference.runtime import Runtime, TtlCache
+from inference.service import PROVIDERS
 from inference.settings import DEFAULT_PRICES, InferenceSettings
 from inference.streams import StreamSlots
 
@@ -63,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             ),
         )
         egress = EgressPolicy.from_settings(settings)
-        engine = Engine(
+        runtime = Runtime(
             settings=settings,
             keyring=Keyring(settings.encryption_keys.get_secret_value()),
             egress=egress,
@@ -92,13 +93,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 lifetime=settings.stream_max_seconds,
             ),
         )
-        app.state.inference = engine
+        app.state.runtime = runtime
         sink.start()
         try:
             yield
         finally:
             await sink.close()
-            await asyncio.gather(*(p.aclose() for p in engine.providers.values()))
+            await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
