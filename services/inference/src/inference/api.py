@@ -20,7 +20,7 @@ from common.routing import JsonRoute
 from inference import repository, service
 from inference.deps import RuntimeDep, require
 from inference.errors import CredentialNotFound, HubError, NoCredential
-from inference.routing import Target
+from inference.failover import Target
 from inference.schemas import (
     AliasCreate,
     AliasRead,

@@ -13,13 +13,13 @@ from common.app import create_service_app, database_and_redis
 from inference.api import router
 from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
+from inference.failover import CircuitBreaker, Failover, RetryPolicy
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
-from inference.routing import CircuitBreaker, RetryPolicy, Router
 from inference.runtime import Runtime, TtlCache
 from inference.service import PROVIDERS
 from inference.settings import DEFAULT_PRICES, InferenceSettings
@@ -69,7 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             keyring=Keyring(settings.encryption_keys.get_secret_value()),
             egress=egress,
             providers=build_providers(settings, egress),
-            router=Router(
+            failover=Failover(
                 CircuitBreaker(
                     app.state.redis,
                     threshold=settings.circuit_failure_threshold,

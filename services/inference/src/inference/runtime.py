@@ -9,9 +9,9 @@ from typing import Any
 
 from inference.crypto import Keyring
 from inference.events import EventSink
+from inference.failover import Failover
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
-from inference.routing import Router
 from inference.settings import InferenceSettings
 from inference.streams import StreamSlots
 
@@ -47,7 +47,7 @@ class Runtime:
     keyring: Keyring
     egress: EgressPolicy
     providers: dict[str, Provider]
-    router: Router
+    failover: Failover
     sink: EventSink
     credentials: TtlCache
     aliases: TtlCache

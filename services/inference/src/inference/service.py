@@ -46,10 +46,10 @@ from inference.events import (
     count_tokens,
     estimate_prompt_tokens,
 )
+from inference.failover import AllTargetsFailed, Outcome, Target, Trail
 from inference.models import ModelAlias, ProviderCredential
 from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
 from inference.providers.egress import DestinationRefused, RedirectRefused
-from inference.routing import AllTargetsFailed, Outcome, Target, Trail
 from inference.runtime import Runtime
 from inference.schemas import AliasCreate, CredentialCreate
 from inference.settings import InferenceSettings
@@ -357,7 +357,7 @@ def _problem(exc: Exception, trail: Trail) -> Exception:
     return UpstreamFailed(f"{where} failed after {trail.attempts} attempt(s): {last}", **extra)
 
 
-async def _routed(
+async def _call_with_failover(
     db: AsyncSession,
     call: Call,
     targets: list[Target],
@@ -381,7 +381,7 @@ async def _routed(
     by_target = dict(usable)
     trail = Trail()
     try:
-        return await runtime.router.run(
+        return await runtime.failover.run(
             [t for t, _ in usable],
             lambda t: invoke(runtime.providers[t.provider], by_target[t], t),
             trail=trail,
@@ -396,7 +396,9 @@ async def chat(
 ) -> dict[str, Any]:
     alias, targets = await resolve_model(runtime, db, request["model"])
     call = Call(runtime, identity, request["model"], alias, "chat", stream=False)
-    outcome = await _routed(db, call, targets, lambda p, c, t: p.chat(c, t.model, request))
+    outcome = await _call_with_failover(
+        db, call, targets, lambda p, c, t: p.chat(c, t.model, request)
+    )
     body: dict[str, Any] = outcome.result.body
     usage = outcome.result.usage or Usage(
         estimate_prompt_tokens(request["messages"]),
@@ -433,7 +435,7 @@ async def chat_stream(
     lease = await runtime.streams.acquire(owner)
     opened = False
     try:
-        outcome = await _routed(
+        outcome = await _call_with_failover(
             db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request)
         )
         opened = True
@@ -506,7 +508,9 @@ async def embeddings(
 ) -> dict[str, Any]:
     alias, targets = await resolve_model(runtime, db, model)
     call = Call(runtime, identity, model, alias, "embeddings", stream=False)
-    outcome = await _routed(db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs))
+    outcome = await _call_with_failover(
+        db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs)
+    )
     result = outcome.result
     usage = result.usage or Usage(sum(count_tokens(text) for text in inputs), 0, estimated=True)
     call.record(target=outcome.target, status="ok", error_type=None, usage=usage,

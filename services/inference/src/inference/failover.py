@@ -21,7 +21,7 @@ from inference.metrics import CIRCUIT_SKIPS
 from inference.providers.base import ProviderError
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("inference.routing")
+tracer = trace.get_tracer("inference.failover")
 T = TypeVar("T")
 
 
@@ -29,8 +29,8 @@ T = TypeVar("T")
 class Target:
     provider: str  # openai | huggingface | local
     model: str  # the provider's own model name
-    # The credential to call with: an alias target names one; the router's targets always
-    # carry the one resolved for the caller (see service._routed).
+    # The credential to call with: an alias target names one; the targets Failover.run
+    # gets always carry the one resolved for the caller (see service._call_with_failover).
     credential_id: str | None = None
 
     @property
@@ -177,7 +177,7 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap, self.base * 2**attempt))  # noqa: S311
 
 
-class Router:
+class Failover:
     def __init__(self, breaker: CircuitBreaker, policy: RetryPolicy) -> None:
         self.breaker = breaker
         self.policy = policy
