@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from inference.metrics import CIRCUIT_SKIPS
 from inference.providers.base import ProviderError
+from inference.repository import CIRCUIT_CLEAN, CIRCUIT_SKIP, CircuitStates
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("inference.failover")
@@ -69,30 +70,6 @@ class AllTargetsFailed(Exception):
         self.all_open = all_open
 
 
-# KEYS: circuit hash, probe key. ARGV: now, cool-down.
-# 1 closed and clean, 3 closed with failures counted, 2 half-open probe, 0 skip.
-_ALLOW = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'open' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 3 end
-  return 1
-end
-local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
-if tonumber(ARGV[1]) - opened < tonumber(ARGV[2]) then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', math.ceil(tonumber(ARGV[2]))) then return 2 end
-return 0
-"""
-# KEYS: circuit hash, probe key. ARGV: now, threshold, seconds the state lives.
-_FAIL = """
-local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if n >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('DEL', KEYS[2])
-return n
-"""
-
-
 class CircuitBreaker:
     """Opens after `threshold` consecutive failures; after `cooldown` one replica probes.
 
@@ -113,9 +90,7 @@ class CircuitBreaker:
         sync_interval: float = 1.0,
         state_ttl: float = 300.0,
     ) -> None:
-        self._redis = redis
-        self._allow = redis.register_script(_ALLOW)
-        self._fail = redis.register_script(_FAIL)
+        self._states = CircuitStates(redis)
         self.threshold = threshold
         self.cooldown = cooldown
         self.sync_interval = sync_interval
@@ -123,30 +98,27 @@ class CircuitBreaker:
         # circuit key -> monotonic time until which "closed, no failures" is trusted
         self._clean_until: dict[str, float] = {}
 
-    @staticmethod
-    def _keys(target: Target) -> list[str]:
-        base = f"inference:circuit:{target.circuit_key}"
-        return [base, base + ":probe"]
-
     async def allows(self, target: Target, now: float) -> bool:
         key = target.circuit_key
         if self._clean_until.get(key, 0.0) > time.monotonic():
             return True
         try:
-            verdict = int(await self._allow(keys=self._keys(target), args=[now, self.cooldown]))
+            verdict = await self._states.allow(key, now=now, cooldown=self.cooldown)
         except RedisError:
             log.warning("circuit state unavailable; calling the target", target=target.name)
             return True
-        if verdict == 1:
+        if verdict == CIRCUIT_CLEAN:
             if len(self._clean_until) > 10_000:
                 self._clean_until.clear()
             self._clean_until[key] = time.monotonic() + self.sync_interval
-        return verdict > 0
+        return verdict != CIRCUIT_SKIP
 
     async def failed(self, target: Target, now: float) -> None:
         self._clean_until.pop(target.circuit_key, None)
         try:
-            await self._fail(keys=self._keys(target), args=[now, self.threshold, self.state_ttl])
+            await self._states.fail(
+                target.circuit_key, now=now, threshold=self.threshold, ttl=self.state_ttl
+            )
         except RedisError:
             log.warning("circuit state unavailable", target=target.name)
 
@@ -154,13 +126,9 @@ class CircuitBreaker:
         if self._clean_until.get(target.circuit_key, 0.0) > time.monotonic():
             return  # closed with no failures when last asked: nothing to clear
         try:
-            await self._redis.delete(*self._keys(target))
+            await self._states.clear(target.circuit_key)
         except RedisError:
             log.warning("circuit state unavailable", target=target.name)
-
-    async def state(self, target: Target) -> str:
-        raw = await self._redis.hget(self._keys(target)[0], "state")
-        return raw.decode() if isinstance(raw, bytes) else "closed"
 
 
 @dataclass(frozen=True)
