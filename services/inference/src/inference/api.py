@@ -11,16 +11,14 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from common.db import DbSession, LazyDbSession
-from common.errors import Forbidden, NotFound, Problem
+from common.errors import Problem
 from common.identity import Identity
 from common.routing import JsonRoute
-from inference import repository, service
+from inference import service
 from inference.deps import RuntimeDep, require
-from inference.errors import CredentialNotFound, HubError, NoCredential
-from inference.failover import Target
+from inference.errors import CredentialNotFound
 from inference.schemas import (
     AliasCreate,
     AliasRead,
@@ -173,7 +171,7 @@ async def save_alias(
 @router.get("/v1/providers/aliases")
 async def list_aliases(_: Annotated[Identity, MODELS], db: DbSession) -> list[AliasRead]:
     return [
-        AliasRead.model_validate(a, from_attributes=True) for a in await repository.list_aliases(db)
+        AliasRead.model_validate(a, from_attributes=True) for a in await service.list_aliases(db)
     ]
 
 
@@ -184,33 +182,8 @@ async def delete_alias(
     await service.delete_alias(runtime, db, alias=alias)
 
 
-async def _hub_token(runtime: RuntimeDep, db: DbSession, identity: Identity) -> str | None:
-    try:
-        credential = await service.credential_for(
-            runtime, db, identity=identity, target=Target(provider="huggingface", model="hub")
-        )
-    except NoCredential:
-        return None
-    return credential.api_key
-
-
-def _hub_problem(exc: Exception) -> Exception:
-    if isinstance(exc, RepositoryNotFoundError):
-        return NotFound("No such model on the Hub (or it is private).")
-    if isinstance(exc, GatedRepoError):
-        return Forbidden("This model is gated: accept its terms on the Hub with your account.")
-    if isinstance(exc, TimeoutError):
-        return HubError("The Hub did not answer in time.")
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        if exc.response.status_code == 401:
-            return Forbidden("The Hub refused your Hugging Face credential.")
-        return HubError(f"The Hub answered {exc.response.status_code}.")
-    return HubError(f"The Hub is unreachable ({type(exc).__name__}).")
-
-
 @router.get("/v1/hub/models")
 async def hub_models(
-    request: Request,
     identity: Annotated[Identity, MODELS],
     db: DbSession,
     runtime: RuntimeDep,
@@ -218,11 +191,7 @@ async def hub_models(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[dict[str, Any]]:
     """Search the Hugging Face Hub (with your HF credential, when you have one)."""
-    token = await _hub_token(runtime, db, identity)
-    try:
-        return await service.hub_search(runtime.settings, token, search=search, limit=limit)
-    except Exception as exc:
-        raise _hub_problem(exc) from None
+    return await service.hub_search(runtime, db, identity=identity, search=search, limit=limit)
 
 
 @router.get("/v1/hub/models/{repo_id:path}")
@@ -232,8 +201,4 @@ async def hub_model(
     db: DbSession,
     runtime: RuntimeDep,
 ) -> dict[str, Any]:
-    token = await _hub_token(runtime, db, identity)
-    try:
-        return await service.hub_model(runtime.settings, token, repo_id=repo_id)
-    except Exception as exc:
-        raise _hub_problem(exc) from None
+    return await service.hub_model(runtime, db, identity=identity, repo_id=repo_id)

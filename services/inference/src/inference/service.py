@@ -11,13 +11,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.errors import Forbidden, NotFound
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
 from inference import repository
@@ -29,6 +31,7 @@ from inference.errors import (
     CredentialNotFound,
     DeadlineExceeded,
     EgressRefused,
+    HubError,
     InvalidRequest,
     ModelNotFound,
     NameTaken,
@@ -52,9 +55,12 @@ from inference.providers.base import ChatStream, Credential, Provider, ProviderE
 from inference.providers.egress import DestinationRefused, RedirectRefused
 from inference.runtime import Runtime
 from inference.schemas import AliasCreate, CredentialCreate
-from inference.settings import InferenceSettings
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 log = structlog.get_logger(__name__)
+R = TypeVar("R")
 PROVIDERS = ("openai", "huggingface", "local")
 NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
 MANAGE_SHARED = "providers:manage_shared"
@@ -530,6 +536,10 @@ async def embeddings(
     }
 
 
+async def list_aliases(db: AsyncSession) -> list[ModelAlias]:
+    return list(await repository.list_aliases(db))
+
+
 async def list_models(
     runtime: Runtime, db: AsyncSession, *, identity: Identity
 ) -> list[tuple[str, str]]:
@@ -545,29 +555,65 @@ async def list_models(
 # ---------------------------------------------------------------- Hugging Face Hub
 
 
-async def hub_search(
-    settings: InferenceSettings, token: str | None, *, search: str | None, limit: int
-) -> list[dict[str, Any]]:
-    from huggingface_hub import HfApi
+HUB = Target(provider="huggingface", model="hub")
 
-    api = HfApi(endpoint=settings.hf_endpoint, token=token or False)
-    models = await asyncio.wait_for(
-        asyncio.to_thread(lambda: list(api.list_models(search=search, limit=limit))),
-        settings.hub_timeout_seconds,
+
+async def _hub_token(runtime: Runtime, db: AsyncSession, identity: Identity) -> str | None:
+    """The caller's Hugging Face credential (their own, else a shared one), or None: the Hub
+    is then asked anonymously."""
+    try:
+        credential = await credential_for(runtime, db, identity=identity, target=HUB)
+    except NoCredential:
+        return None
+    return credential.api_key
+
+
+async def _ask_hub(
+    runtime: Runtime, db: AsyncSession, identity: Identity, ask: Callable[[HfApi], R]
+) -> R:
+    """`ask(api)` in a worker thread (huggingface_hub is synchronous), within
+    INFERENCE_HUB_TIMEOUT_SECONDS; whatever fails becomes a problem."""
+    token = await _hub_token(runtime, db, identity)
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=runtime.settings.hf_endpoint, token=token or False)
+        return await asyncio.wait_for(
+            asyncio.to_thread(ask, api), runtime.settings.hub_timeout_seconds
+        )
+    except Exception as exc:
+        raise _hub_problem(exc) from None
+
+
+def _hub_problem(exc: Exception) -> Exception:
+    if isinstance(exc, RepositoryNotFoundError):
+        return NotFound("No such model on the Hub (or it is private).")
+    if isinstance(exc, GatedRepoError):
+        return Forbidden("This model is gated: accept its terms on the Hub with your account.")
+    if isinstance(exc, TimeoutError):
+        return HubError("The Hub did not answer in time.")
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        if exc.response.status_code == 401:
+            return Forbidden("The Hub refused your Hugging Face credential.")
+        return HubError(f"The Hub answered {exc.response.status_code}.")
+    return HubError(f"The Hub is unreachable ({type(exc).__name__}).")
+
+
+async def hub_search(
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, search: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Models on the Hub matching `search`, asked with the caller's credential if any."""
+    models = await _ask_hub(
+        runtime, db, identity, lambda api: list(api.list_models(search=search, limit=limit))
     )
     return [_hub_model(m) for m in models]
 
 
 async def hub_model(
-    settings: InferenceSettings, token: str | None, *, repo_id: str
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, repo_id: str
 ) -> dict[str, Any]:
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=settings.hf_endpoint, token=token or False)
-    info = await asyncio.wait_for(
-        asyncio.to_thread(api.model_info, repo_id), settings.hub_timeout_seconds
-    )
-    return _hub_model(info)
+    """One model's card data from the Hub, asked with the caller's credential if any."""
+    return _hub_model(await _ask_hub(runtime, db, identity, lambda api: api.model_info(repo_id)))
 
 
 def _hub_model(info: Any) -> dict[str, Any]:
