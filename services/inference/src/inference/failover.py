@@ -146,6 +146,8 @@ class RetryPolicy:
 
 
 class Failover:
+    """A model call across its targets: each in order, each with retries, one deadline."""
+
     def __init__(self, breaker: CircuitBreaker, policy: RetryPolicy) -> None:
         self.breaker = breaker
         self.policy = policy
@@ -178,23 +180,11 @@ class Failover:
                     with tracer.start_as_current_span(
                         f"{operation} {target.name}",
                         kind=trace.SpanKind.CLIENT,
-                        attributes={
-                            "gen_ai.system": target.provider,
-                            "gen_ai.operation.name": operation,
-                            "gen_ai.request.model": target.model,
-                            "inference.attempt": attempt + 1,
-                            "inference.fallback": index > 0,
-                        },
+                        attributes=_attempt_attributes(target, operation, attempt, index > 0),
                     ) as span:
                         try:
                             async with asyncio.timeout(remaining):
                                 result = await call(target)
-                            usage = getattr(result, "usage", None)
-                            if usage is not None:
-                                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-                                span.set_attribute(
-                                    "gen_ai.usage.output_tokens", usage.completion_tokens
-                                )
                         except TimeoutError:
                             raise ProviderError(
                                 "The request deadline passed.", kind="timeout", retryable=True
@@ -203,16 +193,15 @@ class Failover:
                             span.set_attribute("error.type", exc.kind)
                             span.set_status(trace.StatusCode.ERROR, exc.message)
                             raise
+                        _record_usage(span, result)
                 except ProviderError as exc:
                     trail.errors.append(exc)
                     if not exc.retryable:
                         raise
                     await self.breaker.failed(target, time.time())
-                    if attempt + 1 >= self.policy.max_attempts:
-                        break
-                    pause = self.policy.backoff(attempt, exc.retry_after)
-                    if pause >= deadline - time.monotonic():
-                        break  # no time left to wait for this target: try the next
+                    pause = self._pause(attempt, exc, deadline)
+                    if pause is None:
+                        break  # this target is done: try the next
                     await asyncio.sleep(pause)
                     continue
                 await self.breaker.succeeded(target)
@@ -222,3 +211,33 @@ class Failover:
         raise AllTargetsFailed(
             trail, deadline=deadline - time.monotonic() <= 0, all_open=all_open and bool(targets)
         )
+
+    def _pause(self, attempt: int, exc: ProviderError, deadline: float) -> float | None:
+        """How long to wait before the target's next attempt after a retryable failure;
+        None when it gets none: its attempts are used up, or the wait would outlast the
+        deadline."""
+        if attempt + 1 >= self.policy.max_attempts:
+            return None
+        pause = self.policy.backoff(attempt, exc.retry_after)
+        return None if pause >= deadline - time.monotonic() else pause
+
+
+def _attempt_attributes(
+    target: Target, operation: str, attempt: int, fallback: bool
+) -> dict[str, str | int | bool]:
+    """An attempt's span attributes (OpenTelemetry's gen_ai conventions, and ours)."""
+    return {
+        "gen_ai.system": target.provider,
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": target.model,
+        "inference.attempt": attempt + 1,
+        "inference.fallback": fallback,
+    }
+
+
+def _record_usage(span: trace.Span, result: object) -> None:
+    """The tokens a provider reported, when its answer says (a stream's come later)."""
+    usage = getattr(result, "usage", None)
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

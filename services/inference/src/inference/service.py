@@ -448,55 +448,67 @@ async def chat_stream(
     finally:
         if not opened:
             await runtime.streams.release(owner, lease)
-    stream: ChatStream = outcome.result
     ttft = time.monotonic() - call.started
-    limit = runtime.settings.stream_max_seconds
     # On the event loop's clock: time.monotonic(), as call.started.
-    deadline = asyncio.get_running_loop().time() + limit - ttft
+    deadline = asyncio.get_running_loop().time() + runtime.settings.stream_max_seconds - ttft
+    return _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner, lease=lease)
 
-    async def events() -> AsyncIterator[bytes]:
-        status, error_type, text = "cancelled", None, []
-        chunks = aiter(stream)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                chunk["model"] = request["model"]
-                text.append(completion_text(chunk))
-                yield _sse(chunk)
-            status = "ok"
-        except TimeoutError:
-            status, error_type = "error", "stream_too_long"
-            message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
-            yield _sse({"error": {"message": message, "type": "upstream_error",
-                                  "code": error_type}})  # fmt: skip
-        except ProviderError as exc:
-            status, error_type = "error", exc.kind
-            yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
-                                  "type": "upstream_error", "code": exc.kind}})  # fmt: skip
-        finally:
-            usage = stream.usage or Usage(
-                estimate_prompt_tokens(request["messages"]),
-                count_tokens("".join(text)),
-                estimated=True,
-            )
-            call.record(
-                target=outcome.target,
-                status=status,
-                error_type=error_type,
-                usage=usage,
-                attempts=outcome.attempts,
-                fallback=outcome.fallback,
-                ttft=ttft,
-            )
-            await stream.aclose()
-            await runtime.streams.release(owner, lease)
-        yield b"data: [DONE]\n\n"
 
-    return events()
+async def _relay(
+    call: Call,
+    outcome: Outcome[ChatStream],
+    request: dict[str, Any],
+    *,
+    ttft: float,
+    deadline: float,
+    owner: str,
+    lease: str | None,
+) -> AsyncIterator[bytes]:
+    """The provider's chunks as SSE events under the requested model's name, until the
+    stream ends, breaks (an error event) or outlives its deadline (an error event); then
+    the call event, the lease given back, and [DONE]."""
+    stream = outcome.result
+    status, error_type, text = "cancelled", None, []
+    chunks = aiter(stream)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            chunk["model"] = request["model"]
+            text.append(completion_text(chunk))
+            yield _sse(chunk)
+        status = "ok"
+    except TimeoutError:
+        status, error_type = "error", "stream_too_long"
+        limit = call.runtime.settings.stream_max_seconds
+        message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
+        yield _sse({"error": {"message": message, "type": "upstream_error",
+                              "code": error_type}})  # fmt: skip
+    except ProviderError as exc:
+        status, error_type = "error", exc.kind
+        yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
+                              "type": "upstream_error", "code": exc.kind}})  # fmt: skip
+    finally:
+        usage = stream.usage or Usage(
+            estimate_prompt_tokens(request["messages"]),
+            count_tokens("".join(text)),
+            estimated=True,
+        )
+        call.record(
+            target=outcome.target,
+            status=status,
+            error_type=error_type,
+            usage=usage,
+            attempts=outcome.attempts,
+            fallback=outcome.fallback,
+            ttft=ttft,
+        )
+        await stream.aclose()
+        await call.runtime.streams.release(owner, lease)
+    yield b"data: [DONE]\n\n"
 
 
 def _base64(vector: list[float]) -> str:
