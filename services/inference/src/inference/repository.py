@@ -27,9 +27,12 @@ from inference.models import ModelAlias, ProviderCredential
 
 
 async def add_credential(db: AsyncSession, *, credential: ProviderCredential) -> ProviderCredential:
-    db.add(credential)
-    await db.flush()
-    await db.refresh(credential)
+    """In a savepoint: a name already taken raises IntegrityError and leaves the request's
+    transaction usable."""
+    async with db.begin_nested():
+        db.add(credential)
+        await db.flush()
+        await db.refresh(credential)
     return credential
 
 

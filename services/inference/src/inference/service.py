@@ -101,8 +101,7 @@ async def create_credential(
     )
     row.key_ciphertext = runtime.keyring.encrypt(body.api_key, row_id=str(row.id))
     try:
-        async with db.begin_nested():
-            await repository.add_credential(db, credential=row)
+        await repository.add_credential(db, credential=row)
     except IntegrityError:
         raise NameTaken(f"A credential named {body.name!r} already exists.") from None
     runtime.credentials.clear()
@@ -207,7 +206,6 @@ async def save_alias(
         ),
     )
     runtime.aliases.clear()
-    await db.refresh(alias)
     return alias
 
 
