@@ -127,7 +127,7 @@ class Inference:
         import asyncio
 
         for _ in range(200):
-            if not self.app.state.inference.sink._buffer:
+            if not self.app.state.runtime.sink._buffer:
                 break
             await asyncio.sleep(0.01)
         entries = await self.redis.xrange(STREAM)

@@ -1,4 +1,4 @@
-"""Chat completions through the router: OpenAI's shapes, streams, retries, fallbacks,
+"""Chat completions through failover: OpenAI's shapes, streams, retries, fallbacks,
 circuit breaker, and one call event each, against a local OpenAI-protocol server."""
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ async def test_the_circuit_opens_then_a_probe_closes_it(
         assert skipped.headers["retry-after"]
         assert len(openai_upstream.control.requests_to(ROUTE)) == 2
         # ... then a short one, waited out: the next call is the probe.
-        inference.app.state.inference.router.breaker.cooldown = 0.3
+        inference.app.state.runtime.failover.breaker.cooldown = 0.3
         await asyncio.sleep(0.35)  # the cool-down, not a timing assertion
         assert (await inference.call("POST", CHAT, json=ask())).status_code == 200
         assert (await inference.call("POST", CHAT, json=ask())).status_code == 200

@@ -133,7 +133,7 @@ async def test_rotation_reencrypts_every_row_and_the_old_key_can_go(
         rows = await _raw_rows(service)
         assert all('"key_id":"new"' in r for r in rows)
         # Only the new key now: calls still work.
-        service.app.state.inference.keyring = Keyring(f"new:{new}")
+        service.app.state.runtime.keyring = Keyring(f"new:{new}")
         chat = await service.call(
             "POST",
             "/v1/chat/completions",

@@ -169,13 +169,13 @@ async def test_a_credential_stored_before_the_policy_is_refused_at_call_time(
     make_inference: MakeInference, openai_upstream: Upstream
 ) -> None:
     async with make_inference(allowed_private_networks=[]) as inference:
-        engine = inference.app.state.inference
+        runtime = inference.app.state.runtime
         row = ProviderCredential(
             owner_id=uuid.UUID(member().user_id or ""), provider="openai", name="old",
             base_url=openai_upstream.url, key_hint="abcd", key_ciphertext=b"",
-            key_id=engine.keyring.primary,
+            key_id=runtime.keyring.primary,
         )  # fmt: skip
-        row.key_ciphertext = engine.keyring.encrypt("sk-old", row_id=str(row.id))
+        row.key_ciphertext = runtime.keyring.encrypt("sk-old", row_id=str(row.id))
         async with inference.app.state.sessionmaker() as db:
             db.add(row)
             await db.commit()

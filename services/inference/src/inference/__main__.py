@@ -15,7 +15,7 @@ from inference.settings import InferenceSettings
 
 
 async def _rotate() -> tuple[int, int]:
-    from common.db import create_engine, create_sessionmaker
+    from common.db import create_engine, create_sessionmaker, transaction
     from inference.crypto import Keyring
     from inference.service import rotate_keys
 
@@ -23,10 +23,8 @@ async def _rotate() -> tuple[int, int]:
     keyring = Keyring(settings.encryption_keys.get_secret_value())
     engine = create_engine(settings.database_url, application_name="inference-cli")
     try:
-        async with create_sessionmaker(engine)() as db:
-            result = await rotate_keys(db, keyring)
-            await db.commit()
-            return result
+        async with transaction(create_sessionmaker(engine)) as db:
+            return await rotate_keys(db, keyring)
     finally:
         await engine.dispose()
 

@@ -11,16 +11,14 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from common.db import DbSession, LazyDbSession
-from common.errors import Forbidden, NotFound, Problem
+from common.errors import Problem
 from common.identity import Identity
 from common.routing import JsonRoute
-from inference import repository, service
-from inference.deps import EngineDep, require
-from inference.errors import CredentialNotFound, HubError, NoCredential
-from inference.routing import Target
+from inference import service
+from inference.deps import RuntimeDep, require
+from inference.errors import CredentialNotFound
 from inference.schemas import (
     AliasCreate,
     AliasRead,
@@ -71,11 +69,11 @@ MODELS = require("models:read")
 
 @router.get("/v1/models")
 async def list_models(
-    identity: Annotated[Identity, MODELS], db: DbSession, engine: EngineDep
+    identity: Annotated[Identity, MODELS], db: DbSession, runtime: RuntimeDep
 ) -> ModelList:
     """The aliases and models you can call, in OpenAI's format."""
     created = int(time.time())
-    found = await service.list_models(db, engine, identity=identity)
+    found = await service.list_models(runtime, db, identity=identity)
     return ModelList(data=[Model(id=i, created=created, owned_by=o) for i, o in found])
 
 
@@ -85,19 +83,19 @@ async def chat_completions(
     http: Request,
     identity: Annotated[Identity, INVOKE],
     db: LazyDbSession,
-    engine: EngineDep,
+    runtime: RuntimeDep,
 ) -> Response:
     """OpenAI's chat completions; `stream: true` answers with server-sent events."""
     request = body.model_dump(exclude_none=True)
     if body.stream:
-        events = await service.chat_stream(db, engine, identity=identity, request=request)
+        events = await service.chat_stream(runtime, db, identity=identity, request=request)
         return StreamingResponse(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     body_out = await until_disconnect(
-        http, service.chat(db, engine, identity=identity, request=request)
+        http, service.chat(runtime, db, identity=identity, request=request)
     )
     return JSONResponse(body_out)
 
@@ -108,14 +106,14 @@ async def embeddings(
     http: Request,
     identity: Annotated[Identity, INVOKE],
     db: LazyDbSession,
-    engine: EngineDep,
+    runtime: RuntimeDep,
 ) -> dict[str, Any]:
     """OpenAI's embeddings: `input` a string or a list of strings."""
     inputs = [body.input] if isinstance(body.input, str) else body.input
     return await until_disconnect(
         http,
         service.embeddings(
-            db, engine, identity=identity, model=body.model, inputs=inputs,
+            runtime, db, identity=identity, model=body.model, inputs=inputs,
             encoding=body.encoding_format,
         ),
     )  # fmt: skip
@@ -123,11 +121,14 @@ async def embeddings(
 
 @router.post("/v1/providers/credentials", status_code=status.HTTP_201_CREATED)
 async def create_credential(
-    body: CredentialCreate, identity: Annotated[Identity, MANAGE], db: DbSession, engine: EngineDep
+    body: CredentialCreate,
+    identity: Annotated[Identity, MANAGE],
+    db: DbSession,
+    runtime: RuntimeDep,
 ) -> CredentialRead:
     """Store a provider key, encrypted. It is never shown again: only its last 4 characters."""
     return CredentialRead.model_validate(
-        await service.create_credential(db, engine, identity=identity, body=body),
+        await service.create_credential(runtime, db, identity=identity, body=body),
         from_attributes=True,
     )
 
@@ -145,13 +146,13 @@ async def list_credentials(
 
 @router.delete("/v1/providers/credentials/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_credential(
-    credential_id: str, identity: Annotated[Identity, MANAGE], db: DbSession, engine: EngineDep
+    credential_id: str, identity: Annotated[Identity, MANAGE], db: DbSession, runtime: RuntimeDep
 ) -> None:
     try:
         parsed = uuid.UUID(credential_id)
     except ValueError:
         raise CredentialNotFound("No such credential.") from None
-    await service.delete_credential(db, engine, identity=identity, credential_id=parsed)
+    await service.delete_credential(runtime, db, identity=identity, credential_id=parsed)
 
 
 @router.post("/v1/providers/aliases", status_code=status.HTTP_201_CREATED)
@@ -159,67 +160,38 @@ async def save_alias(
     body: AliasCreate,
     identity: Annotated[Identity, MANAGE_SHARED],
     db: DbSession,
-    engine: EngineDep,
+    runtime: RuntimeDep,
 ) -> AliasRead:
     """Create or replace an alias: an ordered list of targets, tried in turn."""
     return AliasRead.model_validate(
-        await service.save_alias(db, engine, identity=identity, body=body), from_attributes=True
+        await service.save_alias(runtime, db, identity=identity, body=body), from_attributes=True
     )
 
 
 @router.get("/v1/providers/aliases")
 async def list_aliases(_: Annotated[Identity, MODELS], db: DbSession) -> list[AliasRead]:
     return [
-        AliasRead.model_validate(a, from_attributes=True) for a in await repository.list_aliases(db)
+        AliasRead.model_validate(a, from_attributes=True) for a in await service.list_aliases(db)
     ]
 
 
 @router.delete("/v1/providers/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_alias(
-    alias: str, _: Annotated[Identity, MANAGE_SHARED], db: DbSession, engine: EngineDep
+    alias: str, _: Annotated[Identity, MANAGE_SHARED], db: DbSession, runtime: RuntimeDep
 ) -> None:
-    await service.delete_alias(db, engine, alias=alias)
-
-
-async def _hub_token(db: DbSession, engine: EngineDep, identity: Identity) -> str | None:
-    try:
-        credential = await service.credential_for(
-            db, engine, identity=identity, target=Target(provider="huggingface", model="hub")
-        )
-    except NoCredential:
-        return None
-    return credential.api_key
-
-
-def _hub_problem(exc: Exception) -> Exception:
-    if isinstance(exc, RepositoryNotFoundError):
-        return NotFound("No such model on the Hub (or it is private).")
-    if isinstance(exc, GatedRepoError):
-        return Forbidden("This model is gated: accept its terms on the Hub with your account.")
-    if isinstance(exc, TimeoutError):
-        return HubError("The Hub did not answer in time.")
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        if exc.response.status_code == 401:
-            return Forbidden("The Hub refused your Hugging Face credential.")
-        return HubError(f"The Hub answered {exc.response.status_code}.")
-    return HubError(f"The Hub is unreachable ({type(exc).__name__}).")
+    await service.delete_alias(runtime, db, alias=alias)
 
 
 @router.get("/v1/hub/models")
 async def hub_models(
-    request: Request,
     identity: Annotated[Identity, MODELS],
     db: DbSession,
-    engine: EngineDep,
+    runtime: RuntimeDep,
     search: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[dict[str, Any]]:
     """Search the Hugging Face Hub (with your HF credential, when you have one)."""
-    token = await _hub_token(db, engine, identity)
-    try:
-        return await service.hub_search(engine.settings, token, search=search, limit=limit)
-    except Exception as exc:
-        raise _hub_problem(exc) from None
+    return await service.hub_search(runtime, db, identity=identity, search=search, limit=limit)
 
 
 @router.get("/v1/hub/models/{repo_id:path}")
@@ -227,10 +199,6 @@ async def hub_model(
     repo_id: Annotated[str, Path(pattern=r"^[\w.-]+(/[\w.-]+)?$", max_length=200)],
     identity: Annotated[Identity, MODELS],
     db: DbSession,
-    engine: EngineDep,
+    runtime: RuntimeDep,
 ) -> dict[str, Any]:
-    token = await _hub_token(db, engine, identity)
-    try:
-        return await service.hub_model(engine.settings, token, repo_id=repo_id)
-    except Exception as exc:
-        raise _hub_problem(exc) from None
+    return await service.hub_model(runtime, db, identity=identity, repo_id=repo_id)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
+from common.deps import app_state
 from common.errors import Forbidden, Unauthorized
 from common.identity import CurrentIdentity, Identity
-from inference.service import Engine
+from inference.runtime import Runtime
 
 
 async def caller(identity: CurrentIdentity) -> Identity:
@@ -27,11 +28,5 @@ def require(permission: str) -> object:
     return Depends(check)
 
 
-async def _engine(request: Request) -> Engine:
-    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop per request.
-    engine: Engine = request.app.state.inference
-    return engine
-
-
 Caller = Annotated[Identity, Depends(caller)]
-EngineDep = Annotated[Engine, Depends(_engine)]
+RuntimeDep = Annotated[Runtime, Depends(app_state("runtime"))]

@@ -15,7 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from common.llm_events import STREAM, LlmCallEvent
+from common.llm_events import LlmCallEvent
 from inference.metrics import (
     LLM_COST,
     LLM_DURATION,
@@ -25,6 +25,7 @@ from inference.metrics import (
     TELEMETRY_BUFFERED,
     TELEMETRY_DROPPED,
 )
+from inference.repository import append_call_events
 from inference.settings import Price
 
 log = structlog.get_logger(__name__)
@@ -154,10 +155,7 @@ class EventSink:
                     await asyncio.sleep(self._linger)
             batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for event in batch:
-                        pipe.xadd(STREAM, event.to_fields())  # type: ignore[arg-type]
-                    await pipe.execute()
+                await append_call_events(self._redis, batch)
             except (RedisError, OSError) as exc:
                 log.warning("telemetry stream unavailable; buffering", error=type(exc).__name__,
                             buffered=len(self._buffer))  # fmt: skip

@@ -8,19 +8,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from common.app import create_service_app, database_and_redis
 from inference.api import router
 from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
+from inference.failover import CircuitBreaker, Failover, RetryPolicy
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
-from inference.routing import CircuitBreaker, RetryPolicy, Router
-from inference.service import PROVIDERS, Engine, TtlCache
+from inference.runtime import Runtime, TtlCache
+from inference.service import PROVIDERS
 from inference.settings import DEFAULT_PRICES, InferenceSettings
 from inference.streams import StreamSlots
 
@@ -48,12 +50,34 @@ def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[s
     return providers
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: InferenceSettings = app.state.settings
-    async with database_and_redis(app, settings):
-        sink = EventSink(
-            app.state.redis,
+def build_failover(settings: InferenceSettings, redis: Redis) -> Failover:
+    return Failover(
+        CircuitBreaker(
+            redis,
+            threshold=settings.circuit_failure_threshold,
+            cooldown=settings.circuit_cooldown_seconds,
+            sync_interval=settings.circuit_sync_seconds,
+            state_ttl=settings.circuit_state_seconds,
+        ),
+        RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base=settings.backoff_base_seconds,
+            cap=settings.backoff_max_seconds,
+            deadline=settings.request_deadline_seconds,
+        ),
+    )
+
+
+def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
+    egress = EgressPolicy.from_settings(settings)
+    return Runtime(
+        settings=settings,
+        keyring=Keyring(settings.encryption_keys.get_secret_value()),
+        egress=egress,
+        providers=build_providers(settings, egress),
+        failover=build_failover(settings, redis),
+        sink=EventSink(
+            redis,
             buffer_size=settings.telemetry_buffer_size,
             linger=settings.telemetry_flush_seconds,
             labels=MetricLabels(
@@ -61,44 +85,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 priced=[*DEFAULT_PRICES, *settings.prices],
                 max_learned=settings.metrics_max_models,
             ),
-        )
-        egress = EgressPolicy.from_settings(settings)
-        engine = Engine(
-            settings=settings,
-            keyring=Keyring(settings.encryption_keys.get_secret_value()),
-            egress=egress,
-            providers=build_providers(settings, egress),
-            router=Router(
-                CircuitBreaker(
-                    app.state.redis,
-                    threshold=settings.circuit_failure_threshold,
-                    cooldown=settings.circuit_cooldown_seconds,
-                    sync_interval=settings.circuit_sync_seconds,
-                    state_ttl=settings.circuit_state_seconds,
-                ),
-                RetryPolicy(
-                    max_attempts=settings.max_attempts,
-                    base=settings.backoff_base_seconds,
-                    cap=settings.backoff_max_seconds,
-                    deadline=settings.request_deadline_seconds,
-                ),
-            ),
-            sink=sink,
-            credentials=TtlCache(settings.cache_seconds),
-            aliases=TtlCache(settings.cache_seconds),
-            streams=StreamSlots(
-                app.state.redis,
-                cap=settings.max_concurrent_streams,
-                lifetime=settings.stream_max_seconds,
-            ),
-        )
-        app.state.inference = engine
-        sink.start()
+        ),
+        credentials=TtlCache(settings.cache_seconds),
+        aliases=TtlCache(settings.cache_seconds),
+        streams=StreamSlots(
+            redis, cap=settings.max_concurrent_streams, lifetime=settings.stream_max_seconds
+        ),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: InferenceSettings = app.state.settings
+    async with database_and_redis(app, settings):
+        runtime = build_runtime(settings, app.state.redis)
+        app.state.runtime = runtime
+        runtime.sink.start()
         try:
             yield
         finally:
-            await sink.close()
-            await asyncio.gather(*(p.aclose() for p in engine.providers.values()))
+            await runtime.sink.close()
+            await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:

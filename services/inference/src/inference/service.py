@@ -11,13 +11,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.errors import Forbidden, NotFound
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
 from inference import repository
@@ -29,6 +31,7 @@ from inference.errors import (
     CredentialNotFound,
     DeadlineExceeded,
     EgressRefused,
+    HubError,
     InvalidRequest,
     ModelNotFound,
     NameTaken,
@@ -41,62 +44,26 @@ from inference.errors import (
     UpstreamFailed,
 )
 from inference.events import (
-    EventSink,
     completion_text,
     cost_usd,
     count_tokens,
     estimate_prompt_tokens,
 )
+from inference.failover import AllTargetsFailed, Outcome, Target, Trail
 from inference.models import ModelAlias, ProviderCredential
 from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
-from inference.providers.egress import DestinationRefused, EgressPolicy, RedirectRefused
-from inference.routing import AllTargetsFailed, Outcome, Router, Target, Trail
+from inference.providers.egress import DestinationRefused, RedirectRefused
+from inference.runtime import Runtime
 from inference.schemas import AliasCreate, CredentialCreate
-from inference.settings import InferenceSettings
-from inference.streams import StreamSlots
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 log = structlog.get_logger(__name__)
+R = TypeVar("R")
 PROVIDERS = ("openai", "huggingface", "local")
 NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
 MANAGE_SHARED = "providers:manage_shared"
-
-
-class TtlCache:
-    """A tiny in-process cache: entries live `ttl` seconds."""
-
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._items: dict[Any, tuple[float, Any]] = {}
-
-    def get(self, key: Any) -> Any:
-        item = self._items.get(key)
-        if item is None or item[0] < time.monotonic():
-            self._items.pop(key, None)
-            return None
-        return item[1]
-
-    def put(self, key: Any, value: Any) -> None:
-        if len(self._items) > 10_000:
-            self._items.clear()
-        self._items[key] = (time.monotonic() + self._ttl, value)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
-@dataclass
-class Engine:
-    """What a model call needs, built once in the lifespan."""
-
-    settings: InferenceSettings
-    keyring: Keyring
-    egress: EgressPolicy
-    providers: dict[str, Provider]
-    router: Router
-    sink: EventSink
-    credentials: TtlCache
-    aliases: TtlCache
-    streams: StreamSlots
 
 
 def _owner(identity: Identity) -> uuid.UUID | None:
@@ -111,7 +78,7 @@ def _hint(api_key: str) -> str:
 
 
 async def create_credential(
-    db: AsyncSession, engine: Engine, *, identity: Identity, body: CredentialCreate
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, body: CredentialCreate
 ) -> ProviderCredential:
     if body.shared and not identity.has(MANAGE_SHARED):
         raise SharedNeedsAdmin(f"Shared credentials need the {MANAGE_SHARED} permission.")
@@ -119,7 +86,7 @@ async def create_credential(
         # An address is judged now; a host name at each connection, by what it resolves to
         # then (it may resolve differently later, so that check is the guard).
         try:
-            engine.egress.check_literal(body.base_url.host, body.base_url.port or 80)
+            runtime.egress.check_literal(body.base_url.host, body.base_url.port or 80)
         except DestinationRefused as exc:
             raise EgressRefused(f"base_url: {exc.message}", field="base_url") from None
     row = ProviderCredential(
@@ -130,15 +97,14 @@ async def create_credential(
         base_url=str(body.base_url).rstrip("/") if body.base_url else None,
         key_hint=_hint(body.api_key),
         key_ciphertext=b"",
-        key_id=engine.keyring.primary,
+        key_id=runtime.keyring.primary,
     )
-    row.key_ciphertext = engine.keyring.encrypt(body.api_key, row_id=str(row.id))
+    row.key_ciphertext = runtime.keyring.encrypt(body.api_key, row_id=str(row.id))
     try:
-        async with db.begin_nested():
-            await repository.add_credential(db, credential=row)
+        await repository.add_credential(db, credential=row)
     except IntegrityError:
         raise NameTaken(f"A credential named {body.name!r} already exists.") from None
-    engine.credentials.clear()
+    runtime.credentials.clear()
     return row
 
 
@@ -147,7 +113,7 @@ async def list_credentials(db: AsyncSession, *, identity: Identity) -> list[Prov
 
 
 async def delete_credential(
-    db: AsyncSession, engine: Engine, *, identity: Identity, credential_id: uuid.UUID
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, credential_id: uuid.UUID
 ) -> None:
     row = await repository.get_credential(db, credential_id=credential_id)
     mine = row is not None and row.owner_id is not None and row.owner_id == _owner(identity)
@@ -155,19 +121,19 @@ async def delete_credential(
     if row is None or not (mine or shared_ok):
         raise CredentialNotFound("No such credential.")
     await repository.delete_credential(db, credential_id=credential_id)
-    engine.credentials.clear()
+    runtime.credentials.clear()
 
 
-def _decrypt(engine: Engine, row: ProviderCredential) -> Credential:
+def _decrypt(runtime: Runtime, row: ProviderCredential) -> Credential:
     return Credential(
         id=str(row.id),
-        api_key=engine.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
+        api_key=runtime.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
         base_url=row.base_url,
     )
 
 
 async def credential_for(
-    db: AsyncSession, engine: Engine, *, identity: Identity, target: Target
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, target: Target
 ) -> Credential:
     """The target's credential; else the caller's own for the provider; else a shared one.
 
@@ -176,7 +142,7 @@ async def credential_for(
     if target.provider not in NEEDS_CREDENTIAL:
         return Credential(id=None, api_key=None, base_url=None)
     key = target.credential_id or (_owner(identity), target.provider)
-    cached: Credential | None = engine.credentials.get(key)
+    cached: Credential | None = runtime.credentials.get(key)
     if cached is not None:
         return cached
     if target.credential_id:
@@ -190,8 +156,8 @@ async def credential_for(
             f"No credential for provider {target.provider}: add one with "
             "POST /v1/providers/credentials."
         )
-    credential = _decrypt(engine, row)
-    engine.credentials.put(key, credential)
+    credential = _decrypt(runtime, row)
+    runtime.credentials.put(key, credential)
     return credential
 
 
@@ -216,7 +182,7 @@ async def rotate_keys(db: AsyncSession, keyring: Keyring) -> tuple[int, int]:
 
 
 async def save_alias(
-    db: AsyncSession, engine: Engine, *, identity: Identity, body: AliasCreate
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, body: AliasCreate
 ) -> ModelAlias:
     for target in body.targets:
         if target.credential_id is None:
@@ -239,15 +205,14 @@ async def save_alias(
             created_by=_owner(identity),
         ),
     )
-    engine.aliases.clear()
-    await db.refresh(alias)
+    runtime.aliases.clear()
     return alias
 
 
-async def delete_alias(db: AsyncSession, engine: Engine, *, alias: str) -> None:
+async def delete_alias(runtime: Runtime, db: AsyncSession, *, alias: str) -> None:
     if not await repository.delete_alias(db, alias=alias):
         raise AliasNotFound(f"No alias {alias!r}.")
-    engine.aliases.clear()
+    runtime.aliases.clear()
 
 
 def _target(model: str, credential_id: str | None) -> Target:
@@ -263,14 +228,14 @@ def _parse_model(name: str) -> Target | None:
 
 
 async def resolve_model(
-    db: AsyncSession, engine: Engine, name: str
+    runtime: Runtime, db: AsyncSession, name: str
 ) -> tuple[str | None, list[Target]]:
     """(alias or None, ordered targets) for a requested model name."""
-    cached = engine.aliases.get(name)
+    cached = runtime.aliases.get(name)
     if cached is None:
         row = await repository.get_alias(db, alias=name)
         cached = [_target(t["model"], t.get("credential_id")) for t in row.targets] if row else []
-        engine.aliases.put(name, cached)
+        runtime.aliases.put(name, cached)
     if cached:
         return name, cached
     target = _parse_model(name)
@@ -289,7 +254,7 @@ async def resolve_model(
 class Call:
     """One model call in flight: who, what, and the clock."""
 
-    engine: Engine
+    runtime: Runtime
     identity: Identity
     requested: str
     alias: str | None
@@ -314,7 +279,7 @@ class Call:
         ttft: float | None = None,
     ) -> None:
         model = target.name if target else self.requested
-        price = self.engine.settings.price_of(model)
+        price = self.runtime.settings.price_of(model)
         cost = cost_usd(
             price,
             usage.prompt_tokens if usage else None,
@@ -324,7 +289,7 @@ class Call:
         # span, under which are all the attempts (the event sums them up), and which exists
         # even when no attempt was made (every circuit open).
         span = trace.get_current_span().get_span_context()
-        self.engine.sink.emit(
+        self.runtime.sink.emit(
             LlmCallEvent(
                 id=str(uuid.uuid4()),
                 occurred_at=self.started_wall,
@@ -396,13 +361,13 @@ def _problem(exc: Exception, trail: Trail) -> Exception:
     return UpstreamFailed(f"{where} failed after {trail.attempts} attempt(s): {last}", **extra)
 
 
-async def _routed(
+async def _call_with_failover(
     db: AsyncSession,
     call: Call,
     targets: list[Target],
     invoke: Callable[[Provider, Credential, Target], Awaitable[Any]],
 ) -> Outcome[Any]:
-    engine = call.engine
+    runtime = call.runtime
     # Credentials are looked up once, before any attempt; a target without one is skipped
     # when there are others, and reported when it is the only one. Each target then names
     # the credential it is called with, and so has a circuit of its own (Target.circuit_key).
@@ -410,7 +375,7 @@ async def _routed(
     missing: NoCredential | None = None
     for target in targets:
         try:
-            credential = await credential_for(db, engine, identity=call.identity, target=target)
+            credential = await credential_for(runtime, db, identity=call.identity, target=target)
         except NoCredential as exc:
             missing = exc
             continue
@@ -420,9 +385,9 @@ async def _routed(
     by_target = dict(usable)
     trail = Trail()
     try:
-        return await engine.router.run(
+        return await runtime.failover.run(
             [t for t, _ in usable],
-            lambda t: invoke(engine.providers[t.provider], by_target[t], t),
+            lambda t: invoke(runtime.providers[t.provider], by_target[t], t),
             trail=trail,
             operation=call.operation,
         )
@@ -431,11 +396,13 @@ async def _routed(
 
 
 async def chat(
-    db: AsyncSession, engine: Engine, *, identity: Identity, request: dict[str, Any]
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
 ) -> dict[str, Any]:
-    alias, targets = await resolve_model(db, engine, request["model"])
-    call = Call(engine, identity, request["model"], alias, "chat", stream=False)
-    outcome = await _routed(db, call, targets, lambda p, c, t: p.chat(c, t.model, request))
+    alias, targets = await resolve_model(runtime, db, request["model"])
+    call = Call(runtime, identity, request["model"], alias, "chat", stream=False)
+    outcome = await _call_with_failover(
+        db, call, targets, lambda p, c, t: p.chat(c, t.model, request)
+    )
     body: dict[str, Any] = outcome.result.body
     usage = outcome.result.usage or Usage(
         estimate_prompt_tokens(request["messages"]),
@@ -458,7 +425,7 @@ def _sse(data: Any) -> bytes:
 
 
 async def chat_stream(
-    db: AsyncSession, engine: Engine, *, identity: Identity, request: dict[str, Any]
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
 ) -> AsyncIterator[bytes]:
     """Retries and fallbacks happen until the first chunk; from then on the stream is the
     client's, and a failure becomes an SSE error event (never a silent retry).
@@ -466,68 +433,80 @@ async def chat_stream(
     A user has at most INFERENCE_MAX_CONCURRENT_STREAMS streams open (429 past them), each
     for at most INFERENCE_STREAM_MAX_SECONDS from the request's arrival (then it ends with
     an error event): a provider that trickles cannot hold connections for ever."""
-    alias, targets = await resolve_model(db, engine, request["model"])
-    call = Call(engine, identity, request["model"], alias, "chat", stream=True)
+    alias, targets = await resolve_model(runtime, db, request["model"])
+    call = Call(runtime, identity, request["model"], alias, "chat", stream=True)
     owner = identity.user_id or identity.sub
-    lease = await engine.streams.acquire(owner)
+    lease = await runtime.streams.acquire(owner)
     opened = False
     try:
-        outcome = await _routed(
+        outcome = await _call_with_failover(
             db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request)
         )
         opened = True
     finally:
         if not opened:
-            await engine.streams.release(owner, lease)
-    stream: ChatStream = outcome.result
+            await runtime.streams.release(owner, lease)
     ttft = time.monotonic() - call.started
-    limit = engine.settings.stream_max_seconds
     # On the event loop's clock: time.monotonic(), as call.started.
-    deadline = asyncio.get_running_loop().time() + limit - ttft
+    deadline = asyncio.get_running_loop().time() + runtime.settings.stream_max_seconds - ttft
+    return _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner, lease=lease)
 
-    async def events() -> AsyncIterator[bytes]:
-        status, error_type, text = "cancelled", None, []
-        chunks = aiter(stream)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                chunk["model"] = request["model"]
-                text.append(completion_text(chunk))
-                yield _sse(chunk)
-            status = "ok"
-        except TimeoutError:
-            status, error_type = "error", "stream_too_long"
-            message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
-            yield _sse({"error": {"message": message, "type": "upstream_error",
-                                  "code": error_type}})  # fmt: skip
-        except ProviderError as exc:
-            status, error_type = "error", exc.kind
-            yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
-                                  "type": "upstream_error", "code": exc.kind}})  # fmt: skip
-        finally:
-            usage = stream.usage or Usage(
-                estimate_prompt_tokens(request["messages"]),
-                count_tokens("".join(text)),
-                estimated=True,
-            )
-            call.record(
-                target=outcome.target,
-                status=status,
-                error_type=error_type,
-                usage=usage,
-                attempts=outcome.attempts,
-                fallback=outcome.fallback,
-                ttft=ttft,
-            )
-            await stream.aclose()
-            await engine.streams.release(owner, lease)
-        yield b"data: [DONE]\n\n"
 
-    return events()
+async def _relay(
+    call: Call,
+    outcome: Outcome[ChatStream],
+    request: dict[str, Any],
+    *,
+    ttft: float,
+    deadline: float,
+    owner: str,
+    lease: str | None,
+) -> AsyncIterator[bytes]:
+    """The provider's chunks as SSE events under the requested model's name, until the
+    stream ends, breaks (an error event) or outlives its deadline (an error event); then
+    the call event, the lease given back, and [DONE]."""
+    stream = outcome.result
+    status, error_type, text = "cancelled", None, []
+    chunks = aiter(stream)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            chunk["model"] = request["model"]
+            text.append(completion_text(chunk))
+            yield _sse(chunk)
+        status = "ok"
+    except TimeoutError:
+        status, error_type = "error", "stream_too_long"
+        limit = call.runtime.settings.stream_max_seconds
+        message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
+        yield _sse({"error": {"message": message, "type": "upstream_error",
+                              "code": error_type}})  # fmt: skip
+    except ProviderError as exc:
+        status, error_type = "error", exc.kind
+        yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
+                              "type": "upstream_error", "code": exc.kind}})  # fmt: skip
+    finally:
+        usage = stream.usage or Usage(
+            estimate_prompt_tokens(request["messages"]),
+            count_tokens("".join(text)),
+            estimated=True,
+        )
+        call.record(
+            target=outcome.target,
+            status=status,
+            error_type=error_type,
+            usage=usage,
+            attempts=outcome.attempts,
+            fallback=outcome.fallback,
+            ttft=ttft,
+        )
+        await stream.aclose()
+        await call.runtime.streams.release(owner, lease)
+    yield b"data: [DONE]\n\n"
 
 
 def _base64(vector: list[float]) -> str:
@@ -535,17 +514,19 @@ def _base64(vector: list[float]) -> str:
 
 
 async def embeddings(
+    runtime: Runtime,
     db: AsyncSession,
-    engine: Engine,
     *,
     identity: Identity,
     model: str,
     inputs: list[str],
     encoding: str,
 ) -> dict[str, Any]:
-    alias, targets = await resolve_model(db, engine, model)
-    call = Call(engine, identity, model, alias, "embeddings", stream=False)
-    outcome = await _routed(db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs))
+    alias, targets = await resolve_model(runtime, db, model)
+    call = Call(runtime, identity, model, alias, "embeddings", stream=False)
+    outcome = await _call_with_failover(
+        db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs)
+    )
     result = outcome.result
     usage = result.usage or Usage(sum(count_tokens(text) for text in inputs), 0, estimated=True)
     call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
@@ -565,13 +546,17 @@ async def embeddings(
     }
 
 
+async def list_aliases(db: AsyncSession) -> list[ModelAlias]:
+    return list(await repository.list_aliases(db))
+
+
 async def list_models(
-    db: AsyncSession, engine: Engine, *, identity: Identity
+    runtime: Runtime, db: AsyncSession, *, identity: Identity
 ) -> list[tuple[str, str]]:
     """(id, owned_by): the aliases, and per provider the caller has a credential for, the
     models it is known to serve; the local model when installed."""
     models = [(a.alias, "alias") for a in await repository.list_aliases(db)]
-    local = engine.providers.get("local")
+    local = runtime.providers.get("local")
     if local is not None and getattr(local, "available", False):
         models.append(("local/all-MiniLM-L6-v2", "local"))
     return models
@@ -580,29 +565,65 @@ async def list_models(
 # ---------------------------------------------------------------- Hugging Face Hub
 
 
-async def hub_search(
-    settings: InferenceSettings, token: str | None, *, search: str | None, limit: int
-) -> list[dict[str, Any]]:
-    from huggingface_hub import HfApi
+HUB = Target(provider="huggingface", model="hub")
 
-    api = HfApi(endpoint=settings.hf_endpoint, token=token or False)
-    models = await asyncio.wait_for(
-        asyncio.to_thread(lambda: list(api.list_models(search=search, limit=limit))),
-        settings.hub_timeout_seconds,
+
+async def _hub_token(runtime: Runtime, db: AsyncSession, identity: Identity) -> str | None:
+    """The caller's Hugging Face credential (their own, else a shared one), or None: the Hub
+    is then asked anonymously."""
+    try:
+        credential = await credential_for(runtime, db, identity=identity, target=HUB)
+    except NoCredential:
+        return None
+    return credential.api_key
+
+
+async def _ask_hub(
+    runtime: Runtime, db: AsyncSession, identity: Identity, ask: Callable[[HfApi], R]
+) -> R:
+    """`ask(api)` in a worker thread (huggingface_hub is synchronous), within
+    INFERENCE_HUB_TIMEOUT_SECONDS; whatever fails becomes a problem."""
+    token = await _hub_token(runtime, db, identity)
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=runtime.settings.hf_endpoint, token=token or False)
+        return await asyncio.wait_for(
+            asyncio.to_thread(ask, api), runtime.settings.hub_timeout_seconds
+        )
+    except Exception as exc:
+        raise _hub_problem(exc) from None
+
+
+def _hub_problem(exc: Exception) -> Exception:
+    if isinstance(exc, RepositoryNotFoundError):
+        return NotFound("No such model on the Hub (or it is private).")
+    if isinstance(exc, GatedRepoError):
+        return Forbidden("This model is gated: accept its terms on the Hub with your account.")
+    if isinstance(exc, TimeoutError):
+        return HubError("The Hub did not answer in time.")
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        if exc.response.status_code == 401:
+            return Forbidden("The Hub refused your Hugging Face credential.")
+        return HubError(f"The Hub answered {exc.response.status_code}.")
+    return HubError(f"The Hub is unreachable ({type(exc).__name__}).")
+
+
+async def hub_search(
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, search: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Models on the Hub matching `search`, asked with the caller's credential if any."""
+    models = await _ask_hub(
+        runtime, db, identity, lambda api: list(api.list_models(search=search, limit=limit))
     )
     return [_hub_model(m) for m in models]
 
 
 async def hub_model(
-    settings: InferenceSettings, token: str | None, *, repo_id: str
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, repo_id: str
 ) -> dict[str, Any]:
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=settings.hf_endpoint, token=token or False)
-    info = await asyncio.wait_for(
-        asyncio.to_thread(api.model_info, repo_id), settings.hub_timeout_seconds
-    )
-    return _hub_model(info)
+    """One model's card data from the Hub, asked with the caller's credential if any."""
+    return _hub_model(await _ask_hub(runtime, db, identity, lambda api: api.model_info(repo_id)))
 
 
 def _hub_model(info: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ lease.
 
 from __future__ import annotations
 
-import math
 import uuid
 
 import structlog
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from inference.errors import TooManyStreams
+from inference.repository import StreamLeases
 
 log = structlog.get_logger(__name__)
 # What a refused caller is told to wait: streams end at any time, none is known to end soon.
@@ -29,31 +29,14 @@ RETRY_AFTER_SECONDS = 5
 # telemetry event), never long after.
 GRACE_SECONDS = 30.0
 
-# KEYS: the user's leases. ARGV: lease id, lease life in seconds, cap.
-# Returns 1 with the lease taken, 0 when the user already holds `cap` live ones.
-_ACQUIRE = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
-return 1
-"""
-
 
 class StreamSlots:
     """At most `cap` open streams per user (0: no cap), leased for `lifetime` seconds."""
 
     def __init__(self, redis: Redis, *, cap: int, lifetime: float) -> None:
-        self._redis = redis
-        self._acquire = redis.register_script(_ACQUIRE)
+        self._leases = StreamLeases(redis)
         self.cap = cap
         self.lifetime = lifetime + GRACE_SECONDS
-
-    @staticmethod
-    def _key(owner: str) -> str:
-        return f"inference:streams:{owner}"
 
     async def acquire(self, owner: str) -> str | None:
         """A lease for one more stream of `owner`'s, or TooManyStreams. None when there is
@@ -62,9 +45,7 @@ class StreamSlots:
             return None
         lease = uuid.uuid4().hex
         try:
-            taken = await self._acquire(
-                keys=[self._key(owner)], args=[lease, math.ceil(self.lifetime), self.cap]
-            )
+            taken = await self._leases.take(owner, lease, life=self.lifetime, cap=self.cap)
         except RedisError:
             log.warning("stream leases unavailable; the stream goes ahead uncounted")
             return None
@@ -80,6 +61,6 @@ class StreamSlots:
         if lease is None:
             return
         try:
-            await self._redis.zrem(self._key(owner), lease)
+            await self._leases.give_back(owner, lease)
         except RedisError:
             log.warning("stream lease not returned; it lapses on its own")

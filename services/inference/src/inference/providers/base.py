@@ -116,7 +116,7 @@ class ChunkStream:
         forward_usage: bool,
     ) -> ChunkStream:
         """Start a provider's stream and read its first chunk: until then a failure is a
-        ProviderError the router may retry."""
+        ProviderError that failover may retry."""
         try:
             stream = await opening
             rest = stream.__aiter__()
@@ -168,7 +168,7 @@ def clip(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
 
 
 class ProviderError(Exception):
-    """A failed call to a provider, classified for the router.
+    """A failed call to a provider, classified for failover (retry, next target, or stop).
 
     `retryable`: worth another attempt or another target (timeouts, connection errors,
     408/409/429/5xx, malformed answers). Otherwise a client error (400/401/403/404/422)

@@ -142,7 +142,7 @@ class OpenAIProvider:
             client = AsyncOpenAI(
                 api_key=credential.api_key or "none",
                 base_url=base_url,
-                max_retries=0,  # the router retries, with its own policy and deadline
+                max_retries=0,  # failover.py retries, with its own policy and deadline
                 timeout=self._timeout,
                 http_client=self._http,
             )

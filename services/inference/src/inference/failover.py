@@ -19,9 +19,10 @@ from redis.exceptions import RedisError
 
 from inference.metrics import CIRCUIT_SKIPS
 from inference.providers.base import ProviderError
+from inference.repository import CIRCUIT_CLEAN, CIRCUIT_SKIP, CircuitStates
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("inference.routing")
+tracer = trace.get_tracer("inference.failover")
 T = TypeVar("T")
 
 
@@ -29,8 +30,8 @@ T = TypeVar("T")
 class Target:
     provider: str  # openai | huggingface | local
     model: str  # the provider's own model name
-    # The credential to call with: an alias target names one; the router's targets always
-    # carry the one resolved for the caller (see service._routed).
+    # The credential to call with: an alias target names one; the targets Failover.run
+    # gets always carry the one resolved for the caller (see service._call_with_failover).
     credential_id: str | None = None
 
     @property
@@ -69,30 +70,6 @@ class AllTargetsFailed(Exception):
         self.all_open = all_open
 
 
-# KEYS: circuit hash, probe key. ARGV: now, cool-down.
-# 1 closed and clean, 3 closed with failures counted, 2 half-open probe, 0 skip.
-_ALLOW = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'open' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return 3 end
-  return 1
-end
-local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at'))
-if tonumber(ARGV[1]) - opened < tonumber(ARGV[2]) then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', math.ceil(tonumber(ARGV[2]))) then return 2 end
-return 0
-"""
-# KEYS: circuit hash, probe key. ARGV: now, threshold, seconds the state lives.
-_FAIL = """
-local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if n >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('DEL', KEYS[2])
-return n
-"""
-
-
 class CircuitBreaker:
     """Opens after `threshold` consecutive failures; after `cooldown` one replica probes.
 
@@ -113,9 +90,7 @@ class CircuitBreaker:
         sync_interval: float = 1.0,
         state_ttl: float = 300.0,
     ) -> None:
-        self._redis = redis
-        self._allow = redis.register_script(_ALLOW)
-        self._fail = redis.register_script(_FAIL)
+        self._states = CircuitStates(redis)
         self.threshold = threshold
         self.cooldown = cooldown
         self.sync_interval = sync_interval
@@ -123,30 +98,27 @@ class CircuitBreaker:
         # circuit key -> monotonic time until which "closed, no failures" is trusted
         self._clean_until: dict[str, float] = {}
 
-    @staticmethod
-    def _keys(target: Target) -> list[str]:
-        base = f"inference:circuit:{target.circuit_key}"
-        return [base, base + ":probe"]
-
     async def allows(self, target: Target, now: float) -> bool:
         key = target.circuit_key
         if self._clean_until.get(key, 0.0) > time.monotonic():
             return True
         try:
-            verdict = int(await self._allow(keys=self._keys(target), args=[now, self.cooldown]))
+            verdict = await self._states.allow(key, now=now, cooldown=self.cooldown)
         except RedisError:
             log.warning("circuit state unavailable; calling the target", target=target.name)
             return True
-        if verdict == 1:
+        if verdict == CIRCUIT_CLEAN:
             if len(self._clean_until) > 10_000:
                 self._clean_until.clear()
             self._clean_until[key] = time.monotonic() + self.sync_interval
-        return verdict > 0
+        return verdict != CIRCUIT_SKIP
 
     async def failed(self, target: Target, now: float) -> None:
         self._clean_until.pop(target.circuit_key, None)
         try:
-            await self._fail(keys=self._keys(target), args=[now, self.threshold, self.state_ttl])
+            await self._states.fail(
+                target.circuit_key, now=now, threshold=self.threshold, ttl=self.state_ttl
+            )
         except RedisError:
             log.warning("circuit state unavailable", target=target.name)
 
@@ -154,13 +126,9 @@ class CircuitBreaker:
         if self._clean_until.get(target.circuit_key, 0.0) > time.monotonic():
             return  # closed with no failures when last asked: nothing to clear
         try:
-            await self._redis.delete(*self._keys(target))
+            await self._states.clear(target.circuit_key)
         except RedisError:
             log.warning("circuit state unavailable", target=target.name)
-
-    async def state(self, target: Target) -> str:
-        raw = await self._redis.hget(self._keys(target)[0], "state")
-        return raw.decode() if isinstance(raw, bytes) else "closed"
 
 
 @dataclass(frozen=True)
@@ -177,7 +145,9 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap, self.base * 2**attempt))  # noqa: S311
 
 
-class Router:
+class Failover:
+    """A model call across its targets: each in order, each with retries, one deadline."""
+
     def __init__(self, breaker: CircuitBreaker, policy: RetryPolicy) -> None:
         self.breaker = breaker
         self.policy = policy
@@ -210,23 +180,11 @@ class Router:
                     with tracer.start_as_current_span(
                         f"{operation} {target.name}",
                         kind=trace.SpanKind.CLIENT,
-                        attributes={
-                            "gen_ai.system": target.provider,
-                            "gen_ai.operation.name": operation,
-                            "gen_ai.request.model": target.model,
-                            "inference.attempt": attempt + 1,
-                            "inference.fallback": index > 0,
-                        },
+                        attributes=_attempt_attributes(target, operation, attempt, index > 0),
                     ) as span:
                         try:
                             async with asyncio.timeout(remaining):
                                 result = await call(target)
-                            usage = getattr(result, "usage", None)
-                            if usage is not None:
-                                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-                                span.set_attribute(
-                                    "gen_ai.usage.output_tokens", usage.completion_tokens
-                                )
                         except TimeoutError:
                             raise ProviderError(
                                 "The request deadline passed.", kind="timeout", retryable=True
@@ -235,16 +193,15 @@ class Router:
                             span.set_attribute("error.type", exc.kind)
                             span.set_status(trace.StatusCode.ERROR, exc.message)
                             raise
+                        _record_usage(span, result)
                 except ProviderError as exc:
                     trail.errors.append(exc)
                     if not exc.retryable:
                         raise
                     await self.breaker.failed(target, time.time())
-                    if attempt + 1 >= self.policy.max_attempts:
-                        break
-                    pause = self.policy.backoff(attempt, exc.retry_after)
-                    if pause >= deadline - time.monotonic():
-                        break  # no time left to wait for this target: try the next
+                    pause = self._pause(attempt, exc, deadline)
+                    if pause is None:
+                        break  # this target is done: try the next
                     await asyncio.sleep(pause)
                     continue
                 await self.breaker.succeeded(target)
@@ -254,3 +211,33 @@ class Router:
         raise AllTargetsFailed(
             trail, deadline=deadline - time.monotonic() <= 0, all_open=all_open and bool(targets)
         )
+
+    def _pause(self, attempt: int, exc: ProviderError, deadline: float) -> float | None:
+        """How long to wait before the target's next attempt after a retryable failure;
+        None when it gets none: its attempts are used up, or the wait would outlast the
+        deadline."""
+        if attempt + 1 >= self.policy.max_attempts:
+            return None
+        pause = self.policy.backoff(attempt, exc.retry_after)
+        return None if pause >= deadline - time.monotonic() else pause
+
+
+def _attempt_attributes(
+    target: Target, operation: str, attempt: int, fallback: bool
+) -> dict[str, str | int | bool]:
+    """An attempt's span attributes (OpenTelemetry's gen_ai conventions, and ours)."""
+    return {
+        "gen_ai.system": target.provider,
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": target.model,
+        "inference.attempt": attempt + 1,
+        "inference.fallback": fallback,
+    }
+
+
+def _record_usage(span: trace.Span, result: object) -> None:
+    """The tokens a provider reported, when its answer says (a stream's come later)."""
+    usage = getattr(result, "usage", None)
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

@@ -1,0 +1,54 @@
+"""What the inference service holds for its life: built once by the lifespan (main.py),
+kept on `app.state.runtime`, handed to the service functions first."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from inference.crypto import Keyring
+from inference.events import EventSink
+from inference.failover import Failover
+from inference.providers.base import Provider
+from inference.providers.egress import EgressPolicy
+from inference.settings import InferenceSettings
+from inference.streams import StreamSlots
+
+
+class TtlCache:
+    """A tiny in-process cache: entries live `ttl` seconds."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._items: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        item = self._items.get(key)
+        if item is None or item[0] < time.monotonic():
+            self._items.pop(key, None)
+            return None
+        return item[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._items) > 10_000:
+            self._items.clear()
+        self._items[key] = (time.monotonic() + self._ttl, value)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class Runtime:
+    """What a model call needs, built once in the lifespan."""
+
+    settings: InferenceSettings
+    keyring: Keyring
+    egress: EgressPolicy
+    providers: dict[str, Provider]
+    failover: Failover
+    sink: EventSink
+    credentials: TtlCache
+    aliases: TtlCache
+    streams: StreamSlots
