@@ -63,7 +63,7 @@ test-fast: install ## everything but the end-to-end suite
 # Every test under coverage.py ([tool.coverage] in pyproject.toml), the processes the tests
 # start included; then one line per package. The data stays in .coverage for
 # `.venv/bin/coverage report -m --include='services/auth/*'` and the like.
-coverage: install ## every test, then line and branch coverage per service, gateway and libs/common
+coverage: install ## every test, then line and branch coverage per service, gateway and libs/
 	rm -f .coverage .coverage.*
 	status=0; COVERAGE_FILE="$(CURDIR)/.coverage" $(PYTHON) -m coverage run -m pytest || status=$$?; \
 	  $(PYTHON) -m coverage combine --quiet && $(PYTHON) .ci/coverage-summary; exit $$status
@@ -71,7 +71,7 @@ coverage: install ## every test, then line and branch coverage per service, gate
 lint: install ## ruff and mypy
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
-	$(UV) run --no-sync mypy libs/common/src services/*/src gateway/src
+	$(UV) run --no-sync mypy libs/common/src libs/devkit/src services/*/src gateway/src
 
 format: install ## apply ruff's fixes and formatting
 	$(UV) run --no-sync ruff check --fix .

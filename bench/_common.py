@@ -28,6 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+sys.path.insert(0, str(ROOT / "libs" / "devkit" / "src"))
 from common import ports  # noqa: E402
 from devkit import devstack  # noqa: E402
 

@@ -27,6 +27,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+sys.path.insert(0, str(ROOT / "libs" / "devkit" / "src"))
 from _minimal_asgi import HELPERS, SERVE  # noqa: E402
 
 from common import ports  # noqa: E402
