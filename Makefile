@@ -46,13 +46,13 @@ install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip
 	  | $(UV) pip install --python $(PYTHON) --quiet -c $(LOCAL_PINS) -r -
 
 run: install ## the whole platform on http://127.0.0.1:8000 (Ctrl-C stops everything)
-	$(PYTHON) -m common.devstack run
+	$(PYTHON) -m devkit.devstack run
 
 stop-service: ## stop one service of a running `make run`, the rest kept (SERVICE=telemetry)
-	$(PYTHON) -m common.keeper stop $(SERVICE)
+	$(PYTHON) -m devkit.keeper stop $(SERVICE)
 
 start-service: ## start it again (SERVICE=telemetry)
-	$(PYTHON) -m common.keeper start $(SERVICE)
+	$(PYTHON) -m devkit.keeper start $(SERVICE)
 
 test: install ## every test: unit, API, contract and end-to-end
 	$(PYTHON) -m pytest
@@ -63,7 +63,7 @@ test-fast: install ## everything but the end-to-end suite
 # Every test under coverage.py ([tool.coverage] in pyproject.toml), the processes the tests
 # start included; then one line per package. The data stays in .coverage for
 # `.venv/bin/coverage report -m --include='services/auth/*'` and the like.
-coverage: install ## every test, then line and branch coverage per service, gateway and libs/common
+coverage: install ## every test, then line and branch coverage per service, gateway and libs/
 	rm -f .coverage .coverage.*
 	status=0; COVERAGE_FILE="$(CURDIR)/.coverage" $(PYTHON) -m coverage run -m pytest || status=$$?; \
 	  $(PYTHON) -m coverage combine --quiet && $(PYTHON) .ci/coverage-summary; exit $$status
@@ -71,7 +71,7 @@ coverage: install ## every test, then line and branch coverage per service, gate
 lint: install ## ruff and mypy
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
-	$(UV) run --no-sync mypy libs/common/src services/*/src gateway/src
+	$(UV) run --no-sync mypy libs/common/src libs/devkit/src services/*/src gateway/src
 
 format: install ## apply ruff's fixes and formatting
 	$(UV) run --no-sync ruff check --fix .
@@ -86,7 +86,7 @@ bench-peers: ## install LiteLLM's proxy (bench/peers-requirements.txt) into .ben
 	.bench-peers/litellm/bin/pip install --quiet --disable-pip-version-check -r bench/peers-requirements.txt
 
 migrate: install ## create roles and schemas, run every service's migrations
-	$(PYTHON) -m common.devstack migrate
+	$(PYTHON) -m devkit.devstack migrate
 
 clean: ## remove the virtualenv and local data (the embedded database included)
 	rm -rf .venv .bootstrap .data
@@ -107,4 +107,4 @@ pin: $(UV) ## record the exact versions in pyproject.toml and services/inference
 	mv $(LOCAL_PINS).new $(LOCAL_PINS)
 
 infra: install ## only Postgres and Redis, migrated, to run one service by hand
-	$(PYTHON) -m common.devstack infra
+	$(PYTHON) -m devkit.devstack infra

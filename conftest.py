@@ -10,4 +10,4 @@ import gateway  # noqa: F401
 # Tests look at spans: record them all (outside tests nothing is recorded unless exported).
 os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
 
-pytest_plugins = ["common.testing"]
+pytest_plugins = ["devkit.testing"]

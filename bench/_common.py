@@ -28,7 +28,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
-from common import devstack, ports  # noqa: E402
+sys.path.insert(0, str(ROOT / "libs" / "devkit" / "src"))
+from common import ports  # noqa: E402
+from devkit import devstack  # noqa: E402
 
 ADMIN_EMAIL = "perf@example.com"
 ADMIN_PASSWORD = "bench-Passphrase-for-the-platform-1"  # noqa: S105
@@ -126,13 +128,13 @@ def utc_now() -> str:
 def start_upstream(
     *, delay_ms: float = 0, dimensions: int = 8
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """The OpenAI-protocol fake (`python -m common.fakes.run openai`), checking our key, on
+    """The OpenAI-protocol fake (`python -m devkit.fakes.run openai`), checking our key, on
     a free port it inherits (common.ports: no other process can take it meanwhile); returns
     it and its port."""
     command = [
         sys.executable,
         "-m",
-        "common.fakes.run",
+        "devkit.fakes.run",
         "openai",
         "--api-key",
         UPSTREAM_KEY,
@@ -164,7 +166,7 @@ def stop(
 
 @dataclass
 class Platform:
-    """The whole platform (`python -m common.devstack run`) on free ports, fresh data."""
+    """The whole platform (`python -m devkit.devstack run`) on free ports, fresh data."""
 
     ports: dict[str, int]  # filled once devstack has announced the ports it holds
     signing_key: str
@@ -224,7 +226,7 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "common.devstack", "run"],
+            [sys.executable, "-m", "devkit.devstack", "run"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -248,7 +250,7 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
 
 
 def announced_ports(log: Path, stack: subprocess.Popen[bytes], deadline: float) -> dict[str, int]:
-    """The ports `python -m common.devstack run` says it holds (the line it prints before
+    """The ports `python -m devkit.devstack run` says it holds (the line it prints before
     it starts any process, into `log`); RuntimeError if it exits first or after `deadline`
     (time.monotonic)."""
     while time.monotonic() < deadline:

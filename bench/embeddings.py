@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/embeddings.py [--vectors 100000] [--queries 500]
 
-Starts the platform (`python -m common.devstack run`: a fresh embedded Postgres and Redis,
+Starts the platform (`python -m devkit.devstack run`: a fresh embedded Postgres and Redis,
 all services) on free 127.0.0.1 ports, then, talking to the embeddings service directly with a
 signed identity (what the gateway adds per request is measured in bench/chat_path.py):
 

@@ -27,9 +27,11 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+sys.path.insert(0, str(ROOT / "libs" / "devkit" / "src"))
 from _minimal_asgi import HELPERS, SERVE  # noqa: E402
 
-from common import devstack, ports  # noqa: E402
+from common import ports  # noqa: E402
+from devkit import devstack  # noqa: E402
 
 HOP = (
     HELPERS
@@ -93,7 +95,7 @@ def main() -> int:
         # redis-server binds its port itself: start_redis takes another if it is taken.
         redis, redis_url = devstack.start_redis(Path(workdir))
         upstream, upstream_port = ports.spawn(
-            [sys.executable, "-m", "common.fakes.run", "openai"],
+            [sys.executable, "-m", "devkit.fakes.run", "openai"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         servers.append(upstream)

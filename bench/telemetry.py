@@ -53,11 +53,12 @@ from redis.asyncio import Redis
 
 # This file is named like the service's package: keep bench/ off the import path from here.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-from common import devstack, ports  # noqa: E402
+from common import ports  # noqa: E402
 from common.db import create_engine, create_sessionmaker  # noqa: E402
 from common.identity import Identity, SignedIdentity  # noqa: E402
 from common.llm_events import STREAM, LlmCallEvent  # noqa: E402
 from common.migrations import upgrade  # noqa: E402
+from devkit import devstack  # noqa: E402
 from telemetry.runtime import Runtime  # noqa: E402
 from telemetry.service import refresh_usage_cache  # noqa: E402
 from telemetry.settings import TelemetrySettings  # noqa: E402

@@ -27,7 +27,7 @@ from common.errors import NotFound
 from common.identity import CurrentIdentity
 from common.principals import API_KEY_PREFIX, ApiKeyPrincipal, SessionStore, secret_hash
 from common.settings import ServiceSettings
-from common.testing import LiveServer
+from devkit.testing import LiveServer
 from gateway.main import create_app
 from gateway.security import WINDOW_SECONDS
 from gateway.settings import GatewaySettings

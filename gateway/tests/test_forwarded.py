@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from common.testing import LiveServer
+from devkit.testing import LiveServer
 from gateway.main import create_app
 
 from .conftest import Caller, SessionFactory, Upstream, gateway_settings, in_one_window

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.testing import LiveServer
+from devkit.testing import LiveServer
 from gateway.main import create_app
 
 from .conftest import SERVICES, Caller, SessionFactory, Upstream, gateway_settings

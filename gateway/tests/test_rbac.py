@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common.testing import LiveServer
+from devkit.testing import LiveServer
 from gateway.main import create_app
 from gateway.proxy_table import proxy_rule_for
 from gateway.rbac import PUBLIC, ROUTES, SESSION_ONLY, SIGNED_IN, Route, route_for

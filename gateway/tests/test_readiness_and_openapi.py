@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from common.testing import LiveServer
+from devkit.testing import LiveServer
 from gateway.main import create_app
 from gateway.openapi import merge
 

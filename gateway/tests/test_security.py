@@ -10,7 +10,6 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from common import devstack
 from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
@@ -19,7 +18,8 @@ from common.principals import (
     SessionStore,
     secret_hash,
 )
-from common.testing import LiveServer
+from devkit import devstack
+from devkit.testing import LiveServer
 from gateway.main import create_app
 from gateway.metrics import REGISTRY
 

@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from auth.main import create_app as create_auth
 from auth.settings import AuthSettings
-from common import devstack
 from common.identity import HEADER, Identity, sign
 from common.migrations import alembic_config, downgrade, upgrade
 from common.settings import DatabaseSettings
-from common.testing import RunDatabase, ServiceHarness, asgi_client, user_identity
+from devkit import devstack
+from devkit.testing import RunDatabase, ServiceHarness, asgi_client, user_identity
 from embeddings.main import create_app as create_embeddings
 from embeddings.settings import EmbeddingsSettings
 from inference.main import create_app as create_inference

@@ -19,10 +19,11 @@ import psutil
 import pytest
 import uvicorn
 
-from common import devstack, ports
-from common.fakes.faults import FaultControl
-from common.fakes.openai_server import create_openai_app
-from common.testing import _drop_database
+from common import ports
+from devkit import devstack
+from devkit.fakes.faults import FaultControl
+from devkit.fakes.openai_server import create_openai_app
+from devkit.testing import _drop_database
 
 from .otlp import OtlpReceiver
 

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from common import devstack
 from common.ports import spawn
+from devkit import devstack
 
 from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Login, RunningPlatform, wait_until_serving
 

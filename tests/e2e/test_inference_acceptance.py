@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from common import devstack
+from devkit import devstack
 
 from .conftest import (
     ADMIN_EMAIL,

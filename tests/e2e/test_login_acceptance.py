@@ -23,8 +23,8 @@ import httpx
 import psutil
 import pytest
 
-from common import devstack
 from common.ports import spawn
+from devkit import devstack
 
 from .conftest import RunningPlatform, wait_until_serving
 

@@ -18,9 +18,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common import devstack, ports
+from common import ports
 from common.identity import HEADER, Identity, sign
-from common.testing import _drop_database
+from devkit import devstack
+from devkit.testing import _drop_database
 
 from .conftest import (
     ADMIN_EMAIL,

@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
-from common import devstack
 from common.ports import spawn
+from devkit import devstack
 
 from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key, platform_on
 from .test_inference_acceptance import sdk  # noqa: F401  (fixture)

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from common import devstack
+from devkit import devstack
 
 from .conftest import FakeOpenAI, RunningPlatform, new_member_with_key
 from .otlp import CLIENT, CONSUMER, SERVER, OtlpReceiver, ReceivedSpan

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 
 from common.app import new_app
 from common.settings import ServiceSettings
-from common.testing import asgi_client
+from devkit.testing import asgi_client
 
 SECRETS = {
     "authorization": "sk-live-0123456789abcdefSECRET",

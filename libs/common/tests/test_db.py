@@ -30,7 +30,7 @@ from common.db import (
 )
 from common.errors import Problem
 from common.settings import ServiceSettings
-from common.testing import RunDatabase, asgi_client
+from devkit.testing import RunDatabase, asgi_client
 
 
 class UowSettings(ServiceSettings):

@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException
 from common.app import PlatformApp, instrument
 from common.errors import Problem
 from common.settings import ServiceSettings
-from common.testing import asgi_client
 from common.tracing import configure_tracing
+from devkit.testing import asgi_client
 
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 

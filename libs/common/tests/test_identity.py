@@ -184,7 +184,7 @@ async def test_a_service_accepts_what_a_peer_signed_whatever_the_encoding(target
 
     from common.app import create_service_app
     from common.settings import ServiceSettings
-    from common.testing import asgi_client
+    from devkit.testing import asgi_client
 
     class EchoSettings(ServiceSettings):
         service_name: ClassVar[str] = "identityecho"

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.app import PlatformApp, instrument
 from common.settings import ServiceSettings
-from common.testing import asgi_client
+from devkit.testing import asgi_client
 
 FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -79,7 +79,7 @@ def test_a_refusing_port_refuses_and_cannot_be_listened_on() -> None:
 
 def test_a_spawned_server_serves_the_socket_chosen_here() -> None:
     process, port = ports.spawn(
-        [sys.executable, "-m", "common.fakes.run", "openai"],
+        [sys.executable, "-m", "devkit.fakes.run", "openai"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -97,7 +97,7 @@ def test_a_service_whose_port_is_taken_exits_naming_the_holder() -> None:
     with ports.listen() as sock:
         port = ports.port_of(sock)
         result = subprocess.run(
-            [sys.executable, "-m", "common.fakes.run", "openai", "--port", str(port)],
+            [sys.executable, "-m", "devkit.fakes.run", "openai", "--port", str(port)],
             capture_output=True,
             text=True,
             timeout=60,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from common.errors import install_error_handlers
 from common.routing import JsonRoute
-from common.testing import asgi_client
+from devkit.testing import asgi_client
 
 
 class Point(BaseModel):

@@ -19,12 +19,12 @@ from sqlalchemy import text
 from common.app import new_app
 from common.db import create_engine
 from common.settings import ServiceSettings
-from common.testing import LiveServer, RunDatabase
 from common.tracing import (
     current_trace_id,
     instrument_libraries,
     resource,
 )
+from devkit.testing import LiveServer, RunDatabase
 
 
 class TraceDemoSettings(ServiceSettings):

@@ -28,7 +28,7 @@ from auth.runtime import Runtime
 from auth.settings import AuthSettings
 from common.identity import Identity
 from common.principals import SessionStore, secret_hash
-from common.testing import RunDatabase, ServiceHarness, asgi_client, running
+from devkit.testing import RunDatabase, ServiceHarness, asgi_client, running
 
 ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
 GATEWAY = Identity(sub="service:gateway", kind="service", iss="gateway")

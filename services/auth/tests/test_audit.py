@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from common.identity import Identity
-from common.testing import RunDatabase
+from devkit.testing import RunDatabase
 
 from .conftest import PASSWORD, AuthClient, LoggedIn, MakeApp
 

@@ -22,7 +22,7 @@ from auth.models import AuditEvent, User
 from auth.settings import AuthSettings
 from common.ports import spawn
 from common.serve import STARTUP_FAILURE
-from common.testing import RunDatabase, ServiceHarness, running
+from devkit.testing import RunDatabase, ServiceHarness, running
 
 from .conftest import FAST_ARGON2, PASSWORD, AuthClient, MakeApp
 

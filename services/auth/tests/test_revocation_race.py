@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from common.principals import API_KEY_INVALID, API_KEY_PREFIX, secret_hash
-from common.testing import RunDatabase
+from devkit.testing import RunDatabase
 
 from .conftest import AuthClient, LoggedIn, MakeApp
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from common.identity import Identity
-from common.testing import (
+from devkit.testing import (
     LiveServer,
     RunDatabase,
     ServiceHarness,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.testing import asgi_client
+from devkit.testing import asgi_client
 
 from .conftest import MODEL, Embeddings, MakeEmbeddings, person
 

@@ -7,9 +7,9 @@ import secrets
 
 import asyncpg
 
-from common import devstack
 from common.migrations import downgrade, upgrade
-from common.testing import RunDatabase, _drop_database
+from devkit import devstack
+from devkit.testing import RunDatabase, _drop_database
 
 
 def test_upgrade_downgrade_upgrade(test_database: RunDatabase) -> None:

@@ -13,12 +13,12 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from common.fakes.faults import FaultControl
-from common.fakes.hf_server import create_hf_app
-from common.fakes.openai_server import create_openai_app
 from common.identity import Identity
 from common.llm_events import STREAM, LlmCallEvent
-from common.testing import LiveServer, RunDatabase, ServiceHarness, asgi_client
+from devkit.fakes.faults import FaultControl
+from devkit.fakes.hf_server import create_hf_app
+from devkit.fakes.openai_server import create_openai_app
+from devkit.testing import LiveServer, RunDatabase, ServiceHarness, asgi_client
 from inference.main import create_app
 from inference.settings import InferenceSettings
 

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from common.identity import SignedIdentity
-from common.testing import LiveServer, signing_key
+from devkit.testing import LiveServer, signing_key
 
 from .conftest import Inference, MakeInference, Upstream, admin, member
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from common.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
 from common.llm_events import LlmCallEvent
+from devkit.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
 from inference.events import EventSink, MetricLabels
 
 from .conftest import HF_TOKEN, Inference, MakeInference, Upstream

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.fakes.hf_server import DEFAULT_MODEL_ID
 from common.identity import SignedIdentity
-from common.testing import LiveServer, signing_key
+from devkit.fakes.hf_server import DEFAULT_MODEL_ID
+from devkit.testing import LiveServer, signing_key
 
 from .conftest import HF_TOKEN, Inference, MakeInference, Upstream, member
 from .test_chat import ask, sse

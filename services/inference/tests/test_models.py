@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from common.testing import ServiceHarness, asgi_client, user_identity
+from devkit.testing import ServiceHarness, asgi_client, user_identity
 
 
 async def test_models_list_is_in_openai_format(app: FastAPI, harness: ServiceHarness) -> None:

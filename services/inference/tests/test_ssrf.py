@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from common.fakes.hf_server import DEFAULT_MODEL_ID
-from common.testing import LiveServer
+from devkit.fakes.hf_server import DEFAULT_MODEL_ID
+from devkit.testing import LiveServer
 from inference.models import ProviderCredential
 
 from .conftest import HF_TOKEN, Inference, MakeInference, Upstream, member

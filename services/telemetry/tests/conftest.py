@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.db import create_engine, create_sessionmaker
 from common.identity import Identity
 from common.llm_events import STREAM, LlmCallEvent
-from common.testing import RunDatabase, ServiceHarness, asgi_client
+from devkit.testing import RunDatabase, ServiceHarness, asgi_client
 from telemetry import repository, service
 from telemetry.consumer import StreamConsumer
 from telemetry.main import create_app

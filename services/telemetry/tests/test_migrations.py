@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from common import devstack
 from common.migrations import downgrade, upgrade
-from common.testing import RunDatabase, _drop_database
+from devkit import devstack
+from devkit.testing import RunDatabase, _drop_database
 
 
 def test_the_cache_migration_goes_down_and_up_and_truncate_invalidates(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.testing import ServiceHarness
+from devkit.testing import ServiceHarness
 from telemetry import repository, service
 from telemetry.schemas import CallEvent
 from telemetry.service import month_of, next_month

@@ -198,7 +198,7 @@ def spawn(
     **popen: Any,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start `command` serving a socket bound here (any free port, or `port`), which it
-    takes with `inherited()` (common.serve, common.fakes.run do); returns the process and
+    takes with `inherited()` (common.serve, devkit.fakes.run do); returns the process and
     its port. This process keeps no copy: the port is the child's."""
     with listen(host, port) as sock:
         child_env = dict(os.environ if env is None else env)

@@ -5,7 +5,7 @@ run's own, in a directory of its own (`server_dir`), stopped and removed afterwa
 gets a fresh database with the per-service roles and schemas; services migrate it with
 Alembic; each test runs inside a transaction that is rolled back.
 Redis: `TEST_REDIS_URL` if set (it is flushed between tests!), else a private
-redis-server on a free port for the run (common.devstack.start_redis).
+redis-server on a free port for the run (devkit.devstack.start_redis).
 Spans: `spans` holds those this process finishes during a test.
 """
 
@@ -34,11 +34,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from common import devstack, ports
+from common import ports
 from common.identity import Identity, SignedIdentity
 from common.migrations import upgrade
 from common.settings import DatabaseSettings, ServiceSettings
 from common.tracing import configure_tracing
+from devkit import devstack
 
 
 @dataclass(frozen=True)

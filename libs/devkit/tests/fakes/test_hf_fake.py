@@ -18,9 +18,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.inference._providers import get_provider_helper
 
-from common.fakes import FaultControl
-from common.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
-from common.fakes.openai_server import embedding_vector
+from devkit.fakes import FaultControl
+from devkit.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
+from devkit.fakes.openai_server import embedding_vector
 
 from .conftest import HF_TOKEN
 

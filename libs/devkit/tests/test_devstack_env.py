@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common import devstack
+from devkit import devstack
 
 ENV_FILE = """\
 # a comment, then the forms a .env may use

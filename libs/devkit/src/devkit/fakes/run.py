@@ -1,4 +1,4 @@
-"""Serve a fake provider as a process: `python -m common.fakes.run openai --port 9100`.
+"""Serve a fake provider as a process: `python -m devkit.fakes.run openai --port 9100`.
 
 Without `--port`, it serves the listening socket its launcher handed it (common.ports).
 
@@ -12,13 +12,13 @@ import argparse
 from collections.abc import Sequence
 
 from common import ports
-from common.fakes.hf_server import create_hf_app
-from common.fakes.openai_server import create_openai_app
 from common.serve import run
+from devkit.fakes.hf_server import create_hf_app
+from devkit.fakes.openai_server import create_openai_app
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m common.fakes.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devkit.fakes.run", description=__doc__)
     parser.add_argument("kind", choices=("openai", "hf"), help="which protocol to speak")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="else the inherited socket")

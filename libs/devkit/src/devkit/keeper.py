@@ -1,8 +1,8 @@
 """One service of `make run`, kept: stopped and started again on request, alone.
 
-    python -m common.keeper <service>           # what `make run` runs for each service
-    python -m common.keeper stop <service>      # make stop-service SERVICE=<service>
-    python -m common.keeper start <service>     # make start-service SERVICE=<service>
+    python -m devkit.keeper <service>           # what `make run` runs for each service
+    python -m devkit.keeper stop <service>      # make stop-service SERVICE=<service>
+    python -m devkit.keeper start <service>     # make start-service SERVICE=<service>
 
 `make run` supervises its processes as one: when any of them exits, it stops the rest. A
 service therefore runs under a keeper, which is what `make run` supervises:
@@ -20,7 +20,7 @@ anything starts) and hands it to each run of the service. While the service is d
 socket is paused: callers are refused, as by a stopped server, and the port stays the
 service's, so a restart never finds it taken.
 
-The keeper's pid is in `<data dir>/run/<service>.keeper.pid` (common.devstack.data_root),
+The keeper's pid is in `<data dir>/run/<service>.keeper.pid` (devkit.devstack.data_root),
 which is how `stop` and `start` find it; they send it SIGUSR1 and SIGUSR2.
 """
 
@@ -43,7 +43,7 @@ STOP_WAIT = 10.0
 
 
 def pid_file(service: str) -> Path:
-    from common.devstack import data_root
+    from devkit.devstack import data_root
 
     return data_root() / "run" / f"{service}.keeper.pid"
 
@@ -152,7 +152,7 @@ def keep(service: str) -> int:
 
 
 def control(action: str, service: str) -> int:
-    from common.devstack import SERVICES
+    from devkit.devstack import SERVICES
 
     if service not in (*SERVICES, "gateway"):
         print(f"no service {service!r}: one of gateway, {', '.join(SERVICES)}", file=sys.stderr)

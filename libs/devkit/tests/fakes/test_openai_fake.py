@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from common.fakes import FaultControl, RecordedRequest
+from devkit.fakes import FaultControl, RecordedRequest
 
 from .conftest import API_KEY
 

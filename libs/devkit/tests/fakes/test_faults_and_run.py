@@ -1,4 +1,4 @@
-"""FaultControl's queueing rules, and the fakes served as processes by `common.fakes.run`."""
+"""FaultControl's queueing rules, and the fakes served as processes by `devkit.fakes.run`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from common import ports
-from common.fakes import Fault, FaultControl
+from devkit.fakes import Fault, FaultControl
 
 
 def test_faults_are_taken_in_order_one_per_request() -> None:
@@ -49,11 +49,11 @@ def test_prefix_routes_and_reset() -> None:
 
 @pytest.fixture
 async def served_fake(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """`python -m common.fakes.run <kind> --delay-ms 100 --api-key k` on a socket handed
+    """`python -m devkit.fakes.run <kind> --delay-ms 100 --api-key k` on a socket handed
     over to it (common.ports), started."""
     kind: str = request.param
     process, port = ports.spawn(
-        [sys.executable, "-m", "common.fakes.run", kind, "--delay-ms", "100", "--api-key", "k"]
+        [sys.executable, "-m", "devkit.fakes.run", kind, "--delay-ms", "100", "--api-key", "k"]
     )
     url = f"http://127.0.0.1:{port}"
     try:

