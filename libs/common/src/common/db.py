@@ -199,6 +199,20 @@ async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
 LazyDbSession = Annotated[AsyncSession, Depends(get_lazy_session, scope="function")]
 
 
+@asynccontextmanager
+async def standalone_sessionmaker(
+    url: str, *, application_name: str
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The database for a command-line task (`python -m auth create-admin`, `python -m
+    inference rotate-keys`): a small pool and its sessionmaker, disposed when the block
+    ends. The task opens its unit of work with transaction()."""
+    engine = create_engine(url, application_name=application_name, pool_size=1, max_overflow=1)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
 async def ping_database(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))

@@ -19,22 +19,22 @@ from common.serve import serve
 async def _create_admin(email: str, password: str, *, promote_existing: bool) -> bool:
     from auth import background, service
     from auth.runtime import Runtime
-    from common.db import create_engine, create_sessionmaker
+    from common.db import standalone_sessionmaker
     from common.redis import create_redis
 
     settings = AuthSettings()
-    engine = create_engine(settings.database_url, application_name="auth-cli")
+    database = standalone_sessionmaker(settings.database_url, application_name="auth-cli")
     redis = create_redis(settings.redis_url)
     try:
-        return await background.create_admin(
-            Runtime.create(settings, sessionmaker=create_sessionmaker(engine), redis=redis),
-            email=service.normalize_email(email),
-            password=password,
-            promote_existing=promote_existing or settings.admin_promote_existing,
-            via="cli",
-        )
+        async with database as sessions:
+            return await background.create_admin(
+                Runtime.create(settings, sessionmaker=sessions, redis=redis),
+                email=service.normalize_email(email),
+                password=password,
+                promote_existing=promote_existing or settings.admin_promote_existing,
+                via="cli",
+            )
     finally:
-        await engine.dispose()
         await redis.aclose()
 
 

@@ -15,18 +15,15 @@ from inference.settings import InferenceSettings
 
 
 async def _rotate() -> tuple[int, int]:
-    from common.db import create_engine, create_sessionmaker, transaction
+    from common.db import standalone_sessionmaker, transaction
     from inference.crypto import Keyring
     from inference.service import rotate_keys
 
     settings = InferenceSettings()
     keyring = Keyring(settings.encryption_keys.get_secret_value())
-    engine = create_engine(settings.database_url, application_name="inference-cli")
-    try:
-        async with transaction(create_sessionmaker(engine)) as db:
-            return await rotate_keys(db, keyring)
-    finally:
-        await engine.dispose()
+    database = standalone_sessionmaker(settings.database_url, application_name="inference-cli")
+    async with database as sessions, transaction(sessions) as db:
+        return await rotate_keys(db, keyring)
 
 
 def main(argv: list[str]) -> int:
