@@ -6,7 +6,7 @@ power is now a permission of its own, which a scoped key holds only if it names 
 
 Revision ID: auth_0003
 Revises: auth_0002
-Create Date: 2026-12-04
+Create Date: 2026-12-03
 """
 
 from collections.abc import Sequence
