@@ -11,7 +11,7 @@ from pydantic_core import from_json
 
 from common.db import DbSession
 from common.identity import require_identity
-from common.routing import JsonRoute
+from common.json_bodies import JsonRoute
 from embeddings import service
 from embeddings.deps import CollectionId, Reader, RuntimeDep, Writer
 from embeddings.models import Collection

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from common.db import DbSession, LazyDbSession
 from common.errors import Problem
 from common.identity import Identity
-from common.routing import JsonRoute
+from common.json_bodies import JsonRoute
 from inference import service
 from inference.deps import RuntimeDep, require
 from inference.errors import CredentialNotFound

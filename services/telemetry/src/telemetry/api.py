@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from common.db import DbSession
-from common.routing import JsonRoute
+from common.json_bodies import JsonRoute
 from telemetry import service
 from telemetry.deps import Reader, Reporter, RuntimeDep
 from telemetry.schemas import CallPage, EventBatch, GroupBy, IngestResult, Usage

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from common.errors import install_error_handlers
-from common.routing import JsonRoute
+from common.json_bodies import JsonRoute
 from devkit.testing import asgi_client
 
 
