@@ -12,11 +12,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.llm_events import STREAM
+from common.llm_events import STREAM, CallEvent
 from telemetry import repository, service
 from telemetry.metrics import REGISTRY
 from telemetry.runtime import Runtime
-from telemetry.schemas import CallEvent
 
 from .conftest import (
     WAITING_HERE,

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.llm_events import CallEvent
 from devkit.testing import ServiceHarness
 from telemetry import repository, service
-from telemetry.schemas import CallEvent
 from telemetry.service import month_of, next_month
 
 from .conftest import as_json, call, make_runtime, stored

@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db import transaction
 from common.identity import Identity
+from common.llm_events import CallEvent
 from common.logging import configure_logging
 from telemetry import repository, service
 from telemetry.main import prewarm_usage
 from telemetry.repository import Scope
 from telemetry.runtime import Runtime
-from telemetry.schemas import CallEvent, Usage
+from telemetry.schemas import Usage
 
 from .conftest import (
     WAITING_HERE,

@@ -1,11 +1,32 @@
-"""The record of one LLM call, as inference appends it to a Redis stream and telemetry
-reads it: the contract between the two services (field names and types)."""
+"""The record of one LLM call: the contract between inference, which writes one per
+provider call, and telemetry, which stores it. Both import it from here.
+
+Wire format: a JSON object with the fields of `LlmCallEvent`, typed as written there
+(`id` and `user_id` UUID text, `occurred_at` unix seconds, `cost_usd` an exact decimal as
+text or null, `trace_id` 32 and `span_id` 16 lowercase hex digits). It travels
+- on the Redis stream `STREAM`, one entry per call with one field, `event`, the object as
+  compact JSON (so types survive the trip; `LlmCallEvent.to_fields`);
+- in `POST /v1/events` (telemetry), as `{"events": [object, ...]}`, from callers that
+  report their own calls; there `occurred_at` may also be ISO 8601 with its offset.
+
+One record, two views, tested against each other in libs/common/tests/test_llm_events.py:
+- `LlmCallEvent`, the record as written: a frozen dataclass of wire types, so that making
+  one on inference's hot path is one plain object and writing it one `json.dumps`.
+- `CallEvent` (and `CallTrace`), the record as read: pydantic models that validate an
+  event from its JSON bytes (in Rust) into the types telemetry stores (UUID, aware
+  datetime, Decimal), with the bounds of its columns. Unknown fields are ignored, and
+  fields added later have defaults, so events of an older or newer producer still read.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 STREAM = "telemetry:llm-calls"
 
@@ -44,8 +65,9 @@ class LlmCallEvent:
 
     @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> LlmCallEvent:
-        """Raises ValueError/KeyError/TypeError on anything malformed. A field with a default
-        may be absent (an event from an older producer)."""
+        """The event as written, unvalidated (telemetry reads with `CallEvent`). Raises
+        ValueError/KeyError/TypeError on anything malformed. A field with a default may be
+        absent (an event from an older producer)."""
         value = raw.get(b"event", raw.get("event"))
         if not isinstance(value, str | bytes):
             raise ValueError("no event field")
@@ -56,3 +78,58 @@ class LlmCallEvent:
         if not required <= data.keys():
             raise ValueError(f"missing fields: {sorted(required - set(data))}")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+INT32 = 2**31 - 1
+# Text columns refuse NUL; every string also has its column's length.
+_NO_NUL = r"^[^\x00]*$"
+
+
+def _text(max_length: int) -> object:
+    return StringConstraints(min_length=1, max_length=max_length, pattern=_NO_NUL)
+
+
+Tokens = Annotated[int, Field(ge=0, le=INT32)]
+Millis = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
+TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class CallEvent(BaseModel):
+    """One LLM call (common.llm_events.LlmCallEvent, checked field by field): what inference
+    appends to the stream and what `POST /v1/events` takes. `occurred_at` is unix seconds
+    or an ISO 8601 time with its offset; `cost_usd` an exact decimal (a string, best)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID
+    occurred_at: AwareDatetime
+    user_id: uuid.UUID | None = None
+    api_key_id: Annotated[str, _text(64)] | None = None
+    provider: Annotated[str, _text(32)]
+    model: Annotated[str, _text(300)]
+    alias: Annotated[str, _text(200)] | None = None
+    status: Annotated[str, _text(32)] = Field(description='"ok", or the kind of error')
+    error_type: Annotated[str, _text(100)] | None = None
+    prompt_tokens: Tokens | None = None
+    completion_tokens: Tokens | None = None
+    usage_estimated: bool = False
+    cost_usd: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)] | None = None
+    latency_ms: Millis
+    ttft_ms: Millis | None = None
+    stream: bool = False
+    attempts: Annotated[int, Field(ge=1, le=1000)] = 1
+    fallback: bool = False
+    operation: Annotated[str, _text(32)] = "chat"
+    trace_id: TraceId | None = None
+
+
+class CallTrace(BaseModel):
+    """Where a call is in its trace: the trace fields of common.llm_events.LlmCallEvent.
+    Read by the stream consumer only when it records spans, and never stored; events from
+    before `span_id` and `trace_sampled` existed have neither."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    trace_id: TraceId | None = None
+    span_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
+    trace_sampled: bool = False

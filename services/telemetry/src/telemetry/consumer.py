@@ -29,12 +29,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from common.db import transaction
-from common.llm_events import STREAM
+from common.llm_events import STREAM, CallEvent, CallTrace
 from common.tracing import recording_spans, span_link_limit
 from telemetry import repository, service
 from telemetry.metrics import DEAD_LETTERS, STREAM_LAG
 from telemetry.runtime import Runtime
-from telemetry.schemas import CallEvent, CallTrace
 from telemetry.service import utcnow
 from telemetry.stream_repository import CallStream, Entry
 

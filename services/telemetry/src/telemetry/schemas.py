@@ -1,4 +1,4 @@
-"""Call events as telemetry accepts them, and the bodies of the query API."""
+"""The bodies of the ingestion and query API (a call event: common.llm_events.CallEvent)."""
 
 from __future__ import annotations
 
@@ -7,62 +7,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-INT32 = 2**31 - 1
-# Text columns refuse NUL; every string also has its column's length.
-_NO_NUL = r"^[^\x00]*$"
+from common.llm_events import CallEvent
 
-
-def _text(max_length: int) -> object:
-    return StringConstraints(min_length=1, max_length=max_length, pattern=_NO_NUL)
-
-
-Tokens = Annotated[int, Field(ge=0, le=INT32)]
-Millis = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 GroupBy = Literal["model", "provider", "user", "day"]
-TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-
-
-class CallEvent(BaseModel):
-    """One LLM call (common.llm_events.LlmCallEvent, checked field by field): what inference
-    appends to the stream and what `POST /v1/events` takes. `occurred_at` is unix seconds
-    or an ISO 8601 time with its offset; `cost_usd` an exact decimal (a string, best)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: uuid.UUID
-    occurred_at: AwareDatetime
-    user_id: uuid.UUID | None = None
-    api_key_id: Annotated[str, _text(64)] | None = None
-    provider: Annotated[str, _text(32)]
-    model: Annotated[str, _text(300)]
-    alias: Annotated[str, _text(200)] | None = None
-    status: Annotated[str, _text(32)] = Field(description='"ok", or the kind of error')
-    error_type: Annotated[str, _text(100)] | None = None
-    prompt_tokens: Tokens | None = None
-    completion_tokens: Tokens | None = None
-    usage_estimated: bool = False
-    cost_usd: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)] | None = None
-    latency_ms: Millis
-    ttft_ms: Millis | None = None
-    stream: bool = False
-    attempts: Annotated[int, Field(ge=1, le=1000)] = 1
-    fallback: bool = False
-    operation: Annotated[str, _text(32)] = "chat"
-    trace_id: TraceId | None = None
-
-
-class CallTrace(BaseModel):
-    """Where a call is in its trace: the trace fields of common.llm_events.LlmCallEvent.
-    Read by the stream consumer only when it records spans, and never stored; events from
-    before `span_id` and `trace_sampled` existed have neither."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    trace_id: TraceId | None = None
-    span_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
-    trace_sampled: bool = False
 
 
 class EventBatch(BaseModel):

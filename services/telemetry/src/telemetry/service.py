@@ -20,13 +20,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common.db import transaction
 from common.identity import Identity
+from common.llm_events import CallEvent
 from telemetry import repository
 from telemetry.errors import BadCursor, Invalid, OthersUsage
 from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
 from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
 from telemetry.runtime import Runtime
 from telemetry.schemas import (
-    CallEvent,
     CallPage,
     CallRead,
     EventBatch,
