@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from common.errors import Forbidden, Problem, ServiceUnavailable, TooManyRequests, Unauthorized
+from common.errors import Forbidden, NotAUser, Problem, ServiceUnavailable, TooManyRequests
+
+# Shared with every service (common.errors): the answer to a permission the caller lacks.
+from common.errors import MissingPermission as MissingPermission
 
 # Credentials
 
 
-class Unauthenticated(Unauthorized):
-    slug = "authentication-required"
+class Unauthenticated(NotAUser):
+    """No valid session or API key: the shared 401 (common.errors.NotAUser), with the
+    challenge a client library expects."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="llm-platform"'})
@@ -23,10 +27,6 @@ class CsrfFailed(Forbidden):
 
 
 # Role-based access (gateway/rbac.py)
-
-
-class MissingPermission(Forbidden):
-    slug = "missing-permission"
 
 
 class SessionRequired(Forbidden):

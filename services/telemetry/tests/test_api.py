@@ -217,8 +217,20 @@ async def test_a_batch_with_an_invalid_event_is_refused_whole_naming_the_event(
 
 async def test_reading_and_reporting_need_the_telemetry_permissions(client: Client) -> None:
     nobody = Identity(sub=str(uuid.uuid4()), kind="user", iss="gateway", roles=("none",))
-    assert (await get(client, nobody, "/v1/usage")).status_code == 403
-    assert (await report(client, nobody, [as_json(call(nobody))])).status_code == 403
+    for refused in (
+        await get(client, nobody, "/v1/usage"),
+        await report(client, nobody, [as_json(call(nobody))]),
+    ):
+        assert refused.status_code == 403
+        assert refused.json()["type"] == "urn:llm-platform:problem:missing-permission"
+
+
+async def test_calls_are_read_for_a_user_only(client: Client) -> None:
+    a_service = Identity(sub="service:x", kind="service", iss="x")
+    for path in ("/v1/usage", "/v1/calls"):
+        refused = await get(client, a_service, path)
+        assert refused.status_code == 401
+        assert refused.json()["type"] == "urn:llm-platform:problem:authentication-required"
 
 
 async def test_the_service_metrics_are_exposed(client: Client) -> None:

@@ -81,6 +81,20 @@ class GatewayTimeout(Problem):
     status, slug, title = 504, "upstream-timeout", "Gateway Timeout"
 
 
+# The conditions every service answers alike.
+
+
+class NotAUser(Unauthorized):
+    """The route acts for a user (a session or an API key) and the caller is none: a
+    service on its own account, or no one."""
+
+    slug = "authentication-required"
+
+
+class MissingPermission(Forbidden):
+    slug = "missing-permission"
+
+
 def problem_response(
     request: Request,
     *,

@@ -4,15 +4,16 @@ context."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from auth.errors import MissingPermission, NotAUser, SessionRequired
+from auth.errors import SessionRequired
 from auth.runtime import Runtime
 from auth.service import Context
+from common.deps import CurrentUser as CurrentUser  # shared caller checks, re-exported
 from common.deps import app_state
+from common.deps import require as require
 from common.errors import Forbidden
 from common.identity import CurrentIdentity, Identity
 from common.tracing import current_trace_id
@@ -40,25 +41,10 @@ async def request_context(
     )
 
 
-async def current_user(identity: CurrentIdentity) -> Identity:
-    if identity.user_id is None:
-        raise NotAUser("Log in or use an API key.")
-    return identity
-
-
-async def current_session(identity: Annotated[Identity, Depends(current_user)]) -> Identity:
+async def current_session(identity: CurrentUser) -> Identity:
     if identity.kind != "user" or not identity.sid:
         raise SessionRequired("This needs a logged-in session, not an API key.")
     return identity
-
-
-def require(permission: str) -> Callable[[Identity], Awaitable[Identity]]:
-    async def check(identity: Annotated[Identity, Depends(current_user)]) -> Identity:
-        if not identity.has(permission):
-            raise MissingPermission(f"This needs the {permission} permission.")
-        return identity
-
-    return check
 
 
 async def gateway_only(identity: CurrentIdentity) -> Identity:
@@ -68,5 +54,4 @@ async def gateway_only(identity: CurrentIdentity) -> Identity:
 
 
 Ctx = Annotated[Context, Depends(request_context)]
-CurrentUser = Annotated[Identity, Depends(current_user)]
 CurrentSession = Annotated[Identity, Depends(current_session)]

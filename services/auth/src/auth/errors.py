@@ -5,6 +5,9 @@ from __future__ import annotations
 from common.app import StartupRefused
 from common.errors import Conflict, Forbidden, NotFound, Problem, TooManyRequests, Unauthorized
 
+# Shared with every service (common.errors): a caller that is not a user.
+from common.errors import NotAUser as NotAUser
+
 
 class EmailTaken(Conflict):
     slug = "email-taken"
@@ -33,16 +36,8 @@ class LoginThrottled(TooManyRequests):
     slug = "login-throttled"
 
 
-class NotAUser(Unauthorized):
-    slug = "authentication-required"
-
-
 class SessionRequired(Forbidden):
     slug = "session-required"
-
-
-class MissingPermission(Forbidden):
-    slug = "missing-permission"
 
 
 class InvalidScopes(Problem):

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from common.errors import Forbidden, TooManyRequests
+from common.errors import MissingPermission, TooManyRequests
 from common.http import peer_client
 from common.identity import Identity
 from embeddings.errors import DimensionMismatch, InferenceUnavailable, ModelUnusable
@@ -104,7 +104,7 @@ def _problem(response: httpx.Response, model: str) -> Exception:
         pass
     status = response.status_code
     if status == 403:
-        return Forbidden(f"Embedding with {model!r} needs the inference:invoke permission.")
+        return MissingPermission(f"Embedding with {model!r} needs the inference:invoke permission.")
     if status == 429:
         retry = response.headers.get("retry-after")
         return TooManyRequests(

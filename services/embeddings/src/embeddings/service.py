@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.db import after_commit
-from common.errors import Forbidden, Unauthorized
+from common.errors import MissingPermission, NotAUser
 from common.identity import Identity
 from embeddings import repository
 from embeddings.errors import (
@@ -52,7 +52,7 @@ def owner_of(identity: Identity) -> uuid.UUID:
     try:
         return uuid.UUID(identity.user_id or "")
     except ValueError:
-        raise Unauthorized("Collections belong to users; sign in or use an API key.") from None
+        raise NotAUser("Collections belong to users; sign in or use an API key.") from None
 
 
 def reads_all(identity: Identity) -> bool:
@@ -73,8 +73,10 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 def _needs_invoke(identity: Identity, why: str) -> None:
     if not identity.has(INVOKE):
-        raise Forbidden(f"{why} embeds text with the collection's model, which needs the "
-                        f"{INVOKE} permission; send vectors instead.")  # fmt: skip
+        raise MissingPermission(
+            f"{why} embeds text with the collection's model, which needs the {INVOKE} "
+            "permission; send vectors instead."
+        )
 
 
 def _now() -> datetime:

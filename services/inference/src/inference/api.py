@@ -9,15 +9,16 @@ import uuid
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.db import DbSession, LazyDbSession
+from common.deps import require
 from common.errors import Problem
 from common.identity import Identity
 from common.json_bodies import JsonRoute
 from inference import service
-from inference.deps import RuntimeDep, require
+from inference.deps import RuntimeDep
 from inference.errors import CredentialNotFound
 from inference.schemas import (
     AliasCreate,
@@ -61,10 +62,10 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     return task.result()
 
 
-INVOKE = require("inference:invoke")
-MANAGE = require("providers:manage")
-MANAGE_SHARED = require("providers:manage_shared")
-MODELS = require("models:read")
+INVOKE = Depends(require("inference:invoke"))
+MANAGE = Depends(require("providers:manage"))
+MANAGE_SHARED = Depends(require("providers:manage_shared"))
+MODELS = Depends(require("models:read"))
 
 
 @router.get("/v1/models")

@@ -6,7 +6,7 @@ from common.errors import (
     BadGateway,
     BadRequest,
     Conflict,
-    Forbidden,
+    MissingPermission,
     NotFound,
     Problem,
     ServiceUnavailable,
@@ -34,8 +34,8 @@ class NameTaken(Conflict):
     slug = "name-taken"
 
 
-class SharedNeedsAdmin(Forbidden):
-    slug = "missing-permission"
+class SharedNeedsAdmin(MissingPermission):
+    """A shared credential needs providers:manage_shared."""
 
 
 class InvalidRequest(Problem):

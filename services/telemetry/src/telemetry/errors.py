@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.errors import BadRequest, Forbidden, Problem
+from common.errors import BadRequest, MissingPermission, Problem
 
 
 class Invalid(Problem):
@@ -15,5 +15,5 @@ class BadCursor(BadRequest):
     slug = "bad-cursor"
 
 
-class OthersUsage(Forbidden):
-    slug = "missing-permission"
+class OthersUsage(MissingPermission):
+    """Another user's calls need telemetry:read_all."""

@@ -19,6 +19,7 @@ from sqlalchemy import Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.db import transaction
+from common.errors import NotAUser
 from common.identity import Identity
 from common.llm_events import CallEvent
 from telemetry import repository
@@ -168,7 +169,7 @@ def caller_id(identity: Identity) -> uuid.UUID:
     try:
         return uuid.UUID(identity.user_id or "")
     except ValueError:
-        raise OthersUsage("Telemetry is read and reported for a user.") from None
+        raise NotAUser("Telemetry is read and reported for a user.") from None
 
 
 def scope_for(
