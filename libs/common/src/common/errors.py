@@ -95,6 +95,13 @@ class MissingPermission(Forbidden):
     slug = "missing-permission"
 
 
+class InvalidCursor(Problem):
+    """A pagination cursor this API did not give out (422, as any invalid query parameter
+    is: FastAPI's validation answers those)."""
+
+    status, slug, title = 422, "invalid-cursor", "Unprocessable Content"
+
+
 def problem_response(
     request: Request,
     *,

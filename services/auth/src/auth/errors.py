@@ -64,9 +64,5 @@ class SelfLockout(Conflict):
     slug = "self-lockout"
 
 
-class InvalidCursor(Problem):
-    status, slug, title = 422, "invalid-cursor", "Unprocessable Content"
-
-
 class AdminRefused(StartupRefused):
     """ADMIN_EMAIL / ADMIN_PASSWORD (or `create-admin`) cannot make the first admin."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -22,7 +19,6 @@ from auth.errors import (
     ApiKeyNotFound,
     EmailTaken,
     InvalidCredentials,
-    InvalidCursor,
     InvalidExpiry,
     InvalidScopes,
     LoginThrottled,
@@ -46,6 +42,7 @@ from auth.schemas import (
     UserUpdate,
     normalize_email,
 )
+from common.cursors import decode_cursor, encode_cursor
 from common.db import AfterCommit, after_commit, commit_anyway
 from common.identity import Identity
 from common.principals import ApiKeyPrincipal, Session, new_token, secret_hash
@@ -483,42 +480,16 @@ async def resolve_api_key(
 # ---------------------------------------------------------------- users (admin)
 
 
-def _encode_cursor(payload: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> list[Any]:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
-        raise InvalidCursor("The cursor is not one this API returned.") from None
-    if not isinstance(payload, list):
-        raise InvalidCursor("The cursor is not one this API returned.")
-    return payload
-
-
 async def list_users(
     db: AsyncSession, *, cursor: str | None, limit: int
 ) -> tuple[list[UserRead], str | None]:
-    after = None
-    if cursor:
-        payload = _decode_cursor(cursor)
-        if len(payload) != 2 or not all(isinstance(part, str) for part in payload):
-            raise InvalidCursor("The cursor is not one this API returned.")
-        try:
-            after = (datetime.fromisoformat(payload[0]).astimezone(UTC), uuid.UUID(payload[1]))
-        except (ValueError, OverflowError):
-            raise InvalidCursor("The cursor is not one this API returned.") from None
+    after = decode_cursor(cursor, datetime, uuid.UUID) if cursor else None
     users = await repository.list_users(db, after=after, limit=limit + 1)
     page, more = users[:limit], len(users) > limit
     roles = await repository.roles_of(db, user_ids=[u.id for u in page])
     items = [user_read(u, roles.get(u.id, [])) for u in page]
     last = page[-1] if more and page else None
-    next_cursor = (
-        _encode_cursor([last.created_at.isoformat(), str(last.id)])
-        if last and last.created_at
-        else None
-    )
+    next_cursor = encode_cursor(last.created_at, last.id) if last and last.created_at else None
     return items, next_cursor
 
 
@@ -577,16 +548,11 @@ async def list_audit(
     action: str | None,
     actor_id: uuid.UUID | None,
 ) -> tuple[list[AuditEvent], str | None]:
-    before = None
-    if cursor:
-        payload = _decode_cursor(cursor)
-        # An event id: a positive bigint (bool is an int to Python, not to Postgres).
-        if len(payload) != 1 or type(payload[0]) is not int or not 0 < payload[0] < 2**63:
-            raise InvalidCursor("The cursor is not one this API returned.")
-        before = payload[0]
+    before = decode_cursor(cursor, int)[0] if cursor else None
     events = await repository.list_audit_events(
         db, before_id=before, limit=limit + 1, action=action, actor_id=actor_id
     )
     page = events[:limit]
-    next_cursor = _encode_cursor([page[-1].id]) if len(events) > limit and page else None
+    last = page[-1] if len(events) > limit and page else None
+    next_cursor = encode_cursor(last.id) if last and last.id else None
     return page, next_cursor

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from common.errors import BadRequest, MissingPermission, Problem
+from common.errors import MissingPermission, Problem
 
 
 class Invalid(Problem):
     """A query or a batch of events that cannot be served (shaped like FastAPI's 422)."""
 
     status, slug, title = 422, "validation", "Unprocessable Content"
-
-
-class BadCursor(BadRequest):
-    slug = "bad-cursor"
 
 
 class OthersUsage(MissingPermission):

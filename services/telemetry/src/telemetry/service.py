@@ -3,8 +3,6 @@ who sees which calls, usage and the call list."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,12 +16,13 @@ from pydantic_core import TzInfo
 from sqlalchemy import Row
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.cursors import decode_cursor, encode_cursor
 from common.db import transaction
 from common.errors import NotAUser
 from common.identity import Identity
 from common.llm_events import CallEvent
 from telemetry import repository
-from telemetry.errors import BadCursor, Invalid, OthersUsage
+from telemetry.errors import Invalid, OthersUsage
 from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
 from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
 from telemetry.runtime import Runtime
@@ -43,7 +42,6 @@ READ_ALL = "telemetry:read_all"
 FUTURE_SLACK = timedelta(days=1)
 PYDANTIC_UTC = TzInfo(0)  # one object: what pydantic gives every UTC time it parses
 DEFAULT_RANGE = timedelta(days=30)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -404,20 +402,6 @@ async def refresh_usage_cache(runtime: Runtime, *, now: datetime | None = None) 
         return len(missing)
 
 
-def encode_cursor(occurred_at: datetime, call_id: uuid.UUID) -> str:
-    micros = (occurred_at - EPOCH) // timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(f"{micros}.{call_id.hex}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        micros, _, hex_id = raw.partition(".")
-        return EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hex_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
-        raise BadCursor("The cursor is not one this service gave out.") from None
-
-
 async def calls(
     db: Db,
     identity: Identity,
@@ -434,7 +418,7 @@ async def calls(
     last row's (time, id), so rows inserted meanwhile never shift a page (newer ones are
     above the first page)."""
     scope = scope_for(identity, user=user, start=start, end=end, model=model, status=status)
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor, datetime, uuid.UUID) if cursor else None
     rows = await repository.calls_page(db, scope=scope, before=before, limit=limit + 1)
     page = [CallRead.model_validate(row, from_attributes=True) for row in rows[:limit]]
     last = page[-1] if len(rows) > limit else None
