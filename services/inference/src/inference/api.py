@@ -10,8 +10,9 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
+from common import sse
 from common.db import DbSession, LazyDbSession
 from common.deps import require
 from common.errors import Problem
@@ -90,11 +91,7 @@ async def chat_completions(
     request = body.model_dump(exclude_none=True)
     if body.stream:
         events = await service.chat_stream(runtime, db, identity=identity, request=request)
-        return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return sse.response(events)
     body_out = await until_disconnect(
         http, service.chat(runtime, db, identity=identity, request=request)
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import math
 import struct
 import time
@@ -19,6 +18,7 @@ from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common import sse
 from common.errors import Forbidden, NotFound
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
@@ -420,10 +420,6 @@ async def chat(
     return body
 
 
-def _sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-
 async def chat_stream(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
 ) -> AsyncIterator[bytes]:
@@ -477,18 +473,19 @@ async def _relay(
                 break
             chunk["model"] = request["model"]
             text.append(completion_text(chunk))
-            yield _sse(chunk)
+            yield sse.event(chunk)
         status = "ok"
     except TimeoutError:
         status, error_type = "error", "stream_too_long"
         limit = call.runtime.settings.stream_max_seconds
         message = f"The stream was cut after {limit:g} s (INFERENCE_STREAM_MAX_SECONDS)."
-        yield _sse({"error": {"message": message, "type": "upstream_error",
-                              "code": error_type}})  # fmt: skip
+        yield sse.event({"error": {"message": message, "type": "upstream_error",
+                                   "code": error_type}})  # fmt: skip
     except ProviderError as exc:
         status, error_type = "error", exc.kind
-        yield _sse({"error": {"message": f"The provider's stream broke: {exc.message}",
-                              "type": "upstream_error", "code": exc.kind}})  # fmt: skip
+        message = f"The provider's stream broke: {exc.message}"
+        yield sse.event({"error": {"message": message, "type": "upstream_error",
+                                   "code": exc.kind}})  # fmt: skip
     finally:
         usage = stream.usage or Usage(
             estimate_prompt_tokens(request["messages"]),
@@ -506,7 +503,7 @@ async def _relay(
         )
         await stream.aclose()
         await call.runtime.streams.release(owner, lease)
-    yield b"data: [DONE]\n\n"
+    yield sse.DONE
 
 
 def _base64(vector: list[float]) -> str:
