@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+# ClientClosed and MissingPermission: every service's (common.errors), re-exported.
+from common.errors import ClientClosed as ClientClosed
 from common.errors import Forbidden, NotAUser, Problem, ServiceUnavailable, TooManyRequests
-
-# Shared with every service (common.errors): the answer to a permission the caller lacks.
 from common.errors import MissingPermission as MissingPermission
 
 # Credentials
@@ -53,9 +53,3 @@ class TooManyInFlight(TooManyRequests):
 
 class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Content Too Large"
-
-
-class ClientClosed(Problem):
-    """The caller hung up before the answer (nginx's 499, for the logs and metrics)."""
-
-    status, slug, title = 499, "client-closed", "Client Closed Request"

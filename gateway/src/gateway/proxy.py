@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
+from common.disconnect import disconnected
 from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
 from common.identity import Identity, request_target, sign
@@ -210,7 +211,6 @@ class Exchange:
         self.session = upstream.session
         self.signing_key = signing_key
         self.max_body_bytes = max_body_bytes
-        self.client_gone = False
         self.started = False
 
     async def run(self, identity: Identity) -> None:
@@ -222,25 +222,21 @@ class Exchange:
         )
         task = asyncio.current_task()
         assert task is not None
-        watcher = asyncio.ensure_future(self._watch(task))
+        # The body is read: the next message can only say that the client is gone.
+        watcher = asyncio.ensure_future(disconnected(self.receive, then=task.cancel))
         try:
             await self._forward(identity, body)
         except asyncio.CancelledError:
-            if not self.client_gone:
+            # The watcher returns (having cancelled this task) only when the client left.
+            if not watcher.done() or watcher.cancelled() or watcher.exception() is not None:
                 raise
             task.uncancel()
             if not self.started:  # for the access log and metrics; the client never sees it
-                await self.send({"type": "http.response.start", "status": 499, "headers": []})
+                status = ClientClosed.status
+                await self.send({"type": "http.response.start", "status": status, "headers": []})
                 await self.send({"type": "http.response.body", "body": b""})
         finally:
             watcher.cancel()
-
-    async def _watch(self, task: asyncio.Task[object]) -> None:
-        """The body is read: the next message can only say that the client is gone."""
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-        self.client_gone = True
-        task.cancel()
 
     async def _forward(self, identity: Identity, body: bytes) -> None:
         scope = self.scope

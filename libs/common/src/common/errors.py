@@ -102,6 +102,13 @@ class InvalidCursor(Problem):
     status, slug, title = 422, "invalid-cursor", "Unprocessable Content"
 
 
+class ClientClosed(Problem):
+    """The caller hung up before the answer; the work for it was cancelled. Nobody reads
+    this answer: it is nginx's 499, for the access log and the metrics."""
+
+    status, slug, title = 499, "client-closed", "Client Closed Request"
+
+
 def problem_response(
     request: Request,
     *,

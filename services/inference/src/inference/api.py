@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -15,7 +12,7 @@ from fastapi.responses import JSONResponse
 from common import sse
 from common.db import DbSession, LazyDbSession
 from common.deps import require
-from common.errors import Problem
+from common.disconnect import until_disconnect
 from common.identity import Identity
 from common.json_bodies import JsonRoute
 from inference import service
@@ -33,35 +30,6 @@ from inference.schemas import (
 )
 
 router = APIRouter(tags=["inference"], route_class=JsonRoute)
-T = TypeVar("T")
-
-
-class ClientGone(Problem):
-    """The caller hung up; the provider call was cancelled (nginx's 499, for the logs)."""
-
-    status, slug, title = 499, "client-closed", "Client Closed Request"
-
-
-async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`, cancelling it (and so the provider call) if the client disconnects."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientGone
-    return task.result()
-
 
 INVOKE = Depends(require("inference:invoke"))
 MANAGE = Depends(require("providers:manage"))
