@@ -24,6 +24,7 @@ from common.principals import (
     ApiKeyPrincipal,
     secret_hash,
 )
+from common.redis import as_text
 from gateway.errors import (
     AuthUnavailable,
     CsrfFailed,
@@ -34,10 +35,6 @@ from gateway.errors import (
 from gateway.settings import GatewaySettings, RateBudget
 
 log = structlog.get_logger(__name__)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -202,7 +199,7 @@ class Security:
         if not found:
             raise Unauthenticated("The session has ended; log in again.")
         user_id, roles, permissions, csrf_hash, count = (
-            _text(found[0]), json.loads(found[1]), json.loads(found[2]), _text(found[3]),
+            as_text(found[0]), json.loads(found[1]), json.loads(found[2]), as_text(found[3]),
             int(found[4]),
         )  # fmt: skip
         principal = Principal(

@@ -24,6 +24,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from common.redis import as_text
+
 SESSION_PREFIX = "auth:session:"
 USER_SESSIONS_PREFIX = "auth:user-sessions:"
 API_KEY_PREFIX = "auth:api-key:"
@@ -39,10 +41,6 @@ def secret_hash(secret: str) -> str:
 def new_token() -> str:
     """256 bits from the OS CSPRNG, URL-safe."""
     return secrets.token_urlsafe(32)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class Session:
 
     @classmethod
     def from_redis(cls, session_id: str, fields: dict[Any, Any]) -> Session:
-        text = {_text(k): _text(v) for k, v in fields.items()}
+        text = {as_text(k): as_text(v) for k, v in fields.items()}
         return cls(
             id=session_id,
             user_id=text["user_id"],
@@ -175,7 +173,7 @@ class SessionStore:
 
     async def list_for_user(self, user_id: str) -> list[Session]:
         index = USER_SESSIONS_PREFIX + user_id
-        ids = sorted(_text(i) for i in await self._redis.smembers(index))
+        ids = sorted(as_text(i) for i in await self._redis.smembers(index))
         sessions: list[Session] = []
         gone: list[str] = []
         for session_id in ids:
@@ -194,7 +192,7 @@ class SessionStore:
 
     async def delete_all_for_user(self, user_id: str) -> int:
         index = USER_SESSIONS_PREFIX + user_id
-        ids = [_text(i) for i in await self._redis.smembers(index)]
+        ids = [as_text(i) for i in await self._redis.smembers(index)]
         async with self._redis.pipeline(transaction=True) as pipe:
             for session_id in ids:
                 pipe.delete(SESSION_PREFIX + session_id)

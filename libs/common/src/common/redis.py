@@ -1,4 +1,4 @@
-"""Redis client factory (redis-py asyncio, pooled)."""
+"""Redis client factory (redis-py asyncio, pooled), and reading its replies."""
 
 from __future__ import annotations
 
@@ -21,3 +21,9 @@ def create_redis(url: str, *, max_connections: int = 100, wait_seconds: float = 
 
 async def ping_redis(client: Redis) -> None:
     await client.ping()
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply as text: clients made here return bytes (no `decode_responses`), a client
+    made elsewhere may return str."""
+    return value.decode() if isinstance(value, bytes) else value

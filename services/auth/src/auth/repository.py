@@ -25,6 +25,7 @@ from common.principals import (
     ApiKeyPrincipal,
     secret_hash,
 )
+from common.redis import as_text
 
 # Row locks held to the end of the unit of work. A credential check (key resolution,
 # login) reads the key and the user under "share" and writes its answer to Redis before it
@@ -324,8 +325,7 @@ def _last_used_times(raw: dict[Any, Any]) -> dict[uuid.UUID, datetime]:
     last_used: dict[uuid.UUID, datetime] = {}
     for key_id, ts in raw.items():
         try:
-            text = key_id.decode() if isinstance(key_id, bytes) else str(key_id)
-            last_used[uuid.UUID(text)] = datetime.fromtimestamp(float(ts), UTC)
+            last_used[uuid.UUID(as_text(key_id))] = datetime.fromtimestamp(float(ts), UTC)
         except ValueError:
             continue
     return last_used

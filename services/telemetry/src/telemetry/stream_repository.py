@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from common.llm_events import STREAM
+from common.redis import as_text
 
 # An entry as XREADGROUP and XAUTOCLAIM give it: its id, and its fields (None when the
 # entry was deleted from the stream while pending).
@@ -78,7 +79,7 @@ class CallStream:
             if pending["pending"]:
                 floor = min(floor, _entry_id(pending["min"]))
             floors.append(floor)
-            if _name(group["name"]) == self._group:
+            if as_text(group["name"]) == self._group:
                 # Redis 7 counts the undelivered entries; 6.2 does not (see below).
                 undelivered = group.get("lag")
                 lag = None if undelivered is None else pending["pending"] + undelivered
@@ -92,10 +93,5 @@ class CallStream:
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
+    ms, _, seq = as_text(value).partition("-")
     return int(ms), int(seq or 0)
-
-
-def _name(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
