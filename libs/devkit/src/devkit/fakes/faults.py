@@ -15,17 +15,20 @@ import asyncio
 import gzip
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from devkit.fakes.endpoints import Refused, answer_refused
 
 __all__ = [
     "ErrorRenderer",
@@ -344,10 +347,16 @@ def build_app(
     *,
     control: FaultControl | None,
     render_error: ErrorRenderer,
-    not_found: Callable[[Request, Exception], Awaitable[Response]],
+    not_found_message: Callable[[Request], str],
 ) -> Starlette:
-    """A fake's Starlette app: its routes, its error shape for unknown URLs and methods,
+    """A fake's Starlette app: its routes, its error shape for unknown URLs and methods
+    (worded by `not_found_message`), the early answers its endpoints raise (`Refused`),
     and the fault middleware only when a test holds a control (benchmarks pay nothing)."""
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        return render_error(status, not_found_message(request), None)
+
     middleware = (
         [Middleware(FaultMiddleware, control=control, render_error=render_error)]
         if control is not None
@@ -356,5 +365,5 @@ def build_app(
     return Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={404: not_found, 405: not_found},
+        exception_handlers={404: not_found, 405: not_found, Refused: answer_refused},
     )

@@ -17,16 +17,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import secrets
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from devkit.fakes.endpoints import Refused, bearer_key, json_body, same_secret
 from devkit.fakes.faults import FaultControl, build_app
 from devkit.fakes.openai_server import (
     DEFAULT_DIMENSIONS,
@@ -238,11 +237,7 @@ class _HfRoutes:
         ]
 
     async def chat_completions(self, request: Request) -> Response:
-        if denied := self._denied(request):
-            return denied
-        payload = await _json(request)
-        if isinstance(payload, Response):
-            return payload
+        payload = await self._payload(request)
         if isinstance(payload, dict):
             payload.setdefault("model", self.model_id)  # TGI does not need a model
         if problem := chat_problem(payload):
@@ -253,11 +248,7 @@ class _HfRoutes:
 
     async def embed(self, request: Request) -> Response:
         """TEI's `/embed`: a vector per input, always a list of lists."""
-        if denied := self._denied(request):
-            return denied
-        payload = await _json(request)
-        if isinstance(payload, Response):
-            return payload
+        payload = await self._payload(request)
         texts = embedding_inputs(payload.get("inputs")) if isinstance(payload, dict) else None
         if texts is None:
             return hf_error(422, "Input validation error: `inputs` cannot be empty")
@@ -274,10 +265,7 @@ class _HfRoutes:
     async def list_models(self, request: Request) -> Response:
         """`GET /api/models?search=&author=&filter=&pipeline_tag=&sort=&limit=&full=`."""
         params = request.query_params
-        credential = self._credential(request)
-        if credential == "invalid":
-            return hf_error(401, "Invalid credentials in Authorization header")
-        authorized = credential == "valid"
+        authorized = self._hub_credential(request) == "valid"
         search = (params.get("search") or "").lower()
         author = params.get("author")
         pipeline_tag = params.get("pipeline_tag")
@@ -304,9 +292,7 @@ class _HfRoutes:
     async def model_info(self, request: Request) -> Response:
         """`GET /api/models/{repo_id}[/revision/{revision}]`, with the Hub's errors."""
         repo_id = request.path_params["repo_id"].split("/revision/", 1)[0]
-        credential = self._credential(request)
-        if credential == "invalid":
-            return hf_error(401, "Invalid credentials in Authorization header")
+        credential = self._hub_credential(request)
         entry = _BY_ID.get(repo_id)
         if entry is None:
             return hf_error(404, "Repository not found", error_code="RepoNotFound")
@@ -316,17 +302,26 @@ class _HfRoutes:
 
     def _credential(self, request: Request) -> Credential:
         """ "none", "valid" or "invalid": what the request's bearer token is worth."""
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key:
+        key = bearer_key(request)
+        if key is None:
             return "none"
-        valid = self.token is not None and secrets.compare_digest(key.encode(), self.token.encode())
-        return "valid" if valid else "invalid"
+        return "valid" if same_secret(key, self.token) else "invalid"
 
-    def _denied(self, request: Request) -> Response | None:
-        """A 401 on inference routes unless the bearer token matches (when one is set)."""
-        if self.token is None or self._credential(request) == "valid":
-            return None
-        return hf_error(401, "Authorization header is correct, but the token seems invalid")
+    def _hub_credential(self, request: Request) -> Credential:
+        """The credential of a Hub API request, which refuses an invalid one with a 401."""
+        credential = self._credential(request)
+        if credential == "invalid":
+            raise Refused(hf_error(401, "Invalid credentials in Authorization header"))
+        return credential
+
+    async def _payload(self, request: Request) -> Any:
+        """The JSON body of an inference request, refused with a 401 unless the bearer
+        token matches (when one is set) and with TGI's 422 when it is not JSON."""
+        if self.token is not None and self._credential(request) != "valid":
+            raise Refused(
+                hf_error(401, "Authorization header is correct, but the token seems invalid")
+            )
+        return await json_body(request, _unparsable)
 
 
 def _listed(entry: dict[str, Any], *, full: bool, expand: list[str]) -> dict[str, Any]:
@@ -338,17 +333,12 @@ def _listed(entry: dict[str, Any], *, full: bool, expand: list[str]) -> dict[str
     return {key: entry[key] for key in _LISTED_KEYS}
 
 
-async def _json(request: Request) -> Any:
-    """The parsed body, or TGI's 422 when it is not JSON."""
-    try:
-        return await request.json()
-    except ValueError:
-        return hf_error(422, "Failed to parse the request body as JSON")
+def _unparsable() -> Response:
+    return hf_error(422, "Failed to parse the request body as JSON")
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 404
-    return hf_error(status, f"{request.method} {request.url.path} not found")
+def _not_found_message(request: Request) -> str:
+    return f"{request.method} {request.url.path} not found"
 
 
 def create_hf_app(
@@ -364,4 +354,9 @@ def create_hf_app(
     `model_id` is what TGI says it serves; `token` guards the inference routes and opens
     the private repo; `latency` seconds are waited before each inference response."""
     routes = _HfRoutes(token, model_id, dimensions, latency)
-    return build_app(routes.routes(), control=control, render_error=hf_error, not_found=_not_found)
+    return build_app(
+        routes.routes(),
+        control=control,
+        render_error=hf_error,
+        not_found_message=_not_found_message,
+    )

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from devkit.fakes.endpoints import Refused, bearer_key, json_body, same_secret
 from devkit.fakes.faults import FaultControl, build_app
 
 __all__ = [
@@ -58,6 +58,10 @@ MODEL_CREATED = 1_700_000_000
 _ID_PREFIX = secrets.token_hex(10)
 _ID_COUNTER = itertools.count()
 _VOCABULARY = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an "
+    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
 _ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
     400: ("invalid_request_error", "Bad request.", None),
     401: ("invalid_request_error", "Incorrect API key provided.", "invalid_api_key"),
@@ -314,13 +318,11 @@ class OpenAIEndpoints:
         ]
 
     async def list_models(self, request: Request) -> Response:
-        if denied := self._denied(request):
-            return denied
+        self._authorize(request)
         return JSONResponse({"object": "list", "data": [_model(name) for name in self.models]})
 
     async def retrieve_model(self, request: Request) -> Response:
-        if denied := self._denied(request):
-            return denied
+        self._authorize(request)
         name = request.path_params["model"]
         if name not in self.models:
             return openai_error(
@@ -332,11 +334,7 @@ class OpenAIEndpoints:
         return JSONResponse(_model(name))
 
     async def chat_completions(self, request: Request) -> Response:
-        if denied := self._denied(request):
-            return denied
-        payload = await _json(request)
-        if isinstance(payload, Response):
-            return payload
+        payload = await self._payload(request)
         if problem := chat_problem(payload):
             message, param = problem
             code = "missing_required_parameter" if message.startswith("Missing") else None
@@ -346,11 +344,7 @@ class OpenAIEndpoints:
         return chat_response(payload, headers=_request_id())
 
     async def embeddings(self, request: Request) -> Response:
-        if denied := self._denied(request):
-            return denied
-        payload = await _json(request)
-        if isinstance(payload, Response):
-            return payload
+        payload = await self._payload(request)
         if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
             return openai_error(400, "Missing required parameter: 'model'.", param="model")
         if "input" not in payload:
@@ -386,26 +380,29 @@ class OpenAIEndpoints:
         }
         return JSONResponse(body, headers=_request_id())
 
-    def _denied(self, request: Request) -> Response | None:
-        """A 401 unless the request carries `Authorization: Bearer <api_key>` (when set)."""
+    def _authorize(self, request: Request) -> None:
+        """Refuse with a 401 unless the request carries `Authorization: Bearer <api_key>`
+        (when one is set)."""
         if self.api_key is None:
-            return None
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return openai_error(
-                401,
-                "You didn't provide an API key. You need to provide your API key in an "
-                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            )
-        if not secrets.compare_digest(key.encode(), self.api_key.encode()):
+            return
+        key = bearer_key(request)
+        if key is None:
+            message, code = _NO_KEY, None
+        elif not same_secret(key, self.api_key):
             masked = f"{key[:3]}{'*' * max(len(key) - 7, 0)}{key[-4:]}"
-            return openai_error(
-                401,
+            message = (
                 f"Incorrect API key provided: {masked}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.",
-                code="invalid_api_key",
+                "https://platform.openai.com/account/api-keys."
             )
-        return None
+            code = "invalid_api_key"
+        else:
+            return
+        raise Refused(openai_error(401, message, code=code))
+
+    async def _payload(self, request: Request) -> Any:
+        """The JSON body of an authorized request (else `Refused` with OpenAI's answer)."""
+        self._authorize(request)
+        return await json_body(request, _unparsable)
 
 
 def _model(name: str) -> dict[str, Any]:
@@ -421,21 +418,16 @@ def _request_id() -> dict[str, str]:
     return {"x-request-id": f"req_{_unique_id()}"}
 
 
-async def _json(request: Request) -> Any:
-    """The parsed body, or OpenAI's 400 when it is not JSON."""
-    try:
-        return json.loads(await request.body())
-    except ValueError:
-        return openai_error(
-            400,
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-        )
+def _unparsable() -> Response:
+    return openai_error(
+        400,
+        "We could not parse the JSON body of your request. (HINT: This likely means you "
+        "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+    )
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 404
-    return openai_error(status, f"Invalid URL ({request.method} {request.url.path})")
+def _not_found_message(request: Request) -> str:
+    return f"Invalid URL ({request.method} {request.url.path})"
 
 
 def create_openai_app(
@@ -450,5 +442,8 @@ def create_openai_app(
     before each chat or embeddings response; `control` injects faults and records requests."""
     routes = OpenAIEndpoints(api_key, models, dimensions, latency)
     return build_app(
-        routes.routes(), control=control, render_error=openai_error, not_found=_not_found
+        routes.routes(),
+        control=control,
+        render_error=openai_error,
+        not_found_message=_not_found_message,
     )
