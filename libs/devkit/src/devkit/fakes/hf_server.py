@@ -92,20 +92,21 @@ def _repo(
     return entry
 
 
+_EMBEDDER_TAGS = ("feature-extraction", "sentence-similarity", "en")
+_LLAMA_CHAT_TAGS = (
+    "transformers",
+    "safetensors",
+    "llama",
+    "text-generation",
+    "conversational",
+    "en",
+)
 CATALOGUE: tuple[dict[str, Any], ...] = (
     _repo(
         "sentence-transformers/all-MiniLM-L6-v2",
         pipeline_tag="sentence-similarity",
         library_name="sentence-transformers",
-        tags=[
-            "sentence-transformers",
-            "pytorch",
-            "bert",
-            "feature-extraction",
-            "sentence-similarity",
-            "en",
-            "license:apache-2.0",
-        ],
+        tags=["sentence-transformers", "pytorch", "bert", *_EMBEDDER_TAGS, "license:apache-2.0"],
         downloads=95_000_000,
         likes=3_900,
         created_at="2022-03-02T23:29:05.000Z",
@@ -115,15 +116,7 @@ CATALOGUE: tuple[dict[str, Any], ...] = (
         "BAAI/bge-small-en-v1.5",
         pipeline_tag="feature-extraction",
         library_name="sentence-transformers",
-        tags=[
-            "sentence-transformers",
-            "onnx",
-            "bert",
-            "feature-extraction",
-            "sentence-similarity",
-            "en",
-            "license:mit",
-        ],
+        tags=["sentence-transformers", "onnx", "bert", *_EMBEDDER_TAGS, "license:mit"],
         downloads=5_000_000,
         likes=350,
         created_at="2023-09-12T05:39:54.000Z",
@@ -133,15 +126,7 @@ CATALOGUE: tuple[dict[str, Any], ...] = (
         DEFAULT_MODEL_ID,
         pipeline_tag="text-generation",
         library_name="transformers",
-        tags=[
-            "transformers",
-            "safetensors",
-            "llama",
-            "text-generation",
-            "conversational",
-            "en",
-            "license:llama3.1",
-        ],
+        tags=[*_LLAMA_CHAT_TAGS, "license:llama3.1"],
         downloads=6_000_000,
         likes=4_500,
         created_at="2024-07-18T08:56:00.000Z",
@@ -152,15 +137,7 @@ CATALOGUE: tuple[dict[str, Any], ...] = (
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         pipeline_tag="text-generation",
         library_name="transformers",
-        tags=[
-            "transformers",
-            "safetensors",
-            "llama",
-            "text-generation",
-            "conversational",
-            "en",
-            "license:apache-2.0",
-        ],
+        tags=[*_LLAMA_CHAT_TAGS, "license:apache-2.0"],
         downloads=400_000,
         likes=200,
         created_at="2024-10-31T13:41:35.000Z",
