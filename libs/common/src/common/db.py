@@ -200,7 +200,7 @@ LazyDbSession = Annotated[AsyncSession, Depends(get_lazy_session, scope="functio
 
 
 @asynccontextmanager
-async def standalone_sessionmaker(
+async def command_line_database(
     url: str, *, application_name: str
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """The database for a command-line task (`python -m auth create-admin`, `python -m

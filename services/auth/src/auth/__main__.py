@@ -19,11 +19,11 @@ from common.serve import serve
 async def _create_admin(email: str, password: str, *, promote_existing: bool) -> bool:
     from auth import background, service
     from auth.runtime import Runtime
-    from common.db import standalone_sessionmaker
+    from common.db import command_line_database
     from common.redis import create_redis
 
     settings = AuthSettings()
-    database = standalone_sessionmaker(settings.database_url, application_name="auth-cli")
+    database = command_line_database(settings.database_url, application_name="auth-cli")
     redis = create_redis(settings.redis_url)
     try:
         async with database as sessions:

@@ -15,13 +15,13 @@ from inference.settings import InferenceSettings
 
 
 async def _rotate() -> tuple[int, int]:
-    from common.db import standalone_sessionmaker, transaction
+    from common.db import command_line_database, transaction
     from inference.crypto import Keyring
     from inference.service import rotate_keys
 
     settings = InferenceSettings()
     keyring = Keyring(settings.encryption_keys.get_secret_value())
-    database = standalone_sessionmaker(settings.database_url, application_name="inference-cli")
+    database = command_line_database(settings.database_url, application_name="inference-cli")
     async with database as sessions, transaction(sessions) as db:
         return await rotate_keys(db, keyring)
 
