@@ -29,7 +29,7 @@ from common.principals import API_KEY_PREFIX, ApiKeyPrincipal, SessionStore, sec
 from common.settings import ServiceSettings
 from devkit.testing import LiveServer
 from gateway.main import create_app
-from gateway.security import WINDOW_SECONDS
+from gateway.repository import WINDOW_SECONDS
 from gateway.settings import GatewaySettings
 
 SERVICES = ("auth", "inference", "embeddings", "telemetry")

@@ -14,6 +14,7 @@ from gateway.clients import Upstreams
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import TITLE, VERSION, OpenAPICache
 from gateway.proxy import InFlight
+from gateway.repository import CredentialCache, RateCounters
 from gateway.security import Security
 from gateway.settings import GatewaySettings
 
@@ -51,7 +52,11 @@ class Runtime:
             upstreams=upstreams,
             redis=redis,
             security=Security(
-                redis=redis, auth=upstreams.clients["auth"], settings=settings, clock=clock
+                credentials=CredentialCache(redis),
+                counters=RateCounters(redis),
+                auth=upstreams.clients["auth"],
+                settings=settings,
+                clock=clock,
             ),
             in_flight=InFlight(settings.upstream_max_connections_per_user),
             signing_key=settings.internal_signing_key.get_secret_value().encode(),

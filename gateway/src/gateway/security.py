@@ -1,9 +1,9 @@
-"""Authentication (session cookie or API key), CSRF and rate limits, all through Redis."""
+"""Authentication (session cookie or API key), CSRF and rate limits: what is checked, what
+is refused, and each caller's budget. Their storage, in Redis, is gateway/repository.py."""
 
 from __future__ import annotations
 
 import hmac
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,25 +12,22 @@ from typing import Literal
 import httpx
 import structlog
 from fastapi import Request
-from redis.asyncio import Redis
 
 from common.identity import Identity
-from common.principals import (
-    API_KEY_INVALID,
-    API_KEY_LAST_USED,
-    API_KEY_PREFIX,
-    SESSION_PREFIX,
-    TOUCH_SESSION_LUA,
-    ApiKeyPrincipal,
-    secret_hash,
-)
-from common.redis import as_text
+from common.principals import secret_hash
 from gateway.errors import (
     AuthUnavailable,
     CsrfFailed,
     InvalidKeysLimited,
     RateLimited,
     Unauthenticated,
+)
+from gateway.repository import (
+    WINDOW_SECONDS,
+    CredentialCache,
+    KeyFound,
+    RateCounters,
+    SessionFound,
 )
 from gateway.settings import GatewaySettings, RateBudget
 
@@ -39,7 +36,6 @@ log = structlog.get_logger(__name__)
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_KEY_SCHEME = "sk-"
-WINDOW_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -51,10 +47,6 @@ class Principal:
     session_id: str | None = None
     key_id: str | None = None
     csrf_hash: str | None = None
-
-    @property
-    def rate_key(self) -> str:
-        return f"user:{self.user_id}"
 
     def identity(self) -> Identity:
         return Identity(
@@ -82,59 +74,6 @@ class RateDecision:
         }
 
 
-# One atomic step: count this request in the current window, start the window's TTL.
-_HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
-"""
-# Take back one count of a window that may have ended meanwhile (never recreate its key).
-_GIVE_BACK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
-"""
-
-# The credential check and the rate count in one round trip. The rate-limit key names the
-# user, known only once the credential is read, so the script builds it from ARGV[2]
-# (prefix) and ARGV[3] (window suffix): fine on one Redis (or Sentinel), not on a Cluster.
-# ARGV[1] is now, ARGV[4] the window's TTL.
-_COUNT = """
-local function count(user_id)
-  if ARGV[2] == '' then return -1 end
-  local key = ARGV[2] .. user_id .. ARGV[3]
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, ARGV[4]) end
-  return n
-end
-"""
-# API key: {} not cached, {'invalid'}, {'expired'}, or {resolved JSON, count}; the last
-# use is recorded for auth to flush.
-_API_KEY = (
-    _COUNT
-    + """
-local cached = redis.call('GET', KEYS[1])
-if not cached then return {} end
-if cached == 'invalid' then return {'invalid'} end
-local key = cjson.decode(cached)
-local expires = key['expires_at']
-if expires ~= nil and expires ~= cjson.null and tonumber(expires) <= tonumber(ARGV[1]) then
-  return {'expired'}
-end
-redis.call('HSET', KEYS[2], key['key_id'], ARGV[1])
-return {cached, count(key['user_id'])}
-"""
-)
-# Session: touch it (slide or end it, as SessionStore.touch), then count; {} when it ended.
-_SESSION = (
-    _COUNT
-    + TOUCH_SESSION_LUA
-    + """
-local h = touch_session(KEYS[1], ARGV[1])
-if not h then return {} end
-return {h['user_id'], h['roles'], h['permissions'], h['csrf_hash'], count(h['user_id'])}
-"""
-)
-
-
 @dataclass(frozen=True)
 class Admission:
     """Who is calling, and the rate decision for this request (None: unlimited)."""
@@ -147,24 +86,23 @@ class Security:
     def __init__(
         self,
         *,
-        redis: Redis,
+        credentials: CredentialCache,
+        counters: RateCounters,
         auth: httpx.AsyncClient,
         settings: GatewaySettings,
         clock: Callable[[], float],
     ) -> None:
-        self._redis = redis
+        self._credentials = credentials
+        self._counters = counters
         self._auth = auth
         self._settings = settings
-        self._hit = redis.register_script(_HIT)
-        self._give_back = redis.register_script(_GIVE_BACK)
-        self._api_key_script = redis.register_script(_API_KEY)
-        self._session_script = redis.register_script(_SESSION)
         self.clock = clock
-        # Buckets with a budget for someone: the others are not counted at all.
+        # The bucket a signed-in caller's request counts in, for model calls (True) and the
+        # others; None when nobody has a budget there: such requests are not counted at all.
         budgets = [self.budget(()), *settings.rate_limits.values()]
-        self._counted = {
-            True: any(b.model > 0 for b in budgets),
-            False: any(b.default > 0 for b in budgets),
+        self._user_bucket: dict[bool, str | None] = {
+            True: "model" if any(b.model > 0 for b in budgets) else None,
+            False: "default" if any(b.default > 0 for b in budgets) else None,
         }
 
     # ------------------------------------------------------------ authentication
@@ -173,62 +111,48 @@ class Security:
         """Authenticate the caller and count the request against its budget (`model`
         calls have their own), in one Redis round trip when the credential is cached.
         `client`: the client's address, as per-address counters count it."""
+        bucket = self._user_bucket[model]
         authorization = request.headers.get("authorization")
         if authorization is not None:
-            scheme, _, credential = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not credential.strip():
-                raise Unauthenticated("Use `Authorization: Bearer <API key>`.")
-            return await self._api_key(credential.strip(), model=model, client=client)
+            key_hash = _api_key_hash(authorization)
+            now = self.clock()
+            found = await self._credentials.api_key(key_hash, now, bucket)
+            if found is None:
+                # Not cached yet: auth resolves it (and caches the answer), then count.
+                await self._resolve_counted(key_hash, client)
+                now = self.clock()
+                found = await self._credentials.api_key(key_hash, now, bucket)
+            return self._key_admission(found, now, model=model)
         token = request.cookies.get(self._settings.session_cookie_name)
-        if token:
-            return await self._session(token, model=model)
-        raise Unauthenticated("Log in, or send an API key as `Authorization: Bearer <key>`.")
-
-    def _window(self, model: bool) -> tuple[float, list[str | int]]:
-        """Now, and the script arguments that count a request in this minute's window."""
-        now = self.clock()
-        window = int(now // WINDOW_SECONDS)
-        bucket = "model" if model else "default"
-        prefix = f"gateway:ratelimit:{bucket}:user:" if self._counted[model] else ""
-        return now, [repr(now), prefix, f":{window}", WINDOW_SECONDS + 1]
-
-    async def _session(self, token: str, *, model: bool) -> Admission:
+        if not token:
+            raise Unauthenticated("Log in, or send an API key as `Authorization: Bearer <key>`.")
         session_id = secret_hash(token)
-        now, args = self._window(model)
-        found = await self._session_script(keys=[SESSION_PREFIX + session_id], args=args)
-        if not found:
+        now = self.clock()
+        found_session = await self._credentials.session(session_id, now, bucket)
+        return self._session_admission(session_id, found_session, now, model=model)
+
+    def _session_admission(
+        self, session_id: str, found: SessionFound | None, now: float, *, model: bool
+    ) -> Admission:
+        if found is None:
             raise Unauthenticated("The session has ended; log in again.")
-        user_id, roles, permissions, csrf_hash, count = (
-            as_text(found[0]), json.loads(found[1]), json.loads(found[2]), as_text(found[3]),
-            int(found[4]),
-        )  # fmt: skip
+        user_id, roles, permissions, csrf_hash, count = found
         principal = Principal(
             user_id=user_id,
             kind="user",
-            roles=tuple(roles),
-            permissions=tuple(permissions),
+            roles=roles,
+            permissions=permissions,
             session_id=session_id,
             csrf_hash=csrf_hash,
         )
         return Admission(principal, self._decide(principal, count, now, model=model))
 
-    async def _api_key(self, key: str, *, model: bool, client: str) -> Admission:
-        if not key.startswith(API_KEY_SCHEME) or len(key) > 200:
+    def _key_admission(self, found: KeyFound | None, now: float, *, model: bool) -> Admission:
+        if not isinstance(found, tuple):
+            if found == "expired":
+                raise Unauthenticated("This API key has expired.")
             raise Unauthenticated("Invalid API key.")
-        key_hash = secret_hash(key)
-        keys = [API_KEY_PREFIX + key_hash, API_KEY_LAST_USED]
-        now, args = self._window(model)
-        found = await self._api_key_script(keys=keys, args=args)
-        if not found:
-            # Not cached yet: auth resolves it (and caches the answer), then count.
-            await self._resolve_counted(key_hash, client)
-            now, args = self._window(model)
-            found = await self._api_key_script(keys=keys, args=args)
-        if not found or found[0] == API_KEY_INVALID:
-            raise Unauthenticated("Invalid API key.")
-        if found[0] == b"expired":
-            raise Unauthenticated("This API key has expired.")
-        resolved = ApiKeyPrincipal.from_json(found[0])
+        resolved, count = found
         principal = Principal(
             user_id=resolved.user_id,
             kind="api_key",
@@ -236,7 +160,7 @@ class Security:
             permissions=resolved.permissions,
             key_id=resolved.key_id,
         )
-        return Admission(principal, self._decide(principal, int(found[1]), now, model=model))
+        return Admission(principal, self._decide(principal, count, now, model=model))
 
     async def _resolve_counted(self, key_hash: str, client: str) -> None:
         """Ask auth about a key, as one of the client's failed checks until auth knows the
@@ -248,17 +172,15 @@ class Security:
             await self._resolve(key_hash)
             return
         now = self.clock()
-        window = int(now // WINDOW_SECONDS)
-        counter = f"gateway:ratelimit:invalid_api_keys:ip:{client}:{window}"
-        count = int(await self._hit(keys=[counter], args=[WINDOW_SECONDS + 1]))
+        count = int(await self._counters.hit("invalid_api_keys", f"ip:{client}", now))
         if count > limit:
-            reset = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
+            reset = _reset(now)
             raise InvalidKeysLimited(
                 f"Too many invalid API keys from this address; retry in {reset} s.",
                 headers={"Retry-After": str(reset)},
             )
         await self._resolve(key_hash)  # raises for an unknown key (or auth down): counted
-        await self._give_back(keys=[counter])
+        await self._counters.give_back("invalid_api_keys", f"ip:{client}", now)
 
     async def _resolve(self, key_hash: str) -> None:
         """Ask auth about a key it has not cached; it caches the answer (valid or not)."""
@@ -313,8 +235,7 @@ class Security:
         """The decision for the `count`-th request of this window; RateLimited past it."""
         if limit <= 0:
             return None
-        window = int(now // WINDOW_SECONDS)
-        reset = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
+        reset = _reset(now)
         decision = RateDecision(limit=limit, remaining=max(0, limit - count), reset=reset)
         if count > limit:
             raise RateLimited(
@@ -328,6 +249,23 @@ class Security:
         if limit <= 0:
             return None
         now = self.clock()
-        key = f"gateway:ratelimit:{bucket}:{subject}:{int(now // WINDOW_SECONDS)}"
-        count = int(await self._hit(keys=[key], args=[WINDOW_SECONDS + 1]))
+        count = int(await self._counters.hit(bucket, subject, now))
         return self._judge(limit, count, now)
+
+
+def _api_key_hash(authorization: str) -> str:
+    """The hash of the API key in an Authorization header; Unauthenticated if there is
+    none, or what is there cannot be one of ours."""
+    scheme, _, credential = authorization.partition(" ")
+    key = credential.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthenticated("Use `Authorization: Bearer <API key>`.")
+    if not key.startswith(API_KEY_SCHEME) or len(key) > 200:
+        raise Unauthenticated("Invalid API key.")
+    return secret_hash(key)
+
+
+def _reset(now: float) -> int:
+    """Seconds until the current window ends (at least 1): when to try again."""
+    window = int(now // WINDOW_SECONDS)
+    return max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
