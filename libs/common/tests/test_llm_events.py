@@ -22,6 +22,7 @@ EVENT = LlmCallEvent(
     completion_tokens=7, usage_estimated=False, cost_usd="0.000006000", latency_ms=120.5,
     ttft_ms=30.25, stream=True, attempts=2, fallback=True, operation="chat",
     trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", trace_sampled=True,
+    team_id="5d3c1a2e-8f7b-4c6d-9e0f-112233445566",
 )  # fmt: skip
 # The Redis stream entry inference writes for EVENT, byte for byte.
 WIRE = (
@@ -31,7 +32,8 @@ WIRE = (
     '"prompt_tokens":12,"completion_tokens":7,"usage_estimated":false,'
     '"cost_usd":"0.000006000","latency_ms":120.5,"ttft_ms":30.25,"stream":true,"attempts":2,'
     '"fallback":true,"operation":"chat","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",'
-    '"span_id":"00f067aa0ba902b7","trace_sampled":true}'
+    '"span_id":"00f067aa0ba902b7","trace_sampled":true,'
+    '"team_id":"5d3c1a2e-8f7b-4c6d-9e0f-112233445566"}'
 )
 
 
@@ -51,7 +53,8 @@ def test_telemetry_reads_every_field_inference_writes() -> None:
     assert read.user_id == uuid.UUID(EVENT.user_id or "")
     assert read.cost_usd == Decimal(EVENT.cost_usd or "")
     as_written = asdict(EVENT)
-    converted = {"id", "occurred_at", "user_id", "cost_usd"}
+    assert read.team_id == uuid.UUID(EVENT.team_id or "")
+    converted = {"id", "occurred_at", "user_id", "cost_usd", "team_id"}
     for name, value in read.model_dump(exclude=converted).items():
         assert value == as_written[name], name
     for name, value in trace.model_dump().items():

@@ -1,7 +1,8 @@
 """Signed internal identity: how the gateway (and services calling each other) say who is asking.
 
 Header `X-Internal-Identity: <payload>.<mac>`, both base64url. The payload is compact JSON
-`{"sub", "roles", "permissions", "sid", "kid", "iss", "iat", "kind", "aud"}`; the MAC is
+`{"sub", "roles", "permissions", "sid", "kid", "team", "policies", "iss", "iat", "kind",
+"aud"}`; the MAC is
 HMAC-SHA256 under INTERNAL_SIGNING_KEY over the payload, the HTTP method and the request
 target exactly as sent (raw path and query), so a captured header cannot be replayed
 against another route or query, and it expires after a max age. `aud` names the service
@@ -46,6 +47,10 @@ class Identity:
     permissions: tuple[str, ...] = ()
     sid: str | None = None
     kid: str | None = None
+    # The team of the API key (common.policy), and the policies that govern the caller's
+    # model calls, in their wire form (common.policy.Policies.to_wire; None: none).
+    team: str | None = None
+    policies: dict[str, Any] | None = None
     iat: float = field(default=0.0)
 
     @property
@@ -117,6 +122,9 @@ def verify(
         if body["kind"] not in KINDS or not math.isfinite(float(body["iat"])):
             raise ValueError("bad kind or time")
         aud = body.get("aud")
+        team, policies = body.get("team"), body.get("policies")
+        if not isinstance(team, str | None) or not isinstance(policies, dict | None):
+            raise ValueError("bad team or policies")
         identity = Identity(
             sub=str(body["sub"]),
             kind=body["kind"],
@@ -125,6 +133,8 @@ def verify(
             permissions=tuple(body.get("permissions", ())),
             sid=body.get("sid"),
             kid=body.get("kid"),
+            team=team,
+            policies=policies,
             iat=float(body["iat"]),
         )
     except (ValueError, KeyError, TypeError):

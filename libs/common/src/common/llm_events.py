@@ -58,6 +58,9 @@ class LlmCallEvent:
     # can link its own spans to it. Events written before these existed lack them.
     span_id: str | None = None  # 16 hex digits
     trace_sampled: bool = False
+    # The team of the API key the call was made with (UUID text); events written before
+    # teams existed lack it.
+    team_id: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """Redis stream fields: one JSON document, so types survive the trip."""
@@ -121,6 +124,7 @@ class CallEvent(BaseModel):
     fallback: bool = False
     operation: Annotated[str, _text(32)] = "chat"
     trace_id: TraceId | None = None
+    team_id: uuid.UUID | None = None
 
 
 class CallTrace(BaseModel):

@@ -3,10 +3,14 @@
 The Redis layout is the contract between the two (nothing else reads it):
 
 - `auth:session:<sha256(token)>`: hash with user_id, roles, permissions (JSON lists),
-  csrf_hash, created_at, last_seen_at, idle_timeout, expires_at, ip, user_agent. The key's
-  TTL follows the idle timeout and never outlives the absolute lifetime.
+  csrf_hash, created_at, last_seen_at, idle_timeout, expires_at, ip, user_agent, and
+  policy (the user's common.policy.Policy in its wire form, JSON; `{}`: none), which auth
+  rewrites in every session of the user when it changes. The key's TTL follows the idle
+  timeout and never outlives the absolute lifetime.
 - `auth:user-sessions:<user_id>`: set of a user's session hashes (to list or revoke them).
-- `auth:api-key:<sha256(key)>`: the resolved key (JSON), or "invalid", cached by auth.
+- `auth:api-key:<sha256(key)>`: the resolved key (JSON, `ApiKeyPrincipal`: with its team
+  and the policies of the key, its user and its team), or "invalid", cached by auth; auth
+  deletes it when any of those changes.
 - `auth:api-key-last-used`: hash key_id -> unix time of the last use, flushed by auth.
 
 Only hashes of secrets are ever stored: a Redis dump yields no usable session or key.
@@ -19,7 +23,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -56,6 +60,7 @@ class Session:
     expires_at: float
     ip: str
     user_agent: str
+    policy: dict[str, Any] = field(default_factory=dict)  # the user's, in its wire form
 
     def csrf_matches(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(secret_hash(token or ""), self.csrf_hash)
@@ -75,6 +80,7 @@ class Session:
             expires_at=float(text["expires_at"]),
             ip=text.get("ip", ""),
             user_agent=text.get("user_agent", ""),
+            policy=json.loads(text.get("policy") or "{}"),
         )
 
 
@@ -130,6 +136,7 @@ class SessionStore:
         lifetime: float,
         ip: str,
         user_agent: str,
+        policy: dict[str, Any] | None = None,
     ) -> tuple[str, str, Session]:
         """A fresh session: returns (token for the cookie, CSRF token, session)."""
         token, csrf = new_token(), new_token()
@@ -145,11 +152,13 @@ class SessionStore:
             expires_at=now + lifetime,
             ip=ip,
             user_agent=user_agent[:512],
+            policy=dict(policy or {}),
         )
         record = asdict(session)
         record.pop("id")
         record["roles"] = json.dumps(list(session.roles))
         record["permissions"] = json.dumps(list(session.permissions))
+        record["policy"] = json.dumps(session.policy, separators=(",", ":"))
         key = SESSION_PREFIX + session.id
         index = USER_SESSIONS_PREFIX + user_id
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -210,6 +219,9 @@ class ApiKeyPrincipal:
     roles: tuple[str, ...]
     permissions: tuple[str, ...]
     expires_at: float | None
+    team_id: str | None = None
+    # common.policy.Policies in its wire form: the key's, its user's and its team's.
+    policies: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -223,4 +235,6 @@ class ApiKeyPrincipal:
             roles=tuple(data["roles"]),
             permissions=tuple(data["permissions"]),
             expires_at=data.get("expires_at"),
+            team_id=data.get("team_id"),
+            policies=data.get("policies"),
         )
