@@ -276,10 +276,17 @@ def admin_client(gateway: str) -> Iterator[httpx.Client]:
 DELAYED_ALIAS = "bench-delayed"
 
 
-def provision(gateway: str, upstream_url: str, delayed_url: str | None = None) -> str:
+def provision(
+    gateway: str,
+    upstream_url: str,
+    delayed_url: str | None = None,
+    *,
+    policy: dict[str, Any] | None = None,
+) -> dict[str, str]:
     """The admin's own OpenAI credential pointing at `upstream_url` (what `openai/<model>`
     resolves to) and an API key; with `delayed_url`, a shared credential there too and the
-    alias DELAYED_ALIAS routing to it (gpt-4o-mini). Returns the API key."""
+    alias DELAYED_ALIAS routing to it (gpt-4o-mini); with `policy`, a second key under that
+    policy. Returns the keys: `plain` and, with `policy`, `governed`."""
     with admin_client(gateway) as admin:
         admin.post(
             "/v1/providers/credentials",
@@ -311,6 +318,11 @@ def provision(gateway: str, upstream_url: str, delayed_url: str | None = None) -
                     ],
                 },
             ).raise_for_status()
-        created = admin.post("/auth/api-keys", json={"name": "bench"})
-        created.raise_for_status()
-        return str(created.json()["key"])
+        keys = {}
+        for name, fields in (("plain", {}), ("governed", policy)):
+            if fields is None:
+                continue
+            created = admin.post("/auth/api-keys", json={"name": f"bench-{name}", **fields})
+            created.raise_for_status()
+            keys[name] = str(created.json()["key"])
+        return keys

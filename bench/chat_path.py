@@ -76,7 +76,7 @@ def measure_both(
     """The bare upstream's latencies, then the gateway path's, each after a warm-up; during
     the gateway path, the CPU ms per request of gateway and inference and of this process
     (the load generator), sampled by py-spy when given."""
-    key = provision(running.gateway, upstream_url)
+    key = provision(running.gateway, upstream_url)["plain"]
     procs = {name: [psutil.Process(running.pids[name])] for name in ("gateway", "inference")}
     bare_body = dict(BODY, model="gpt-4o-mini")
     with (

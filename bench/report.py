@@ -181,18 +181,23 @@ def chat_tables(chat: dict[str, Any]) -> str:
     main_rows, ratio_rows, cpu_rows = [], [], []
     for name, targets in by_scenario(chat["rows"]).items():
         bare = targets.get("bare")
+        governed = any(row.get("skipped") for row in targets.values())
         for target in ("bare", "ours", "litellm"):
             row = targets.get(target)
             label = LABELS[target]
             if target == "litellm" and litellm:
                 label = f"LiteLLM {litellm['version']}"
+            if row is not None and row.get("skipped"):
+                main_rows.append([name, label, row["skipped"], *["—"] * 10])
+                continue
             if row is None or row.get("not_installed"):
                 main_rows.append([name, label, "not installed", *["—"] * 10])
                 continue
             main_rows.append(_main_row(name, label, target, row, bare))
             if target == "ours":
                 cpu_rows.append(_cpu_row(name, row))
-        ratio_rows.append(_ratio_row(name, targets))
+        if not governed:
+            ratio_rows.append(_ratio_row(name, targets))
     parts = [
         "## Chat and embeddings: bare upstream, ours, LiteLLM",
         f"Warm-up {chat['warmup_seconds']} s, then {chat['duration_seconds']} s measured per "
@@ -204,8 +209,54 @@ def chat_tables(chat: dict[str, Any]) -> str:
         table(RATIO_HEADER, ratio_rows),
         "### Our CPU per request, by process (ms)",
         table(["scenario", *OUR_SERVICES, "services", "Redis", "Postgres", "upstream"], cpu_rows),
+        "### What a policy costs (issue 18)",
+        "The same chat request with an API key under a policy (a budget, RPM and TPM limits, "
+        "a model list: every check runs, every call is reserved and settled) and without.",
+        table(POLICY_HEADER, _policy_rows(by_scenario(chat["rows"]))),
     ]
     return "\n\n".join(parts)
+
+
+POLICY_HEADER = [
+    "concurrency", "CPU without (ms)", "CPU with (ms)", "added CPU (ms)",
+    "p50 without", "p50 with", "Redis CPU added (ms)",
+]  # fmt: skip
+
+
+POLICY_HEADER = [
+    "concurrency", "CPU without (ms)", "CPU with (ms)", "added CPU (ms)",
+    "p50 without", "p50 with", "Redis CPU added (ms)",
+]  # fmt: skip
+
+
+def _policy_cost(
+    scenarios: dict[str, dict[str, dict[str, Any]]], concurrency: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Our rows of chat at `concurrency` without and with a governed key."""
+    plain = scenarios.get(f"chat {concurrency}", {}).get("ours")
+    governed = scenarios.get(f"chat {concurrency}, governed key", {}).get("ours")
+    return plain, governed
+
+
+def _policy_rows(scenarios: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
+    rows = []
+    for concurrency in ("c=1", "c=50"):
+        plain, governed = _policy_cost(scenarios, concurrency)
+        if not plain or not governed:
+            continue
+        redis = [r["cpu_ms_per_request"].get("redis") for r in (plain, governed)]
+        rows.append(
+            [
+                concurrency,
+                fmt(services_cpu(plain), 2),
+                fmt(services_cpu(governed), 2),
+                fmt(_diff(services_cpu(governed), services_cpu(plain)), 2),
+                fmt(_p50(plain), 2),
+                fmt(_p50(governed), 2),
+                fmt(_diff(redis[1], redis[0]), 2),
+            ]
+        )
+    return rows
 
 
 def rss_table(report: dict[str, Any]) -> str:
@@ -398,6 +449,17 @@ def _chat_targets(chat: dict[str, Any]) -> list[list[str]]:
                 status(None if cpu is None else cpu <= 2),
             ]
         )
+    for concurrency in ("c=1", "c=50"):
+        plain, governed = _policy_cost(sc, concurrency)
+        if plain and governed:
+            added_cpu = _diff(services_cpu(governed), services_cpu(plain))
+            out.append(
+                [
+                    f"chat {concurrency}, governed key: policy checks add ≤ 0.2 ms CPU",
+                    f"{fmt(added_cpu, 2)} ms",
+                    status(None if added_cpu is None else added_cpu <= 0.2),
+                ]
+            )
     ttfb = _diff(_p50(s1.get("ours"), "first_byte_ms"), _p50(s1.get("bare"), "first_byte_ms"))
     out.append(
         [

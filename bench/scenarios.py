@@ -18,6 +18,9 @@ class Scenario:
     kind: str  # chat, stream, embed
     concurrency: int
     delayed: bool = False
+    # Ours only, with an API key under a policy (issue 18): a budget, TPM and RPM limits and
+    # a model list, so every call is checked, reserved and settled.
+    governed: bool = False
 
 
 SCENARIOS = (
@@ -29,7 +32,17 @@ SCENARIOS = (
     Scenario("embeddings c=10", "embed", 10),
     Scenario("chat c=1, delayed upstream", "chat", 1, delayed=True),
     Scenario("chat c=50, delayed upstream", "chat", 50, delayed=True),
+    Scenario("chat c=1, governed key", "chat", 1, governed=True),
+    Scenario("chat c=50, governed key", "chat", 50, governed=True),
 )
+# A policy every call passes, and that still makes every check run.
+GOVERNED_POLICY = {
+    "max_budget_usd": "1000000",
+    "budget_period": "month",
+    "allowed_models": ["openai/*"],
+    "rpm_limit": 1_000_000_000,
+    "tpm_limit": 1_000_000_000,
+}
 
 
 def model_for(scenario: Scenario, target: str) -> str:
@@ -41,10 +54,11 @@ def model_for(scenario: Scenario, target: str) -> str:
 
 
 def request_for(
-    scenario: Scenario, target: str, urls: dict[str, str], key: str
+    scenario: Scenario, target: str, urls: dict[str, str], keys: dict[str, str]
 ) -> tuple[str, dict[str, Any], str]:
     """(url, JSON body, bearer token) of `scenario` sent to `target`: the same request, in
-    each one's model names. `urls`: bare, delayed (the delayed upstream), ours, litellm."""
+    each one's model names. `urls`: bare, delayed (the delayed upstream), ours, litellm;
+    `keys`: our API keys, `plain` and `governed` (GOVERNED_POLICY)."""
     body: dict[str, Any] = {"model": model_for(scenario, target)}
     if scenario.kind == "embed":
         body["input"] = "hello there"
@@ -55,5 +69,6 @@ def request_for(
             body["stream"] = True
         path = "/v1/chat/completions"
     base = urls["delayed" if scenario.delayed and target == "bare" else target]
+    key = keys["governed" if scenario.governed else "plain"]
     token = {"bare": UPSTREAM_KEY, "ours": key, "litellm": MASTER_KEY}[target]
     return base + path, body, token

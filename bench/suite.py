@@ -57,7 +57,7 @@ from _common import (
     wait,
 )
 from report import render
-from scenarios import SCENARIOS, request_for
+from scenarios import GOVERNED_POLICY, SCENARIOS, request_for
 
 import embeddings as vectors_bench
 
@@ -158,7 +158,7 @@ def chat_family(
     s: Settings,
     running: Platform,
     urls: dict[str, str],
-    key: str,
+    keys: dict[str, str],
     peer: peers.Peer | None,
     upstreams: dict[str, subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
@@ -181,11 +181,16 @@ def chat_family(
                 "concurrency": scenario.concurrency,
                 "target": target,
             }
+            if scenario.governed and target != "ours":
+                # The same request as the ungoverned scenario's: no row of its own.
+                row["skipped"] = "as without a policy"
+                rows.append(row)
+                continue
             if target not in groups:
                 row["not_installed"] = True
                 rows.append(row)
                 continue
-            url, body, token = request_for(scenario, target, urls, key)
+            url, body, token = request_for(scenario, target, urls, keys)
             row.update(generate(url, body, token, scenario.concurrency, s, groups[target]))
             rows.append(row)
             print(_progress(row), flush=True)
@@ -324,14 +329,17 @@ def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> Non
             platform(RESULTS / "platform.log", INFERENCE_LOCAL_PRELOAD="false")
         )
         urls["ours"] = running.gateway
-        key = provision(running.gateway, urls["bare"] + "/v1", urls["delayed"] + "/v1")
+        keys = provision(
+            running.gateway, urls["bare"] + "/v1", urls["delayed"] + "/v1",
+            policy=GOVERNED_POLICY,
+        )  # fmt: skip
         if "chat" in s.families:
             report["idle_rss_mb"] = idle_rss(running)
             if peer is not None:
                 peer.ready()
                 urls["litellm"] = peer.url  # known now: ready() may have moved it
                 report["idle_rss_mb_litellm"] = rss_mb(tree(peer.process.pid))
-            attempt(report, "chat", lambda: chat_family(s, running, urls, key, peer, upstreams))
+            attempt(report, "chat", lambda: chat_family(s, running, urls, keys, peer, upstreams))
             peer_stack.close()  # LiteLLM stops: the rest runs without it
             attempt(report, "floor", lambda: floor_family(s, workdir))
         if "vectors" in s.families:
