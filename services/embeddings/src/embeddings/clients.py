@@ -15,7 +15,7 @@ import httpx
 from common.errors import MissingPermission, TooManyRequests
 from common.http import peer_client
 from common.identity import Identity
-from embeddings.errors import DimensionMismatch, InferenceUnavailable, ModelUnusable
+from embeddings.errors import DimensionMismatch, InferenceUnavailable, ModelUnusable, PolicyRefused
 from embeddings.settings import EmbeddingsSettings
 from embeddings.vectors import unpack_base64_le
 
@@ -95,14 +95,52 @@ class Inference:
         return vectors
 
 
+# Inference's refusals under the caller's policy (services/inference/README.md,
+# "Governance"), by problem type: the caller sees them as if they had called inference.
+PROBLEM_TYPE = "urn:llm-platform:problem:"
+GOVERNANCE_PROBLEMS = frozenset(
+    {"model-not-allowed", "model-not-priced", "budget-exceeded", "rate-limited",
+     "budget-unavailable"}
+)  # fmt: skip
+GOVERNANCE_MEMBERS = ("model", "scope", "budget_usd", "spend_usd", "budget_resets_at",
+                      "tpm_limit")  # fmt: skip
+
+
+def _governance_problem(response: httpx.Response, body: Any) -> PolicyRefused | None:
+    """Inference's refusal under the caller's policy, passed on; None for anything else."""
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        return None
+    slug = body["type"].removeprefix(PROBLEM_TYPE)
+    if slug not in GOVERNANCE_PROBLEMS or response.status_code not in (403, 429, 503):
+        return None
+    members = {
+        name: value if not isinstance(value, str) else value[:300]
+        for name in GOVERNANCE_MEMBERS
+        if isinstance(value := body.get(name), str | int | None) and name in body
+    }
+    retry = response.headers.get("retry-after")
+    return PolicyRefused(
+        str(body.get("detail") or "")[:500] or None,
+        status=response.status_code,
+        slug=slug,
+        title=str(body.get("title") or "")[:100],
+        headers={"Retry-After": retry[:20]} if retry else None,
+        **members,
+    )
+
+
 def _problem(response: httpx.Response, model: str) -> Exception:
     detail = ""
+    body: Any = None
     try:
         body = response.json()
         detail = str(body.get("detail") or body.get("title") or "")[:500]
-    except ValueError:
+    except (ValueError, AttributeError):
         pass
     status = response.status_code
+    refused = _governance_problem(response, body)
+    if refused is not None:
+        return refused
     if status == 403:
         return MissingPermission(f"Embedding with {model!r} needs the inference:invoke permission.")
     if status == 429:

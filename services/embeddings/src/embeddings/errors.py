@@ -45,3 +45,22 @@ class ModelUnusable(Invalid):
 
 class InferenceUnavailable(BadGateway):
     slug = "inference-unavailable"
+
+
+class PolicyRefused(Problem):
+    """Inference refused the call under the caller's own policy (the models, budget or
+    token limit of their key, user or team): passed on as inference said it, its status,
+    type, title, detail and members (clients.GOVERNANCE_PROBLEMS)."""
+
+    def __init__(
+        self,
+        detail: str | None,
+        *,
+        status: int,
+        slug: str,
+        title: str,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ) -> None:
+        super().__init__(detail, headers=headers, **extra)
+        self.status, self.slug, self.title = status, slug, title

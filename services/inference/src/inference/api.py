@@ -58,31 +58,36 @@ async def chat_completions(
     """OpenAI's chat completions; `stream: true` answers with server-sent events."""
     request = body.model_dump(exclude_none=True)
     if body.stream:
-        events = await service.chat_stream(runtime, db, identity=identity, request=request)
-        return sse.response(events)
-    body_out = await until_disconnect(
+        events, headers = await service.chat_stream(runtime, db, identity=identity, request=request)
+        response = sse.response(events)
+        response.headers.update(headers)
+        return response
+    body_out, headers = await until_disconnect(
         http, service.chat(runtime, db, identity=identity, request=request)
     )
-    return JSONResponse(body_out)
+    return JSONResponse(body_out, headers=headers)
 
 
 @router.post("/v1/embeddings")
 async def embeddings(
     body: EmbeddingsRequest,
     http: Request,
+    response: Response,
     identity: Annotated[Identity, INVOKE],
     db: LazyDbSession,
     runtime: RuntimeDep,
 ) -> dict[str, Any]:
     """OpenAI's embeddings: `input` a string or a list of strings."""
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    return await until_disconnect(
+    answer, headers = await until_disconnect(
         http,
         service.embeddings(
             runtime, db, identity=identity, model=body.model, inputs=inputs,
             encoding=body.encoding_format,
         ),
     )  # fmt: skip
+    response.headers.update(headers)
+    return answer
 
 
 @router.post("/v1/providers/credentials", status_code=status.HTTP_201_CREATED)

@@ -6,6 +6,7 @@ from common.errors import (
     BadGateway,
     BadRequest,
     Conflict,
+    Forbidden,
     MissingPermission,
     NotFound,
     Problem,
@@ -96,3 +97,36 @@ class CircuitOpen(Problem):
 
 class HubError(BadGateway):
     slug = "hub-unavailable"
+
+
+class ModelNotAllowed(Forbidden):
+    """A policy of the call's key, user or team does not allow the model (members `model`
+    and `scope`)."""
+
+    slug = "model-not-allowed"
+
+
+class ModelNotPriced(Forbidden):
+    """A call under a budget to a model without a price: it cannot be costed."""
+
+    slug = "model-not-priced"
+
+
+class BudgetExceeded(TooManyRequests):
+    """A scope's budget is spent, or held by calls in flight (members `scope`,
+    `budget_usd`, `spend_usd`, `budget_resets_at`)."""
+
+    slug = "budget-exceeded"
+
+
+class TokensPerMinute(TooManyRequests):
+    """A scope's tokens-per-minute limit is reached (members `scope`, `tpm_limit`)."""
+
+    slug = "rate-limited"
+
+
+class BudgetUnavailable(ServiceUnavailable):
+    """A budgeted call is refused because what its scopes spent cannot be told (Redis or
+    telemetry do not answer): budgets fail closed."""
+
+    slug = "budget-unavailable"

@@ -1,5 +1,6 @@
 """Call events for telemetry: appended to a Redis stream off the request path, with a
-bounded buffer while Redis is away; cost from the price table; token estimates."""
+bounded buffer while Redis is away; a governed call's settlement travels with its event;
+cost from the price table; token estimates."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from inference.metrics import (
     TELEMETRY_BUFFERED,
     TELEMETRY_DROPPED,
 )
-from inference.repository import append_call_events
+from inference.repository import Settlement, append_call_events
 from inference.settings import Price
 
 log = structlog.get_logger(__name__)
@@ -107,7 +108,10 @@ class EventSink:
     """Never blocks or fails the caller: events queue in memory, a task writes them.
 
     After the first event of a batch the writer waits `linger` seconds for more, so a busy
-    replica makes one Redis round trip per batch rather than per call."""
+    replica makes one Redis round trip per batch rather than per call. A governed call's
+    settlement (inference.governance) queues with its event, or alone for a call that
+    ended without one, and is written in the same round trip: while Redis is away both
+    wait together."""
 
     def __init__(
         self, redis: Redis, *, buffer_size: int, labels: MetricLabels, linger: float = 0.0
@@ -115,7 +119,7 @@ class EventSink:
         self._redis = redis
         self._labels = labels
         self._linger = linger
-        self._buffer: deque[LlmCallEvent] = deque()
+        self._buffer: deque[tuple[LlmCallEvent | None, Settlement | None]] = deque()
         self._limit = buffer_size
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -123,12 +127,14 @@ class EventSink:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    def emit(self, event: LlmCallEvent) -> None:
-        self._record_metrics(event)
+    def emit(self, event: LlmCallEvent | None, settlement: Settlement | None = None) -> None:
+        """Queue a call event, its settlement, or both."""
+        if event is not None:
+            self._record_metrics(event)
         if len(self._buffer) >= self._limit:
             self._buffer.popleft()
             TELEMETRY_DROPPED.inc()
-        self._buffer.append(event)
+        self._buffer.append((event, settlement))
         TELEMETRY_BUFFERED.set(len(self._buffer))
         self._wake.set()
 
@@ -154,8 +160,10 @@ class EventSink:
                 if self._linger and len(self._buffer) < BATCH:
                     await asyncio.sleep(self._linger)
             batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
+            events = [event for event, _ in batch if event is not None]
+            settlements = [settlement for _, settlement in batch if settlement is not None]
             try:
-                await append_call_events(self._redis, batch)
+                await append_call_events(self._redis, events, settlements)
             except (RedisError, OSError) as exc:
                 log.warning("telemetry stream unavailable; buffering", error=type(exc).__name__,
                             buffered=len(self._buffer))  # fmt: skip

@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from common.app import create_service_app, database_and_redis
+from common.http import peer_client
 from inference.api import router
 from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
 from inference.failover import CircuitBreaker, Failover, RetryPolicy
+from inference.governance import Governance
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
@@ -91,6 +93,11 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
         streams=StreamSlots(
             redis, cap=settings.max_concurrent_streams, lifetime=settings.stream_max_seconds
         ),
+        governance=Governance(
+            settings,
+            redis,
+            peer_client(settings.telemetry_url, settings, peer="telemetry", max_connections=20),
+        ),
     )
 
 
@@ -105,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             await runtime.sink.close()
+            await runtime.governance.telemetry.aclose()
             await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))
 
 

@@ -5,23 +5,48 @@ Redis keys, each with a TTL:
   opened_at) per circuit, and `...:probe` while one replica probes a half-open circuit;
 - `inference:streams:<user id>`: a sorted set of the user's open stream leases, scored by
   when each lapses;
-- the telemetry stream (`common.llm_events.STREAM`), to which call events are appended.
+- the telemetry stream (`common.llm_events.STREAM`), to which call events are appended;
+- the budget counters of governed scopes (common.budgets: spend, holds, tokens, alerts),
+  which the admission and settle scripts below keep, and `inference:settled:<call id>`,
+  set for SETTLED_SECONDS once a call is settled, so that a batch sent again after a lost
+  reply settles nothing twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from common.budgets import (
+    ALERTS,
+    MAX_ALERTS,
+    TOKEN_WINDOW_SECONDS,
+    alerted_key,
+    held_key,
+    held_sum_key,
+    spend_key,
+    spend_ttl,
+    tokens_key,
+    utc,
+)
 from common.llm_events import STREAM, LlmCallEvent
+from common.policy import Period, ScopeKind, period_key
+from common.redis import as_text
 from inference.models import ModelAlias, ProviderCredential
+
+log = structlog.get_logger(__name__)
 
 # ---------------------------------------------------------------- tables
 
@@ -212,12 +237,303 @@ class StreamLeases:
         await self._redis.zrem(self._key(owner), lease)
 
 
+# ---------------------------------------------------------------- budgets (Redis)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    """One governed scope of a call, as the budget scripts see it."""
+
+    scope: ScopeKind
+    scope_id: str
+    period: Period
+    budget_nano: int | None  # None: no budget
+    budget_usd: str | None  # the same, as the policy says it (for alerts)
+    tpm_limit: int | None  # None: no token limit
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The tokens of a scope's previous and current TOKEN_WINDOW_SECONDS windows."""
+
+    index: int  # of the scope, in the call's ScopeLimits
+    previous: int
+    current: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the admission script answered. `admitted`: holds taken (`windows`: the token
+    windows of the scopes with a limit); `budget`: the scope `index` has `spent` + `held`
+    at or over its budget; `tokens`: the scope's `windows[0]` is at or over its limit;
+    `unknown`: the spend counters of the scopes `missing` do not exist."""
+
+    outcome: Literal["admitted", "budget", "tokens", "unknown"]
+    index: int = 0
+    spent: int = 0
+    held: int = 0
+    windows: tuple[Window, ...] = ()
+    missing: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a governed call used, settled with its call event: its holds (of `amount`
+    each) given back, `cost_nano` added to the spend counters of the period it `started`
+    in, `tokens` to the token window of when it `ended` (clock times)."""
+
+    call_id: str
+    amount: int
+    scopes: tuple[ScopeLimits, ...]
+    started: float
+    ended: float
+    cost_nano: int
+    tokens: int
+
+
+def hold_member(call_id: str, amount: int) -> str:
+    """A hold in `budget:held:*`: `<call id>:<nano-dollars>` (common.budgets)."""
+    return f"{call_id}:{amount}"
+
+
+def token_window(now: float) -> int:
+    return int(now // TOKEN_WINDOW_SECONDS)
+
+
+# A token window's counter is read until the end of the window after it.
+TOKENS_TTL_SECONDS = 3 * TOKEN_WINDOW_SECONDS
+# How long a settled call is remembered (a batch sent again after a lost reply).
+SETTLED_SECONDS = 900
+
+# Per scope, KEYS (5): held, held-sum, spend, tokens of the previous window, of the current
+# one. ARGV: [1] now, [2] the weight of the previous window, [3] the hold's member, [4]
+# its amount, [5] when it lapses, [6] the TTL of the hold keys; per scope (2): the budget
+# (nano-dollars) or '', the TPM limit or ''.
+# Answers {'budget', i, spent, held}, {'tokens', i, previous, current}, {'unknown', i...}
+# (no spend counter) or {'admitted', i, previous, current, ...} (per scope with a limit).
+_ADMIT = """
+local now = ARGV[1]
+local weight = tonumber(ARGV[2])
+local n = #KEYS / 5
+local missing = {}
+local windows = {}
+for i = 1, n do
+  local k = (i - 1) * 5
+  local budget, tpm = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  if budget ~= '' then
+    local lapsed = redis.call('ZRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. now, 'LIMIT', 0, 100)
+    for _, member in ipairs(lapsed) do
+      redis.call('ZREM', KEYS[k + 1], member)
+      redis.call('DECRBY', KEYS[k + 2], string.sub(member, string.find(member, ':', 1, true) + 1))
+    end
+    local spent = redis.call('GET', KEYS[k + 3])
+    if spent then
+      local held = redis.call('GET', KEYS[k + 2]) or '0'
+      if tonumber(spent) + math.max(0, tonumber(held)) >= tonumber(budget) then
+        return {'budget', i, spent, held}
+      end
+    else
+      missing[#missing + 1] = i
+    end
+  end
+  if tpm ~= '' then
+    local previous = redis.call('GET', KEYS[k + 4]) or '0'
+    local current = redis.call('GET', KEYS[k + 5]) or '0'
+    if tonumber(previous) * weight + tonumber(current) >= tonumber(tpm) then
+      return {'tokens', i, previous, current}
+    end
+    windows[#windows + 1] = i
+    windows[#windows + 1] = previous
+    windows[#windows + 1] = current
+  end
+end
+if #missing > 0 then
+  table.insert(missing, 1, 'unknown')
+  return missing
+end
+local ttl = tonumber(ARGV[6])
+for i = 1, n do
+  local k = (i - 1) * 5
+  if ARGV[5 + 2 * i] ~= '' then
+    redis.call('ZADD', KEYS[k + 1], ARGV[5], ARGV[3])
+    redis.call('INCRBY', KEYS[k + 2], ARGV[4])
+    for key = k + 1, k + 2 do
+      if redis.call('TTL', KEYS[key]) < ttl then redis.call('EXPIRE', KEYS[key], ttl) end
+    end
+  end
+end
+table.insert(windows, 1, 'admitted')
+return windows
+"""
+
+# KEYS: [1] the call's settled mark, [2] the alerts list; per scope (5): held, held-sum,
+# spend, alerted, tokens. ARGV: [1] the mark's TTL, [2] cost (nano-dollars), [3] tokens,
+# [4] the token counter's TTL, [5] now (unix seconds), [6] how many alerts the list keeps;
+# per scope (8): the hold's member or '', the budget (nano-dollars) or '', the spend
+# counter's TTL (0: none), 1 when the scope has a token limit (else 0), and for its
+# alerts the scope, id, period and budget in USD.
+# Answers 1 when settled, 0 when it already was.
+_SETTLE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local cost = ARGV[2]
+local tokens = tonumber(ARGV[3])
+local function usd(nano)
+  local digits = string.rep('0', 10 - #nano) .. nano
+  return string.sub(digits, 1, -10) .. '.' .. string.sub(digits, -9)
+end
+for i = 1, (#KEYS - 2) / 5 do
+  local k = 2 + (i - 1) * 5
+  local a = 6 + (i - 1) * 8
+  local member, budget, ttl = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  if member ~= '' and redis.call('ZREM', KEYS[k + 1], member) == 1 then
+    redis.call('DECRBY', KEYS[k + 2], string.sub(member, string.find(member, ':', 1, true) + 1))
+  end
+  if budget ~= '' and cost ~= '0' and redis.call('EXISTS', KEYS[k + 3]) == 1 then
+    redis.call('INCRBY', KEYS[k + 3], cost)
+    local spent = redis.call('GET', KEYS[k + 3])
+    local alerted = tonumber(redis.call('GET', KEYS[k + 4]) or '0')
+    local reached = alerted
+    for _, threshold in ipairs({50, 80, 100}) do
+      if threshold > alerted and tonumber(budget) > 0
+          and tonumber(spent) * 100 >= tonumber(budget) * threshold then
+        reached = threshold
+        redis.call('LPUSH', KEYS[2], cjson.encode({
+          scope = ARGV[a + 5], id = ARGV[a + 6], period = ARGV[a + 7], threshold = threshold,
+          spend_usd = usd(spent), budget_usd = ARGV[a + 8], at = tonumber(ARGV[5])}))
+        redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
+      end
+    end
+    if reached > alerted then
+      if ttl > 0 then
+        redis.call('SET', KEYS[k + 4], reached, 'EX', ttl)
+      else
+        redis.call('SET', KEYS[k + 4], reached)
+      end
+    end
+  end
+  if tokens > 0 and ARGV[a + 4] == '1' then
+    redis.call('INCRBY', KEYS[k + 5], tokens)
+    redis.call('EXPIRE', KEYS[k + 5], ARGV[4])
+  end
+end
+return 1
+"""
+_SETTLE_SHA = hashlib.sha1(_SETTLE.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+
+class Budgets:
+    """The budget counters of governed scopes (common.budgets), shared by every replica:
+    admission in one atomic script; settlement rides in the call-event batch
+    (`append_call_events`). RedisError reaches the caller."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._admit = redis.register_script(_ADMIT)
+
+    async def admit(
+        self,
+        scopes: Sequence[ScopeLimits],
+        *,
+        member: str,
+        amount: int,
+        now: float,
+        lapses_at: float,
+    ) -> Verdict:
+        """Check every scope and, when all admit the call, hold `amount` in each that has a
+        budget (under `member`, until `lapses_at`)."""
+        moment = utc(now)
+        window = token_window(now)
+        keys: list[str] = []
+        args: list[str | int | float] = [
+            repr(now),
+            repr(1 - (now % TOKEN_WINDOW_SECONDS) / TOKEN_WINDOW_SECONDS),
+            member,
+            amount,
+            repr(lapses_at),
+            math.ceil(lapses_at - now) + 60,
+        ]
+        for s in scopes:
+            keys += [
+                held_key(s.scope, s.scope_id),
+                held_sum_key(s.scope, s.scope_id),
+                spend_key(s.scope, s.scope_id, s.period, moment),
+                tokens_key(s.scope, s.scope_id, window - 1),
+                tokens_key(s.scope, s.scope_id, window),
+            ]
+            args += ["" if s.budget_nano is None else s.budget_nano,
+                     "" if s.tpm_limit is None else s.tpm_limit]  # fmt: skip
+        reply = [as_text(v) if isinstance(v, bytes | str) else v
+                 for v in await self._admit(keys=keys, args=args)]  # fmt: skip
+        outcome, rest = reply[0], reply[1:]
+        if outcome == "budget":
+            return Verdict("budget", index=int(rest[0]) - 1, spent=int(rest[1]), held=int(rest[2]))
+        if outcome == "tokens":
+            window_of = Window(int(rest[0]) - 1, int(rest[1]), int(rest[2]))
+            return Verdict("tokens", index=window_of.index, windows=(window_of,))
+        if outcome == "unknown":
+            return Verdict("unknown", missing=tuple(int(i) - 1 for i in rest))
+        windows = tuple(
+            Window(int(rest[i]) - 1, int(rest[i + 1]), int(rest[i + 2]))
+            for i in range(0, len(rest), 3)
+        )
+        return Verdict("admitted", windows=windows)
+
+
+def _settle_command(settlement: Settlement) -> list[str | int]:
+    """EVALSHA's arguments for one settlement: the script, its keys and its arguments."""
+    started, window = utc(settlement.started), token_window(settlement.ended)
+    keys = [f"inference:settled:{settlement.call_id}", ALERTS]
+    args: list[str | int] = [
+        SETTLED_SECONDS, settlement.cost_nano, settlement.tokens, TOKENS_TTL_SECONDS,
+        repr(settlement.ended), MAX_ALERTS,
+    ]  # fmt: skip
+    for s in settlement.scopes:
+        keys += [
+            held_key(s.scope, s.scope_id),
+            held_sum_key(s.scope, s.scope_id),
+            spend_key(s.scope, s.scope_id, s.period, started),
+            alerted_key(s.scope, s.scope_id, s.period, started),
+            tokens_key(s.scope, s.scope_id, window),
+        ]
+        args += [
+            "" if s.budget_nano is None else hold_member(settlement.call_id, settlement.amount),
+            "" if s.budget_nano is None else s.budget_nano,
+            spend_ttl(s.period, started) or 0,
+            int(s.tpm_limit is not None),
+            s.scope, s.scope_id, period_key(s.period, started), s.budget_usd or "",
+        ]  # fmt: skip
+    return [_SETTLE_SHA, len(keys), *keys, *args]
+
+
 # ---------------------------------------------------------------- call events (Redis)
 
 
-async def append_call_events(redis: Redis, events: Sequence[LlmCallEvent]) -> None:
-    """Append to the telemetry stream in one round trip (a pipeline, no transaction)."""
+async def append_call_events(
+    redis: Redis, events: Sequence[LlmCallEvent], settlements: Sequence[Settlement] = ()
+) -> None:
+    """Append to the telemetry stream and settle the governed calls, in one round trip (a
+    pipeline, no transaction). A connection error raises (the caller sends the batch again:
+    events are idempotent for telemetry, settlements by their settled mark); a Redis that
+    lost the settle script (restarted) gets it and those settlements are sent again."""
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:
             pipe.xadd(STREAM, event.to_fields())  # type: ignore[arg-type]
-        await pipe.execute()
+        for settlement in settlements:
+            pipe.execute_command("EVALSHA", *_settle_command(settlement))
+        results = await pipe.execute(raise_on_error=False)
+    replies = results[len(events) :]
+    for result in results[: len(events)]:
+        if isinstance(result, Exception):
+            raise result
+    unsettled = []
+    for settlement, reply in zip(settlements, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            unsettled.append(settlement)
+        elif isinstance(reply, ResponseError):
+            log.error("settlement refused; its holds lapse", call_id=settlement.call_id,
+                      error=str(reply)[:200])  # fmt: skip
+    if unsettled:
+        await redis.script_load(_SETTLE)
+        async with redis.pipeline(transaction=False) as pipe:
+            for settlement in unsettled:
+                pipe.execute_command("EVALSHA", *_settle_command(settlement))
+            await pipe.execute()

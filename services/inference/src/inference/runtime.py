@@ -4,12 +4,14 @@ kept on `app.state.runtime`, handed to the service functions first."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from inference.crypto import Keyring
 from inference.events import EventSink
 from inference.failover import Failover
+from inference.governance import Governance
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.settings import InferenceSettings
@@ -41,7 +43,8 @@ class TtlCache:
 
 @dataclass
 class Runtime:
-    """What a model call needs, built once in the lifespan."""
+    """What a model call needs, built once in the lifespan. `clock` (seconds since the
+    epoch) times budget periods, holds and token windows; tests replace it."""
 
     settings: InferenceSettings
     keyring: Keyring
@@ -52,3 +55,5 @@ class Runtime:
     credentials: TtlCache
     aliases: TtlCache
     streams: StreamSlots
+    governance: Governance
+    clock: Callable[[], float] = time.time

@@ -8,8 +8,9 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -22,7 +23,7 @@ from common import sse
 from common.errors import Forbidden, NotFound
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
-from inference import repository
+from inference import governance, repository
 from inference.crypto import Keyring
 from inference.errors import (
     AliasNotFound,
@@ -50,6 +51,7 @@ from inference.events import (
     estimate_prompt_tokens,
 )
 from inference.failover import AllTargetsFailed, Outcome, Target, Trail
+from inference.governance import Hold
 from inference.models import ModelAlias, ProviderCredential
 from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
 from inference.providers.egress import DestinationRefused, RedirectRefused
@@ -64,6 +66,7 @@ R = TypeVar("R")
 PROVIDERS = ("openai", "huggingface", "local")
 NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
 MANAGE_SHARED = "providers:manage_shared"
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def _owner(identity: Identity) -> uuid.UUID | None:
@@ -252,7 +255,8 @@ async def resolve_model(
 
 @dataclass
 class Call:
-    """One model call in flight: who, what, and the clock."""
+    """One model call in flight: who, what, the clock, and for a governed call what its
+    admission held (settled with the call event, or released when there is none)."""
 
     runtime: Runtime
     identity: Identity
@@ -262,10 +266,31 @@ class Call:
     stream: bool
     started: float = 0.0
     started_wall: float = 0.0
+    hold: Hold | None = None
+    # For the answer (the tightest token limit); the one empty mapping unless governed.
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
-        self.started_wall = time.time()
+        self.started_wall = self.runtime.clock()
+
+    async def govern(
+        self, targets: list[Target], *, prompt_tokens: Callable[[], int], completion: int | None
+    ) -> None:
+        """The caller's policies, for a caller that has any (inference.governance)."""
+        self.hold = await governance.admit(
+            self.runtime, self.identity, targets, requested=self.requested, stream=self.stream,
+            prompt_tokens=prompt_tokens, completion=completion,
+        )  # fmt: skip
+        if self.hold is not None:
+            self.headers = self.hold.headers
+
+    def release(self) -> None:
+        """Give back what admission held, for a call that ends without a call event."""
+        if self.hold is not None:
+            settlement = self.hold.settlement(ended=self.runtime.clock(), cost=None, tokens=0)
+            self.hold = None
+            self.runtime.sink.emit(None, settlement)
 
     def record(
         self,
@@ -289,6 +314,14 @@ class Call:
         # span, under which are all the attempts (the event sums them up), and which exists
         # even when no attempt was made (every circuit open).
         span = trace.get_current_span().get_span_context()
+        if usage is not None and self.operation == "chat":
+            self.runtime.governance.completions.learn(model, usage.completion_tokens)
+        settlement = None
+        if self.hold is not None:
+            tokens = usage.prompt_tokens + usage.completion_tokens if usage else 0
+            settlement = self.hold.settlement(ended=self.runtime.clock(), cost=cost,
+                                              tokens=tokens)  # fmt: skip
+            self.hold = None
         self.runtime.sink.emit(
             LlmCallEvent(
                 id=str(uuid.uuid4()),
@@ -313,7 +346,9 @@ class Call:
                 trace_id=format(span.trace_id, "032x") if span.is_valid else None,
                 span_id=format(span.span_id, "016x") if span.is_valid else None,
                 trace_sampled=span.is_valid and span.trace_flags.sampled,
-            )
+                team_id=self.identity.team,
+            ),
+            settlement,
         )
 
     def failed(self, trail: Trail, exc: Exception) -> Exception:
@@ -368,23 +403,26 @@ async def _call_with_failover(
     invoke: Callable[[Provider, Credential, Target], Awaitable[Any]],
 ) -> Outcome[Any]:
     runtime = call.runtime
-    # Credentials are looked up once, before any attempt; a target without one is skipped
-    # when there are others, and reported when it is the only one. Each target then names
-    # the credential it is called with, and so has a circuit of its own (Target.circuit_key).
-    usable: list[tuple[Target, Credential]] = []
-    missing: NoCredential | None = None
-    for target in targets:
-        try:
-            credential = await credential_for(runtime, db, identity=call.identity, target=target)
-        except NoCredential as exc:
-            missing = exc
-            continue
-        usable.append((replace(target, credential_id=credential.id), credential))
-    if not usable and missing is not None:
-        raise missing
-    by_target = dict(usable)
     trail = Trail()
     try:
+        # Credentials are looked up once, before any attempt; a target without one is
+        # skipped when there are others, and reported when it is the only one. Each target
+        # then names the credential it is called with, and so has a circuit of its own
+        # (Target.circuit_key).
+        usable: list[tuple[Target, Credential]] = []
+        missing: NoCredential | None = None
+        for target in targets:
+            try:
+                credential = await credential_for(
+                    runtime, db, identity=call.identity, target=target
+                )
+            except NoCredential as exc:
+                missing = exc
+                continue
+            usable.append((replace(target, credential_id=credential.id), credential))
+        if not usable and missing is not None:
+            raise missing
+        by_target = dict(usable)
         return await runtime.failover.run(
             [t for t, _ in usable],
             lambda t: invoke(runtime.providers[t.provider], by_target[t], t),
@@ -393,13 +431,24 @@ async def _call_with_failover(
         )
     except (ProviderError, AllTargetsFailed) as exc:
         raise call.failed(trail, exc) from None
+    except BaseException:
+        call.release()  # no credential, or the caller hung up: nothing was used
+        raise
+
+
+def _prompt_of(request: dict[str, Any]) -> Callable[[], int]:
+    return lambda: estimate_prompt_tokens(request["messages"])
 
 
 async def chat(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """The answer, and headers for it."""
     alias, targets = await resolve_model(runtime, db, request["model"])
     call = Call(runtime, identity, request["model"], alias, "chat", stream=False)
+    if identity.policies is not None:
+        await call.govern(targets, prompt_tokens=_prompt_of(request),
+                          completion=governance.completion_limit(request))  # fmt: skip
     outcome = await _call_with_failover(
         db, call, targets, lambda p, c, t: p.chat(c, t.model, request)
     )
@@ -417,22 +466,31 @@ async def chat(
     })  # fmt: skip
     call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
                 attempts=outcome.attempts, fallback=outcome.fallback)  # fmt: skip
-    return body
+    return body, call.headers
 
 
 async def chat_stream(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
-) -> AsyncIterator[bytes]:
+) -> tuple[AsyncIterator[bytes], Mapping[str, str]]:
     """Retries and fallbacks happen until the first chunk; from then on the stream is the
     client's, and a failure becomes an SSE error event (never a silent retry).
 
     A user has at most INFERENCE_MAX_CONCURRENT_STREAMS streams open (429 past them), each
     for at most INFERENCE_STREAM_MAX_SECONDS from the request's arrival (then it ends with
-    an error event): a provider that trickles cannot hold connections for ever."""
+    an error event): a provider that trickles cannot hold connections for ever.
+
+    Returns the events, and headers for the answer."""
     alias, targets = await resolve_model(runtime, db, request["model"])
     call = Call(runtime, identity, request["model"], alias, "chat", stream=True)
+    if identity.policies is not None:
+        await call.govern(targets, prompt_tokens=_prompt_of(request),
+                          completion=governance.completion_limit(request))  # fmt: skip
     owner = identity.user_id or identity.sub
-    lease = await runtime.streams.acquire(owner)
+    try:
+        lease = await runtime.streams.acquire(owner)
+    except BaseException:
+        call.release()
+        raise
     opened = False
     try:
         outcome = await _call_with_failover(
@@ -445,7 +503,8 @@ async def chat_stream(
     ttft = time.monotonic() - call.started
     # On the event loop's clock: time.monotonic(), as call.started.
     deadline = asyncio.get_running_loop().time() + runtime.settings.stream_max_seconds - ttft
-    return _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner, lease=lease)
+    events = _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner, lease=lease)
+    return events, call.headers
 
 
 async def _relay(
@@ -518,9 +577,14 @@ async def embeddings(
     model: str,
     inputs: list[str],
     encoding: str,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """The vectors in OpenAI's shape, and headers for the answer."""
     alias, targets = await resolve_model(runtime, db, model)
     call = Call(runtime, identity, model, alias, "embeddings", stream=False)
+    if identity.policies is not None:
+        await call.govern(
+            targets, prompt_tokens=lambda: sum(count_tokens(t) for t in inputs), completion=0
+        )
     outcome = await _call_with_failover(
         db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs)
     )
@@ -528,7 +592,7 @@ async def embeddings(
     usage = result.usage or Usage(sum(count_tokens(text) for text in inputs), 0, estimated=True)
     call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
                 attempts=outcome.attempts, fallback=outcome.fallback)  # fmt: skip
-    return {
+    body = {
         "object": "list",
         "data": [
             {
@@ -541,6 +605,7 @@ async def embeddings(
         "model": model,
         "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
     }
+    return body, call.headers
 
 
 async def list_aliases(db: AsyncSession) -> list[ModelAlias]:

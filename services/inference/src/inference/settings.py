@@ -91,6 +91,13 @@ class InferenceSettings(DatabaseSettings):
     telemetry_buffer_size: int = Field(10_000, ge=1)
     # Events wait up to this long to be written together (one Redis round trip a batch).
     telemetry_flush_seconds: float = Field(0.05, ge=0, le=5)
+    # Governance (inference/governance.py): telemetry, asked what a governed scope has
+    # spent when its counter is not in Redis (POST /internal/spend); the completion size a
+    # budgeted call without max_tokens is held for: the largest this replica saw for the
+    # model in the last ~10 minutes, at least the minimum, the default before any.
+    telemetry_url: str = "http://127.0.0.1:8004"
+    budget_min_completion_tokens: int = Field(16, ge=1, le=1_000_000)
+    budget_default_completion_tokens: int = Field(256, ge=1, le=1_000_000)
     hub_timeout_seconds: float = Field(10.0, gt=0)
     hf_endpoint: str | None = Field(
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"

@@ -1,0 +1,413 @@
+"""Governance of model calls (common.policy): the models each scope allows, and the budgets
+and token limits of the call's key, user and team.
+
+A caller without policies (`identity.policies is None`) never reaches this module. For
+the others, before any credential is looked up or a provider called:
+
+1. every scope's `allowed_models` must allow the model or alias (403 `model-not-allowed`);
+2. when a scope has a budget or a TPM limit, one atomic Redis script (shared by every
+   replica: repository.Budgets) admits the call or refuses it (429 `budget-exceeded` or
+   `rate-limited`), and holds its estimated cost in each scope with a budget.
+
+The call's event carries a repository.Settlement, written in the same pipeline (events.py):
+the holds are given back, the exact cost added to the spend of the period the call started
+in, the tokens to the token window of when it ended.
+
+The estimate: input price x the prompt's estimated tokens (+10 %) + output price x the
+completion's (`max_completion_tokens` or `max_tokens` when given, else the largest
+completion this replica saw for the model in the last ~10 minutes, at least
+INFERENCE_BUDGET_MIN_COMPLETION_TOKENS; INFERENCE_BUDGET_DEFAULT_COMPLETION_TOKENS before
+any); for an alias, the dearest of its targets. A scope's spend then ends at most one
+call's cost over its budget, as long as the calls in flight were held at least what they
+cost (services/inference/README.md, "Governance").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from common.budgets import (
+    TOKEN_WINDOW_SECONDS,
+    Scope,
+    SpendCounters,
+    SpendUnavailable,
+    TelemetrySpend,
+    from_nano,
+    to_nano,
+    utc,
+)
+from common.identity import Identity, InvalidIdentity
+from common.policy import Policies, Policy, ScopeKind, period_end
+from inference.errors import (
+    BudgetExceeded,
+    BudgetUnavailable,
+    ModelNotAllowed,
+    ModelNotPriced,
+    TokensPerMinute,
+)
+from inference.failover import Target
+from inference.repository import (
+    Budgets,
+    ScopeLimits,
+    Settlement,
+    Verdict,
+    Window,
+    hold_member,
+)
+from inference.settings import InferenceSettings
+
+if TYPE_CHECKING:
+    from inference.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+MILLION = Decimal(1_000_000)
+# The prompt is estimated with our tokenizer; the provider's may count a little more.
+PROMPT_MARGIN = Decimal("1.1")
+# A hold never exceeds this (nano-dollars): sums of holds stay far inside Redis' 64 bits.
+MAX_HOLD_NANO = 2**62
+# A hold lapses this long after the call can have ended at the latest.
+HOLD_GRACE_SECONDS = 60.0
+# How long a learned completion size counts, in minutes, and for how many models.
+LEARNED_MINUTES = 10
+LEARNED_MODELS = 1_000
+
+WHOSE: dict[ScopeKind, str] = {"key": "The API key's", "user": "Your user's", "team": "The team's"}
+PER_PERIOD = {"day": "a day", "week": "a week", "month": "a month", "total": "in total"}
+
+
+class CompletionSizes:
+    """The largest completion each model gave on this replica in the last ~10 minutes
+    (per-minute maxima of LEARNED_MINUTES minutes), for the models of the last
+    LEARNED_MODELS names seen (a caller chooses names: the table is bounded)."""
+
+    def __init__(self, *, floor: int, default: int) -> None:
+        self._floor = floor
+        self._default = default
+        self._sizes: dict[str, dict[int, int]] = {}
+
+    def learn(self, model: str, tokens: int) -> None:
+        minute = int(time.monotonic() // 60)
+        sizes = self._sizes.get(model)
+        if sizes is None:
+            if len(self._sizes) >= LEARNED_MODELS:
+                self._sizes.clear()
+            sizes = self._sizes[model] = {}
+        if tokens > sizes.get(minute, -1):
+            sizes[minute] = tokens
+            if len(sizes) > LEARNED_MINUTES:
+                for old in [m for m in sizes if m <= minute - LEARNED_MINUTES]:
+                    del sizes[old]
+
+    def expected(self, model: str) -> int:
+        """What a completion of `model` is expected to use at most."""
+        sizes = self._sizes.get(model)
+        since = int(time.monotonic() // 60) - LEARNED_MINUTES
+        recent = [tokens for minute, tokens in (sizes or {}).items() if minute > since]
+        if not recent:
+            return self._default
+        return max(self._floor, *recent)
+
+
+class Governance:
+    """What a governed call needs, built once (Runtime.governance)."""
+
+    def __init__(
+        self, settings: InferenceSettings, redis: Redis, telemetry: httpx.AsyncClient
+    ) -> None:
+        """`telemetry`: a peer client for the telemetry service (common.http.peer_client)."""
+        self.settings = settings
+        self.budgets = Budgets(redis)
+        self.telemetry = telemetry
+        self.spend = SpendCounters(redis, TelemetrySpend(telemetry))
+        self.completions = CompletionSizes(
+            floor=settings.budget_min_completion_tokens,
+            default=settings.budget_default_completion_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What admission reserved for one call; settled when the call ends."""
+
+    call_id: str
+    amount: int  # nano-dollars, in each scope with a budget
+    scopes: tuple[ScopeLimits, ...]
+    started: float  # clock time: the call's spend goes to this moment's periods
+    headers: dict[str, str]  # the tightest token limit, for the answer
+
+    def settlement(self, *, ended: float, cost: Decimal | None, tokens: int) -> Settlement:
+        return Settlement(
+            call_id=self.call_id,
+            amount=self.amount,
+            scopes=self.scopes,
+            started=self.started,
+            ended=ended,
+            cost_nano=to_nano(cost) if cost else 0,
+            tokens=tokens,
+        )
+
+
+def policies_of(identity: Identity) -> Policies:
+    """The caller's policies (identity.policies is not None), as the gateway signed them."""
+    try:
+        return Policies.from_wire(identity.policies)
+    except ValueError as exc:
+        raise InvalidIdentity(f"Malformed policies in the internal identity: {exc}") from None
+
+
+def check_models(policies: Policies, requested: str, targets: Sequence[Target]) -> None:
+    """ModelNotAllowed unless every scope allows `requested` (or all its targets)."""
+    scope = policies.denying(requested, [t.name for t in targets])
+    if scope is not None:
+        raise ModelNotAllowed(
+            f"{WHOSE[scope]} policy does not allow the model {requested!r}.",
+            model=requested,
+            scope=scope,
+        )
+
+
+def _scope_id(identity: Identity, scope: ScopeKind) -> str | None:
+    if scope == "key":
+        return identity.kid
+    if scope == "user":
+        return identity.user_id
+    return identity.team
+
+
+def governed_scopes(identity: Identity, policies: Policies) -> list[tuple[ScopeLimits, Policy]]:
+    """The scopes whose policy has a budget or a token limit, with their ids."""
+    scopes = []
+    for scope, policy in policies:
+        if not policy.governs_spend:
+            continue
+        scope_id = _scope_id(identity, scope)
+        if scope_id is None:
+            raise InvalidIdentity(f"The internal identity has a {scope} policy but no {scope}.")
+        budget = policy.max_budget_usd
+        limits = ScopeLimits(
+            scope=scope,
+            scope_id=scope_id,
+            period=policy.period,
+            budget_nano=None if budget is None else to_nano(budget),
+            budget_usd=None if budget is None else str(budget),
+            tpm_limit=policy.tpm_limit,
+        )
+        scopes.append((limits, policy))
+    return scopes
+
+
+def estimate(
+    governance: Governance, targets: Sequence[Target], prompt_tokens: int, completion: int | None
+) -> int:
+    """The call's cost, estimated high, in nano-dollars: the dearest target's. Raises
+    ModelNotPriced when a target has no price."""
+    settings = governance.settings
+    prompt = math.ceil(prompt_tokens * PROMPT_MARGIN)
+    dearest = 0
+    for target in targets:
+        price = settings.price_of(target.name)
+        if price is None:
+            raise ModelNotPriced(
+                f"The model {target.name!r} has no price, so a call to it under a budget "
+                "cannot be costed: give it a price with INFERENCE_PRICES.",
+                model=target.name,
+            )
+        output = completion if completion is not None else (
+            governance.completions.expected(target.name)
+        )  # fmt: skip
+        cost = (Decimal(str(price.input)) * prompt + Decimal(str(price.output)) * output) / MILLION
+        dearest = max(dearest, to_nano(cost))
+    return min(dearest, MAX_HOLD_NANO)
+
+
+def completion_limit(request: dict[str, Any]) -> int | None:
+    """The completion tokens a chat request allows (`max_completion_tokens`, else
+    `max_tokens`), or None."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = request.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+async def admit(
+    runtime: Runtime,
+    identity: Identity,
+    targets: Sequence[Target],
+    *,
+    requested: str,
+    stream: bool,
+    prompt_tokens: Callable[[], int],
+    completion: int | None,
+) -> Hold | None:
+    """Check the caller's policies for one call: the model first, then (one Redis round
+    trip, when a scope has a budget or a token limit) admission. The Hold to settle when
+    the call ends, or None when nothing is held or counted."""
+    policies = policies_of(identity)
+    check_models(policies, requested, targets)
+    governed = governed_scopes(identity, policies)
+    if not governed:
+        return None
+    governance = runtime.governance
+    budgeted = any(limits.budget_nano is not None for limits, _ in governed)
+    amount = estimate(governance, targets, prompt_tokens(), completion) if budgeted else 0
+    now = runtime.clock()
+    life = runtime.settings.stream_max_seconds if stream else (
+        runtime.settings.request_deadline_seconds
+    )  # fmt: skip
+    call_id = str(uuid.uuid4())
+    scopes = tuple(limits for limits, _ in governed)
+    verdict = await _ask(
+        governance, scopes, member=hold_member(call_id, amount), amount=amount, now=now,
+        lapses_at=now + life + HOLD_GRACE_SECONDS,
+    )  # fmt: skip
+    if verdict.outcome == "budget":
+        limits, policy = governed[verdict.index]
+        raise _budget_exceeded(limits, policy, verdict, now)
+    if verdict.outcome == "tokens":
+        limits, _ = governed[verdict.index]
+        raise _tokens_exceeded(limits, verdict.windows[0], now)
+    return Hold(call_id, amount, scopes, now, _token_headers(scopes, verdict.windows, now))
+
+
+async def _ask(
+    governance: Governance,
+    scopes: tuple[ScopeLimits, ...],
+    *,
+    member: str,
+    amount: int,
+    now: float,
+    lapses_at: float,
+) -> Verdict:
+    """The admission script's verdict; where a spend counter is missing, it is seeded from
+    telemetry and the script asked once more. Fails closed (503) when neither Redis nor
+    telemetry can say."""
+    try:
+        for _ in range(2):
+            verdict = await governance.budgets.admit(
+                scopes, member=member, amount=amount, now=now, lapses_at=lapses_at
+            )
+            if verdict.outcome != "unknown":
+                return verdict
+            missing = [scopes[i] for i in verdict.missing]
+            await governance.spend.spent(
+                [Scope(s.scope, s.scope_id, s.period) for s in missing], utc(now)
+            )
+    except SpendUnavailable as exc:
+        log.warning("spend unknown; budgeted call refused", error=str(exc))
+        raise BudgetUnavailable(
+            "What this call's budget has spent cannot be told now (the telemetry service "
+            "does not answer); retry shortly.",
+            headers={"Retry-After": "5"},
+        ) from None
+    except RedisError as exc:
+        log.warning("budget counters unavailable; governed call refused",
+                    error=type(exc).__name__)  # fmt: skip
+        raise BudgetUnavailable(
+            "The budget counters cannot be read now; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+    raise BudgetUnavailable(
+        "The budget counters were not there after seeding; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def usd(amount: Decimal) -> str:
+    """An amount as people write it: at least two decimals, no trailing zeros past them."""
+    text = format(amount.normalize(), "f")
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
+def _budget_exceeded(
+    limits: ScopeLimits, policy: Policy, verdict: Verdict, now: float
+) -> BudgetExceeded:
+    assert policy.max_budget_usd is not None
+    budget, spent = policy.max_budget_usd, from_nano(verdict.spent)
+    resets: datetime | None = period_end(limits.period, utc(now))
+    what = f"{WHOSE[limits.scope]} budget of {usd(budget)} USD {PER_PERIOD[limits.period]}"
+    members: dict[str, Any] = {
+        "scope": limits.scope,
+        "budget_usd": usd(budget),
+        "spend_usd": usd(spent),
+        "budget_resets_at": resets.isoformat() if resets else None,
+    }
+    if spent < budget:
+        return BudgetExceeded(
+            f"{what} is held by calls in flight ({usd(spent)} USD spent so far); retry in a "
+            "moment.",
+            headers={"Retry-After": "1"},
+            **members,
+        )
+    if resets is None:
+        return BudgetExceeded(f"{what} is spent ({usd(spent)} USD).", **members)
+    wait = max(1, math.ceil((resets - utc(now)).total_seconds()))
+    return BudgetExceeded(
+        f"{what} is spent ({usd(spent)} USD); it starts again at {resets.isoformat()}.",
+        headers={"Retry-After": str(wait)},
+        **members,
+    )
+
+
+def _used(window: Window, now: float) -> float:
+    """The sliding estimate of a scope's tokens in the last minute."""
+    elapsed = (now % TOKEN_WINDOW_SECONDS) / TOKEN_WINDOW_SECONDS
+    return window.previous * (1 - elapsed) + window.current
+
+
+def tokens_retry_after(window: Window, limit: int, now: float) -> int:
+    """Seconds until the sliding estimate of `window` falls below `limit`."""
+    into = now % TOKEN_WINDOW_SECONDS
+    if window.current < limit:
+        # Within this window: previous * (1 - t / W) + current < limit.
+        fraction = 1 - (limit - window.current) / window.previous if window.previous else 0.0
+        wait = fraction * TOKEN_WINDOW_SECONDS - into
+    else:
+        # Once this window is the previous one: current * (1 - t / W) < limit.
+        fraction = 1 - limit / window.current
+        wait = TOKEN_WINDOW_SECONDS - into + fraction * TOKEN_WINDOW_SECONDS
+    return max(1, math.floor(wait) + 1)
+
+
+def _tokens_exceeded(limits: ScopeLimits, window: Window, now: float) -> TokensPerMinute:
+    assert limits.tpm_limit is not None
+    wait = tokens_retry_after(window, limits.tpm_limit, now)
+    return TokensPerMinute(
+        f"{WHOSE[limits.scope]} limit of {limits.tpm_limit} tokens a minute is reached; "
+        f"retry in {wait} s.",
+        headers={"Retry-After": str(wait)},
+        scope=limits.scope,
+        tpm_limit=limits.tpm_limit,
+    )
+
+
+def _token_headers(
+    scopes: Sequence[ScopeLimits], windows: Sequence[Window], now: float
+) -> dict[str, str]:
+    """OpenAI's x-ratelimit-*-tokens headers for the tightest token limit, if any."""
+    tightest: tuple[int, int] | None = None
+    for window in windows:
+        limit = scopes[window.index].tpm_limit
+        assert limit is not None
+        remaining = max(0, math.floor(limit - _used(window, now)))
+        if tightest is None or remaining < tightest[1]:
+            tightest = (limit, remaining)
+    if tightest is None:
+        return {}
+    return {
+        "x-ratelimit-limit-tokens": str(tightest[0]),
+        "x-ratelimit-remaining-tokens": str(tightest[1]),
+    }
