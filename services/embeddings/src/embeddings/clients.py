@@ -12,10 +12,17 @@ from typing import Any
 
 import httpx
 
-from common.errors import MissingPermission, TooManyRequests
+from common.errors import MissingPermission, Problem, TooManyRequests
 from common.http import peer_client
 from common.identity import Identity
-from embeddings.errors import DimensionMismatch, InferenceUnavailable, ModelUnusable
+from embeddings.errors import (
+    BudgetExceeded,
+    DimensionMismatch,
+    InferenceUnavailable,
+    ModelNotAllowed,
+    ModelNotPriced,
+    ModelUnusable,
+)
 from embeddings.settings import EmbeddingsSettings
 from embeddings.vectors import unpack_base64_le
 
@@ -95,22 +102,60 @@ class Inference:
         return vectors
 
 
+# The problems of inference passed on intact (status, type, detail, Retry-After and their
+# members): by (status, type), the class that renders the same type here.
+RELAYED: dict[tuple[int, str], type[Problem]] = {
+    (cls.status, cls().type): cls
+    for cls in (ModelNotAllowed, ModelNotPriced, BudgetExceeded, TooManyRequests)
+}
+# What a relayed problem's body may carry besides its own members (each renderer adds
+# `instance`, `trace_id` and `request_id` of its own): a few scalars, each bounded.
+_STANDARD = frozenset({"type", "title", "status", "detail", "instance", "trace_id", "request_id"})
+MAX_MEMBERS = 16
+MAX_TEXT = 500
+
+
 def _problem(response: httpx.Response, model: str) -> Exception:
-    detail = ""
+    body: dict[str, Any] = {}
     try:
-        body = response.json()
-        detail = str(body.get("detail") or body.get("title") or "")[:500]
+        parsed = response.json()
+        body = parsed if isinstance(parsed, dict) else {}
     except ValueError:
         pass
+    detail = str(body.get("detail") or body.get("title") or "")[:MAX_TEXT]
     status = response.status_code
+    retry = response.headers.get("retry-after")
+    headers = {"Retry-After": retry[:32]} if retry else None
+    relayed = RELAYED.get((status, str(body.get("type"))))
+    if relayed is not None:
+        return relayed(detail or None, headers=headers, **_members(body))
     if status == 403:
         return MissingPermission(f"Embedding with {model!r} needs the inference:invoke permission.")
     if status == 429:
-        retry = response.headers.get("retry-after")
-        return TooManyRequests(
-            f"Inference is rate limited: {detail}",
-            headers={"Retry-After": retry} if retry else None,
-        )
+        return TooManyRequests(f"Inference is rate limited: {detail}", headers=headers)
     if 400 <= status < 500:
         return ModelUnusable(f"Inference could not embed with {model!r}: {detail or status}")
     return InferenceUnavailable(f"Inference failed ({status}): {detail}")
+
+
+def _members(body: dict[str, Any]) -> dict[str, Any]:
+    """The problem's own members (`model`, `scope`, `budget_usd`, `budget_resets_at`, ...):
+    scalars only, at most MAX_MEMBERS, texts cut at MAX_TEXT."""
+    members: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in _STANDARD or not isinstance(name, str) or len(name) > 64:
+            continue
+        if isinstance(value, str):
+            value = value[:MAX_TEXT]
+        elif not _finite_scalar(value):
+            continue
+        members[name] = value
+        if len(members) == MAX_MEMBERS:
+            break
+    return members
+
+
+def _finite_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, bool | int)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.errors import BadGateway, Conflict, NotFound, Problem
+from common.errors import BadGateway, Conflict, Forbidden, NotFound, Problem, TooManyRequests
 
 
 class CollectionNotFound(NotFound):
@@ -45,3 +45,25 @@ class ModelUnusable(Invalid):
 
 class InferenceUnavailable(BadGateway):
     slug = "inference-unavailable"
+
+
+# Inference's governance refusals (issue 18), passed on as inference gave them: the user of
+# a collection learns which model, scope or budget refused the call, and when to try again.
+
+
+class ModelNotAllowed(Forbidden):
+    """The policy of the caller's key, user or team does not allow the model."""
+
+    slug = "model-not-allowed"
+
+
+class ModelNotPriced(Forbidden):
+    """The model has no price, and a budget applies: the call cannot be costed."""
+
+    slug = "model-not-priced"
+
+
+class BudgetExceeded(TooManyRequests):
+    """The budget of the caller's key, user or team is spent (or held by calls in flight)."""
+
+    slug = "budget-exceeded"
