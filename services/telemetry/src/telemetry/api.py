@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,7 +9,7 @@ from fastapi import APIRouter, Query
 from common.db import DbSession
 from common.json_bodies import JsonRoute
 from telemetry import service
-from telemetry.deps import Reader, Reporter, RuntimeDep, SpendReader
+from telemetry.deps import Reader, Reporter, RuntimeDep, SpendReader, Wanted, WantedCalls
 from telemetry.schemas import (
     CallPage,
     EventBatch,
@@ -26,51 +24,19 @@ router = APIRouter(tags=["telemetry"], route_class=JsonRoute)
 # Platform services only (never through the gateway: it routes no /internal path).
 internal = APIRouter(prefix="/internal", include_in_schema=False, route_class=JsonRoute)
 
-From = Annotated[
-    datetime | None,
-    Query(alias="from", description="Start (inclusive); default: 30 days before `to`."),
-]
-To = Annotated[datetime | None, Query(description="End (exclusive); default: now.")]
-Model = Annotated[str | None, Query(max_length=300, description="Only this provider/model.")]
-User = Annotated[
-    uuid.UUID | None,
-    Query(description="Only this user's calls (telemetry:read_all, or a team's owner)."),
-]
-Team = Annotated[
-    uuid.UUID | None,
-    Query(
-        description="Only this team's calls: all of them for its owners (and "
-        "telemetry:read_all), your own in it for anyone else."
-    ),
-]
-
 
 @router.get("/v1/usage")
 async def usage(
     identity: Reader,
     db: DbSession,
     runtime: RuntimeDep,
+    wanted: Wanted,
     group_by: GroupBy = "model",
-    from_: From = None,
-    to: To = None,
-    model: Model = None,
-    user: User = None,
-    team: Team = None,
 ) -> Usage:
     """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
     user, API key, team or UTC day. Your own calls; a team's with `team=` if you own it;
     everyone's with telemetry:read_all."""
-    return await service.usage(
-        runtime,
-        db,
-        identity,
-        group_by=group_by,
-        start=from_,
-        end=to,
-        model=model,
-        user=user,
-        team=team,
-    )
+    return await service.usage(runtime, db, identity, wanted=wanted, group_by=group_by)
 
 
 @router.get("/v1/calls")
@@ -78,30 +44,13 @@ async def calls(
     identity: Reader,
     db: DbSession,
     runtime: RuntimeDep,
+    wanted: WantedCalls,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    model: Model = None,
-    status: Annotated[str | None, Query(max_length=32)] = None,
-    from_: From = None,
-    to: To = None,
-    user: User = None,
-    team: Team = None,
 ) -> CallPage:
     """Calls, newest first, each with its trace id, API key and team; pass `next_cursor`
     back for more."""
-    return await service.calls(
-        runtime,
-        db,
-        identity,
-        cursor=cursor,
-        limit=limit,
-        model=model,
-        status=status,
-        start=from_,
-        end=to,
-        user=user,
-        team=team,
-    )
+    return await service.calls(runtime, db, identity, wanted=wanted, cursor=cursor, limit=limit)
 
 
 @router.post("/v1/events")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -13,6 +14,20 @@ from common.llm_events import CallEvent
 from common.policy import ScopeKind
 
 GroupBy = Literal["model", "provider", "user", "day", "key", "team"]
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """The calls a query asks for: a time range [start, end) (by default the 30 days up to
+    now; a time without an offset is UTC) and filters. Which of them the caller may see is
+    telemetry.service.scope_for's to say."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    model: str | None = None
+    user: uuid.UUID | None = None
+    team: uuid.UUID | None = None
+    status: str | None = None
 
 
 class EventBatch(BaseModel):

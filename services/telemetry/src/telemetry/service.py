@@ -27,6 +27,7 @@ from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
 from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
 from telemetry.runtime import Runtime
 from telemetry.schemas import (
+    CallFilter,
     CallPage,
     CallRead,
     EventBatch,
@@ -172,38 +173,35 @@ def caller_id(identity: Identity) -> uuid.UUID:
         raise NotAUser("Telemetry is read and reported for a user.") from None
 
 
-async def scope_for(
-    runtime: Runtime,
-    identity: Identity,
-    *,
-    user: uuid.UUID | None,
-    team: uuid.UUID | None,
-    start: datetime | None,
-    end: datetime | None,
-    model: str | None = None,
-    status: str | None = None,
-) -> Scope:
+async def scope_for(runtime: Runtime, identity: Identity, wanted: CallFilter) -> Scope:
     """Who sees which calls: `telemetry:read_all` everyone's (or one user's, one team's);
     the owner of a team who asks for it (`team=`) all of that team's calls (auth says who
     owns it, asked each time: a lost ownership is lost at once); anyone else their own
     calls only (with `team=`, their own calls in that team). When auth cannot say, 503
     (AuthUnavailable): never a wider view, nor a silently narrower one."""
-    end = _aware(end) if end else utcnow()
-    start = _aware(start) if start else end - DEFAULT_RANGE
+    end = _aware(wanted.end) if wanted.end else utcnow()
+    start = _aware(wanted.start) if wanted.start else end - DEFAULT_RANGE
     if start > end:
         raise Invalid("`from` must not be after `to`.")
-    user_id = user
+    user_id, team = wanted.user, wanted.team
     if not identity.has(READ_ALL):
         me = caller_id(identity)
         owner = team is not None and await runtime.auth.team_role(team, me) == "owner"
         if not owner:
-            if user is not None and user != me:
+            if user_id is not None and user_id != me:
                 raise OthersUsage(
                     f"Reading another user's calls needs the {READ_ALL} permission, or "
                     "owning the team named with `team=`."
                 )
             user_id = me
-    return Scope(start=start, end=end, user_id=user_id, team_id=team, model=model, status=status)
+    return Scope(
+        start=start,
+        end=end,
+        user_id=user_id,
+        team_id=team,
+        model=wanted.model,
+        status=wanted.status,
+    )
 
 
 def _aware(moment: datetime) -> datetime:
@@ -215,21 +213,10 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def usage(
-    runtime: Runtime,
-    db: Db,
-    identity: Identity,
-    *,
-    group_by: GroupBy,
-    start: datetime | None,
-    end: datetime | None,
-    model: str | None,
-    user: uuid.UUID | None,
-    team: uuid.UUID | None,
+    runtime: Runtime, db: Db, identity: Identity, *, wanted: CallFilter, group_by: GroupBy
 ) -> Usage:
     """Usage per group of the calls the caller may see (scope_for)."""
-    scope = await scope_for(
-        runtime, identity, user=user, team=team, start=start, end=end, model=model
-    )
+    scope = await scope_for(runtime, identity, wanted)
     return await usage_in(runtime, db, scope=scope, group_by=group_by)
 
 
@@ -428,28 +415,14 @@ async def calls(
     db: Db,
     identity: Identity,
     *,
+    wanted: CallFilter,
     cursor: str | None,
     limit: int,
-    model: str | None,
-    status: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    user: uuid.UUID | None,
-    team: uuid.UUID | None,
 ) -> CallPage:
     """A page of the calls the caller may see (scope_for), newest first; the cursor is the
     last row's (time, id), so rows inserted meanwhile never shift a page (newer ones are
     above the first page)."""
-    scope = await scope_for(
-        runtime,
-        identity,
-        user=user,
-        team=team,
-        start=start,
-        end=end,
-        model=model,
-        status=status,
-    )
+    scope = await scope_for(runtime, identity, wanted)
     before = decode_cursor(cursor, datetime, uuid.UUID) if cursor else None
     rows = await repository.calls_page(db, scope=scope, before=before, limit=limit + 1)
     page = [CallRead.model_validate(row, from_attributes=True) for row in rows[:limit]]
