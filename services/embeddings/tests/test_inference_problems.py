@@ -80,6 +80,12 @@ GOVERNANCE = {
          "detail": "The user's limit of 5000 tokens a minute is reached."},
         {"Retry-After": "17"},
     ),
+    "budget-unavailable": (
+        503,
+        {"title": "Service Unavailable",
+         "detail": "What the key has spent cannot be told now; budgets fail closed."},
+        {"Retry-After": "1"},
+    ),
 }  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from common.http import peer_client
 from common.identity import Identity
 from embeddings.errors import (
     BudgetExceeded,
+    BudgetUnavailable,
     DimensionMismatch,
     InferenceUnavailable,
     ModelNotAllowed,
@@ -106,7 +107,7 @@ class Inference:
 # members): by (status, type), the class that renders the same type here.
 RELAYED: dict[tuple[int, str], type[Problem]] = {
     (cls.status, cls().type): cls
-    for cls in (ModelNotAllowed, ModelNotPriced, BudgetExceeded, TooManyRequests)
+    for cls in (ModelNotAllowed, ModelNotPriced, BudgetExceeded, TooManyRequests, BudgetUnavailable)
 }
 # What a relayed problem's body may carry besides its own members (each renderer adds
 # `instance`, `trace_id` and `request_id` of its own): a few scalars, each bounded.

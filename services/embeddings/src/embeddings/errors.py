@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from common.errors import BadGateway, Conflict, Forbidden, NotFound, Problem, TooManyRequests
+from common.errors import (
+    BadGateway,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 
 
 class CollectionNotFound(NotFound):
@@ -67,3 +75,9 @@ class BudgetExceeded(TooManyRequests):
     """The budget of the caller's key, user or team is spent (or held by calls in flight)."""
 
     slug = "budget-exceeded"
+
+
+class BudgetUnavailable(ServiceUnavailable):
+    """What the caller's budgeted scopes spent cannot be told now: budgets fail closed."""
+
+    slug = "budget-unavailable"
