@@ -59,6 +59,7 @@ from common.identity import Identity, SignedIdentity  # noqa: E402
 from common.llm_events import STREAM, LlmCallEvent  # noqa: E402
 from common.migrations import upgrade  # noqa: E402
 from devkit import devstack  # noqa: E402
+from telemetry.clients import Auth  # noqa: E402
 from telemetry.runtime import Runtime  # noqa: E402
 from telemetry.service import refresh_usage_cache  # noqa: E402
 from telemetry.settings import TelemetrySettings  # noqa: E402
@@ -315,7 +316,11 @@ async def prewarm(database_url: str, redis_url: str) -> float:
     engine = create_engine(database_url, application_name="bench-prewarm")
     redis = Redis.from_url(redis_url)
     runtime = Runtime(
-        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), redis=redis
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        redis=redis,
+        auth=Auth(settings),  # never asked here
     )
     try:
         begin = time.perf_counter()

@@ -38,10 +38,10 @@ RENDER_NAMES = list(RENDERS)
 SECRET_LIKE = re.compile(r"(KEY|KEYS|PASSWORD|TOKEN|SECRET|DATABASE_URL|REDIS_URL)$")
 # Who may open a connection to each app, besides Prometheus (see networkpolicies.yaml).
 CALLERS = {
-    "auth": {"gateway"},
+    "auth": {"gateway", "telemetry"},
     "inference": {"gateway", "embeddings"},
     "embeddings": {"gateway"},
-    "telemetry": {"gateway", "inference"},
+    "telemetry": {"gateway", "inference", "auth"},
 }
 
 

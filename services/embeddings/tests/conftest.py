@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from common.identity import Identity
+from common.identity import HEADER, Identity, request_target, verify
 from devkit.testing import (
     LiveServer,
     RunDatabase,
@@ -49,9 +49,12 @@ def person(number: int, role: str = "member") -> Identity:
 
 @dataclass
 class EmbeddingCalls:
-    """What reached the real inference app's /v1/embeddings: one entry per call."""
+    """What reached the real inference app's /v1/embeddings: one entry per call, and who
+    each was signed for (the identity inference verified)."""
 
+    key: bytes
     calls: list[dict[str, Any]] = field(default_factory=list)
+    identities: list[Identity] = field(default_factory=list)
 
     def texts(self, model: str | None = None) -> list[str]:
         return [t for c in self.calls if model in (None, c["model"]) for t in c["input"]]
@@ -76,6 +79,17 @@ class CountingApp:
 
         await self.app(scope, recording, send)
         self.record.calls.append(json.loads(b"".join(chunks)))
+        headers = dict(scope["headers"])
+        self.record.identities.append(
+            verify(
+                headers[HEADER.lower().encode()].decode(),
+                self.record.key,
+                method=scope["method"],
+                path=request_target(scope),
+                audience="inference",
+                max_age=60,
+            )
+        )
 
 
 @dataclass
@@ -102,7 +116,7 @@ async def inference_server(inference_harness: ServiceHarness) -> AsyncIterator[I
     """The inference service, served for the whole run (the model loads once)."""
     harness = inference_harness
     app = create_inference_app(harness.settings.model_copy(update={"cache_seconds": 0.0}))
-    record = EmbeddingCalls()
+    record = EmbeddingCalls(harness.key())
     async with running(app), LiveServer(CountingApp(app, record), lifespan=False) as server:
         yield InferenceServer(server.url, app, harness.key(), record)
 

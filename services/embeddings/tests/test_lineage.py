@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.identity import Identity
 from devkit.testing import asgi_client
 
 from .conftest import MODEL, Embeddings, MakeEmbeddings, person
@@ -17,18 +20,20 @@ ALICE = person(501)
 ALIAS = "lineage-mini"
 
 
-async def _alias(service: Embeddings) -> None:
+async def _alias(service: Embeddings, alias: str = ALIAS) -> None:
     """An admin's alias on the real inference service: another model name, same vectors."""
     admin = person(502, "admin")
     async with asgi_client(service.inference.app, identity=admin, key=service.inference.key) as c:
         response = await c.post("/v1/providers/aliases",
-                                json={"alias": ALIAS, "targets": [{"model": MODEL}]})  # fmt: skip
+                                json={"alias": alias, "targets": [{"model": MODEL}]})  # fmt: skip
         assert response.status_code == 201, response.text
 
 
-async def _settled(service: Embeddings, collection_id: str) -> dict[str, Any]:
+async def _settled(
+    service: Embeddings, collection_id: str, owner: Identity = ALICE
+) -> dict[str, Any]:
     for _ in range(300):
-        got = (await service.call(ALICE, "GET", f"/v1/collections/{collection_id}")).json()
+        got = (await service.call(owner, "GET", f"/v1/collections/{collection_id}")).json()
         if got["reembedding"] is None or got["reembedding"]["status"] == "failed":
             return got  # type: ignore[no-any-return]
         await asyncio.sleep(0.1)
@@ -63,6 +68,49 @@ async def test_a_model_change_reembeds_everything_and_switches(service: Embeddin
     found = await service.query(ALICE, collection["id"], text="a late arrival", top_k=1)
     assert found.json()[0]["id"] == "late"
     assert (await service.call(ALICE, "GET", f"{path}/documents/d5")).json()["metadata"] == {"i": 5}
+
+
+async def test_reembedding_is_governed_as_the_request_that_asked_for_it(
+    service: Embeddings,
+) -> None:
+    """The background re-embedding calls inference as the caller who changed the model:
+    with their API key, its team and the policies they carried (common.policy), so the
+    key's, user's and team's budgets, model lists and limits apply to it as they did to the
+    request (inference enforces them from the signed identity)."""
+    alias = "lineage-governed"
+    await _alias(service, alias)
+    owner = person(503)
+    by_key = replace(
+        owner,
+        kind="api_key",
+        kid=f"key-{uuid.uuid4()}",
+        team=str(uuid.uuid4()),
+        policies={"key": {"allowed_models": ["local/*"], "rpm_limit": 1000},
+                  "team": {"tpm_limit": 1_000_000}},
+    )  # fmt: skip
+    collection = await service.collection(by_key, "governed")
+    await service.upsert(by_key, collection["id"], [
+        {"id": f"d{i}", "text": f"governed document {i}"} for i in range(12)
+    ])  # fmt: skip
+    changed = await service.call(
+        by_key, "PATCH", f"/v1/collections/{collection['id']}", json={"model": alias}
+    )
+    assert changed.status_code == 200, changed.text
+    settled = await _settled(service, collection["id"], owner)
+    assert (settled["reembedding"], settled["model"]) == (None, alias)
+
+    record = service.inference.record
+    background = [i for c, i in zip(record.calls, record.identities, strict=True)
+                  if c["model"] == alias and "governed document 3" in c["input"]]  # fmt: skip
+    assert background, "the re-embedding never reached inference"
+    for identity in background:
+        assert (identity.sub, identity.kind, identity.iss) == (owner.sub, "api_key", "embeddings")
+        assert (identity.kid, identity.team, identity.policies) == (
+            by_key.kid,
+            by_key.team,
+            by_key.policies,
+        )
+        assert identity.permissions == owner.permissions
 
 
 async def test_vectors_without_text_block_a_model_change(service: Embeddings) -> None:

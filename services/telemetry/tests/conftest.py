@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,12 +18,17 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from common.db import create_engine, create_sessionmaker
-from common.identity import Identity
+from common.identity import HEADER, Identity, InvalidIdentity, request_target, verify
 from common.llm_events import STREAM, LlmCallEvent
-from devkit.testing import RunDatabase, ServiceHarness, asgi_client
+from devkit.testing import LiveServer, RunDatabase, ServiceHarness, asgi_client
 from telemetry import repository, service
+from telemetry.clients import Auth
 from telemetry.consumer import StreamConsumer
 from telemetry.main import create_app
 from telemetry.runtime import Runtime
@@ -103,10 +108,69 @@ def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
     )
 
 
+@dataclass
+class TeamRoles:
+    """Auth's side of the one question telemetry asks it, `GET /internal/teams/{team_id}/
+    members/{user_id}` (service callers only; `{"role": "owner" | "member"}`, or 404 when
+    the user is not in the team), served over HTTP on 127.0.0.1 with the signed identity
+    checked as auth checks it: the contract of issue 18, answered from `roles`. Auth's
+    route is built beside this service (services/auth); this serves its contract until
+    both are merged, when the real auth app can be served here instead (as embeddings'
+    tests serve the real inference)."""
+
+    key: bytes
+    roles: dict[tuple[str, str], str] = field(default_factory=dict)
+    asked_by: list[str] = field(default_factory=list)  # the verified callers, in order
+    answer_status: int | None = None  # answer this instead (auth failing)
+    url: str = ""
+
+    def set(self, team: uuid.UUID, user: Identity, role: str | None) -> None:
+        if role is None:
+            self.roles.pop((str(team), user.sub), None)
+        else:
+            self.roles[(str(team), user.sub)] = role
+
+    def app(self) -> Starlette:
+        async def member(request: Request) -> Response:
+            try:
+                identity = verify(
+                    request.headers.get(HEADER),
+                    self.key,
+                    method=request.method,
+                    path=request_target(request.scope),
+                    audience="auth",
+                    max_age=60,
+                )
+            except InvalidIdentity:
+                return JSONResponse({"title": "Unauthorized"}, status_code=401)
+            self.asked_by.append(identity.sub)
+            if identity.kind != "service":
+                return JSONResponse({"title": "Forbidden"}, status_code=403)
+            if self.answer_status is not None:
+                return JSONResponse({"title": "failing"}, status_code=self.answer_status)
+            params = request.path_params
+            role = self.roles.get((params["team_id"], params["user_id"]))
+            if role is None:
+                return JSONResponse({"title": "Not Found"}, status_code=404)
+            return JSONResponse({"role": role})
+
+        return Starlette(routes=[Route("/internal/teams/{team_id}/members/{user_id}", member)])
+
+
 @pytest.fixture
-async def app(harness: ServiceHarness, redis: Redis, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
+async def team_roles(harness: ServiceHarness) -> AsyncIterator[TeamRoles]:
+    roles = TeamRoles(key=harness.key())
+    async with LiveServer(roles.app()) as server:
+        roles.url = server.url
+        yield roles
+
+
+@pytest.fixture
+async def app(
+    harness: ServiceHarness, redis: Redis, engine: AsyncEngine, team_roles: TeamRoles
+) -> AsyncIterator[FastAPI]:
     """The API, its units of work rolled back; no stream consumer (see `consumers`) and no
-    usage pre-warm (tests run it themselves).
+    usage pre-warm (tests run it themselves); auth's team roles from `team_roles`.
 
     The days that ended before the test are marked closed first, committed, as a running
     platform's first query (or its pre-warm) has done: a day first marked inside the test's
@@ -115,7 +179,9 @@ async def app(harness: ServiceHarness, redis: Redis, engine: AsyncEngine) -> Asy
     today = datetime.now(UTC).date()
     async with engine.begin() as conn:
         await repository.mark_closed_days(conn, [today - timedelta(days=n) for n in range(1, 100)])
-    async with harness.app(consumer_enabled=False, usage_cache_refresh_seconds=0) as started:
+    async with harness.app(
+        consumer_enabled=False, usage_cache_refresh_seconds=0, auth_url=team_roles.url
+    ) as started:
         yield started
 
 
@@ -143,11 +209,13 @@ def make_runtime(
     """The service's runtime on the test database and Redis, as the lifespan builds it
     (`settings` change the harness's)."""
     assert isinstance(harness.settings, TelemetrySettings)
+    changed = harness.settings.model_copy(update=settings)
     return Runtime(
-        settings=harness.settings.model_copy(update=settings),
+        settings=changed,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
         redis=redis,
+        auth=Auth(changed),  # connects only when asked
     )
 
 

@@ -73,3 +73,64 @@ async def truncate_bumps_every_known_day(url: str) -> None:
         assert epoch != 3
     finally:
         await conn.close()
+
+
+def test_the_team_column_and_spend_indexes_reach_every_partition(
+    test_database: RunDatabase,
+) -> None:
+    """A partition made before the migration gets the column and the indexes, as does one
+    the service makes after it; down again, both lose them."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin_url = devstack.with_database(test_database.admin_url, name)
+    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    service_dir = devstack.service_dir("telemetry")
+
+    async def partition(month: str, until: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                f"CREATE TABLE telemetry.llm_call_p{month.replace('-', '')[:6]} PARTITION OF "
+                f"telemetry.llm_call FOR VALUES FROM ('{month}') TO ('{until}')"
+            )
+        finally:
+            await conn.close()
+
+    async def shape() -> dict[str, tuple[bool, list[str]]]:
+        """Per partition: whether it has team_id, and its indexes' columns."""
+        conn = await asyncpg.connect(admin_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT c.relname, EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid "
+                "AND a.attname = 'team_id' AND NOT a.attisdropped) AS team, "
+                "ARRAY(SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "WHERE i.indrelid = c.oid ORDER BY 1) AS indexes "
+                "FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid "
+                "WHERE h.inhparent = 'telemetry.llm_call'::regclass"
+            )
+            return {r["relname"]: (r["team"], list(r["indexes"])) for r in rows}
+        finally:
+            await conn.close()
+
+    try:
+        upgrade(service_dir, url, "telemetry_0003")
+        asyncio.run(partition("2026-01-01", "2026-02-01"))
+        upgrade(service_dir, url)
+        asyncio.run(partition("2026-02-01", "2026-03-01"))
+        found = asyncio.run(shape())
+        assert set(found) == {"llm_call_p202601", "llm_call_p202602"}
+        for team, indexes in found.values():
+            assert team
+            assert any(
+                "(api_key_id, occurred_at) INCLUDE (cost_usd) WHERE (api_key_id IS NOT NULL)" in i
+                for i in indexes
+            ), indexes
+            assert any(
+                "(team_id, occurred_at, id) INCLUDE (cost_usd) WHERE (team_id IS NOT NULL)" in i
+                for i in indexes
+            ), indexes
+        downgrade(service_dir, url, "telemetry_0003")
+        for team, indexes in asyncio.run(shape()).values():
+            assert not team
+            assert not any("api_key_id" in i or "team_id" in i for i in indexes)
+    finally:
+        asyncio.run(_drop_database(test_database.admin_url, name))

@@ -410,6 +410,7 @@ class Platform:
             env[f"GATEWAY_{name.upper()}_URL"] = self.url(name)
         env["EMBEDDINGS_INFERENCE_URL"] = self.url("inference")  # embeddings asks inference
         env["INFERENCE_TELEMETRY_URL"] = self.url("telemetry")  # what a budget has spent
+        env["TELEMETRY_AUTH_URL"] = self.url("auth")  # telemetry asks auth who owns a team
         # Inference's egress policy refuses loopback providers unless allowed: here they are
         # (Ollama, the fakes), but never the platform's own ports (its Redis and database
         # inference refuses by itself).

@@ -79,6 +79,34 @@ def _needs_invoke(identity: Identity, why: str) -> None:
         )
 
 
+def acting_record(identity: Identity) -> dict[str, Any]:
+    """What a background re-embedding keeps of the caller who asked for it (the collection's
+    `reembed_for`): their permissions, and the key, team and policies (common.policy) their
+    model calls are governed by, so that inference governs the re-embedding as it governed
+    the request that asked for it (the same budgets, model lists and limits)."""
+    return {
+        "kind": identity.kind,
+        "roles": list(identity.roles),
+        "permissions": list(identity.permissions),
+        "kid": identity.kid,
+        "team": identity.team,
+        "policies": identity.policies,
+    }
+
+
+def acting_for(collection: Collection) -> Identity:
+    """The caller a re-embedding acts for, as `acting_record` kept them (a record written
+    before it kept key, team and policies acts without them)."""
+    asked = collection.reembed_for or {}
+    kid, team, policies = asked.get("kid"), asked.get("team"), asked.get("policies")
+    return Identity(
+        sub=str(collection.owner_id), kind=asked.get("kind", "user"), iss="embeddings",
+        roles=tuple(asked.get("roles", ())), permissions=tuple(asked.get("permissions", ())),
+        kid=kid if isinstance(kid, str) else None, team=team if isinstance(team, str) else None,
+        policies=policies if isinstance(policies, dict) else None,
+    )  # fmt: skip
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -167,8 +195,7 @@ async def update_collection(
         row.reembed_status, row.reembed_model, row.reembed_dimension = (
             "running", body.model, dimension)  # fmt: skip
         row.reembed_done, row.reembed_total, row.reembed_error = 0, 0, None
-        row.reembed_for = {"kind": identity.kind, "roles": list(identity.roles),
-                           "permissions": list(identity.permissions)}  # fmt: skip
+        row.reembed_for = acting_record(identity)
         row.reembed_started_at, row.reembed_worker, row.reembed_heartbeat_at = _now(), None, None
         await repository.create_document_table(db, repository.next_table(row))
     row.updated_at = _now()

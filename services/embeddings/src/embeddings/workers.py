@@ -24,7 +24,7 @@ from embeddings.errors import Invalid
 from embeddings.models import Collection
 from embeddings.repository import DocumentTable, current_table, next_table
 from embeddings.runtime import Runtime
-from embeddings.service import metadata_json
+from embeddings.service import acting_for, metadata_json
 from embeddings.vectors import pack
 
 log = structlog.get_logger(__name__)
@@ -171,7 +171,7 @@ class Worker:
         assert self.runtime is not None
         runtime = self.runtime
         old, new = current_table(job), next_table(job)
-        identity = _acting_for(job)
+        identity = acting_for(job)
         if not await self._catch_up(job, identity, old, new):
             return
         async with transaction(runtime.sessionmaker) as db:
@@ -291,15 +291,6 @@ class Worker:
                 return
             await repository.drop_document_table(db, next_table(row))
             row.reembed_status, row.reembed_error, row.reembed_worker = "failed", error[:2000], None
-
-
-def _acting_for(job: Collection) -> Identity:
-    """The user who asked for the change, with the permissions they had then."""
-    asked = job.reembed_for or {}
-    return Identity(
-        sub=str(job.owner_id), kind=asked.get("kind", "user"), iss="embeddings",
-        roles=tuple(asked.get("roles", ())), permissions=tuple(asked.get("permissions", ())),
-    )  # fmt: skip
 
 
 def _clear_reembed(row: Collection) -> None:

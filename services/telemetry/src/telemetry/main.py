@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from common.app import create_service_app, database_and_redis
 from telemetry import service
-from telemetry.api import router
+from telemetry.api import internal, router
+from telemetry.clients import Auth
 from telemetry.consumer import StreamConsumer
 from telemetry.runtime import Runtime
 from telemetry.settings import TelemetrySettings
@@ -65,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine=app.state.engine,
             sessionmaker=app.state.sessionmaker,
             redis=app.state.redis,
+            auth=Auth(settings),
         )
         app.state.runtime = runtime
         background = [
@@ -89,12 +91,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await runtime.auth.aclose()
 
 
 def create_app(settings: TelemetrySettings | None = None) -> FastAPI:
+    # One router for both, so the internal routes come before the service's catch-all 404.
+    routes = APIRouter()
+    routes.include_router(router)
+    routes.include_router(internal)
     return create_service_app(
         settings or TelemetrySettings(),
-        public=router,
+        public=routes,
         lifespan=lifespan,
         title="Telemetry",
         description="The record of every LLM call: tokens, latency, cost; usage queries.",

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.types import UserDefinedType
@@ -43,6 +44,23 @@ class LlmCall(TelemetryBase, table=True):
     __table_args__ = (
         # Members' usage and call list: their rows in a time range, newest first.
         Index("ix_llm_call_user_id_occurred_at", "user_id", "occurred_at", "id"),
+        # A key's and a team's spend since a time (POST /internal/spend, read with the cost
+        # from the index alone), a team's usage and call list (migration telemetry_0004).
+        Index(
+            "ix_llm_call_api_key_id_occurred_at",
+            "api_key_id",
+            "occurred_at",
+            postgresql_include=["cost_usd"],
+            postgresql_where=text("api_key_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_llm_call_team_id_occurred_at",
+            "team_id",
+            "occurred_at",
+            "id",
+            postgresql_include=["cost_usd"],
+            postgresql_where=text("team_id IS NOT NULL"),
+        ),
         {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
@@ -57,6 +75,8 @@ class LlmCall(TelemetryBase, table=True):
     source: str = Field(sa_column=Column(String(8), nullable=False))  # "stream" or "api"
     user_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     api_key_id: str | None = Field(default=None, sa_column=Column(String(64)))
+    # The team of the API key the call was made with (auth's team id; no foreign key).
+    team_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     operation: str = Field(sa_column=Column(String(32), nullable=False))
     provider: str = Field(sa_column=Column(String(32), nullable=False))
     model: str = Field(sa_column=Column(String(300), nullable=False))

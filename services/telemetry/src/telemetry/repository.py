@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -46,11 +47,11 @@ PARTITION_NAME = re.compile(r"^llm_call_p(\d{4})(\d{2})$")
 # The columns a writer fills, with their Postgres types (received_at is the default).
 CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("occurred_at", "timestamptz"), ("id", "uuid"), ("user_id", "uuid"),
-    ("api_key_id", "text"), ("operation", "text"), ("provider", "text"), ("model", "text"),
-    ("alias", "text"), ("status", "text"), ("error_type", "text"), ("prompt_tokens", "int4"),
-    ("completion_tokens", "int4"), ("usage_estimated", "bool"), ("cost_usd", "numeric"),
-    ("latency_ms", "float8"), ("ttft_ms", "float8"), ("stream", "bool"), ("attempts", "int2"),
-    ("fallback", "bool"), ("trace_id", "text"),
+    ("api_key_id", "text"), ("team_id", "uuid"), ("operation", "text"), ("provider", "text"),
+    ("model", "text"), ("alias", "text"), ("status", "text"), ("error_type", "text"),
+    ("prompt_tokens", "int4"), ("completion_tokens", "int4"), ("usage_estimated", "bool"),
+    ("cost_usd", "numeric"), ("latency_ms", "float8"), ("ttft_ms", "float8"),
+    ("stream", "bool"), ("attempts", "int2"), ("fallback", "bool"), ("trace_id", "text"),
 )  # fmt: skip
 # One statement for any number of rows, from one JSON text: the validated events as
 # pydantic writes them (telemetry.service.EVENTS), read by Postgres's json_to_recordset
@@ -168,13 +169,15 @@ async def drop_partition(db: Db, *, month: date) -> None:
 
 @dataclass(frozen=True)
 class Scope:
-    """Which calls a query sees: a time range [start, end), one user's or everyone's."""
+    """Which calls a query sees: a time range [start, end), one user's or everyone's, one
+    team's or any team's (telemetry.service.scope_for decides)."""
 
     start: datetime
     end: datetime
-    user_id: uuid.UUID | None  # None: everyone's (only for telemetry:read_all)
+    user_id: uuid.UUID | None  # None: every user's (telemetry:read_all, or a team's owner)
     model: str | None = None
     status: str | None = None
+    team_id: uuid.UUID | None = None  # None: whatever team (or none)
 
     def conditions(self) -> list[Any]:
         return [
@@ -188,6 +191,8 @@ class Scope:
         found = []
         if self.user_id is not None:
             found.append(col(LlmCall.user_id) == self.user_id)
+        if self.team_id is not None:
+            found.append(col(LlmCall.team_id) == self.team_id)
         if self.model is not None:
             found.append(col(LlmCall.model) == self.model)
         if self.status is not None:
@@ -196,9 +201,16 @@ class Scope:
 
     def key(self) -> str:
         """Whose calls and which filters, not when, as canonical text: the `scope` of the
-        cached per-day results (null: no filter, so no model name can collide with it)."""
-        user = str(self.user_id) if self.user_id is not None else None
-        fields = {"user": user, "model": self.model, "status": self.status}
+        cached per-day results (null: no filter, so no model name can collide with it).
+        Every condition of `filters` is in it, so two scopes with one key see the same
+        calls: an owner's and an admin's view of one team share their days, a member's
+        view of the team (their own calls in it) has a key of its own."""
+        fields = {
+            "user": None if self.user_id is None else str(self.user_id),
+            "team": None if self.team_id is None else str(self.team_id),
+            "model": self.model,
+            "status": self.status,
+        }
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
@@ -206,12 +218,14 @@ class Scope:
 CALL_DAY = cast(func.timezone("UTC", col(LlmCall.occurred_at)), Date)
 
 
-def _group_key(group_by: str) -> Any:
-    if group_by == "day":
-        return CALL_DAY
-    if group_by == "user":
-        return col(LlmCall.user_id)
-    return col(LlmCall.model) if group_by == "model" else col(LlmCall.provider)
+GROUP_KEYS: dict[str, Any] = {
+    "day": CALL_DAY,
+    "user": col(LlmCall.user_id),
+    "model": col(LlmCall.model),
+    "provider": col(LlmCall.provider),
+    "key": col(LlmCall.api_key_id),
+    "team": col(LlmCall.team_id),
+}
 
 
 def _aggregates() -> list[Any]:
@@ -241,7 +255,7 @@ async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
     """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50, from
     the calls themselves."""
     await _sort_in_memory(db)
-    key = _group_key(group_by).label("key")
+    key = GROUP_KEYS[group_by].label("key")
     query = select(key, *_aggregates()).where(*scope.conditions()).group_by(key)
     if group_by == "day":
         query = query.order_by(key)
@@ -402,10 +416,11 @@ def _calls_per_day(scope: Scope, ranges: Sequence[tuple[datetime, datetime]]) ->
     the range by day before the per-day percentile sorts, and Postgres may hand whole
     branches to parallel workers (Parallel Append). Calls are stored in about the order
     they happen, so each day's rows are close together. Nothing for a day without calls
-    (HAVING), as the GROUP BY of the far stretches gives. One user's calls are few: one
-    GROUP BY per range, through (user_id, occurred_at), costs less than 31 branches."""
+    (HAVING), as the GROUP BY of the far stretches gives. One user's or one team's calls
+    are few: one GROUP BY per range, through (user_id, occurred_at) or (team_id,
+    occurred_at), costs less than 31 branches that would each read all of a day's calls."""
     now = datetime.now(UTC)
-    if scope.user_id is None:
+    if scope.user_id is None and scope.team_id is None:
         near, far = split_ranges(ranges, now - PER_DAY_BEFORE, now + PER_DAY_AFTER)
     else:
         near, far = [], list(ranges)
@@ -517,3 +532,55 @@ async def calls_page(
         .limit(limit)
     )
     return (await db.execute(query)).scalars().all()
+
+
+# ---------------------------------------------------------------- spend
+#
+# Each query sums the cost of one scope's calls since a time, through that scope's index
+# with the cost in it (an index-only scan): (api_key_id, occurred_at) and (team_id,
+# occurred_at, id) INCLUDE (cost_usd), (user_id, occurred_at, id) for a user. All of them in
+# one statement: a CASE runs only the branch of each query's scope, and its time bound
+# prunes the partitions before it (at run time). Exact: `sum` of numeric.
+_SPEND_OF = {
+    "key": "c.api_key_id = q.key_id",
+    "user": "c.user_id = q.scope_id",
+    "team": "c.team_id = q.scope_id",
+}
+_SPEND = text(
+    "SELECT CASE q.scope "
+    + " ".join(
+        f"WHEN '{scope}' THEN (SELECT coalesce(sum(c.cost_usd), 0) "  # noqa: S608 (constants)
+        f"FROM {SCHEMA}.{PARENT} c "
+        f"WHERE {condition} AND c.occurred_at >= coalesce(q.since, '-infinity'))"
+        for scope, condition in _SPEND_OF.items()
+    )
+    + " END AS spend "
+    "FROM unnest(CAST(:scopes AS text[]), CAST(:key_ids AS text[]), "
+    "CAST(:scope_ids AS uuid[]), CAST(:since AS timestamptz[])) "
+    "WITH ORDINALITY AS q(scope, key_id, scope_id, since, ord) ORDER BY q.ord"
+)
+
+
+@dataclass(frozen=True)
+class SpendOf:
+    """One question: the cost of a key's (`key_id`), a user's or a team's (`scope_id`)
+    calls that occurred at or after `since` (None: ever)."""
+
+    scope: str
+    key_id: str | None
+    scope_id: uuid.UUID | None
+    since: datetime | None
+
+
+async def spend(db: Db, queries: Sequence[SpendOf]) -> list[Decimal]:
+    """The exact cost of each query's calls, in order."""
+    result = await db.execute(
+        _SPEND,
+        {
+            "scopes": [q.scope for q in queries],
+            "key_ids": [q.key_id for q in queries],
+            "scope_ids": [q.scope_id for q in queries],
+            "since": [q.since for q in queries],
+        },
+    )
+    return [Decimal(row.spend) for row in result]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from telemetry.clients import Auth
 from telemetry.settings import TelemetrySettings
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ class Runtime:
     # the pre-warm, the consumers' batches with dead letters.
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis
+    # Asked who owns a team (a team's usage and calls).
+    auth: Auth
     # The monthly partitions of llm_call known to exist (asked again after an insert found
     # none: service.forget_partitions).
     partition_months: set[date] = field(default_factory=set)

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.llm_events import CallEvent
+from common.policy import ScopeKind
 
-GroupBy = Literal["model", "provider", "user", "day"]
+GroupBy = Literal["model", "provider", "user", "day", "key", "team"]
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """The calls a query asks for: a time range [start, end) (by default the 30 days up to
+    now; a time without an offset is UTC) and filters. Which of them the caller may see is
+    telemetry.service.scope_for's to say."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    model: str | None = None
+    user: uuid.UUID | None = None
+    team: uuid.UUID | None = None
+    status: str | None = None
 
 
 class EventBatch(BaseModel):
@@ -28,7 +44,8 @@ class IngestResult(BaseModel):
 
 class UsageGroup(BaseModel):
     key: str | date | None = Field(
-        description="The model, provider, user id or UTC day; null for calls without a user."
+        description="The model, provider, user id, API key id, team id or UTC day; null for "
+        "calls without a user, a key (a browser session's) or a team."
     )
     requests: int
     errors: int
@@ -55,6 +72,7 @@ class CallRead(BaseModel):
     source: str
     user_id: uuid.UUID | None
     api_key_id: str | None
+    team_id: uuid.UUID | None
     operation: str
     provider: str
     model: str
@@ -76,3 +94,37 @@ class CallRead(BaseModel):
 class CallPage(BaseModel):
     data: list[CallRead]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
+
+
+class SpendQuery(BaseModel):
+    """What a key (`id`: its id), a user or a team (`id`: a UUID) spent since a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: ScopeKind
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    since: datetime | None = Field(
+        description="ISO 8601 (without an offset: UTC); null: all the calls kept."
+    )
+
+    @model_validator(mode="after")
+    def _uuid_for_users_and_teams(self) -> SpendQuery:
+        if self.scope != "key":
+            try:
+                self.id = str(uuid.UUID(self.id))
+            except ValueError:
+                raise ValueError(f"a {self.scope}'s id is a UUID") from None
+        return self
+
+
+class SpendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: Annotated[list[SpendQuery], Field(min_length=1, max_length=100)]
+
+
+class Spend(BaseModel):
+    spend_usd: list[str] = Field(
+        description="The exact sum of the costs of each query's calls (a decimal string), "
+        "in the order of the queries; calls without a price count as 0."
+    )

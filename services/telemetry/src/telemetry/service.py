@@ -27,11 +27,14 @@ from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
 from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
 from telemetry.runtime import Runtime
 from telemetry.schemas import (
+    CallFilter,
     CallPage,
     CallRead,
     EventBatch,
     GroupBy,
     IngestResult,
+    Spend,
+    SpendRequest,
     Usage,
     UsageGroup,
 )
@@ -170,27 +173,35 @@ def caller_id(identity: Identity) -> uuid.UUID:
         raise NotAUser("Telemetry is read and reported for a user.") from None
 
 
-def scope_for(
-    identity: Identity,
-    *,
-    user: uuid.UUID | None,
-    start: datetime | None,
-    end: datetime | None,
-    model: str | None = None,
-    status: str | None = None,
-) -> Scope:
-    """Members see their own calls; `telemetry:read_all` sees everyone's (or one user's)."""
-    if identity.has(READ_ALL):
-        user_id = user
-    else:
-        user_id = caller_id(identity)
-        if user is not None and user != user_id:
-            raise OthersUsage(f"Reading another user's calls needs the {READ_ALL} permission.")
-    end = _aware(end) if end else utcnow()
-    start = _aware(start) if start else end - DEFAULT_RANGE
+async def scope_for(runtime: Runtime, identity: Identity, wanted: CallFilter) -> Scope:
+    """Who sees which calls: `telemetry:read_all` everyone's (or one user's, one team's);
+    the owner of a team who asks for it (`team=`) all of that team's calls (auth says who
+    owns it, asked each time: a lost ownership is lost at once); anyone else their own
+    calls only (with `team=`, their own calls in that team). When auth cannot say, 503
+    (AuthUnavailable): never a wider view, nor a silently narrower one."""
+    end = _aware(wanted.end) if wanted.end else utcnow()
+    start = _aware(wanted.start) if wanted.start else end - DEFAULT_RANGE
     if start > end:
         raise Invalid("`from` must not be after `to`.")
-    return Scope(start=start, end=end, user_id=user_id, model=model, status=status)
+    user_id, team = wanted.user, wanted.team
+    if not identity.has(READ_ALL):
+        me = caller_id(identity)
+        owner = team is not None and await runtime.auth.team_role(team, me) == "owner"
+        if not owner:
+            if user_id is not None and user_id != me:
+                raise OthersUsage(
+                    f"Reading another user's calls needs the {READ_ALL} permission, or "
+                    "owning the team named with `team=`."
+                )
+            user_id = me
+    return Scope(
+        start=start,
+        end=end,
+        user_id=user_id,
+        team_id=team,
+        model=wanted.model,
+        status=wanted.status,
+    )
 
 
 def _aware(moment: datetime) -> datetime:
@@ -202,18 +213,10 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def usage(
-    runtime: Runtime,
-    db: Db,
-    identity: Identity,
-    *,
-    group_by: GroupBy,
-    start: datetime | None,
-    end: datetime | None,
-    model: str | None,
-    user: uuid.UUID | None,
+    runtime: Runtime, db: Db, identity: Identity, *, wanted: CallFilter, group_by: GroupBy
 ) -> Usage:
     """Usage per group of the calls the caller may see (scope_for)."""
-    scope = scope_for(identity, user=user, start=start, end=end, model=model)
+    scope = await scope_for(runtime, identity, wanted)
     return await usage_in(runtime, db, scope=scope, group_by=group_by)
 
 
@@ -341,7 +344,12 @@ def _keeps_days_without_calls(scope: Scope) -> bool:
     model name that matches nothing would otherwise store a row for every day asked, on
     every request. Such a day is read again instead: for one user, an index range on
     (user_id, occurred_at) that finds nothing."""
-    return scope.user_id is None and scope.model is None and scope.status is None
+    return (
+        scope.user_id is None
+        and scope.team_id is None
+        and scope.model is None
+        and scope.status is None
+    )
 
 
 def _day_values(row: Row[Any]) -> dict[str, Any]:
@@ -403,21 +411,18 @@ async def refresh_usage_cache(runtime: Runtime, *, now: datetime | None = None) 
 
 
 async def calls(
+    runtime: Runtime,
     db: Db,
     identity: Identity,
     *,
+    wanted: CallFilter,
     cursor: str | None,
     limit: int,
-    model: str | None,
-    status: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    user: uuid.UUID | None,
 ) -> CallPage:
     """A page of the calls the caller may see (scope_for), newest first; the cursor is the
     last row's (time, id), so rows inserted meanwhile never shift a page (newer ones are
     above the first page)."""
-    scope = scope_for(identity, user=user, start=start, end=end, model=model, status=status)
+    scope = await scope_for(runtime, identity, wanted)
     before = decode_cursor(cursor, datetime, uuid.UUID) if cursor else None
     rows = await repository.calls_page(db, scope=scope, before=before, limit=limit + 1)
     page = [CallRead.model_validate(row, from_attributes=True) for row in rows[:limit]]
@@ -432,7 +437,9 @@ async def calls(
 
 async def report(runtime: Runtime, db: Db, identity: Identity, batch: EventBatch) -> IngestResult:
     """All or nothing: one event telemetry cannot store refuses the batch (422, with its
-    index). A user's events are theirs: `user_id` is the caller, `api_key_id` the key used."""
+    index). A user's events are theirs: `user_id` is the caller, `api_key_id` the key used
+    and `team_id` that key's team (none for a browser session or a personal key), as for
+    the calls they make through inference: a team's calls are those of its keys."""
     refusal = refusals(runtime.retention, utcnow())
     errors = [
         {"loc": ["body", "events", index, "occurred_at"], "msg": reason, "type": "value_error"}
@@ -444,7 +451,38 @@ async def report(runtime: Runtime, db: Db, identity: Identity, batch: EventBatch
                             errors=errors)  # fmt: skip
     events = batch.events
     if identity.kind != "service":
-        owner = {"user_id": caller_id(identity), "api_key_id": identity.kid}
+        owner = {
+            "user_id": caller_id(identity),
+            "api_key_id": identity.kid,
+            "team_id": _team_of(identity),
+        }
         events = [event.model_copy(update=owner) for event in events]
     inserted = await store(runtime, db, events, source="api")
     return IngestResult(received=len(events), inserted=inserted, duplicates=len(events) - inserted)
+
+
+def _team_of(identity: Identity) -> uuid.UUID | None:
+    """The team of the caller's key (the gateway signs auth's id: a UUID)."""
+    try:
+        return uuid.UUID(identity.team) if identity.team else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- spend
+
+
+async def spend(db: Db, request: SpendRequest) -> Spend:
+    """The exact cost of each query's scope's calls since its time, in order, as decimal
+    strings (never an exponent: `0.000006000`, not `6.000E-6`)."""
+    queries = [
+        repository.SpendOf(
+            scope=q.scope,
+            key_id=q.id if q.scope == "key" else None,
+            scope_id=uuid.UUID(q.id) if q.scope != "key" else None,
+            since=_aware(q.since) if q.since else None,
+        )
+        for q in request.queries
+    ]
+    amounts = await repository.spend(db, queries)
+    return Spend(spend_usd=[format(amount, "f") for amount in amounts])

@@ -45,3 +45,5 @@ class TelemetrySettings(DatabaseSettings):
     # the per-day cache where it is missing or stale (one replica at a time); 0: never
     # (this replica leaves it to others, or to the queries themselves).
     usage_cache_refresh_seconds: float = Field(30.0, ge=0)
+    # Auth, asked whether a caller owns the team whose calls they ask for (`team=`).
+    auth_url: str = "http://127.0.0.1:8001"
