@@ -70,6 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await flusher
             with contextlib.suppress(Exception):
                 await background.flush_api_key_use(runtime)
+            await runtime.aclose()
 
 
 def create_app(settings: AuthSettings | None = None) -> FastAPI:
