@@ -29,7 +29,7 @@ from auth.models import (
 )
 from auth.settings import AuthSettings
 from common.addresses import client_bucket
-from common.budgets import Scope, from_nano, spend_key
+from common.budgets import ALERTS, Scope, from_nano, spend_key
 from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
@@ -232,6 +232,11 @@ async def record_api_key_use(db: AsyncSession, *, last_used: dict[uuid.UUID, dat
 
 async def add_audit_event(db: AsyncSession, *, event: AuditEvent) -> None:
     db.add(event)
+    await db.flush()
+
+
+async def add_audit_events(db: AsyncSession, *, events: Sequence[AuditEvent]) -> None:
+    db.add_all(events)
     await db.flush()
 
 
@@ -519,6 +524,21 @@ async def spend_counters(
     keys = [spend_key(s.scope, s.scope_id, s.period, now) for s in scopes]
     found = await redis.mget(keys) if keys else []
     return [None if value is None else from_nano(int(value)) for value in found]
+
+
+@asynccontextmanager
+async def taken_budget_alerts(redis: Redis, *, count: int) -> AsyncIterator[list[bytes]]:
+    """Up to `count` of the oldest announcements of common.budgets (ALERTS), taken out of
+    the list for the block: gone once it completes, put back where they were (the oldest
+    end) if it fails. Every replica may take some at once; none is taken twice."""
+    popped: Any = await redis.rpop(ALERTS, count)
+    raw: list[bytes] = popped or []
+    try:
+        yield raw
+    except BaseException:
+        if raw:
+            await redis.rpush(ALERTS, *reversed(raw))
+        raise
 
 
 @asynccontextmanager

@@ -283,3 +283,21 @@ class MemberPage(BaseModel):
 
 class MemberRole(BaseModel):
     role: TeamRole
+
+
+# ---------------------------------------------------------------- budget alerts
+
+
+Text = Annotated[str, StringConstraints(max_length=64)]
+
+
+class BudgetAlert(BaseModel):
+    """One announcement on common.budgets' ALERTS list, as inference pushes it."""
+
+    scope: Literal["key", "user", "team"]
+    id: uuid.UUID
+    threshold: Annotated[int, Field(ge=0, le=1000)]
+    spend_usd: Text | Decimal
+    budget_usd: Text | Decimal
+    period: Text
+    at: float | Text | None = None
