@@ -41,7 +41,7 @@ CALLERS = {
     "auth": {"gateway"},
     "inference": {"gateway", "embeddings"},
     "embeddings": {"gateway"},
-    "telemetry": {"gateway"},
+    "telemetry": {"gateway", "auth"},
 }
 
 

@@ -409,6 +409,7 @@ class Platform:
         for name in SERVICES:
             env[f"GATEWAY_{name.upper()}_URL"] = self.url(name)
         env["EMBEDDINGS_INFERENCE_URL"] = self.url("inference")  # embeddings asks inference
+        env["AUTH_TELEMETRY_URL"] = self.url("telemetry")  # auth asks telemetry for spend
         # Inference's egress policy refuses loopback providers unless allowed: here they are
         # (Ollama, the fakes), but never the platform's own ports (its Redis and database
         # inference refuses by itself).
