@@ -124,18 +124,18 @@ async def permissions_of(db: AsyncSession, *, roles: Iterable[str]) -> list[str]
     return list(result.scalars())
 
 
+def _after(created_at: Any, row_id: Any, after: tuple[datetime, uuid.UUID]) -> Any:
+    """The rows after `after` in (created_at, id) order: a keyset page's condition."""
+    at, last_id = after
+    return or_(created_at > at, and_(created_at == at, row_id > last_id))
+
+
 async def list_users(
     db: AsyncSession, *, after: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> list[User]:
     query = select(User).order_by(col(User.created_at), col(User.id)).limit(limit)
     if after is not None:
-        created_at, user_id = after
-        query = query.where(
-            or_(
-                col(User.created_at) > created_at,
-                and_(col(User.created_at) == created_at, col(User.id) > user_id),
-            )
-        )
+        query = query.where(_after(col(User.created_at), col(User.id), after))
     return list((await db.execute(query)).scalars())
 
 
@@ -291,13 +291,7 @@ async def list_teams(
             and_(col(TeamMember.team_id) == col(Team.id), col(TeamMember.user_id) == member),
         )
     if after is not None:
-        created_at, team_id = after
-        query = query.where(
-            or_(
-                col(Team.created_at) > created_at,
-                and_(col(Team.created_at) == created_at, col(Team.id) > team_id),
-            )
-        )
+        query = query.where(_after(col(Team.created_at), col(Team.id), after))
     return list((await db.execute(query)).scalars())
 
 
@@ -369,13 +363,7 @@ async def list_members(
         .limit(limit)
     )
     if after is not None:
-        created_at, user_id = after
-        query = query.where(
-            or_(
-                col(TeamMember.created_at) > created_at,
-                and_(col(TeamMember.created_at) == created_at, col(TeamMember.user_id) > user_id),
-            )
-        )
+        query = query.where(_after(col(TeamMember.created_at), col(TeamMember.user_id), after))
     return [(member, user) for member, user in await db.execute(query)]
 
 

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
@@ -183,7 +184,7 @@ async def read_spend(
                 spend_usd=amount,
                 budget_remaining_usd=None
                 if amount is None
-                else max(policy.max_budget_usd - amount, 0),
+                else max(policy.max_budget_usd - amount, Decimal(0)),
                 budget_resets_at=period_end(scope.period, now),
             )
     return reads

@@ -19,6 +19,7 @@ from auth import repository
 from auth.errors import MemberNotFound, TeamNameTaken, TeamNotFound, TeamOwnerRequired, UserNotFound
 from auth.models import Team, TeamMember, User
 from auth.policies import changed, policy_of, store
+from auth.repository import Lock
 from auth.runtime import Runtime
 from auth.schemas import (
     MemberPage,
@@ -68,12 +69,12 @@ async def _detail(runtime: Runtime, team: Team, role: str | None) -> TeamDetail:
 
 
 async def _visible(
-    db: AsyncSession, caller: Identity, team_id: uuid.UUID, *, lock: bool = False
+    db: AsyncSession, caller: Identity, team_id: uuid.UUID, *, lock: Lock | None = None
 ) -> tuple[Team, str | None]:
-    """The team (locked "update" if asked) and the caller's role in it, if they may see it:
-    an admin or one of its members. 404 otherwise."""
+    """The team (locked, if asked) and the caller's role in it, if they may see it: an
+    admin or one of its members. 404 otherwise."""
     assert caller.user_id
-    team = await repository.get_team(db, team_id=team_id, lock="update" if lock else None)
+    team = await repository.get_team(db, team_id=team_id, lock=lock)
     member = await repository.get_member(db, team_id=team_id, user_id=uuid.UUID(caller.user_id))
     role = member.role if member is not None else None
     if team is None or (role is None and not caller.has(GOVERN)):
@@ -144,7 +145,7 @@ async def update_team(
     """Rename (admins, owners) or change the policy (admins anything, owners only narrow
     it). The cached principals of the team's keys are forgotten: the next call with any of
     them carries the new policy."""
-    team, role = await _visible(db, caller, team_id, lock=True)
+    team, role = await _visible(db, caller, team_id, lock="update")
     old = policy_of(team)
     new = changed(old, body.policy_changes())
     renamed = body.name is not None and body.name != team.name
@@ -225,8 +226,9 @@ async def set_member(
     user_id: uuid.UUID,
     body: MemberSet,
 ) -> MemberRead:
-    """Add a user to the team, or change their role (admins, owners)."""
-    _, role = await _visible(db, caller, team_id)
+    """Add a user to the team, or change their role (admins, owners). The team is held
+    ("share") to the commit: its deletion waits, then takes the new member with it."""
+    _, role = await _visible(db, caller, team_id, lock="share")
     _owner_or_admin(caller, role)
     user = await repository.get_user(db, user_id=user_id)
     if user is None:
