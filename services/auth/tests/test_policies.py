@@ -403,3 +403,16 @@ async def test_changing_a_budget_starts_its_spend_again_from_telemetry(
 
     assert kept
     assert dropped
+
+
+async def test_a_key_with_a_policy_of_its_own_creates_no_keys(auth: AuthClient) -> None:
+    alice = await auth.signup()
+    limited = await auth.key_identity((await auth.create_key(alice, max_budget_usd="1"))["key"])
+    free = await auth.key_identity((await auth.create_key(alice))["key"])
+
+    refused = await auth.call("POST", "/auth/api-keys", identity=limited, json={"name": "x"})
+    made = await auth.call("POST", "/auth/api-keys", identity=free, json={"name": "x"})
+
+    assert refused.status_code == 403
+    assert refused.json()["type"] == PROBLEM + "policy-change-refused"
+    assert made.status_code == 201

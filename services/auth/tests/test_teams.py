@@ -352,3 +352,22 @@ async def test_services_ask_a_users_role_in_a_team(auth: AuthClient, admin: Logg
     assert found.json() == {"role": "owner"}
     assert missing.status_code == nonsense.status_code == 404
     assert as_user.status_code == unsigned.status_code == 403
+
+
+async def test_an_owners_key_scoped_to_calling_models_manages_no_team(
+    auth: AuthClient, admin: LoggedIn
+) -> None:
+    owner, newcomer = await auth.signup(), await auth.signup()
+    team = await auth.create_team(admin, "Research")
+    await auth.set_member(admin, team["id"], owner, "owner")
+    scoped = await auth.key_identity(
+        (await auth.create_key(owner, scopes=["inference:invoke"]))["key"]
+    )
+    path = f"/auth/teams/{team['id']}/members/{newcomer.user_id}"
+
+    refused = await auth.call("PUT", path, identity=scoped, json={"role": "member"})
+    seen = await auth.call("GET", f"/auth/teams/{team['id']}", identity=scoped)
+
+    assert refused.status_code == 403
+    assert refused.json()["type"] == PROBLEM + "team-owner-required"
+    assert seen.status_code == 200

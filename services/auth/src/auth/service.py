@@ -533,8 +533,9 @@ async def _team_of_new_key(
     db: AsyncSession, *, team_id: uuid.UUID | None, user_id: uuid.UUID
 ) -> Team | None:
     """The team a new key is for, if the user is in it (404 otherwise). The team's row and
-    the membership are held ("share") until the key is committed: deleting the team, or
-    removing the member, waits for it and then revokes it too."""
+    the membership are held ("share") until the key is committed: deleting the team waits
+    for it, then revokes it too. A removal of the member meanwhile may miss it, but leaves
+    it unusable: a team key is valid only while its user is in the team."""
     if team_id is None:
         return None
     team = await repository.get_team(db, team_id=team_id, lock="share")
