@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from http.cookies import Morsel, SimpleCookie
 from typing import Any
 
@@ -26,12 +28,16 @@ from auth.main import create_app
 from auth.models import AuditEvent, User
 from auth.runtime import Runtime
 from auth.settings import AuthSettings
+from common import ports
+from common.budgets import spend_key, to_nano, utc
 from common.identity import Identity
-from common.principals import SessionStore, secret_hash
+from common.policy import Period, ScopeKind
+from common.principals import API_KEY_PREFIX, ApiKeyPrincipal, SessionStore, secret_hash
 from devkit.testing import RunDatabase, ServiceHarness, asgi_client, running
 
 ANONYMOUS = Identity(sub="anonymous", kind="anonymous", iss="gateway")
 GATEWAY = Identity(sub="service:gateway", kind="service", iss="gateway")
+TELEMETRY = Identity(sub="service:telemetry", kind="service", iss="telemetry")
 PASSWORD = "Tangerine-Orbit-Lantern-42"
 CLIENT_IP = "198.51.100.7"
 # Cheap argon2 for every test that is not about its parameters.
@@ -223,6 +229,37 @@ class AuthClient:
         created: dict[str, Any] = response.json()
         return created
 
+    async def create_team(self, admin: LoggedIn, name: str, **policy: Any) -> dict[str, Any]:
+        response = await self.as_user(admin, "POST", "/auth/teams", json={"name": name, **policy})
+        assert response.status_code == 201, response.text
+        team: dict[str, Any] = response.json()
+        return team
+
+    async def set_member(
+        self, who: LoggedIn, team_id: str, member: LoggedIn, role: str = "member"
+    ) -> httpx.Response:
+        return await self.as_user(
+            who, "PUT", f"/auth/teams/{team_id}/members/{member.user_id}", json={"role": role}
+        )
+
+    async def cached(self, key: str) -> ApiKeyPrincipal | None:
+        """What the gateway finds in Redis for this key (None: nothing cached, or invalid)."""
+        raw = await self.redis.get(API_KEY_PREFIX + secret_hash(key))
+        if raw is None or raw == b"invalid":
+            return None
+        return ApiKeyPrincipal.from_json(raw)
+
+    async def seed_spend(
+        self, scope: ScopeKind, scope_id: str, period: Period, usd: str, *, at: float | None = None
+    ) -> None:
+        """What inference's settlement keeps in Redis (common.budgets): `usd` spent by the
+        scope in the period holding `at` (the app's clock by default)."""
+        now = utc(self.clock() if at is None else at)
+        await self.redis.set(spend_key(scope, scope_id, period, now), to_nano(Decimal(usd)))
+
+    def set_time(self, moment: datetime) -> None:
+        self.clock.now = moment.timestamp()
+
     async def user_row(self, email: str) -> User:
         async with self.db() as db:
             user = await repository.get_user_by_email(db, email=email)
@@ -236,9 +273,19 @@ class AuthClient:
 
 
 @pytest.fixture(scope="session")
-def harness(test_database: RunDatabase, redis_url: str) -> ServiceHarness:
+def telemetry_down() -> Iterator[str]:
+    """A telemetry URL where nothing answers (a port that refuses connections): every
+    spend counter missing from Redis stays unknown, as when telemetry is down."""
+    with ports.refusing_port() as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def harness(test_database: RunDatabase, redis_url: str, telemetry_down: str) -> ServiceHarness:
     harness = ServiceHarness.migrated("auth", AuthSettings, create_app, test_database, redis_url)
-    harness.settings = harness.settings.model_copy(update=FAST_ARGON2)
+    harness.settings = harness.settings.model_copy(
+        update={**FAST_ARGON2, "telemetry_url": telemetry_down}
+    )
     return harness
 
 

@@ -272,6 +272,8 @@ async def test_a_key_stands_for_its_scopes_within_the_owners_permissions(
         "roles": ["member"],
         "permissions": ["inference:invoke", "models:read"],
         "expires_at": None,
+        "team_id": None,
+        "policies": None,
     }
     cached = await _cached(auth, key["key"])
     assert cached is not None

@@ -411,6 +411,7 @@ class Platform:
         env["EMBEDDINGS_INFERENCE_URL"] = self.url("inference")  # embeddings asks inference
         env["INFERENCE_TELEMETRY_URL"] = self.url("telemetry")  # what a budget has spent
         env["TELEMETRY_AUTH_URL"] = self.url("auth")  # telemetry asks auth who owns a team
+        env["AUTH_TELEMETRY_URL"] = self.url("telemetry")  # auth asks telemetry for spend
         # Inference's egress policy refuses loopback providers unless allowed: here they are
         # (Ollama, the fakes), but never the platform's own ports (its Redis and database
         # inference refuses by itself).

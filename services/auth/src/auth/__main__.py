@@ -27,13 +27,17 @@ async def _create_admin(email: str, password: str, *, promote_existing: bool) ->
     redis = create_redis(settings.redis_url)
     try:
         async with database as sessions:
-            return await background.create_admin(
-                Runtime.create(settings, sessionmaker=sessions, redis=redis),
-                email=service.normalize_email(email),
-                password=password,
-                promote_existing=promote_existing or settings.admin_promote_existing,
-                via="cli",
-            )
+            runtime = Runtime.create(settings, sessionmaker=sessions, redis=redis)
+            try:
+                return await background.create_admin(
+                    runtime,
+                    email=service.normalize_email(email),
+                    password=password,
+                    promote_existing=promote_existing or settings.admin_promote_existing,
+                    via="cli",
+                )
+            finally:
+                await runtime.aclose()
     finally:
         await redis.aclose()
 

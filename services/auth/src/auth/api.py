@@ -8,23 +8,41 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from auth import service
-from auth.deps import Ctx, CurrentSession, CurrentUser, RuntimeDep, gateway_only, require
-from auth.errors import ApiKeyNotFound, UserNotFound
+from auth import service, teams
+from auth.deps import (
+    Ctx,
+    CurrentSession,
+    CurrentUser,
+    RuntimeDep,
+    gateway_only,
+    require,
+    service_only,
+)
+from auth.errors import ApiKeyNotFound, MemberNotFound, TeamNotFound, UserNotFound
 from auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
+    ApiKeyUpdate,
     AuditEventRead,
     AuditPage,
     LoginRequest,
     LoginResponse,
-    Me,
+    MemberPage,
+    MemberRead,
+    MemberRole,
+    MemberSet,
+    MeRead,
     PasswordChange,
     RegisterRequest,
     ResolveApiKey,
     ResolvedApiKey,
     SessionRead,
+    TeamCreate,
+    TeamDetail,
+    TeamPage,
+    TeamUpdate,
+    UserDetail,
     UserPage,
     UserRead,
     UserUpdate,
@@ -95,17 +113,10 @@ async def logout(
 
 
 @router.get("/me")
-async def me(identity: CurrentUser, db: DbSession) -> Me:
-    """Who you are, and what this session or API key may do."""
-    assert identity.user_id
-    user = await service.get_user(db, user_id=uuid.UUID(identity.user_id))
-    return Me(
-        id=user.id,
-        email=user.email,
-        name=user.name,
-        roles=user.roles,
-        permissions=sorted(identity.permissions),
-    )
+async def me(identity: CurrentUser, runtime: RuntimeDep, db: DbSession) -> MeRead:
+    """Who you are, what this session or API key may do, and your policy with the live
+    state of your budget."""
+    return await service.me(runtime, db, caller=identity)
 
 
 @router.get("/sessions")
@@ -160,54 +171,66 @@ async def change_password(
     return _set_session_cookies(response, runtime.settings, auth)
 
 
+ManagesKeys = Annotated[Identity, Depends(require("api_keys:manage"))]
+
+
+def _parsed(value: str, missing: type[Exception], what: str) -> uuid.UUID:
+    """A path's id; 404 (`missing`) for anything that is not one, as for an unknown id."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise missing(f"No such {what}.") from None
+
+
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED)
 async def create_api_key(
-    body: ApiKeyCreate,
-    identity: Annotated[Identity, Depends(require("api_keys:manage"))],
-    db: DbSession,
-    ctx: Ctx,
+    body: ApiKeyCreate, identity: ManagesKeys, runtime: RuntimeDep, db: DbSession, ctx: Ctx
 ) -> ApiKeyCreated:
     """A new API key. `key` is in this response only; store it now. A key created with an
     API key gets no more than that key: scopes within its permissions (listed, if it is
-    scoped) and an expiry no later than its own; beyond that, 422 naming what exceeds."""
-    row, key = await service.create_api_key(db, ctx, creator=identity, body=body)
-    return ApiKeyCreated(
-        **ApiKeyRead.model_validate(row, from_attributes=True).model_dump(), key=key
-    )
+    scoped) and an expiry no later than its own; beyond that, 422 naming what exceeds.
+    With `team_id` (a team you are in) it is the team's key; its policy fields only narrow
+    your user's and the team's (422 naming the field otherwise)."""
+    read, key = await service.create_api_key(runtime, db, ctx, creator=identity, body=body)
+    return ApiKeyCreated(**read.model_dump(), key=key)
 
 
 @router.get("/api-keys")
-async def list_api_keys(identity: CurrentUser, db: DbSession) -> list[ApiKeyRead]:
-    """Your active keys (never the keys themselves)."""
-    assert identity.user_id
-    keys = await service.list_api_keys(db, user_id=uuid.UUID(identity.user_id))
-    return [ApiKeyRead.model_validate(k, from_attributes=True) for k in keys]
+async def list_api_keys(
+    identity: CurrentUser, runtime: RuntimeDep, db: DbSession, team_id: uuid.UUID | None = None
+) -> list[ApiKeyRead]:
+    """Your active keys (never the keys themselves), with their policy and spend. With
+    `team_id`: the team's keys (all of them for its owners and admins, yours for a member)."""
+    return await service.list_api_keys(runtime, db, caller=identity, team_id=team_id)
+
+
+@router.patch("/api-keys/{key_id}")
+async def update_api_key(
+    key_id: str,
+    body: ApiKeyUpdate,
+    identity: ManagesKeys,
+    runtime: RuntimeDep,
+    db: DbSession,
+    ctx: Ctx,
+) -> ApiKeyRead:
+    """Rename a key or change its policy (a field left out stays, null clears it). Admins
+    set anything, a team's owners anything on its keys; on your own personal key you may
+    only narrow the policy (403 otherwise), a team key's is its owners' (403)."""
+    parsed = _parsed(key_id, ApiKeyNotFound, "API key")
+    return await service.update_api_key(runtime, db, ctx, caller=identity, key_id=parsed, body=body)
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_api_key(
-    key_id: str,
-    identity: Annotated[Identity, Depends(require("api_keys:manage"))],
-    runtime: RuntimeDep,
-    db: DbSession,
-    ctx: Ctx,
+    key_id: str, identity: ManagesKeys, runtime: RuntimeDep, db: DbSession, ctx: Ctx
 ) -> None:
-    """Revoke a key: refused on its very next use."""
-    assert identity.user_id
-    try:
-        parsed = uuid.UUID(key_id)
-    except ValueError:
-        raise ApiKeyNotFound("No such API key.") from None
-    await service.revoke_api_key(
-        runtime, db, ctx, user_id=uuid.UUID(identity.user_id), key_id=parsed
-    )
+    """Revoke a key (yours, or a key of a team you own): refused on its very next use."""
+    parsed = _parsed(key_id, ApiKeyNotFound, "API key")
+    await service.revoke_api_key(runtime, db, ctx, caller=identity, key_id=parsed)
 
 
 def _user_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise UserNotFound("No such user.") from None
+    return _parsed(value, UserNotFound, "user")
 
 
 @router.get("/users", dependencies=[Depends(require("users:manage"))])
@@ -218,17 +241,123 @@ async def list_users(db: DbSession, cursor: str | None = None, limit: Limit = 50
 
 
 @router.get("/users/{user_id}", dependencies=[Depends(require("users:manage"))])
-async def get_user(user_id: str, db: DbSession) -> UserRead:
-    return await service.get_user(db, user_id=_user_id(user_id))
+async def get_user(user_id: str, runtime: RuntimeDep, db: DbSession) -> UserDetail:
+    """A user, with their policy and the live state of their budget."""
+    return await service.get_user(runtime, db, user_id=_user_id(user_id))
 
 
 @router.patch("/users/{user_id}", dependencies=[Depends(require("users:manage"))])
 async def update_user(
     user_id: str, body: UserUpdate, runtime: RuntimeDep, db: DbSession, ctx: Ctx
-) -> UserRead:
-    """Change roles, disable or enable, rename. Role changes and disabling end the user's
-    sessions and invalidate the cached API keys at once."""
+) -> UserDetail:
+    """Change roles, disable or enable, rename, set the policy. Role changes and disabling
+    end the user's sessions and invalidate the cached API keys at once; a policy change
+    applies from the next request too. Your own policy you may only narrow (403)."""
     return await service.update_user(runtime, db, ctx, user_id=_user_id(user_id), body=body)
+
+
+# ---------------------------------------------------------------- teams
+
+
+def _team_id(value: str) -> uuid.UUID:
+    return _parsed(value, TeamNotFound, "team")
+
+
+@router.post("/teams", status_code=status.HTTP_201_CREATED)
+async def create_team(
+    body: TeamCreate,
+    _: Annotated[Identity, Depends(require("teams:manage"))],
+    runtime: RuntimeDep,
+    db: DbSession,
+    ctx: Ctx,
+) -> TeamDetail:
+    """A new team, with its policy (admins)."""
+    return await teams.create_team(runtime, db, ctx, body)
+
+
+@router.get("/teams")
+async def list_teams(
+    identity: CurrentUser, db: DbSession, cursor: str | None = None, limit: Limit = 50
+) -> TeamPage:
+    """Every team (admins) or yours, oldest first; `next_cursor` back as `cursor` for more."""
+    return await teams.list_teams(db, caller=identity, cursor=cursor, limit=limit)
+
+
+@router.get("/teams/{team_id}")
+async def get_team(
+    team_id: str, identity: CurrentUser, runtime: RuntimeDep, db: DbSession
+) -> TeamDetail:
+    """A team you are in (any, for admins), with its policy and the live state of its
+    budget; 404 for any other."""
+    return await teams.get_team(runtime, db, caller=identity, team_id=_team_id(team_id))
+
+
+@router.patch("/teams/{team_id}")
+async def update_team(
+    team_id: str,
+    body: TeamUpdate,
+    identity: CurrentUser,
+    runtime: RuntimeDep,
+    db: DbSession,
+    ctx: Ctx,
+) -> TeamDetail:
+    """Rename (admins, owners) or change the policy (admins; owners only narrow it)."""
+    return await teams.update_team(
+        runtime, db, ctx, caller=identity, team_id=_team_id(team_id), body=body
+    )
+
+
+@router.delete(
+    "/teams/{team_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(require("teams:manage"))],
+)
+async def delete_team(team_id: str, runtime: RuntimeDep, db: DbSession, ctx: Ctx) -> None:
+    """Delete a team (admins): its keys are revoked."""
+    await teams.delete_team(runtime, db, ctx, team_id=_team_id(team_id))
+
+
+@router.get("/teams/{team_id}/members")
+async def list_members(
+    team_id: str,
+    identity: CurrentUser,
+    db: DbSession,
+    cursor: str | None = None,
+    limit: Limit = 50,
+) -> MemberPage:
+    """The team's members in the order they joined (admins, members)."""
+    return await teams.list_members(
+        db, caller=identity, team_id=_team_id(team_id), cursor=cursor, limit=limit
+    )
+
+
+@router.put("/teams/{team_id}/members/{user_id}")
+async def set_member(
+    team_id: str,
+    user_id: str,
+    body: MemberSet,
+    identity: CurrentUser,
+    runtime: RuntimeDep,
+    db: DbSession,
+    ctx: Ctx,
+) -> MemberRead:
+    """Add a user to the team as `owner` or `member`, or change their role (admins,
+    owners)."""
+    return await teams.set_member(
+        runtime, db, ctx, caller=identity, team_id=_team_id(team_id),
+        user_id=_user_id(user_id), body=body,
+    )  # fmt: skip
+
+
+@router.delete("/teams/{team_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_member(
+    team_id: str, user_id: str, identity: CurrentUser, runtime: RuntimeDep, db: DbSession, ctx: Ctx
+) -> None:
+    """Remove a member (admins, owners) or leave the team (yourself): their keys of the
+    team are revoked."""
+    await teams.remove_member(
+        runtime, db, ctx, caller=identity, team_id=_team_id(team_id), user_id=_user_id(user_id)
+    )
 
 
 @router.get("/audit", dependencies=[Depends(require("audit:read"))])
@@ -263,4 +392,15 @@ async def resolve_api_key(
         roles=list(principal.roles),
         permissions=list(principal.permissions),
         expires_at=principal.expires_at,
+        team_id=principal.team_id,
+        policies=principal.policies,
     )
+
+
+@internal.get("/teams/{team_id}/members/{user_id}", dependencies=[Depends(service_only)])
+async def member_role(team_id: str, user_id: str, db: DbSession) -> MemberRole:
+    """For services (telemetry): the user's role in the team; 404 if not in it."""
+    return await teams.member_role(
+        db, team_id=_parsed(team_id, MemberNotFound, "member"),
+        user_id=_parsed(user_id, MemberNotFound, "member"),
+    )  # fmt: skip

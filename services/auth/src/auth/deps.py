@@ -53,5 +53,11 @@ async def gateway_only(identity: CurrentIdentity) -> Identity:
     return identity
 
 
+async def service_only(identity: CurrentIdentity) -> Identity:
+    if identity.kind != "service":
+        raise Forbidden("Only the platform's services may call this.")
+    return identity
+
+
 Ctx = Annotated[Context, Depends(request_context)]
 CurrentSession = Annotated[Identity, Depends(current_session)]

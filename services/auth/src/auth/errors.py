@@ -64,5 +64,40 @@ class SelfLockout(Conflict):
     slug = "self-lockout"
 
 
+class TeamNotFound(NotFound):
+    slug = "team-not-found"
+
+
+class TeamNameTaken(Conflict):
+    slug = "team-name-taken"
+
+
+class MemberNotFound(NotFound):
+    slug = "member-not-found"
+
+
+class TeamOwnerRequired(Forbidden):
+    slug = "team-owner-required"
+
+
+class InvalidPolicy(Problem):
+    """A policy that cannot be (a period without a budget); member `field`."""
+
+    status, slug, title = 422, "invalid-policy", "Unprocessable Content"
+
+
+class PolicyExceeds(Problem):
+    """A key's policy allows more than its user's or its team's; members `field`, `scope`."""
+
+    status, slug, title = 422, "policy-exceeds", "Unprocessable Content"
+
+
+class PolicyChangeRefused(Forbidden):
+    """The caller may not make this policy change (only narrow it, or not at all); member
+    `fields` when some would be raised."""
+
+    slug = "policy-change-refused"
+
+
 class AdminRefused(StartupRefused):
     """ADMIN_EMAIL / ADMIN_PASSWORD (or `create-admin`) cannot make the first admin."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI
@@ -18,15 +19,23 @@ from auth.settings import AuthSettings
 from common.app import create_service_app, database_and_redis
 
 log = structlog.get_logger(__name__)
+# How often each replica sets the teams' budget gauge.
+TEAM_BUDGETS_SECONDS = 15.0
 
 
-async def _flush_api_key_use_forever(runtime: Runtime, every: float) -> None:
+Work = Callable[[Runtime], Awaitable[Any]]
+
+
+async def _forever(every: float, runtime: Runtime, works: dict[str, Work]) -> None:
+    """Each piece of work every `every` seconds, one after the other; a failure is logged
+    and the work tried again next time."""
     while True:
         await asyncio.sleep(every)
-        try:
-            await background.flush_api_key_use(runtime)
-        except Exception:
-            log.exception("flushing API key use failed; will retry")
+        for what, work in works.items():
+            try:
+                await work(runtime)
+            except Exception:
+                log.exception("background work failed; will retry", work=what)
 
 
 async def bootstrap_admin(runtime: Runtime) -> None:
@@ -59,17 +68,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         app.state.runtime = runtime
         await bootstrap_admin(runtime)
-        flusher = asyncio.create_task(
-            _flush_api_key_use_forever(runtime, settings.api_key_last_used_flush_seconds)
-        )
+        flushing: dict[str, Work] = {
+            "API key use": background.flush_api_key_use,
+            "budget alerts": background.record_budget_alerts,
+        }
+        gauges: dict[str, Work] = {"team budget gauge": background.refresh_team_budgets}
+        tasks = [
+            asyncio.create_task(
+                _forever(settings.api_key_last_used_flush_seconds, runtime, flushing)
+            ),
+            asyncio.create_task(_forever(TEAM_BUDGETS_SECONDS, runtime, gauges)),
+        ]
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await background.flush_api_key_use(runtime)
+            await runtime.aclose()
 
 
 def create_app(settings: AuthSettings | None = None) -> FastAPI:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
     Identity,
     Index,
+    Integer,
+    Numeric,
     String,
     Text,
     func,
@@ -30,6 +34,25 @@ class AuthBase(SQLModel, registry=schema_registry("auth")):
 
 def _now_column(**kwargs: Any) -> Any:
     return Column(DateTime(timezone=True), nullable=False, server_default=func.now(), **kwargs)
+
+
+class PolicyColumns(AuthBase):
+    """The five policy fields (common.policy) of a key, a user or a team; None: not set."""
+
+    max_budget_usd: Decimal | None = Field(default=None, sa_type=Numeric(19, 9))
+    budget_period: str | None = Field(default=None, sa_type=String(8))
+    allowed_models: list[str] | None = Field(default=None, sa_type=ARRAY(String(200)))
+    rpm_limit: int | None = Field(default=None, sa_type=Integer)
+    tpm_limit: int | None = Field(default=None, sa_type=Integer)
+
+
+def _policy_checks() -> tuple[CheckConstraint, ...]:
+    """What the policy columns may hold (the API checks more: common.policy's bounds)."""
+    return (
+        CheckConstraint("budget_period IN ('day', 'week', 'month', 'total')", name="budget_period"),
+        CheckConstraint("max_budget_usd >= 0", name="max_budget_usd"),
+        CheckConstraint("rpm_limit > 0 AND tpm_limit > 0", name="limits"),
+    )
 
 
 class Permission(AuthBase, table=True):
@@ -57,7 +80,7 @@ class RolePermission(AuthBase, table=True):
     )
 
 
-class User(AuthBase, table=True):
+class User(PolicyColumns, table=True):
     id: uuid.UUID = Field(
         default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
     )
@@ -71,7 +94,7 @@ class User(AuthBase, table=True):
     updated_at: datetime | None = Field(default=None, sa_column=_now_column(onupdate=func.now()))
     password_changed_at: datetime | None = Field(default=None, sa_column=_now_column())
 
-    __table_args__ = (Index("ix_user_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_user_created_at_id", "created_at", "id"), *_policy_checks())
 
 
 class UserRole(AuthBase, table=True):
@@ -89,7 +112,7 @@ class UserRole(AuthBase, table=True):
     )
 
 
-class ApiKey(AuthBase, table=True):
+class ApiKey(PolicyColumns, table=True):
     __tablename__ = "api_key"
 
     id: uuid.UUID = Field(
@@ -114,6 +137,49 @@ class ApiKey(AuthBase, table=True):
     expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     last_used_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # A team's key counts for its team too (its budget, limits, models); None: personal.
+    team_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("auth.team.id", ondelete="SET NULL"), index=True
+        ),
+    )
+
+    __table_args__ = _policy_checks()
+
+
+class Team(PolicyColumns, table=True):
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
+    )
+    name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    created_at: datetime | None = Field(default=None, sa_column=_now_column())
+    updated_at: datetime | None = Field(default=None, sa_column=_now_column(onupdate=func.now()))
+
+    __table_args__ = (Index("ix_team_created_at_id", "created_at", "id"), *_policy_checks())
+
+
+class TeamMember(AuthBase, table=True):
+    __tablename__ = "team_member"
+
+    team_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("auth.team.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    user_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("auth.user.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    role: str = Field(sa_column=Column(String(8), nullable=False))
+    created_at: datetime | None = Field(default=None, sa_column=_now_column())
+
+    __table_args__ = (
+        CheckConstraint("role IN ('owner', 'member')", name="role"),
+        Index("ix_team_member_user_id", "user_id"),
+        Index("ix_team_member_team_id_created_at_user_id", "team_id", "created_at", "user_id"),
+    )
 
 
 class AuditEvent(AuthBase, table=True):

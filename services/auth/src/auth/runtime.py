@@ -6,13 +6,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth.passwords import Hasher
 from auth.repository import LoginThrottle
 from auth.settings import AuthSettings
+from common.budgets import SpendCounters, TelemetrySpend
+from common.http import peer_client
 from common.principals import SessionStore
+
+# Telemetry answers a spend query with one indexed sum per scope: a few connections do.
+TELEMETRY_CONNECTIONS = 10
 
 
 @dataclass
@@ -29,6 +35,8 @@ class Runtime:
     sessions: SessionStore
     hasher: Hasher
     login_throttle: LoginThrottle
+    telemetry: httpx.AsyncClient
+    spend: SpendCounters
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -39,6 +47,12 @@ class Runtime:
         sessionmaker: async_sessionmaker[AsyncSession],
         redis: Redis,
     ) -> Runtime:
+        telemetry = peer_client(
+            settings.telemetry_url,
+            settings,
+            peer="telemetry",
+            max_connections=TELEMETRY_CONNECTIONS,
+        )
         return cls(
             settings=settings,
             sessionmaker=sessionmaker,
@@ -50,4 +64,9 @@ class Runtime:
                 parallelism=settings.argon2_parallelism,
             ),
             login_throttle=LoginThrottle(redis, settings),
+            telemetry=telemetry,
+            spend=SpendCounters(redis, TelemetrySpend(telemetry)),
         )
+
+    async def aclose(self) -> None:
+        await self.telemetry.aclose()

@@ -39,6 +39,9 @@ class AuthSettings(DatabaseSettings):
     # last use times it records are written to Postgres.
     api_key_cache_seconds: int = Field(300, ge=1)
     api_key_last_used_flush_seconds: float = Field(30.0, gt=0)
+    # Telemetry, asked what a scope has spent when its counter is not in Redis (the live
+    # spend of keys, users and teams; common.budgets.TelemetrySpend).
+    telemetry_url: str = "http://127.0.0.1:8004"
     # The first admin, created once at start-up when both are set.
     admin_email: str | None = Field(
         None, validation_alias=AliasChoices("AUTH_ADMIN_EMAIL", "ADMIN_EMAIL")
