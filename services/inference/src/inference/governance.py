@@ -24,6 +24,7 @@ cost (services/inference/README.md, "Governance").
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -82,6 +83,9 @@ HOLD_GRACE_SECONDS = 60.0
 # How long a learned completion size counts, in minutes, and for how many models.
 LEARNED_MINUTES = 10
 LEARNED_MODELS = 1_000
+# A call refused only by holds waits for them: first this long, then twice as long, up to.
+FIRST_PAUSE_SECONDS = 0.01
+MAX_PAUSE_SECONDS = 0.1
 
 WHOSE: dict[ScopeKind, str] = {"key": "The API key's", "user": "Your user's", "team": "The team's"}
 PER_PERIOD = {"day": "a day", "week": "a week", "month": "a month", "total": "in total"}
@@ -263,16 +267,26 @@ async def admit(
     governance = runtime.governance
     budgeted = any(limits.budget_nano is not None for limits, _ in governed)
     amount = estimate(governance, targets, prompt_tokens(), completion) if budgeted else 0
-    now = runtime.clock()
     life = runtime.settings.stream_max_seconds if stream else (
         runtime.settings.request_deadline_seconds
     )  # fmt: skip
     call_id = str(uuid.uuid4())
     scopes = tuple(limits for limits, _ in governed)
-    verdict = await _ask(
-        governance, scopes, member=hold_member(call_id, amount), amount=amount, now=now,
-        lapses_at=now + life + HOLD_GRACE_SECONDS,
-    )  # fmt: skip
+    member = hold_member(call_id, amount)
+    waited_until = time.monotonic() + runtime.settings.budget_wait_seconds
+    pause = FIRST_PAUSE_SECONDS
+    while True:
+        now = runtime.clock()
+        verdict = await _ask(
+            governance, scopes, member=member, amount=amount, now=now,
+            lapses_at=now + life + HOLD_GRACE_SECONDS,
+        )  # fmt: skip
+        if not _only_held(verdict, scopes) or time.monotonic() + pause > waited_until:
+            break
+        # The budget is not spent, only held by calls in flight: they settle within
+        # moments (a plain call), so wait for them rather than refuse a call it may allow.
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, MAX_PAUSE_SECONDS)
     if verdict.outcome == "budget":
         limits, policy = governed[verdict.index]
         raise _budget_exceeded(limits, policy, verdict, now)
@@ -280,6 +294,14 @@ async def admit(
         limits, _ = governed[verdict.index]
         raise _tokens_exceeded(limits, verdict.windows[0], now)
     return Hold(call_id, amount, scopes, now, _token_headers(scopes, verdict.windows, now))
+
+
+def _only_held(verdict: Verdict, scopes: Sequence[ScopeLimits]) -> bool:
+    """Whether the call is refused by a budget that calls in flight hold, not one spent."""
+    if verdict.outcome != "budget":
+        return False
+    budget = scopes[verdict.index].budget_nano
+    return budget is not None and verdict.spent < budget
 
 
 async def _ask(

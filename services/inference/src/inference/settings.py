@@ -98,6 +98,9 @@ class InferenceSettings(DatabaseSettings):
     telemetry_url: str = "http://127.0.0.1:8004"
     budget_min_completion_tokens: int = Field(16, ge=1, le=1_000_000)
     budget_default_completion_tokens: int = Field(256, ge=1, le=1_000_000)
+    # A budget not spent but held by calls in flight: how long a call waits for them to
+    # settle before it is refused (429, Retry-After: 1). 0: refused at once.
+    budget_wait_seconds: float = Field(2.0, ge=0, le=30)
     hub_timeout_seconds: float = Field(10.0, gt=0)
     hf_endpoint: str | None = Field(
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"
