@@ -3,7 +3,8 @@
 Every public route is listed; a route missing here is not served (404). `PUBLIC` needs no
 credentials, `SIGNED_IN` any session or API key, `SESSION_ONLY` a browser session (not an
 API key); anything else is a permission the caller must hold. `model=True` routes count
-against the tighter model-call rate limit. Services still check object ownership.
+against the tighter model-call rate limit and the rpm limits of the caller's policies.
+Services still check object ownership (and, for teams, who owns or belongs to one).
 """
 
 from __future__ import annotations
