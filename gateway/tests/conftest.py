@@ -167,6 +167,8 @@ def add_echo(router: APIRouter, state: Upstream) -> None:
                 "permissions": list(identity.permissions),
                 "sid": identity.sid,
                 "kid": identity.kid,
+                "team": identity.team,
+                "policies": identity.policies,
             },
         }
 
@@ -184,12 +186,27 @@ async def upstream(redis_url: str) -> AsyncIterator[Upstream]:
         yield state
 
 
-def in_one_window() -> Callable[[], float]:
+class Clock:
+    """A gateway clock the test sets (pass it to create_app), to cross rate windows without
+    waiting."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    @classmethod
+    def in_window(cls, elapsed: float) -> Clock:
+        """At `elapsed` seconds into the current rate window (by the wall clock)."""
+        return cls(time.time() // WINDOW_SECONDS * WINDOW_SECONDS + elapsed)
+
+
+def in_one_window() -> Clock:
     """A gateway clock frozen in the middle of the current rate-limit minute (pass it to
-    create_app): a test that counts requests against a per-minute budget must not see the
-    minute turn (and its counters start again) halfway through its requests."""
-    frozen = time.time() // WINDOW_SECONDS * WINDOW_SECONDS + WINDOW_SECONDS / 2
-    return lambda: frozen
+    create_app): a test that counts requests against a per-minute limit sees its counts
+    from this minute alone (and nothing of the previous one, which holds none of them)."""
+    return Clock.in_window(WINDOW_SECONDS / 2)
 
 
 def gateway_settings(upstream: Upstream, redis_url: str, **overrides: Any) -> GatewaySettings:
@@ -235,9 +252,8 @@ def session_for(redis: Redis) -> SessionFactory:
         now: float | None = None,
         idle: float = 1800,
         lifetime: float = 43200,
+        policy: dict[str, Any] | None = None,
     ) -> Caller:
-        import time
-
         token, csrf, _ = await SessionStore(redis).create(
             user_id=user_id,
             roles=roles,
@@ -247,6 +263,7 @@ def session_for(redis: Redis) -> SessionFactory:
             lifetime=lifetime,
             ip="127.0.0.1",
             user_agent="tests",
+            policy=policy,
         )
         return Caller(headers={}, cookies={"session": token, "csrf_token": csrf}, csrf=csrf)
 
@@ -266,14 +283,19 @@ def api_key_for(redis: Redis) -> KeyFactory:
         user_id: str = "00000000-0000-0000-0000-0000000000bb",
         roles: tuple[str, ...] = ("member",),
         key: str = "sk-test-key-0123456789abcdef0123456789",
+        key_id: str = "11111111-1111-1111-1111-111111111111",
         expires_at: float | None = None,
+        team_id: str | None = None,
+        policies: dict[str, Any] | None = None,
     ) -> Caller:
         principal = ApiKeyPrincipal(
-            key_id="11111111-1111-1111-1111-111111111111",
+            key_id=key_id,
             user_id=user_id,
             roles=roles,
             permissions=permissions,
             expires_at=expires_at,
+            team_id=team_id,
+            policies=policies,
         )
         await redis.set(API_KEY_PREFIX + secret_hash(key), principal.to_json(), ex=300)
         return Caller(headers={"Authorization": f"Bearer {key}"}, cookies={})

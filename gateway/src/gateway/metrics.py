@@ -12,9 +12,9 @@ REGISTRY = registry_for("gateway")
 # throttling) is only in gateway_http_requests_total.
 RATE_LIMITED = Counter(
     "gateway_rate_limited_requests_total",
-    "Requests refused by the gateway's rate limits, by budget: anonymous, default, model, "
-    "invalid_api_keys (per client address) or in_flight (a caller's share of an upstream's "
-    "connections).",
+    "Requests refused by the gateway's rate limits, by budget: default, model (a role's "
+    "limit or the rpm_limit of a key, user or team), anonymous, invalid_api_keys (per "
+    "client address) or in_flight (a caller's share of an upstream's connections).",
     ("budget",),
     registry=REGISTRY,
 )

@@ -3,7 +3,8 @@
 Every public route is listed; a route missing here is not served (404). `PUBLIC` needs no
 credentials, `SIGNED_IN` any session or API key, `SESSION_ONLY` a browser session (not an
 API key); anything else is a permission the caller must hold. `model=True` routes count
-against the tighter model-call rate limit. Services still check object ownership.
+against the tighter model-call rate limit and the rpm limits of the caller's policies.
+Services still check object ownership (and, for teams, who owns or belongs to one).
 """
 
 from __future__ import annotations
@@ -45,11 +46,22 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",   "/auth/password",                         SESSION_ONLY),
     Route("POST",   "/auth/api-keys",                         "api_keys:manage"),
     Route("GET",    "/auth/api-keys",                         SIGNED_IN),
+    Route("PATCH",  "/auth/api-keys/{id}",                    "api_keys:manage"),
     Route("DELETE", "/auth/api-keys/{id}",                    "api_keys:manage"),
     Route("GET",    "/auth/users",                            "users:manage"),
     Route("GET",    "/auth/users/{id}",                       "users:manage"),
     Route("PATCH",  "/auth/users/{id}",                       "users:manage"),
     Route("GET",    "/auth/audit",                            "audit:read"),
+    # teams: anyone signed in may ask; auth answers by the caller's part in the team
+    # (admin, owner, member: 404 to everyone else)
+    Route("POST",   "/auth/teams",                            "teams:manage"),
+    Route("GET",    "/auth/teams",                            SIGNED_IN),
+    Route("GET",    "/auth/teams/{id}",                       SIGNED_IN),
+    Route("PATCH",  "/auth/teams/{id}",                       SIGNED_IN),
+    Route("DELETE", "/auth/teams/{id}",                       SIGNED_IN),
+    Route("GET",    "/auth/teams/{id}/members",               SIGNED_IN),
+    Route("PUT",    "/auth/teams/{id}/members/{user_id}",     SIGNED_IN),
+    Route("DELETE", "/auth/teams/{id}/members/{user_id}",     SIGNED_IN),
     # inference (OpenAI-compatible)
     Route("GET",    "/v1/models",                             "models:read"),
     Route("GET",    "/v1/models/{model:path}",                "models:read"),

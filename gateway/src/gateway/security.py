@@ -4,10 +4,11 @@ is refused, and each caller's budget. Their storage, in Redis, is gateway/reposi
 from __future__ import annotations
 
 import hmac
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -24,18 +25,30 @@ from gateway.errors import (
 )
 from gateway.repository import (
     WINDOW_SECONDS,
+    CallerLimits,
     CredentialCache,
     KeyFound,
+    RateCount,
     RateCounters,
     SessionFound,
 )
-from gateway.settings import GatewaySettings, RateBudget
+from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_KEY_SCHEME = "sk-"
+# What a refusal names, by the scope of the limit reached (repository.Count.scope).
+SCOPE_NAMES = {
+    "role": "Your role's rate limit",
+    "user": "Your user's rate limit",
+    "key": "This API key's rate limit",
+    "team": "The team's rate limit",
+    "address": "This address's rate limit",
+}
+# A session's policy as stored when the user has none (or the session predates policies).
+_NO_POLICY = ("", "{}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,9 @@ class Principal:
     session_id: str | None = None
     key_id: str | None = None
     csrf_hash: str | None = None
+    # The key's team, and the policies that govern the caller (common.policy, wire form).
+    team: str | None = None
+    policies: dict[str, Any] | None = None
 
     def identity(self) -> Identity:
         return Identity(
@@ -57,6 +73,8 @@ class Principal:
             permissions=self.permissions,
             sid=self.session_id,
             kid=self.key_id,
+            team=self.team,
+            policies=self.policies,
         )
 
 
@@ -97,70 +115,50 @@ class Security:
         self._auth = auth
         self._settings = settings
         self.clock = clock
-        # The bucket a signed-in caller's request counts in, for model calls (True) and the
-        # others; None when nobody has a budget there: such requests are not counted at all.
-        budgets = [self.budget(()), *settings.rate_limits.values()]
-        self._user_bucket: dict[bool, str | None] = {
-            True: "model" if any(b.model > 0 for b in budgets) else None,
-            False: "default" if any(b.default > 0 for b in budgets) else None,
+        # What a signed-in caller's request counts against, for model calls (True) and the
+        # others: the role defaults (a caller gets the most generous of its roles'), and on
+        # model calls the policies' rpm limits too. None: nothing limits such requests (no
+        # role has a default and no policy limits them), so they are not counted at all.
+        roles = settings.rate_limits.items()
+        default = CallerLimits(
+            "default",
+            settings.rate_limit_per_minute,
+            tuple((role, budget.default) for role, budget in roles),
+        )
+        self._limits: dict[bool, CallerLimits | None] = {
+            True: CallerLimits(
+                "model",
+                settings.rate_limit_model_per_minute,
+                tuple((role, budget.model) for role, budget in roles),
+            ),
+            False: default
+            if default.default > 0 or any(limit > 0 for _, limit in default.by_role)
+            else None,
         }
 
     # ------------------------------------------------------------ authentication
 
     async def admit(self, request: Request, *, model: bool, client: str) -> Admission:
-        """Authenticate the caller and count the request against its budget (`model`
-        calls have their own), in one Redis round trip when the credential is cached.
-        `client`: the client's address, as per-address counters count it."""
-        bucket = self._user_bucket[model]
+        """Authenticate the caller and count the request against its limits (`model` calls
+        have their own, and the policies' rpm limits), in one Redis round trip when the
+        credential is cached. `client`: the client's address, as per-address counters
+        count it."""
+        limits = self._limits[model]
         authorization = request.headers.get("authorization")
         if authorization is not None:
             key_hash = _api_key_hash(authorization)
-            now = self.clock()
-            found = await self._credentials.api_key(key_hash, now, bucket)
+            found = await self._credentials.api_key(key_hash, self.clock(), limits)
             if found is None:
                 # Not cached yet: auth resolves it (and caches the answer), then count.
                 await self._resolve_counted(key_hash, client)
-                now = self.clock()
-                found = await self._credentials.api_key(key_hash, now, bucket)
-            return self._key_admission(found, now, model=model)
+                found = await self._credentials.api_key(key_hash, self.clock(), limits)
+            return _key_admission(found)
         token = request.cookies.get(self._settings.session_cookie_name)
         if not token:
             raise Unauthenticated("Log in, or send an API key as `Authorization: Bearer <key>`.")
         session_id = secret_hash(token)
-        now = self.clock()
-        found_session = await self._credentials.session(session_id, now, bucket)
-        return self._session_admission(session_id, found_session, now, model=model)
-
-    def _session_admission(
-        self, session_id: str, found: SessionFound | None, now: float, *, model: bool
-    ) -> Admission:
-        if found is None:
-            raise Unauthenticated("The session has ended; log in again.")
-        user_id, roles, permissions, csrf_hash, count = found
-        principal = Principal(
-            user_id=user_id,
-            kind="user",
-            roles=roles,
-            permissions=permissions,
-            session_id=session_id,
-            csrf_hash=csrf_hash,
-        )
-        return Admission(principal, self._decide(principal, count, now, model=model))
-
-    def _key_admission(self, found: KeyFound | None, now: float, *, model: bool) -> Admission:
-        if not isinstance(found, tuple):
-            if found == "expired":
-                raise Unauthenticated("This API key has expired.")
-            raise Unauthenticated("Invalid API key.")
-        resolved, count = found
-        principal = Principal(
-            user_id=resolved.user_id,
-            kind="api_key",
-            roles=resolved.roles,
-            permissions=resolved.permissions,
-            key_id=resolved.key_id,
-        )
-        return Admission(principal, self._decide(principal, count, now, model=model))
+        found_session = await self._credentials.session(session_id, self.clock(), limits)
+        return _session_admission(session_id, found_session)
 
     async def _resolve_counted(self, key_hash: str, client: str) -> None:
         """Ask auth about a key, as one of the client's failed checks until auth knows the
@@ -172,12 +170,14 @@ class Security:
             await self._resolve(key_hash)
             return
         now = self.clock()
-        count = int(await self._counters.hit("invalid_api_keys", f"ip:{client}", now))
-        if count > limit:
-            reset = _reset(now)
+        counted = await self._counters.hit(
+            "invalid_api_keys", "address", f"ip:{client}", limit, now
+        )
+        if not counted.admitted:
+            retry = _judge(counted)[1]
             raise InvalidKeysLimited(
-                f"Too many invalid API keys from this address; retry in {reset} s.",
-                headers={"Retry-After": str(reset)},
+                f"Too many invalid API keys from this address; retry in {retry} s.",
+                headers={"Retry-After": str(retry)},
             )
         await self._resolve(key_hash)  # raises for an unknown key (or auth down): counted
         await self._counters.give_back("invalid_api_keys", f"ip:{client}", now)
@@ -212,45 +212,100 @@ class Security:
 
     # ------------------------------------------------------------ rate limits
 
-    def budget(self, roles: tuple[str, ...]) -> RateBudget:
-        """The most generous budget among the caller's roles, else the default."""
-        budgets = [self._settings.rate_limits[r] for r in roles if r in self._settings.rate_limits]
-        if not budgets:
-            return RateBudget(
-                default=self._settings.rate_limit_per_minute,
-                model=self._settings.rate_limit_model_per_minute,
-            )
-        return RateBudget(
-            default=max(b.default for b in budgets), model=max(b.model for b in budgets)
-        )
-
-    def _decide(
-        self, principal: Principal, count: int, now: float, *, model: bool
-    ) -> RateDecision | None:
-        budget = self.budget(principal.roles)
-        return self._judge(budget.model if model else budget.default, count, now)
-
-    @staticmethod
-    def _judge(limit: int, count: int, now: float) -> RateDecision | None:
-        """The decision for the `count`-th request of this window; RateLimited past it."""
-        if limit <= 0:
-            return None
-        reset = _reset(now)
-        decision = RateDecision(limit=limit, remaining=max(0, limit - count), reset=reset)
-        if count > limit:
-            raise RateLimited(
-                f"Rate limit of {limit} requests per minute reached; retry in {reset} s.",
-                headers={**decision.headers(), "Retry-After": str(reset)},
-            )
-        return decision
-
     async def hit(self, subject: str, bucket: str, limit: int) -> RateDecision | None:
-        """Count one request; None when unlimited (limit 0); RateLimited past the budget."""
+        """One request of a caller without credentials (`subject`: its address), counted if
+        admitted; None when unlimited (limit 0); RateLimited past the limit."""
         if limit <= 0:
             return None
-        now = self.clock()
-        count = int(await self._counters.hit(bucket, subject, now))
-        return self._judge(limit, count, now)
+        return _decide(await self._counters.hit(bucket, "address", subject, limit, self.clock()))
+
+
+def _session_admission(session_id: str, found: SessionFound | None) -> Admission:
+    if found is None:
+        raise Unauthenticated("The session has ended; log in again.")
+    user_id, roles, permissions, csrf_hash, policy, counted = found
+    principal = Principal(
+        user_id=user_id,
+        kind="user",
+        roles=roles,
+        permissions=permissions,
+        session_id=session_id,
+        csrf_hash=csrf_hash,
+        # The user's policy governs a session's calls; parsed only when there is one.
+        policies=None if policy in _NO_POLICY else {"user": json.loads(policy)},
+    )
+    return Admission(principal, _decide(counted))
+
+
+def _key_admission(found: KeyFound | None) -> Admission:
+    if not isinstance(found, tuple):
+        if found == "expired":
+            raise Unauthenticated("This API key has expired.")
+        raise Unauthenticated("Invalid API key.")
+    resolved, counted = found
+    principal = Principal(
+        user_id=resolved.user_id,
+        kind="api_key",
+        roles=resolved.roles,
+        permissions=resolved.permissions,
+        key_id=resolved.key_id,
+        team=resolved.team_id,
+        policies=resolved.policies,
+    )
+    return Admission(principal, _decide(counted))
+
+
+def _decide(counted: RateCount) -> RateDecision | None:
+    """The headers of an admitted request (None: no limit applies); RateLimited, naming the
+    limit reached, for a refused one."""
+    if not counted.counts:
+        return None
+    decision, retry, scope, limit = _judge(counted)
+    if not counted.admitted:
+        raise RateLimited(
+            f"{SCOPE_NAMES.get(scope, 'The rate limit')} of {limit} requests a minute is "
+            f"reached; retry in {retry} s.",
+            headers={**decision.headers(), "Retry-After": str(retry)},
+            scope=scope,
+            limit=limit,
+        )
+    return decision
+
+
+def _judge(counted: RateCount) -> tuple[RateDecision, int, str, int]:
+    """The tightest of the counters a request was checked against (the least remaining;
+    among those, the longest to wait): its headers, the seconds until one more request
+    would pass (at least 1), and its scope and limit. Counts as the script saw them, with
+    this request added where it was counted."""
+    window = counted.window
+    added = 1 if counted.admitted else 0
+    tightest: tuple[int, float, str, int] | None = None
+    for count in counted.counts:
+        current = count.current + added
+        used = count.previous * window.weight + current
+        remaining = max(0, math.floor(count.limit - used))
+        wait = _wait(count.previous, current, count.limit, window.elapsed)
+        if tightest is None or (remaining, -wait) < (tightest[0], -tightest[1]):
+            tightest = (remaining, wait, count.scope, count.limit)
+    assert tightest is not None
+    remaining, wait, scope, limit = tightest
+    retry = max(1, math.ceil(wait))
+    # Reset: when one more request would pass if none remains, else the window's end.
+    reset = retry if remaining == 0 else max(1, math.ceil(WINDOW_SECONDS - window.elapsed))
+    return RateDecision(limit=limit, remaining=remaining, reset=reset), retry, scope, limit
+
+
+def _wait(previous: int, current: int, limit: int, elapsed: float) -> float:
+    """Seconds from `elapsed` into the current window until one more request would be
+    admitted (0: now), if no other is counted meanwhile. The previous window's weight falls
+    from 1 to 0 over the current window; once the current window holds the limit, its
+    count has to slide out over the next one."""
+    room = limit - 1 - current  # what the previous window may still weigh
+    if room >= 0:
+        if previous <= room:
+            return 0.0
+        return max(0.0, WINDOW_SECONDS * (1 - room / previous) - elapsed)
+    return WINDOW_SECONDS - elapsed + WINDOW_SECONDS * (1 - (limit - 1) / current)
 
 
 def _api_key_hash(authorization: str) -> str:
@@ -263,9 +318,3 @@ def _api_key_hash(authorization: str) -> str:
     if not key.startswith(API_KEY_SCHEME) or len(key) > 200:
         raise Unauthenticated("Invalid API key.")
     return secret_hash(key)
-
-
-def _reset(now: float) -> int:
-    """Seconds until the current window ends (at least 1): when to try again."""
-    window = int(now // WINDOW_SECONDS)
-    return max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
