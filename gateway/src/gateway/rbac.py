@@ -58,7 +58,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET",    "/auth/teams",                            SIGNED_IN),
     Route("GET",    "/auth/teams/{id}",                       SIGNED_IN),
     Route("PATCH",  "/auth/teams/{id}",                       SIGNED_IN),
-    Route("DELETE", "/auth/teams/{id}",                       SIGNED_IN),
+    Route("DELETE", "/auth/teams/{id}",                       "teams:manage"),
     Route("GET",    "/auth/teams/{id}/members",               SIGNED_IN),
     Route("PUT",    "/auth/teams/{id}/members/{user_id}",     SIGNED_IN),
     Route("DELETE", "/auth/teams/{id}/members/{user_id}",     SIGNED_IN),
