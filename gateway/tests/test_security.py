@@ -363,3 +363,31 @@ async def test_a_valid_key_auth_is_asked_about_is_not_counted_as_a_failure(
     assert valid.status_code == 200
     assert [r.status_code for r in unknown] == [401, 429]
     assert upstream.resolve_calls == 2
+
+
+async def test_the_first_calls_of_a_new_key_at_once_ask_auth_once_and_count_once(
+    upstream: Upstream, redis_url: str, redis: Redis
+) -> None:
+    # A job starting its workers with a key made a moment ago: 12 calls before the gateway
+    # has it cached, more than the address's budget of keys auth must be asked about.
+    key = "sk-new-key-of-a-batch-job-00000000000"
+    upstream.known_keys[secret_hash(key)] = ApiKeyPrincipal(
+        key_id="33333333-3333-3333-3333-333333333333",
+        user_id="00000000-0000-0000-0000-0000000000dd",
+        roles=("member",),
+        permissions=("models:read",),
+        expires_at=None,
+    )
+    settings = gateway_settings(upstream, redis_url, invalid_api_keys_per_minute=2)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        LiveServer(create_app(settings, clock=in_one_window())) as gw,
+        httpx.AsyncClient(base_url=gw.url) as c,
+    ):
+        burst = await asyncio.gather(*(c.get("/v1/models", headers=headers) for _ in range(12)))
+        unknown = [await c.get("/v1/models", headers=h) for h in unknown_keys(3)]
+
+    assert [r.status_code for r in burst] == [200] * 12
+    # The address's budget is untouched: two unknown keys are still asked about.
+    assert [r.status_code for r in unknown] == [401, 401, 429]
+    assert upstream.resolve_calls == 1 + 2

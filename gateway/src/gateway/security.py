@@ -3,6 +3,7 @@ is refused, and each caller's budget. Their storage, in Redis, is gateway/reposi
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -115,6 +116,8 @@ class Security:
         self._auth = auth
         self._settings = settings
         self.clock = clock
+        # The resolutions of uncached keys in flight on this replica, by key hash.
+        self._resolving: dict[str, asyncio.Future[None]] = {}
         # What a signed-in caller's request counts against, for model calls (True) and the
         # others: the role defaults (a caller gets the most generous of its roles'), and on
         # model calls the policies' rpm limits too. None: nothing limits such requests (no
@@ -150,7 +153,7 @@ class Security:
             found = await self._credentials.api_key(key_hash, self.clock(), limits)
             if found is None:
                 # Not cached yet: auth resolves it (and caches the answer), then count.
-                await self._resolve_counted(key_hash, client)
+                await self._resolve_once(key_hash, client)
                 found = await self._credentials.api_key(key_hash, self.clock(), limits)
             return _key_admission(found)
         token = request.cookies.get(self._settings.session_cookie_name)
@@ -159,6 +162,24 @@ class Security:
         session_id = secret_hash(token)
         found_session = await self._credentials.session(session_id, self.clock(), limits)
         return _session_admission(session_id, found_session)
+
+    async def _resolve_once(self, key_hash: str, client: str) -> None:
+        """One resolution of a key at a time on this replica: the concurrent first calls
+        of a new key (a job starting its workers) wait for it, rather than each asking
+        auth and counting against the address's budget of unknown keys. Whatever it
+        raises, every waiter raises."""
+        pending = self._resolving.get(key_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve_counted(key_hash, client))
+            self._resolving[key_hash] = pending
+            pending.add_done_callback(lambda done: self._resolved(key_hash, done))
+        # A waiter that goes away (its client hung up) leaves the resolution to the others.
+        await asyncio.shield(pending)
+
+    def _resolved(self, key_hash: str, done: asyncio.Future[None]) -> None:
+        self._resolving.pop(key_hash, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone
 
     async def _resolve_counted(self, key_hash: str, client: str) -> None:
         """Ask auth about a key, as one of the client's failed checks until auth knows the
