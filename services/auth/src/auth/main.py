@@ -19,8 +19,10 @@ from auth.settings import AuthSettings
 from common.app import create_service_app, database_and_redis
 
 log = structlog.get_logger(__name__)
-# How often each replica sets the teams' budget gauge.
+# How often each replica sets the teams' budget gauge, and looks for budget announcements
+# to audit (one Redis read when there are none).
 TEAM_BUDGETS_SECONDS = 15.0
+BUDGET_ALERTS_SECONDS = 2.0
 
 
 Work = Callable[[Runtime], Awaitable[Any]]
@@ -68,15 +70,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         app.state.runtime = runtime
         await bootstrap_admin(runtime)
-        flushing: dict[str, Work] = {
-            "API key use": background.flush_api_key_use,
-            "budget alerts": background.record_budget_alerts,
-        }
+        flushing: dict[str, Work] = {"API key use": background.flush_api_key_use}
+        alerts: dict[str, Work] = {"budget alerts": background.record_budget_alerts}
         gauges: dict[str, Work] = {"team budget gauge": background.refresh_team_budgets}
         tasks = [
             asyncio.create_task(
                 _forever(settings.api_key_last_used_flush_seconds, runtime, flushing)
             ),
+            asyncio.create_task(_forever(BUDGET_ALERTS_SECONDS, runtime, alerts)),
             asyncio.create_task(_forever(TEAM_BUDGETS_SECONDS, runtime, gauges)),
         ]
         try:
