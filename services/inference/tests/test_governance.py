@@ -10,6 +10,7 @@ be asked is tested here (503, budgets fail closed)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -39,6 +40,8 @@ from common.llm_events import LlmCallEvent
 from common.policy import Period, ScopeKind
 from devkit import devstack
 from devkit.testing import LiveServer, signing_key
+from inference import service
+from inference.schemas import ChatRequest
 from inference.settings import Price
 
 from .conftest import MEMBER_PERMISSIONS, Inference, MakeInference, Upstream, admin
@@ -464,7 +467,7 @@ async def test_holds_of_calls_in_flight_refuse_with_retry_after_1_until_they_lap
 ) -> None:
     clock = Clock(NOON)
     who = caller({"key": budget("0.01")})
-    async with governed(make_inference, openai_upstream, clock) as inference:
+    async with governed(make_inference, openai_upstream, clock, budget_wait_seconds=0) as inference:
         await seed(redis, "key", KEY_A)
         # A call a replica admitted and never settled (it died): held until NOON + 100.
         await redis.zadd(held_key("key", KEY_A), {"dead-call:10000000": NOON + 100})
@@ -480,6 +483,52 @@ async def test_holds_of_calls_in_flight_refuse_with_retry_after_1_until_they_lap
         await inference.events()
         assert await held(redis, "key", KEY_A) == (0, 0)
         assert await spent(redis, "key", KEY_A) == CALL_COST
+
+
+async def test_a_call_waits_for_holds_in_flight_to_settle_rather_than_be_refused(
+    make_inference: MakeInference, openai_upstream: Upstream, redis: Redis
+) -> None:
+    who = caller({"key": budget("0.01")})
+    async with governed(make_inference, openai_upstream, Clock(NOON)) as inference:
+        await seed(redis, "key", KEY_A)
+        # Another call holds the whole budget; it settles (at no cost) while this one waits.
+        await redis.zadd(held_key("key", KEY_A), {"other-call:10000000": NOON + 100})
+        await redis.set(held_sum_key("key", KEY_A), 10_000_000)
+
+        async def settle_the_other() -> None:
+            await asyncio.sleep(0.2)
+            await redis.zrem(held_key("key", KEY_A), "other-call:10000000")
+            await redis.decrby(held_sum_key("key", KEY_A), 10_000_000)
+
+        settling = asyncio.create_task(settle_the_other())
+        response = await inference.call("POST", CHAT, identity=who, json=ask())
+        await settling
+        assert response.status_code == 200, response.text
+        await inference.events()
+        assert await held(redis, "key", KEY_A) == (0, 0)
+        assert await spent(redis, "key", KEY_A) == CALL_COST
+
+
+async def test_a_stream_whose_client_left_before_it_began_gives_its_hold_back(
+    make_inference: MakeInference, openai_upstream: Upstream, redis: Redis
+) -> None:
+    who = caller({"key": budget("1")})
+    async with governed(make_inference, openai_upstream, Clock(NOON)) as inference:
+        await seed(redis, "key", KEY_A)
+        runtime = inference.app.state.runtime
+        request = ChatRequest.model_validate(ask(stream=True)).model_dump(exclude_none=True)
+        async with inference.app.state.sessionmaker() as db:
+            answer, _ = await service.chat_stream(runtime, db, identity=who, request=request)
+        assert (await held(redis, "key", KEY_A))[0] == 1
+        del answer  # never sent: the client hung up before the response began
+        gc.collect()
+        for _ in range(200):
+            if await held(redis, "key", KEY_A) == (0, 0):
+                break
+            await asyncio.sleep(0.01)
+        assert await held(redis, "key", KEY_A) == (0, 0)
+        (event,) = [e for e in await inference.events() if e.api_key_id == KEY_A]
+        assert event.status == "cancelled"
 
 
 async def test_alerts_at_50_80_and_100_percent_are_pushed_once(

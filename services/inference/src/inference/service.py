@@ -504,7 +504,18 @@ async def chat_stream(
     # On the event loop's clock: time.monotonic(), as call.started.
     deadline = asyncio.get_running_loop().time() + runtime.settings.stream_max_seconds - ttft
     events = _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner, lease=lease)
-    return events, call.headers
+    # Started up to its first event here: an answer whose client is gone before it began
+    # is never iterated, and a generator that never started never runs its `finally`. One
+    # that has started runs it when it is closed or dropped (the loop's async-generator
+    # finalizer): the call is recorded, its hold settled and its lease given back.
+    first = await anext(events)
+    return _resumed(first, events), call.headers
+
+
+async def _resumed(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 async def _relay(
