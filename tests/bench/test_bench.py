@@ -130,9 +130,8 @@ async def test_generator_reads_chunked_streams_to_their_end() -> None:
 def test_each_target_gets_the_same_request_in_its_own_names() -> None:
     urls = {"bare": "http://b", "delayed": "http://d", "ours": "http://o", "litellm": "http://l"}
     by_name = {s.name: s for s in SCENARIOS}
-    chat = {
-        t: request_for(by_name["chat c=50"], t, urls, "sk-ours") for t in urls if t != "delayed"
-    }
+    keys = {"plain": "sk-ours", "governed": "sk-governed"}
+    chat = {t: request_for(by_name["chat c=50"], t, urls, keys) for t in urls if t != "delayed"}
     assert chat["bare"][0] == "http://b/v1/chat/completions"
     assert chat["ours"][1]["model"] == "openai/gpt-4o-mini"
     assert chat["ours"][2] == "sk-ours"
@@ -141,12 +140,16 @@ def test_each_target_gets_the_same_request_in_its_own_names() -> None:
         chat["bare"][1]["messages"] == chat["ours"][1]["messages"] == chat["litellm"][1]["messages"]
     )
     delayed = by_name["chat c=50, delayed upstream"]
-    assert request_for(delayed, "bare", urls, "k")[0] == "http://d/v1/chat/completions"
-    assert request_for(delayed, "ours", urls, "k")[1]["model"] == "bench-delayed"
-    assert request_for(delayed, "litellm", urls, "k")[1]["model"] == peers.DELAYED_MODEL
-    stream = request_for(by_name["stream c=1"], "ours", urls, "k")[1]
+    assert request_for(delayed, "bare", urls, keys)[0] == "http://d/v1/chat/completions"
+    assert request_for(delayed, "ours", urls, keys)[1]["model"] == "bench-delayed"
+    assert request_for(delayed, "litellm", urls, keys)[1]["model"] == peers.DELAYED_MODEL
+    stream = request_for(by_name["stream c=1"], "ours", urls, keys)[1]
     assert stream["stream"] is True
-    embed = request_for(by_name["embeddings c=10"], "ours", urls, "k")
+    # The governed scenario: the same request as ours, with the key under a policy.
+    governed = request_for(by_name["chat c=50, governed key"], "ours", urls, keys)
+    assert governed[1] == chat["ours"][1]
+    assert governed[2] == "sk-governed"
+    embed = request_for(by_name["embeddings c=10"], "ours", urls, keys)
     assert embed[0] == "http://o/v1/embeddings"
     assert embed[1]["model"] == "openai/text-embedding-3-small"
 
