@@ -35,6 +35,7 @@ from _common import (
     summary,
     utc_now,
 )
+from scenarios import GOVERNED_POLICY
 
 BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -67,16 +68,23 @@ def parse_args() -> argparse.Namespace:
         help="path to a py-spy binary: sample gateway and inference during the measured run "
         "and write collapsed stacks to bench/results/profile-<process>.txt",
     )
+    parser.add_argument(
+        "--governed",
+        action="store_true",
+        help="call with an API key under a policy (scenarios.GOVERNED_POLICY): every check, "
+        "hold and settlement of issue 18 on every call",
+    )
     return parser.parse_args()
 
 
 def measure_both(
-    running: Platform, upstream_url: str, n: int, py_spy: str | None
+    running: Platform, upstream_url: str, n: int, py_spy: str | None, *, governed: bool = False
 ) -> tuple[list[float], list[float], dict[str, float], float]:
     """The bare upstream's latencies, then the gateway path's, each after a warm-up; during
     the gateway path, the CPU ms per request of gateway and inference and of this process
     (the load generator), sampled by py-spy when given."""
-    key = provision(running.gateway, upstream_url)["plain"]
+    keys = provision(running.gateway, upstream_url, policy=GOVERNED_POLICY if governed else None)
+    key = keys["governed" if governed else "plain"]
     procs = {name: [psutil.Process(running.pids[name])] for name in ("gateway", "inference")}
     bare_body = dict(BODY, model="gpt-4o-mini")
     with (
@@ -117,7 +125,7 @@ def main() -> int:
     try:
         with platform(RESULTS / "chat_path.log", INFERENCE_LOCAL_PRELOAD="false") as running:
             bare_lat, ours_lat, cpu, generator_cpu = measure_both(
-                running, upstream_url, n, args.profile
+                running, upstream_url, n, args.profile, governed=args.governed
             )
     finally:
         stop(upstream)
@@ -126,6 +134,7 @@ def main() -> int:
         "machine": machine(),
         "requests": n,
         "concurrency": 1,
+        "governed": args.governed,
         "bare_ms": summary(bare_lat),
         "gateway_ms": summary(ours_lat),
         "added_p50_ms": statistics.median(ours_lat) - statistics.median(bare_lat),

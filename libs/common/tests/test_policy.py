@@ -16,6 +16,7 @@ from common.policy import (
     period_end,
     period_key,
     period_start,
+    usd,
 )
 
 
@@ -135,3 +136,12 @@ def test_a_period_is_judged_in_utc_whatever_the_offset() -> None:
     late_evening_in_new_york = datetime(2026, 12, 3, 20, 30, tzinfo=timezone(timedelta(hours=-5)))
     assert period_key("day", late_evening_in_new_york) == "day:2026-12-04"
     assert period_end("month", at("2026-01-31T23:59:59")) == at("2026-02-01T00:00:00")
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [("25", "25.00"), ("25.5", "25.50"), ("0.010000000", "0.01"), ("0.000123", "0.000123"),
+     ("1E+1", "10.00"), ("0", "0.00"), ("1000000000", "1000000000.00")],
+)  # fmt: skip
+def test_amounts_are_shown_with_two_decimals_at_least(amount: str, shown: str) -> None:
+    assert usd(Decimal(amount)) == shown

@@ -127,6 +127,13 @@ def parse_budget(value: Any) -> Decimal:
     return amount
 
 
+def usd(amount: Decimal) -> str:
+    """An amount of USD as shown to people: two decimals at least, no trailing zeros past
+    them, never an exponent (`25.00`, `0.000123`)."""
+    whole, _, fraction = format(amount.normalize(), "f").partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
 def _period(value: Any) -> Period:
     if value not in PERIODS:
         raise ValueError(f"budget_period is one of {', '.join(PERIODS)}")

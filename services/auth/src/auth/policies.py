@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from auth.errors import InvalidPolicy
-from common.policy import Period, Policy, covers
+from common.policy import Period, Policy, covers, usd
 
 POLICY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Policy))
 # How often a budget starts again: the higher, the more it allows with the same amount.
@@ -36,15 +36,6 @@ class PolicyRow(Protocol):
     allowed_models: list[str] | None
     rpm_limit: int | None
     tpm_limit: int | None
-
-
-def usd(amount: Decimal) -> str:
-    """An amount as shown: two decimals at least, no trailing zeros beyond, no exponent
-    (`25.00`, `0.000123`)."""
-    cents = amount.quantize(Decimal("0.01"))
-    if cents == amount:
-        return f"{cents:.2f}"
-    return format(amount.normalize(), "f")
 
 
 def policy_of(row: PolicyRow) -> Policy:

@@ -18,13 +18,14 @@ from pydantic import (
     StringConstraints,
 )
 
-from auth.policies import POLICY_FIELDS, usd
+from auth.policies import POLICY_FIELDS
 from common.policy import (
     MAX_LIMIT,
     MAX_MODEL_PATTERNS,
     Period,
     check_model_pattern,
     parse_budget,
+    usd,
 )
 
 RoleName = Literal["admin", "member", "viewer"]

@@ -50,7 +50,7 @@ from common.budgets import (
     utc,
 )
 from common.identity import Identity, InvalidIdentity
-from common.policy import Policies, Policy, ScopeKind, period_end
+from common.policy import Policies, Policy, ScopeKind, period_end, usd
 from inference.errors import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -345,13 +345,6 @@ async def _ask(
         "The budget counters were not there after seeding; retry shortly.",
         headers={"Retry-After": "1"},
     )
-
-
-def usd(amount: Decimal) -> str:
-    """An amount as people write it: at least two decimals, no trailing zeros past them."""
-    text = format(amount.normalize(), "f")
-    whole, _, fraction = text.partition(".")
-    return f"{whole}.{fraction.ljust(2, '0')}"
 
 
 def _budget_exceeded(
