@@ -152,9 +152,11 @@ def add_odd_answers(router: APIRouter) -> None:
 def add_echo(router: APIRouter, state: Upstream) -> None:
     """Every other path, for every method: what the request looked like when it arrived."""
 
-    async def echo(request: Request, identity: CurrentIdentity) -> dict[str, Any]:
+    async def echo(request: Request, identity: CurrentIdentity) -> JSONResponse:
+        """Answers with the status in `X-Answer-Status` (200 without)."""
         state.hits += 1
-        return {
+        status = int(request.headers.get("x-answer-status", "200"))
+        return JSONResponse(status_code=status, content={
             "method": request.method,
             "path": request.url.path,
             "query": request.url.query,
@@ -169,8 +171,9 @@ def add_echo(router: APIRouter, state: Upstream) -> None:
                 "kid": identity.kid,
                 "team": identity.team,
                 "policies": identity.policies,
+                "hold": identity.hold,
             },
-        }
+        })  # fmt: skip
 
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         router.add_api_route("/{path:path}", echo, methods=[method], name=f"echo_{method}")

@@ -42,7 +42,9 @@ async def caller_identity(runtime: Runtime, request: Request) -> Identity:
             limit = runtime.settings.rate_limit_anonymous_per_minute
             _remember(request, await security.hit(f"ip:{client}", "anonymous", limit))
             return ANONYMOUS
-        admission = await security.admit(request, model=route.model, client=client)
+        admission = await security.admit(
+            request, model=route.model, holds=route.holds, client=client
+        )
     except RedisError:
         # Never let a request through unchecked: without Redis nothing is authenticated.
         raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 import structlog
 from opentelemetry import propagate
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yarl import URL
 
+from common.budgets import GatewayHold
 from common.disconnect import disconnected
 from common.errors import BadGateway, GatewayTimeout, Problem, render_problem
 from common.identity import HEADER as IDENTITY_HEADER
@@ -32,6 +34,7 @@ from gateway.clients import Upstream
 from gateway.errors import ClientClosed, PayloadTooLarge, TooManyInFlight
 from gateway.metrics import RATE_LIMITED
 from gateway.proxy_table import proxy_rule_for
+from gateway.repository import HeldBudgets
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -113,6 +116,35 @@ class InFlight:
                 self._counts[key] = held
 
 
+class BudgetHolds:
+    """Gives back, in the background, the budget holds of calls inference did not take
+    over (common.budgets.GatewayHold): a refusal or a failed hop must not keep a budget
+    held until the hold lapses."""
+
+    def __init__(self, held: HeldBudgets) -> None:
+        self._held = held
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def release_soon(self, identity: Identity) -> None:
+        assert identity.hold is not None
+        hold = GatewayHold.from_wire(identity.hold)
+        ids = {"key": identity.kid, "user": identity.user_id, "team": identity.team}
+        task = asyncio.ensure_future(self._release(hold, ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, hold: GatewayHold, ids: dict[str, str | None]) -> None:
+        try:
+            await self._held.release(hold, ids)
+        except RedisError as exc:  # the hold lapses on its own
+            log.warning("budget hold not given back", error=type(exc).__name__)
+
+    async def aclose(self) -> None:
+        """Wait for the releases under way (the app is stopping)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+
+
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """Headers named in `Connection:` are hop-by-hop too (RFC 9110 section 7.6.1)."""
     return {
@@ -179,17 +211,29 @@ class ProxyMiddleware:
         runtime: Runtime = scope["app"].state.runtime
         scope["state"]["client_address"] = runtime.trusted_proxies.client_address(scope)
         request = Request(scope, receive)
+        exchange: Exchange | None = None
+        identity: Identity | None = None
         try:
             identity = await caller_identity(runtime, request)
             with runtime.in_flight.hold(rule.upstream, identity.user_id):
-                await Exchange(
+                exchange = Exchange(
                     scope, receive, send,
                     upstream=runtime.upstreams.proxied[rule.upstream],
                     signing_key=runtime.signing_key,
                     max_body_bytes=runtime.settings.max_body_bytes,
-                ).run(identity)  # fmt: skip
+                )  # fmt: skip
+                await exchange.run(identity)
         except Problem as exc:
             await render_problem(request, exc)(scope, receive, send)
+        finally:
+            # A budget hold taken for this call that inference did not take over (it
+            # refused the call, or never got it) is given back now, not when it lapses.
+            if (
+                identity is not None
+                and identity.hold is not None
+                and (exchange is None or not exchange.accepted)
+            ):
+                runtime.budget_holds.release_soon(identity)
 
 
 class Exchange:
@@ -212,6 +256,9 @@ class Exchange:
         self.signing_key = signing_key
         self.max_body_bytes = max_body_bytes
         self.started = False
+        # Whether the upstream answered with a success (for a model call: inference took
+        # over its budget hold, and settles it).
+        self.accepted = False
 
     async def run(self, identity: Identity) -> None:
         declared = next((v for k, v in self.scope["headers"] if k == b"content-length"), None)
@@ -272,6 +319,7 @@ class Exchange:
             await self._relay(response)
 
     async def _relay(self, response: aiohttp.ClientResponse) -> None:
+        self.accepted = response.status < 400
         headers = response_headers(response.raw_headers)
         limits = self.scope.get("state", {}).get("rate_limit_headers")
         if limits:

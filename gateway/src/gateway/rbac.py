@@ -3,7 +3,10 @@
 Every public route is listed; a route missing here is not served (404). `PUBLIC` needs no
 credentials, `SIGNED_IN` any session or API key, `SESSION_ONLY` a browser session (not an
 API key); anything else is a permission the caller must hold. `model=True` routes count
-against the tighter model-call rate limit and the rpm limits of the caller's policies.
+against the tighter model-call rate limit and the rpm limits of the caller's policies;
+`holds=True` routes (inference's own model calls, which settle what the gateway holds) are
+also admitted against the budgets of an API key's policies in the same step
+(common.budgets.GATEWAY_HOLD_LUA).
 Services still check object ownership (and, for teams, who owns or belongs to one).
 """
 
@@ -23,6 +26,7 @@ class Route:
     template: str
     needs: str
     model: bool = False
+    holds: bool = False
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +69,10 @@ ROUTES: tuple[Route, ...] = (
     # inference (OpenAI-compatible)
     Route("GET",    "/v1/models",                             "models:read"),
     Route("GET",    "/v1/models/{model:path}",                "models:read"),
-    Route("POST",   "/v1/chat/completions",                   "inference:invoke", model=True),
-    Route("POST",   "/v1/embeddings",                         "inference:invoke", model=True),
+    Route("POST",   "/v1/chat/completions",                   "inference:invoke", model=True,
+          holds=True),
+    Route("POST",   "/v1/embeddings",                         "inference:invoke", model=True,
+          holds=True),
     Route("POST",   "/v1/providers/credentials",              "providers:manage"),
     Route("GET",    "/v1/providers/credentials",              "providers:manage"),
     Route("DELETE", "/v1/providers/credentials/{id}",         "providers:manage"),

@@ -34,6 +34,14 @@ from typing import Any, Literal, NamedTuple
 
 from redis.asyncio import Redis
 
+from common.budgets import (
+    ADMIT_LUA,
+    GATEWAY_HOLD_LUA,
+    TOKEN_WINDOW_SECONDS,
+    GatewayHold,
+    held_key,
+    held_sum_key,
+)
 from common.principals import (
     API_KEY_INVALID,
     API_KEY_LAST_USED,
@@ -45,6 +53,8 @@ from common.principals import (
 from common.redis import as_text
 
 WINDOW_SECONDS = 60
+# The budget scripts' token windows are the rate windows: one window number serves both.
+assert WINDOW_SECONDS == TOKEN_WINDOW_SECONDS
 RATE_LIMIT_PREFIX = "gateway:ratelimit:"
 # A window's counter is read as the current window's, then as the previous one's: it
 # outlives its window by one more window and a second, never more.
@@ -100,24 +110,26 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
 # A signed-in caller's counters: `role` (the role default; the user's own `rpm_limit` in
 # its place when tighter, then named `user`), and on model calls (bucket `model`) `key` and
 # `team` when their policy has an `rpm_limit`. ARGV[1] is now; ARGV[2..4] as _RATE_LUA;
-# ARGV[5] the limit of a caller with none of the roles listed after it, in (role, limit)
-# pairs from ARGV[6] (0: unlimited). The roles are decoded only when roles are listed; a
-# session's policy only on model calls, and when it has an rpm_limit.
+# ARGV[5] what a model call of an API key is to hold of its budgets (common.budgets
+# GATEWAY_HOLD_LUA's spec; '' otherwise); ARGV[6] the limit of a caller with none of the
+# roles listed after it, in (role, limit) pairs from ARGV[7] (0: unlimited). The roles are
+# decoded only when roles are listed; a session's policy only on model calls, and when it
+# has an rpm_limit.
 _CALLER_RATE_LUA = (
     _RATE_LUA
     + """
 local function role_limit(roles)
   local limit = nil
-  if #ARGV > 5 then
+  if #ARGV > 6 then
     if type(roles) == 'string' then roles = cjson.decode(roles) end
     local listed = {}
-    for i = 6, #ARGV, 2 do listed[ARGV[i]] = tonumber(ARGV[i + 1]) end
+    for i = 7, #ARGV, 2 do listed[ARGV[i]] = tonumber(ARGV[i + 1]) end
     for _, role in ipairs(roles) do
       local l = listed[role]
       if l and (not limit or l > limit) then limit = l end
     end
   end
-  return limit or tonumber(ARGV[5])
+  return limit or tonumber(ARGV[6])
 end
 
 local function rpm(policies, scope)
@@ -152,10 +164,12 @@ local function caller_rate(out, user_id, roles, policies, key_id, team_id)
 end
 """
 )
-# API key: {} not cached, {'invalid'}, {'expired'}, or {resolved JSON, rate...}; the last
-# use is recorded for auth to flush.
+# API key: {} not cached, {'invalid'}, {'expired'}, or {resolved JSON, hold, rate...}; the
+# last use is recorded for auth to flush. `hold`: what an admitted model call holds of its
+# budgets (GATEWAY_HOLD_LUA's answer; '' for nothing).
 _API_KEY = (
     _CALLER_RATE_LUA
+    + GATEWAY_HOLD_LUA
     + """
 local cached = redis.call('GET', KEYS[1])
 if not cached then return {} end
@@ -167,7 +181,12 @@ if expires ~= nil and expires ~= cjson.null and tonumber(expires) <= tonumber(AR
 end
 redis.call('HSET', KEYS[2], key['key_id'], ARGV[1])
 local policies, team_id = key['policies'], key['team_id']
-return caller_rate({cached}, key['user_id'], key['roles'], policies, key['key_id'], team_id)
+local out = caller_rate({cached, ''}, key['user_id'], key['roles'], policies, key['key_id'],
+                        team_id)
+if out[3] == 1 and ARGV[5] and ARGV[5] ~= '' then
+  out[2] = gateway_hold(key, ARGV[5], tonumber(ARGV[2]), tonumber(ARGV[3]))
+end
+return out
 """
 )
 # Session: touch it (slide or end it, as SessionStore.touch), then count; {} when it ended.
@@ -234,19 +253,20 @@ class CallerLimits:
     bucket: str
     default: int  # the limit of a caller with none of the listed roles; 0: unlimited
     by_role: Sequence[tuple[str, int]] = ()
-    # ARGV[4...] of the credential scripts.
+    # ARGV[6...] of the credential scripts.
     script_args: list[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         roles = [part for role, limit in self.by_role for part in (role, limit)]
-        object.__setattr__(self, "script_args", [self.bucket, self.default, *roles])
+        object.__setattr__(self, "script_args", [self.default, *roles])
 
 
 # A live session: user id, roles, permissions, CSRF token hash, its policy in the wire form
 # as stored ('' or '{}': none), and the request's rate count.
 SessionFound = tuple[str, tuple[str, ...], tuple[str, ...], str, str, RateCount]
-# A cached API key: what it stands for and the request's rate count; or why it is refused.
-KeyFound = tuple[ApiKeyPrincipal, RateCount] | Literal["invalid", "expired"]
+# A cached API key: what it stands for, the request's rate count and what it holds of its
+# budgets (the script's answer, '' for nothing); or why it is refused.
+KeyFound = tuple[ApiKeyPrincipal, RateCount, str] | Literal["invalid", "expired"]
 
 
 # A request no limit applied to (most requests when limits are off): nothing to report.
@@ -284,6 +304,38 @@ class RateCounters:
         await self._give_back(keys=[key])
 
 
+# Give back what the gateway held for a call inference did not take over (it answered
+# with an error, or was not reached): KEYS in pairs, a scope's held set and its sum; ARGV[1]
+# the hold's member. A hold inference settled meanwhile is not there any more: a no-op.
+_RELEASE = (
+    ADMIT_LUA
+    + """
+local scopes = {}
+for i = 1, #KEYS, 2 do
+  scopes[#scopes + 1] = {held = KEYS[i], held_sum = KEYS[i + 1], budget = 'yes'}
+end
+budget_release(scopes, ARGV[1])
+"""
+)
+
+
+class HeldBudgets:
+    """Holds the gateway took (GATEWAY_HOLD_LUA) that it gives back itself."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._release = redis.register_script(_RELEASE)
+
+    async def release(self, hold: GatewayHold, ids: dict[str, str | None]) -> None:
+        """Give `hold` back in its scopes (`ids`: each scope's id)."""
+        keys: list[str] = []
+        for scope in hold.scopes:
+            scope_id = ids.get(scope)
+            if scope_id:
+                keys += [held_key(scope, scope_id), held_sum_key(scope, scope_id)]
+        if keys:
+            await self._release(keys=keys, args=[hold.member])
+
+
 class CredentialCache:
     """Sessions and cached API keys, each read together with the rate count of its request
     against `limits` (None: not counted; the count then has no counters)."""
@@ -293,11 +345,13 @@ class CredentialCache:
         self._session = redis.register_script(_SESSION)
 
     @staticmethod
-    def _args(now: float, window: Window, limits: CallerLimits | None) -> list[Any]:
-        """The scripts' arguments: now, and what counts the request (nothing without limits)."""
+    def _args(now: float, window: Window, limits: CallerLimits | None, hold: str = "") -> list[Any]:
+        """The scripts' arguments: now, and what counts the request (nothing without limits)
+        and what it is to hold (GATEWAY_HOLD_LUA's spec, '' for nothing)."""
         if limits is None:
             return [repr(now)]
-        return [repr(now), window.number, repr(window.weight), *limits.script_args]
+        return [repr(now), window.number, repr(window.weight), limits.bucket, hold,
+                *limits.script_args]  # fmt: skip
 
     async def session(
         self, session_id: str, now: float, limits: CallerLimits | None
@@ -316,14 +370,15 @@ class CredentialCache:
         )  # fmt: skip
 
     async def api_key(
-        self, key_hash: str, now: float, limits: CallerLimits | None
+        self, key_hash: str, now: float, limits: CallerLimits | None, hold: str = ""
     ) -> KeyFound | None:
-        """The key as auth cached it, with its last use recorded and the count; None when
-        auth has not cached it (yet)."""
+        """The key as auth cached it, with its last use recorded, the count, and for a model
+        call whose `hold` spec is given (common.budgets.GatewayHold.spec) what was held;
+        None when auth has not cached it (yet)."""
         window = Window.at(now)
         found = await self._api_key(
             keys=[API_KEY_PREFIX + key_hash, API_KEY_LAST_USED],
-            args=self._args(now, window, limits),
+            args=self._args(now, window, limits, hold),
         )
         if not found:
             return None
@@ -331,4 +386,4 @@ class CredentialCache:
             return "invalid"
         if found[0] == b"expired":
             return "expired"
-        return ApiKeyPrincipal.from_json(found[0]), _rate_count(found, 1, window)
+        return ApiKeyPrincipal.from_json(found[0]), _rate_count(found, 2, window), as_text(found[1])

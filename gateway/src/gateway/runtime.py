@@ -13,8 +13,8 @@ from common.redis import create_redis
 from gateway.clients import Upstreams
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import TITLE, VERSION, OpenAPICache
-from gateway.proxy import InFlight
-from gateway.repository import CredentialCache, RateCounters
+from gateway.proxy import BudgetHolds, InFlight
+from gateway.repository import CredentialCache, HeldBudgets, RateCounters
 from gateway.security import Security
 from gateway.settings import GatewaySettings
 
@@ -30,6 +30,8 @@ class Runtime:
     security: Security
     # Each caller's share of each upstream's connections on this replica.
     in_flight: InFlight
+    # Budget holds of model calls that inference did not take over, given back.
+    budget_holds: BudgetHolds
     # HMAC key of the identity header sent to the services.
     signing_key: bytes
     openapi: OpenAPICache
@@ -59,10 +61,12 @@ class Runtime:
                 clock=clock,
             ),
             in_flight=InFlight(settings.upstream_max_connections_per_user),
+            budget_holds=BudgetHolds(HeldBudgets(redis)),
             signing_key=settings.internal_signing_key.get_secret_value().encode(),
             openapi=OpenAPICache(upstreams.clients, title=TITLE, version=VERSION),
         )
 
     async def aclose(self) -> None:
+        await self.budget_holds.aclose()
         await self.upstreams.aclose()
         await self.redis.aclose()

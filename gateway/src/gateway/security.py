@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import json
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +16,7 @@ import httpx
 import structlog
 from fastapi import Request
 
+from common.budgets import GatewayHold
 from common.identity import Identity
 from common.principals import secret_hash
 from gateway.errors import (
@@ -64,6 +66,8 @@ class Principal:
     # The key's team, and the policies that govern the caller (common.policy, wire form).
     team: str | None = None
     policies: dict[str, Any] | None = None
+    # What this model call holds of the caller's budgets (common.budgets.GatewayHold).
+    hold: GatewayHold | None = None
 
     def identity(self) -> Identity:
         return Identity(
@@ -76,6 +80,7 @@ class Principal:
             kid=self.key_id,
             team=self.team,
             policies=self.policies,
+            hold=None if self.hold is None else self.hold.to_wire(),
         )
 
 
@@ -141,21 +146,29 @@ class Security:
 
     # ------------------------------------------------------------ authentication
 
-    async def admit(self, request: Request, *, model: bool, client: str) -> Admission:
+    async def admit(
+        self, request: Request, *, model: bool, client: str, holds: bool = False
+    ) -> Admission:
         """Authenticate the caller and count the request against its limits (`model` calls
         have their own, and the policies' rpm limits), in one Redis round trip when the
-        credential is cached. `client`: the client's address, as per-address counters
+        credential is cached; on `holds` routes (gateway/rbac.py) an API key's budgets are
+        held in the same step. `client`: the client's address, as per-address counters
         count it."""
         limits = self._limits[model]
         authorization = request.headers.get("authorization")
         if authorization is not None:
             key_hash = _api_key_hash(authorization)
-            found = await self._credentials.api_key(key_hash, self.clock(), limits)
+            now = self.clock()
+            # A model call of a key under a budget is admitted and held here, in the same
+            # script (common.budgets.GATEWAY_HOLD_LUA); inference takes the hold over.
+            call = _HoldRequest(now, self._settings.budget_hold_seconds) if holds else None
+            spec = call.spec if call else ""
+            found = await self._credentials.api_key(key_hash, now, limits, spec)
             if found is None:
                 # Not cached yet: auth resolves it (and caches the answer), then count.
                 await self._resolve_once(key_hash, client)
-                found = await self._credentials.api_key(key_hash, self.clock(), limits)
-            return _key_admission(found)
+                found = await self._credentials.api_key(key_hash, now, limits, spec)
+            return _key_admission(found, call)
         token = request.cookies.get(self._settings.session_cookie_name)
         if not token:
             raise Unauthenticated("Log in, or send an API key as `Authorization: Bearer <key>`.")
@@ -258,12 +271,29 @@ def _session_admission(session_id: str, found: SessionFound | None) -> Admission
     return Admission(principal, _decide(counted))
 
 
-def _key_admission(found: KeyFound | None) -> Admission:
+class _HoldRequest:
+    """What a model call asks the credential script to hold: a call id, the time, how long."""
+
+    __slots__ = ("call_id", "now", "spec", "until")
+
+    def __init__(self, now: float, seconds: float) -> None:
+        self.call_id = secrets.token_hex(16)
+        self.now = now
+        self.until = now + seconds
+        self.spec = GatewayHold.spec(self.call_id, now, self.until)
+
+    def granted(self, reply: str) -> GatewayHold | None:
+        if not reply:
+            return None
+        return GatewayHold.from_reply(reply, self.call_id, self.now, self.until)
+
+
+def _key_admission(found: KeyFound | None, call: _HoldRequest | None) -> Admission:
     if not isinstance(found, tuple):
         if found == "expired":
             raise Unauthenticated("This API key has expired.")
         raise Unauthenticated("Invalid API key.")
-    resolved, counted = found
+    resolved, counted, held = found
     principal = Principal(
         user_id=resolved.user_id,
         kind="api_key",
@@ -272,6 +302,7 @@ def _key_admission(found: KeyFound | None) -> Admission:
         key_id=resolved.key_id,
         team=resolved.team_id,
         policies=resolved.policies,
+        hold=call.granted(held) if call is not None else None,
     )
     return Admission(principal, _decide(counted))
 

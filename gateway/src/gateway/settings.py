@@ -54,6 +54,11 @@ class GatewaySettings(ServiceSettings):
     # Whether a trusted proxy's trace context is joined: false behind a proxy that passes
     # its clients' traceparent through unchanged (ingress-nginx without OpenTelemetry).
     join_proxy_trace_context: bool = True
+    # How long a hold of a model call's budgets taken here lasts unless the call settles or
+    # gives it back first (a call whose inference replica died). Inference replaces a hold
+    # that would lapse before its call can have ended (INFERENCE_STREAM_MAX_SECONDS for a
+    # stream), at the cost of a round trip of its own: keep it above that.
+    budget_hold_seconds: float = Field(660.0, ge=1, le=86_400)
     # Per role, e.g. {"admin": {"default": 2000, "model": 500}}; a caller gets the most
     # generous budget among its roles.
     rate_limits: dict[str, RateBudget] = {}

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from common.budgets import (
+    GatewayHold,
     Scope,
     SpendCounters,
     SpendQuery,
@@ -22,8 +23,10 @@ from common.budgets import (
     from_nano,
     held_key,
     held_sum_key,
+    period_key_at,
     spend_key,
     spend_ttl,
+    spend_ttl_at,
     to_nano,
     tokens_key,
     utc,
@@ -143,3 +146,50 @@ async def test_telemetry_that_does_not_answer_is_spend_unavailable(refused_port:
     ):
         with pytest.raises(SpendUnavailable):
             await TelemetrySpend(client, timeout=1.0)(query)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        NOON,
+        datetime(2026, 11, 30, 0, 0, tzinfo=UTC),  # a Monday, the first second
+        datetime(2026, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC),  # a year's last instant
+        datetime(2028, 2, 29, 6, 0, tzinfo=UTC),  # a leap day
+    ],
+)
+@pytest.mark.parametrize("period", ["day", "week", "month", "total"])
+def test_the_unix_time_forms_agree_with_the_datetime_ones(period: str, moment: datetime) -> None:
+    ts = moment.timestamp()
+    assert spend_key("key", ID, period, moment).endswith(":" + period_key_at(period, ts))  # type: ignore[arg-type]
+    assert spend_ttl_at(period, ts) == (spend_ttl(period, moment) or 0)  # type: ignore[arg-type]
+
+
+def test_a_gateway_hold_travels_as_the_script_answers_and_the_identity_carries_it() -> None:
+    now = NOON.timestamp()
+    spec = GatewayHold.spec("c1", now, now + 660)
+    # The period keys the script builds spend keys from (the day's, its week's, its month's).
+    assert spec.split("|")[4:] == ["day:2026-12-03", "week:2026-11-30", "month:2026-12"]
+    hold = GatewayHold.from_reply("5000|key,team|2,10,20;3,0,7", "c1", now, now + 660)
+    assert hold == GatewayHold("c1", 5000, now, now + 660, ("key", "team"),
+                               ((2, 10, 20), (3, 0, 7)))  # fmt: skip
+    assert hold.member == "c1:5000"
+    assert GatewayHold.from_wire(hold.to_wire()) == hold
+    assert GatewayHold.from_reply("0||1,0,0", "c2", now, now).scopes == ()
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        None,
+        {},
+        {"id": "", "amount": 1, "at": 0, "until": 0, "scopes": [], "windows": []},
+        {"id": "c", "amount": -1, "at": 0, "until": 0, "scopes": [], "windows": []},
+        {"id": "c", "amount": True, "at": 0, "until": 0, "scopes": [], "windows": []},
+        {"id": "c", "amount": 1, "at": "x", "until": 0, "scopes": [], "windows": []},
+        {"id": "c", "amount": 1, "at": 0, "until": 0, "scopes": ["org"], "windows": []},
+        {"id": "c", "amount": 1, "at": 0, "until": 0, "scopes": [], "windows": [[1, 2]]},
+    ],
+)
+def test_a_malformed_gateway_hold_is_refused(wire: object) -> None:
+    with pytest.raises(ValueError, match="malformed hold"):
+        GatewayHold.from_wire(wire)

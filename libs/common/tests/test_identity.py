@@ -7,6 +7,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -64,6 +65,18 @@ def test_round_trip_keeps_every_field() -> None:
     assert identity.user_id == USER.sub
     assert identity.has("completions:create")
     assert not identity.has("admin:write")
+    assert (identity.team, identity.policies, identity.hold) == (None, None, None)
+
+
+def test_round_trip_keeps_team_policies_and_hold() -> None:
+    hold = {"id": "c1", "amount": 5, "at": NOW, "until": NOW + 1, "scopes": ["key"],
+            "windows": [[1, 2, 3]]}  # fmt: skip
+    policies = {"key": {"max_budget_usd": "2.50", "allowed_models": ["openai/*"]}}
+    governed = replace(USER, team="t-1", policies=policies, hold=hold)
+    assert replace(_verify(_sign(governed)), iat=0.0) == governed
+    # Fields that are None are left out of the payload; they read back as None.
+    payload = json.loads(base64.urlsafe_b64decode(_sign().split(".")[0] + "=="))
+    assert {"team", "policies", "hold"} & set(payload) == set()
 
 
 def test_method_is_compared_case_insensitively() -> None:
@@ -221,7 +234,8 @@ def test_a_signature_does_not_cover_another_query() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", [{"iat": "NaN"}, {"kind": "root"}, {"aud": None}, {"aud": ["inference"]}]
+    "field",
+    [{"iat": "NaN"}, {"kind": "root"}, {"aud": None}, {"aud": ["inference"]}, {"hold": [1]}],
 )
 def test_malformed_claims_are_refused(field: dict[str, object]) -> None:
     import base64

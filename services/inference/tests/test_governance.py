@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -27,10 +27,12 @@ from redis.asyncio import Redis
 
 from common.budgets import (
     ALERTS,
+    GatewayHold,
     from_nano,
     held_key,
     held_sum_key,
     spend_key,
+    standing_key,
     to_nano,
     tokens_key,
     utc,
@@ -663,6 +665,114 @@ async def test_malformed_policies_are_refused(inference: Inference) -> None:
     keyless = caller({"key": {"tpm_limit": 5}}, key=None)
     problem(await inference.call("POST", CHAT, identity=keyless, json=ask()), 401,
             "internal-identity")  # fmt: skip
+
+
+# ---------------------------------------------------------------- holds the gateway took
+
+
+def held_by_gateway(
+    who: Identity, amount: int, *, scopes: tuple[ScopeKind, ...] = ("key",),
+    until: float = NOON + 660, windows: tuple[tuple[int, int, int], ...] = (),
+    issuer: str = "gateway",
+) -> Identity:  # fmt: skip
+    """`who`, with the hold the gateway took for the call (common.budgets.GatewayHold)."""
+    hold = GatewayHold("gateway-call-1", amount, NOON, until, scopes, windows)
+    return replace(who, hold=hold.to_wire(), iss=issuer)
+
+
+async def take(redis: Redis, who: Identity) -> None:
+    """What the gateway's script held in Redis for `who`'s hold."""
+    assert who.hold is not None
+    hold = GatewayHold.from_wire(who.hold)
+    ids = {"key": who.kid, "user": who.user_id, "team": who.team}
+    for scope in hold.scopes:
+        scope_id = ids[scope]
+        assert scope_id is not None
+        await redis.zadd(held_key(scope, scope_id), {hold.member: hold.until})
+        await redis.incrby(held_sum_key(scope, scope_id), hold.amount)
+
+
+async def test_a_call_the_gateway_admitted_and_held_needs_no_admission_of_its_own(
+    make_inference: MakeInference, openai_upstream: Upstream, redis: Redis, refused_port: int
+) -> None:
+    # No spend counter, and no telemetry to seed one from: inference could not admit the
+    # call itself (503), so a success means it took the gateway's hold over as it stood.
+    who = held_by_gateway(caller({"key": budget("5", tpm_limit=1000)}), 10**9,
+                          windows=((1, 300, 200),))  # fmt: skip
+    async with governed(
+        make_inference, openai_upstream, Clock(NOON),
+        telemetry_url=f"http://127.0.0.1:{refused_port}",
+    ) as inference:  # fmt: skip
+        await take(redis, who)
+        response = await inference.call("POST", CHAT, identity=who, json=ask())
+        assert response.status_code == 200, response.text
+        # The gateway's view of the token window, half a window in: 300 / 2 + 200 used.
+        assert response.headers["x-ratelimit-limit-tokens"] == "1000"
+        assert response.headers["x-ratelimit-remaining-tokens"] == "650"
+        await inference.events()
+        # Settled with the call event: the hold given back, and the key's next call will
+        # be held what this one was estimated to cost (prices of 1000 USD a million tokens).
+        assert await held(redis, "key", KEY_A) == (0, 0)
+        estimate = int(await redis.get(standing_key(KEY_A)) or 0)
+        assert to_nano(CALL_COST) <= estimate < 10**9
+        assert await redis.ttl(standing_key(KEY_A)) > 0
+
+
+@pytest.mark.parametrize("why", ["too little", "too short"])
+async def test_a_hold_that_does_not_cover_the_call_is_replaced_in_one_step(
+    make_inference: MakeInference, openai_upstream: Upstream, redis: Redis, refused_port: int,
+    why: str,
+) -> None:  # fmt: skip
+    # 1 nano-dollar, or until before the call's deadline: inference admits the call itself,
+    # giving the gateway's hold back in the same script, whatever the verdict. Here it is
+    # 503 (no spend counter, telemetry unreachable), and nothing stays held.
+    # (The tests' request deadline is 10 s.)
+    amount, until = (1, NOON + 660) if why == "too little" else (10**9, NOON + 5)
+    who = held_by_gateway(caller({"key": budget("5")}), amount, until=until)
+    async with governed(
+        make_inference, openai_upstream, Clock(NOON),
+        telemetry_url=f"http://127.0.0.1:{refused_port}",
+    ) as inference:  # fmt: skip
+        await take(redis, who)
+        problem(await inference.call("POST", CHAT, identity=who, json=ask()), 503,
+                "budget-unavailable")  # fmt: skip
+        assert await held(redis, "key", KEY_A) == (0, 0)
+        assert openai_upstream.control.requests_to(ROUTE) == []
+
+
+async def test_a_replacing_hold_is_settled_as_its_own(
+    make_inference: MakeInference, openai_upstream: Upstream, redis: Redis
+) -> None:
+    who = held_by_gateway(caller({"key": budget("5")}), 1)
+    async with governed(make_inference, openai_upstream, Clock(NOON)) as inference:
+        await take(redis, who)
+        await seed(redis, "key", KEY_A)
+        response = await inference.call("POST", CHAT, identity=who, json=ask())
+        assert response.status_code == 200, response.text
+        await inference.events()
+        assert await held(redis, "key", KEY_A) == (0, 0)
+        assert await spent(redis, "key", KEY_A) == CALL_COST
+
+
+async def test_only_the_gateway_hands_over_a_hold(
+    make_inference: MakeInference, openai_upstream: Upstream, redis: Redis, refused_port: int
+) -> None:
+    async with governed(
+        make_inference, openai_upstream, Clock(NOON),
+        telemetry_url=f"http://127.0.0.1:{refused_port}",
+    ) as inference:  # fmt: skip
+        # Relayed by another service (embeddings re-signs as itself): not taken over.
+        relayed = held_by_gateway(caller({"key": budget("5")}), 10**9, issuer="embeddings")
+        problem(await inference.call("POST", CHAT, identity=relayed, json=ask()), 503,
+                "budget-unavailable")  # fmt: skip
+        for hold in (
+            {"id": "x"},
+            {**relayed.hold, "amount": -1},
+            {**relayed.hold, "scopes": ["org"]},
+        ):  # type: ignore[dict-item]
+            bad = replace(relayed, iss="gateway", hold=hold)
+            problem(await inference.call("POST", CHAT, identity=bad, json=ask()), 401,
+                    "internal-identity")  # fmt: skip
 
 
 # ---------------------------------------------------------------- tokens per minute

@@ -20,6 +20,7 @@ enforces it without asking anyone.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -247,9 +248,16 @@ def period_end(period: Period, now: datetime) -> datetime | None:
 def period_key(period: Period, now: datetime) -> str:
     """The name of the period holding `now`, as spend counters are keyed:
     `day:2026-12-03`, `week:2026-11-30` (its Monday), `month:2026-12`, `total`."""
-    start = period_start(period, now)
-    if start is None:
+    if period == "total":
         return "total"
+    return _period_key(period, now.astimezone(UTC).date())
+
+
+@functools.lru_cache(maxsize=64)
+def _period_key(period: Period, day: date) -> str:
+    """period_key of a UTC day (remembered: every governed call names a few)."""
+    start = period_start(period, _midnight(day))
+    assert start is not None
     if period == "month":
         return f"month:{start:%Y-%m}"
     return f"{period}:{start:%Y-%m-%d}"

@@ -39,7 +39,7 @@ class Inference:
 
     def on_behalf_of(self, identity: Identity) -> Identity:
         """The user's identity, issued by us: inference checks their permissions."""
-        return replace(identity, iss=self.service)
+        return replace(identity, iss=self.service, hold=None)
 
     async def embed(
         self,

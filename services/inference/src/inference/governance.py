@@ -25,6 +25,7 @@ cost (services/inference/README.md, "Governance").
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 import uuid
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError
 
 from common.budgets import (
     TOKEN_WINDOW_SECONDS,
+    GatewayHold,
     Scope,
     SpendCounters,
     SpendUnavailable,
@@ -73,7 +75,9 @@ if TYPE_CHECKING:
     from inference.runtime import Runtime
 
 log = structlog.get_logger(__name__)
-MILLION = Decimal(1_000_000)
+# Model names whose price (or lack of one) is remembered, and callers whose policies.
+MAX_REMEMBERED_PRICES = 10_000
+MAX_REMEMBERED_CALLERS = 10_000
 # The prompt is estimated with our tokenizer; the provider's may count a little more.
 PROMPT_MARGIN = Decimal("1.1")
 # A hold never exceeds this (nano-dollars): sums of holds stay far inside Redis' 64 bits.
@@ -100,6 +104,8 @@ class CompletionSizes:
         self._floor = floor
         self._default = default
         self._sizes: dict[str, dict[int, int]] = {}
+        # model -> (minute, expected): expected() of that minute, until a size is learned.
+        self._expected: dict[str, tuple[int, int]] = {}
 
     def learn(self, model: str, tokens: int) -> None:
         minute = int(time.monotonic() // 60)
@@ -107,21 +113,28 @@ class CompletionSizes:
         if sizes is None:
             if len(self._sizes) >= LEARNED_MODELS:
                 self._sizes.clear()
+                self._expected.clear()
             sizes = self._sizes[model] = {}
         if tokens > sizes.get(minute, -1):
             sizes[minute] = tokens
+            self._expected.pop(model, None)
             if len(sizes) > LEARNED_MINUTES:
                 for old in [m for m in sizes if m <= minute - LEARNED_MINUTES]:
                     del sizes[old]
 
     def expected(self, model: str) -> int:
         """What a completion of `model` is expected to use at most."""
+        minute = int(time.monotonic() // 60)
+        known = self._expected.get(model)
+        if known is not None and known[0] == minute:
+            return known[1]
         sizes = self._sizes.get(model)
-        since = int(time.monotonic() // 60) - LEARNED_MINUTES
-        recent = [tokens for minute, tokens in (sizes or {}).items() if minute > since]
-        if not recent:
-            return self._default
-        return max(self._floor, *recent)
+        since = minute - LEARNED_MINUTES
+        recent = [tokens for m, tokens in (sizes or {}).items() if m > since]
+        expected = max(self._floor, *recent) if recent else self._default
+        if sizes is not None:
+            self._expected[model] = (minute, expected)
+        return expected
 
 
 class Governance:
@@ -139,6 +152,36 @@ class Governance:
             floor=settings.budget_min_completion_tokens,
             default=settings.budget_default_completion_tokens,
         )
+        self._nano_prices: dict[str, tuple[int, int] | None] = {}
+        self._read: dict[tuple[Any, ...], tuple[Policies, list[tuple[ScopeLimits, Policy]]]] = {}
+
+    def read(self, identity: Identity) -> tuple[Policies, list[tuple[ScopeLimits, Policy]]]:
+        """The caller's policies and governed scopes (policies_of, governed_scopes),
+        remembered by what the identity says of them: a caller sends the same many times."""
+        key = (identity.kid, identity.sub, identity.team, repr(identity.policies))
+        known = self._read.get(key)
+        if known is None:
+            policies = policies_of(identity)
+            known = (policies, governed_scopes(identity, policies))
+            if len(self._read) >= MAX_REMEMBERED_CALLERS:
+                self._read.clear()
+            self._read[key] = known
+        return known
+
+    def nano_price(self, model: str) -> tuple[int, int] | None:
+        """The model's input and output price in nano-dollars per million tokens (rounded
+        up), or None when it has none; remembered (prices are settings: fixed while the
+        process lives; only model names that have a price or are aliases' targets come
+        here, so the table stays as small as the price list)."""
+        if model in self._nano_prices:
+            return self._nano_prices[model]
+        price = self.settings.price_of(model)
+        nano = None if price is None else (
+            to_nano(Decimal(str(price.input))), to_nano(Decimal(str(price.output)))
+        )  # fmt: skip
+        if len(self._nano_prices) < MAX_REMEMBERED_PRICES:
+            self._nano_prices[model] = nano
+        return nano
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +193,9 @@ class Hold:
     scopes: tuple[ScopeLimits, ...]
     started: float  # clock time: the call's spend goes to this moment's periods
     headers: dict[str, str]  # the tightest token limit, for the answer
+    # The API key whose next call the gateway holds `estimate` for (this call's estimate).
+    key_id: str | None = None
+    estimate: int | None = None
 
     def settlement(self, *, ended: float, cost: Decimal | None, tokens: int) -> Settlement:
         return Settlement(
@@ -160,6 +206,8 @@ class Hold:
             ended=ended,
             cost_nano=to_nano(cost) if cost else 0,
             tokens=tokens,
+            key_id=self.key_id,
+            estimate=self.estimate,
         )
 
 
@@ -204,7 +252,7 @@ def governed_scopes(identity: Identity, policies: Policies) -> list[tuple[ScopeL
             scope=scope,
             scope_id=scope_id,
             period=policy.period,
-            budget_nano=None if budget is None else to_nano(budget),
+            budget_nano=None if budget is None else _nano(budget),
             budget_usd=None if budget is None else str(budget),
             tpm_limit=policy.tpm_limit,
         )
@@ -212,16 +260,21 @@ def governed_scopes(identity: Identity, policies: Policies) -> list[tuple[ScopeL
     return scopes
 
 
+@functools.lru_cache(maxsize=1024)
+def _nano(budget: Decimal) -> int:
+    """A budget in nano-dollars (remembered: a budget is one of a few values)."""
+    return to_nano(budget)
+
+
 def estimate(
     governance: Governance, targets: Sequence[Target], prompt_tokens: int, completion: int | None
 ) -> int:
     """The call's cost, estimated high, in nano-dollars: the dearest target's. Raises
     ModelNotPriced when a target has no price."""
-    settings = governance.settings
     prompt = math.ceil(prompt_tokens * PROMPT_MARGIN)
     dearest = 0
     for target in targets:
-        price = settings.price_of(target.name)
+        price = governance.nano_price(target.name)
         if price is None:
             raise ModelNotPriced(
                 f"The model {target.name!r} has no price, so a call to it under a budget "
@@ -231,8 +284,8 @@ def estimate(
         output = completion if completion is not None else (
             governance.completions.expected(target.name)
         )  # fmt: skip
-        cost = (Decimal(str(price.input)) * prompt + Decimal(str(price.output)) * output) / MILLION
-        dearest = max(dearest, to_nano(cost))
+        # Nano-dollars per million tokens, so the cost is exact (rounded up) in integers.
+        dearest = max(dearest, -(-(price[0] * prompt + price[1] * output) // 1_000_000))
     return min(dearest, MAX_HOLD_NANO)
 
 
@@ -259,19 +312,32 @@ async def admit(
     """Check the caller's policies for one call: the model first, then (one Redis round
     trip, when a scope has a budget or a token limit) admission. The Hold to settle when
     the call ends, or None when nothing is held or counted."""
-    policies = policies_of(identity)
+    governance = runtime.governance
+    policies, governed = governance.read(identity)
     check_models(policies, requested, targets)
-    governed = governed_scopes(identity, policies)
     if not governed:
         return None
-    governance = runtime.governance
     budgeted = any(limits.budget_nano is not None for limits, _ in governed)
     amount = estimate(governance, targets, prompt_tokens(), completion) if budgeted else 0
     life = runtime.settings.stream_max_seconds if stream else (
         runtime.settings.request_deadline_seconds
     )  # fmt: skip
-    call_id = str(uuid.uuid4())
     scopes = tuple(limits for limits, _ in governed)
+    # The next call of an API key under a budget is held by the gateway this call's estimate.
+    key_id = identity.kid if budgeted and identity.kind == "api_key" else None
+    granted = gateway_hold(identity)
+    replaces = ""
+    if granted is not None:
+        if _covers(granted, scopes, amount, runtime.clock() + life):
+            # The gateway admitted the call and holds enough: no round trip of our own.
+            windows = tuple(Window(i - 1, previous, current)
+                            for i, previous, current in granted.windows)  # fmt: skip
+            return Hold(granted.id, granted.amount, scopes, granted.at,
+                        _token_headers(scopes, windows, granted.at), key_id, amount)  # fmt: skip
+        # It holds too little (a bigger call than the key's last) or not long enough: this
+        # call's own hold replaces it, in the same step.
+        replaces = granted.member
+    call_id = granted.id if granted is not None else str(uuid.uuid4())
     member = hold_member(call_id, amount)
     waited_until = time.monotonic() + runtime.settings.budget_wait_seconds
     pause = FIRST_PAUSE_SECONDS
@@ -279,7 +345,7 @@ async def admit(
         now = runtime.clock()
         verdict = await _ask(
             governance, scopes, member=member, amount=amount, now=now,
-            lapses_at=now + life + HOLD_GRACE_SECONDS,
+            lapses_at=now + life + HOLD_GRACE_SECONDS, replaces=replaces,
         )  # fmt: skip
         if not _only_held(verdict, scopes) or time.monotonic() + pause > waited_until:
             break
@@ -293,7 +359,27 @@ async def admit(
     if verdict.outcome == "tokens":
         limits, _ = governed[verdict.index]
         raise _tokens_exceeded(limits, verdict.windows[0], now)
-    return Hold(call_id, amount, scopes, now, _token_headers(scopes, verdict.windows, now))
+    return Hold(call_id, amount, scopes, now, _token_headers(scopes, verdict.windows, now),
+                key_id, amount)  # fmt: skip
+
+
+def gateway_hold(identity: Identity) -> GatewayHold | None:
+    """What the gateway held for this call (common.budgets.GatewayHold), if it did."""
+    if identity.hold is None or identity.iss != "gateway":
+        return None
+    try:
+        return GatewayHold.from_wire(identity.hold)
+    except ValueError as exc:
+        raise InvalidIdentity(f"Malformed hold in the internal identity: {exc}") from None
+
+
+def _covers(
+    granted: GatewayHold, scopes: Sequence[ScopeLimits], amount: int, ends_by: float
+) -> bool:
+    """Whether the gateway's hold stands for this call's: held in the same scopes, at least
+    the estimate, until after the call can have ended."""
+    budgeted = tuple(s.scope for s in scopes if s.budget_nano is not None)
+    return granted.scopes == budgeted and granted.amount >= amount and granted.until >= ends_by
 
 
 def _only_held(verdict: Verdict, scopes: Sequence[ScopeLimits]) -> bool:
@@ -312,6 +398,7 @@ async def _ask(
     amount: int,
     now: float,
     lapses_at: float,
+    replaces: str,
 ) -> Verdict:
     """The admission script's verdict; where a spend counter is missing, it is seeded from
     telemetry and the script asked once more. Fails closed (503) when neither Redis nor
@@ -319,8 +406,9 @@ async def _ask(
     try:
         for _ in range(2):
             verdict = await governance.budgets.admit(
-                scopes, member=member, amount=amount, now=now, lapses_at=lapses_at
-            )
+                scopes, member=member, amount=amount, now=now, lapses_at=lapses_at,
+                replaces=replaces,
+            )  # fmt: skip
             if verdict.outcome != "unknown":
                 return verdict
             missing = [scopes[i] for i in verdict.missing]

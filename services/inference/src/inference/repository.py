@@ -30,19 +30,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from common.budgets import (
+    ADMIT_LUA,
     ALERTS,
     MAX_ALERTS,
+    STANDING_TTL_SECONDS,
     TOKEN_WINDOW_SECONDS,
-    alerted_key,
     held_key,
     held_sum_key,
+    period_key_at,
     spend_key,
-    spend_ttl,
+    spend_ttl_at,
     tokens_key,
     utc,
 )
 from common.llm_events import STREAM, LlmCallEvent
-from common.policy import Period, ScopeKind, period_key
+from common.policy import Period, ScopeKind
 from common.redis import as_text
 from inference.models import ModelAlias, ProviderCredential
 
@@ -289,6 +291,10 @@ class Settlement:
     ended: float
     cost_nano: int
     tokens: int
+    # The API key whose standing estimate (common.budgets.standing_key) becomes `estimate`:
+    # what the gateway holds for its next call. None: neither.
+    key_id: str | None = None
+    estimate: int | None = None
 
 
 def hold_member(call_id: str, amount: int) -> str:
@@ -307,113 +313,92 @@ SETTLED_SECONDS = 900
 
 # Per scope, KEYS (5): held, held-sum, spend, tokens of the previous window, of the current
 # one. ARGV: [1] now, [2] the weight of the previous window, [3] the hold's member, [4]
-# its amount, [5] when it lapses, [6] the TTL of the hold keys; per scope (2): the budget
-# (nano-dollars) or '', the TPM limit or ''.
-# Answers {'budget', i, spent, held}, {'tokens', i, previous, current}, {'unknown', i...}
-# (no spend counter) or {'admitted', i, previous, current, ...} (per scope with a limit).
-_ADMIT = """
-local now = ARGV[1]
-local weight = tonumber(ARGV[2])
-local n = #KEYS / 5
-local missing = {}
-local windows = {}
-for i = 1, n do
+# its amount, [5] when it lapses, [6] the TTL of the hold keys, [7] a hold this one
+# replaces (given back first; '' for none); per scope (2): the budget (nano-dollars) or
+# '', the TPM limit or ''. Answers as common.budgets.ADMIT_LUA's budget_admit.
+_ADMIT = (
+    ADMIT_LUA
+    + """
+local scopes = {}
+for i = 1, #KEYS / 5 do
   local k = (i - 1) * 5
-  local budget, tpm = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
-  if budget ~= '' then
-    local lapsed = redis.call('ZRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. now, 'LIMIT', 0, 100)
-    for _, member in ipairs(lapsed) do
-      redis.call('ZREM', KEYS[k + 1], member)
-      redis.call('DECRBY', KEYS[k + 2], string.sub(member, string.find(member, ':', 1, true) + 1))
-    end
-    local spent = redis.call('GET', KEYS[k + 3])
-    if spent then
-      local held = redis.call('GET', KEYS[k + 2]) or '0'
-      if tonumber(spent) + math.max(0, tonumber(held)) >= tonumber(budget) then
-        return {'budget', i, spent, held}
-      end
-    else
-      missing[#missing + 1] = i
-    end
-  end
-  if tpm ~= '' then
-    local previous = redis.call('GET', KEYS[k + 4]) or '0'
-    local current = redis.call('GET', KEYS[k + 5]) or '0'
-    if tonumber(previous) * weight + tonumber(current) >= tonumber(tpm) then
-      return {'tokens', i, previous, current}
-    end
-    windows[#windows + 1] = i
-    windows[#windows + 1] = previous
-    windows[#windows + 1] = current
-  end
+  scopes[i] = {held = KEYS[k + 1], held_sum = KEYS[k + 2], spend = KEYS[k + 3],
+               tokens_prev = KEYS[k + 4], tokens_cur = KEYS[k + 5],
+               budget = ARGV[6 + 2 * i], tpm = ARGV[7 + 2 * i]}
 end
-if #missing > 0 then
-  table.insert(missing, 1, 'unknown')
-  return missing
-end
-local ttl = tonumber(ARGV[6])
-for i = 1, n do
-  local k = (i - 1) * 5
-  if ARGV[5 + 2 * i] ~= '' then
-    redis.call('ZADD', KEYS[k + 1], ARGV[5], ARGV[3])
-    redis.call('INCRBY', KEYS[k + 2], ARGV[4])
-    for key = k + 1, k + 2 do
-      if redis.call('TTL', KEYS[key]) < ttl then redis.call('EXPIRE', KEYS[key], ttl) end
-    end
-  end
-end
-table.insert(windows, 1, 'admitted')
-return windows
+if ARGV[7] ~= '' then budget_release(scopes, ARGV[7]) end
+return budget_admit(scopes, ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5],
+                    tonumber(ARGV[6]))
 """
+)
 
-# KEYS: [1] the call's settled mark, [2] the alerts list; per scope (5): held, held-sum,
-# spend, alerted, tokens. ARGV: [1] the mark's TTL, [2] cost (nano-dollars), [3] tokens,
-# [4] the token counter's TTL, [5] now (unix seconds), [6] how many alerts the list keeps;
-# per scope (8): the hold's member or '', the budget (nano-dollars) or '', the spend
-# counter's TTL (0: none), 1 when the scope has a token limit (else 0), and for its
-# alerts the scope, id, period and budget in USD.
+# One settlement, in as few arguments as can be (each costs packing time on every governed
+# call): KEYS[1] the call's settled mark; ARGV[1] the call,
+# `<call id>|<cost, nano-dollars>|<tokens>|<ended, unix seconds>|<token window>|<key id or
+# ''>|<the key's standing estimate or ''>`, and one ARGV per scope,
+# `<scope>|<id>|<period key>|<budget, nano-dollars, or ''>|<spend counter's TTL, 0:
+# none>|<1 when it has a token limit, else 0>|<budget in USD, for alerts>|<amount held, or
+# ''>`. The key names are common.budgets' (spend_key, held_key, ...), built here.
 # Answers 1 when settled, 0 when it already was.
-_SETTLE = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local cost = ARGV[2]
-local tokens = tonumber(ARGV[3])
+_SETTLE = f"""
+local SETTLED, TOKENS_TTL = {SETTLED_SECONDS}, {TOKENS_TTL_SECONDS}
+local ALERTS, MAX_ALERTS, STANDING_TTL = '{ALERTS}', {MAX_ALERTS}, {STANDING_TTL_SECONDS}
+"""
+_SETTLE += """
+local function fields(text)
+  local out = {}
+  for part in string.gmatch(text .. '|', '([^|]*)|') do out[#out + 1] = part end
+  return out
+end
 local function usd(nano)
   local digits = string.rep('0', 10 - #nano) .. nano
   return string.sub(digits, 1, -10) .. '.' .. string.sub(digits, -9)
 end
-for i = 1, (#KEYS - 2) / 5 do
-  local k = 2 + (i - 1) * 5
-  local a = 6 + (i - 1) * 8
-  local member, budget, ttl = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  if member ~= '' and redis.call('ZREM', KEYS[k + 1], member) == 1 then
-    redis.call('DECRBY', KEYS[k + 2], string.sub(member, string.find(member, ':', 1, true) + 1))
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', SETTLED) then return 0 end
+local call = fields(ARGV[1])
+local call_id, cost, tokens, ended, window = call[1], call[2], tonumber(call[3]), call[4], call[5]
+if call[6] ~= '' and call[7] ~= '' then
+  redis.call('SET', 'budget:standing:key:' .. call[6], call[7], 'EX', STANDING_TTL)
+end
+for i = 2, #ARGV do
+  local s = fields(ARGV[i])
+  local base = s[1] .. ':' .. s[2]
+  local budget, ttl = s[4], tonumber(s[5])
+  if s[8] ~= '' then
+    local member = call_id .. ':' .. s[8]
+    if redis.call('ZREM', 'budget:held:' .. base, member) == 1 then
+      redis.call('DECRBY', 'budget:held-sum:' .. base, s[8])
+    end
   end
-  if budget ~= '' and cost ~= '0' and redis.call('EXISTS', KEYS[k + 3]) == 1 then
-    redis.call('INCRBY', KEYS[k + 3], cost)
-    local spent = redis.call('GET', KEYS[k + 3])
-    local alerted = tonumber(redis.call('GET', KEYS[k + 4]) or '0')
+  local spend = 'budget:spend:' .. base .. ':' .. s[3]
+  if budget ~= '' and cost ~= '0' and redis.call('EXISTS', spend) == 1 then
+    local alerted_key = 'budget:alerted:' .. base .. ':' .. s[3]
+    redis.call('INCRBY', spend, cost)
+    local spent = redis.call('GET', spend)
+    local alerted = tonumber(redis.call('GET', alerted_key) or '0')
     local reached = alerted
     for _, threshold in ipairs({50, 80, 100}) do
       if threshold > alerted and tonumber(budget) > 0
           and tonumber(spent) * 100 >= tonumber(budget) * threshold then
         reached = threshold
-        redis.call('LPUSH', KEYS[2], cjson.encode({
-          scope = ARGV[a + 5], id = ARGV[a + 6], period = ARGV[a + 7], threshold = threshold,
-          spend_usd = usd(spent), budget_usd = ARGV[a + 8], at = tonumber(ARGV[5])}))
-        redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
+        redis.call('LPUSH', ALERTS, cjson.encode({
+          scope = s[1], id = s[2], period = s[3], threshold = threshold,
+          spend_usd = usd(spent), budget_usd = s[7], at = tonumber(ended)}))
+        redis.call('LTRIM', ALERTS, 0, MAX_ALERTS - 1)
       end
     end
     if reached > alerted then
       if ttl > 0 then
-        redis.call('SET', KEYS[k + 4], reached, 'EX', ttl)
+        redis.call('SET', alerted_key, reached, 'EX', ttl)
       else
-        redis.call('SET', KEYS[k + 4], reached)
+        redis.call('SET', alerted_key, reached)
       end
     end
   end
-  if tokens > 0 and ARGV[a + 4] == '1' then
-    redis.call('INCRBY', KEYS[k + 5], tokens)
-    redis.call('EXPIRE', KEYS[k + 5], ARGV[4])
+  if tokens > 0 and s[6] == '1' then
+    local counter = 'budget:tokens:' .. base .. ':' .. window
+    redis.call('INCRBY', counter, tokens)
+    redis.call('EXPIRE', counter, TOKENS_TTL)
   end
 end
 return 1
@@ -437,9 +422,11 @@ class Budgets:
         amount: int,
         now: float,
         lapses_at: float,
+        replaces: str = "",
     ) -> Verdict:
         """Check every scope and, when all admit the call, hold `amount` in each that has a
-        budget (under `member`, until `lapses_at`)."""
+        budget (under `member`, until `lapses_at`); the hold `replaces` (a member: the
+        gateway's, too small) is given back first, whatever the verdict."""
         moment = utc(now)
         window = token_window(now)
         keys: list[str] = []
@@ -450,6 +437,7 @@ class Budgets:
             amount,
             repr(lapses_at),
             math.ceil(lapses_at - now) + 60,
+            replaces,
         ]
         for s in scopes:
             keys += [
@@ -480,28 +468,22 @@ class Budgets:
 
 def _settle_command(settlement: Settlement) -> list[str | int]:
     """EVALSHA's arguments for one settlement: the script, its keys and its arguments."""
-    started, window = utc(settlement.started), token_window(settlement.ended)
-    keys = [f"inference:settled:{settlement.call_id}", ALERTS]
-    args: list[str | int] = [
-        SETTLED_SECONDS, settlement.cost_nano, settlement.tokens, TOKENS_TTL_SECONDS,
-        repr(settlement.ended), MAX_ALERTS,
-    ]  # fmt: skip
+    started = settlement.started
+    standing = settlement.key_id is not None and settlement.estimate is not None
+    args = [
+        f"{settlement.call_id}|{settlement.cost_nano}|{settlement.tokens}|"
+        f"{settlement.ended!r}|{token_window(settlement.ended)}|"
+        f"{settlement.key_id if standing else ''}|{settlement.estimate if standing else ''}"
+    ]
     for s in settlement.scopes:
-        keys += [
-            held_key(s.scope, s.scope_id),
-            held_sum_key(s.scope, s.scope_id),
-            spend_key(s.scope, s.scope_id, s.period, started),
-            alerted_key(s.scope, s.scope_id, s.period, started),
-            tokens_key(s.scope, s.scope_id, window),
-        ]
-        args += [
-            "" if s.budget_nano is None else hold_member(settlement.call_id, settlement.amount),
-            "" if s.budget_nano is None else s.budget_nano,
-            spend_ttl(s.period, started) or 0,
-            int(s.tpm_limit is not None),
-            s.scope, s.scope_id, period_key(s.period, started), s.budget_usd or "",
-        ]  # fmt: skip
-    return [_SETTLE_SHA, len(keys), *keys, *args]
+        budgeted = s.budget_nano is not None
+        args.append(
+            f"{s.scope}|{s.scope_id}|{period_key_at(s.period, started)}|"
+            f"{s.budget_nano if budgeted else ''}|{spend_ttl_at(s.period, started)}|"
+            f"{int(s.tpm_limit is not None)}|{s.budget_usd or ''}|"
+            f"{settlement.amount if budgeted else ''}"
+        )
+    return [_SETTLE_SHA, 1, f"inference:settled:{settlement.call_id}", *args]
 
 
 # ---------------------------------------------------------------- call events (Redis)
