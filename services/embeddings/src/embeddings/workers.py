@@ -97,7 +97,9 @@ class Worker:
         if await repository.written_lately(runtime.redis, collection_id):
             return  # still being written to: build when it is quiet
         async with transaction(runtime.sessionmaker) as db:
-            row = await repository.get_collection(db, collection_id=collection_id)
+            # The row first, then its table, as a model switch takes them (it holds the row
+            # while it drops the old table): the other order deadlocks with a switch.
+            row = await repository.get_collection(db, collection_id=collection_id, lock="update")
             if row is None or row.index_status == "ready":
                 self._pending.discard(collection_id)
                 return
