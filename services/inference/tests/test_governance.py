@@ -43,7 +43,7 @@ from common.policy import Period, ScopeKind
 from devkit import devstack
 from devkit.testing import LiveServer, signing_key
 from inference import service
-from inference.schemas import ChatRequest
+from inference.chat_schema import ChatRequest
 from inference.settings import Price
 
 from .conftest import MEMBER_PERMISSIONS, Inference, MakeInference, Upstream, admin

@@ -16,7 +16,10 @@ from typing import Any
 
 import pydantic_core
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+
+from common.errors import validation_problem
 
 _POSITION = re.compile(r"\s*at line (\d+) column (\d+)$")
 
@@ -54,5 +57,22 @@ class JsonRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             return await handler(JsonRequest(request.scope, request.receive))
+
+        return handle
+
+
+class OpenAIRoute(JsonRoute):
+    """A JsonRoute of an OpenAI-compatible endpoint: a body that fails validation is a 400
+    (OpenAI's `invalid_request_error`, the openai SDK's BadRequestError), not FastAPI's 422,
+    with the same problem+json naming the fields."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return validation_problem(request, exc, status=400)
 
         return handle

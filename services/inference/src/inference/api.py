@@ -14,14 +14,14 @@ from common.db import DbSession, LazyDbSession
 from common.deps import require
 from common.disconnect import until_disconnect
 from common.identity import Identity
-from common.json_bodies import JsonRoute
+from common.json_bodies import JsonRoute, OpenAIRoute
 from inference import service
+from inference.chat_schema import ChatRequest
 from inference.deps import RuntimeDep
 from inference.errors import CredentialNotFound
 from inference.schemas import (
     AliasCreate,
     AliasRead,
-    ChatRequest,
     CredentialCreate,
     CredentialRead,
     EmbeddingsRequest,
@@ -47,7 +47,6 @@ async def list_models(
     return ModelList(data=[Model(id=i, created=created, owned_by=o) for i, o in found])
 
 
-@router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatRequest,
     http: Request,
@@ -55,8 +54,11 @@ async def chat_completions(
     db: LazyDbSession,
     runtime: RuntimeDep,
 ) -> Response:
-    """OpenAI's chat completions; `stream: true` answers with server-sent events."""
-    request = body.model_dump(exclude_none=True)
+    """OpenAI's chat completions; `stream: true` answers with server-sent events. The
+    request is checked against OpenAI's schema (400 naming the field), then forwarded as
+    sent: fields we do not know reach providers that take them."""
+    sent: dict[str, Any] = await http.json()  # parsed once, for the validation
+    request = {name: value for name, value in sent.items() if value is not None}
     if body.stream:
         events, headers = await service.chat_stream(runtime, db, identity=identity, request=request)
         response = sse.response(events)
@@ -68,7 +70,12 @@ async def chat_completions(
     return JSONResponse(body_out, headers=headers)
 
 
-@router.post("/v1/embeddings")
+router.add_api_route(
+    "/v1/chat/completions", chat_completions, methods=["POST"], response_model=None,
+    route_class_override=OpenAIRoute,
+)  # fmt: skip
+
+
 async def embeddings(
     body: EmbeddingsRequest,
     http: Request,
@@ -88,6 +95,11 @@ async def embeddings(
     )  # fmt: skip
     response.headers.update(headers)
     return answer
+
+
+router.add_api_route(
+    "/v1/embeddings", embeddings, methods=["POST"], route_class_override=OpenAIRoute
+)
 
 
 @router.post("/v1/providers/credentials", status_code=status.HTTP_201_CREATED)

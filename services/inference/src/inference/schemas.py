@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 Provider = Literal["openai", "huggingface"]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
-
-
-class ChatRequest(BaseModel):
-    """OpenAI's chat completion request; fields we do not know are passed through."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: ModelName
-    messages: Annotated[list[dict[str, Any]], Field(min_length=1)]
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
 
 
 class EmbeddingsRequest(BaseModel):
