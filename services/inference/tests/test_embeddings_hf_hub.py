@@ -8,13 +8,14 @@ import json
 import struct
 from typing import Any
 
+import openai
 from redis.asyncio import Redis
 
 from common.llm_events import LlmCallEvent
 from devkit.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
 from inference.events import EventSink, MetricLabels
 
-from .conftest import HF_TOKEN, Inference, MakeInference, Upstream
+from .conftest import HF_TOKEN, Inference, MakeInference, Upstream, member
 
 
 async def test_openai_embeddings_as_floats_and_base64(
@@ -128,3 +129,46 @@ async def test_events_wait_in_memory_while_redis_is_away_and_the_oldest_go_first
     finally:
         await sink.close(grace_seconds=0.1)
         await unreachable.aclose()
+
+
+async def test_dimensions_reach_a_provider_that_takes_them_through_the_sdk(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    await inference.credential(openai_upstream.url)
+    async with inference.client(member()) as http:
+        sdk = openai.AsyncOpenAI(
+            api_key="unused", base_url="http://testserver/v1", http_client=http, max_retries=0
+        )
+        answer = await sdk.embeddings.create(
+            model="openai/text-embedding-3-small", input="hello", dimensions=256
+        )
+    assert len(answer.data[0].embedding) == 256
+    (sent,) = openai_upstream.control.requests_to("/v1/embeddings")
+    assert sent.json["dimensions"] == 256
+
+
+async def test_dimensions_a_model_cannot_answer_are_a_400_before_any_call(
+    inference: Inference, openai_upstream: Upstream, hf_upstream: Upstream
+) -> None:
+    await inference.credential(hf_upstream.url, provider="huggingface", api_key=HF_TOKEN)
+    for model, dimensions in (
+        ("local/all-MiniLM-L6-v2", 256),
+        (f"huggingface/{DEFAULT_MODEL_ID}", 64),
+    ):
+        response = await inference.call(
+            "POST", "/v1/embeddings", json={"model": model, "input": "hi", "dimensions": dimensions}
+        )
+        assert response.status_code == 400, response.text
+        problem = response.json()
+        assert problem["type"] == "urn:llm-platform:problem:dimensions-unsupported"
+        assert problem["model"] == model
+        assert str(dimensions) in problem["detail"]
+    assert hf_upstream.control.requests == []
+    # The local model's own size is no change: answered.
+    own = {"model": "local/all-MiniLM-L6-v2", "input": "hi", "dimensions": 384}
+    response = await inference.call("POST", "/v1/embeddings", json=own)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"][0]["embedding"]) == 384
+    for bad in (0, -1, 16_001, "256", 2.5):
+        body = {"model": "openai/text-embedding-3-small", "input": "hi", "dimensions": bad}
+        assert (await inference.call("POST", "/v1/embeddings", json=body)).status_code == 400

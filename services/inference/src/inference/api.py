@@ -90,7 +90,7 @@ async def embeddings(
         http,
         service.embeddings(
             runtime, db, identity=identity, model=body.model, inputs=inputs,
-            encoding=body.encoding_format,
+            encoding=body.encoding_format, dimensions=body.dimensions,
         ),
     )  # fmt: skip
     response.headers.update(headers)

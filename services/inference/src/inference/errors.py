@@ -43,6 +43,12 @@ class InvalidRequest(Problem):
     status, slug, title = 422, "validation", "Unprocessable Content"
 
 
+class DimensionsUnsupported(Problem):
+    """`dimensions` asked of an embedding model that cannot answer that size."""
+
+    status, slug, title = 400, "dimensions-unsupported", "Bad Request"
+
+
 class ProviderRejected(Problem):
     """The provider refused the request itself (not retried): its message, verbatim."""
 

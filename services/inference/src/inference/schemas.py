@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 Provider = Literal["openai", "huggingface"]
+# The most dimensions an embedding may be asked for (pgvector's own limit is 16,000).
+MAX_DIMENSIONS = 16_000
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
 
@@ -24,7 +26,7 @@ class EmbeddingsRequest(BaseModel):
         ]
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: Annotated[int, Field(ge=1, le=MAX_DIMENSIONS)] | None = None
 
 
 class CredentialCreate(BaseModel):

@@ -31,6 +31,7 @@ from inference.errors import (
     CircuitOpen,
     CredentialNotFound,
     DeadlineExceeded,
+    DimensionsUnsupported,
     EgressRefused,
     HubError,
     InvalidRequest,
@@ -588,16 +589,28 @@ async def embeddings(
     model: str,
     inputs: list[str],
     encoding: str,
+    dimensions: int | None = None,
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """The vectors in OpenAI's shape, and headers for the answer."""
+    """The vectors in OpenAI's shape, and headers for the answer; of `dimensions` when
+    given, which every target must be able to answer (DimensionsUnsupported)."""
     alias, targets = await resolve_model(runtime, db, model)
+    if dimensions is not None:
+        for target in targets:
+            if not runtime.providers[target.provider].honours_dimensions(target.model, dimensions):
+                raise DimensionsUnsupported(
+                    f"The model {target.name!r} cannot answer {dimensions} dimensions"
+                    + (f" (a target of {model!r})" if alias else "")
+                    + ": leave `dimensions` "
+                    "out, or ask a model that takes it (OpenAI's text-embedding-3 models).",
+                    model=target.name,
+                )
     call = Call(runtime, identity, model, alias, "embeddings", stream=False)
     if identity.policies is not None:
         await call.govern(
             targets, prompt_tokens=lambda: sum(count_tokens(t) for t in inputs), completion=0
         )
     outcome = await _call_with_failover(
-        db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs)
+        db, call, targets, lambda p, c, t: p.embed(c, t.model, inputs, dimensions)
     )
     result = outcome.result
     usage = result.usage or Usage(sum(count_tokens(text) for text in inputs), 0, estimated=True)

@@ -260,8 +260,14 @@ class Provider(Protocol):
         """Open the stream; raises ProviderError if it fails before the first chunk."""
         ...
 
+    def honours_dimensions(self, model: str, dimensions: int) -> bool:
+        """Whether `model` can answer vectors of `dimensions` (OpenAI's `dimensions`)."""
+        ...
+
     async def embed(
-        self, credential: Credential, model: str, inputs: list[str]
-    ) -> EmbeddingResult: ...
+        self, credential: Credential, model: str, inputs: list[str], dimensions: int | None = None
+    ) -> EmbeddingResult:
+        """One vector per input; of `dimensions` when given (honours_dimensions said so)."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -201,7 +201,12 @@ class HuggingFaceProvider:
             forward_usage=wants_usage(request),
         )
 
-    async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
+    def honours_dimensions(self, model: str, dimensions: int) -> bool:
+        return False  # feature extraction answers the model's own size
+
+    async def embed(
+        self, credential: Credential, model: str, inputs: list[str], dimensions: int | None = None
+    ) -> EmbeddingResult:
         client = self._client(credential)
         try:
             kwargs = {} if credential.base_url else {"model": model}

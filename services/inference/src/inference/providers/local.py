@@ -162,7 +162,12 @@ class LocalProvider:
     ) -> ChatStream:
         raise self._unsupported()
 
-    async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
+    def honours_dimensions(self, model: str, dimensions: int) -> bool:
+        return dimensions == DIMENSIONS  # its own size only
+
+    async def embed(
+        self, credential: Credential, model: str, inputs: list[str], dimensions: int | None = None
+    ) -> EmbeddingResult:
         if model not in MODEL_NAMES:
             raise ProviderError(
                 f"The local provider has no model {model!r}; it serves {MODEL}.",

@@ -187,14 +187,18 @@ class OpenAIProvider:
             forward_usage=wants_usage(request),
         )
 
-    async def embed(self, credential: Credential, model: str, inputs: list[str]) -> EmbeddingResult:
+    def honours_dimensions(self, model: str, dimensions: int) -> bool:
+        return True  # forwarded: the provider says whether the model takes it
+
+    async def embed(
+        self, credential: Credential, model: str, inputs: list[str], dimensions: int | None = None
+    ) -> EmbeddingResult:
+        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
         try:
             answer = _object(
-                await self._client(credential).post(
-                    "/embeddings",
-                    body={"model": model, "input": inputs, "encoding_format": "float"},
-                    cast_to=object,
-                )
+                await self._client(credential).post("/embeddings", body=body, cast_to=object)
             )
             data = sorted(answer["data"], key=lambda item: int(item["index"]))
             vectors = [[float(x) for x in item["embedding"]] for item in data]
