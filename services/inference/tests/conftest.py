@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -95,6 +96,14 @@ class Inference:
 
     def client(self, identity: Identity | None = None) -> httpx.AsyncClient:
         return asgi_client(self.app, identity=identity or member(), key=self.harness.key())
+
+    @asynccontextmanager
+    async def sdk(self, identity: Identity | None = None) -> AsyncIterator[openai.AsyncOpenAI]:
+        """The official openai client, calling this app as `identity` (no retries)."""
+        async with self.client(identity) as http:
+            yield openai.AsyncOpenAI(
+                api_key="unused", base_url="http://testserver/v1", http_client=http, max_retries=0
+            )
 
     async def call(
         self, method: str, path: str, *, identity: Identity | None = None, **kwargs: Any

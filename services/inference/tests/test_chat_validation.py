@@ -148,10 +148,7 @@ async def test_the_openai_sdk_raises_bad_request(
     inference: Inference, openai_upstream: Upstream
 ) -> None:
     await inference.credential(openai_upstream.url)
-    async with inference.client(member()) as http:
-        sdk = openai.AsyncOpenAI(
-            api_key="unused", base_url="http://testserver/v1", http_client=http, max_retries=0
-        )
+    async with inference.sdk(member()) as sdk:
         with pytest.raises(openai.BadRequestError) as refused:
             await sdk.chat.completions.create(
                 model="openai/gpt-4o-mini",

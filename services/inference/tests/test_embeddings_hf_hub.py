@@ -8,7 +8,6 @@ import json
 import struct
 from typing import Any
 
-import openai
 from redis.asyncio import Redis
 
 from common.llm_events import LlmCallEvent
@@ -135,10 +134,7 @@ async def test_dimensions_reach_a_provider_that_takes_them_through_the_sdk(
     inference: Inference, openai_upstream: Upstream
 ) -> None:
     await inference.credential(openai_upstream.url)
-    async with inference.client(member()) as http:
-        sdk = openai.AsyncOpenAI(
-            api_key="unused", base_url="http://testserver/v1", http_client=http, max_retries=0
-        )
+    async with inference.sdk(member()) as sdk:
         answer = await sdk.embeddings.create(
             model="openai/text-embedding-3-small", input="hello", dimensions=256
         )

@@ -225,10 +225,7 @@ async def test_the_openai_sdk_sees_a_permission_error(
 ) -> None:
     async with governed(make_inference, openai_upstream) as inference:
         who = caller({"key": {"allowed_models": ["openai/mock-*"]}})
-        async with inference.client(who) as http:
-            sdk = openai.AsyncOpenAI(
-                api_key="unused", base_url="http://testserver/v1", http_client=http, max_retries=0
-            )
+        async with inference.sdk(who) as sdk:
             with pytest.raises(openai.PermissionDeniedError) as refused:
                 await sdk.chat.completions.create(
                     model=MODEL, messages=[{"role": "user", "content": "hi"}]
