@@ -47,6 +47,15 @@ async def list_models(
     return ModelList(data=[Model(id=i, created=created, owned_by=o) for i, o in found])
 
 
+@router.get("/v1/models/{model:path}")
+async def get_model(
+    model: str, identity: Annotated[Identity, MODELS], db: DbSession, runtime: RuntimeDep
+) -> Model:
+    """One model you can call (any that GET /v1/models lists), in OpenAI's format."""
+    found, owned_by = await service.get_model(runtime, db, identity=identity, model=model)
+    return Model(id=found, created=int(time.time()), owned_by=owned_by)
+
+
 async def chat_completions(
     body: ChatRequest,
     http: Request,

@@ -90,6 +90,7 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
         ),
         credentials=TtlCache(settings.cache_seconds),
         aliases=TtlCache(settings.cache_seconds),
+        model_lists=TtlCache(settings.models_cache_seconds),
         streams=StreamSlots(
             redis, cap=settings.max_concurrent_streams, lifetime=settings.stream_max_seconds
         ),

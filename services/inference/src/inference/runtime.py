@@ -32,10 +32,10 @@ class TtlCache:
             return None
         return item[1]
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, *, ttl: float | None = None) -> None:
         if len(self._items) > 10_000:
             self._items.clear()
-        self._items[key] = (time.monotonic() + self._ttl, value)
+        self._items[key] = (time.monotonic() + (self._ttl if ttl is None else ttl), value)
 
     def clear(self) -> None:
         self._items.clear()
@@ -54,6 +54,8 @@ class Runtime:
     sink: EventSink
     credentials: TtlCache
     aliases: TtlCache
+    # Each credential's model list (GET /v1/models), by credential id.
+    model_lists: TtlCache
     streams: StreamSlots
     governance: Governance
     clock: Callable[[], float] = time.time

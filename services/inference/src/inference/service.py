@@ -66,6 +66,10 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R")
 PROVIDERS = ("openai", "huggingface", "local")
 NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
+NO_CREDENTIAL = Credential(id=None, api_key=None, base_url=None)
+# How long /v1/models waits for a provider's list, and how soon it asks one that failed.
+MODEL_LIST_TIMEOUT_SECONDS = 5.0
+MODEL_LIST_RETRY_SECONDS = 30.0
 MANAGE_SHARED = "providers:manage_shared"
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -639,13 +643,65 @@ async def list_aliases(db: AsyncSession) -> list[ModelAlias]:
 async def list_models(
     runtime: Runtime, db: AsyncSession, *, identity: Identity
 ) -> list[tuple[str, str]]:
-    """(id, owned_by): the aliases, and per provider the caller has a credential for, the
-    models it is known to serve; the local model when installed."""
+    """(id, owned_by) of what the caller can call: the aliases; the local model when it is
+    installed; and, per provider, the models of the credential a `provider/model` name
+    reaches for this caller (their own, else a shared one), as that provider lists them
+    (its `/models`), cached per credential for INFERENCE_MODELS_CACHE_SECONDS. A provider
+    that cannot say is logged and left out: the list never fails for it."""
     models = [(a.alias, "alias") for a in await repository.list_aliases(db)]
     local = runtime.providers.get("local")
-    if local is not None and getattr(local, "available", False):
-        models.append(("local/all-MiniLM-L6-v2", "local"))
+    if local is not None:
+        models += [(f"local/{m}", "local") for m in await local.list_models(NO_CREDENTIAL)]
+    credentials: list[tuple[str, Credential]] = []
+    for provider in sorted(NEEDS_CREDENTIAL):
+        try:
+            target = Target(provider=provider, model="")
+            credentials.append((provider, await credential_for(runtime, db, identity=identity,
+                                                               target=target)))  # fmt: skip
+        except NoCredential:
+            continue
+    listed = await asyncio.gather(*(_listed(runtime, p, c) for p, c in credentials))
+    seen = {model for model, _ in models}
+    for (provider, _), names in zip(credentials, listed, strict=True):
+        for name in names:
+            model = f"{provider}/{name}"
+            if model not in seen:
+                seen.add(model)
+                models.append((model, provider))
     return models
+
+
+async def _listed(runtime: Runtime, provider: str, credential: Credential) -> list[str]:
+    """A credential's model list, from the cache or its provider (empty when it cannot say,
+    which is remembered for a little while too, so that a provider that is down does not
+    slow every list)."""
+    cached: list[str] | None = runtime.model_lists.get(credential.id)
+    if cached is not None:
+        return cached
+    try:
+        names = await asyncio.wait_for(
+            runtime.providers[provider].list_models(credential), MODEL_LIST_TIMEOUT_SECONDS
+        )
+    except (ProviderError, TimeoutError) as exc:
+        log.warning("model list unavailable", provider=provider, credential=credential.id,
+                    error=getattr(exc, "kind", type(exc).__name__))  # fmt: skip
+        runtime.model_lists.put(credential.id, [], ttl=MODEL_LIST_RETRY_SECONDS)
+        return []
+    runtime.model_lists.put(credential.id, names)
+    return names
+
+
+async def get_model(
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, model: str
+) -> tuple[str, str]:
+    """(id, owned_by) of one model list_models lists; ModelNotFound otherwise."""
+    for found in await list_models(runtime, db, identity=identity):
+        if found[0] == model:
+            return found
+    raise ModelNotFound(
+        f"No model {model!r} among the models you can call (GET /v1/models lists them).",
+        model=model,
+    )
 
 
 # ---------------------------------------------------------------- Hugging Face Hub

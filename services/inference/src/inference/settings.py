@@ -85,6 +85,9 @@ class InferenceSettings(DatabaseSettings):
     metrics_max_models: int = Field(100, ge=0)
     # How long resolved credentials and aliases are cached in memory.
     cache_seconds: float = Field(30.0, ge=0)
+    # How long a credential's model list (its provider's /models, for GET /v1/models) is
+    # kept.
+    models_cache_seconds: float = Field(300.0, ge=0, le=86_400)
     prices: dict[str, Price] = {}
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
     # Redis is unreachable (oldest events dropped past it, counted in a metric).

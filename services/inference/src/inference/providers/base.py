@@ -264,6 +264,11 @@ class Provider(Protocol):
         """Whether `model` can answer vectors of `dimensions` (OpenAI's `dimensions`)."""
         ...
 
+    async def list_models(self, credential: Credential) -> list[str]:
+        """The models the provider serves this credential, as it names them (its `/models`);
+        raises ProviderError when it cannot say."""
+        ...
+
     async def embed(
         self, credential: Credential, model: str, inputs: list[str], dimensions: int | None = None
     ) -> EmbeddingResult:

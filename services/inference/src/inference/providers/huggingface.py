@@ -201,6 +201,11 @@ class HuggingFaceProvider:
             forward_usage=wants_usage(request),
         )
 
+    async def list_models(self, credential: Credential) -> list[str]:
+        # The Hub serves more models than a list can hold: they are searched with
+        # GET /v1/hub/models, and called by name.
+        return []
+
     def honours_dimensions(self, model: str, dimensions: int) -> bool:
         return False  # feature extraction answers the model's own size
 

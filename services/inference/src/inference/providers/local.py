@@ -162,6 +162,9 @@ class LocalProvider:
     ) -> ChatStream:
         raise self._unsupported()
 
+    async def list_models(self, credential: Credential) -> list[str]:
+        return [MODEL] if self.available else []
+
     def honours_dimensions(self, model: str, dimensions: int) -> bool:
         return dimensions == DIMENSIONS  # its own size only
 

@@ -44,6 +44,8 @@ from inference.providers.egress import (
 from inference.providers.limits import AnswerLimits
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# The most models one credential's list contributes to /v1/models.
+MAX_LISTED_MODELS = 1_000
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -186,6 +188,22 @@ class OpenAIProvider:
             read_usage=_usage,
             forward_usage=wants_usage(request),
         )
+
+    async def list_models(self, credential: Credential) -> list[str]:
+        try:
+            answer = _object(await self._client(credential).get("/models", cast_to=object))
+            listed = answer["data"]
+            if not isinstance(listed, list):
+                raise TypeError("data is not a list")
+            return [str(item["id"]) for item in listed[:MAX_LISTED_MODELS]]
+        except ProviderError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProviderError(
+                "The provider's model list could not be read.", kind="malformed", retryable=True
+            ) from exc
+        except Exception as exc:
+            raise map_error(exc) from exc
 
     def honours_dimensions(self, model: str, dimensions: int) -> bool:
         return True  # forwarded: the provider says whether the model takes it
