@@ -281,3 +281,27 @@ async def test_a_full_local_queue_is_a_503_with_retry_after(make_inference: Make
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"].endswith(":overloaded")
         assert int(response.headers["retry-after"]) > 0
+
+
+async def unpriced_calls(inference: Inference, model: str) -> float:
+    text = (await inference.call("GET", "/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "inference_llm_unpriced_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("model") == model
+    )
+
+
+async def test_successful_calls_without_a_price_are_counted_by_model(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    await inference.credential(openai_upstream.url)
+    unpriced, priced = "openai/house-model-7", "openai/gpt-4o-mini"
+    before = (await unpriced_calls(inference, unpriced), await unpriced_calls(inference, priced))
+    for model in (unpriced, unpriced, priced):
+        response = await inference.call("POST", CHAT, json=ask() | {"model": model})
+        assert response.status_code == 200, response.text
+    after = (await unpriced_calls(inference, unpriced), await unpriced_calls(inference, priced))
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 0)

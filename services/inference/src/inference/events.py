@@ -23,6 +23,7 @@ from inference.metrics import (
     LLM_REQUESTS,
     LLM_TOKENS,
     LLM_TTFT,
+    LLM_UNPRICED,
     TELEMETRY_BUFFERED,
     TELEMETRY_DROPPED,
 )
@@ -150,6 +151,8 @@ class EventSink:
             LLM_TOKENS.labels(*labels, "completion").inc(event.completion_tokens)
         if event.cost_usd is not None:
             LLM_COST.labels(*labels).inc(float(event.cost_usd))
+        elif event.status == "ok":
+            LLM_UNPRICED.labels(*labels).inc()
 
     async def _run(self) -> None:
         backoff = 0.5

@@ -30,6 +30,13 @@ LLM_COST = Counter(
     ("provider", "model"),
     registry=REGISTRY,
 )
+LLM_UNPRICED = Counter(
+    "inference_llm_unpriced_requests_total",
+    "Successful LLM calls whose model has no price (their cost is unknown: give it one with "
+    "INFERENCE_PRICES), by provider and model.",
+    ("provider", "model"),
+    registry=REGISTRY,
+)
 LLM_DURATION = Histogram(
     "inference_llm_request_duration_seconds",
     "Duration of LLM calls, retries and fallbacks included.",
