@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from auth.models import ApiKey
 from common.identity import Identity
 from common.principals import API_KEY_LAST_USED, API_KEY_PREFIX, secret_hash
 
-from .conftest import ANONYMOUS, AuthClient, LoggedIn
+from .conftest import ANONYMOUS, AuthClient, LoggedIn, MakeApp
 
 PROBLEM_JSON = "application/problem+json"
 MEMBER_PERMISSIONS = [
@@ -424,3 +425,36 @@ async def test_last_use_times_collected_by_the_gateway_are_written_in_batches(
     assert row.last_used_at.timestamp() == pytest.approx(used_at)
     # Nothing to write: nothing happens.
     assert await background.flush_api_key_use(auth.runtime) == 0
+
+
+async def test_a_user_holds_at_most_the_configured_number_of_keys(make_app: MakeApp) -> None:
+    async with make_app(max_api_keys_per_user=3) as auth:
+        alice = await auth.signup("alice@example.com")
+        bob = await auth.signup("bob@example.com")
+        expires = datetime.fromtimestamp(auth.clock() + 60, UTC).isoformat()
+        keys = [await auth.create_key(alice, name="short", expires_at=expires)]
+        keys += [await auth.create_key(alice, name=f"k{n}") for n in range(2)]
+        auth.clock.advance(61)  # the first has expired: it still counts until revoked
+
+        refused = await auth.as_user(alice, "POST", "/auth/api-keys", json={"name": "more"})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"] == "urn:llm-platform:problem:too-many-api-keys"
+        assert refused.json()["limit"] == 3
+        listed = await auth.as_user(alice, "GET", "/auth/api-keys")
+        assert len(listed.json()) == 3  # nothing was made
+        await auth.create_key(bob, name="his")  # another user's count is their own
+
+        revoked = await auth.as_user(alice, "DELETE", f"/auth/api-keys/{keys[0]['id']}")
+        assert revoked.status_code == 204
+        await auth.create_key(alice, name="again")
+
+
+async def test_concurrent_creations_do_not_pass_the_limit(make_app: MakeApp) -> None:
+    async with make_app(committed=True, max_api_keys_per_user=3) as auth:
+        alice = await auth.signup("alice@example.com")
+        answers = await asyncio.gather(*(
+            auth.as_user(alice, "POST", "/auth/api-keys", json={"name": f"k{n}"})
+            for n in range(10)
+        ))  # fmt: skip
+        assert sorted(a.status_code for a in answers) == [201] * 3 + [409] * 7
+        assert len((await auth.as_user(alice, "GET", "/auth/api-keys")).json()) == 3

@@ -68,6 +68,10 @@ class TeamNotFound(NotFound):
     slug = "team-not-found"
 
 
+class TooManyApiKeys(Conflict):
+    slug = "too-many-api-keys"
+
+
 class TeamNameTaken(Conflict):
     slug = "team-name-taken"
 

@@ -159,6 +159,14 @@ async def list_api_keys(
     return list(result.scalars())
 
 
+async def count_api_keys(db: AsyncSession, *, user_id: uuid.UUID) -> int:
+    """The keys a user holds: every one not revoked (expired ones too)."""
+    query = select(func.count()).where(
+        col(ApiKey.user_id) == user_id, col(ApiKey.revoked_at).is_(None)
+    )
+    return int((await db.execute(query)).scalar_one())
+
+
 async def get_api_key(
     db: AsyncSession, *, key_id: uuid.UUID, user_id: uuid.UUID | None, lock: Lock | None = None
 ) -> ApiKey | None:

@@ -32,6 +32,7 @@ from auth.errors import (
     SelfLockout,
     SessionNotFound,
     TeamNotFound,
+    TooManyApiKeys,
     UserNotFound,
     WeakPassword,
 )
@@ -497,10 +498,18 @@ async def create_api_key(
     _check_parent_policy(body, parent)
     policy = changed(Policy(), body.policy_changes())
     team = await _team_of_new_key(db, team_id=body.team_id, user_id=user_id)
-    user = await repository.get_user(db, user_id=user_id)
+    # The user's row, held until the commit: their concurrent creations count one by one.
+    user = await repository.get_user(db, user_id=user_id, lock="update")
     if user is None:
         raise NotAUser("This account no longer exists.")
     check_within(policy, _parents(user, team))
+    most = runtime.settings.max_api_keys_per_user
+    if (held := await repository.count_api_keys(db, user_id=user_id)) >= most:
+        raise TooManyApiKeys(
+            f"You hold {held} API keys (expired ones count until revoked), the most allowed "
+            f"(AUTH_MAX_API_KEYS_PER_USER = {most}); revoke one first.",
+            limit=most,
+        )
     key = API_KEY_SCHEME + new_token()
     row = ApiKey(
         user_id=user_id,

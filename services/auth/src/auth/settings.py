@@ -39,6 +39,9 @@ class AuthSettings(DatabaseSettings):
     # last use times it records are written to Postgres.
     api_key_cache_seconds: int = Field(300, ge=1)
     api_key_last_used_flush_seconds: float = Field(30.0, gt=0)
+    # How many keys a user may hold (any not revoked: expired ones count until revoked), so
+    # that one user's key list, and a team's, stay bounded.
+    max_api_keys_per_user: int = Field(100, ge=1, le=10_000)
     # Telemetry, asked what a scope has spent when its counter is not in Redis (the live
     # spend of keys, users and teams; common.budgets.TelemetrySpend).
     telemetry_url: str = "http://127.0.0.1:8004"
