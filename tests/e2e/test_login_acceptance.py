@@ -146,7 +146,9 @@ def test_unknown_api_keys_get_429_past_the_budget_without_asking_auth(
     limited = answers[-1]
     assert limited.headers["content-type"] == PROBLEM_JSON
     assert limited.json()["type"] == "urn:llm-platform:problem:too-many-invalid-api-keys"
-    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    # A sliding window: the counts of this minute slide out over the next one, so the wait
+    # may pass 60 s (all 20 counted 2 s into a minute: 58 + 3 s), never two minutes.
+    assert 1 <= int(limited.headers["retry-after"]) <= 120
     assert elsewhere.status_code == 401
 
 
