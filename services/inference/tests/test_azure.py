@@ -57,6 +57,8 @@ async def test_chat_reaches_the_deployment_with_the_api_version_and_the_api_key(
         )
     assert answer.model == "azure/chat-prod"
     assert answer.choices[0].message.content == "echo: hello azure"
+    assert answer.model_extra is not None
+    assert answer.model_extra["prompt_filter_results"]  # Azure's own fields pass through
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 3
     (sent,) = azure_upstream.control.requests
@@ -85,6 +87,7 @@ async def test_a_streamed_chat_ends_with_the_usage_and_records_the_same_tokens(
         chunks = [chunk async for chunk in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content
+    assert chunks[0].choices == []  # Azure's prompt filter event, passed through
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 7

@@ -10,20 +10,23 @@ what differs is checked as Azure does:
 - `api-key` header (not a bearer token): 401 without the right one, when a key is set;
 - the deployment in the path: 404 DeploymentNotFound for one the resource does not have.
 
+Like Azure with its default content filter, answers carry `prompt_filter_results`: in a
+chat completion, and as a first stream event with no choices (before the assistant's role).
 Errors are in Azure's shape, `{"error": {"code", "message"}}` (the code a string), with
 `retry-after` on a 429. Faults and request recording are the other fakes' (`FaultControl`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from devkit.fakes.endpoints import Refused, json_body, same_secret
@@ -53,6 +56,15 @@ _MESSAGES: dict[int, str] = {
     500: "The server had an error while processing your request. Sorry about that!",
     503: "The service is temporarily unable to process your request. Please try again later.",
 }
+_SAFE = {"filtered": False, "severity": "safe"}
+PROMPT_FILTER_RESULTS = [
+    {
+        "prompt_index": 0,
+        "content_filter_results": {
+            name: _SAFE for name in ("hate", "self_harm", "sexual", "violence")
+        },
+    }
+]
 _DEPLOYMENT_NOT_FOUND = (
     "The API deployment for this resource does not exist. If you created the deployment "
     "within the last 5 minutes, please wait a moment and try again."
@@ -91,6 +103,17 @@ class AzureEndpoints(OpenAIEndpoints):
             Route(f"{prefix}/embeddings", self.embeddings, methods=["POST"]),
         ]
 
+    async def chat_completions(self, request: Request) -> Response:
+        """OpenAI's answer, with the content filter's results as Azure adds them."""
+        response = await super().chat_completions(request)
+        if response.status_code != 200:
+            return response
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _filtered(response.body_iterator)
+            return response
+        body = {**json.loads(bytes(response.body)), "prompt_filter_results": PROMPT_FILTER_RESULTS}
+        return JSONResponse(body, headers={"x-request-id": response.headers["x-request-id"]})
+
     def _authorize(self, request: Request) -> None:
         if not request.query_params.get("api-version"):
             raise Refused(
@@ -113,6 +136,17 @@ class AzureEndpoints(OpenAIEndpoints):
             raise Refused(azure_error(404, _DEPLOYMENT_NOT_FOUND, code="DeploymentNotFound"))
         payload = await json_body(request, _unparsable)
         return {**payload, "model": model} if isinstance(payload, dict) else payload
+
+
+async def _filtered(events: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """A stream's events after the prompt filter's, which Azure sends first."""
+    first = {
+        "choices": [], "created": 0, "id": "", "model": "", "object": "",
+        "prompt_filter_results": PROMPT_FILTER_RESULTS,
+    }  # fmt: skip
+    yield b"data: " + json.dumps(first, separators=(",", ":")).encode() + b"\n\n"
+    async for event in events:
+        yield event
 
 
 def _unparsable() -> Response:
