@@ -145,6 +145,8 @@ async def test_an_incomplete_azure_credential_is_a_422_and_stores_nothing(
     response = await inference.call("POST", CREDENTIALS, json=body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
+    named = {"base_url", "api_version"} - body.keys() or {"api_version"}
+    assert all(name in str(response.json()["errors"]) for name in named)
     assert (await inference.call("GET", CREDENTIALS)).json() == []
 
 

@@ -49,11 +49,17 @@ class CredentialCreate(BaseModel):
     @model_validator(mode="after")
     def _azure_needs_its_endpoint(self) -> CredentialCreate:
         azure = self.provider == "azure"
-        if azure and (self.base_url is None or self.api_version is None):
-            raise ValueError(
-                "An azure credential needs base_url (the resource endpoint, "
-                "https://<resource>.openai.azure.com) and api_version (e.g. 2024-10-21)."
+        missing = [
+            need
+            for need, value in (
+                ("base_url (the resource endpoint, https://<resource>.openai.azure.com)",
+                 self.base_url),
+                ("api_version (e.g. 2024-10-21)", self.api_version),
             )
+            if value is None
+        ]  # fmt: skip
+        if azure and missing:
+            raise ValueError(f"An azure credential needs {' and '.join(missing)}.")
         if not azure and self.api_version is not None:
             raise ValueError("api_version is for azure credentials only.")
         return self
