@@ -15,7 +15,7 @@ from devkit.fakes.azure_server import create_azure_app
 from devkit.fakes.faults import FaultControl
 from devkit.testing import LiveServer
 
-from .conftest import Inference, Upstream, member
+from .conftest import Inference, Upstream, admin, member
 
 AZURE_KEY = "azure-key-0123456789abcdef0123456789"
 API_VERSION = "2024-10-21"
@@ -40,7 +40,8 @@ def azure_credential(base_url: str | None, **extra: Any) -> dict[str, Any]:
 
 async def add_azure(inference: Inference, upstream: Upstream, **extra: Any) -> dict[str, Any]:
     body = azure_credential(upstream.url, api_version=API_VERSION, **extra)
-    response = await inference.call("POST", CREDENTIALS, json=body)
+    who = admin() if extra.get("shared") else member()
+    response = await inference.call("POST", CREDENTIALS, json=body, identity=who)
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
@@ -202,6 +203,35 @@ async def test_an_unknown_deployment_is_the_same_problem_as_another_providers_40
     assert "API deployment for this resource does not exist" in azure_problem["detail"]
     (sent,) = azure_upstream.control.requests  # a 404 is not retried
     assert sent.route == "/openai/deployments/nowhere/chat/completions"
+
+
+async def test_an_alias_falls_back_from_a_failing_azure_deployment_to_openai(
+    inference: Inference, azure_upstream: Upstream, openai_upstream: Upstream
+) -> None:
+    azure = await add_azure(inference, azure_upstream, shared=True)
+    backup = await inference.credential(openai_upstream.url, shared=True, name="backup")
+    alias = await inference.call(
+        "POST",
+        "/v1/providers/aliases",
+        identity=admin(),
+        json={
+            "alias": "team-chat",
+            "targets": [
+                {"model": "azure/chat-prod", "credential_id": azure["id"]},
+                {"model": "openai/gpt-4o-mini", "credential_id": backup["id"]},
+            ],
+        },
+    )
+    assert alias.status_code == 201, alias.text
+    azure_upstream.control.fail(CHAT_ROUTE, status=503, times=10)
+    async with inference.sdk(member()) as sdk:
+        answer = await sdk.chat.completions.create(
+            model="team-chat", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert answer.choices[0].message.content == "echo: hi"
+    assert azure_upstream.control.requests_to(CHAT_ROUTE)
+    (event,) = await inference.events()
+    assert (event.model, event.fallback) == ("openai/gpt-4o-mini", True)
 
 
 async def test_a_name_no_deployment_can_have_is_refused_without_a_call(
