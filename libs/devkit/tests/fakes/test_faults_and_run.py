@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
+from openai import AsyncAzureOpenAI, AsyncOpenAI
 
 from common import ports
 from devkit.fakes import Fault, FaultControl
@@ -86,3 +86,14 @@ async def test_run_serves_the_fake_with_a_fixed_delay(served_fake: str) -> None:
 
     assert reply.choices[0].message.content == "echo: hi"
     assert elapsed >= 0.1
+
+
+@pytest.mark.parametrize("served_fake", ["azure"], indirect=True)
+async def test_run_serves_the_azure_fake(served_fake: str) -> None:
+    async with AsyncAzureOpenAI(
+        azure_endpoint=served_fake, api_key="k", api_version="2024-10-21", max_retries=0
+    ) as client:
+        reply = await client.chat.completions.create(
+            model="chat-prod", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert reply.choices[0].message.content == "echo: hi"

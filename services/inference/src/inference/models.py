@@ -30,6 +30,8 @@ class ProviderCredential(InferenceBase, table=True):
     provider: str = Field(sa_column=Column(String(32), nullable=False))
     name: str = Field(sa_column=Column(String(200), nullable=False))
     base_url: str | None = Field(default=None, sa_column=Column(String(2048)))
+    # Azure OpenAI's api-version (2024-10-21); NULL for every other provider.
+    api_version: str | None = Field(default=None, sa_column=Column(String(32)))
     key_hint: str = Field(sa_column=Column(String(8), nullable=False))
     key_ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     key_id: str = Field(sa_column=Column(String(32), nullable=False))

@@ -6,9 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-Provider = Literal["openai", "huggingface"]
+Provider = Literal["openai", "huggingface", "azure"]
+# An Azure OpenAI API version, as Azure names them: 2024-10-21, 2024-12-01-preview.
+ApiVersion = Annotated[
+    str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$", max_length=32)
+]
 # The most dimensions an embedding may be asked for (pgvector's own limit is 16,000).
 MAX_DIMENSIONS = 16_000
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
@@ -36,7 +40,29 @@ class CredentialCreate(BaseModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     api_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     base_url: AnyHttpUrl | None = None
+    api_version: ApiVersion | None = Field(
+        default=None,
+        description="Azure OpenAI only, and required there: the api-version its calls name.",
+    )
     shared: bool = False
+
+    @model_validator(mode="after")
+    def _azure_needs_its_endpoint(self) -> CredentialCreate:
+        azure = self.provider == "azure"
+        missing = [
+            need
+            for need, value in (
+                ("base_url (the resource endpoint, https://<resource>.openai.azure.com)",
+                 self.base_url),
+                ("api_version (e.g. 2024-10-21)", self.api_version),
+            )
+            if value is None
+        ]  # fmt: skip
+        if azure and missing:
+            raise ValueError(f"An azure credential needs {' and '.join(missing)}.")
+        if not azure and self.api_version is not None:
+            raise ValueError("api_version is for azure credentials only.")
+        return self
 
 
 class CredentialRead(BaseModel):
@@ -44,6 +70,7 @@ class CredentialRead(BaseModel):
     provider: str
     name: str
     base_url: str | None
+    api_version: str | None
     shared: bool
     key_hint: str = Field(description="The last four characters of the key.")
     created_at: datetime
@@ -53,7 +80,7 @@ class AliasTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[
-        str, StringConstraints(pattern=r"^(openai|huggingface|local)/.+$", max_length=300)
+        str, StringConstraints(pattern=r"^(openai|huggingface|azure|local)/.+$", max_length=300)
     ]
     credential_id: uuid.UUID | None = None
 

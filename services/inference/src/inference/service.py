@@ -64,8 +64,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 R = TypeVar("R")
-PROVIDERS = ("openai", "huggingface", "local")
-NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
+PROVIDERS = ("openai", "huggingface", "azure", "local")
+NEEDS_CREDENTIAL = frozenset({"openai", "huggingface", "azure"})
 NO_CREDENTIAL = Credential(id=None, api_key=None, base_url=None)
 # How long /v1/models waits for a provider's list, and how soon it asks one that failed.
 MODEL_LIST_TIMEOUT_SECONDS = 5.0
@@ -103,6 +103,7 @@ async def create_credential(
         provider=body.provider,
         name=body.name,
         base_url=str(body.base_url).rstrip("/") if body.base_url else None,
+        api_version=body.api_version,
         key_hint=_hint(body.api_key),
         key_ciphertext=b"",
         key_id=runtime.keyring.primary,
@@ -137,6 +138,7 @@ def _decrypt(runtime: Runtime, row: ProviderCredential) -> Credential:
         id=str(row.id),
         api_key=runtime.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
         base_url=row.base_url,
+        api_version=row.api_version,
     )
 
 
@@ -249,7 +251,7 @@ async def resolve_model(
     target = _parse_model(name)
     if target is None:
         raise ModelNotFound(
-            f"Unknown model {name!r}: name it provider/model (openai, huggingface, local) "
+            f"Unknown model {name!r}: name it provider/model ({', '.join(PROVIDERS)}) "
             "or use an alias from GET /v1/models."
         )
     return None, [target]

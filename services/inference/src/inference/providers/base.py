@@ -9,11 +9,13 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class Credential:
-    """What an adapter needs to reach a provider: the decrypted key and an endpoint."""
+    """What an adapter needs to reach a provider: the decrypted key and an endpoint (and,
+    for Azure OpenAI, the API version its requests name)."""
 
     id: str | None
     api_key: str | None
     base_url: str | None
+    api_version: str | None = None
 
 
 @dataclass

@@ -133,23 +133,25 @@ class OpenAIProvider:
             event_hooks={"response": [refuse_redirects]},
         )
         answer_limits.install(self._http)
-        self._clients: dict[tuple[str | None, str, str], AsyncOpenAI] = {}
+        self._clients: dict[tuple[str | None, str | None, str | None, str], AsyncOpenAI] = {}
 
     def _client(self, credential: Credential) -> AsyncOpenAI:
-        base_url = credential.base_url or DEFAULT_BASE_URL
         fingerprint = hashlib.sha256((credential.api_key or "").encode()).hexdigest()[:16]
-        key = (credential.id, base_url, fingerprint)
+        key = (credential.id, credential.base_url, credential.api_version, fingerprint)
         client = self._clients.get(key)
         if client is None:
-            client = AsyncOpenAI(
-                api_key=credential.api_key or "none",
-                base_url=base_url,
-                max_retries=0,  # failover.py retries, with its own policy and deadline
-                timeout=self._timeout,
-                http_client=self._http,
-            )
-            self._clients[key] = client
+            client = self._clients[key] = self._new_client(credential)
         return client
+
+    def _new_client(self, credential: Credential) -> AsyncOpenAI:
+        """A client for `credential` over the shared, guarded connection pool."""
+        return AsyncOpenAI(
+            api_key=credential.api_key or "none",
+            base_url=credential.base_url or DEFAULT_BASE_URL,
+            max_retries=0,  # failover.py retries, with its own policy and deadline
+            timeout=self._timeout,
+            http_client=self._http,
+        )
 
     async def chat(self, credential: Credential, model: str, request: dict[str, Any]) -> ChatResult:
         body = {k: v for k, v in request.items() if k != "stream_options"}
