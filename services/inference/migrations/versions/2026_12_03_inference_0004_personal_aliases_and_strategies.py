@@ -1,7 +1,7 @@
 """Personal model aliases (an owner, or none for a shared one) and a routing strategy.
 
-Revision ID: inference_0003
-Revises: inference_0002
+Revision ID: inference_0004
+Revises: inference_0003
 Create Date: 2026-12-03
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "inference_0003"
-down_revision: str | None = "inference_0002"
+revision: str = "inference_0004"
+down_revision: str | None = "inference_0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
