@@ -313,6 +313,7 @@ def provision(
                 "/v1/providers/aliases",
                 json={
                     "alias": DELAYED_ALIAS,
+                    "shared": True,
                     "targets": [
                         {"model": "openai/gpt-4o-mini", "credential_id": shared.json()["id"]}
                     ],

@@ -86,7 +86,7 @@ def test_an_alias_with_a_dead_first_target_falls_back(
     ).json()  # fmt: skip
     alias = admin.post(
         "/v1/providers/aliases",
-        json={"alias": "team-chat", "targets": [
+        json={"alias": "team-chat", "shared": True, "targets": [
             {"model": "openai/gpt-4o", "credential_id": dead["id"]},
             {"model": "openai/gpt-4o-mini", "credential_id": alive["id"]},
         ]},

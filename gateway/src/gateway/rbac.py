@@ -76,9 +76,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",   "/v1/providers/credentials",              "providers:manage"),
     Route("GET",    "/v1/providers/credentials",              "providers:manage"),
     Route("DELETE", "/v1/providers/credentials/{id}",         "providers:manage"),
-    Route("POST",   "/v1/providers/aliases",                  "providers:manage_shared"),
+    Route("POST",   "/v1/providers/aliases",                  "providers:manage"),
     Route("GET",    "/v1/providers/aliases",                  "models:read"),
-    Route("DELETE", "/v1/providers/aliases/{alias}",          "providers:manage_shared"),
+    Route("DELETE", "/v1/providers/aliases/{alias}",          "providers:manage"),
     Route("GET",    "/v1/hub/models",                         "models:read"),
     Route("GET",    "/v1/hub/models/{repo_id:path}",          "models:read"),
     # embeddings

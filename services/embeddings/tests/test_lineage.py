@@ -25,7 +25,8 @@ async def _alias(service: Embeddings, alias: str = ALIAS) -> None:
     admin = person(502, "admin")
     async with asgi_client(service.inference.app, identity=admin, key=service.inference.key) as c:
         response = await c.post("/v1/providers/aliases",
-                                json={"alias": alias, "targets": [{"model": MODEL}]})  # fmt: skip
+                                json={"alias": alias, "shared": True,
+                                      "targets": [{"model": MODEL}]})  # fmt: skip
         assert response.status_code == 201, response.text
 
 

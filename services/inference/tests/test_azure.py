@@ -216,6 +216,7 @@ async def test_an_alias_falls_back_from_a_failing_azure_deployment_to_openai(
         identity=admin(),
         json={
             "alias": "team-chat",
+            "shared": True,
             "targets": [
                 {"model": "azure/chat-prod", "credential_id": azure["id"]},
                 {"model": "openai/gpt-4o-mini", "credential_id": backup["id"]},

@@ -177,6 +177,7 @@ async def test_an_alias_falls_back_from_a_dead_target_to_the_next(
         identity=admin(),
         json={
             "alias": "smart",
+            "shared": True,
             "targets": [
                 {"model": "openai/gpt-4o", "credential_id": dead["id"]},
                 {"model": "openai/gpt-4o-mini", "credential_id": alive["id"]},
@@ -200,14 +201,16 @@ async def test_saving_an_alias_again_replaces_its_targets(
     shared = await inference.credential(openai_upstream.url, shared=True, name="shared")
 
     async def save(model: str) -> httpx.Response:
-        body = {"alias": "house", "targets": [{"model": model, "credential_id": shared["id"]}]}
+        body = {"alias": "house", "shared": True,
+                "targets": [{"model": model, "credential_id": shared["id"]}]}  # fmt: skip
         return await inference.call("POST", "/v1/providers/aliases", identity=admin(), json=body)
 
     first, second = await save("openai/gpt-4o"), await save("openai/gpt-4o-mini")
     assert first.status_code == 201, first.text
     assert second.status_code == 201, second.text
-    assert second.json()["targets"] == [{"model": "openai/gpt-4o-mini",
+    assert second.json()["targets"] == [{"model": "openai/gpt-4o-mini", "weight": None,
                                          "credential_id": shared["id"]}]  # fmt: skip
+    assert (second.json()["shared"], second.json()["strategy"]) == (True, "ordered")
     assert second.json()["created_at"] == first.json()["created_at"]
     listed = (await inference.call("GET", "/v1/providers/aliases")).json()
     assert [a["alias"] for a in listed].count("house") == 1

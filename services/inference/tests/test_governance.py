@@ -165,7 +165,7 @@ async def save_alias(inference: Inference, upstream: Upstream, alias: str, *mode
     shared = await inference.credential(upstream.url, shared=True, name=f"shared-{alias}")
     response = await inference.call(
         "POST", "/v1/providers/aliases", identity=admin(),
-        json={"alias": alias,
+        json={"alias": alias, "shared": True,
               "targets": [{"model": m, "credential_id": shared["id"]} for m in models]},
     )  # fmt: skip
     assert response.status_code == 201, response.text

@@ -150,28 +150,38 @@ async def delete_credential(
 @router.post("/v1/providers/aliases", status_code=status.HTTP_201_CREATED)
 async def save_alias(
     body: AliasCreate,
-    identity: Annotated[Identity, MANAGE_SHARED],
+    identity: Annotated[Identity, MANAGE],
     db: DbSession,
     runtime: RuntimeDep,
 ) -> AliasRead:
-    """Create or replace an alias: an ordered list of targets, tried in turn."""
+    """Create or replace an alias: its targets, tried by its `strategy`. Your own (over
+    your credentials or shared ones; only you see and call it) unless `shared`, which needs
+    providers:manage_shared and shared credentials."""
     return AliasRead.model_validate(
         await service.save_alias(runtime, db, identity=identity, body=body), from_attributes=True
     )
 
 
 @router.get("/v1/providers/aliases")
-async def list_aliases(_: Annotated[Identity, MODELS], db: DbSession) -> list[AliasRead]:
+async def list_aliases(identity: Annotated[Identity, MODELS], db: DbSession) -> list[AliasRead]:
+    """The shared aliases and your own."""
     return [
-        AliasRead.model_validate(a, from_attributes=True) for a in await service.list_aliases(db)
+        AliasRead.model_validate(a, from_attributes=True)
+        for a in await service.list_aliases(db, identity=identity)
     ]
 
 
 @router.delete("/v1/providers/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_alias(
-    alias: str, _: Annotated[Identity, MANAGE_SHARED], db: DbSession, runtime: RuntimeDep
+    alias: str,
+    identity: Annotated[Identity, MANAGE],
+    db: DbSession,
+    runtime: RuntimeDep,
+    shared: bool | None = None,
 ) -> None:
-    await service.delete_alias(runtime, db, alias=alias)
+    """Your own alias of that name, else the shared one (providers:manage_shared);
+    `shared=true` or `false` names which."""
+    await service.delete_alias(runtime, db, identity=identity, alias=alias, shared=shared)
 
 
 @router.get("/v1/hub/models")

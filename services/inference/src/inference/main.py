@@ -24,6 +24,7 @@ from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
+from inference.routing import Routing
 from inference.runtime import Runtime, TtlCache
 from inference.service import PROVIDERS
 from inference.settings import DEFAULT_PRICES, InferenceSettings
@@ -92,6 +93,7 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
         ),
         credentials=TtlCache(settings.cache_seconds),
         aliases=TtlCache(settings.cache_seconds),
+        routing=Routing(),
         model_lists=TtlCache(settings.models_cache_seconds),
         streams=StreamSlots(
             redis, cap=settings.max_concurrent_streams, lifetime=settings.stream_max_seconds

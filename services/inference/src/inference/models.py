@@ -59,14 +59,38 @@ class ProviderCredential(InferenceBase, table=True):
 
 
 class ModelAlias(InferenceBase, table=True):
-    """A name routed to an ordered list of targets: [{"model", "credential_id"?}, ...]."""
+    """A name routed to targets, [{"model", "credential_id"?, "weight"?}, ...], by a
+    `strategy` (inference.routing): shared (owner_id NULL) or one member's own, which only
+    they see and call, and which wins over a shared alias of the same name for them."""
 
     __tablename__ = "model_alias"
 
-    alias: str = Field(sa_column=Column(String(200), primary_key=True))
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        sa_column=Column(
+            UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+        ),
+    )
+    alias: str = Field(sa_column=Column(String(200), nullable=False))
+    owner_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    strategy: str = Field(
+        default="ordered",
+        sa_column=Column(String(16), nullable=False, server_default=text("'ordered'")),
+    )
     targets: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
     created_by: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     created_at: datetime | None = Field(
         default=None,
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+
+    @property
+    def shared(self) -> bool:
+        return self.owner_id is None
+
+    __table_args__ = (
+        Index("uq_model_alias_shared_alias", "alias", unique=True,
+              postgresql_where=text("owner_id IS NULL")),
+        Index("uq_model_alias_owner_alias", "owner_id", "alias", unique=True,
+              postgresql_where=text("owner_id IS NOT NULL")),
+    )  # fmt: skip

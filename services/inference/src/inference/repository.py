@@ -19,12 +19,12 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -120,31 +120,64 @@ async def replace_ciphertext(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def get_alias(db: AsyncSession, *, alias: str) -> ModelAlias | None:
-    return await db.get(ModelAlias, alias)
+def _owned_by(owner_id: uuid.UUID | None) -> Any:
+    """The alias rows of one owner (None: the shared ones)."""
+    column = col(ModelAlias.owner_id)
+    return column.is_(None) if owner_id is None else column == owner_id
 
 
-async def list_aliases(db: AsyncSession) -> Sequence[ModelAlias]:
-    return (await db.execute(select(ModelAlias).order_by(col(ModelAlias.alias)))).scalars().all()
+async def get_alias(
+    db: AsyncSession, *, alias: str, owner_id: uuid.UUID | None
+) -> ModelAlias | None:
+    """The alias `alias` as `owner_id` sees it: their own, else the shared one."""
+    query = (
+        select(ModelAlias)
+        .where(
+            col(ModelAlias.alias) == alias,
+            or_(col(ModelAlias.owner_id).is_(None), col(ModelAlias.owner_id) == owner_id),
+        )
+        .order_by(col(ModelAlias.owner_id).is_(None))  # their own first
+        .limit(1)
+    )
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+async def list_aliases(db: AsyncSession, *, owner_id: uuid.UUID | None) -> Sequence[ModelAlias]:
+    """The shared aliases and `owner_id`'s own, by name (their own first on a tie)."""
+    query = (
+        select(ModelAlias)
+        .where(or_(col(ModelAlias.owner_id).is_(None), col(ModelAlias.owner_id) == owner_id))
+        .order_by(col(ModelAlias.alias), col(ModelAlias.owner_id).is_(None))
+    )
+    return (await db.execute(query)).scalars().all()
 
 
 async def save_alias(db: AsyncSession, *, alias: ModelAlias) -> ModelAlias:
-    """Create, or replace the targets of, an alias (one statement: safe under concurrency)."""
+    """Create, or replace the targets and strategy of, an alias of its owner (or a shared
+    one): one statement, safe under concurrency."""
     statement = pg_insert(ModelAlias).values(
-        alias=alias.alias, targets=alias.targets, created_by=alias.created_by
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=[col(ModelAlias.alias)],
-        set_={"targets": statement.excluded.targets, "created_by": statement.excluded.created_by},
-    )
-    await db.execute(statement)
-    saved = await db.get(ModelAlias, alias.alias, populate_existing=True)
-    assert saved is not None
+        alias=alias.alias, owner_id=alias.owner_id, strategy=alias.strategy,
+        targets=alias.targets, created_by=alias.created_by,
+    )  # fmt: skip
+    shared = alias.owner_id is None
+    upsert = statement.on_conflict_do_update(
+        index_elements=[col(ModelAlias.alias)] if shared else
+        [col(ModelAlias.owner_id), col(ModelAlias.alias)],
+        index_where=text("owner_id IS NULL" if shared else "owner_id IS NOT NULL"),
+        set_={"targets": statement.excluded.targets, "strategy": statement.excluded.strategy,
+              "created_by": statement.excluded.created_by},
+    ).returning(ModelAlias)  # fmt: skip
+    saved: ModelAlias = (
+        await db.execute(upsert, execution_options={"populate_existing": True})
+    ).scalar_one()
     return saved
 
 
-async def delete_alias(db: AsyncSession, *, alias: str) -> bool:
-    result = await db.execute(delete(ModelAlias).where(col(ModelAlias.alias) == alias))
+async def delete_alias(db: AsyncSession, *, alias: str, owner_id: uuid.UUID | None) -> bool:
+    """Delete `owner_id`'s alias `alias` (None: the shared one)."""
+    result = await db.execute(
+        delete(ModelAlias).where(col(ModelAlias.alias) == alias, _owned_by(owner_id))
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

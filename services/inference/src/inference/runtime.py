@@ -14,6 +14,7 @@ from inference.failover import Failover
 from inference.governance import Governance
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
+from inference.routing import Routing
 from inference.settings import InferenceSettings
 from inference.streams import StreamSlots
 
@@ -54,6 +55,8 @@ class Runtime:
     sink: EventSink
     credentials: TtlCache
     aliases: TtlCache
+    # The weighted aliases' round robin (inference.routing).
+    routing: Routing
     # Each credential's model list (GET /v1/models), by credential id.
     model_lists: TtlCache
     streams: StreamSlots

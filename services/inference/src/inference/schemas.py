@@ -83,6 +83,11 @@ class AliasTarget(BaseModel):
         str, StringConstraints(pattern=r"^(openai|huggingface|azure|local)/.+$", max_length=300)
     ]
     credential_id: uuid.UUID | None = None
+    # Its share of the calls under the `weighted` strategy (1 when not given).
+    weight: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+
+Strategy = Literal["ordered", "weighted"]
 
 
 class AliasCreate(BaseModel):
@@ -90,11 +95,19 @@ class AliasCreate(BaseModel):
 
     alias: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")]
     targets: Annotated[list[AliasTarget], Field(min_length=1, max_length=10)]
+    # Shared (providers:manage_shared; shared credentials only), or your own (your own or
+    # shared credentials; only you see and call it, and it wins over a shared one's name).
+    shared: bool = False
+    # `ordered`: the first target, the next on failure; `weighted`: calls split by the
+    # targets' weights, the others tried in turn on failure.
+    strategy: Strategy = "ordered"
 
 
 class AliasRead(BaseModel):
     alias: str
     targets: list[AliasTarget]
+    shared: bool
+    strategy: Strategy
     created_at: datetime
 
 

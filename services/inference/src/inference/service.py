@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import sse
-from common.errors import Forbidden, NotFound
+from common.errors import Forbidden, MissingPermission, NotFound
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
 from inference import governance, repository
@@ -194,15 +194,27 @@ async def rotate_keys(db: AsyncSession, keyring: Keyring) -> tuple[int, int]:
 async def save_alias(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, body: AliasCreate
 ) -> ModelAlias:
+    """A shared alias (providers:manage_shared; over shared credentials only), or the
+    caller's own (over their own credentials or shared ones)."""
+    owner = _owner(identity)
+    if body.shared and not identity.has(MANAGE_SHARED):
+        raise MissingPermission(f"A shared alias needs the {MANAGE_SHARED} permission.")
+    if not body.shared and owner is None:
+        raise InvalidRequest("Only a user has aliases of their own: make it shared.")
     for target in body.targets:
+        if target.weight is not None and body.strategy != "weighted":
+            raise InvalidRequest("A target's weight applies to the weighted strategy only.")
         if target.credential_id is None:
             continue
         row = await repository.get_credential(db, credential_id=target.credential_id)
-        if row is None or not row.shared:
+        usable = row is not None and (row.shared or (not body.shared and row.owner_id == owner))
+        if row is None or not usable:
             raise InvalidRequest(
-                "Alias targets may only name shared credentials.",
+                "Alias targets may only name shared credentials."
+                if body.shared else "Alias targets may only name your credentials or shared "
+                "ones.",
                 credential_id=str(target.credential_id),
-            )
+            )  # fmt: skip
         if row.provider != target.model.split("/", 1)[0]:
             raise InvalidRequest(
                 f"Credential {row.name!r} is for {row.provider}, not {target.model}."
@@ -211,17 +223,31 @@ async def save_alias(
         db,
         alias=ModelAlias(
             alias=body.alias,
+            owner_id=None if body.shared else owner,
+            strategy=body.strategy,
             targets=[t.model_dump(mode="json", exclude_none=True) for t in body.targets],
-            created_by=_owner(identity),
+            created_by=owner,
         ),
     )
     runtime.aliases.clear()
     return alias
 
 
-async def delete_alias(runtime: Runtime, db: AsyncSession, *, alias: str) -> None:
-    if not await repository.delete_alias(db, alias=alias):
-        raise AliasNotFound(f"No alias {alias!r}.")
+async def delete_alias(
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, alias: str, shared: bool | None
+) -> None:
+    """The caller's own alias `alias`, else (or with `shared`) the shared one, which needs
+    providers:manage_shared."""
+    owner = _owner(identity)
+    deleted = False
+    if not shared and owner is not None:
+        deleted = await repository.delete_alias(db, alias=alias, owner_id=owner)
+    if not deleted and shared is not False and identity.has(MANAGE_SHARED):
+        deleted = await repository.delete_alias(db, alias=alias, owner_id=None)
+    if not deleted:
+        raise AliasNotFound(f"No alias {alias!r} of yours" + (
+            " or shared that you may delete." if shared is not False else "."
+        ))  # fmt: skip
     runtime.aliases.clear()
 
 
@@ -238,16 +264,23 @@ def _parse_model(name: str) -> Target | None:
 
 
 async def resolve_model(
-    runtime: Runtime, db: AsyncSession, name: str
+    runtime: Runtime, db: AsyncSession, name: str, *, identity: Identity
 ) -> tuple[str | None, list[Target]]:
-    """(alias or None, ordered targets) for a requested model name."""
-    cached = runtime.aliases.get(name)
+    """(alias or None, targets in the order to try them) for a requested model name: the
+    caller's own alias of that name, else a shared one (in its strategy's order:
+    inference.routing), else `provider/model`."""
+    key = (_owner(identity), name)
+    cached: tuple[str, list[tuple[Target, int]]] | None = runtime.aliases.get(key)
     if cached is None:
-        row = await repository.get_alias(db, alias=name)
-        cached = [_target(t["model"], t.get("credential_id")) for t in row.targets] if row else []
-        runtime.aliases.put(name, cached)
-    if cached:
-        return name, cached
+        row = await repository.get_alias(db, alias=name, owner_id=key[0])
+        cached = (row.strategy, [
+            (_target(t["model"], t.get("credential_id")), int(t.get("weight") or 1))
+            for t in row.targets
+        ]) if row else ("", [])  # fmt: skip
+        runtime.aliases.put(key, cached)
+    strategy, weighted = cached
+    if weighted:
+        return name, runtime.routing.order((*key, *weighted), strategy, weighted)
     target = _parse_model(name)
     if target is None:
         raise ModelNotFound(
@@ -451,7 +484,7 @@ async def chat(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """The answer, and headers for it."""
-    alias, targets = await resolve_model(runtime, db, request["model"])
+    alias, targets = await resolve_model(runtime, db, request["model"], identity=identity)
     call = Call(runtime, identity, request["model"], alias, "chat", stream=False)
     if identity.policies is not None:
         await call.govern(targets, prompt_tokens=_prompt_of(request),
@@ -487,7 +520,7 @@ async def chat_stream(
     an error event): a provider that trickles cannot hold connections for ever.
 
     Returns the events, and headers for the answer."""
-    alias, targets = await resolve_model(runtime, db, request["model"])
+    alias, targets = await resolve_model(runtime, db, request["model"], identity=identity)
     call = Call(runtime, identity, request["model"], alias, "chat", stream=True)
     if identity.policies is not None:
         await call.govern(targets, prompt_tokens=_prompt_of(request),
@@ -599,7 +632,7 @@ async def embeddings(
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """The vectors in OpenAI's shape, and headers for the answer; of `dimensions` when
     given, which every target must be able to answer (DimensionsUnsupported)."""
-    alias, targets = await resolve_model(runtime, db, model)
+    alias, targets = await resolve_model(runtime, db, model, identity=identity)
     if dimensions is not None:
         for target in targets:
             if not runtime.providers[target.provider].honours_dimensions(target.model, dimensions):
@@ -638,8 +671,9 @@ async def embeddings(
     return body, call.headers
 
 
-async def list_aliases(db: AsyncSession) -> list[ModelAlias]:
-    return list(await repository.list_aliases(db))
+async def list_aliases(db: AsyncSession, *, identity: Identity) -> list[ModelAlias]:
+    """The shared aliases and the caller's own."""
+    return list(await repository.list_aliases(db, owner_id=_owner(identity)))
 
 
 async def list_models(
@@ -650,7 +684,8 @@ async def list_models(
     reaches for this caller (their own, else a shared one), as that provider lists them
     (its `/models`), cached per credential for INFERENCE_MODELS_CACHE_SECONDS. A provider
     that cannot say is logged and left out: the list never fails for it."""
-    models = [(a.alias, "alias") for a in await repository.list_aliases(db)]
+    aliases = await repository.list_aliases(db, owner_id=_owner(identity))
+    models = list(dict.fromkeys((a.alias, "alias") for a in aliases))
     local = runtime.providers.get("local")
     if local is not None:
         models += [(f"local/{m}", "local") for m in await local.list_models(NO_CREDENTIAL)]

@@ -1,0 +1,141 @@
+"""Personal aliases over a member's own credentials, and the weighted strategy (issue 19).
+
+A member with two OpenAI-compatible endpoints (here two fake OpenAI servers) reaches the
+first with `openai/<model>` (their oldest credential) and the second through an alias of
+their own; nobody else sees or calls it. A weighted alias splits calls by its targets'
+weights, exactly, and fails over to the others."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from devkit.fakes.faults import FaultControl
+from devkit.fakes.openai_server import create_openai_app
+from devkit.testing import LiveServer
+
+from .conftest import UPSTREAM_KEY, Inference, Upstream, admin, member
+from .test_chat import CHAT, ROUTE, ask
+
+OTHER = member("00000000-0000-0000-0000-0000000000cc")
+
+
+@pytest.fixture
+async def second_upstream() -> AsyncIterator[Upstream]:
+    """Another OpenAI-compatible endpoint (a member's local Ollama, say)."""
+    control = FaultControl()
+    async with LiveServer(create_openai_app(control, api_key=UPSTREAM_KEY)) as server:
+        yield Upstream(f"{server.url}/v1", control)
+
+
+async def alias(inference: Inference, name: str, targets: list[dict[str, Any]], **more: Any) -> Any:
+    identity = more.pop("identity", member())
+    return await inference.call(
+        "POST", "/v1/providers/aliases", identity=identity,
+        json={"alias": name, "targets": targets, **more},
+    )  # fmt: skip
+
+
+async def test_a_members_own_alias_routes_to_their_second_credential(
+    inference: Inference, openai_upstream: Upstream, second_upstream: Upstream
+) -> None:
+    await inference.credential(openai_upstream.url, name="openai")  # the oldest: openai/*
+    ollama = await inference.credential(second_upstream.url, name="ollama")
+    made = await alias(inference, "local-llm",
+                       [{"model": "openai/llama3", "credential_id": ollama["id"]}])  # fmt: skip
+    assert made.status_code == 201, made.text
+    assert (made.json()["shared"], made.json()["strategy"]) == (False, "ordered")
+
+    plain = await inference.call("POST", CHAT, json=ask())
+    routed = await inference.call("POST", CHAT, json=ask() | {"model": "local-llm"})
+    assert (plain.status_code, routed.status_code) == (200, 200), routed.text
+    assert len(openai_upstream.control.requests_to(ROUTE)) == 1
+    (sent,) = second_upstream.control.requests_to(ROUTE)
+    assert sent.json["model"] == "llama3"
+    assert "local-llm" in [
+        m["id"] for m in (await inference.call("GET", "/v1/models")).json()["data"]
+    ]
+
+    # Nobody else sees it or calls it.
+    theirs = await inference.call("POST", CHAT, identity=OTHER, json=ask() | {"model": "local-llm"})
+    assert theirs.status_code == 404
+    listed = (await inference.call("GET", "/v1/providers/aliases", identity=OTHER)).json()
+    assert "local-llm" not in [a["alias"] for a in listed]
+    models = (await inference.call("GET", "/v1/models", identity=OTHER)).json()["data"]
+    assert "local-llm" not in [m["id"] for m in models]
+    assert len(second_upstream.control.requests_to(ROUTE)) == 1
+
+
+async def test_what_a_member_may_route_to(inference: Inference, openai_upstream: Upstream) -> None:
+    theirs = await inference.credential(openai_upstream.url, identity=OTHER, name="theirs")
+    shared = await inference.credential(openai_upstream.url, shared=True, name="everyone")
+    target = [{"model": "openai/gpt-4o-mini", "credential_id": theirs["id"]}]
+    refused = await alias(inference, "borrowed", target)
+    assert refused.status_code == 422, refused.text
+    assert "your credentials or shared" in refused.json()["detail"]
+    on_shared = [{"model": "openai/gpt-4o-mini", "credential_id": shared["id"]}]
+    assert (await alias(inference, "mine", on_shared)).status_code == 201
+    # A shared alias is the admins' (providers:manage_shared), over shared credentials.
+    not_admin = await alias(inference, "for-all", on_shared, shared=True)
+    assert not_admin.status_code == 403
+    assert not_admin.json()["type"].endswith(":missing-permission")
+    by_admin = await alias(inference, "for-all", target, shared=True, identity=admin())
+    assert by_admin.status_code == 422
+    assert (await alias(inference, "for-all", on_shared, shared=True,
+                        identity=admin())).status_code == 201  # fmt: skip
+    weight_without_strategy = [{**on_shared[0], "weight": 3}]
+    assert (await alias(inference, "w", weight_without_strategy)).status_code == 422
+
+
+async def test_ones_own_alias_wins_over_a_shared_one_of_the_same_name(
+    inference: Inference, openai_upstream: Upstream, second_upstream: Upstream
+) -> None:
+    shared = await inference.credential(openai_upstream.url, shared=True, name="everyone")
+    own = await inference.credential(second_upstream.url, name="own")
+    made = await alias(inference, "chat", [{"model": "openai/a", "credential_id": shared["id"]}],
+                       shared=True, identity=admin())  # fmt: skip
+    assert made.status_code == 201
+    made = await alias(inference, "chat", [{"model": "openai/b", "credential_id": own["id"]}])
+    assert made.status_code == 201
+    for who in (member(), OTHER):
+        answer = await inference.call("POST", CHAT, identity=who, json=ask() | {"model": "chat"})
+        assert answer.status_code == 200
+    assert [r.json["model"] for r in second_upstream.control.requests_to(ROUTE)] == ["b"]
+    assert [r.json["model"] for r in openai_upstream.control.requests_to(ROUTE)] == ["a"]
+    # Deleting names one's own first; the shared one needs providers:manage_shared.
+    deleted = await inference.call("DELETE", "/v1/providers/aliases/chat")
+    assert deleted.status_code == 204
+    assert (await inference.call("DELETE", "/v1/providers/aliases/chat")).status_code == 404
+    by_admin = await inference.call("DELETE", "/v1/providers/aliases/chat", identity=admin())
+    assert by_admin.status_code == 204
+
+
+async def test_a_weighted_alias_splits_calls_by_weight_and_fails_over(
+    inference: Inference, openai_upstream: Upstream, second_upstream: Upstream
+) -> None:
+    first = await inference.credential(openai_upstream.url, name="first")
+    second = await inference.credential(second_upstream.url, name="second")
+    made = await alias(inference, "split", [
+        {"model": "openai/gpt-4o-mini", "credential_id": first["id"], "weight": 3},
+        {"model": "openai/gpt-4o-mini", "credential_id": second["id"], "weight": 1},
+    ], strategy="weighted")  # fmt: skip
+    assert made.status_code == 201, made.text
+    async with inference.client(member()) as http:
+        for _ in range(1000):
+            response = await http.post(CHAT, json=ask() | {"model": "split"})
+            assert response.status_code == 200
+    counts = (len(openai_upstream.control.requests_to(ROUTE)),
+              len(second_upstream.control.requests_to(ROUTE)))  # fmt: skip
+    assert counts == (750, 250)  # within ±5 % of the weights: exactly, by the round robin
+
+    # The first target fails from now on: every call is answered by the other.
+    openai_upstream.control.reset()
+    second_upstream.control.reset()
+    openai_upstream.control.fail(ROUTE, status=500, times=1000)
+    for _ in range(8):
+        response = await inference.call("POST", CHAT, json=ask() | {"model": "split"})
+        assert response.status_code == 200, response.text
+    assert len(second_upstream.control.requests_to(ROUTE)) == 8
+    assert openai_upstream.control.requests_to(ROUTE)  # it was tried first
