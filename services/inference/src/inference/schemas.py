@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
-Provider = Literal["openai", "huggingface"]
+Provider = Literal["openai", "huggingface", "anthropic"]
 # The most dimensions an embedding may be asked for (pgvector's own limit is 16,000).
 MAX_DIMENSIONS = 16_000
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
@@ -53,7 +53,7 @@ class AliasTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[
-        str, StringConstraints(pattern=r"^(openai|huggingface|local)/.+$", max_length=300)
+        str, StringConstraints(pattern=r"^(openai|huggingface|anthropic|local)/.+$", max_length=300)
     ]
     credential_id: uuid.UUID | None = None
 

@@ -64,8 +64,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 R = TypeVar("R")
-PROVIDERS = ("openai", "huggingface", "local")
-NEEDS_CREDENTIAL = frozenset({"openai", "huggingface"})
+PROVIDERS = ("openai", "huggingface", "anthropic", "local")
+NEEDS_CREDENTIAL = frozenset({"openai", "huggingface", "anthropic"})
 NO_CREDENTIAL = Credential(id=None, api_key=None, base_url=None)
 # How long /v1/models waits for a provider's list, and how soon it asks one that failed.
 MODEL_LIST_TIMEOUT_SECONDS = 5.0
@@ -249,7 +249,7 @@ async def resolve_model(
     target = _parse_model(name)
     if target is None:
         raise ModelNotFound(
-            f"Unknown model {name!r}: name it provider/model (openai, huggingface, local) "
+            f"Unknown model {name!r}: name it provider/model ({', '.join(PROVIDERS)}) "
             "or use an alias from GET /v1/models."
         )
     return None, [target]
