@@ -1,4 +1,5 @@
-"""Serve a fake provider as a process: `python -m devkit.fakes.run openai --port 9100`.
+"""Serve a fake provider as a process: `python -m devkit.fakes.run openai --port 9100`
+(`openai`, `anthropic` or `hf`).
 
 Without `--port`, it serves the listening socket its launcher handed it (common.ports).
 
@@ -13,17 +14,22 @@ from collections.abc import Sequence
 
 from common import ports
 from common.serve import run
+from devkit.fakes.anthropic_server import create_anthropic_app
 from devkit.fakes.hf_server import create_hf_app
 from devkit.fakes.openai_server import create_openai_app
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devkit.fakes.run", description=__doc__)
-    parser.add_argument("kind", choices=("openai", "hf"), help="which protocol to speak")
+    parser.add_argument(
+        "kind", choices=("openai", "anthropic", "hf"), help="which protocol to speak"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="else the inherited socket")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay per response")
-    parser.add_argument("--api-key", default=None, help="bearer key (OpenAI) or token (HF)")
+    parser.add_argument(
+        "--api-key", default=None, help="bearer key (OpenAI), x-api-key (Anthropic) or token (HF)"
+    )
     parser.add_argument("--dimensions", type=int, default=8, help="default embedding size")
     return parser.parse_args(argv)
 
@@ -32,11 +38,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Build the chosen fake and serve it with uvicorn, quietly (no access log)."""
     args = parse_args(argv)
     latency = args.delay_ms / 1000
-    app = (
-        create_openai_app(api_key=args.api_key, dimensions=args.dimensions, latency=latency)
-        if args.kind == "openai"
-        else create_hf_app(token=args.api_key, dimensions=args.dimensions, latency=latency)
-    )
+    if args.kind == "openai":
+        app = create_openai_app(api_key=args.api_key, dimensions=args.dimensions, latency=latency)
+    elif args.kind == "anthropic":
+        app = create_anthropic_app(api_key=args.api_key, latency=latency)
+    else:
+        app = create_hf_app(token=args.api_key, dimensions=args.dimensions, latency=latency)
     sock = ports.inherited()
     if sock is None:
         if args.port is None:
