@@ -10,6 +10,7 @@ from typing import Any
 
 import openai
 import pytest
+from starlette.responses import PlainTextResponse, Response
 
 from devkit.fakes.anthropic_server import create_anthropic_app
 from devkit.fakes.faults import FaultControl
@@ -17,6 +18,7 @@ from devkit.testing import LiveServer
 from inference.settings import Price
 
 from .conftest import Inference, MakeInference, Upstream
+from .test_ssrf import POLICY, REDIRECT, SECRET, assert_names_the_policy, serve
 
 KEY = "sk-ant-upstream-secret-0123456789"
 MODEL = "anthropic/claude-sonnet-4-5-20250929"
@@ -484,3 +486,66 @@ async def test_the_credentials_models_are_listed_and_retrieved(
     (request,) = claude.control.requests_to("/v1/models")
     assert request.headers["x-api-key"] == KEY
     assert request.query == {"limit": "1000"}
+
+
+# ---------------------------------------------------------------- egress and answer limits
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_host_name_that_resolves_to_a_refused_address_is_never_called(
+    make_inference: MakeInference, anthropic_upstream: Upstream, stream: bool
+) -> None:
+    async with make_inference(allowed_private_networks=[]) as inference:
+        named = anthropic_upstream.url.replace("127.0.0.1", "localhost")
+        await inference.credential(named, provider="anthropic", api_key=KEY)
+        request = {"model": MODEL, "messages": [user("hi")], "stream": stream}
+        response = await inference.call("POST", CHAT, json=request)
+        body = assert_names_the_policy(response, 422, POLICY)
+        assert "loopback" in body["detail"]
+        assert body["attempts"] == 1
+    assert anthropic_upstream.control.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_redirect_is_never_followed(
+    inference: Inference, anthropic_upstream: Upstream, stream: bool
+) -> None:
+    location = f"{anthropic_upstream.url}{ROUTE}"
+    answer = Response(SECRET, status_code=307, headers={"Location": location})
+    async with serve(answer) as redirector:
+        await inference.credential(redirector.url, provider="anthropic", api_key=KEY)
+        request = {"model": MODEL, "messages": [user("hi")], "stream": stream}
+        response = await inference.call("POST", CHAT, json=request)
+        assert_names_the_policy(response, 502, REDIRECT)
+        assert redirector.hits == [ROUTE]
+    assert anthropic_upstream.control.requests == []
+
+
+async def test_an_answer_that_is_not_anthropics_error_is_never_echoed(
+    inference: Inference,
+) -> None:
+    answer = PlainTextResponse(f"<html>{SECRET}</html>", status_code=500, media_type="text/html")
+    async with serve(answer) as server:
+        await inference.credential(server.url, provider="anthropic", api_key=KEY)
+        response = await inference.call("POST", CHAT, json={"model": MODEL,
+                                                            "messages": [user("hi")]})  # fmt: skip
+    assert response.status_code == 502
+    assert SECRET not in response.text
+    assert "not in an API's error format" in response.json()["detail"]
+
+
+async def test_answers_past_the_size_limits_are_refused(
+    make_inference: MakeInference, anthropic_upstream: Upstream
+) -> None:
+    async with make_inference(max_response_bytes=4096, max_stream_bytes=4096) as inference:
+        await inference.credential(anthropic_upstream.url, provider="anthropic", api_key=KEY)
+        request = {"model": MODEL, "messages": [user("words:2000")]}
+        plain = await inference.call("POST", CHAT, json=request)
+        streamed = await inference.call("POST", CHAT, json={**request, "stream": True})
+    assert plain.status_code == 502
+    assert plain.json()["type"].endswith(":answer-refused")
+    assert "INFERENCE_MAX_RESPONSE_BYTES" in plain.json()["detail"]
+    error = sse(streamed.text)[-2]["error"]
+    assert error["code"] == "too_large"
+    assert "INFERENCE_MAX_STREAM_BYTES" in error["message"]
+    assert len(anthropic_upstream.control.requests_to(ROUTE)) == 2  # neither retried
