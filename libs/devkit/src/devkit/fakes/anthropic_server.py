@@ -3,8 +3,9 @@
 Routes: `GET /v1/models` (paginated as Anthropic's: `data`, `has_more`, `first_id`,
 `last_id`), `GET /v1/models/{model}`, `POST /v1/messages` (JSON, or server-sent events with
 Anthropic's event sequence: message_start, ping, content_block_start/delta/stop per block,
-message_delta, message_stop). Requests need `x-api-key` (401 `authentication_error`
-otherwise, when a key is set) and `anthropic-version`, and are checked as Anthropic does:
+message_delta, message_stop). Requests need the key (in `x-api-key`, or as a bearer token
+as Anthropic's 2.x client sends it; 401 `authentication_error` otherwise, when a key is
+set); messages need `anthropic-version`, and are checked as Anthropic does:
 required fields, no unknown ones, roles that alternate user/assistant, each `tool_use`
 answered by a `tool_result` in the next turn, temperature within 0..1.
 
@@ -39,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from devkit.fakes.endpoints import Refused, json_body, same_secret
+from devkit.fakes.endpoints import Refused, bearer_key, json_body, same_secret
 from devkit.fakes.faults import FaultControl, build_app
 
 __all__ = ["DEFAULT_MODELS", "anthropic_error", "create_anthropic_app"]
@@ -379,9 +380,11 @@ class AnthropicEndpoints:
         return JSONResponse(message, headers=headers)
 
     def _authorize(self, request: Request) -> None:
+        """The key in `x-api-key` (Anthropic's documented header), or as a bearer token
+        (what Anthropic's client sends since its 2.x versions)."""
         if self.api_key is None:
             return
-        key = request.headers.get("x-api-key")
+        key = request.headers.get("x-api-key") or bearer_key(request)
         if key is None:
             raise Refused(anthropic_error(401, "x-api-key header is required"))
         if not same_secret(key, self.api_key):
