@@ -17,7 +17,7 @@ from devkit.fakes.faults import FaultControl
 from devkit.testing import LiveServer
 from inference.settings import Price
 
-from .conftest import Inference, MakeInference, Upstream
+from .conftest import Inference, MakeInference, Upstream, admin
 from .test_ssrf import POLICY, REDIRECT, SECRET, assert_names_the_policy, serve
 
 KEY = "sk-ant-upstream-secret-0123456789"
@@ -423,6 +423,27 @@ async def test_overloaded_every_time_is_an_upstream_failure_after_the_retries(
     assert len(claude.control.requests_to(ROUTE)) == 3
     (event,) = await inference.events()
     assert (event.status, event.error_type) == ("error", "http_529")
+
+
+async def test_an_alias_falls_back_from_an_overloaded_anthropic_to_openai(
+    inference: Inference, anthropic_upstream: Upstream, openai_upstream: Upstream
+) -> None:
+    claude = await inference.credential(anthropic_upstream.url, provider="anthropic",
+                                        api_key=KEY, shared=True, name="claude")  # fmt: skip
+    gpt = await inference.credential(openai_upstream.url, shared=True, name="gpt")
+    targets = [{"model": MODEL, "credential_id": claude["id"]},
+               {"model": "openai/gpt-4o-mini", "credential_id": gpt["id"]}]  # fmt: skip
+    saved = await inference.call("POST", "/v1/providers/aliases", identity=admin(),
+                                 json={"alias": "smart", "targets": targets})  # fmt: skip
+    assert saved.status_code == 201, saved.text
+    anthropic_upstream.control.fail(ROUTE, status=529, times=3)
+    response = await inference.call("POST", CHAT, json={"model": "smart",
+                                                        "messages": [user("hi")]})  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "echo: hi"
+    assert len(anthropic_upstream.control.requests_to(ROUTE)) == 3
+    (event,) = await inference.events()
+    assert (event.model, event.fallback, event.attempts) == ("openai/gpt-4o-mini", True, 4)
 
 
 async def test_an_error_event_mid_stream_ends_the_stream_with_an_error_event(

@@ -202,16 +202,9 @@ def _turns(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
         elif role == "tool":
             content = message.get("content")
             result = content if isinstance(content, str) else _text_blocks(content)
-            role, blocks = (
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": message["tool_call_id"],
-                        "content": result,
-                    }
-                ],
-            )
+            role = "user"  # a tool's answer is the user's turn for Anthropic
+            call_id = message["tool_call_id"]
+            blocks = [{"type": "tool_result", "tool_use_id": call_id, "content": result}]
         else:
             raise _refused(f"{where}.role: Anthropic takes no {role} messages; use tools.")
         if not blocks:
@@ -404,7 +397,8 @@ class StreamTranslator:
             return self._chunk({}, FINISH_REASONS.get(reason, "stop"))
         if kind == "message_stop":
             self.stopped = True
-            return {**self.head, "choices": [], "usage": usage_of(self.usage)}
+            usage = usage_of(self.usage)
+            return {**self.head, "choices": [], "usage": usage} if usage else None
         if kind == "error":
             raise stream_error(event.get("error"))
         return None  # ping, content_block_stop, and event types added later
