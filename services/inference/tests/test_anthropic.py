@@ -319,14 +319,14 @@ async def test_openai_only_fields_are_not_sent_and_anthropics_own_are(
                {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}}]  # fmt: skip
     request = {
         "model": MODEL, "messages": [{"role": "user", "content": content}], "top_k": 5,
-        "seed": 7, "presence_penalty": 0.5, "logprobs": False,
+        "seed": 7, "presence_penalty": 0.5, "logprobs": False, "metadata": {"tag": "x"},
         "response_format": {"type": "json_object"},
     }  # fmt: skip
     response = await inference.call("POST", CHAT, json=request)
     assert response.status_code == 200, response.text  # the fake refuses unknown fields
     body = sent(claude)
     assert body["top_k"] == 5
-    assert not {"seed", "presence_penalty", "logprobs", "response_format"} & set(body)
+    assert not {"seed", "presence_penalty", "logprobs", "response_format", "metadata"} & set(body)
     assert body["messages"][0]["content"][1] == {
         "type": "document",
         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"},

@@ -11,8 +11,8 @@ The caller's OpenAI chat request is translated, and the answer translated back:
   blocks; `tools`, `tool_choice` (auto/none/required/named), `parallel_tool_calls: false`,
   `max_completion_tokens` / `max_tokens` (Anthropic requires one: 4096 when neither is
   given), `temperature`, `top_p`, `stop`, `user` (as `metadata.user_id`), and Anthropic's
-  own `top_k` and `metadata` as sent. A `cache_control` on a text part is kept (prompt
-  caching). Other OpenAI fields (`response_format`, `seed`, penalties, `logprobs`, ...) have
+  own `top_k` as sent. A `cache_control` on a text part is kept (prompt caching). Other
+  OpenAI fields (`response_format`, `seed`, penalties, `logprobs`, `metadata`, ...) have
   no Anthropic counterpart and are not sent; `n` above 1, audio, and the deprecated
   `function_call` are refused (400) before any call.
 - Anthropic -> OpenAI: text blocks become the message content, `tool_use` blocks
@@ -64,8 +64,9 @@ API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 # The most models one credential's list contributes to /v1/models (Anthropic's page limit).
 MAX_LISTED_MODELS = 1_000
-# Anthropic's own request fields a caller may send beside OpenAI's, passed as they are.
-ANTHROPIC_FIELDS = ("top_k", "metadata")
+# Anthropic's own request fields a caller may send beside OpenAI's, passed as they are
+# (not `metadata`: OpenAI's is a map of tags, which Anthropic would refuse).
+ANTHROPIC_FIELDS = ("top_k",)
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -265,7 +266,7 @@ def messages_request(model: str, request: dict[str, Any], *, stream: bool) -> di
     stop = request.get("stop")
     if stop:
         body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if isinstance(request.get("user"), str) and "metadata" not in body:
+    if isinstance(request.get("user"), str):
         body["metadata"] = {"user_id": request["user"]}
     body.update(_tools(request))
     if stream:
