@@ -17,6 +17,7 @@ from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
 from inference.failover import CircuitBreaker, Failover, RetryPolicy
 from inference.governance import Governance
+from inference.providers.anthropic import AnthropicProvider
 from inference.providers.azure import AzureOpenAIProvider
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
@@ -45,6 +46,7 @@ def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[s
         "openai": OpenAIProvider(**timeouts, egress=egress, answer_limits=limits),
         "huggingface": HuggingFaceProvider(**timeouts, egress=egress, answer_limits=limits),
         "azure": AzureOpenAIProvider(**timeouts, egress=egress, answer_limits=limits),
+        "anthropic": AnthropicProvider(**timeouts, egress=egress, answer_limits=limits),
     }
     local = LocalProvider(
         threads=settings.local_threads, max_queued=settings.local_max_queued_texts

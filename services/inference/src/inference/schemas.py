@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-Provider = Literal["openai", "huggingface", "azure"]
+Provider = Literal["openai", "huggingface", "azure", "anthropic"]
 # An Azure OpenAI API version, as Azure names them: 2024-10-21, 2024-12-01-preview.
 ApiVersion = Annotated[
     str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$", max_length=32)
@@ -80,7 +80,10 @@ class AliasTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[
-        str, StringConstraints(pattern=r"^(openai|huggingface|azure|local)/.+$", max_length=300)
+        str,
+        StringConstraints(
+            pattern=r"^(openai|huggingface|azure|anthropic|local)/.+$", max_length=300
+        ),
     ]
     credential_id: uuid.UUID | None = None
     # Its share of the calls under the `weighted` strategy (1 when not given).

@@ -64,8 +64,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 R = TypeVar("R")
-PROVIDERS = ("openai", "huggingface", "azure", "local")
-NEEDS_CREDENTIAL = frozenset({"openai", "huggingface", "azure"})
+PROVIDERS = ("openai", "huggingface", "azure", "anthropic", "local")
+NEEDS_CREDENTIAL = frozenset({"openai", "huggingface", "azure", "anthropic"})
 NO_CREDENTIAL = Credential(id=None, api_key=None, base_url=None)
 # How long /v1/models waits for a provider's list, and how soon it asks one that failed.
 MODEL_LIST_TIMEOUT_SECONDS = 5.0
