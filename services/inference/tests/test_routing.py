@@ -16,7 +16,7 @@ from devkit.fakes.faults import FaultControl
 from devkit.fakes.openai_server import create_openai_app
 from devkit.testing import LiveServer
 
-from .conftest import UPSTREAM_KEY, Inference, Upstream, admin, member
+from .conftest import UPSTREAM_KEY, Inference, MakeInference, Upstream, admin, member
 from .test_chat import CHAT, ROUTE, ask
 
 OTHER = member("00000000-0000-0000-0000-0000000000cc")
@@ -139,3 +139,20 @@ async def test_a_weighted_alias_splits_calls_by_weight_and_fails_over(
         assert response.status_code == 200, response.text
     assert len(second_upstream.control.requests_to(ROUTE)) == 8
     assert openai_upstream.control.requests_to(ROUTE)  # it was tried first
+
+
+async def test_a_member_keeps_at_most_the_configured_number_of_aliases(
+    make_inference: MakeInference, openai_upstream: Upstream
+) -> None:
+    async with make_inference(max_aliases_per_user=2) as inference:
+        target = [{"model": "openai/gpt-4o-mini"}]
+        assert (await alias(inference, "a", target)).status_code == 201
+        assert (await alias(inference, "b", target)).status_code == 201
+        refused = await alias(inference, "c", target)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"].endswith(":too-many-aliases")
+        assert (await alias(inference, "b", target)).status_code == 201  # saved again: no new one
+        theirs = await alias(inference, "c", target, identity=OTHER)  # their own count
+        assert theirs.status_code == 201
+        assert (await inference.call("DELETE", "/v1/providers/aliases/a")).status_code == 204
+        assert (await alias(inference, "c", target)).status_code == 201

@@ -43,6 +43,10 @@ class InvalidRequest(Problem):
     status, slug, title = 422, "validation", "Unprocessable Content"
 
 
+class TooManyAliases(Problem):
+    status, slug, title = 409, "too-many-aliases", "Conflict"
+
+
 class DimensionsUnsupported(Problem):
     """`dimensions` asked of an embedding model that cannot answer that size."""
 

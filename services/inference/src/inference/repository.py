@@ -24,7 +24,7 @@ from typing import Any, Literal
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
-from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -150,6 +150,19 @@ async def list_aliases(db: AsyncSession, *, owner_id: uuid.UUID | None) -> Seque
         .order_by(col(ModelAlias.alias), col(ModelAlias.owner_id).is_(None))
     )
     return (await db.execute(query)).scalars().all()
+
+
+async def count_own_aliases(db: AsyncSession, *, owner_id: uuid.UUID, other_than: str) -> int:
+    """How many aliases `owner_id` has besides `other_than`, counted one saver at a time
+    (a lock per owner, held until the commit)."""
+    await db.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"inference.model_alias:{owner_id}"},
+    )
+    query = select(func.count()).where(
+        col(ModelAlias.owner_id) == owner_id, col(ModelAlias.alias) != other_than
+    )
+    return int((await db.execute(query)).scalar_one())
 
 
 async def save_alias(db: AsyncSession, *, alias: ModelAlias) -> ModelAlias:

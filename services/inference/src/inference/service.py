@@ -43,6 +43,7 @@ from inference.errors import (
     ProviderRedirected,
     ProviderRejected,
     SharedNeedsAdmin,
+    TooManyAliases,
     UpstreamFailed,
 )
 from inference.events import (
@@ -218,6 +219,14 @@ async def save_alias(
         if row.provider != target.model.split("/", 1)[0]:
             raise InvalidRequest(
                 f"Credential {row.name!r} is for {row.provider}, not {target.model}."
+            )
+    if not body.shared and owner is not None:
+        most = runtime.settings.max_aliases_per_user
+        if await repository.count_own_aliases(db, owner_id=owner, other_than=body.alias) >= most:
+            raise TooManyAliases(
+                f"You have {most} aliases of your own, the most allowed "
+                "(INFERENCE_MAX_ALIASES_PER_USER); delete one first.",
+                limit=most,
             )
     alias = await repository.save_alias(
         db,

@@ -88,6 +88,8 @@ class InferenceSettings(DatabaseSettings):
     # How long a credential's model list (its provider's /models, for GET /v1/models) is
     # kept.
     models_cache_seconds: float = Field(300.0, ge=0, le=86_400)
+    # How many aliases of their own a user may keep (shared ones are the admins').
+    max_aliases_per_user: int = Field(100, ge=1, le=10_000)
     prices: dict[str, Price] = {}
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
     # Redis is unreachable (oldest events dropped past it, counted in a metric).
