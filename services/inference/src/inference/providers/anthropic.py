@@ -49,13 +49,7 @@ from inference.providers.base import (
     parse_retry_after,
     wants_usage,
 )
-from inference.providers.egress import (
-    POOL_LIMITS,
-    EgressPolicy,
-    GuardedTransport,
-    egress_error,
-    refuse_redirects,
-)
+from inference.providers.egress import EgressPolicy, egress_error, guarded_client
 from inference.providers.limits import AnswerLimits
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -505,15 +499,10 @@ class AnthropicProvider:
         egress: EgressPolicy,
         answer_limits: AnswerLimits,
     ) -> None:
-        # One pool for every credential; no proxy from the environment (a proxy would
-        # connect where the guard cannot see), no redirect followed.
-        self._http = httpx2.AsyncClient(
-            transport=GuardedTransport(egress, resolve_timeout=connect_timeout, limits=POOL_LIMITS),
-            follow_redirects=False,
-            trust_env=False,
+        self._http = guarded_client(
+            egress, connect_timeout=connect_timeout,
             timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
-            event_hooks={"response": [refuse_redirects]},
-        )
+        )  # fmt: skip
         answer_limits.install(self._http)
 
     def _request(

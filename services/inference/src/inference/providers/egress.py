@@ -253,6 +253,30 @@ async def refuse_redirects(response: httpx2.Response) -> None:
         raise RedirectRefused
 
 
+def guarded_client(
+    policy: EgressPolicy,
+    *,
+    connect_timeout: float,
+    timeout: httpx2.Timeout | None,
+    request_hooks: Iterable[Any] = (),
+    response_hooks: Iterable[Any] = (),
+) -> httpx2.AsyncClient:
+    """An httpx2 client for a provider: one pool for every credential, its connections
+    through the guard (GuardedTransport), no proxy from the environment (a proxy would
+    connect where the guard cannot see) and no redirect followed (refuse_redirects runs
+    first among the response hooks)."""
+    return httpx2.AsyncClient(
+        transport=GuardedTransport(policy, resolve_timeout=connect_timeout, limits=POOL_LIMITS),
+        follow_redirects=False,
+        trust_env=False,
+        timeout=timeout,
+        event_hooks={
+            "request": list(request_hooks),
+            "response": [refuse_redirects, *response_hooks],
+        },
+    )
+
+
 # ---------------------------------------------------------------- aiohttp (openai SDK)
 
 

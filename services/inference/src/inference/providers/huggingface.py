@@ -27,13 +27,7 @@ from inference.providers.base import (
     parse_retry_after,
     wants_usage,
 )
-from inference.providers.egress import (
-    POOL_LIMITS,
-    EgressPolicy,
-    GuardedTransport,
-    egress_error,
-    refuse_redirects,
-)
+from inference.providers.egress import EgressPolicy, egress_error, guarded_client
 from inference.providers.limits import AnswerLimits
 
 # chat_completion's own keyword arguments; other request fields travel as extra_body.
@@ -128,16 +122,11 @@ class HuggingFaceProvider:
         # huggingface_hub's own client settings (its hooks: request ids, error bodies read
         # before they are raised), but no proxy from the environment (a proxy would connect
         # where the guard cannot see) and no redirect followed.
-        self._http = httpx2.AsyncClient(
-            transport=GuardedTransport(egress, resolve_timeout=connect_timeout, limits=POOL_LIMITS),
-            follow_redirects=False,
-            trust_env=False,
-            timeout=None,
-            event_hooks={
-                "request": [async_hf_request_event_hook],
-                "response": [refuse_redirects, async_hf_response_event_hook],
-            },
-        )
+        self._http = guarded_client(
+            egress, connect_timeout=connect_timeout, timeout=None,
+            request_hooks=[async_hf_request_event_hook],
+            response_hooks=[async_hf_response_event_hook],
+        )  # fmt: skip
         # Answers read within the limits, error bodies included (its hook goes first).
         answer_limits.install(self._http)
 
