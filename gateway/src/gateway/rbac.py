@@ -79,6 +79,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST",   "/v1/providers/aliases",                  "providers:manage"),
     Route("GET",    "/v1/providers/aliases",                  "models:read"),
     Route("DELETE", "/v1/providers/aliases/{alias}",          "providers:manage"),
+    Route("GET",    "/v1/providers/prices",                   "models:read"),
+    Route("GET",    "/v1/providers/prices/changes",           "providers:manage_shared"),
+    Route("PUT",    "/v1/providers/prices/{model:path}",      "providers:manage_shared"),
+    Route("DELETE", "/v1/providers/prices/{model:path}",      "providers:manage_shared"),
     Route("GET",    "/v1/hub/models",                         "models:read"),
     Route("GET",    "/v1/hub/models/{repo_id:path}",          "models:read"),
     # embeddings

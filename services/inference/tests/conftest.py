@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -52,6 +53,11 @@ def admin(user_id: str = "00000000-0000-0000-0000-0000000000ad") -> Identity:
     return Identity(
         sub=user_id, kind="user", iss="gateway", roles=("admin",), permissions=ADMIN_PERMISSIONS
     )
+
+
+def per_million(usd: float) -> str:
+    """The cost of that many USD per 1M tokens, as call events write it."""
+    return str((Decimal(str(round(usd, 9))) / 1_000_000).quantize(Decimal("0.000000001")))
 
 
 # The fake providers listen on loopback, which the egress policy refuses unless allowed.

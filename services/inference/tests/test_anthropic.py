@@ -15,9 +15,9 @@ from starlette.responses import PlainTextResponse, Response
 from devkit.fakes.anthropic_server import create_anthropic_app
 from devkit.fakes.faults import FaultControl
 from devkit.testing import LiveServer
-from inference.settings import Price
+from inference.pricing import CATALOG, Price
 
-from .conftest import Inference, MakeInference, Upstream, admin
+from .conftest import Inference, MakeInference, Upstream, admin, per_million
 from .test_ssrf import POLICY, REDIRECT, SECRET, assert_names_the_policy, serve
 
 KEY = "sk-ant-upstream-secret-0123456789"
@@ -360,7 +360,7 @@ async def test_stop_reasons(
             )
 
 
-async def test_cache_tokens_are_prompt_tokens_and_cache_reads_are_cached_tokens(
+async def test_cache_tokens_are_prompt_tokens_and_are_billed_at_the_cache_prices(
     inference: Inference, claude: Upstream
 ) -> None:
     system = [{"type": "text", "text": "a long shared context " * 10,
@@ -378,8 +378,18 @@ async def test_cache_tokens_are_prompt_tokens_and_cache_reads_are_cached_tokens(
     assert usages[0]["prompt_tokens"] == usages[1]["prompt_tokens"] == 41
     assert usages[0]["prompt_tokens_details"] == {"cached_tokens": 0}
     assert usages[1]["prompt_tokens_details"] == {"cached_tokens": 40}
+    assert (usages[0]["cache_creation_input_tokens"], usages[1]["cache_read_input_tokens"]) == (
+        40,
+        40,
+    )
     first, second = await inference.events()
     assert first.prompt_tokens == second.prompt_tokens == 41
+    # The catalog's price of the model: 5-minute cache writes and cache reads apart.
+    price = CATALOG.models[MODEL]
+    assert (price.cache_write, price.cached_input) == (3.75, 0.3)
+    completion = usages[0]["completion_tokens"]
+    assert first.cost_usd == per_million(1 * 3.0 + 40 * 3.75 + completion * 15.0)
+    assert second.cost_usd == per_million(1 * 3.0 + 40 * 0.3 + completion * 15.0)
 
 
 # ---------------------------------------------------------------- errors and retries

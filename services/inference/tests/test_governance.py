@@ -44,7 +44,7 @@ from devkit import devstack
 from devkit.testing import LiveServer, signing_key
 from inference import service
 from inference.chat_schema import ChatRequest
-from inference.settings import Price
+from inference.pricing import Price
 
 from .conftest import MEMBER_PERMISSIONS, Inference, MakeInference, Upstream, admin
 from .test_chat import ask, sse

@@ -19,7 +19,9 @@ from inference import service
 from inference.chat_schema import ChatRequest
 from inference.deps import RuntimeDep
 from inference.errors import CredentialNotFound
+from inference.pricing import Price
 from inference.schemas import (
+    MODEL_NAME,
     AliasCreate,
     AliasRead,
     CredentialCreate,
@@ -27,6 +29,9 @@ from inference.schemas import (
     EmbeddingsRequest,
     Model,
     ModelList,
+    PriceChangeList,
+    PriceList,
+    PriceRead,
 )
 
 router = APIRouter(tags=["inference"], route_class=JsonRoute)
@@ -182,6 +187,58 @@ async def delete_alias(
     """Your own alias of that name, else the shared one (providers:manage_shared);
     `shared=true` or `false` names which."""
     await service.delete_alias(runtime, db, identity=identity, alias=alias, shared=shared)
+
+
+@router.get("/v1/providers/prices")
+async def list_prices(
+    identity: Annotated[Identity, MODELS],
+    db: DbSession,
+    runtime: RuntimeDep,
+    provider: Annotated[str | None, Query(pattern=r"^[a-z]{1,32}$")] = None,
+) -> PriceList:
+    """Every model's price (USD per 1M tokens) and where it comes from: an admin's, the
+    deployment's INFERENCE_PRICES or the catalog's (with the date it was checked)."""
+    return await service.list_prices(runtime, db, provider=provider)
+
+
+@router.get("/v1/providers/prices/changes")
+async def price_changes(
+    identity: Annotated[Identity, MANAGE_SHARED],
+    db: DbSession,
+    model: Annotated[str | None, Query(pattern=MODEL_NAME, max_length=300)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> PriceChangeList:
+    """The audit of the admins' prices, newest first: who set or deleted which, from what
+    to what."""
+    return await service.price_changes(db, model=model, before=before, limit=limit)
+
+
+PriceModel = Annotated[str, Path(pattern=MODEL_NAME, max_length=300)]
+
+
+@router.put("/v1/providers/prices/{model:path}")
+async def set_price(
+    model: PriceModel,
+    body: Price,
+    identity: Annotated[Identity, MANAGE_SHARED],
+    db: DbSession,
+    runtime: RuntimeDep,
+) -> PriceRead:
+    """Set a model's price (`provider/model`), over INFERENCE_PRICES' and the catalog's.
+    Every replica uses it within INFERENCE_CACHE_SECONDS. Audited."""
+    return await service.set_price(runtime, db, identity=identity, model=model, price=body)
+
+
+@router.delete("/v1/providers/prices/{model:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_price(
+    model: PriceModel,
+    identity: Annotated[Identity, MANAGE_SHARED],
+    db: DbSession,
+    runtime: RuntimeDep,
+) -> None:
+    """Remove an admin's price: INFERENCE_PRICES' or the catalog's applies again. Audited."""
+    await service.delete_price(runtime, db, identity=identity, model=model)
 
 
 @router.get("/v1/hub/models")

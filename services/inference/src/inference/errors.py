@@ -140,3 +140,13 @@ class BudgetUnavailable(ServiceUnavailable):
     telemetry do not answer): budgets fail closed."""
 
     slug = "budget-unavailable"
+
+
+class PriceNotFound(NotFound):
+    """No admin's price for that model (the catalog's and INFERENCE_PRICES' stay)."""
+
+    slug = "price-not-found"
+
+
+class TooManyPrices(Problem):
+    status, slug, title = 409, "too-many-prices", "Conflict"

@@ -1,6 +1,6 @@
 """Call events for telemetry: appended to a Redis stream off the request path, with a
 bounded buffer while Redis is away; a governed call's settlement travels with its event;
-cost from the price table; token estimates."""
+token estimates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable
-from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -28,19 +27,9 @@ from inference.metrics import (
     TELEMETRY_DROPPED,
 )
 from inference.repository import Settlement, append_call_events
-from inference.settings import Price
 
 log = structlog.get_logger(__name__)
 BATCH = 500
-MILLION = Decimal(1_000_000)
-
-
-def cost_usd(price: Price | None, prompt: int | None, completion: int | None) -> Decimal | None:
-    """Exact decimal cost; None (not 0) when the model has no price or usage is unknown."""
-    if price is None or prompt is None:
-        return None
-    total = Decimal(str(price.input)) * prompt + Decimal(str(price.output)) * (completion or 0)
-    return (total / MILLION).quantize(Decimal("0.000000001"))
 
 
 @lru_cache(maxsize=1)

@@ -61,6 +61,7 @@ from inference.errors import (
     TokensPerMinute,
 )
 from inference.failover import Target
+from inference.pricing import PriceBook
 from inference.repository import (
     Budgets,
     ScopeLimits,
@@ -141,10 +142,16 @@ class Governance:
     """What a governed call needs, built once (Runtime.governance)."""
 
     def __init__(
-        self, settings: InferenceSettings, redis: Redis, telemetry: httpx.AsyncClient
+        self,
+        settings: InferenceSettings,
+        redis: Redis,
+        telemetry: httpx.AsyncClient,
+        prices: PriceBook,
     ) -> None:
         """`telemetry`: a peer client for the telemetry service (common.http.peer_client)."""
         self.settings = settings
+        self.prices = prices
+        self._prices_version = prices.version
         self.budgets = Budgets(redis)
         self.telemetry = telemetry
         self.spend = SpendCounters(redis, TelemetrySpend(telemetry))
@@ -170,12 +177,15 @@ class Governance:
 
     def nano_price(self, model: str) -> tuple[int, int] | None:
         """The model's input and output price in nano-dollars per million tokens (rounded
-        up), or None when it has none; remembered (prices are settings: fixed while the
-        process lives; only model names that have a price or are aliases' targets come
-        here, so the table stays as small as the price list)."""
+        up), or None when it has none; remembered until the admins' prices change (only
+        model names that have a price or are aliases' targets come here, so the table stays
+        as small as the price list)."""
+        if self._prices_version != self.prices.version:
+            self._nano_prices.clear()
+            self._prices_version = self.prices.version
         if model in self._nano_prices:
             return self._nano_prices[model]
-        price = self.settings.price_of(model)
+        price = self.prices.get(model)
         nano = None if price is None else (
             to_nano(Decimal(str(price.input))), to_nano(Decimal(str(price.output)))
         )  # fmt: skip
@@ -278,7 +288,8 @@ def estimate(
         if price is None:
             raise ModelNotPriced(
                 f"The model {target.name!r} has no price, so a call to it under a budget "
-                "cannot be costed: give it a price with INFERENCE_PRICES.",
+                "cannot be costed: an admin gives it one (PUT /v1/providers/prices/{model}, or "
+                "INFERENCE_PRICES).",
                 model=target.name,
             )
         output = completion if completion is not None else (

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.app import create_service_app, database_and_redis
+from common.db import transaction
 from common.http import peer_client
+from inference import service
 from inference.api import router
 from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
 from inference.failover import CircuitBreaker, Failover, RetryPolicy
 from inference.governance import Governance
+from inference.pricing import CATALOG, PriceBook
 from inference.providers.anthropic import AnthropicProvider
 from inference.providers.azure import AzureOpenAIProvider
 from inference.providers.base import Provider
@@ -28,8 +34,10 @@ from inference.providers.openai import OpenAIProvider
 from inference.routing import Routing
 from inference.runtime import Runtime, TtlCache
 from inference.service import PROVIDERS
-from inference.settings import DEFAULT_PRICES, InferenceSettings
+from inference.settings import InferenceSettings
 from inference.streams import StreamSlots
+
+log = structlog.get_logger(__name__)
 
 
 def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[str, Provider]:
@@ -77,6 +85,7 @@ def build_failover(settings: InferenceSettings, redis: Redis) -> Failover:
 
 def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
     egress = EgressPolicy.from_settings(settings)
+    prices = PriceBook(CATALOG, settings.prices)
     return Runtime(
         settings=settings,
         keyring=Keyring(settings.encryption_keys.get_secret_value()),
@@ -89,7 +98,7 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
             linger=settings.telemetry_flush_seconds,
             labels=MetricLabels(
                 PROVIDERS,
-                priced=[*DEFAULT_PRICES, *settings.prices],
+                priced=prices.models(),
                 max_learned=settings.metrics_max_models,
             ),
         ),
@@ -104,8 +113,27 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
             settings,
             redis,
             peer_client(settings.telemetry_url, settings, peer="telemetry", max_connections=20),
+            prices,
         ),
+        prices=prices,
     )
+
+
+async def read_prices(runtime: Runtime, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """The admins' prices from the table; a failure is logged (the prices known stay)."""
+    try:
+        async with transaction(sessionmaker) as db:
+            await service.refresh_prices(runtime, db)
+    except Exception as exc:
+        log.warning("could not read the admins' prices; will retry", error=repr(exc))
+
+
+async def keep_prices(runtime: Runtime, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Read the admins' prices again every INFERENCE_CACHE_SECONDS (at least every second):
+    what another replica changed is used here within that time."""
+    while True:
+        await asyncio.sleep(max(runtime.settings.cache_seconds, 1.0))
+        await read_prices(runtime, sessionmaker)
 
 
 @asynccontextmanager
@@ -115,9 +143,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, app.state.redis)
         app.state.runtime = runtime
         runtime.sink.start()
+        await read_prices(runtime, app.state.sessionmaker)
+        prices = asyncio.create_task(keep_prices(runtime, app.state.sessionmaker))
         try:
             yield
         finally:
+            prices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prices
             await runtime.sink.close()
             await runtime.governance.telemetry.aclose()
             await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))

@@ -33,7 +33,7 @@ LLM_COST = Counter(
 LLM_UNPRICED = Counter(
     "inference_llm_unpriced_requests_total",
     "Successful LLM calls whose model has no price (their cost is unknown: give it one with "
-    "INFERENCE_PRICES), by provider and model.",
+    "PUT /v1/providers/prices/{model}), by provider and model.",
     ("provider", "model"),
     registry=REGISTRY,
 )

@@ -6,7 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, Index, LargeBinary, String, func, text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, LargeBinary, String, func, text
+from sqlalchemy import Identity as SqlIdentity
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
@@ -94,3 +95,40 @@ class ModelAlias(InferenceBase, table=True):
         Index("uq_model_alias_owner_alias", "owner_id", "alias", unique=True,
               postgresql_where=text("owner_id IS NOT NULL")),
     )  # fmt: skip
+
+
+class ModelPrice(InferenceBase, table=True):
+    """An admin's price of a model (`provider/model`), over INFERENCE_PRICES and the
+    catalog's: `price` is inference.pricing.Price's JSON (USD per 1M tokens)."""
+
+    __tablename__ = "model_price"
+
+    model: str = Field(sa_column=Column(String(300), primary_key=True))
+    price: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    updated_by: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    updated_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+class PriceChange(InferenceBase, table=True):
+    """The audit of the admins' prices: one row per change, never updated."""
+
+    __tablename__ = "price_change"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, SqlIdentity(always=True), primary_key=True)
+    )
+    occurred_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    actor_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    model: str = Field(sa_column=Column(String(300), nullable=False))
+    action: str = Field(sa_column=Column(String(16), nullable=False))  # set | delete
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    trace_id: str | None = Field(default=None, sa_column=Column(String(32)))
+
+    __table_args__ = (Index("ix_price_change_model_id", "model", "id"),)

@@ -46,7 +46,7 @@ from common.budgets import (
 from common.llm_events import STREAM, LlmCallEvent
 from common.policy import Period, ScopeKind
 from common.redis import as_text
-from inference.models import ModelAlias, ProviderCredential
+from inference.models import ModelAlias, ModelPrice, PriceChange, ProviderCredential
 
 log = structlog.get_logger(__name__)
 
@@ -192,6 +192,63 @@ async def delete_alias(db: AsyncSession, *, alias: str, owner_id: uuid.UUID | No
         delete(ModelAlias).where(col(ModelAlias.alias) == alias, _owned_by(owner_id))
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def lock_prices(db: AsyncSession) -> None:
+    """One price writer at a time (until the commit): each change's audit row sees the
+    price it replaces, and the count of prices is exact. Price changes are rare."""
+    await db.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": "inference.model_price"},
+    )
+
+
+async def all_prices(db: AsyncSession) -> Sequence[ModelPrice]:
+    return (await db.execute(select(ModelPrice))).scalars().all()
+
+
+async def get_price(db: AsyncSession, *, model: str) -> ModelPrice | None:
+    return await db.get(ModelPrice, model, populate_existing=True)
+
+
+async def count_prices(db: AsyncSession) -> int:
+    return int((await db.execute(select(func.count()).select_from(ModelPrice))).scalar_one())
+
+
+async def save_price(
+    db: AsyncSession, *, model: str, price: dict[str, Any], by: uuid.UUID | None
+) -> ModelPrice:
+    statement = pg_insert(ModelPrice).values(model=model, price=price, updated_by=by)
+    upsert = statement.on_conflict_do_update(
+        index_elements=[col(ModelPrice.model)],
+        set_={"price": statement.excluded.price, "updated_by": statement.excluded.updated_by,
+              "updated_at": func.now()},
+    ).returning(ModelPrice)  # fmt: skip
+    saved: ModelPrice = (
+        await db.execute(upsert, execution_options={"populate_existing": True})
+    ).scalar_one()
+    return saved
+
+
+async def delete_price(db: AsyncSession, *, model: str) -> None:
+    await db.execute(delete(ModelPrice).where(col(ModelPrice.model) == model))
+
+
+async def add_price_change(db: AsyncSession, *, change: PriceChange) -> None:
+    db.add(change)
+    await db.flush()
+
+
+async def list_price_changes(
+    db: AsyncSession, *, model: str | None, before: int | None, limit: int
+) -> Sequence[PriceChange]:
+    """Newest first; `before`: the id the page starts below (keyset paging)."""
+    query = select(PriceChange).order_by(col(PriceChange.id).desc()).limit(limit)
+    if model is not None:
+        query = query.where(col(PriceChange.model) == model)
+    if before is not None:
+        query = query.where(col(PriceChange.id) < before)
+    return (await db.execute(query)).scalars().all()
 
 
 # ---------------------------------------------------------------- circuits (Redis)

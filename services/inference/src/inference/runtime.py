@@ -12,6 +12,7 @@ from inference.crypto import Keyring
 from inference.events import EventSink
 from inference.failover import Failover
 from inference.governance import Governance
+from inference.pricing import PriceBook
 from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.routing import Routing
@@ -61,4 +62,6 @@ class Runtime:
     model_lists: TtlCache
     streams: StreamSlots
     governance: Governance
+    # Every price (inference.pricing): the catalog's, INFERENCE_PRICES', the admins'.
+    prices: PriceBook
     clock: Callable[[], float] = time.time

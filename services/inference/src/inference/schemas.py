@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from inference.pricing import Price, Source
 
 Provider = Literal["openai", "huggingface", "azure", "anthropic"]
 # An Azure OpenAI API version, as Azure names them: 2024-10-21, 2024-12-01-preview.
@@ -76,15 +78,15 @@ class CredentialRead(BaseModel):
     created_at: datetime
 
 
+# A provider's model, `provider/model` (no control characters: Postgres refuses NUL).
+MODEL_NAME = r"^(openai|huggingface|azure|anthropic|local)/[^\x00-\x1f\x7f]+$"
+ProviderModel = Annotated[str, StringConstraints(pattern=MODEL_NAME, max_length=300)]
+
+
 class AliasTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: Annotated[
-        str,
-        StringConstraints(
-            pattern=r"^(openai|huggingface|azure|anthropic|local)/.+$", max_length=300
-        ),
-    ]
+    model: ProviderModel
     credential_id: uuid.UUID | None = None
     # Its share of the calls under the `weighted` strategy (1 when not given).
     weight: Annotated[int, Field(ge=1, le=1000)] | None = None
@@ -124,3 +126,39 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class PriceRead(Price):
+    """A model's price, USD per 1M tokens, and where it comes from: an admin's (`admin`),
+    the deployment's INFERENCE_PRICES (`settings`) or the catalog's (`catalog`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    source: Source
+    updated_at: datetime | None = None
+    updated_by: uuid.UUID | None = None
+
+
+class PriceList(BaseModel):
+    catalog_checked: date = Field(description="When the catalog's list prices were checked.")
+    catalog_source: str
+    data: list[PriceRead]
+
+
+class PriceChangeRead(BaseModel):
+    id: int
+    occurred_at: datetime
+    actor_id: uuid.UUID | None
+    model: str
+    action: Literal["set", "delete"]
+    before: Price | None
+    after: Price | None
+    trace_id: str | None
+
+
+class PriceChangeList(BaseModel):
+    data: list[PriceChangeRead]
+    next_before: int | None = Field(
+        None, description="Pass as `before` for the next (older) page; null on the last."
+    )

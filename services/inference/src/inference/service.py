@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import sse
+from common.db import after_commit
 from common.errors import Forbidden, MissingPermission, NotFound
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
@@ -39,26 +40,35 @@ from inference.errors import (
     NameTaken,
     NoCredential,
     Overloaded,
+    PriceNotFound,
     ProviderAuthFailed,
     ProviderRedirected,
     ProviderRejected,
     SharedNeedsAdmin,
     TooManyAliases,
+    TooManyPrices,
     UpstreamFailed,
 )
 from inference.events import (
     completion_text,
-    cost_usd,
     count_tokens,
     estimate_prompt_tokens,
 )
 from inference.failover import AllTargetsFailed, Outcome, Target, Trail
 from inference.governance import Hold
-from inference.models import ModelAlias, ProviderCredential
+from inference.models import ModelAlias, ModelPrice, PriceChange, ProviderCredential
+from inference.pricing import Price, PriceBook, cost_usd
 from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
 from inference.providers.egress import DestinationRefused, RedirectRefused
 from inference.runtime import Runtime
-from inference.schemas import AliasCreate, CredentialCreate
+from inference.schemas import (
+    AliasCreate,
+    CredentialCreate,
+    PriceChangeList,
+    PriceChangeRead,
+    PriceList,
+    PriceRead,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -299,6 +309,110 @@ async def resolve_model(
     return None, [target]
 
 
+# ---------------------------------------------------------------- prices
+
+
+def _price_read(book: PriceBook, model: str, row: ModelPrice | None) -> PriceRead:
+    price = book.get(model) if row is None else Price.model_validate(row.price)
+    assert price is not None  # a model listed by the book, or an admin's row
+    return PriceRead(
+        model=model, source="admin" if row is not None else book.source(model) or "catalog",
+        updated_at=row.updated_at if row else None, updated_by=row.updated_by if row else None,
+        **price.model_dump(),
+    )  # fmt: skip
+
+
+async def list_prices(runtime: Runtime, db: AsyncSession, *, provider: str | None) -> PriceList:
+    """Every model's price as the table holds it now (and this replica's book learns it)."""
+    rows = {row.model: row for row in await repository.all_prices(db)}
+    book = runtime.prices
+    book.use_admin({model: Price.model_validate(row.price) for model, row in rows.items()})
+    models = book.models()
+    if provider is not None:
+        models = [model for model in models if model.startswith(f"{provider}/")]
+    return PriceList(
+        catalog_checked=book.catalog.checked, catalog_source=book.catalog.source,
+        data=[_price_read(book, model, rows.get(model)) for model in models],
+    )  # fmt: skip
+
+
+async def refresh_prices(runtime: Runtime, db: AsyncSession) -> None:
+    """The admins' prices as the table holds them (every INFERENCE_CACHE_SECONDS)."""
+    rows = await repository.all_prices(db)
+    runtime.prices.use_admin({row.model: Price.model_validate(row.price) for row in rows})
+
+
+async def set_price(
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, model: str, price: Price
+) -> PriceRead:
+    """An admin's price for `model`, over INFERENCE_PRICES' and the catalog's; audited."""
+    await repository.lock_prices(db)
+    before = await repository.get_price(db, model=model)
+    if before is None and await repository.count_prices(db) >= runtime.settings.max_prices:
+        most = runtime.settings.max_prices
+        raise TooManyPrices(
+            f"{most} models have an admin's price, the most allowed (INFERENCE_MAX_PRICES); "
+            "delete one first.",
+            limit=most,
+        )
+    old = dict(before.price) if before is not None else None
+    wire = price.model_dump(exclude_none=True)
+    row = await repository.save_price(db, model=model, price=wire, by=_owner(identity))
+    await _audit_price(db, identity, model, "set", old, wire)
+    _after_price_change(runtime, db, model, price)
+    return _price_read(runtime.prices, model, row)
+
+
+async def delete_price(
+    runtime: Runtime, db: AsyncSession, *, identity: Identity, model: str
+) -> None:
+    """Remove an admin's price: the model's INFERENCE_PRICES or catalog price (if any)
+    applies again."""
+    await repository.lock_prices(db)
+    before = await repository.get_price(db, model=model)
+    if before is None:
+        raise PriceNotFound(f"No admin's price for {model!r}.")
+    await repository.delete_price(db, model=model)
+    await _audit_price(db, identity, model, "delete", dict(before.price), None)
+    _after_price_change(runtime, db, model, None)
+
+
+async def price_changes(
+    db: AsyncSession, *, model: str | None, before: int | None, limit: int
+) -> PriceChangeList:
+    rows = await repository.list_price_changes(db, model=model, before=before, limit=limit)
+    return PriceChangeList(
+        data=[PriceChangeRead.model_validate(row, from_attributes=True) for row in rows],
+        next_before=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+async def _audit_price(
+    db: AsyncSession, identity: Identity, model: str, action: str,
+    before: dict[str, Any] | None, after: dict[str, Any] | None,
+) -> None:  # fmt: skip
+    span = trace.get_current_span().get_span_context()
+    await repository.add_price_change(db, change=PriceChange(
+        actor_id=_owner(identity), model=model, action=action, before=before, after=after,
+        trace_id=format(span.trace_id, "032x") if span.is_valid else None,
+    ))  # fmt: skip
+
+
+def _after_price_change(
+    runtime: Runtime, db: AsyncSession, model: str, price: Price | None
+) -> None:
+    """Once committed, this replica uses the change at once (the others within
+    INFERENCE_CACHE_SECONDS, when they read the table again)."""
+
+    async def use() -> None:
+        admin = {name: value for name, value in runtime.prices.admin.items() if name != model}
+        if price is not None:
+            admin[model] = price
+        runtime.prices.use_admin(admin)
+
+    after_commit(db, use)
+
+
 # ---------------------------------------------------------------- calls
 
 
@@ -353,12 +467,7 @@ class Call:
         ttft: float | None = None,
     ) -> None:
         model = target.name if target else self.requested
-        price = self.runtime.settings.price_of(model)
-        cost = cost_usd(
-            price,
-            usage.prompt_tokens if usage else None,
-            usage.completion_tokens if usage else None,
-        )
+        cost = cost_usd(self.runtime.prices.get(model), usage)
         # Recorded outside any attempt's span: the current span is this request's server
         # span, under which are all the attempts (the event sums them up), and which exists
         # even when no attempt was made (every circuit open).

@@ -5,35 +5,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from common.settings import DatabaseSettings
+from inference.pricing import Price
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Development only: production refuses placeholder secrets (see ServiceSettings).
 DEV_ENCRYPTION_KEY = "dev:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM="
-
-
-class Price(BaseModel):
-    """USD per one million tokens."""
-
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-
-
-# Public list prices, USD per 1M tokens; INFERENCE_PRICES adds to and overrides them.
-DEFAULT_PRICES: dict[str, Price] = {
-    "openai/gpt-4o": Price(input=2.50, output=10.00),
-    "openai/gpt-4o-mini": Price(input=0.15, output=0.60),
-    "openai/gpt-4.1": Price(input=2.00, output=8.00),
-    "openai/gpt-4.1-mini": Price(input=0.40, output=1.60),
-    "openai/gpt-4.1-nano": Price(input=0.10, output=0.40),
-    "openai/text-embedding-3-small": Price(input=0.02, output=0.0),
-    "openai/text-embedding-3-large": Price(input=0.13, output=0.0),
-    "local/all-MiniLM-L6-v2": Price(input=0.0, output=0.0),
-}
 
 
 def parse_endpoint(text: str) -> tuple[IPNetwork, int]:
@@ -90,7 +71,11 @@ class InferenceSettings(DatabaseSettings):
     models_cache_seconds: float = Field(300.0, ge=0, le=86_400)
     # How many aliases of their own a user may keep (shared ones are the admins').
     max_aliases_per_user: int = Field(100, ge=1, le=10_000)
+    # Prices (USD per 1M tokens) by `provider/model`, over the catalog's (inference/prices.json);
+    # an admin's price (PUT /v1/providers/prices/{model}) wins over both.
     prices: dict[str, Price] = {}
+    # The most prices admins may set at runtime.
+    max_prices: int = Field(10_000, ge=1, le=100_000)
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
     # Redis is unreachable (oldest events dropped past it, counted in a metric).
     telemetry_buffer_size: int = Field(10_000, ge=1)
@@ -148,6 +133,3 @@ class InferenceSettings(DatabaseSettings):
                 "INFERENCE_CIRCUIT_COOLDOWN_SECONDS: an open circuit would close unprobed"
             )
         return self
-
-    def price_of(self, model: str) -> Price | None:
-        return self.prices.get(model) or DEFAULT_PRICES.get(model)

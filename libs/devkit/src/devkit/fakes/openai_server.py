@@ -7,6 +7,12 @@ the assistant answers "echo: <last user message>", or N words when that message 
 Tokens are whitespace-separated words, counted the same way streamed or not. Embeddings are
 unit vectors derived from a hash of the text.
 
+Usage details as OpenAI reports them: prompt caching is automatic for prompts of 1,024
+tokens or more, a prefix seen before is read from the cache in steps of 128 tokens
+(`prompt_tokens_details.cached_tokens`); reasoning models (o1, o3, o4-mini, gpt-5...)
+think as many hidden tokens as they answer (`completion_tokens_details.reasoning_tokens`,
+counted in `completion_tokens`).
+
 It is plain Starlette with no per-request work beyond building the reply, so it doubles as
 the zero-delay upstream of the benchmarks.
 """
@@ -19,11 +25,12 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -108,6 +115,9 @@ class Reply:
     words: tuple[str, ...]
     finish_reason: str
     prompt_tokens: int
+    # OpenAI's usage details (None: not reported, as TGI does not).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     @property
     def text(self) -> str:
@@ -115,15 +125,61 @@ class Reply:
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.words)
+        return len(self.words) + (self.reasoning_tokens or 0)
 
     @property
-    def usage(self) -> dict[str, int]:
-        return {
+    def usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens,
+                                              "audio_tokens": 0}  # fmt: skip
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": self.reasoning_tokens, "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+            }  # fmt: skip
+        return usage
+
+
+# OpenAI's prompt caching: prompts from this many tokens, cached prefixes in these steps.
+CACHE_MIN_TOKENS = 1024
+CACHE_STEP_TOKENS = 128
+REASONING_MODELS = re.compile(r"^(o\d|gpt-5)")
+
+
+class PromptCache:
+    """The prompt prefixes this server has seen (OpenAI caches them automatically)."""
+
+    def __init__(self, most: int = 100_000) -> None:
+        self._seen: set[bytes] = set()
+        self._most = most
+
+    def cached_tokens(self, payload: dict[str, Any]) -> int:
+        """Tokens of the longest prefix (1,024 + k x 128) seen before; remembers this one."""
+        words = " ".join(message_text(m.get("content")) for m in payload["messages"]).split()
+        if len(words) < CACHE_MIN_TOKENS:
+            return 0
+        model = str(payload["model"]).encode()
+        digest, found, at = hashlib.sha256(model), 0, 0
+        for length in range(CACHE_MIN_TOKENS, len(words) + 1, CACHE_STEP_TOKENS):
+            digest.update(" ".join(words[at:length]).encode() + b" ")
+            at = length
+            key = digest.copy().digest()
+            if key in self._seen:
+                found = length
+            elif len(self._seen) < self._most:
+                self._seen.add(key)
+        return found
+
+
+def with_details(reply: Reply, payload: dict[str, Any], cache: PromptCache) -> Reply:
+    """The reply with OpenAI's usage details."""
+    reasoning = len(reply.words) if REASONING_MODELS.match(str(payload["model"])) else 0
+    return replace(reply, cached_tokens=cache.cached_tokens(payload), reasoning_tokens=reasoning)
 
 
 def reply_to(payload: dict[str, Any]) -> Reply:
@@ -170,9 +226,13 @@ def chat_response(
     model: str | None = None,
     system_fingerprint: str | None = None,
     headers: dict[str, str] | None = None,
+    cache: PromptCache | None = None,
 ) -> Response:
-    """A `chat.completion` object, or its `text/event-stream` when `stream` is true."""
+    """A `chat.completion` object, or its `text/event-stream` when `stream` is true; with
+    OpenAI's usage details when given its prompt cache."""
     reply = reply_to(payload)
+    if cache is not None:
+        reply = with_details(reply, payload, cache)
     completion_id = f"chatcmpl-{_unique_id()}"
     created = int(time.time())
     head = {
@@ -308,6 +368,7 @@ class OpenAIEndpoints:
         self.models = tuple(models)
         self.dimensions = dimensions
         self.latency = latency
+        self.prompt_cache = PromptCache()
 
     def routes(self) -> list[Route]:
         return [
@@ -341,7 +402,7 @@ class OpenAIEndpoints:
             return openai_error(400, message, param=param, code=code)
         if self.latency:
             await asyncio.sleep(self.latency)
-        return chat_response(payload, headers=_request_id())
+        return chat_response(payload, headers=_request_id(), cache=self.prompt_cache)
 
     async def embeddings(self, request: Request) -> Response:
         payload = await self._payload(request)

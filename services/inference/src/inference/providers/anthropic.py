@@ -43,10 +43,10 @@ from inference.providers.base import (
     Credential,
     EmbeddingResult,
     ProviderError,
-    Usage,
     answer_message,
     error_for_status,
     parse_retry_after,
+    read_usage,
     wants_usage,
 )
 from inference.providers.egress import EgressPolicy, egress_error, guarded_client
@@ -273,26 +273,22 @@ def messages_request(model: str, request: dict[str, Any], *, stream: bool) -> di
 
 def usage_of(raw: Any) -> dict[str, Any] | None:
     """OpenAI's usage object for Anthropic's `usage`: the cache's tokens are prompt tokens,
-    its reads also `prompt_tokens_details.cached_tokens`."""
+    its reads also `prompt_tokens_details.cached_tokens`; both cache fields are kept as
+    Anthropic (and LiteLLM) name them, for base.read_usage and for clients that know them."""
     if not isinstance(raw, dict) or raw.get("input_tokens") is None:
         return None
     cached = int(raw.get("cache_read_input_tokens") or 0)
-    prompt = int(raw["input_tokens"]) + int(raw.get("cache_creation_input_tokens") or 0) + cached
+    written = int(raw.get("cache_creation_input_tokens") or 0)
+    prompt = int(raw["input_tokens"]) + written + cached
     completion = int(raw.get("output_tokens") or 0)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
     }
-
-
-def read_usage(raw: Any) -> Usage | None:
-    """The Usage of an OpenAI usage object (as usage_of builds it)."""
-    if not isinstance(raw, dict) or raw.get("prompt_tokens") is None:
-        return None
-    return Usage(prompt_tokens=int(raw["prompt_tokens"]),
-                 completion_tokens=int(raw.get("completion_tokens") or 0))  # fmt: skip
 
 
 def _arguments(value: Any) -> str:

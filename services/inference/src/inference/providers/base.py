@@ -20,9 +20,45 @@ class Credential:
 
 @dataclass
 class Usage:
+    """Tokens of one call. `cached_tokens` (read from the provider's prompt cache) and
+    `cache_write_tokens` (written to it: Anthropic bills them above the input price) are
+    part of `prompt_tokens`; `reasoning_tokens` part of `completion_tokens`."""
+
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _count(value: Any) -> int:
+    """A token count from a provider's answer: a non-negative int, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def read_usage(raw: Any) -> Usage | None:
+    """The Usage of an OpenAI usage object (a dict, or the SDK's object): prompt and
+    completion tokens, `prompt_tokens_details.cached_tokens`,
+    `completion_tokens_details.reasoning_tokens`, and `cache_creation_input_tokens` (the
+    Anthropic provider's, as LiteLLM names it). None when it has no prompt tokens. Details
+    larger than their total are capped at it."""
+    if raw is None:
+        return None
+    data = raw if isinstance(raw, dict) else getattr(raw, "__dict__", {})
+    if not isinstance(data.get("prompt_tokens"), int):
+        return None
+    prompt, completion = _count(data["prompt_tokens"]), _count(data.get("completion_tokens"))
+    details = data.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else getattr(details, "__dict__", {})
+    cached = min(_count(details.get("cached_tokens")), prompt)
+    written = min(_count(data.get("cache_creation_input_tokens")), prompt - cached)
+    completion_details = data.get("completion_tokens_details")
+    if not isinstance(completion_details, dict):
+        completion_details = getattr(completion_details, "__dict__", {})
+    reasoning = min(_count(completion_details.get("reasoning_tokens")), completion)
+    return Usage(prompt, completion, cached_tokens=cached, cache_write_tokens=written,
+                 reasoning_tokens=reasoning)  # fmt: skip
 
 
 @dataclass

@@ -20,11 +20,11 @@ from inference.providers.base import (
     Credential,
     EmbeddingResult,
     ProviderError,
-    Usage,
     answer_message,
     chat_result,
     error_for_status,
     parse_retry_after,
+    read_usage,
     wants_usage,
 )
 from inference.providers.egress import EgressPolicy, egress_error, guarded_client
@@ -69,15 +69,6 @@ def map_error(exc: Exception) -> ProviderError:
 
 def _as_dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else dict(vars(value))
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not raw:
-        return None
-    data = raw if isinstance(raw, dict) else vars(raw)
-    if data.get("prompt_tokens") is None:
-        return None
-    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
 
 
 def _jsonable(value: Any) -> Any:
@@ -172,7 +163,7 @@ class HuggingFaceProvider:
             )
         except Exception as exc:
             raise map_error(exc) from exc
-        return chat_result(_jsonable(_as_dict(output)), _usage)
+        return chat_result(_jsonable(_as_dict(output)), read_usage)
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
@@ -186,7 +177,7 @@ class HuggingFaceProvider:
             ),
             to_dict=lambda chunk: _jsonable(_as_dict(chunk)),
             map_error=map_error,
-            read_usage=_usage,
+            read_usage=read_usage,
             forward_usage=wants_usage(request),
         )
 

@@ -27,11 +27,11 @@ from inference.providers.base import (
     Credential,
     EmbeddingResult,
     ProviderError,
-    Usage,
     answer_message,
     chat_result,
     error_for_status,
     parse_retry_after,
+    read_usage,
     wants_usage,
 )
 from inference.providers.egress import (
@@ -46,15 +46,6 @@ from inference.providers.limits import AnswerLimits
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The most models one credential's list contributes to /v1/models.
 MAX_LISTED_MODELS = 1_000
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict) or raw.get("prompt_tokens") is None:
-        return None
-    return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-    )
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -162,7 +153,7 @@ class OpenAIProvider:
             )
         except Exception as exc:
             raise map_error(exc) from exc
-        return chat_result(_object(answer), _usage)
+        return chat_result(_object(answer), read_usage)
 
     async def chat_stream(
         self, credential: Credential, model: str, request: dict[str, Any]
@@ -187,7 +178,7 @@ class OpenAIProvider:
             ),
             to_dict=_object,
             map_error=map_error,
-            read_usage=_usage,
+            read_usage=read_usage,
             forward_usage=wants_usage(request),
         )
 
@@ -239,7 +230,9 @@ class OpenAIProvider:
                 retryable=True,
             )
         return EmbeddingResult(
-            vectors=vectors, usage=_usage(answer.get("usage")), model=str(answer.get("model", ""))
+            vectors=vectors,
+            usage=read_usage(answer.get("usage")),
+            model=str(answer.get("model", "")),
         )
 
     async def aclose(self) -> None:
