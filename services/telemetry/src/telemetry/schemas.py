@@ -43,7 +43,7 @@ class IngestResult(BaseModel):
 
 
 class UsageTotals(BaseModel):
-    """The figures that add up over groups."""
+    """A group's figures that add up over groups (and the error rate of the sums)."""
 
     requests: int
     errors: int = Field(description='Calls whose status is not "ok".')
