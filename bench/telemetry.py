@@ -15,7 +15,8 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
 3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
    statement with the triggers firing and skipped), for calls of now and of yesterday.
 4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
-   5 models, stored in time order as ingestion stores them), then
+   5 models, 5 % without a price, cached prompt and reasoning tokens on some, stored in
+   time order as ingestion stores them), then
    `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
    one member, timed over HTTP at the service (signed identity): cold (no
    cached day valid: the first query after the rows were generated, then with the per-day
@@ -70,7 +71,8 @@ Processes = dict[str, list[psutil.Process]]
 GENERATE = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, error_type, prompt_tokens, completion_tokens, usage_estimated, cost_usd,
-    latency_ms, ttft_ms, stream, attempts, fallback, trace_id)
+    latency_ms, ttft_ms, stream, attempts, fallback, trace_id, cached_prompt_tokens,
+    reasoning_tokens)
 SELECT * FROM (
 SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 'stream',
     ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, 'chat', 'openai',
@@ -79,9 +81,11 @@ SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 
     CASE WHEN i % 50 = 0 THEN 'upstream_error' ELSE 'ok' END,
     CASE WHEN i % 50 = 0 THEN 'APIStatusError' END,
     100 + i % 900, 10 + i % 300, false,
-    round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9),
+    CASE WHEN i % 20 <> 7  -- 5 % without a price
+        THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END,
     50 + random() * 2000, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END,
-    i % 2 = 0, 1, false, md5(i::text)
+    i % 2 = 0, 1, false, md5(i::text),
+    CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END
 FROM generate_series(1, $1) AS i
 ) AS calls ORDER BY occurred_at
 """

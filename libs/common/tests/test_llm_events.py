@@ -22,7 +22,7 @@ EVENT = LlmCallEvent(
     completion_tokens=7, usage_estimated=False, cost_usd="0.000006000", latency_ms=120.5,
     ttft_ms=30.25, stream=True, attempts=2, fallback=True, operation="chat",
     trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", trace_sampled=True,
-    team_id="5d3c1a2e-8f7b-4c6d-9e0f-112233445566",
+    team_id="5d3c1a2e-8f7b-4c6d-9e0f-112233445566", cached_prompt_tokens=8, reasoning_tokens=3,
 )  # fmt: skip
 # The Redis stream entry inference writes for EVENT, byte for byte.
 WIRE = (
@@ -33,7 +33,8 @@ WIRE = (
     '"cost_usd":"0.000006000","latency_ms":120.5,"ttft_ms":30.25,"stream":true,"attempts":2,'
     '"fallback":true,"operation":"chat","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",'
     '"span_id":"00f067aa0ba902b7","trace_sampled":true,'
-    '"team_id":"5d3c1a2e-8f7b-4c6d-9e0f-112233445566"}'
+    '"team_id":"5d3c1a2e-8f7b-4c6d-9e0f-112233445566","cached_prompt_tokens":8,'
+    '"reasoning_tokens":3}'
 )
 
 
@@ -80,6 +81,26 @@ def test_an_event_from_before_the_span_fields_still_reads() -> None:
     assert (event.trace_id, event.span_id, event.trace_sampled) == (EVENT.trace_id, None, False)
     trace = CallTrace.model_validate(old)
     assert (trace.trace_id, trace.span_id, trace.trace_sampled) == (EVENT.trace_id, None, False)
+
+
+def test_an_event_from_before_the_token_details_still_reads() -> None:
+    new = ("team_id", "cached_prompt_tokens", "reasoning_tokens")
+    old = {k: v for k, v in asdict(EVENT).items() if k not in new}
+    event = LlmCallEvent.from_fields({b"event": json.dumps(old).encode()})
+    assert (event.prompt_tokens, event.cached_prompt_tokens, event.reasoning_tokens) == (
+        12,
+        None,
+        None,
+    )
+    read = CallEvent.model_validate(old)
+    assert (read.team_id, read.cached_prompt_tokens, read.reasoning_tokens) == (None, None, None)
+
+
+def test_token_details_have_the_bounds_of_their_columns() -> None:
+    for name in ("cached_prompt_tokens", "reasoning_tokens"):
+        for wrong in (-1, 2**31, "many"):
+            with pytest.raises(ValidationError, match=name):
+                CallEvent.model_validate(asdict(EVENT) | {name: wrong})
 
 
 def test_an_event_without_a_required_field_is_refused() -> None:

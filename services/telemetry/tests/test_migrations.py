@@ -134,3 +134,61 @@ def test_the_team_column_and_spend_indexes_reach_every_partition(
             assert not any("api_key_id" in i or "team_id" in i for i in indexes)
     finally:
         asyncio.run(_drop_database(test_database.admin_url, name))
+
+
+def test_the_token_details_migration_keeps_the_calls_and_drops_the_cached_days(
+    test_database: RunDatabase,
+) -> None:
+    """Calls stored before read as not reported (null); the days cached before, which lack
+    the new sums, are gone (computed again, never served as zeros). Down and up again."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin_url = devstack.with_database(test_database.admin_url, name)
+    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    service_dir = devstack.service_dir("telemetry")
+    day = datetime.now(UTC).date() - timedelta(days=2)
+
+    async def before() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE telemetry.llm_call_p_test PARTITION OF telemetry.llm_call "
+                "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
+            )
+            await conn.execute(
+                "INSERT INTO telemetry.llm_call (occurred_at, id, source, operation, provider, "
+                "model, status, prompt_tokens, completion_tokens, usage_estimated, latency_ms, "
+                "stream, attempts, fallback) VALUES ($1, gen_random_uuid(), 'api', 'chat', "
+                "'openai', 'm', 'ok', 10, 5, false, 100, false, 1, false)",
+                datetime(day.year, day.month, day.day, 12, tzinfo=UTC),
+            )
+            await conn.execute(
+                "INSERT INTO telemetry.usage_day (scope, day, epoch, requests, errors, "
+                "prompt_tokens, completion_tokens, cost_usd) SELECT 'old', day, epoch, 1, 0, "
+                "10, 5, 0 FROM telemetry.usage_day_epoch WHERE day = $1",
+                day,
+            )
+            assert await conn.fetchval("SELECT count(*) FROM telemetry.usage_day") == 1
+        finally:
+            await conn.close()
+
+    async def after() -> tuple[int, list[tuple[int | None, int | None]]]:
+        conn = await asyncpg.connect(url)
+        try:
+            cached = await conn.fetchval("SELECT count(*) FROM telemetry.usage_day")
+            calls = await conn.fetch(
+                "SELECT cached_prompt_tokens, reasoning_tokens FROM telemetry.llm_call"
+            )
+            return cached, [(r["cached_prompt_tokens"], r["reasoning_tokens"]) for r in calls]
+        finally:
+            await conn.close()
+
+    try:
+        upgrade(service_dir, url, "telemetry_0004")
+        asyncio.run(before())
+        upgrade(service_dir, url)
+        assert asyncio.run(after()) == (0, [(None, None)])
+        downgrade(service_dir, url, "telemetry_0004")
+        upgrade(service_dir, url)
+        assert asyncio.run(after()) == (0, [(None, None)])
+    finally:
+        asyncio.run(_drop_database(test_database.admin_url, name))

@@ -117,18 +117,22 @@ def by_day(usage: Usage) -> dict[Any, int]:
 def random_calls(
     rng: random.Random, users: list[uuid.UUID], models: list[str], n: int, days: int
 ) -> list[CallEvent]:
-    """Calls over the last `days` days and today: odd costs, errors, some streamed."""
+    """Calls over the last `days` days and today: odd costs, some without, errors, some
+    streamed, cached prompt and reasoning tokens reported or not."""
     now = time.time()
     events = []
     for _ in range(n):
         streamed = rng.random() < 0.5
+        prompt, completion = rng.randrange(1, 5000), rng.randrange(0, 900)
         raw = call(
             rng.choice(users),
             occurred_at=now - rng.uniform(0, days * 86400),
             model=rng.choice(models),
             status="ok" if rng.random() < 0.9 else "upstream_error",
-            prompt_tokens=rng.randrange(1, 5000),
-            completion_tokens=rng.randrange(0, 900),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_prompt_tokens=rng.randrange(0, prompt) if rng.random() < 0.6 else None,
+            reasoning_tokens=rng.randrange(0, completion + 1) if rng.random() < 0.3 else None,
             cost_usd=f"{rng.randrange(0, 10**6) / 10**9:.9f}" if rng.random() < 0.9 else None,
             latency_ms=rng.uniform(5, 3000),
             stream=streamed,
@@ -207,6 +211,42 @@ async def test_cached_answers_are_identical_to_reading_every_call(
             assert whole or range_name.startswith("partial first day"), where
             assert set(whole) <= set(await cached(engine, scope)), where
             assert (await answer(runtime, scope)).model_dump_json() == expected, where
+
+
+async def test_a_cached_day_holds_the_token_details_and_unpriced_calls(
+    engine: AsyncEngine, runtime: Runtime
+) -> None:
+    """The figures added in telemetry_0005 come from the cache as from the calls."""
+    user = uuid.uuid4()
+    day = today() - 2 * DAY
+    noon = midnight(day).timestamp() + 43200
+    calls = [
+        call(user, occurred_at=noon, cached_prompt_tokens=5, reasoning_tokens=2),
+        call(user, occurred_at=noon + 1, cached_prompt_tokens=7, cost_usd=None),
+        call(user, occurred_at=noon + 2, cost_usd=None, status="upstream_error"),
+        call(user, occurred_at=noon + 3),  # neither reported
+    ]
+    await store(runtime, [CallEvent.model_validate(as_json(c)) for c in calls])
+    scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
+    first = await cached_and_true(runtime, engine, scope)  # computed, then stored
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT cached_prompt_tokens, reasoning_tokens, unpriced_calls "
+                    "FROM telemetry.usage_day WHERE scope = :scope AND day = :day"
+                ),
+                {"scope": scope.key(), "day": day},
+            )
+        ).one()
+    assert tuple(row) == (12, 2, 1)
+    again = await cached_and_true(runtime, engine, scope)  # served from the cache
+    assert again.model_dump_json() == first.model_dump_json()
+    figures = again.groups[0]
+    assert (figures.cached_prompt_tokens, figures.reasoning_tokens, figures.unpriced_calls) == (
+        12, 2, 1
+    )  # fmt: skip
+    assert again.totals.unpriced_calls == 1
 
 
 async def test_a_cached_day_is_served_only_while_its_epoch_is_current(
@@ -542,8 +582,8 @@ async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
         await sql(
             engine,
             "INSERT INTO telemetry.usage_day (scope, day, epoch, requests, errors, "
-            "prompt_tokens, completion_tokens, cost_usd) VALUES ('retention-test', "
-            ":day, 7, 1, 0, 0, 0, 0)",
+            "prompt_tokens, completion_tokens, cached_prompt_tokens, reasoning_tokens, "
+            "cost_usd, unpriced_calls) VALUES ('retention-test', :day, 7, 1, 0, 0, 0, 0, 0, 0, 0)",
             day=day,
         )
     await service.maintain(runtime)

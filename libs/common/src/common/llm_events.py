@@ -3,7 +3,9 @@ provider call, and telemetry, which stores it. Both import it from here.
 
 Wire format: a JSON object with the fields of `LlmCallEvent`, typed as written there
 (`id` and `user_id` UUID text, `occurred_at` unix seconds, `cost_usd` an exact decimal as
-text or null, `trace_id` 32 and `span_id` 16 lowercase hex digits). It travels
+text or null, `trace_id` 32 and `span_id` 16 lowercase hex digits; `cached_prompt_tokens`
+and `reasoning_tokens`, parts of `prompt_tokens` and `completion_tokens`, integers or null
+when the provider does not report them). It travels
 - on the Redis stream `STREAM`, one entry per call with one field, `event`, the object as
   compact JSON (so types survive the trip; `LlmCallEvent.to_fields`);
 - in `POST /v1/events` (telemetry), as `{"events": [object, ...]}`, from callers that
@@ -61,6 +63,12 @@ class LlmCallEvent:
     # The team of the API key the call was made with (UUID text); events written before
     # teams existed lack it.
     team_id: str | None = None
+    # Parts of the tokens above, as the provider reports them (None: not reported, or an
+    # event written before these existed): the prompt tokens served from the provider's
+    # prompt cache (billed at the cached input price), and the completion tokens spent on
+    # reasoning.
+    cached_prompt_tokens: int | None = None  # of prompt_tokens
+    reasoning_tokens: int | None = None  # of completion_tokens
 
     def to_fields(self) -> dict[str, str]:
         """Redis stream fields: one JSON document, so types survive the trip."""
@@ -125,6 +133,12 @@ class CallEvent(BaseModel):
     operation: Annotated[str, _text(32)] = "chat"
     trace_id: TraceId | None = None
     team_id: uuid.UUID | None = None
+    cached_prompt_tokens: Tokens | None = Field(
+        None, description="Of prompt_tokens: those served from the provider's prompt cache."
+    )
+    reasoning_tokens: Tokens | None = Field(
+        None, description="Of completion_tokens: those spent on reasoning."
+    )
 
 
 class CallTrace(BaseModel):

@@ -85,6 +85,10 @@ class LlmCall(TelemetryBase, table=True):
     error_type: str | None = Field(default=None, sa_column=Column(String(100)))
     prompt_tokens: int | None = Field(default=None, sa_column=Column(Integer))
     completion_tokens: int | None = Field(default=None, sa_column=Column(Integer))
+    # Parts of the two above (migration telemetry_0005): null when the provider did not
+    # report them, and for the calls stored before.
+    cached_prompt_tokens: int | None = Field(default=None, sa_column=Column(Integer))
+    reasoning_tokens: int | None = Field(default=None, sa_column=Column(Integer))
     usage_estimated: bool = Field(sa_column=Column(Boolean, nullable=False))
     cost_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(18, 9)))
     latency_ms: float = Field(sa_column=Column(Double, nullable=False))
@@ -149,7 +153,10 @@ class UsageDay(TelemetryBase, table=True):
     errors: int = Field(sa_column=Column(BigInteger, nullable=False))
     prompt_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
     completion_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
+    cached_prompt_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
+    reasoning_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
     cost_usd: Decimal = Field(sa_column=Column(Numeric, nullable=False))
+    unpriced_calls: int = Field(sa_column=Column(BigInteger, nullable=False))
     latency_ms_p50: float | None = Field(default=None, sa_column=Column(Double))
     latency_ms_p95: float | None = Field(default=None, sa_column=Column(Double))
     ttft_ms_p50: float | None = Field(default=None, sa_column=Column(Double))

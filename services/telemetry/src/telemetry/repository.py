@@ -52,6 +52,7 @@ CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("prompt_tokens", "int4"), ("completion_tokens", "int4"), ("usage_estimated", "bool"),
     ("cost_usd", "numeric"), ("latency_ms", "float8"), ("ttft_ms", "float8"),
     ("stream", "bool"), ("attempts", "int2"), ("fallback", "bool"), ("trace_id", "text"),
+    ("cached_prompt_tokens", "int4"), ("reasoning_tokens", "int4"),
 )  # fmt: skip
 # One statement for any number of rows, from one JSON text: the validated events as
 # pydantic writes them (telemetry.service.EVENTS), read by Postgres's json_to_recordset
@@ -229,7 +230,9 @@ GROUP_KEYS: dict[str, Any] = {
 
 
 def _aggregates() -> list[Any]:
-    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50."""
+    """Per group: requests, errors, tokens (and the cached prompt and reasoning tokens among
+    them), exact cost, the successful calls without a cost (their model has no price),
+    latency p50/p95, TTFT p50."""
     # One sort for both latency percentiles: percentile_cont over an array of fractions.
     latency = func.percentile_cont(cast([0.5, 0.95], ARRAY(Double))).within_group(
         col(LlmCall.latency_ms)
@@ -239,7 +242,12 @@ def _aggregates() -> list[Any]:
         func.count().filter(col(LlmCall.status) != "ok").label("errors"),
         func.coalesce(func.sum(col(LlmCall.prompt_tokens)), 0).label("prompt_tokens"),
         func.coalesce(func.sum(col(LlmCall.completion_tokens)), 0).label("completion_tokens"),
+        func.coalesce(func.sum(col(LlmCall.cached_prompt_tokens)), 0).label("cached_prompt_tokens"),
+        func.coalesce(func.sum(col(LlmCall.reasoning_tokens)), 0).label("reasoning_tokens"),
         func.coalesce(func.sum(col(LlmCall.cost_usd)), 0).label("cost_usd"),
+        func.count()
+        .filter(col(LlmCall.status) == "ok", col(LlmCall.cost_usd).is_(None))
+        .label("unpriced_calls"),
         latency.label("latency_ms_p50_p95"),
         func.percentile_cont(0.5).within_group(col(LlmCall.ttft_ms)).label("ttft_ms_p50"),
     ]
@@ -252,8 +260,7 @@ async def _sort_in_memory(db: Db) -> None:
 
 
 async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
-    """Per group: requests, errors, tokens, exact cost, latency p50/p95, TTFT p50, from
-    the calls themselves."""
+    """Per group: the figures of `_aggregates`, from the calls themselves."""
     await _sort_in_memory(db)
     key = GROUP_KEYS[group_by].label("key")
     query = select(key, *_aggregates()).where(*scope.conditions()).group_by(key)
@@ -272,10 +279,14 @@ async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
 
 _EPOCHS = UsageDayEpoch.__table__  # type: ignore[attr-defined]
 _CACHE = UsageDay.__table__  # type: ignore[attr-defined]
-USAGE_DAY_COLUMNS = (
-    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
-    "latency_ms_p50", "latency_ms_p95", "ttft_ms_p50",
-)  # fmt: skip
+# The figures of a cached day, with their Postgres types (as stored: exact, unrounded).
+_USAGE_DAY_TYPES = {
+    "requests": "int8", "errors": "int8", "prompt_tokens": "int8", "completion_tokens": "int8",
+    "cached_prompt_tokens": "int8", "reasoning_tokens": "int8", "cost_usd": "numeric",
+    "unpriced_calls": "int8", "latency_ms_p50": "float8", "latency_ms_p95": "float8",
+    "ttft_ms_p50": "float8",
+}  # fmt: skip
+USAGE_DAY_COLUMNS = tuple(_USAGE_DAY_TYPES)
 
 
 def _days(days: Sequence[date]) -> Any:
@@ -463,11 +474,9 @@ _STORE_DAYS = text(
     + ", ".join(USAGE_DAY_COLUMNS)
     + ") SELECT :scope, v.day, v.epoch, "
     + ", ".join(f"v.{name}" for name in USAGE_DAY_COLUMNS)
-    + " FROM unnest(CAST(:day AS date[]), CAST(:epoch AS int8[]), CAST(:requests AS int8[]), "
-    "CAST(:errors AS int8[]), CAST(:prompt_tokens AS int8[]), "
-    "CAST(:completion_tokens AS int8[]), CAST(:cost_usd AS numeric[]), "
-    "CAST(:latency_ms_p50 AS float8[]), CAST(:latency_ms_p95 AS float8[]), "
-    "CAST(:ttft_ms_p50 AS float8[])) AS v(day, epoch, "
+    + " FROM unnest(CAST(:day AS date[]), CAST(:epoch AS int8[]), "
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _USAGE_DAY_TYPES.items())
+    + ") AS v(day, epoch, "
     + ", ".join(USAGE_DAY_COLUMNS)
     + f") JOIN {SCHEMA}.usage_day_epoch AS e ON e.day = v.day AND e.epoch = v.epoch "
     "ORDER BY v.day "

@@ -8,7 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from common.llm_events import CallEvent
 from common.policy import ScopeKind
@@ -42,17 +42,34 @@ class IngestResult(BaseModel):
     duplicates: int = Field(description="Calls already stored (same id and time): skipped.")
 
 
-class UsageGroup(BaseModel):
+class UsageTotals(BaseModel):
+    """A group's figures that add up over groups (and the error rate of the sums)."""
+
+    requests: int
+    errors: int = Field(description='Calls whose status is not "ok".')
+    error_rate: float
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = Field(
+        description="Of prompt_tokens, those the provider served from its prompt cache (billed "
+        "at the cached input price); calls that do not report it count 0."
+    )
+    reasoning_tokens: int = Field(
+        description="Of completion_tokens, those spent on reasoning; calls that do not report "
+        "it count 0."
+    )
+    cost_usd: Decimal = Field(description="Exact sum of the calls' costs, as a decimal string.")
+    unpriced_calls: int = Field(
+        description="Successful calls without a cost (their model has no price): they count 0 "
+        "in cost_usd. Give the model a price to cost its calls."
+    )
+
+
+class UsageGroup(UsageTotals):
     key: str | date | None = Field(
         description="The model, provider, user id, API key id, team id or UTC day; null for "
         "calls without a user, a key (a browser session's) or a team."
     )
-    requests: int
-    errors: int
-    error_rate: float
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal = Field(description="Exact sum of the calls' costs, as a decimal string.")
     latency_ms_p50: float | None
     latency_ms_p95: float | None
     ttft_ms_p50: float | None = Field(description="Time to first token: streamed calls only.")
@@ -63,6 +80,20 @@ class Usage(BaseModel):
     from_: datetime = Field(serialization_alias="from")
     to: datetime
     groups: list[UsageGroup]
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The groups' figures added up: every call of the range and filters is in "
+        "exactly one group. (Percentiles do not add up: see each group's.)"
+    )
+    @property
+    def totals(self) -> UsageTotals:
+        sums = {
+            name: sum(getattr(group, name) for group in self.groups)
+            for name in UsageTotals.model_fields
+            if name != "error_rate"
+        }
+        rate = sums["errors"] / sums["requests"] if sums["requests"] else 0.0
+        return UsageTotals.model_validate({**sums, "error_rate": rate})
 
 
 class CallRead(BaseModel):
@@ -81,6 +112,13 @@ class CallRead(BaseModel):
     error_type: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    cached_prompt_tokens: int | None = Field(
+        description="Of prompt_tokens, those served from the provider's prompt cache; null "
+        "when the provider did not report it."
+    )
+    reasoning_tokens: int | None = Field(
+        description="Of completion_tokens, those spent on reasoning; null when not reported."
+    )
     usage_estimated: bool
     cost_usd: Decimal | None
     latency_ms: float

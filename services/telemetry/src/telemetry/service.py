@@ -251,6 +251,7 @@ def usage_group(row: Mapping[Any, Any]) -> UsageGroup:
 # ---------------------------------------------------------------- usage per day, cached
 
 ONE_DAY = timedelta(days=1)
+PERCENTILES = ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50")
 # Everyone's usage of the closed days of this many last days is computed ahead of asking.
 PREWARM_DAYS = 31
 
@@ -356,9 +357,8 @@ def _day_values(row: Row[Any]) -> dict[str, Any]:
     """A day's columns; a day without calls has zeros (and no percentiles)."""
     values = {name: getattr(row, name) for name in ("day", "epoch", *USAGE_DAY_COLUMNS)}
     if values["requests"] is None:
-        values.update(
-            requests=0, errors=0, prompt_tokens=0, completion_tokens=0, cost_usd=Decimal(0)
-        )
+        values.update({name: 0 for name in USAGE_DAY_COLUMNS if name not in PERCENTILES})
+        values["cost_usd"] = Decimal(0)
     return values
 
 
