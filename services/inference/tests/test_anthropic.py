@@ -384,6 +384,7 @@ async def test_cache_tokens_are_prompt_tokens_and_are_billed_at_the_cache_prices
     )
     first, second = await inference.events()
     assert first.prompt_tokens == second.prompt_tokens == 41
+    assert (first.cached_prompt_tokens, second.cached_prompt_tokens) == (0, 40)
     # The catalog's price of the model: 5-minute cache writes and cache reads apart.
     price = CATALOG.models[MODEL]
     assert (price.cache_write, price.cached_input) == (3.75, 0.3)

@@ -78,6 +78,7 @@ async def test_cached_prompt_tokens_cost_the_cached_input_price(
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == 1152
     a, b = await inference.events()
     assert a.prompt_tokens == b.prompt_tokens == 1200
+    assert (a.cached_prompt_tokens, b.cached_prompt_tokens) == (0, 1152)  # for telemetry
     completion = b.completion_tokens or 0
     assert price.cached_input == 0.075
     assert a.cost_usd == per_million(1200 * price.input + completion * price.output)
@@ -94,6 +95,7 @@ async def test_reasoning_tokens_are_output_unless_priced_apart(
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5
     assert body["usage"]["completion_tokens"] == 10
     (event,) = await inference.events()
+    assert (event.completion_tokens, event.reasoning_tokens) == (10, 5)
     price = CATALOG.models["openai/o4-mini"]
     assert event.cost_usd == per_million(event.prompt_tokens * price.input + 10 * price.output)
 

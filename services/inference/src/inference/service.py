@@ -505,6 +505,8 @@ class Call:
                 span_id=format(span.span_id, "016x") if span.is_valid else None,
                 trace_sampled=span.is_valid and span.trace_flags.sampled,
                 team_id=self.identity.team,
+                cached_prompt_tokens=usage.cached_tokens if usage else None,
+                reasoning_tokens=usage.reasoning_tokens if usage else None,
             ),
             settlement,
         )
