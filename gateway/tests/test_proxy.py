@@ -201,6 +201,9 @@ async def _raw_get(base_url: str, target: str, cookie: str) -> int:
         "/v1/models/%2e%2e/providers/credentials",
         "/v1/models/./x",
         "/v1/collections/a%2Fb",
+        "/v1%2Fmodels/openai",
+        "/v1/models/a%2F..%2Fproviders",
+        "/v1/providers%2Fprices/openai%2Fx",
     ],
 )
 async def test_paths_that_could_mean_two_routes_are_refused(
@@ -209,6 +212,18 @@ async def test_paths_that_could_mean_two_routes_are_refused(
     cookie = f"session={member.cookies['session']}"
     assert await _raw_get(gateway, target, cookie) == 400
     assert upstream.hits == 0
+
+
+async def test_an_encoded_slash_in_a_path_parameters_tail_reaches_the_upstream(
+    gateway: str, upstream: Upstream, member: Caller
+) -> None:
+    """The openai SDK's `models.retrieve("openai/gpt-4o")` asks for
+    `/v1/models/openai%2Fgpt-4o`: the same route to the RBAC check and to the upstream."""
+    async with client(gateway, member) as c:
+        response = await c.get("/v1/models/openai%2Fgpt-4o")
+    assert response.status_code == 200, response.text
+    assert response.json()["path"] == "/v1/models/openai/gpt-4o"
+    assert upstream.hits == 1
 
 
 async def test_a_broken_upstream_stream_is_not_passed_off_as_complete(

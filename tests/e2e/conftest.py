@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -250,30 +251,34 @@ class FakeOpenAI:
     control: FaultControl
 
 
-@pytest.fixture(scope="session")
-def fake_openai() -> Iterator[FakeOpenAI]:
-    """The OpenAI fake in a thread of this process (the platform's processes reach it over
-    127.0.0.1), so the test can inject faults into it."""
-    control = FaultControl()
+@contextmanager
+def served_in_thread(app: Any, name: str) -> Iterator[str]:
+    """`app` served by uvicorn in a thread of this process (the platform's processes reach
+    it over 127.0.0.1, and the test can inject faults into it): its base URL."""
     sock = ports.listen()
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_openai_app(control, api_key=PROVIDER_KEY),
-            host="127.0.0.1",
-            port=ports.port_of(sock),
-            log_config=None,
-        )
+        uvicorn.Config(app, host="127.0.0.1", port=ports.port_of(sock), log_config=None)
     )
     thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():
-            raise RuntimeError("the fake OpenAI server did not start")
+            raise RuntimeError(f"the {name} server did not start")
         threading.Event().wait(0.02)
-    yield FakeOpenAI(f"http://127.0.0.1:{ports.port_of(sock)}/v1", control)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{ports.port_of(sock)}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """The OpenAI fake, served in a thread of this process."""
+    control = FaultControl()
+    with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
+        yield FakeOpenAI(f"{url}/v1", control)
 
 
 def new_member_with_key(

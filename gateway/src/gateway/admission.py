@@ -65,11 +65,24 @@ async def caller_identity(runtime: Runtime, request: Request) -> Identity:
 
 def _refuse_ambiguous_paths(request: Request) -> None:
     """Dot segments and encoded slashes could name one route to the RBAC check and another
-    to the upstream (which may normalise them): such paths are refused outright."""
+    to the upstream (which may normalise them): such paths are refused outright. An encoded
+    slash is taken only in the tail of a route that ends in a path parameter, after its
+    fixed part (`/v1/models/openai%2Fgpt-4o`, as the openai SDK's `models.retrieve` sends a
+    model's name): whatever the tail says, it is the same route to both."""
     raw = bytes(request.scope.get("raw_path") or b"").split(b"?", 1)[0].lower()
     segments = request.url.path.split("/")
-    if b"%2f" in raw or b"%5c" in raw or b"\\" in raw or "." in segments or ".." in segments:
+    if b"%5c" in raw or b"\\" in raw or "." in segments or ".." in segments:
         raise BadRequest("Paths may not contain dot segments or encoded slashes.")
+    if b"%2f" in raw and not _slash_in_path_tail(request.method, request.url.path, raw):
+        raise BadRequest("Paths may not contain dot segments or encoded slashes.")
+
+
+def _slash_in_path_tail(method: str, path: str, raw: bytes) -> bool:
+    route = route_for(method, path)
+    if route is None or not route.template.endswith(":path}"):
+        return False
+    fixed = route.template[: route.template.rindex("{")].lower().encode()
+    return raw.startswith(fixed) and b"%2f" not in raw[: len(fixed)]
 
 
 def _authorize(principal: Principal, needs: str) -> None:
