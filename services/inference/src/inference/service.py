@@ -468,6 +468,7 @@ class Call:
     ) -> None:
         model = target.name if target else self.requested
         cost = cost_usd(self.runtime.prices.get(model), usage)
+        reported = usage if usage is not None and not usage.estimated else None
         # Recorded outside any attempt's span: the current span is this request's server
         # span, under which are all the attempts (the event sums them up), and which exists
         # even when no attempt was made (every circuit open).
@@ -505,8 +506,8 @@ class Call:
                 span_id=format(span.span_id, "016x") if span.is_valid else None,
                 trace_sampled=span.is_valid and span.trace_flags.sampled,
                 team_id=self.identity.team,
-                cached_prompt_tokens=usage.cached_tokens if usage else None,
-                reasoning_tokens=usage.reasoning_tokens if usage else None,
+                cached_prompt_tokens=reported.cached_tokens if reported else None,
+                reasoning_tokens=reported.reasoning_tokens if reported else None,
             ),
             settlement,
         )
