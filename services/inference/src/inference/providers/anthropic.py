@@ -47,6 +47,9 @@ from inference.providers.base import (
     error_for_status,
     parse_retry_after,
     read_usage,
+    timed_out,
+    unreachable,
+    unreadable,
     wants_usage,
 )
 from inference.providers.egress import EgressPolicy, egress_error, guarded_client
@@ -413,14 +416,10 @@ def map_error(exc: Exception) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, httpx2.TimeoutException):
-        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+        return timed_out()
     if isinstance(exc, httpx2.TransportError):
-        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
-    return ProviderError(
-        f"The provider's answer could not be read ({type(exc).__name__}).",
-        kind="malformed",
-        retryable=True,
-    )
+        return unreachable()
+    return unreadable(exc)
 
 
 def _failed(response: httpx2.Response) -> ProviderError:

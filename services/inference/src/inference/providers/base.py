@@ -234,6 +234,23 @@ class ProviderError(Exception):
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
+def timed_out() -> ProviderError:
+    return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+
+
+def unreachable() -> ProviderError:
+    return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
+
+
+def unreadable(exc: BaseException) -> ProviderError:
+    """Any other failure of a call: the answer (if any) could not be read; retried."""
+    return ProviderError(
+        f"The provider's answer could not be read ({type(exc).__name__}).",
+        kind="malformed",
+        retryable=True,
+    )
+
+
 def error_for_status(status: int, message: str, retry_after: float | None = None) -> ProviderError:
     return ProviderError(
         message,

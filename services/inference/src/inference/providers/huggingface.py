@@ -25,6 +25,9 @@ from inference.providers.base import (
     error_for_status,
     parse_retry_after,
     read_usage,
+    timed_out,
+    unreachable,
+    unreadable,
     wants_usage,
 )
 from inference.providers.egress import EgressPolicy, egress_error, guarded_client
@@ -47,7 +50,7 @@ def map_error(exc: Exception) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, InferenceTimeoutError | TimeoutError):
-        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+        return timed_out()
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         response = exc.response
         return error_for_status(
@@ -57,14 +60,10 @@ def map_error(exc: Exception) -> ProviderError:
         )
     name = type(exc).__name__.lower()
     if "timeout" in name:
-        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+        return timed_out()
     if "connect" in name or isinstance(exc, OSError):
-        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
-    return ProviderError(
-        f"The provider's answer could not be read ({type(exc).__name__}).",
-        kind="malformed",
-        retryable=True,
-    )
+        return unreachable()
+    return unreadable(exc)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -32,6 +32,9 @@ from inference.providers.base import (
     error_for_status,
     parse_retry_after,
     read_usage,
+    timed_out,
+    unreachable,
+    unreadable,
     wants_usage,
 )
 from inference.providers.egress import (
@@ -74,11 +77,11 @@ def map_error(exc: Exception) -> ProviderError:
     if refused is not None:
         return refused
     if isinstance(exc, openai.APIConnectionError) and _refused(exc):
-        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
+        return unreachable()
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderError("The provider did not answer in time.", kind="timeout", retryable=True)
+        return timed_out()
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderError("Could not reach the provider.", kind="connection", retryable=True)
+        return unreachable()
     if isinstance(exc, openai.APIStatusError):
         message = answer_message(exc.response)
         return error_for_status(
@@ -86,11 +89,7 @@ def map_error(exc: Exception) -> ProviderError:
         )
     if isinstance(exc, ProviderError):
         return exc
-    return ProviderError(
-        f"The provider's answer could not be read ({type(exc).__name__}).",
-        kind="malformed",
-        retryable=True,
-    )
+    return unreadable(exc)
 
 
 class OpenAIProvider:
