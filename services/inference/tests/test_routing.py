@@ -215,18 +215,27 @@ async def test_a_least_latency_alias_sends_calls_to_the_fastest_target(
         assert counts(slow, fast) == (1, 29)
 
         # 10 s later the slow one's latency is old: one call explores it, then the fast one
-        # again. A stream's latency is its first token's: the slow one is slow to start.
+        # again.
         clock.now += 10
         await calls(inference, 5)
         assert counts(slow, fast) == (2, 33)
-        slow.control.reset()
-        slow.control.delay(ROUTE, first_byte_seconds=SLOW, after_headers=True, times=100)
-        clock.now += 10
-        await calls(inference, 5, stream=True)
-        assert len(slow.control.requests_to(ROUTE)) == 1
         weighted = [{"model": "openai/gpt-4o-mini", "weight": 2}]
         refused = await alias(inference, "w", weighted, strategy="least-latency")
         assert refused.status_code == 422
+
+
+async def test_a_streams_latency_is_its_time_to_first_token(
+    make_inference: MakeInference, openai_upstream: Upstream, second_upstream: Upstream
+) -> None:
+    slow, fast = openai_upstream, second_upstream
+    async with make_inference(**BY_LATENCY) as inference:
+        frozen(inference)
+        await fastest_alias(inference, slow, fast)
+        # Its answer starts at once, its first token comes late: timed to the answer's
+        # start, it would tie with the other and take turns with it.
+        slow.control.delay(ROUTE, first_byte_seconds=SLOW, after_headers=True, times=100)
+        await calls(inference, 20, stream=True)
+        assert counts(slow, fast) == (1, 19)
 
 
 async def test_every_replica_routes_by_the_latencies_any_replica_measured(
