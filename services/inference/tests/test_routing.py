@@ -10,6 +10,7 @@ fastest target as every replica measured it, explores the others, and fails over
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -201,13 +202,22 @@ def frozen(inference: Inference) -> Clock:
     return clock
 
 
+@asynccontextmanager
+async def by_latency(
+    make_inference: MakeInference, *upstreams: Upstream
+) -> AsyncIterator[tuple[Inference, Clock]]:
+    """Inference with a standing clock and the alias `fastest` over `upstreams`."""
+    async with make_inference(**BY_LATENCY) as inference:
+        clock = frozen(inference)
+        await fastest_alias(inference, *upstreams)
+        yield inference, clock
+
+
 async def test_a_least_latency_alias_sends_calls_to_the_fastest_target(
     make_inference: MakeInference, openai_upstream: Upstream, second_upstream: Upstream
 ) -> None:
     slow, fast = openai_upstream, second_upstream
-    async with make_inference(**BY_LATENCY) as inference:
-        clock = frozen(inference)
-        await fastest_alias(inference, slow, fast)
+    async with by_latency(make_inference, slow, fast) as (inference, clock):
         slow.control.delay(ROUTE, first_byte_seconds=SLOW, times=100)
         await calls(inference, 30)
         # Each was tried once while it had no latency (the slow one, listed first, first);
@@ -228,9 +238,7 @@ async def test_a_streams_latency_is_its_time_to_first_token(
     make_inference: MakeInference, openai_upstream: Upstream, second_upstream: Upstream
 ) -> None:
     slow, fast = openai_upstream, second_upstream
-    async with make_inference(**BY_LATENCY) as inference:
-        frozen(inference)
-        await fastest_alias(inference, slow, fast)
+    async with by_latency(make_inference, slow, fast) as (inference, _):
         # Its answer starts at once, its first token comes late: timed to the answer's
         # start, it would tie with the other and take turns with it.
         slow.control.delay(ROUTE, first_byte_seconds=SLOW, after_headers=True, times=100)
@@ -261,9 +269,7 @@ async def test_a_failing_target_loses_the_calls_to_the_others(
     make_inference: MakeInference, openai_upstream: Upstream, second_upstream: Upstream
 ) -> None:
     fast, slower = openai_upstream, second_upstream
-    async with make_inference(**BY_LATENCY) as inference:
-        frozen(inference)
-        await fastest_alias(inference, fast, slower)
+    async with by_latency(make_inference, fast, slower) as (inference, _):
         slower.control.delay(ROUTE, first_byte_seconds=SLOW, times=100)
         await calls(inference, 4)
         assert counts(fast, slower) == (3, 1)
