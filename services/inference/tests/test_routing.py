@@ -297,6 +297,9 @@ async def test_near_ties_take_turns_and_latencies_expire(redis: Redis) -> None:
     two = replica(redis)
     firsts = [(await two.order([a, b, c], NOON))[0] for _ in range(100)]
     assert (firsts.count(a), firsts.count(b), firsts.count(c)) == (50, 50, 0)
+    # Each alias takes its own turns: two called in alternation each spread their calls.
+    both = [(await two.order(targets, NOON))[0] for _ in range(50) for targets in ([a, b], [b, a])]
+    assert (both[0::2].count(a), both[1::2].count(a)) == (25, 25)
     assert (await two.order([c, b, a], NOON))[-1] == c  # the rest by latency
     assert 0 < await redis.ttl(Latencies.key(c.circuit_key)) <= 600
 

@@ -87,7 +87,7 @@ class LeastLatency:
         self._read_at: dict[str, float] = {}
         self._probed: dict[str, float] = {}
         self._pending: dict[str, tuple[float, deque[float]]] = {}
-        self._turn = 0
+        self._turns: dict[tuple[str, ...], int] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     async def order(self, targets: Sequence[Target], now: float) -> list[Target]:
@@ -101,8 +101,7 @@ class LeastLatency:
         if ranked:  # near-ties take turns
             tie = known[ranked[0]].seconds * (1 + self.buffer)
             near = [i for i in ranked if known[i].seconds <= tie]
-            self._turn += 1
-            ranked.remove(chosen := near[self._turn % len(near)])
+            ranked.remove(chosen := near[self._turn(tuple(keys)) % len(near)])
             ranked.insert(0, chosen)
         unknown = [i for i in range(len(targets)) if i not in known]
         due = (i for i in unknown + ranked[1:] if self._due(keys[i], known.get(i), now))
@@ -115,6 +114,14 @@ class LeastLatency:
             order.remove(probe)
             order.insert(0, probe)
         return [targets[i] for i in order]
+
+    def _turn(self, keys: tuple[str, ...]) -> int:
+        """The next turn among these targets (an alias's: the turns of one are not
+        another's, so that two aliases called in alternation each spread their calls)."""
+        if keys not in self._turns and len(self._turns) >= MAX_TARGETS:
+            self._turns.clear()
+        turn = self._turns[keys] = self._turns.get(keys, -1) + 1
+        return turn
 
     def _due(self, key: str, latency: Latency | None, now: float) -> bool:
         """Whether the target should get a probe: no recent sample, and no probe from this
