@@ -143,7 +143,7 @@ class LeastLatency:
             self._read_at[key] = now  # the callers meanwhile use what this replica knows
         try:
             read = await self._latencies.read(due)
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             log.warning("latencies unavailable; ordering by what this replica knows",
                         error=type(exc).__name__)  # fmt: skip
             return
@@ -194,15 +194,14 @@ class LeastLatency:
         except (RedisError, OSError) as exc:
             log.warning("latencies not written", error=type(exc).__name__, targets=len(batch))
 
-    async def close(self) -> None:
-        """Write what is left, and stop."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+    async def close(self, grace_seconds: float = 2.0) -> None:
+        """Give what is left `grace_seconds` to be written, and stop."""
+        flusher = self._flusher
+        if flusher is not None:
+            await asyncio.wait({flusher}, timeout=grace_seconds)
+            flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await self.flush()
+                await flusher
 
 
 class Routing:
