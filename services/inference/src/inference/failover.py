@@ -159,9 +159,12 @@ class Failover:
         *,
         trail: Trail,
         operation: str,
+        observe: Callable[[Target, float, bool], None] | None = None,
     ) -> Outcome[T]:
         """Each target in order, each with retries, within one deadline. A client error
-        (ProviderError not retryable) stops everything and is raised as is."""
+        (ProviderError not retryable) stops everything and is raised as is. `observe`, when
+        given, is told each other attempt's time (seconds; to the first chunk of a stream)
+        and whether it failed."""
         deadline = time.monotonic() + self.policy.deadline
         all_open = True
         for index, target in enumerate(targets):
@@ -171,7 +174,8 @@ class Failover:
                 continue
             all_open = False
             for attempt in range(self.policy.max_attempts):
-                remaining = deadline - time.monotonic()
+                started = time.monotonic()
+                remaining = deadline - started
                 if remaining <= 0:
                     raise AllTargetsFailed(trail, deadline=True, all_open=False)
                 trail.attempts += 1
@@ -198,12 +202,16 @@ class Failover:
                     trail.errors.append(exc)
                     if not exc.retryable:
                         raise
+                    if observe is not None:
+                        observe(target, time.monotonic() - started, True)
                     await self.breaker.failed(target, time.time())
                     pause = self._pause(attempt, exc, deadline)
                     if pause is None:
                         break  # this target is done: try the next
                     await asyncio.sleep(pause)
                     continue
+                if observe is not None:
+                    observe(target, time.monotonic() - started, False)
                 await self.breaker.succeeded(target)
                 return Outcome(
                     result=result, target=target, attempts=trail.attempts, fallback=index > 0

@@ -31,7 +31,7 @@ from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
-from inference.routing import Routing
+from inference.routing import LeastLatency, Routing
 from inference.runtime import Runtime, TtlCache
 from inference.service import PROVIDERS
 from inference.settings import InferenceSettings
@@ -104,7 +104,16 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
         ),
         credentials=TtlCache(settings.cache_seconds),
         aliases=TtlCache(settings.cache_seconds),
-        routing=Routing(),
+        routing=Routing(
+            LeastLatency(
+                redis,
+                buffer=settings.latency_buffer,
+                probe_seconds=settings.latency_probe_seconds,
+                failure_seconds=settings.latency_failure_seconds,
+                sync_seconds=settings.latency_sync_seconds,
+                ttl_seconds=settings.latency_ttl_seconds,
+            )
+        ),
         model_lists=TtlCache(settings.models_cache_seconds),
         streams=StreamSlots(
             redis, cap=settings.max_concurrent_streams, lifetime=settings.stream_max_seconds
@@ -151,6 +160,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             prices.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await prices
+            await runtime.routing.latency.close()
             await runtime.sink.close()
             await runtime.governance.telemetry.aclose()
             await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))

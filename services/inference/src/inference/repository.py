@@ -3,6 +3,10 @@
 Redis keys, each with a TTL:
 - `inference:circuit:<provider/model>|<credential id or ->`: a hash (state, failures,
   opened_at) per circuit, and `...:probe` while one replica probes a half-open circuit;
+- `inference:latency:<provider/model>|<credential id or ->`: a hash (ewma: the decayed
+  average latency in seconds, at: the clock time of its last sample) per target of the
+  `least-latency` aliases (inference.routing), living INFERENCE_LATENCY_TTL_SECONDS after
+  its last sample;
 - `inference:streams:<user id>`: a sorted set of the user's open stream leases, scored by
   when each lapses;
 - the telemetry stream (`common.llm_events.STREAM`), to which call events are appended;
@@ -17,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -305,6 +309,77 @@ class CircuitStates:
 
     async def clear(self, circuit: str) -> None:
         await self._redis.delete(*self._keys(circuit))
+
+
+# ---------------------------------------------------------------- latencies (Redis)
+
+# KEYS: the latency hashes of some targets. ARGV: [1] a new sample's weight in the average
+# (the EWMA's alpha), [2] the hashes' TTL, then per key `<at>|<s1>,<s2>,...`: the clock
+# time of its last sample and its samples in seconds, oldest first. Answers the key count.
+_LATENCY_ADD = """
+local alpha, ttl = tonumber(ARGV[1]), ARGV[2]
+for i, key in ipairs(KEYS) do
+  local at, samples = string.match(ARGV[i + 2], '^([^|]*)|(.*)$')
+  local state = redis.call('HMGET', key, 'ewma', 'at')
+  local ewma, last = tonumber(state[1]), tonumber(state[2])
+  for sample in string.gmatch(samples, '[^,]+') do
+    local x = tonumber(sample)
+    if ewma == nil then ewma = x else ewma = ewma + alpha * (x - ewma) end
+  end
+  if last ~= nil and last > tonumber(at) then at = state[2] end
+  redis.call('HSET', key, 'ewma', string.format('%.6f', ewma), 'at', at)
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """A target's recent latency: the decayed average (seconds) and when (clock time) its
+    last sample was taken."""
+
+    seconds: float
+    at: float
+
+
+class Latencies:
+    """The latency of each target of the `least-latency` aliases, shared by every replica,
+    by circuit (`failover.Target.circuit_key`). RedisError reaches the caller."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._add = redis.register_script(_LATENCY_ADD)
+
+    @staticmethod
+    def key(circuit: str) -> str:
+        return f"inference:latency:{circuit}"
+
+    async def read(self, circuits: Sequence[str]) -> list[Latency | None]:
+        """Each circuit's latency (None: no sample within the TTL), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for circuit in circuits:
+                pipe.hmget(self.key(circuit), "ewma", "at")
+            replies = await pipe.execute()
+        return [
+            None if ewma is None or at is None else Latency(float(ewma), float(at))
+            for ewma, at in replies
+        ]
+
+    async def add(
+        self, samples: Mapping[str, tuple[float, Sequence[float]]], *, alpha: float, ttl: int
+    ) -> None:
+        """Fold each circuit's (last sample's clock time, samples) into its average, every
+        circuit in one script (one round trip)."""
+        if not samples:
+            return
+        await self._add(
+            keys=[self.key(circuit) for circuit in samples],
+            args=[repr(alpha), ttl, *(
+                f"{at!r}|{','.join(f'{s:.6f}' for s in seconds)}"
+                for at, seconds in samples.values()
+            )],
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------- stream leases (Redis)

@@ -56,7 +56,7 @@ class Runtime:
     sink: EventSink
     credentials: TtlCache
     aliases: TtlCache
-    # The weighted aliases' round robin (inference.routing).
+    # The weighted aliases' round robin and the least-latency view (inference.routing).
     routing: Routing
     # Each credential's model list (GET /v1/models), by credential id.
     model_lists: TtlCache

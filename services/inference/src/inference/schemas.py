@@ -92,7 +92,7 @@ class AliasTarget(BaseModel):
     weight: Annotated[int, Field(ge=1, le=1000)] | None = None
 
 
-Strategy = Literal["ordered", "weighted"]
+Strategy = Literal["ordered", "weighted", "least-latency"]
 
 
 class AliasCreate(BaseModel):
@@ -104,7 +104,8 @@ class AliasCreate(BaseModel):
     # shared credentials; only you see and call it, and it wins over a shared one's name).
     shared: bool = False
     # `ordered`: the first target, the next on failure; `weighted`: calls split by the
-    # targets' weights, the others tried in turn on failure.
+    # targets' weights, the others tried in turn on failure; `least-latency`: the target
+    # with the lowest recent latency (every replica's), then the others by latency.
     strategy: Strategy = "ordered"
 
 

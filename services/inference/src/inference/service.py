@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -60,6 +61,7 @@ from inference.models import ModelAlias, ModelPrice, PriceChange, ProviderCreden
 from inference.pricing import Price, PriceBook, cost_usd
 from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
 from inference.providers.egress import DestinationRefused, RedirectRefused
+from inference.routing import LEAST_LATENCY, ORDERED, WEIGHTED, Observe
 from inference.runtime import Runtime
 from inference.schemas import (
     AliasCreate,
@@ -213,7 +215,7 @@ async def save_alias(
     if not body.shared and owner is None:
         raise InvalidRequest("Only a user has aliases of their own: make it shared.")
     for target in body.targets:
-        if target.weight is not None and body.strategy != "weighted":
+        if target.weight is not None and body.strategy != WEIGHTED:
             raise InvalidRequest("A target's weight applies to the weighted strategy only.")
         if target.credential_id is None:
             continue
@@ -284,10 +286,11 @@ def _parse_model(name: str) -> Target | None:
 
 async def resolve_model(
     runtime: Runtime, db: AsyncSession, name: str, *, identity: Identity
-) -> tuple[str | None, list[Target]]:
-    """(alias or None, targets in the order to try them) for a requested model name: the
-    caller's own alias of that name, else a shared one (in its strategy's order:
-    inference.routing), else `provider/model`."""
+) -> tuple[str | None, str, list[Target]]:
+    """(alias or None, its strategy, targets in the order to try them) for a requested
+    model name: the caller's own alias of that name, else a shared one (in its strategy's
+    order: inference.routing; a least-latency alias's as listed, ordered once their
+    credentials are known, by _call_with_failover), else `provider/model`."""
     key = (_owner(identity), name)
     cached: tuple[str, list[tuple[Target, int]]] | None = runtime.aliases.get(key)
     if cached is None:
@@ -299,14 +302,14 @@ async def resolve_model(
         runtime.aliases.put(key, cached)
     strategy, weighted = cached
     if weighted:
-        return name, runtime.routing.order((*key, *weighted), strategy, weighted)
+        return name, strategy, runtime.routing.order((*key, *weighted), strategy, weighted)
     target = _parse_model(name)
     if target is None:
         raise ModelNotFound(
             f"Unknown model {name!r}: name it provider/model ({', '.join(PROVIDERS)}) "
             "or use an alias from GET /v1/models."
         )
-    return None, [target]
+    return None, ORDERED, [target]
 
 
 # ---------------------------------------------------------------- prices
@@ -427,6 +430,7 @@ class Call:
     alias: str | None
     operation: str
     stream: bool
+    strategy: str = ORDERED
     started: float = 0.0
     started_wall: float = 0.0
     hold: Hold | None = None
@@ -584,11 +588,18 @@ async def _call_with_failover(
         if not usable and missing is not None:
             raise missing
         by_target = dict(usable)
+        ordered = [t for t, _ in usable]
+        observe: Observe | None = None
+        if call.strategy == LEAST_LATENCY:
+            latency = runtime.routing.latency
+            ordered = await latency.order(ordered, runtime.clock())
+            observe = partial(latency.observe, clock=runtime.clock)
         return await runtime.failover.run(
-            [t for t, _ in usable],
+            ordered,
             lambda t: invoke(runtime.providers[t.provider], by_target[t], t),
             trail=trail,
             operation=call.operation,
+            observe=observe,
         )
     except (ProviderError, AllTargetsFailed) as exc:
         raise call.failed(trail, exc) from None
@@ -605,8 +616,10 @@ async def chat(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """The answer, and headers for it."""
-    alias, targets = await resolve_model(runtime, db, request["model"], identity=identity)
-    call = Call(runtime, identity, request["model"], alias, "chat", stream=False)
+    alias, strategy, targets = await resolve_model(runtime, db, request["model"],
+                                                   identity=identity)  # fmt: skip
+    call = Call(runtime, identity, request["model"], alias, "chat", stream=False,
+                strategy=strategy)  # fmt: skip
     if identity.policies is not None:
         await call.govern(targets, prompt_tokens=_prompt_of(request),
                           completion=governance.completion_limit(request))  # fmt: skip
@@ -641,8 +654,10 @@ async def chat_stream(
     an error event): a provider that trickles cannot hold connections for ever.
 
     Returns the events, and headers for the answer."""
-    alias, targets = await resolve_model(runtime, db, request["model"], identity=identity)
-    call = Call(runtime, identity, request["model"], alias, "chat", stream=True)
+    alias, strategy, targets = await resolve_model(runtime, db, request["model"],
+                                                   identity=identity)  # fmt: skip
+    call = Call(runtime, identity, request["model"], alias, "chat", stream=True,
+                strategy=strategy)  # fmt: skip
     if identity.policies is not None:
         await call.govern(targets, prompt_tokens=_prompt_of(request),
                           completion=governance.completion_limit(request))  # fmt: skip
@@ -753,7 +768,7 @@ async def embeddings(
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """The vectors in OpenAI's shape, and headers for the answer; of `dimensions` when
     given, which every target must be able to answer (DimensionsUnsupported)."""
-    alias, targets = await resolve_model(runtime, db, model, identity=identity)
+    alias, strategy, targets = await resolve_model(runtime, db, model, identity=identity)
     if dimensions is not None:
         for target in targets:
             if not runtime.providers[target.provider].honours_dimensions(target.model, dimensions):
@@ -764,7 +779,7 @@ async def embeddings(
                     "out, or ask a model that takes it (OpenAI's text-embedding-3 models).",
                     model=target.name,
                 )
-    call = Call(runtime, identity, model, alias, "embeddings", stream=False)
+    call = Call(runtime, identity, model, alias, "embeddings", stream=False, strategy=strategy)
     if identity.policies is not None:
         await call.govern(
             targets, prompt_tokens=lambda: sum(count_tokens(t) for t in inputs), completion=0

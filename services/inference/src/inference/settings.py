@@ -69,6 +69,16 @@ class InferenceSettings(DatabaseSettings):
     # How long a credential's model list (its provider's /models, for GET /v1/models) is
     # kept.
     models_cache_seconds: float = Field(300.0, ge=0, le=86_400)
+    # The least-latency strategy (inference/routing.py): targets within this share of the
+    # fastest take turns; a target other than the fastest whose last sample is this old
+    # gets a call (per replica); a failed attempt counts as at least this long; how long a
+    # replica uses the latencies it read before reading them again; how long a target's
+    # latency is kept after its last sample.
+    latency_buffer: float = Field(0.1, ge=0, le=10)
+    latency_probe_seconds: float = Field(10.0, gt=0)
+    latency_failure_seconds: float = Field(10.0, gt=0)
+    latency_sync_seconds: float = Field(1.0, ge=0)
+    latency_ttl_seconds: float = Field(3600.0, ge=1, le=30 * 86_400)
     # How many aliases of their own a user may keep (shared ones are the admins').
     max_aliases_per_user: int = Field(100, ge=1, le=10_000)
     # Prices (USD per 1M tokens) by `provider/model`, over the catalog's (inference/prices.json);
