@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 import httpx
@@ -93,10 +93,10 @@ class VisibleAtResponseStart:
         await self.app(scope, receive, send_observed)
 
 
-def create_app(test_database: RunDatabase) -> FastAPI:
+def create_app(test_database: RunDatabase, **pool: Any) -> FastAPI:
     app = PlatformApp()
     instrument(app, UowSettings())
-    app.state.engine = create_engine(test_database.admin_url, application_name="t")
+    app.state.engine = create_engine(test_database.admin_url, application_name="t", **pool)
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
 
     async def store(label: str, body: ProbeIn, session: AsyncSession) -> dict[str, str]:
@@ -358,3 +358,23 @@ async def test_a_connection_in_steady_use_is_not_pinged(test_database: RunDataba
     finally:
         await admin.close()
         await engine.dispose()
+
+
+async def test_a_request_that_gets_no_connection_is_a_503_to_retry_and_changes_nothing(
+    test_database: RunDatabase, probe_db: asyncpg.Connection
+) -> None:
+    """Every pooled connection busy past the pool's wait: 503 with Retry-After, not a 500
+    (nor "too many clients" from Postgres)."""
+    app = create_app(test_database, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    app.state.probe_db, app.state.after_commit = probe_db, {}
+    try:
+        async with app.state.engine.connect() as busy, asgi_client(app) as client:
+            await busy.execute(text("SELECT 1"))
+            response = await client.post("/probes/starved", json={})
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["type"] == "urn:llm-platform:problem:database-unavailable"
+        assert not await _exists(probe_db, "starved")
+    finally:
+        await app.state.engine.dispose()

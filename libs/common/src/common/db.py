@@ -49,12 +49,16 @@ def create_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
     ping_after_idle_seconds: float = 10.0,
+    pool_timeout: float = 30.0,
 ) -> AsyncEngine:
+    """A pooled engine. A request that waits `pool_timeout` seconds for a connection, or
+    that the server refuses one, is answered 503 with Retry-After (common.errors)."""
     # Looked up at call time: OpenTelemetry wraps the module attribute to trace the engine.
     engine = sa_asyncio.create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": application_name}},
     )

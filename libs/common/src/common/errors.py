@@ -6,9 +6,11 @@ import contextlib
 from typing import Any
 
 import structlog
+from asyncpg.exceptions import CannotConnectNowError, TooManyConnectionsError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.tracing import current_trace_id
@@ -201,9 +203,35 @@ def validation_problem(
     )
 
 
+def _database_unavailable(exc: BaseException) -> bool:
+    """No database connection to be had: the pool's wait ran out, or the server refused a
+    new connection (its connection slots are full, it is starting or stopping, it is
+    down). The caller may try again; nothing was done."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the error and its causes (SQLAlchemy wraps asyncpg's)
+        if seen is None:
+            return False
+        if isinstance(seen, PoolTimeout | TooManyConnectionsError | CannotConnectNowError):
+            return True
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's last-resort layer; the request middleware (outside it) adds the request id
     # header, and the request's span is still the current one.
+    if _database_unavailable(exc):
+        log.warning("database unavailable", error=repr(exc), path=request.url.path)
+        return problem_response(
+            request,
+            status=503,
+            title="Service Unavailable",
+            type_="urn:llm-platform:problem:database-unavailable",
+            detail="The database is busy or unavailable; try again shortly.",
+            headers={"Retry-After": "1"},
+        )
     log.error("unhandled exception", exc_info=exc, path=request.url.path)
     with contextlib.suppress(AttributeError):  # uvicorn need not log it again
         exc.__logged__ = True  # type: ignore[attr-defined]

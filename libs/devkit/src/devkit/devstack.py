@@ -123,7 +123,13 @@ def start_embedded_postgres(data_dir: Path) -> str:
 
 # initdb's 128 MB of shared buffers do not hold one 100k-vector HNSW index (195 MB for 384
 # dimensions): every search then copies pages from the OS cache, about twice as slow.
-EMBEDDED_SETTINGS = {"shared_buffers": os.environ.get("PLATFORM_PG_SHARED_BUFFERS", "512MB")}
+# initdb's 100 connections are fewer than the platform's pools may open: four services of
+# DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW (10 + 10) each are 80, and a second replica
+# (a test's, a benchmark's) or a second platform on the same server goes past it.
+EMBEDDED_SETTINGS = {
+    "shared_buffers": os.environ.get("PLATFORM_PG_SHARED_BUFFERS", "512MB"),
+    "max_connections": os.environ.get("PLATFORM_PG_MAX_CONNECTIONS", "300"),
+}
 
 
 def _configure_embedded_postgres(data_dir: Path, uri: str, server: Any) -> None:
