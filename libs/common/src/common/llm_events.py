@@ -69,6 +69,8 @@ class LlmCallEvent:
     # reasoning.
     cached_prompt_tokens: int | None = None  # of prompt_tokens
     reasoning_tokens: int | None = None  # of completion_tokens
+    cache: str | None = None  # "exact" | "semantic": replayed from the response cache
+    saved_usd: str | None = None  # exact decimal: what the replayed answer cost to make
 
     def to_fields(self) -> dict[str, str]:
         """Redis stream fields: one JSON document, so types survive the trip."""
