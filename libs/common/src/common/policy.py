@@ -94,11 +94,7 @@ class CachePolicy:
     def from_wire(cls, data: Any) -> CachePolicy:
         """A cache policy from its wire form; ValueError for anything malformed or out of
         bounds."""
-        if not isinstance(data, Mapping):
-            raise ValueError("a cache policy is an object")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown cache policy fields: {sorted(unknown)}")
+        data = _wire_object(data, cls, "cache policy")
         mode = data.get("mode")
         if mode not in CACHE_MODES:
             raise ValueError(f"a cache policy's mode is one of {', '.join(CACHE_MODES)}")
@@ -115,6 +111,16 @@ class CachePolicy:
 
 
 _CACHE_FLAGS = ("temperature", "tools", "multi_turn")
+
+
+def _wire_object(data: Any, kind: type, what: str) -> Mapping[str, Any]:
+    """`data` if it is an object with none but `kind`'s fields; ValueError otherwise."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a {what} is an object")
+    unknown = set(data) - {f.name for f in fields(kind)}
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {sorted(unknown)}")
+    return data
 
 
 def _cache_ttl(value: Any) -> int | None:
@@ -201,11 +207,7 @@ class Policy:
     @classmethod
     def from_wire(cls, data: Any) -> Policy:
         """A policy from its wire form; ValueError for anything malformed or out of bounds."""
-        if not isinstance(data, Mapping):
-            raise ValueError("a policy is an object")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown policy fields: {sorted(unknown)}")
+        data = _wire_object(data, cls, "policy")
         budget = data.get("max_budget_usd")
         period = data.get("budget_period")
         models = data.get("allowed_models")
