@@ -36,9 +36,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
 Period = Literal["day", "week", "month", "total"]
+PERIODS: tuple[str, ...] = get_args(Period)
 CacheMode = Literal["exact", "semantic", "off"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
-PERIODS: tuple[str, ...] = get_args(Period)
 ScopeKind = Literal["key", "user", "team"]
 SCOPES: tuple[ScopeKind, ...] = ("key", "user", "team")
 # The scopes that may hold a cache default (auth stores none on users), the first wins.
