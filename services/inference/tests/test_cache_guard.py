@@ -30,6 +30,8 @@ PARAPHRASES = [
     ("Translate 'good morning' into Italian", "How do you say 'good morning' in Italian?"),
     ("Compare cats and dogs as pets", "Compare dogs and cats as pets"),
     ("Why do leaves change colour?", "What's the reason leaves change color?"),
+    ("Who is older, Alice or Bob?", "Who is older, Bob or Alice?"),
+    ("Difference between a lake and a pond", "How does a pond differ from a lake?"),
 ]
 
 
@@ -70,6 +72,8 @@ REFUSED = [
     ("order", "Copy files from the server to my laptop", "Copy files from my laptop to the server"),
     ("order", "Is a kilogram heavier than a pound?", "Is a pound heavier than a kilogram?"),
     ("order", "Why do owls hunt mice?", "Why do mice hunt owls?"),
+    ("order", "Why does the moon orbit the earth?", "Why does the earth orbit the moon?"),
+    ("order", "What is 9 minus 4?", "What is 4 minus 9?"),
     # opposites, listed or by prefix
     ("opposites", "What are the strengths of Rust?", "What are the weaknesses of Rust?"),
     ("opposites", "How do I lock my screen?", "How do I unlock my screen?"),
@@ -77,9 +81,12 @@ REFUSED = [
     ("opposites", "How do I compress a folder?", "How do I decompress a folder?"),
     ("opposites", "How do I import a CSV in Excel?", "How do I export a CSV in Excel?"),
     ("opposites", "Sort names in ascending order", "Sort names in descending order"),
+    ("opposites", "Is coffee good for you?", "Is coffee bad for you?"),
+    ("opposites", "How do I turn on Bluetooth?", "How do I turn off Bluetooth?"),
     # a different question about the same thing
     ("question", "Who painted the Mona Lisa?", "When was the Mona Lisa painted?"),
     ("question", "Where was Einstein born?", "Why was Einstein famous?"),
+    ("question", "Explain how to bake bread", "Explain why bread rises"),
     # how much is asked for
     ("scope", "Summarise only the introduction", "Summarise the whole report"),
     ("scope", "Give me a brief overview of Kafka", "Give me a detailed overview of Kafka"),

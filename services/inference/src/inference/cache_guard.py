@@ -100,6 +100,8 @@ STOPWORDS = _words(
 # stopwords for the other checks.
 _WH = frozenset({"who", "whom", "whose", "when", "where", "why"})
 _WH_CANONICAL = {"whom": "who", "whose": "who"}
+# "Explain why", "tell me when": the question word after a request asks that question.
+_ASKING = frozenset({"explain", "tell", "me", "us", "describe", "show", "know", "wonder"})
 _ASKS = {"time": "when", "year": "when", "date": "when", "day": "when", "person": "who",
          "people": "who", "place": "where", "location": "where", "reason": "why"}  # fmt: skip
 
@@ -144,7 +146,8 @@ _OPPOSITES = (
     "import/export serialize/deserialize expand/collapse attach/detach connect/disconnect "
     "install/uninstall mount/unmount lock/unlock follow/unfollow subscribe/unsubscribe "
     "morning/evening day/night summer/winter spring/autumn wet/dry full/empty "
-    "heavy/light strong/weak rich/poor happy/sad legal/illegal safe/dangerous"
+    "heavy/light strong/weak rich/poor happy/sad legal/illegal safe/dangerous good/bad "
+    "up/down"
 )
 _OPPOSITE_OF: dict[str, frozenset[str]] = {}
 
@@ -178,6 +181,7 @@ _ALIASES = {
     "pls": "please", "plz": "please", "thx": "thanks", "cuz": "because", "bc": "because",
 }  # fmt: skip
 _ORDER_SPAN = 5
+_ARTICLES = frozenset({"a", "an", "the", "'s"})
 _SYMMETRIC = frozenset({"and", "or", "versus", "between", "with", "nor", "both"})
 # Words that relate what stands on their two sides in one direction.
 _RELATIONS = _words(
@@ -381,7 +385,8 @@ def analyse(text: str) -> Prompt:
         t = _token(match[0])
         if t.entity_anywhere or (t.entity_inside and not sentence_start):
             entities.add(t.word)
-        if t.lowered in _WH and (sentence_start or "," in gap or t.lowered == "whom"):
+        asked = sentence_start or "," in gap or (tokens and tokens[-1].lowered in _ASKING)
+        if t.lowered in _WH and (asked or t.lowered == "whom"):
             questions.add(_WH_CANONICAL.get(t.lowered, t.lowered))
         elif t.lowered in _ASKS and _asks_with([p.lowered for p in tokens[-2:]]):
             questions.add(_ASKS[t.lowered])  # what time: when; which person: who
@@ -418,7 +423,8 @@ def _content(word: str) -> bool:
 
 def _known(word: str, other: Prompt) -> bool:
     """Whether `word` (of one prompt) occurs in `other`, allowing for one typo."""
-    if word in other.vocabulary or _stem(word) in other.vocabulary:
+    vocabulary = other.vocabulary
+    if word in vocabulary or _stem(word) in vocabulary or word.replace("-", "") in vocabulary:
         return True
     if not (_TYPO_MIN <= len(word) <= _TYPO_MAX and word.isalpha()):
         return False
@@ -472,31 +478,36 @@ def _quotes_differ(a: Prompt, b: Prompt) -> bool:
 
 
 def _order_differs(a: Prompt, b: Prompt) -> bool:
-    """Two shared words u, v that swap places around the same relation: a word of
-    `_RELATIONS` between them on both sides ("landlord to tenant", "tenant to landlord"),
-    or one same word that is all that stands between them ("dogs chase cats"). u and v
-    occur once on each side, at most `_ORDER_SPAN` words apart; conjunctions are
-    symmetric and never a relation."""
+    """Two shared words u, v (content words or numbers) that swap places around the same
+    words: "u w v" on one side, "v w u" on the other, where w is the same one to three
+    words ("dogs chase cats", "moon orbits the earth"; articles aside) or includes a
+    word of `_RELATIONS` ("from a landlord to a tenant"). u and v occur once on each side
+    and stand at most `_ORDER_SPAN` words apart; a middle of only conjunctions ("TCP and
+    UDP", "Bob or Alice", "Rust vs Go") is symmetric and does not count."""
     pa = _once(a.words)
     pb = _once(b.words)
-    topics = sorted((pa[w], w) for w in pa if w in pb and (_content(w) or w in _RELATIONS))
+    topics = sorted((pa[w], w) for w in pa if w in pb and _topic(w))
     for i, (position_u, u) in enumerate(topics):
         for position_v, v in topics[i + 1 :]:
             if position_v - position_u > _ORDER_SPAN:
                 break
-            if pb[u] < pb[v]:
-                continue  # the same order on both sides
-            span_b = pb[u] - pb[v]
-            if span_b > _ORDER_SPAN:
-                continue
+            if pb[u] < pb[v] or pb[u] - pb[v] > _ORDER_SPAN:
+                continue  # the same order on both sides, or too far apart
             middle_a = a.words[position_u + 1 : position_v]
             middle_b = b.words[pb[v] + 1 : pb[u]]
-            if len(middle_a) == len(middle_b) == 1 and middle_a == middle_b:
-                if middle_a[0] not in _SYMMETRIC:
-                    return True
-            elif _RELATIONS.intersection(middle_a).intersection(middle_b):
+            if _RELATIONS.intersection(middle_a).intersection(middle_b):
+                return True
+            bare_a = [w for w in middle_a if w not in _ARTICLES]
+            if bare_a == [w for w in middle_b if w not in _ARTICLES] and any(
+                w not in _SYMMETRIC for w in bare_a
+            ):
                 return True
     return False
+
+
+def _topic(word: str) -> bool:
+    """A word whose place says who does what: a content word or a number."""
+    return _content(word) or word.replace(".", "").isdigit()
 
 
 def _once(words: tuple[str, ...]) -> dict[str, int]:
