@@ -280,3 +280,23 @@ async def test_a_hit_answers_the_sdk_like_a_fresh_answer(
     assert second.choices[0].message.content == first.choices[0].message.content == "echo: hello"
     assert [a.headers["x-cache"] for a in answers] == ["miss", "hit-exact"]
     assert second.id != first.id
+
+
+async def test_a_key_or_team_policy_turns_it_on_and_the_request_can_turn_it_off(
+    inference: Inference, openai_for_both: Upstream
+) -> None:
+    keyed = Identity(
+        **{
+            **vars_of(ALICE),
+            "kid": "key-cached",
+            "policies": {"key": {"cache": {"mode": "exact", "ttl_seconds": 60}}},
+        }
+    )
+    teamed = Identity(**{**vars_of(BOB), "kid": "key-team",
+                         "policies": {"team": {"cache": {"mode": "exact"}}}})  # fmt: skip
+    for who in (keyed, teamed):
+        assert (await call(inference, ask(), who)).headers["x-cache"] == "miss"
+        assert (await call(inference, ask(), who)).headers["x-cache"] == "hit-exact"
+        off = await call(inference, ask(cache={"mode": "off"}), who)
+        assert off.headers["x-cache"] == "bypass"
+    assert upstream_calls(openai_for_both) == 4

@@ -27,15 +27,18 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common import sse
+from common.db import transaction
 from common.identity import Identity
+from inference import repository
 from inference.metrics import CACHE_EVICTIONS, CACHE_FAILURES
 from inference.repository import ResponseCache
 
@@ -94,6 +97,10 @@ class Decision:
     lookup: bool
     store: bool
     threshold: float | None = None
+    # Semantic mode, for a request it covers: the last user message, and the hash of
+    # everything else that must be the same (model, system prompt, earlier turns, params).
+    prompt: str | None = None
+    context: str | None = None
 
 
 def scope_of(identity: Identity) -> str | None:
@@ -163,10 +170,55 @@ def decide(
         return None
     lookup, store = cache_control
     ttl = min(rules.ttl_seconds or default_ttl, MAX_TTL_SECONDS)
+    prompt, context = (semantic_parts(request, route, rules) if rules.mode == "semantic"
+                       else (None, None))  # fmt: skip
     return Decision(
         mode=rules.mode, scope=scope, key=request_key(request, route), ttl_seconds=ttl,
-        lookup=lookup, store=store, threshold=rules.threshold,
+        lookup=lookup, store=store, threshold=rules.threshold, prompt=prompt, context=context,
     )  # fmt: skip
+
+
+# The most of a prompt the semantic cache embeds and compares.
+MAX_SEMANTIC_PROMPT_CHARS = 4000
+
+
+def semantic_parts(
+    request: Mapping[str, Any], route: str, rules: CacheRules
+) -> tuple[str | None, str | None]:
+    """(the prompt to embed, the hash of its context) for a request the semantic cache
+    covers: its last message is the user's, in text; no tools and no earlier assistant
+    turn unless the rules allow them. (None, None) otherwise: the exact cache only."""
+    messages = request.get("messages") or []
+    last = messages[-1] if messages else None
+    if not isinstance(last, Mapping) or last.get("role") != "user":
+        return None, None
+    if request.get("tools") and not rules.tools:
+        return None, None
+    earlier = messages[:-1]
+    if not rules.multi_turn and any(
+        isinstance(m, Mapping) and m.get("role") in ("assistant", "tool") for m in earlier
+    ):
+        return None, None
+    prompt = _text_of(last.get("content"))
+    if not prompt or len(prompt) > MAX_SEMANTIC_PROMPT_CHARS:
+        return None, None
+    rest = {name: value for name, value in request.items()
+            if name not in NOT_KEYED and name != "messages"}  # fmt: skip
+    material = [route, rest, earlier, {k: v for k, v in last.items() if k != "content"}]
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return prompt, hashlib.sha256(text.encode()).hexdigest()
+
+
+def _text_of(content: Any) -> str | None:
+    """A message's text: a string, or text parts only (anything else: not covered)."""
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list) and all(
+        isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return " ".join(p["text"] for p in content).strip()
+    return None
 
 
 # ---------------------------------------------------------------- what is stored
@@ -335,9 +387,11 @@ class StreamedAnswer:
 
 class CacheStore:
     """Lookups (bounded in time: a slow or failed one is a miss), writes off the request
-    path (at most MAX_PENDING at once; past that an answer is not stored), and clearing."""
+    path (at most MAX_PENDING at once; past that an answer is not stored), and clearing.
+    The semantic side needs `sessions` (the database's, set once it is open) and `embed`."""
 
     MAX_PENDING = 256
+    CANDIDATES = 5
 
     def __init__(
         self,
@@ -347,6 +401,11 @@ class CacheStore:
         max_scope_bytes: int,
         lookup_timeout: float,
         clock: Callable[[], float] = time.time,
+        embed: Callable[[str], Awaitable[list[float]]] | None = None,
+        guard: Callable[[str, str], bool] | None = None,
+        semantic_threshold: float = 0.95,
+        semantic_timeout: float = 2.0,
+        semantic_max_entries: int = 10_000,
     ) -> None:
         self._redis = redis_side
         self.max_entry_bytes = max_entry_bytes
@@ -354,8 +413,15 @@ class CacheStore:
         self._timeout = lookup_timeout
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
+        self._embed = embed
+        self._guard = guard
+        self.semantic_threshold = semantic_threshold
+        self._semantic_timeout = semantic_timeout
+        self._semantic_max = semantic_max_entries
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
 
     async def lookup(self, decision: Decision) -> Entry | None:
+        """The exact cache's entry for the request, if any."""
         try:
             async with asyncio.timeout(self._timeout):
                 raw = await self._redis.get(decision.scope, decision.key)
@@ -365,17 +431,83 @@ class CacheStore:
             return None
         return Entry.parse(raw) if raw is not None else None
 
+    async def find(self, decision: Decision) -> tuple[Entry | None, str, list[float] | None]:
+        """(the cached answer or None, its kind: hit-exact or hit-semantic, and the prompt's
+        embedding when one was made, for the write of a miss)."""
+        entry = await self.lookup(decision)
+        if entry is not None:
+            return entry, HIT_EXACT, None
+        if decision.mode != "semantic" or decision.prompt is None:
+            return None, MISS, None
+        entry, vector = await self.lookup_semantic(decision)
+        return entry, HIT_SEMANTIC, vector
+
+    async def lookup_semantic(self, decision: Decision) -> tuple[Entry | None, list[float] | None]:
+        """The nearest entry of the same scope and context above the threshold that the
+        guard (inference.cache_guard) lets through; and the prompt's embedding."""
+        if (decision.prompt is None or decision.context is None or self.sessions is None
+                or self._embed is None or self._guard is None):  # fmt: skip
+            return None, None
+        vector: list[float] | None = None
+        try:
+            async with asyncio.timeout(self._semantic_timeout):
+                vector = await self._embed(decision.prompt)
+                async with transaction(self.sessions) as db:
+                    found = await repository.semantic_nearest(
+                        db, scope=decision.scope, context=decision.context, vector=vector,
+                        k=self.CANDIDATES,
+                    )  # fmt: skip
+        except Exception as exc:  # a database or model failure, or too slow: a miss
+            CACHE_FAILURES.labels("semantic_lookup").inc()
+            log.warning("semantic cache lookup failed: a miss", error=repr(exc))
+            return None, vector
+        threshold = decision.threshold or self.semantic_threshold
+        for prompt, answer, similarity in found:
+            if similarity < threshold:
+                break
+            if self._guard(decision.prompt, prompt):
+                entry = Entry.parse(answer)
+                if entry is not None:
+                    return entry, vector
+        return None, vector
+
     def store(self, decision: Decision, body: Mapping[str, Any], *, provider: str,
-              model: str) -> None:  # fmt: skip
-        """Keep the answer, in the background."""
+              model: str, vector: list[float] | None = None) -> None:  # fmt: skip
+        """Keep the answer, in the background: in the exact cache, and in the semantic one
+        (with the prompt's embedding) when the request is one it covers."""
         if not decision.store or len(self._pending) >= self.MAX_PENDING:
             return
         value = entry_of(body, provider=provider, model=model)
         if len(value) > self.max_entry_bytes:
             return
-        task = asyncio.create_task(self._put(decision, value))
+        self._spawn(self._put(decision, value))
+        if decision.prompt is not None and decision.mode == "semantic":
+            self._spawn(self._put_semantic(decision, value, vector))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _put_semantic(
+        self, decision: Decision, value: bytes, vector: list[float] | None
+    ) -> None:
+        if self.sessions is None or self._embed is None:
+            return
+        if decision.prompt is None or decision.context is None:
+            return
+        try:
+            if vector is None:
+                vector = await self._embed(decision.prompt)
+            async with transaction(self.sessions) as db:
+                await repository.semantic_insert(
+                    db, scope=decision.scope, context=decision.context, prompt=decision.prompt,
+                    vector=vector, answer=value, ttl=decision.ttl_seconds,
+                    keep=self._semantic_max,
+                )  # fmt: skip
+        except Exception as exc:  # a database or model failure: not stored
+            CACHE_FAILURES.labels("semantic_store").inc()
+            log.warning("semantic cache write failed", error=repr(exc))
 
     async def _put(self, decision: Decision, value: bytes) -> None:
         try:
@@ -397,4 +529,16 @@ class CacheStore:
 
     async def clear(self, scope: str | None) -> int:
         await self.drain()
-        return await self._redis.clear(scope)
+        removed = await self._redis.clear(scope)
+        if self.sessions is not None:
+            async with transaction(self.sessions) as db:
+                removed += await repository.semantic_clear(db, scope=scope)
+        return removed
+
+    async def delete_expired(self, most: int = 10_000) -> int:
+        """The semantic entries past their TTL (every replica's loop does this now and
+        then; lookups never serve them meanwhile)."""
+        if self.sessions is None:
+            return 0
+        async with transaction(self.sessions) as db:
+            return await repository.semantic_delete_expired(db, most=most)

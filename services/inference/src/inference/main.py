@@ -19,6 +19,7 @@ from common.http import peer_client
 from inference import service
 from inference.api import router
 from inference.cache import CacheStore
+from inference.cache_guard import compatible
 from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
 from inference.failover import CircuitBreaker, Failover, RetryPolicy
@@ -30,6 +31,7 @@ from inference.providers.base import Provider
 from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
+from inference.providers.local import MODEL as LOCAL_MODEL
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
 from inference.repository import ResponseCache
@@ -40,6 +42,7 @@ from inference.settings import InferenceSettings
 from inference.streams import StreamSlots
 
 log = structlog.get_logger(__name__)
+EXPIRED_ENTRIES_SECONDS = 60.0
 
 
 def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[str, Provider]:
@@ -85,14 +88,34 @@ def build_failover(settings: InferenceSettings, redis: Redis) -> Failover:
     )
 
 
+def build_cache(settings: InferenceSettings, redis: Redis, local: Provider) -> CacheStore:
+    """The response cache; its semantic side embeds prompts with the local model."""
+
+    async def embed(text: str) -> list[float]:
+        return (await local.embed(service.NO_CREDENTIAL, LOCAL_MODEL, [text])).vectors[0]
+
+    return CacheStore(
+        ResponseCache(redis),
+        max_entry_bytes=settings.cache_max_entry_bytes,
+        max_scope_bytes=settings.cache_max_scope_bytes,
+        lookup_timeout=settings.cache_lookup_timeout_seconds,
+        embed=embed,
+        guard=compatible,
+        semantic_threshold=settings.cache_semantic_threshold,
+        semantic_timeout=settings.cache_semantic_timeout_seconds,
+        semantic_max_entries=settings.cache_semantic_max_entries,
+    )
+
+
 def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
     egress = EgressPolicy.from_settings(settings)
     prices = PriceBook(CATALOG, settings.prices)
+    providers = build_providers(settings, egress)
     return Runtime(
         settings=settings,
         keyring=Keyring(settings.encryption_keys.get_secret_value()),
         egress=egress,
-        providers=build_providers(settings, egress),
+        providers=providers,
         failover=build_failover(settings, redis),
         sink=EventSink(
             redis,
@@ -127,12 +150,7 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
             prices,
         ),
         prices=prices,
-        cache=CacheStore(
-            ResponseCache(redis),
-            max_entry_bytes=settings.cache_max_entry_bytes,
-            max_scope_bytes=settings.cache_max_scope_bytes,
-            lookup_timeout=settings.cache_lookup_timeout_seconds,
-        ),
+        cache=build_cache(settings, redis, providers["local"]),
     )
 
 
@@ -147,10 +165,20 @@ async def read_prices(runtime: Runtime, sessionmaker: async_sessionmaker[AsyncSe
 
 async def keep_prices(runtime: Runtime, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     """Read the admins' prices again every INFERENCE_CACHE_SECONDS (at least every second):
-    what another replica changed is used here within that time."""
+    what another replica changed is used here within that time. About once a minute, also
+    delete the semantic cache's expired entries."""
+    every = max(runtime.settings.cache_seconds, 1.0)
+    rounds = 0
     while True:
-        await asyncio.sleep(max(runtime.settings.cache_seconds, 1.0))
+        await asyncio.sleep(every)
         await read_prices(runtime, sessionmaker)
+        rounds += 1
+        if rounds * every >= EXPIRED_ENTRIES_SECONDS:
+            rounds = 0
+            try:
+                await runtime.cache.delete_expired()
+            except Exception as exc:
+                log.warning("could not delete expired cache entries", error=repr(exc))
 
 
 @asynccontextmanager
@@ -160,6 +188,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, app.state.redis)
         app.state.runtime = runtime
         runtime.sink.start()
+        runtime.cache.sessions = app.state.sessionmaker
         await read_prices(runtime, app.state.sessionmaker)
         prices = asyncio.create_task(keep_prices(runtime, app.state.sessionmaker))
         try:

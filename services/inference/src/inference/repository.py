@@ -762,6 +762,74 @@ class ResponseCache:
 MAX_CACHE_TTL = 30 * 86_400
 
 
+# The semantic cache's table (inference.cache_entry, migration inference_0007): raw SQL,
+# its `vector` column passed as pgvector's text form.
+_SEMANTIC_NEAREST = text(
+    "SELECT prompt, answer, 1 - (embedding <=> CAST(:q AS vector)) AS similarity "
+    "FROM inference.cache_entry "
+    "WHERE scope = :scope AND context = :context AND expires_at > now() "
+    "ORDER BY embedding <=> CAST(:q AS vector) LIMIT :k"
+)
+_SEMANTIC_INSERT = text(
+    "INSERT INTO inference.cache_entry (scope, context, prompt, embedding, answer, expires_at) "
+    "VALUES (:scope, :context, :prompt, CAST(:q AS vector), :answer, "
+    "now() + make_interval(secs => :ttl))"
+)
+# Past its cap a scope loses its entries that expire soonest (and every expired one).
+_SEMANTIC_TRIM = text(
+    "DELETE FROM inference.cache_entry WHERE id IN ("
+    " SELECT id FROM inference.cache_entry WHERE scope = :scope"
+    " ORDER BY expires_at DESC OFFSET :keep)"
+)
+_SEMANTIC_EXPIRED = text(
+    "DELETE FROM inference.cache_entry WHERE id IN ("
+    " SELECT id FROM inference.cache_entry WHERE expires_at <= now() LIMIT :most)"
+)
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
+
+
+async def semantic_nearest(
+    db: AsyncSession, *, scope: str, context: str, vector: Sequence[float], k: int
+) -> list[tuple[str, bytes, float]]:
+    """The `k` entries of this scope and context nearest to `vector`: (prompt, answer,
+    cosine similarity)."""
+    rows = await db.execute(
+        _SEMANTIC_NEAREST, {"q": vector_text(vector), "scope": scope, "context": context, "k": k}
+    )
+    return [(str(r.prompt), bytes(r.answer), float(r.similarity)) for r in rows]
+
+
+async def semantic_insert(
+    db: AsyncSession, *, scope: str, context: str, prompt: str, vector: Sequence[float],
+    answer: bytes, ttl: int, keep: int,
+) -> int:  # fmt: skip
+    """Store an entry; the number of the scope's entries trimmed past `keep`."""
+    await db.execute(_SEMANTIC_INSERT, {
+        "scope": scope, "context": context, "prompt": prompt, "q": vector_text(vector),
+        "answer": answer, "ttl": ttl,
+    })  # fmt: skip
+    trimmed = await db.execute(_SEMANTIC_TRIM, {"scope": scope, "keep": keep})
+    return int(trimmed.rowcount)  # type: ignore[attr-defined]
+
+
+async def semantic_delete_expired(db: AsyncSession, *, most: int) -> int:
+    result = await db.execute(_SEMANTIC_EXPIRED, {"most": most})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def semantic_clear(db: AsyncSession, *, scope: str | None) -> int:
+    if scope is None:
+        result = await db.execute(text("DELETE FROM inference.cache_entry"))
+    else:
+        result = await db.execute(
+            text("DELETE FROM inference.cache_entry WHERE scope = :scope"), {"scope": scope}
+        )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------- call events (Redis)
 
 

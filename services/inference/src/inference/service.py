@@ -738,7 +738,7 @@ async def _begin_chat(
     cache_control: tuple[bool, bool],
     *,
     stream: bool,
-) -> tuple[Resolved, Call, Decision | None, Entry | None]:
+) -> tuple[Resolved, Call, Decision | None, Found]:
     """A chat call up to the provider: the model resolved, the caller's policies applied,
     the response cache asked (a hit is recorded here)."""
     resolved = await resolve_model(runtime, db, request["model"], identity=identity)
@@ -748,12 +748,23 @@ async def _begin_chat(
         await call.govern(resolved.targets, prompt_tokens=_prompt_of(request),
                           completion=governance.completion_limit(request))  # fmt: skip
     decision = _cache_decision(runtime, identity, request, resolved, cache, cache_control)
-    entry = None
+    found = Found()
     if decision is not None and decision.lookup:
-        entry = await runtime.cache.lookup(decision)
+        entry, kind, vector = await runtime.cache.find(decision)
+        found = Found(entry, kind, vector)
         if entry is not None:
-            call.hit(entry, "exact")
-    return resolved, call, decision, entry
+            call.hit(entry, "exact" if kind == HIT_EXACT else "semantic")
+    return resolved, call, decision, found
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What the response cache found: an entry (a hit, of `kind`) or none, and the
+    prompt's embedding when one was made (for the write of the answer)."""
+
+    entry: Entry | None = None
+    kind: str = MISS
+    vector: list[float] | None = None
 
 
 async def chat(
@@ -767,11 +778,11 @@ async def chat(
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """The answer, and headers for it (X-Cache among them). `cache`: the request's own
     `cache` field; `cache_control`: (look up, store) from its Cache-Control header."""
-    resolved, call, decision, entry = await _begin_chat(
+    resolved, call, decision, found = await _begin_chat(
         runtime, db, identity, request, cache, cache_control, stream=False
     )
-    if entry is not None:
-        return entry.completion(request["model"]), _cache_headers(call.headers, HIT_EXACT)
+    if found.entry is not None:
+        return found.entry.completion(request["model"]), _cache_headers(call.headers, found.kind)
     outcome = await _call_with_failover(
         db, call, resolved.targets, lambda p, c, t: p.chat(c, t.model, request)
     )
@@ -792,7 +803,7 @@ async def chat(
     if decision is None:
         return body, _cache_headers(call.headers, BYPASS)
     runtime.cache.store(decision, body, provider=outcome.target.provider,
-                        model=outcome.target.name)  # fmt: skip
+                        model=outcome.target.name, vector=found.vector)  # fmt: skip
     return body, _cache_headers(call.headers, MISS if decision.lookup else BYPASS)
 
 
@@ -815,12 +826,12 @@ async def chat_stream(
     well is stored as a plain one would be.
 
     Returns the events, and headers for the answer."""
-    resolved, call, decision, entry = await _begin_chat(
+    resolved, call, decision, found = await _begin_chat(
         runtime, db, identity, request, cache, cache_control, stream=True
     )
-    if entry is not None:
-        events = entry.events(request["model"], include_usage=wants_usage(request))
-        return events, _cache_headers(call.headers, HIT_EXACT)
+    if found.entry is not None:
+        events = found.entry.events(request["model"], include_usage=wants_usage(request))
+        return events, _cache_headers(call.headers, found.kind)
     owner = identity.user_id or identity.sub
     try:
         lease = await runtime.streams.acquire(owner)
@@ -841,7 +852,7 @@ async def chat_stream(
     deadline = asyncio.get_running_loop().time() + runtime.settings.stream_max_seconds - ttft
     storing = decision if decision is not None and decision.store else None
     events = _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner,
-                    lease=lease, storing=storing)  # fmt: skip
+                    lease=lease, storing=storing, vector=found.vector)  # fmt: skip
     # Started up to its first event here: an answer whose client is gone before it began
     # is never iterated, and a generator that never started never runs its `finally`. One
     # that has started runs it when it is closed or dropped (the loop's async-generator
@@ -867,6 +878,7 @@ async def _relay(
     owner: str,
     lease: str | None,
     storing: Decision | None = None,
+    vector: list[float] | None = None,
 ) -> AsyncIterator[bytes]:
     """The provider's chunks as SSE events under the requested model's name, until the
     stream ends, breaks (an error event) or outlives its deadline (an error event); then
@@ -894,7 +906,7 @@ async def _relay(
             if body["usage"] is None and stream.usage is not None:
                 body["usage"] = _usage_object(stream.usage)
             call.runtime.cache.store(storing, body, provider=outcome.target.provider,
-                                     model=outcome.target.name)  # fmt: skip
+                                     model=outcome.target.name, vector=vector)  # fmt: skip
     except TimeoutError:
         status, error_type = "error", "stream_too_long"
         limit = call.runtime.settings.stream_max_seconds

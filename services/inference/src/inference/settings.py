@@ -91,6 +91,12 @@ class InferenceSettings(DatabaseSettings):
     cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
     cache_max_scope_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     cache_lookup_timeout_seconds: float = Field(0.25, gt=0, le=5)
+    # The semantic cache: the cosine similarity a cached prompt needs (besides the lexical
+    # guard, inference/cache_guard.py; bench/semantic_cache.py measures both), the most
+    # entries one owner scope keeps, and how long embedding and lookup may take together.
+    cache_semantic_threshold: float = Field(0.95, ge=0.5, le=1.0)
+    cache_semantic_max_entries: int = Field(10_000, ge=1, le=1_000_000)
+    cache_semantic_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # The most prices admins may set at runtime.
     max_prices: int = Field(10_000, ge=1, le=100_000)
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
