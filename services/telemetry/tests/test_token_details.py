@@ -89,7 +89,7 @@ async def test_token_details_are_listed_with_the_calls_and_summed_in_usage(
     totals = {
         "requests": 3, "errors": 0, "error_rate": 0.0, "prompt_tokens": 1252,
         "completion_tokens": 317, "cached_prompt_tokens": 1000, "reasoning_tokens": 256,
-        "cost_usd": "0.004456000", "unpriced_calls": 0,
+        "cost_usd": "0.004456000", "unpriced_calls": 0, "cache_hits": 0, "saved_usd": "0",
     }  # fmt: skip
     assert by_model["totals"] == totals
     assert by_day["totals"] == totals

@@ -118,12 +118,15 @@ def random_calls(
     rng: random.Random, users: list[uuid.UUID], models: list[str], n: int, days: int
 ) -> list[CallEvent]:
     """Calls over the last `days` days and today: odd costs, some without, errors, some
-    streamed, cached prompt and reasoning tokens reported or not."""
+    streamed, cached prompt and reasoning tokens reported or not, some answers replayed from
+    the response cache (cost 0, an odd saving)."""
     now = time.time()
     events = []
     for _ in range(n):
         streamed = rng.random() < 0.5
         prompt, completion = rng.randrange(1, 5000), rng.randrange(0, 900)
+        odd_cost = f"{rng.randrange(0, 10**6) / 10**9:.9f}"
+        hit = rng.choice(("exact", "semantic")) if rng.random() < 0.15 else None
         raw = call(
             rng.choice(users),
             occurred_at=now - rng.uniform(0, days * 86400),
@@ -133,10 +136,12 @@ def random_calls(
             completion_tokens=completion,
             cached_prompt_tokens=rng.randrange(0, prompt) if rng.random() < 0.6 else None,
             reasoning_tokens=rng.randrange(0, completion + 1) if rng.random() < 0.3 else None,
-            cost_usd=f"{rng.randrange(0, 10**6) / 10**9:.9f}" if rng.random() < 0.9 else None,
+            cost_usd="0.000000000" if hit else odd_cost if rng.random() < 0.9 else None,
             latency_ms=rng.uniform(5, 3000),
             stream=streamed,
             ttft_ms=rng.uniform(1, 400) if streamed else None,
+            cache=hit,
+            saved_usd=odd_cost if hit else None,
         )
         events.append(CallEvent.model_validate(as_json(raw)))
     return events
@@ -199,8 +204,12 @@ async def test_cached_answers_are_identical_to_reading_every_call(
     for range_name, (start, end) in ranges.items():
         for scope_name, filters in scopes.items():
             scope = Scope(start=start, end=end, **filters)
-            expected = (await truth(engine, scope)).model_dump_json()
+            expected_usage = await truth(engine, scope)
+            expected = expected_usage.model_dump_json()
             where = f"{scope_name}, {range_name}"
+            # Every kind of figure is there to compare, the response cache's too.
+            assert expected_usage.totals.cache_hits > 0, where
+            assert expected_usage.totals.saved_usd > 0, where
             assert (await answer(runtime, scope)).model_dump_json() == expected, where
             # The closed whole days of the range are cached now, and served from there.
             whole = [
@@ -583,7 +592,8 @@ async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
             engine,
             "INSERT INTO telemetry.usage_day (scope, day, epoch, requests, errors, "
             "prompt_tokens, completion_tokens, cached_prompt_tokens, reasoning_tokens, "
-            "cost_usd, unpriced_calls) VALUES ('retention-test', :day, 7, 1, 0, 0, 0, 0, 0, 0, 0)",
+            "cost_usd, unpriced_calls, cache_hits, saved_usd) VALUES ('retention-test', :day, 7, "
+            "1, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
             day=day,
         )
     await service.maintain(runtime)
