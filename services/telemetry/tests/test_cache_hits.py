@@ -18,12 +18,21 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.identity import Identity
-from common.llm_events import STREAM, CallEvent
-from telemetry.repository import Scope
+from common.llm_events import STREAM, LlmCallEvent
 from telemetry.runtime import Runtime
 
-from .conftest import MakeConsumer, admin, as_json, call, member, wait_stored
-from .test_usage_cache import DAY, cached_and_true, midnight, store, today
+from .conftest import (
+    MakeConsumer,
+    admin,
+    as_json,
+    call,
+    member,
+    reported,
+    usage_of,
+    wait_stored,
+    without,
+)
+from .test_usage_cache import one_cached_day
 
 Client = Callable[[Identity], httpx.AsyncClient]
 NEW_FIELDS = ("cache", "saved_usd")
@@ -32,21 +41,7 @@ FREE = "0.000000000"  # a hit's own cost
 
 
 def older(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as a producer from before the response cache writes it."""
-    return {name: value for name, value in event.items() if name not in NEW_FIELDS}
-
-
-async def report(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
-    response = await http.post("/v1/events", json={"events": events})
-    assert response.status_code == 200, response.text
-    assert response.json()["inserted"] == len(events)
-
-
-async def usage(http: httpx.AsyncClient, **params: str) -> dict[str, Any]:
-    response = await http.get("/v1/usage", params=params)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return without(event, NEW_FIELDS)
 
 
 def figures(group: dict[str, Any]) -> dict[str, Any]:
@@ -70,10 +65,10 @@ async def test_hits_are_listed_with_the_calls_and_counted_and_summed_in_usage(
         older(as_json(call(who, occurred_at=now - 30, model="openai/gpt-4o-mini"))),
     ]  # fmt: skip
     async with client(who) as http:
-        await report(http, events)
+        await reported(http, events)
         calls = (await http.get("/v1/calls")).json()["data"]
-        by_model = await usage(http, group_by="model")
-        by_day = await usage(http, group_by="day")
+        by_model = await usage_of(http, group_by="model")
+        by_day = await usage_of(http, group_by="day")
 
     listed = [(c["cache"], c["cost_usd"], c["saved_usd"]) for c in calls]
     assert listed == [  # newest first
@@ -106,8 +101,8 @@ async def test_usage_without_hits_shows_none_and_saves_nothing(client: Client) -
     """Calls from before the response cache, or that missed it: 0 hits, 0 saved."""
     who = member()
     async with client(who) as http:
-        await report(http, [older(as_json(call(who))), as_json(call(who, cache=None))])
-        answer = await usage(http, group_by="day")
+        await reported(http, [older(as_json(call(who))), as_json(call(who, cache=None))])
+        answer = await usage_of(http, group_by="day")
         calls = (await http.get("/v1/calls")).json()["data"]
     assert [(g["cache_hits"], g["saved_usd"]) for g in answer["groups"]] == [(0, "0")]
     assert (answer["totals"]["cache_hits"], answer["totals"]["saved_usd"]) == (0, "0")
@@ -118,12 +113,12 @@ async def test_an_admin_sees_everyones_hits_per_user(client: Client) -> None:
     first, second, root = member(), member(), admin()
     hit = {"cost_usd": FREE, "cache": "exact", "saved_usd": "0.000010000"}
     async with client(first) as http:
-        await report(http, [as_json(call(first, **hit)), as_json(call(first))])
+        await reported(http, [as_json(call(first, **hit)), as_json(call(first))])
     async with client(second) as http:
-        await report(http, [as_json(call(second, **hit)) for _ in range(3)])
+        await reported(http, [as_json(call(second, **hit)) for _ in range(3)])
     async with client(root) as http:
-        mine = await usage(http, group_by="user", user=first.sub)
-        theirs = await usage(http, group_by="user", user=second.sub)
+        mine = await usage_of(http, group_by="user", user=first.sub)
+        theirs = await usage_of(http, group_by="user", user=second.sub)
     assert [(g["key"], g["cache_hits"], g["saved_usd"]) for g in mine["groups"]] == [
         (first.sub, 1, "0.000010000")
     ]
@@ -187,32 +182,19 @@ async def test_a_cached_day_holds_the_hits_and_the_saving(
     engine: AsyncEngine, runtime: Runtime
 ) -> None:
     """The figures added in telemetry_0006 come from the per-day cache as from the calls."""
-    user = uuid.uuid4()
-    day = today() - 2 * DAY
-    noon = midnight(day).timestamp() + 43200
-    calls = [
-        call(user, occurred_at=noon),
-        call(user, occurred_at=noon + 1, cost_usd=FREE, cache="exact", saved_usd="0.000006000"),
-        call(user, occurred_at=noon + 2, cost_usd=FREE, cache="semantic",
-             saved_usd="0.000000007"),
-        call(user, occurred_at=noon + 3, cost_usd=None, status="upstream_error"),
-    ]  # fmt: skip
-    await store(runtime, [CallEvent.model_validate(as_json(c)) for c in calls])
-    scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
-    first = await cached_and_true(runtime, engine, scope)  # computed, then stored
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT cache_hits, saved_usd::text FROM telemetry.usage_day "
-                    "WHERE scope = :scope AND day = :day"
-                ),
-                {"scope": scope.key(), "day": day},
-            )
-        ).one()
-    assert tuple(row) == (2, "0.000006007")
-    again = await cached_and_true(runtime, engine, scope)  # served from the cache
-    assert again.model_dump_json() == first.model_dump_json()
-    (group,) = again.groups
+
+    def calls(user: uuid.UUID, noon: float) -> list[LlmCallEvent]:
+        return [
+            call(user, occurred_at=noon),
+            call(user, occurred_at=noon + 1, cost_usd=FREE, cache="exact",
+                 saved_usd="0.000006000"),
+            call(user, occurred_at=noon + 2, cost_usd=FREE, cache="semantic",
+                 saved_usd="0.000000007"),
+            call(user, occurred_at=noon + 3, cost_usd=None, status="upstream_error"),
+        ]  # fmt: skip
+
+    answer, stored = await one_cached_day(runtime, engine, calls, "cache_hits, saved_usd::text")
+    assert stored == (2, "0.000006007")
+    (group,) = answer.groups
     assert (group.requests, group.cache_hits, str(group.saved_usd)) == (4, 2, "0.000006007")
-    assert (again.totals.cache_hits, str(again.totals.saved_usd)) == (2, "0.000006007")
+    assert (answer.totals.cache_hits, str(answer.totals.saved_usd)) == (2, "0.000006007")

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db import transaction
 from common.identity import Identity
-from common.llm_events import CallEvent
+from common.llm_events import CallEvent, LlmCallEvent
 from common.logging import configure_logging
 from telemetry import repository, service
 from telemetry.main import prewarm_usage
@@ -222,40 +222,56 @@ async def test_cached_answers_are_identical_to_reading_every_call(
             assert (await answer(runtime, scope)).model_dump_json() == expected, where
 
 
-async def test_a_cached_day_holds_the_token_details_and_unpriced_calls(
-    engine: AsyncEngine, runtime: Runtime
-) -> None:
-    """The figures added in telemetry_0005 come from the cache as from the calls."""
+async def one_cached_day(
+    runtime: Runtime,
+    engine: AsyncEngine,
+    calls: Callable[[uuid.UUID, float], list[LlmCallEvent]],
+    columns: str,
+) -> tuple[Usage, tuple[Any, ...]]:
+    """A user's calls of a closed day (`calls(user, noon)`), stored, then their usage asked
+    for twice: computed (and checked against every call), then served from the cache,
+    identical. That answer, and the cached day's `columns` as stored."""
     user = uuid.uuid4()
     day = today() - 2 * DAY
     noon = midnight(day).timestamp() + 43200
-    calls = [
-        call(user, occurred_at=noon, cached_prompt_tokens=5, reasoning_tokens=2),
-        call(user, occurred_at=noon + 1, cached_prompt_tokens=7, cost_usd=None),
-        call(user, occurred_at=noon + 2, cost_usd=None, status="upstream_error"),
-        call(user, occurred_at=noon + 3),  # neither reported
-    ]
-    await store(runtime, [CallEvent.model_validate(as_json(c)) for c in calls])
+    await store(runtime, [CallEvent.model_validate(as_json(c)) for c in calls(user, noon)])
     scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
     first = await cached_and_true(runtime, engine, scope)  # computed, then stored
     async with engine.connect() as conn:
-        row = (
+        stored = (
             await conn.execute(
                 text(
-                    "SELECT cached_prompt_tokens, reasoning_tokens, unpriced_calls "
-                    "FROM telemetry.usage_day WHERE scope = :scope AND day = :day"
+                    f"SELECT {columns} FROM telemetry.usage_day WHERE scope = :scope AND day = :day"
                 ),
                 {"scope": scope.key(), "day": day},
             )
         ).one()
-    assert tuple(row) == (12, 2, 1)
     again = await cached_and_true(runtime, engine, scope)  # served from the cache
     assert again.model_dump_json() == first.model_dump_json()
-    figures = again.groups[0]
+    return again, tuple(stored)
+
+
+async def test_a_cached_day_holds_the_token_details_and_unpriced_calls(
+    engine: AsyncEngine, runtime: Runtime
+) -> None:
+    """The figures added in telemetry_0005 come from the cache as from the calls."""
+
+    def calls(user: uuid.UUID, noon: float) -> list[LlmCallEvent]:
+        return [
+            call(user, occurred_at=noon, cached_prompt_tokens=5, reasoning_tokens=2),
+            call(user, occurred_at=noon + 1, cached_prompt_tokens=7, cost_usd=None),
+            call(user, occurred_at=noon + 2, cost_usd=None, status="upstream_error"),
+            call(user, occurred_at=noon + 3),  # neither reported
+        ]
+
+    columns = "cached_prompt_tokens, reasoning_tokens, unpriced_calls"
+    answer, stored = await one_cached_day(runtime, engine, calls, columns)
+    assert stored == (12, 2, 1)
+    figures = answer.groups[0]
     assert (figures.cached_prompt_tokens, figures.reasoning_tokens, figures.unpriced_calls) == (
         12, 2, 1
     )  # fmt: skip
-    assert again.totals.unpriced_calls == 1
+    assert answer.totals.unpriced_calls == 1
 
 
 async def test_a_cached_day_is_served_only_while_its_epoch_is_current(
