@@ -16,7 +16,7 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
 3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
    statement with the triggers firing and skipped), for calls of now and of yesterday.
 4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
-   5 models, 5 % without a price, 5 % response-cache hits (cost 0, a saving), cached
+   5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving), cached
    prompt and reasoning tokens on some, stored in time order as ingestion stores them),
    then
    `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
@@ -83,16 +83,17 @@ SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 
     CASE WHEN i % 50 = 0 THEN 'upstream_error' ELSE 'ok' END,
     CASE WHEN i % 50 = 0 THEN 'APIStatusError' END,
     100 + i % 900, 10 + i % 300, false,
-    CASE WHEN i % 20 = 3 THEN 0  -- 5 % response-cache hits: cost 0
+    CASE WHEN hit THEN 0  -- response-cache hits cost nothing
          WHEN i % 20 <> 7  -- 5 % without a price
          THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END,
     50 + random() * 2000, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END,
     i % 2 = 0, 1, false, md5(i::text),
     CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END,
-    CASE i % 40 WHEN 3 THEN 'exact' WHEN 23 THEN 'semantic' END,
-    CASE WHEN i % 20 = 3
-        THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END
-FROM generate_series(1, $1) AS i
+    CASE WHEN hit THEN (ARRAY['exact', 'semantic'])[1 + i % 2] END,
+    CASE WHEN hit THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END
+FROM generate_series(1, $1) AS i,
+    -- 5 % of the successful calls, spread over every user and model
+    LATERAL (SELECT i % 19 = 3 AND i % 50 <> 0 AS hit) AS h
 ) AS calls ORDER BY occurred_at
 """
 
@@ -289,7 +290,8 @@ async def usage_query(
     await db.execute("VACUUM (ANALYZE) telemetry.llm_call")
     admin = Identity(sub=str(uuid.uuid4()), kind="user", iss="gateway", roles=("admin",),
                      permissions=("telemetry:read_own", "telemetry:read_all"))  # fmt: skip
-    member = Identity(sub=str(USERS[0]), kind="user", iss="gateway", roles=("member",),
+    # USERS[1]: the generated calls of USERS[0] are all failures (i % 100 = 0), without hits.
+    member = Identity(sub=str(USERS[1]), kind="user", iss="gateway", roles=("member",),
                       permissions=("telemetry:read_own",))  # fmt: skip
     result: dict[str, Any] = {
         "rows": rows,
