@@ -223,6 +223,30 @@ async def test_the_identity_carries_the_keys_team_and_policies(
         assert (identity["team"], identity["policies"]) == (TEAM, policies)
 
 
+async def test_the_identity_carries_the_cache_defaults_which_limit_nothing(
+    upstream: Upstream, redis_url: str, api_key_for: KeyFactory
+) -> None:
+    """A key's and its team's response cache defaults (common.policy.CachePolicy) reach the
+    services as auth resolved them; beside an rpm limit they change nothing of it."""
+    cached_only = {
+        "key": {"cache": {"mode": "semantic", "ttl_seconds": 600, "threshold": 0.9}},
+        "team": {"cache": {"mode": "exact", "temperature": True}},
+    }
+    cache_key = await api_key_for(team_id=TEAM, policies=cached_only)
+    limited = await api_key_for(
+        key="sk-cache-limited-00000000000000000000",
+        key_id="66666666-6666-6666-6666-666666666666",
+        policies={"key": {"rpm_limit": 2, "cache": {"mode": "exact"}}},
+    )
+    clock = Clock.in_window(WINDOW_SECONDS / 2)
+    async with gateway(upstream, redis_url, clock, rate_limit_model_per_minute=100) as c:
+        calls = [await chat(c, cache_key) for _ in range(3)]
+        limited_statuses = await statuses(c, limited, 3)
+    assert [r.status_code for r in calls] == [200] * 3
+    assert calls[0].json()["identity"]["policies"] == cached_only
+    assert limited_statuses == [200, 200, 429]
+
+
 async def test_a_sessions_identity_carries_the_users_policy(
     upstream: Upstream, redis_url: str, session_for: SessionFactory, api_key_for: KeyFactory
 ) -> None:

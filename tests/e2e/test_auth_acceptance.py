@@ -53,6 +53,35 @@ def test_register_login_key_openai_sdk_revoke(platform: RunningPlatform, login: 
             sdk.models.list()
 
 
+def test_a_keys_cache_default_travels_to_inference_beside_its_policy(
+    platform: RunningPlatform, login: Login
+) -> None:
+    """The signed identity of a key with a cache default (issue 20) is one inference takes:
+    its calls are served, and the rest of its policy still applies."""
+    register(platform, "cache-default@example.com")
+    browser = login("cache-default@example.com", PASSWORD)
+    cache = {"mode": "semantic", "ttl_seconds": 600, "threshold": 0.9}
+    cached_only = browser.post("/auth/api-keys", json={"name": "c", "cache": cache})
+    limited = browser.post(
+        "/auth/api-keys", json={"name": "l", "cache": cache, "allowed_models": ["openai/*"]}
+    )
+    assert cached_only.status_code == limited.status_code == 201, limited.text
+    assert cached_only.json()["cache"]["mode"] == "semantic"
+
+    model = "local/all-MiniLM-L6-v2"
+    with openai.OpenAI(
+        base_url=f"{platform.gateway}/v1", api_key=cached_only.json()["key"], max_retries=0
+    ) as sdk:
+        assert len(sdk.embeddings.create(model=model, input="hi").data) == 1
+    with (
+        openai.OpenAI(
+            base_url=f"{platform.gateway}/v1", api_key=limited.json()["key"], max_retries=0
+        ) as sdk,
+        pytest.raises(openai.PermissionDeniedError),
+    ):
+        sdk.embeddings.create(model=model, input="hi")
+
+
 def test_cookie_without_csrf_header_is_403(platform: RunningPlatform, login: Login) -> None:
     register(platform, "csrf@example.com")
     browser = login("csrf@example.com", PASSWORD)

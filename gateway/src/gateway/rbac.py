@@ -83,6 +83,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET",    "/v1/providers/prices/changes",           "providers:manage_shared"),
     Route("PUT",    "/v1/providers/prices/{model:path}",      "providers:manage_shared"),
     Route("DELETE", "/v1/providers/prices/{model:path}",      "providers:manage_shared"),
+    Route("DELETE", "/v1/cache",                              "inference:invoke"),
     Route("GET",    "/v1/hub/models",                         "models:read"),
     Route("GET",    "/v1/hub/models/{repo_id:path}",          "models:read"),
     # embeddings

@@ -8,7 +8,9 @@ from decimal import Decimal
 import pytest
 
 from common.policy import (
+    MAX_CACHE_TTL_SECONDS,
     NO_POLICIES,
+    CachePolicy,
     Policies,
     Policy,
     covers,
@@ -69,6 +71,99 @@ def test_only_the_fields_set_travel() -> None:
 def test_a_malformed_policy_is_refused(wire: object) -> None:
     with pytest.raises(ValueError, match=r"\w"):  # a message saying why
         Policy.from_wire(wire)
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        CachePolicy("exact"),
+        CachePolicy("off"),
+        CachePolicy("exact", ttl_seconds=1, temperature=True),
+        CachePolicy(
+            "semantic",
+            ttl_seconds=MAX_CACHE_TTL_SECONDS,
+            tools=True,
+            multi_turn=True,
+            threshold=0.5,
+        ),
+        CachePolicy("semantic", threshold=1.0),
+    ],
+)
+def test_a_cache_policy_survives_its_wire_form(cache: CachePolicy) -> None:
+    assert CachePolicy.from_wire(cache.to_wire()) == cache
+    policy = Policy(rpm_limit=5, cache=cache)
+    assert Policy.from_wire(policy.to_wire()) == policy
+    assert Policies.from_wire(Policies({"team": policy}).to_wire()).get("team") == policy
+
+
+def test_a_cache_policy_carries_only_what_is_not_its_default() -> None:
+    assert CachePolicy("exact").to_wire() == {"mode": "exact"}
+    assert CachePolicy("semantic", ttl_seconds=600, multi_turn=True, threshold=0.9).to_wire() == {
+        "mode": "semantic",
+        "ttl_seconds": 600,
+        "multi_turn": True,
+        "threshold": 0.9,
+    }
+    assert Policy(cache=CachePolicy("off")).to_wire() == {"cache": {"mode": "off"}}
+    # Defaults sent in full are the same policy.
+    assert CachePolicy.from_wire(
+        {"mode": "exact", "ttl_seconds": None, "temperature": False, "threshold": None}
+    ) == CachePolicy("exact")
+    assert CachePolicy.from_wire({"mode": "semantic", "threshold": 1}).threshold == 1.0
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {},
+        {"mode": "fuzzy"},
+        {"mode": None},
+        {"ttl_seconds": 60},
+        {"mode": "exact", "ttl_seconds": 0},
+        {"mode": "exact", "ttl_seconds": MAX_CACHE_TTL_SECONDS + 1},
+        {"mode": "exact", "ttl_seconds": 60.0},
+        {"mode": "exact", "ttl_seconds": "60"},
+        {"mode": "exact", "ttl_seconds": True},
+        {"mode": "exact", "temperature": 1},
+        {"mode": "exact", "tools": "yes"},
+        {"mode": "exact", "multi_turn": None},
+        {"mode": "semantic", "threshold": 0.49},
+        {"mode": "semantic", "threshold": 1.01},
+        {"mode": "semantic", "threshold": float("nan")},
+        {"mode": "semantic", "threshold": "0.9"},
+        {"mode": "semantic", "threshold": True},
+        {"mode": "exact", "ttl": 60},
+        ["exact"],
+        "exact",
+    ],
+)
+def test_a_malformed_cache_policy_is_refused(wire: object) -> None:
+    with pytest.raises(ValueError, match=r"\w"):
+        CachePolicy.from_wire(wire)
+    with pytest.raises(ValueError, match=r"\w"):
+        Policy.from_wire({"cache": wire})
+
+
+def test_a_cache_default_is_not_governance() -> None:
+    """It travels (the policy is not empty) but governs nothing: no budget, no limit."""
+    cached = Policy(cache=CachePolicy("exact"))
+    assert not cached.empty
+    assert not cached.governs
+    assert not cached.governs_spend
+    assert cached.allows("any/model")
+    assert Policy().empty
+    assert not Policy().governs
+    assert Policy(rpm_limit=1, cache=CachePolicy("exact")).governs
+    assert Policies({"key": cached}).to_wire() == {"key": {"cache": {"mode": "exact"}}}
+
+
+def test_a_keys_cache_default_wins_over_its_teams() -> None:
+    team = Policy(cache=CachePolicy("semantic"))
+    key = Policy(cache=CachePolicy("off"))
+    assert Policies({"key": key, "team": team}).cache == CachePolicy("off")
+    assert Policies({"key": Policy(rpm_limit=1), "team": team}).cache == CachePolicy("semantic")
+    assert Policies({"user": Policy(tpm_limit=5)}).cache is None
+    assert NO_POLICIES.cache is None
 
 
 def test_malformed_policies_are_refused() -> None:

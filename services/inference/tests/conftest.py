@@ -152,6 +152,16 @@ class Inference:
 MakeInference = Callable[..., AbstractAsyncContextManager[Inference]]
 
 
+@pytest.fixture(scope="session")
+def local_model_libraries() -> None:
+    """torch and sentence-transformers imported once, before a test's first call to the
+    local model: importing them takes seconds (more on a busy machine), and a call that
+    loads the model counts them against its request deadline (each app loads the weights
+    itself, quickly)."""
+    import sentence_transformers  # noqa: F401
+    import torch  # noqa: F401
+
+
 @pytest.fixture
 def make_inference(harness: ServiceHarness, redis: Redis) -> MakeInference:
     @asynccontextmanager

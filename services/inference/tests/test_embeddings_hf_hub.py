@@ -8,6 +8,7 @@ import json
 import struct
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from common.llm_events import LlmCallEvent
@@ -143,6 +144,7 @@ async def test_dimensions_reach_a_provider_that_takes_them_through_the_sdk(
     assert sent.json["dimensions"] == 256
 
 
+@pytest.mark.usefixtures("local_model_libraries")
 async def test_dimensions_a_model_cannot_answer_are_a_400_before_any_call(
     inference: Inference, openai_upstream: Upstream, hf_upstream: Upstream
 ) -> None:

@@ -10,8 +10,15 @@ None: every model the caller may otherwise use), `rpm_limit` (model requests a m
 A call is governed by up to three scopes: the API key it was made with, its user, and the
 key's team. Each scope with a policy is checked; the tightest wins.
 
+Beside them, keys and teams may hold `cache`: the response cache's default for their
+calls (`CachePolicy`). It is not governance: it limits nothing, `governs` and
+`governs_spend` ignore it, and no narrowing rule applies to it. A key's default wins
+over its team's (`Policies.cache`).
+
 Wire form (`Policies.to_wire`): `{"key": {...}, "user": {...}, "team": {...}}`, each
-scope's non-null fields only, the budget as a string; scopes without any field left out.
+scope's non-null fields only, the budget as a string, `cache` as `CachePolicy.to_wire`
+(e.g. `"cache": {"mode": "semantic", "ttl_seconds": 600, "threshold": 0.9}`); scopes
+without any field left out.
 Auth puts it into the API-key principal it caches (common.principals) and into each
 session; the gateway passes it on in the signed identity (common.identity), so inference
 enforces it without asking anyone.
@@ -30,8 +37,12 @@ from typing import Any, Literal, get_args
 
 Period = Literal["day", "week", "month", "total"]
 PERIODS: tuple[str, ...] = get_args(Period)
+CacheMode = Literal["exact", "semantic", "off"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 ScopeKind = Literal["key", "user", "team"]
 SCOPES: tuple[ScopeKind, ...] = ("key", "user", "team")
+# The scopes that may hold a cache default (auth stores none on users), the first wins.
+CACHE_SCOPES: tuple[ScopeKind, ...] = ("key", "team")
 DEFAULT_PERIOD: Period = "total"
 
 # Bounds of what a policy may hold (auth validates them; the wire parser trusts only what
@@ -43,6 +54,99 @@ MAX_MODEL_PATTERNS = 64
 MAX_MODEL_PATTERN_LENGTH = 200
 # A model name or glob: what a model name may hold, plus the two wildcards.
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9._:@/*?+-]{1,200}$")
+MAX_CACHE_TTL_SECONDS = 2_592_000  # 30 days
+MIN_CACHE_THRESHOLD = 0.5
+MAX_CACHE_THRESHOLD = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """The response cache's default for a key's or a team's calls (a request's own `cache`
+    field and Cache-Control still apply).
+
+    `mode`: `exact`, `semantic` or `off`; `ttl_seconds`: how long an entry lives (1 to
+    MAX_CACHE_TTL_SECONDS; None: the cache's default); `temperature`: also cache requests
+    with a temperature above 0; `tools`, `multi_turn`: the semantic cache also for requests
+    with tools, with earlier assistant turns; `threshold`: the semantic match's similarity
+    (MIN_CACHE_THRESHOLD to MAX_CACHE_THRESHOLD; None: the cache's default).
+
+    Wire form: `mode` always, the other fields only when not their default."""
+
+    mode: CacheMode
+    ttl_seconds: int | None = None
+    temperature: bool = False
+    tools: bool = False
+    multi_turn: bool = False
+    threshold: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"mode": self.mode}
+        if self.ttl_seconds is not None:
+            wire["ttl_seconds"] = self.ttl_seconds
+        for flag in _CACHE_FLAGS:
+            if getattr(self, flag):
+                wire[flag] = True
+        if self.threshold is not None:
+            wire["threshold"] = self.threshold
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: Any) -> CachePolicy:
+        """A cache policy from its wire form; ValueError for anything malformed or out of
+        bounds."""
+        data = _wire_object(data, cls, "cache policy")
+        mode = data.get("mode")
+        if mode not in CACHE_MODES:
+            raise ValueError(f"a cache policy's mode is one of {', '.join(CACHE_MODES)}")
+        flags = {flag: data.get(flag, False) for flag in _CACHE_FLAGS}
+        for flag, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"a cache policy's {flag} is true or false")
+        return cls(
+            mode=mode,
+            ttl_seconds=_cache_ttl(data.get("ttl_seconds")),
+            threshold=_cache_threshold(data.get("threshold")),
+            **flags,
+        )
+
+
+_CACHE_FLAGS = ("temperature", "tools", "multi_turn")
+
+
+def _wire_object(data: Any, kind: type, what: str) -> Mapping[str, Any]:
+    """`data` if it is an object with none but `kind`'s fields; ValueError otherwise."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a {what} is an object")
+    unknown = set(data) - {f.name for f in fields(kind)}
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {sorted(unknown)}")
+    return data
+
+
+def _cache_ttl(value: Any) -> int | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_CACHE_TTL_SECONDS
+    ):
+        raise ValueError(f"a cache ttl_seconds is a whole number from 1 to {MAX_CACHE_TTL_SECONDS}")
+    return value
+
+
+def _cache_threshold(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not MIN_CACHE_THRESHOLD <= value <= MAX_CACHE_THRESHOLD  # NaN fails it too
+    ):
+        raise ValueError(
+            f"a cache threshold is a number from {MIN_CACHE_THRESHOLD} to {MAX_CACHE_THRESHOLD}"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +156,7 @@ class Policy:
     allowed_models: tuple[str, ...] | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    cache: CachePolicy | None = None  # not governance: the response cache's default
 
     @property
     def period(self) -> Period:
@@ -60,7 +165,13 @@ class Policy:
 
     @property
     def empty(self) -> bool:
+        """No field set, the cache default included (nothing to carry on the wire)."""
         return all(getattr(self, f.name) is None for f in fields(self))
+
+    @property
+    def governs(self) -> bool:
+        """Whether any governance field is set: anything but the cache default."""
+        return any(getattr(self, f.name) is not None for f in fields(self) if f.name != "cache")
 
     @property
     def governs_spend(self) -> bool:
@@ -89,25 +200,25 @@ class Policy:
             wire["rpm_limit"] = self.rpm_limit
         if self.tpm_limit is not None:
             wire["tpm_limit"] = self.tpm_limit
+        if self.cache is not None:
+            wire["cache"] = self.cache.to_wire()
         return wire
 
     @classmethod
     def from_wire(cls, data: Any) -> Policy:
         """A policy from its wire form; ValueError for anything malformed or out of bounds."""
-        if not isinstance(data, Mapping):
-            raise ValueError("a policy is an object")
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown policy fields: {sorted(unknown)}")
+        data = _wire_object(data, cls, "policy")
         budget = data.get("max_budget_usd")
         period = data.get("budget_period")
         models = data.get("allowed_models")
+        cache = data.get("cache")
         return cls(
             max_budget_usd=None if budget is None else parse_budget(budget),
             budget_period=None if period is None else _period(period),
             allowed_models=None if models is None else _patterns(models),
             rpm_limit=_limit(data.get("rpm_limit")),
             tpm_limit=_limit(data.get("tpm_limit")),
+            cache=None if cache is None else CachePolicy.from_wire(cache),
         )
 
 
@@ -203,6 +314,15 @@ class Policies:
         if not isinstance(data, Mapping) or not set(data) <= set(SCOPES):
             raise ValueError("policies are an object keyed by key, user and team")
         return cls({s: Policy.from_wire(data[s]) for s in SCOPES if s in data})
+
+    @property
+    def cache(self) -> CachePolicy | None:
+        """The cache default of the call: its key's, else its team's (None: none)."""
+        for scope in CACHE_SCOPES:
+            policy = self.by_scope.get(scope)
+            if policy is not None and policy.cache is not None:
+                return policy.cache
+        return None
 
     def denying(self, requested: str, targets: Iterable[str] = ()) -> ScopeKind | None:
         """The first scope whose allowed_models refuses the call, or None."""

@@ -46,6 +46,13 @@ class PolicyColumns(AuthBase):
     tpm_limit: int | None = Field(default=None, sa_type=Integer)
 
 
+class CacheColumn(AuthBase):
+    """The response cache's default of a key or a team (common.policy.CachePolicy, in its
+    wire form); None: none. Users have none."""
+
+    cache: dict[str, Any] | None = Field(default=None, sa_type=JSONB(none_as_null=True))
+
+
 def _policy_checks() -> tuple[CheckConstraint, ...]:
     """What the policy columns may hold (the API checks more: common.policy's bounds)."""
     return (
@@ -112,7 +119,7 @@ class UserRole(AuthBase, table=True):
     )
 
 
-class ApiKey(PolicyColumns, table=True):
+class ApiKey(PolicyColumns, CacheColumn, table=True):
     __tablename__ = "api_key"
 
     id: uuid.UUID = Field(
@@ -148,7 +155,7 @@ class ApiKey(PolicyColumns, table=True):
     __table_args__ = _policy_checks()
 
 
-class Team(PolicyColumns, table=True):
+class Team(PolicyColumns, CacheColumn, table=True):
     id: uuid.UUID = Field(
         default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
     )

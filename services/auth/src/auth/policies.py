@@ -9,7 +9,8 @@ Two comparisons, for two rules:
   A key's policy only narrows theirs; a field the key leaves unset is no excess (theirs
   still applies to every call).
 A budget that starts again more often allows more with the same amount: 10 USD a day is
-wider than 100 USD a month.
+wider than 100 USD a month. The cache default (`cache`, keys and teams only) limits
+nothing, so neither comparison looks at it: whoever may change a policy sets it freely.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from auth.errors import InvalidPolicy
-from common.policy import Period, Policy, covers, usd
+from auth.models import CacheColumn
+from common.policy import CachePolicy, Period, Policy, covers, usd
 
 POLICY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Policy))
 # How often a budget starts again: the higher, the more it allows with the same amount.
@@ -29,7 +31,8 @@ _LIMITS = ("rpm_limit", "tpm_limit")
 
 
 class PolicyRow(Protocol):
-    """A row with the five policy columns (models.PolicyColumns)."""
+    """A row with the five policy columns (models.PolicyColumns), and for keys and teams
+    the cache default (models.CacheColumn)."""
 
     max_budget_usd: Decimal | None
     budget_period: str | None
@@ -40,12 +43,14 @@ class PolicyRow(Protocol):
 
 def policy_of(row: PolicyRow) -> Policy:
     budget = row.max_budget_usd
+    cache = row.cache if isinstance(row, CacheColumn) else None  # a user has none
     return Policy(
         max_budget_usd=None if budget is None else Decimal(usd(budget)),
         budget_period=cast(Period | None, row.budget_period),
         allowed_models=None if row.allowed_models is None else tuple(row.allowed_models),
         rpm_limit=row.rpm_limit,
         tpm_limit=row.tpm_limit,
+        cache=None if cache is None else CachePolicy.from_wire(cache),
     )
 
 
@@ -55,6 +60,10 @@ def store(row: PolicyRow, policy: Policy) -> None:
     row.allowed_models = None if policy.allowed_models is None else list(policy.allowed_models)
     row.rpm_limit = policy.rpm_limit
     row.tpm_limit = policy.tpm_limit
+    if isinstance(row, CacheColumn):
+        row.cache = None if policy.cache is None else policy.cache.to_wire()
+    else:  # the API takes no cache default for a user
+        assert policy.cache is None, "a user has no cache default"
 
 
 def changed(old: Policy, changes: Mapping[str, Any]) -> Policy:

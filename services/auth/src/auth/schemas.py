@@ -15,13 +15,19 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     StringConstraints,
 )
 
 from auth.policies import POLICY_FIELDS
 from common.policy import (
+    MAX_CACHE_THRESHOLD,
+    MAX_CACHE_TTL_SECONDS,
     MAX_LIMIT,
     MAX_MODEL_PATTERNS,
+    MIN_CACHE_THRESHOLD,
+    CacheMode,
+    CachePolicy,
     Period,
     check_model_pattern,
     parse_budget,
@@ -78,9 +84,40 @@ class PolicyFields(Request):
 
     def policy_changes(self) -> dict[str, Any]:
         """The policy fields the request sets (a null among them clears that field)."""
-        return {
+        changes = {
             name: getattr(self, name) for name in POLICY_FIELDS if name in self.model_fields_set
         }
+        if isinstance(cache := changes.get("cache"), CacheSettings):
+            changes["cache"] = CachePolicy(**cache.model_dump())
+        return changes
+
+
+class CacheSettings(Request):
+    """The response cache's default for the calls of a key or a team (common.policy
+    .CachePolicy). It limits nothing: whoever may change the policy sets it."""
+
+    mode: CacheMode = Field(description="`exact`, `semantic`, or `off`.")
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=MAX_CACHE_TTL_SECONDS)] | None = Field(
+        None, description="How long an answer is kept; null: the cache's default."
+    )
+    temperature: StrictBool = Field(
+        False, description="Also cache requests with a temperature above 0."
+    )
+    tools: StrictBool = Field(False, description="The semantic cache also for requests with tools.")
+    multi_turn: StrictBool = Field(
+        False, description="The semantic cache also for requests with earlier assistant turns."
+    )
+    threshold: (
+        Annotated[float, Field(strict=True, ge=MIN_CACHE_THRESHOLD, le=MAX_CACHE_THRESHOLD)] | None
+    ) = Field(None, description="The semantic match's similarity; null: the cache's default.")
+
+
+class CacheField(Request):
+    """The cache default, which keys and teams have (users do not)."""
+
+    cache: CacheSettings | None = Field(
+        None, description="The response cache's default for the calls; null: none."
+    )
 
 
 class PolicyRead(BaseModel):
@@ -89,6 +126,10 @@ class PolicyRead(BaseModel):
     allowed_models: list[str] | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+
+
+class CacheRead(BaseModel):
+    cache: CacheSettings | None = None
 
 
 class SpendRead(BaseModel):
@@ -162,7 +203,7 @@ class SessionRead(BaseModel):
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
-class ApiKeyCreate(PolicyFields):
+class ApiKeyCreate(PolicyFields, CacheField):
     name: Name
     expires_at: datetime | None = None
     scopes: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
@@ -173,11 +214,11 @@ class ApiKeyCreate(PolicyFields):
     )
 
 
-class ApiKeyUpdate(PolicyFields):
+class ApiKeyUpdate(PolicyFields, CacheField):
     name: Name | None = None
 
 
-class ApiKeyRead(PolicyRead, SpendRead):
+class ApiKeyRead(PolicyRead, CacheRead, SpendRead):
     id: uuid.UUID
     user_id: uuid.UUID
     team_id: uuid.UUID | None
@@ -240,15 +281,15 @@ class ResolvedApiKey(BaseModel):
 # ---------------------------------------------------------------- teams
 
 
-class TeamCreate(PolicyFields):
+class TeamCreate(PolicyFields, CacheField):
     name: Name
 
 
-class TeamUpdate(PolicyFields):
+class TeamUpdate(PolicyFields, CacheField):
     name: Name | None = None
 
 
-class TeamRead(PolicyRead):
+class TeamRead(PolicyRead, CacheRead):
     id: uuid.UUID
     name: str
     role: TeamRole | None = Field(description="Yours in the team; null if you are not in it.")

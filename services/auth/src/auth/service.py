@@ -486,7 +486,8 @@ async def create_api_key(
     the creator's effective permissions and, when an API key creates it, it expires no
     later than that key and is unscoped only if that key is (an unscoped key follows its
     owner's roles, which a scoped one does not), it belongs to that key's team, and that
-    key has no policy of its own (which would not bind the new key). A team key is made
+    key has no policy of its own (which would not bind the new key; a cache default
+    alone is no such policy). A team key is made
     by a member of the team only; its policy only narrows its user's and its team's.
     Anything beyond is refused, naming it."""
     assert creator.user_id
@@ -557,10 +558,11 @@ async def _team_of_new_key(
 
 def _check_parent_policy(body: ApiKeyCreate, parent: ApiKey | None) -> None:
     """A key created with a team key is of its team; a key with a policy of its own
-    creates none (a new key would escape its budget and limits)."""
+    creates none (a new key would escape its budget and limits; a cache default alone
+    limits nothing)."""
     if parent is None:
         return
-    if not policy_of(parent).empty:
+    if policy_of(parent).governs:
         raise PolicyChangeRefused(
             "This API key has a policy of its own, which a key it created would escape: "
             "create keys with a session, or with a key without a policy."

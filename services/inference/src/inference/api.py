@@ -16,6 +16,7 @@ from common.disconnect import until_disconnect
 from common.identity import Identity
 from common.json_bodies import JsonRoute, OpenAIRoute
 from inference import service
+from inference.cache import CacheRules, parse_cache_control
 from inference.chat_schema import ChatRequest
 from inference.deps import RuntimeDep
 from inference.errors import CredentialNotFound
@@ -24,6 +25,7 @@ from inference.schemas import (
     MODEL_NAME,
     AliasCreate,
     AliasRead,
+    CacheCleared,
     CredentialCreate,
     CredentialRead,
     EmbeddingsRequest,
@@ -73,13 +75,20 @@ async def chat_completions(
     sent: fields we do not know reach providers that take them."""
     sent: dict[str, Any] = await http.json()  # parsed once, for the validation
     request = {name: value for name, value in sent.items() if value is not None}
+    asked = CacheRules.of(request.pop("cache", None))  # ours, never a provider's
+    control = parse_cache_control(http.headers.get("cache-control"))
     if body.stream:
-        events, headers = await service.chat_stream(runtime, db, identity=identity, request=request)
+        events, headers = await service.chat_stream(
+            runtime, db, identity=identity, request=request, cache=asked, cache_control=control
+        )
         response = sse.response(events)
         response.headers.update(headers)
         return response
     body_out, headers = await until_disconnect(
-        http, service.chat(runtime, db, identity=identity, request=request)
+        http,
+        service.chat(
+            runtime, db, identity=identity, request=request, cache=asked, cache_control=control
+        ),
     )
     return JSONResponse(body_out, headers=headers)
 
@@ -239,6 +248,17 @@ async def delete_price(
 ) -> None:
     """Remove an admin's price: INFERENCE_PRICES' or the catalog's applies again. Audited."""
     await service.delete_price(runtime, db, identity=identity, model=model)
+
+
+@router.delete("/v1/cache")
+async def clear_cache(
+    identity: Annotated[Identity, INVOKE],
+    runtime: RuntimeDep,
+    scope: Annotated[str | None, Query(pattern=r"^(all|(user|team):[0-9a-fA-F-]{36})$")] = None,
+) -> CacheCleared:
+    """Forget cached answers: your own scope's (your team's when you call with a team key),
+    or, for admins (providers:manage_shared), `scope=all` or one `user:<id>` / `team:<id>`."""
+    return CacheCleared(entries=await service.clear_cache(runtime, identity=identity, scope=scope))
 
 
 @router.get("/v1/hub/models")

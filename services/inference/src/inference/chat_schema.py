@@ -191,6 +191,15 @@ Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
 Tokens = Annotated[int, Field(ge=1)]
 
 
+class CacheOption(BaseModel):
+    """`"cache": {"mode": "exact" | "semantic" | "off", "ttl": seconds}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["exact", "semantic", "off"]
+    ttl: Annotated[int, Field(ge=1, le=30 * 86_400)] | None = None
+
+
 class ChatRequest(_Open):
     """OpenAI's chat completion request; fields we do not know are passed through."""
 
@@ -215,6 +224,8 @@ class ChatRequest(_Open):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = None
+    # The response cache, for this request (inference/cache.py); never sent to a provider.
+    cache: CacheOption | None = None
 
     @model_validator(mode="after")
     def _tool_calls_are_answered(self) -> ChatRequest:

@@ -18,6 +18,7 @@ from common.db import transaction
 from common.http import peer_client
 from inference import service
 from inference.api import router
+from inference.cache import CacheStore
 from inference.crypto import Keyring
 from inference.events import EventSink, MetricLabels
 from inference.failover import CircuitBreaker, Failover, RetryPolicy
@@ -31,6 +32,7 @@ from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import LocalProvider
 from inference.providers.openai import OpenAIProvider
+from inference.repository import ResponseCache
 from inference.routing import LeastLatency, Routing
 from inference.runtime import Runtime, TtlCache
 from inference.service import PROVIDERS
@@ -125,6 +127,12 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
             prices,
         ),
         prices=prices,
+        cache=CacheStore(
+            ResponseCache(redis),
+            max_entry_bytes=settings.cache_max_entry_bytes,
+            max_scope_bytes=settings.cache_max_scope_bytes,
+            lookup_timeout=settings.cache_lookup_timeout_seconds,
+        ),
     )
 
 
@@ -161,6 +169,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await prices
             await runtime.routing.latency.close()
+            await runtime.cache.drain()
             await runtime.sink.close()
             await runtime.governance.telemetry.aclose()
             await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))

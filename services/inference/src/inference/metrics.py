@@ -67,3 +67,22 @@ TELEMETRY_DROPPED = Counter(
     "Call events dropped because the in-memory buffer was full while Redis was away.",
     registry=REGISTRY,
 )
+CACHE_ANSWERS = Counter(
+    "inference_cache_answers_total",
+    "Chat answers by what the response cache did (the X-Cache header): hit-exact, "
+    "hit-semantic, miss, bypass.",
+    ("result",),
+    registry=REGISTRY,
+)
+CACHE_FAILURES = Counter(
+    "inference_cache_failures_total",
+    "Response-cache operations that failed or ran out of time (each a miss or an unstored "
+    "answer, never an error), by operation (lookup, store, clear).",
+    ("operation",),
+    registry=REGISTRY,
+)
+CACHE_EVICTIONS = Counter(
+    "inference_cache_evictions_total",
+    "Exact-cache entries evicted to keep a scope under INFERENCE_CACHE_MAX_SCOPE_BYTES.",
+    registry=REGISTRY,
+)

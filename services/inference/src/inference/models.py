@@ -79,6 +79,8 @@ class ModelAlias(InferenceBase, table=True):
         sa_column=Column(String(16), nullable=False, server_default=text("'ordered'")),
     )
     targets: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    # The response cache's default for calls to it (schemas.CacheDefault); NULL: none.
+    cache: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
     created_by: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     created_at: datetime | None = Field(
         default=None,

@@ -174,7 +174,7 @@ async def save_alias(db: AsyncSession, *, alias: ModelAlias) -> ModelAlias:
     one): one statement, safe under concurrency."""
     statement = pg_insert(ModelAlias).values(
         alias=alias.alias, owner_id=alias.owner_id, strategy=alias.strategy,
-        targets=alias.targets, created_by=alias.created_by,
+        targets=alias.targets, cache=alias.cache, created_by=alias.created_by,
     )  # fmt: skip
     shared = alias.owner_id is None
     upsert = statement.on_conflict_do_update(
@@ -182,7 +182,7 @@ async def save_alias(db: AsyncSession, *, alias: ModelAlias) -> ModelAlias:
         [col(ModelAlias.owner_id), col(ModelAlias.alias)],
         index_where=text("owner_id IS NULL" if shared else "owner_id IS NOT NULL"),
         set_={"targets": statement.excluded.targets, "strategy": statement.excluded.strategy,
-              "created_by": statement.excluded.created_by},
+              "cache": statement.excluded.cache, "created_by": statement.excluded.created_by},
     ).returning(ModelAlias)  # fmt: skip
     saved: ModelAlias = (
         await db.execute(upsert, execution_options={"populate_existing": True})
@@ -662,6 +662,104 @@ def _settle_command(settlement: Settlement) -> list[str | int]:
             f"{settlement.amount if budgeted else ''}"
         )
     return [_SETTLE_SHA, 1, f"inference:settled:{settlement.call_id}", *args]
+
+
+# ---------------------------------------------------------------- response cache (Redis)
+
+# One owner scope's exact-cache entries (`inference:cache:{<scope>}:...`, one hash slot):
+# `:e:<key>` an answer (expires with its TTL), `:i` a sorted set of keys by expiry, `:s` a
+# hash of their sizes, `:t` their total. A write drops what expired and, past the scope's
+# byte cap, the entries that expire soonest; all in one script step, off the request path.
+_CACHE_PUT = """
+local base = KEYS[1]
+local idx, sizes, total = base .. ':i', base .. ':s', base .. ':t'
+local member, value, ttl, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local cap, keep = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function drop(m)
+  local size = tonumber(redis.call('HGET', sizes, m) or '0')
+  redis.call('DEL', base .. ':e:' .. m)
+  redis.call('HDEL', sizes, m)
+  redis.call('ZREM', idx, m)
+  redis.call('DECRBY', total, size)
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', now, 'LIMIT', 0, 64)) do drop(m) end
+if redis.call('HEXISTS', sizes, member) == 1 then drop(member) end
+local size = string.len(value)
+redis.call('SET', base .. ':e:' .. member, value, 'EX', ttl)
+redis.call('ZADD', idx, now + ttl, member)
+redis.call('HSET', sizes, member, size)
+local used = redis.call('INCRBY', total, size)
+local evicted = 0
+while used > cap and evicted < 64 do
+  local two = redis.call('ZRANGE', idx, 0, 1)
+  local oldest = two[1]
+  if oldest == member then oldest = two[2] end
+  if not oldest then break end
+  drop(oldest)
+  used = tonumber(redis.call('GET', total))
+  evicted = evicted + 1
+end
+redis.call('EXPIRE', idx, keep)
+redis.call('EXPIRE', sizes, keep)
+redis.call('EXPIRE', total, keep)
+return evicted
+"""
+CACHE_PREFIX = "inference:cache:"
+
+
+def cache_base(scope: str) -> str:
+    return f"{CACHE_PREFIX}{{{scope}}}"
+
+
+class ResponseCache:
+    """The exact cache's Redis side."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._put = redis.register_script(_CACHE_PUT)
+
+    async def get(self, scope: str, key: str) -> bytes | None:
+        value = await self._redis.get(f"{cache_base(scope)}:e:{key}")
+        return value if isinstance(value, bytes) else None
+
+    async def put(
+        self, scope: str, key: str, value: bytes, *, ttl: int, now: float, cap: int
+    ) -> int:
+        """Store an answer; the number of entries evicted to make room."""
+        evicted = await self._put(
+            keys=[cache_base(scope)], args=[key, value, ttl, f"{now:.6f}", cap, MAX_CACHE_TTL]
+        )
+        return int(evicted)
+
+    async def clear(self, scope: str | None) -> int:
+        """Forget one scope's entries (through its index, a thousand at a time), or every
+        scope's (None: a scan of the cache's keys); how many entries went."""
+        if scope is None:
+            removed = 0
+            batch: list[bytes] = []
+            async for name in self._redis.scan_iter(match=f"{CACHE_PREFIX}*", count=1000):
+                batch.append(name)
+                if len(batch) >= 1000:
+                    removed += int(await self._redis.unlink(*batch))
+                    batch = []
+            if batch:
+                removed += int(await self._redis.unlink(*batch))
+            return removed
+        base = cache_base(scope)
+        removed = 0
+        while members := await self._redis.zrange(f"{base}:i", 0, 999):
+            names = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.unlink(*(f"{base}:e:{m}" for m in names))
+                pipe.zrem(f"{base}:i", *members)
+                pipe.hdel(f"{base}:s", *members)
+                await pipe.execute()
+            removed += len(members)
+        await self._redis.unlink(f"{base}:i", f"{base}:s", f"{base}:t")
+        return removed
+
+
+MAX_CACHE_TTL = 30 * 86_400
 
 
 # ---------------------------------------------------------------- call events (Redis)

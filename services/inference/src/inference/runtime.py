@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from inference.cache import CacheStore
 from inference.crypto import Keyring
 from inference.events import EventSink
 from inference.failover import Failover
@@ -64,4 +65,6 @@ class Runtime:
     governance: Governance
     # Every price (inference.pricing): the catalog's, INFERENCE_PRICES', the admins'.
     prices: PriceBook
+    # The response cache (inference.cache).
+    cache: CacheStore
     clock: Callable[[], float] = time.time

@@ -95,6 +95,24 @@ class AliasTarget(BaseModel):
 Strategy = Literal["ordered", "weighted", "least-latency"]
 
 
+class CacheDefault(BaseModel):
+    """An alias's response-cache default (inference/cache.py); a key's or team's policy and
+    the request's own `cache` field win over it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["exact", "semantic", "off"]
+    ttl_seconds: Annotated[int, Field(ge=1, le=30 * 86_400)] | None = None
+    temperature: bool | None = Field(
+        None, description="Also cache requests with temperature > 0 (sampled answers)."
+    )
+    tools: bool | None = Field(None, description="Semantic cache also for requests with tools.")
+    multi_turn: bool | None = Field(
+        None, description="Semantic cache also for requests with earlier assistant turns."
+    )
+    threshold: Annotated[float, Field(ge=0.5, le=1.0)] | None = None
+
+
 class AliasCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,11 +125,14 @@ class AliasCreate(BaseModel):
     # targets' weights, the others tried in turn on failure; `least-latency`: the target
     # with the lowest recent latency (every replica's), then the others by latency.
     strategy: Strategy = "ordered"
+    # The response cache's default for calls to this alias (off when not set).
+    cache: CacheDefault | None = None
 
 
 class AliasRead(BaseModel):
     alias: str
     targets: list[AliasTarget]
+    cache: CacheDefault | None = None
     shared: bool
     strategy: Strategy
     created_at: datetime
@@ -163,3 +184,7 @@ class PriceChangeList(BaseModel):
     next_before: int | None = Field(
         None, description="Pass as `before` for the next (older) page; null on the last."
     )
+
+
+class CacheCleared(BaseModel):
+    entries: int = Field(description="How many cached answers were forgotten.")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,15 +19,29 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from opentelemetry import trace
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import sse
 from common.db import after_commit
-from common.errors import Forbidden, MissingPermission, NotFound
+from common.errors import Forbidden, MissingPermission, NotFound, ServiceUnavailable
 from common.identity import Identity
 from common.llm_events import LlmCallEvent
 from inference import governance, repository
+from inference.cache import (
+    BYPASS,
+    HIT_EXACT,
+    MISS,
+    CacheRules,
+    Decision,
+    Entry,
+    StreamedAnswer,
+    decide,
+    merge,
+    scope_of,
+)
+from inference.cache import HEADER as CACHE_HEADER
 from inference.crypto import Keyring
 from inference.errors import (
     AliasNotFound,
@@ -57,9 +73,18 @@ from inference.events import (
 )
 from inference.failover import AllTargetsFailed, Outcome, Target, Trail
 from inference.governance import Hold
+from inference.metrics import CACHE_ANSWERS
 from inference.models import ModelAlias, ModelPrice, PriceChange, ProviderCredential
 from inference.pricing import Price, PriceBook, cost_usd
-from inference.providers.base import ChatStream, Credential, Provider, ProviderError, Usage
+from inference.providers.base import (
+    ChatStream,
+    Credential,
+    Provider,
+    ProviderError,
+    Usage,
+    read_usage,
+    wants_usage,
+)
 from inference.providers.egress import DestinationRefused, RedirectRefused
 from inference.routing import LEAST_LATENCY, ORDERED, WEIGHTED, Observe
 from inference.runtime import Runtime
@@ -85,6 +110,7 @@ MODEL_LIST_TIMEOUT_SECONDS = 5.0
 MODEL_LIST_RETRY_SECONDS = 30.0
 MANAGE_SHARED = "providers:manage_shared"
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+ZERO = Decimal("0.000000000")
 
 
 def _owner(identity: Identity) -> uuid.UUID | None:
@@ -247,6 +273,7 @@ async def save_alias(
             owner_id=None if body.shared else owner,
             strategy=body.strategy,
             targets=[t.model_dump(mode="json", exclude_none=True) for t in body.targets],
+            cache=body.cache.model_dump(exclude_none=True) if body.cache else None,
             created_by=owner,
         ),
     )
@@ -284,32 +311,82 @@ def _parse_model(name: str) -> Target | None:
     return Target(provider=provider, model=model)
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a requested model name resolves to: the alias (or None), its strategy, the
+    targets in the order to try them, the alias's response-cache default, and `route`,
+    what the name stands for in response-cache keys (an alias's strategy and targets)."""
+
+    alias: str | None
+    strategy: str
+    targets: list[Target]
+    cache: CacheRules | None = None
+    route: str = ""
+
+
 async def resolve_model(
     runtime: Runtime, db: AsyncSession, name: str, *, identity: Identity
-) -> tuple[str | None, str, list[Target]]:
-    """(alias or None, its strategy, targets in the order to try them) for a requested
-    model name: the caller's own alias of that name, else a shared one (in its strategy's
-    order: inference.routing; a least-latency alias's as listed, ordered once their
-    credentials are known, by _call_with_failover), else `provider/model`."""
+) -> Resolved:
+    """The caller's own alias of that name, else a shared one (its targets in its
+    strategy's order: inference.routing; a least-latency alias's as listed, ordered once
+    their credentials are known, by _call_with_failover), else `provider/model`."""
     key = (_owner(identity), name)
-    cached: tuple[str, list[tuple[Target, int]]] | None = runtime.aliases.get(key)
+    cached: _AliasEntry | None = runtime.aliases.get(key)
     if cached is None:
         row = await repository.get_alias(db, alias=name, owner_id=key[0])
-        cached = (row.strategy, [
-            (_target(t["model"], t.get("credential_id")), int(t.get("weight") or 1))
-            for t in row.targets
-        ]) if row else ("", [])  # fmt: skip
+        cached = _AliasEntry(
+            row.strategy,
+            [(_target(t["model"], t.get("credential_id")), int(t.get("weight") or 1))
+             for t in row.targets],
+            CacheRules.of(row.cache),
+            json.dumps([row.strategy, row.targets], sort_keys=True, separators=(",", ":")),
+        ) if row else _NO_ALIAS  # fmt: skip
         runtime.aliases.put(key, cached)
-    strategy, weighted = cached
-    if weighted:
-        return name, strategy, runtime.routing.order((*key, *weighted), strategy, weighted)
+    if cached.weighted:
+        targets = runtime.routing.order((*key, *cached.weighted), cached.strategy,
+                                        cached.weighted)  # fmt: skip
+        return Resolved(name, cached.strategy, targets, cached.cache, cached.route)
     target = _parse_model(name)
     if target is None:
         raise ModelNotFound(
             f"Unknown model {name!r}: name it provider/model ({', '.join(PROVIDERS)}) "
             "or use an alias from GET /v1/models."
         )
-    return None, ORDERED, [target]
+    return Resolved(None, ORDERED, [target])
+
+
+@dataclass(frozen=True, slots=True)
+class _AliasEntry:
+    strategy: str
+    weighted: list[tuple[Target, int]]
+    cache: CacheRules | None
+    route: str
+
+
+_NO_ALIAS = _AliasEntry("", [], None, "")
+
+
+# ---------------------------------------------------------------- response cache
+
+
+async def clear_cache(runtime: Runtime, *, identity: Identity, scope: str | None) -> int:
+    """The caller's own scope's cached answers, or (providers:manage_shared) every scope's
+    (`all`) or one named scope's."""
+    own = scope_of(identity)
+    if scope is not None and scope != own:
+        if not identity.has(MANAGE_SHARED):
+            raise MissingPermission(
+                f"Clearing another scope's cache needs the {MANAGE_SHARED} permission."
+            )
+        target = None if scope == "all" else scope.lower()
+    elif own is None:
+        raise InvalidRequest("This caller has no cache scope (no user, no team).")
+    else:
+        target = own
+    try:
+        return await runtime.cache.clear(target)
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable("The response cache is unavailable; try again.") from exc
 
 
 # ---------------------------------------------------------------- prices
@@ -469,9 +546,11 @@ class Call:
         attempts: int,
         fallback: bool,
         ttft: float | None = None,
+        cache: str | None = None,
+        saved: Decimal | None = None,
     ) -> None:
         model = target.name if target else self.requested
-        cost = cost_usd(self.runtime.prices.get(model), usage)
+        cost = ZERO if cache else cost_usd(self.runtime.prices.get(model), usage)
         reported = usage if usage is not None and not usage.estimated else None
         # Recorded outside any attempt's span: the current span is this request's server
         # span, under which are all the attempts (the event sums them up), and which exists
@@ -499,7 +578,7 @@ class Call:
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 usage_estimated=bool(usage and usage.estimated),
-                cost_usd=str(cost) if cost is not None else None,
+                cost_usd=format(cost, "f") if cost is not None else None,
                 latency_ms=round((time.monotonic() - self.started) * 1000, 3),
                 ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
                 stream=self.stream,
@@ -512,9 +591,20 @@ class Call:
                 team_id=self.identity.team,
                 cached_prompt_tokens=reported.cached_tokens if reported else None,
                 reasoning_tokens=reported.reasoning_tokens if reported else None,
+                cache=cache,
+                saved_usd=format(saved, "f") if saved is not None else None,
             ),
             settlement,
         )
+
+    def hit(self, entry: Entry, kind: str) -> None:
+        """Record an answer replayed from the response cache: nothing was sent to a
+        provider (no tokens, cost 0); `saved` is what the answer cost to make, at today's
+        price of the model that made it."""
+        target = _target(entry.model, None)
+        saved = cost_usd(self.runtime.prices.get(entry.model), read_usage(entry.usage))
+        self.record(target=target, status="ok", error_type=None, usage=Usage(0, 0),
+                    attempts=0, fallback=False, cache=kind, saved=saved)  # fmt: skip
 
     def failed(self, trail: Trail, exc: Exception) -> Exception:
         """Record the failure; return the problem to raise."""
@@ -612,19 +702,78 @@ def _prompt_of(request: dict[str, Any]) -> Callable[[], int]:
     return lambda: estimate_prompt_tokens(request["messages"])
 
 
-async def chat(
-    runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
-) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """The answer, and headers for it."""
-    alias, strategy, targets = await resolve_model(runtime, db, request["model"],
-                                                   identity=identity)  # fmt: skip
-    call = Call(runtime, identity, request["model"], alias, "chat", stream=False,
-                strategy=strategy)  # fmt: skip
+def _cache_decision(
+    runtime: Runtime,
+    identity: Identity,
+    request: dict[str, Any],
+    resolved: Resolved,
+    asked: CacheRules | None,
+    cache_control: tuple[bool, bool],
+) -> Decision | None:
+    """The response cache's part in this call (inference.cache): the request's own `cache`
+    field, then the key's and the team's policy, then the alias's default."""
+    if asked is None and resolved.cache is None and identity.policies is None:
+        return None  # nothing turns it on: no work
+    policies = () if identity.policies is None else runtime.governance.read(identity)[0]
+    said = [CacheRules.of(getattr(policy, "cache", None)) for policy in (
+        policies.get("key"), policies.get("team")
+    ) if policy is not None] if policies else []  # fmt: skip
+    rules = merge(asked, *said, resolved.cache)
+    return decide(request, identity=identity, route=resolved.route, rules=rules,
+                  cache_control=cache_control,
+                  default_ttl=runtime.settings.cache_ttl_seconds)  # fmt: skip
+
+
+def _cache_headers(headers: Mapping[str, str], result: str) -> dict[str, str]:
+    CACHE_ANSWERS.labels(result).inc()
+    return {**headers, CACHE_HEADER: result}
+
+
+async def _begin_chat(
+    runtime: Runtime,
+    db: AsyncSession,
+    identity: Identity,
+    request: dict[str, Any],
+    cache: CacheRules | None,
+    cache_control: tuple[bool, bool],
+    *,
+    stream: bool,
+) -> tuple[Resolved, Call, Decision | None, Entry | None]:
+    """A chat call up to the provider: the model resolved, the caller's policies applied,
+    the response cache asked (a hit is recorded here)."""
+    resolved = await resolve_model(runtime, db, request["model"], identity=identity)
+    call = Call(runtime, identity, request["model"], resolved.alias, "chat", stream=stream,
+                strategy=resolved.strategy)  # fmt: skip
     if identity.policies is not None:
-        await call.govern(targets, prompt_tokens=_prompt_of(request),
+        await call.govern(resolved.targets, prompt_tokens=_prompt_of(request),
                           completion=governance.completion_limit(request))  # fmt: skip
+    decision = _cache_decision(runtime, identity, request, resolved, cache, cache_control)
+    entry = None
+    if decision is not None and decision.lookup:
+        entry = await runtime.cache.lookup(decision)
+        if entry is not None:
+            call.hit(entry, "exact")
+    return resolved, call, decision, entry
+
+
+async def chat(
+    runtime: Runtime,
+    db: AsyncSession,
+    *,
+    identity: Identity,
+    request: dict[str, Any],
+    cache: CacheRules | None = None,
+    cache_control: tuple[bool, bool] = (True, True),
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """The answer, and headers for it (X-Cache among them). `cache`: the request's own
+    `cache` field; `cache_control`: (look up, store) from its Cache-Control header."""
+    resolved, call, decision, entry = await _begin_chat(
+        runtime, db, identity, request, cache, cache_control, stream=False
+    )
+    if entry is not None:
+        return entry.completion(request["model"]), _cache_headers(call.headers, HIT_EXACT)
     outcome = await _call_with_failover(
-        db, call, targets, lambda p, c, t: p.chat(c, t.model, request)
+        db, call, resolved.targets, lambda p, c, t: p.chat(c, t.model, request)
     )
     body: dict[str, Any] = outcome.result.body
     usage = outcome.result.usage or Usage(
@@ -640,27 +789,38 @@ async def chat(
     })  # fmt: skip
     call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
                 attempts=outcome.attempts, fallback=outcome.fallback)  # fmt: skip
-    return body, call.headers
+    if decision is None:
+        return body, _cache_headers(call.headers, BYPASS)
+    runtime.cache.store(decision, body, provider=outcome.target.provider,
+                        model=outcome.target.name)  # fmt: skip
+    return body, _cache_headers(call.headers, MISS if decision.lookup else BYPASS)
 
 
 async def chat_stream(
-    runtime: Runtime, db: AsyncSession, *, identity: Identity, request: dict[str, Any]
+    runtime: Runtime,
+    db: AsyncSession,
+    *,
+    identity: Identity,
+    request: dict[str, Any],
+    cache: CacheRules | None = None,
+    cache_control: tuple[bool, bool] = (True, True),
 ) -> tuple[AsyncIterator[bytes], Mapping[str, str]]:
     """Retries and fallbacks happen until the first chunk; from then on the stream is the
     client's, and a failure becomes an SSE error event (never a silent retry).
 
     A user has at most INFERENCE_MAX_CONCURRENT_STREAMS streams open (429 past them), each
     for at most INFERENCE_STREAM_MAX_SECONDS from the request's arrival (then it ends with
-    an error event): a provider that trickles cannot hold connections for ever.
+    an error event): a provider that trickles cannot hold connections for ever. A cached
+    answer is replayed as a stream (and takes no stream slot); a streamed answer that ends
+    well is stored as a plain one would be.
 
     Returns the events, and headers for the answer."""
-    alias, strategy, targets = await resolve_model(runtime, db, request["model"],
-                                                   identity=identity)  # fmt: skip
-    call = Call(runtime, identity, request["model"], alias, "chat", stream=True,
-                strategy=strategy)  # fmt: skip
-    if identity.policies is not None:
-        await call.govern(targets, prompt_tokens=_prompt_of(request),
-                          completion=governance.completion_limit(request))  # fmt: skip
+    resolved, call, decision, entry = await _begin_chat(
+        runtime, db, identity, request, cache, cache_control, stream=True
+    )
+    if entry is not None:
+        events = entry.events(request["model"], include_usage=wants_usage(request))
+        return events, _cache_headers(call.headers, HIT_EXACT)
     owner = identity.user_id or identity.sub
     try:
         lease = await runtime.streams.acquire(owner)
@@ -670,7 +830,7 @@ async def chat_stream(
     opened = False
     try:
         outcome = await _call_with_failover(
-            db, call, targets, lambda p, c, t: p.chat_stream(c, t.model, request)
+            db, call, resolved.targets, lambda p, c, t: p.chat_stream(c, t.model, request)
         )
         opened = True
     finally:
@@ -679,13 +839,16 @@ async def chat_stream(
     ttft = time.monotonic() - call.started
     # On the event loop's clock: time.monotonic(), as call.started.
     deadline = asyncio.get_running_loop().time() + runtime.settings.stream_max_seconds - ttft
-    events = _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner, lease=lease)
+    storing = decision if decision is not None and decision.store else None
+    events = _relay(call, outcome, request, ttft=ttft, deadline=deadline, owner=owner,
+                    lease=lease, storing=storing)  # fmt: skip
     # Started up to its first event here: an answer whose client is gone before it began
     # is never iterated, and a generator that never started never runs its `finally`. One
     # that has started runs it when it is closed or dropped (the loop's async-generator
     # finalizer): the call is recorded, its hold settled and its lease given back.
     first = await anext(events)
-    return _resumed(first, events), call.headers
+    result = BYPASS if decision is None or not decision.lookup else MISS
+    return _resumed(first, events), _cache_headers(call.headers, result)
 
 
 async def _resumed(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -703,12 +866,15 @@ async def _relay(
     deadline: float,
     owner: str,
     lease: str | None,
+    storing: Decision | None = None,
 ) -> AsyncIterator[bytes]:
     """The provider's chunks as SSE events under the requested model's name, until the
     stream ends, breaks (an error event) or outlives its deadline (an error event); then
-    the call event, the lease given back, and [DONE]."""
+    the call event, the lease given back, and [DONE]. With `storing`, an answer that ended
+    well is kept in the response cache."""
     stream = outcome.result
     status, error_type, text = "cancelled", None, []
+    answer = StreamedAnswer(call.runtime.cache.max_entry_bytes) if storing else None
     chunks = aiter(stream)
     try:
         while True:
@@ -719,8 +885,16 @@ async def _relay(
                 break
             chunk["model"] = request["model"]
             text.append(completion_text(chunk))
+            if answer is not None:
+                answer.add(chunk)
             yield sse.event(chunk)
         status = "ok"
+        body = answer.completion() if answer is not None else None
+        if storing is not None and body is not None:
+            if body["usage"] is None and stream.usage is not None:
+                body["usage"] = _usage_object(stream.usage)
+            call.runtime.cache.store(storing, body, provider=outcome.target.provider,
+                                     model=outcome.target.name)  # fmt: skip
     except TimeoutError:
         status, error_type = "error", "stream_too_long"
         limit = call.runtime.settings.stream_max_seconds
@@ -752,6 +926,11 @@ async def _relay(
     yield sse.DONE
 
 
+def _usage_object(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}  # fmt: skip
+
+
 def _base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
@@ -768,7 +947,8 @@ async def embeddings(
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """The vectors in OpenAI's shape, and headers for the answer; of `dimensions` when
     given, which every target must be able to answer (DimensionsUnsupported)."""
-    alias, strategy, targets = await resolve_model(runtime, db, model, identity=identity)
+    resolved = await resolve_model(runtime, db, model, identity=identity)
+    alias, strategy, targets = resolved.alias, resolved.strategy, resolved.targets
     if dimensions is not None:
         for target in targets:
             if not runtime.providers[target.provider].honours_dimensions(target.model, dimensions):

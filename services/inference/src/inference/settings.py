@@ -84,6 +84,13 @@ class InferenceSettings(DatabaseSettings):
     # Prices (USD per 1M tokens) by `provider/model`, over the catalog's (inference/prices.json);
     # an admin's price (PUT /v1/providers/prices/{model}) wins over both.
     prices: dict[str, Price] = {}
+    # The response cache (inference/cache.py): how long an answer is kept unless the request
+    # or policy says, the largest answer kept, the most one owner scope keeps (the entries
+    # that expire soonest go first), and how long a lookup may take before it is a miss.
+    cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86_400)
+    cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    cache_max_scope_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    cache_lookup_timeout_seconds: float = Field(0.25, gt=0, le=5)
     # The most prices admins may set at runtime.
     max_prices: int = Field(10_000, ge=1, le=100_000)
     # Telemetry: the Redis stream telemetry reads, and the in-memory buffer kept while
