@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -104,6 +104,21 @@ def test_an_event_from_before_the_response_cache_still_reads() -> None:
     assert (event.cache, event.saved_usd) == (None, None)
     read = CallEvent.model_validate(old)
     assert (read.cache, read.saved_usd) == (None, None)
+
+
+def test_a_cache_hit_as_inference_writes_it_reads() -> None:
+    """No provider was called: no attempt, no tokens, cost 0, and what it saved."""
+    hit = replace(
+        EVENT, attempts=0, fallback=False, prompt_tokens=0, completion_tokens=0,
+        cached_prompt_tokens=None, reasoning_tokens=None, cost_usd="0.000000000",
+        cache="exact", saved_usd="0.000006000",
+    )  # fmt: skip
+    read = CallEvent.model_validate_json(hit.to_fields()["event"])
+    assert (read.attempts, read.cost_usd, read.cache, read.saved_usd) == (
+        0, Decimal(0), "exact", Decimal("0.000006")
+    )  # fmt: skip
+    with pytest.raises(ValidationError, match="attempts"):
+        CallEvent.model_validate(asdict(hit) | {"attempts": -1})
 
 
 def test_a_cache_hit_names_its_cache_and_an_exact_saving() -> None:

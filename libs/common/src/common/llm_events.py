@@ -53,7 +53,7 @@ class LlmCallEvent:
     latency_ms: float
     ttft_ms: float | None
     stream: bool
-    attempts: int
+    attempts: int  # provider calls made; 0 for a response-cache hit
     fallback: bool
     operation: str  # "chat" or "embeddings"
     trace_id: str | None
@@ -136,7 +136,9 @@ class CallEvent(BaseModel):
     latency_ms: Millis
     ttft_ms: Millis | None = None
     stream: bool = False
-    attempts: Annotated[int, Field(ge=1, le=1000)] = 1
+    attempts: Annotated[int, Field(ge=0, le=1000)] = Field(
+        1, description="Provider attempts (retries and fallbacks included); 0: a cache hit."
+    )
     fallback: bool = False
     operation: Annotated[str, _text(32)] = "chat"
     trace_id: TraceId | None = None
