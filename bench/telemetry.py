@@ -87,7 +87,7 @@ SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 
          WHEN i % 20 <> 7  -- 5 % without a price
          THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END,
     50 + random() * 2000, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END,
-    i % 2 = 0, 1, false, md5(i::text),
+    i % 2 = 0, CASE WHEN hit THEN 0 ELSE 1 END, false, md5(i::text),
     CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END,
     CASE WHEN hit THEN (ARRAY['exact', 'semantic'])[1 + i % 2] END,
     CASE WHEN hit THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END
@@ -105,7 +105,8 @@ def event(user: uuid.UUID, when: float, *, hit: bool = False) -> dict[str, str]:
         provider="openai", model="openai/gpt-4o-mini", alias=None, status="ok",
         error_type=None, prompt_tokens=42, completion_tokens=17, usage_estimated=False,
         cost_usd="0.000000000" if hit else "0.000016500", latency_ms=321.5, ttft_ms=None,
-        stream=False, attempts=1, fallback=False, operation="chat", trace_id=uuid.uuid4().hex,
+        stream=False, attempts=0 if hit else 1, fallback=False, operation="chat",
+        trace_id=uuid.uuid4().hex,
         span_id=uuid.uuid4().hex[:16], trace_sampled=False, cache="exact" if hit else None,
         saved_usd="0.000016500" if hit else None,
     ).to_fields()  # fmt: skip

@@ -40,6 +40,13 @@ FIGURES = ("requests", "errors", "cost_usd", "unpriced_calls", "cache_hits", "sa
 FREE = "0.000000000"  # a hit's own cost
 
 
+def hit(who: Identity | uuid.UUID, kind: str, saved: str, **overrides: Any) -> LlmCallEvent:
+    """An answer replayed from the response cache, as inference records it: no provider
+    attempt, no tokens, cost 0, and what it saved."""
+    return call(who, attempts=0, prompt_tokens=0, completion_tokens=0, cost_usd=FREE,
+                cache=kind, saved_usd=saved, **overrides)  # fmt: skip
+
+
 def older(event: dict[str, Any]) -> dict[str, Any]:
     return without(event, NEW_FIELDS)
 
@@ -56,12 +63,11 @@ async def test_hits_are_listed_with_the_calls_and_counted_and_summed_in_usage(
     events = [
         as_json(call(who, occurred_at=now - 60, model="openai/gpt-4o",
                      cost_usd="0.004250000")),  # the miss that paid
-        as_json(call(who, occurred_at=now - 50, model="openai/gpt-4o", cost_usd=FREE,
-                     cache="exact", saved_usd="0.004250000")),
-        as_json(call(who, occurred_at=now - 45, model="openai/gpt-4o", cost_usd=FREE,
-                     cache="semantic", saved_usd="0.003100000", stream=True, ttft_ms=4.5)),
-        as_json(call(who, occurred_at=now - 40, model="openai/gpt-4o-mini", cost_usd=FREE,
-                     cache="exact", saved_usd="0.000006000")),
+        as_json(hit(who, "exact", "0.004250000", occurred_at=now - 50, model="openai/gpt-4o")),
+        as_json(hit(who, "semantic", "0.003100000", occurred_at=now - 45,
+                    model="openai/gpt-4o", stream=True, ttft_ms=4.5)),
+        as_json(hit(who, "exact", "0.000006000", occurred_at=now - 40,
+                    model="openai/gpt-4o-mini")),
         older(as_json(call(who, occurred_at=now - 30, model="openai/gpt-4o-mini"))),
     ]  # fmt: skip
     async with client(who) as http:
@@ -70,13 +76,13 @@ async def test_hits_are_listed_with_the_calls_and_counted_and_summed_in_usage(
         by_model = await usage_of(http, group_by="model")
         by_day = await usage_of(http, group_by="day")
 
-    listed = [(c["cache"], c["cost_usd"], c["saved_usd"]) for c in calls]
+    listed = [(c["cache"], c["cost_usd"], c["saved_usd"], c["attempts"]) for c in calls]
     assert listed == [  # newest first
-        (None, "0.000006000", None),
-        ("exact", FREE, "0.000006000"),
-        ("semantic", FREE, "0.003100000"),
-        ("exact", FREE, "0.004250000"),
-        (None, "0.004250000", None),
+        (None, "0.000006000", None, 1),
+        ("exact", FREE, "0.000006000", 0),
+        ("semantic", FREE, "0.003100000", 0),
+        ("exact", FREE, "0.004250000", 0),
+        (None, "0.004250000", None, 1),
     ]
     groups = {g["key"]: figures(g) for g in by_model["groups"]}
     assert groups == {
@@ -111,11 +117,10 @@ async def test_usage_without_hits_shows_none_and_saves_nothing(client: Client) -
 
 async def test_an_admin_sees_everyones_hits_per_user(client: Client) -> None:
     first, second, root = member(), member(), admin()
-    hit = {"cost_usd": FREE, "cache": "exact", "saved_usd": "0.000010000"}
     async with client(first) as http:
-        await reported(http, [as_json(call(first, **hit)), as_json(call(first))])
+        await reported(http, [as_json(hit(first, "exact", "0.000010000")), as_json(call(first))])
     async with client(second) as http:
-        await reported(http, [as_json(call(second, **hit)) for _ in range(3)])
+        await reported(http, [as_json(hit(second, "exact", "0.000010000")) for _ in range(3)])
     async with client(root) as http:
         mine = await usage_of(http, group_by="user", user=first.sub)
         theirs = await usage_of(http, group_by="user", user=second.sub)
@@ -137,7 +142,7 @@ async def test_a_bad_cache_field_refuses_the_batch_and_stores_nothing(client: Cl
     ]
     async with client(who) as http:
         for name, value in wrong:
-            event = as_json(call(who, cost_usd=FREE, cache="exact")) | {name: value}
+            event = as_json(hit(who, "exact", "0.000001000")) | {name: value}
             response = await http.post("/v1/events", json={"events": [event]})
             assert response.status_code == 422, (name, value)
             errors = [e["loc"][:4] for e in response.json()["errors"]]
@@ -149,8 +154,8 @@ async def test_the_stream_stores_hits_and_reads_older_events(
     redis: Redis, engine: AsyncEngine, consumers: MakeConsumer
 ) -> None:
     user = uuid.uuid4()
-    exact = call(user, cost_usd=FREE, cache="exact", saved_usd="0.000123456")
-    semantic = call(user, cost_usd=FREE, cache="semantic", saved_usd="0.000000001")
+    exact = hit(user, "exact", "0.000123456")
+    semantic = hit(user, "semantic", "0.000000001")
     old = call(user)
     async with consumers():
         for event in (exact, semantic):
@@ -186,10 +191,8 @@ async def test_a_cached_day_holds_the_hits_and_the_saving(
     def calls(user: uuid.UUID, noon: float) -> list[LlmCallEvent]:
         return [
             call(user, occurred_at=noon),
-            call(user, occurred_at=noon + 1, cost_usd=FREE, cache="exact",
-                 saved_usd="0.000006000"),
-            call(user, occurred_at=noon + 2, cost_usd=FREE, cache="semantic",
-                 saved_usd="0.000000007"),
+            hit(user, "exact", "0.000006000", occurred_at=noon + 1),
+            hit(user, "semantic", "0.000000007", occurred_at=noon + 2),
             call(user, occurred_at=noon + 3, cost_usd=None, status="upstream_error"),
         ]  # fmt: skip
 

@@ -125,8 +125,6 @@ def random_calls(
     for _ in range(n):
         streamed = rng.random() < 0.5
         prompt, completion = rng.randrange(1, 5000), rng.randrange(0, 900)
-        odd_cost = f"{rng.randrange(0, 10**6) / 10**9:.9f}"
-        hit = rng.choice(("exact", "semantic")) if rng.random() < 0.15 else None
         raw = call(
             rng.choice(users),
             occurred_at=now - rng.uniform(0, days * 86400),
@@ -136,13 +134,18 @@ def random_calls(
             completion_tokens=completion,
             cached_prompt_tokens=rng.randrange(0, prompt) if rng.random() < 0.6 else None,
             reasoning_tokens=rng.randrange(0, completion + 1) if rng.random() < 0.3 else None,
-            cost_usd="0.000000000" if hit else odd_cost if rng.random() < 0.9 else None,
+            cost_usd=f"{rng.randrange(0, 10**6) / 10**9:.9f}" if rng.random() < 0.9 else None,
             latency_ms=rng.uniform(5, 3000),
             stream=streamed,
             ttft_ms=rng.uniform(1, 400) if streamed else None,
-            cache=hit,
-            saved_usd=odd_cost if hit else None,
         )
+        if rng.random() < 0.15:  # replayed from the response cache, as inference records it
+            raw = replace(
+                raw, status="ok", attempts=0, prompt_tokens=0, completion_tokens=0,
+                cached_prompt_tokens=None, reasoning_tokens=None, cost_usd="0.000000000",
+                cache=rng.choice(("exact", "semantic")),
+                saved_usd=f"{rng.randrange(1, 10**6) / 10**9:.9f}",
+            )  # fmt: skip
         events.append(CallEvent.model_validate(as_json(raw)))
     return events
 
