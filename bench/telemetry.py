@@ -8,15 +8,17 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
 (`python -m telemetry`, `--replicas` processes sharing the consumer group) against them:
 
 1. ingestion: `--backlog` call events are appended to the stream first (as inference does,
-   one JSON field per entry), then the service starts; the rate is the events stored
-   divided by the time between the first and the last commit (received_at in Postgres).
+   one JSON field per entry, 5 % of them response-cache hits), then the service starts; the
+   rate is the events stored divided by the time between the first and the last commit
+   (received_at in Postgres).
 2. lag: a producer appends 2,000 events/s in 50 ms batches (inference's linger) for
    `--steady-seconds`; each event's lag is received_at minus the time it was appended.
 3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
    statement with the triggers firing and skipped), for calls of now and of yesterday.
 4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
-   5 models, 5 % without a price, cached prompt and reasoning tokens on some, stored in
-   time order as ingestion stores them), then
+   5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving), cached
+   prompt and reasoning tokens on some, stored in time order as ingestion stores them),
+   then
    `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
    one member, timed over HTTP at the service (signed identity): cold (no
    cached day valid: the first query after the rows were generated, then with the per-day
@@ -72,7 +74,7 @@ GENERATE = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, error_type, prompt_tokens, completion_tokens, usage_estimated, cost_usd,
     latency_ms, ttft_ms, stream, attempts, fallback, trace_id, cached_prompt_tokens,
-    reasoning_tokens)
+    reasoning_tokens, cache, saved_usd)
 SELECT * FROM (
 SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 'stream',
     ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, 'chat', 'openai',
@@ -81,24 +83,32 @@ SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 
     CASE WHEN i % 50 = 0 THEN 'upstream_error' ELSE 'ok' END,
     CASE WHEN i % 50 = 0 THEN 'APIStatusError' END,
     100 + i % 900, 10 + i % 300, false,
-    CASE WHEN i % 20 <> 7  -- 5 % without a price
-        THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END,
+    CASE WHEN hit THEN 0  -- response-cache hits cost nothing
+         WHEN i % 20 <> 7  -- 5 % without a price
+         THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END,
     50 + random() * 2000, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END,
-    i % 2 = 0, 1, false, md5(i::text),
-    CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END
-FROM generate_series(1, $1) AS i
+    i % 2 = 0, CASE WHEN hit THEN 0 ELSE 1 END, false, md5(i::text),
+    CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END,
+    CASE WHEN hit THEN (ARRAY['exact', 'semantic'])[1 + i % 2] END,
+    CASE WHEN hit THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END
+FROM generate_series(1, $1) AS i,
+    -- 5 % of the successful calls, spread over every user and model
+    LATERAL (SELECT i % 19 = 3 AND i % 50 <> 0 AS hit) AS h
 ) AS calls ORDER BY occurred_at
 """
 
 
-def event(user: uuid.UUID, when: float) -> dict[str, str]:
+def event(user: uuid.UUID, when: float, *, hit: bool = False) -> dict[str, str]:
+    """A call as inference writes it; a `hit` was replayed from the response cache."""
     return LlmCallEvent(
         id=str(uuid.uuid4()), occurred_at=when, user_id=str(user), api_key_id=None,
         provider="openai", model="openai/gpt-4o-mini", alias=None, status="ok",
         error_type=None, prompt_tokens=42, completion_tokens=17, usage_estimated=False,
-        cost_usd="0.000016500", latency_ms=321.5, ttft_ms=None, stream=False, attempts=1,
-        fallback=False, operation="chat", trace_id=uuid.uuid4().hex,
-        span_id=uuid.uuid4().hex[:16], trace_sampled=False,
+        cost_usd="0.000000000" if hit else "0.000016500", latency_ms=321.5, ttft_ms=None,
+        stream=False, attempts=0 if hit else 1, fallback=False, operation="chat",
+        trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16], trace_sampled=False, cache="exact" if hit else None,
+        saved_usd="0.000016500" if hit else None,
     ).to_fields()  # fmt: skip
 
 
@@ -107,7 +117,8 @@ async def append_backlog(redis_url: str, count: int, chunk: int = 5000) -> None:
     for start in range(0, count, chunk):
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(start, min(count, start + chunk)):
-                pipe.xadd(STREAM, event(USERS[i % 100], time.time()))  # type: ignore[arg-type]
+                fields = event(USERS[i % 100], time.time(), hit=i % 20 == 3)
+                pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
             await pipe.execute()
     await redis.aclose()
 
@@ -256,12 +267,13 @@ async def timed_usage(http: httpx.AsyncClient, params: dict[str, str], repeats: 
         response = await http.get("/v1/usage", params=params)
         timings.append(time.perf_counter() - begin)
         response.raise_for_status()
-    groups = response.json()["groups"]
+    body = response.json()
     return {
         "seconds": {"min": min(timings), "median": statistics.median(timings),
                     "max": max(timings)},
-        "groups": len(groups),
-        "requests": sum(g["requests"] for g in groups),
+        "groups": len(body["groups"]),
+        "requests": body["totals"]["requests"],
+        "cache_hits": body["totals"]["cache_hits"],
     }  # fmt: skip
 
 
@@ -279,7 +291,8 @@ async def usage_query(
     await db.execute("VACUUM (ANALYZE) telemetry.llm_call")
     admin = Identity(sub=str(uuid.uuid4()), kind="user", iss="gateway", roles=("admin",),
                      permissions=("telemetry:read_own", "telemetry:read_all"))  # fmt: skip
-    member = Identity(sub=str(USERS[0]), kind="user", iss="gateway", roles=("member",),
+    # USERS[1]: the generated calls of USERS[0] are all failures (i % 100 = 0), without hits.
+    member = Identity(sub=str(USERS[1]), kind="user", iss="gateway", roles=("member",),
                       permissions=("telemetry:read_own",))  # fmt: skip
     result: dict[str, Any] = {
         "rows": rows,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -23,6 +23,7 @@ EVENT = LlmCallEvent(
     ttft_ms=30.25, stream=True, attempts=2, fallback=True, operation="chat",
     trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", trace_sampled=True,
     team_id="5d3c1a2e-8f7b-4c6d-9e0f-112233445566", cached_prompt_tokens=8, reasoning_tokens=3,
+    cache="semantic", saved_usd="0.000004500",
 )  # fmt: skip
 # The Redis stream entry inference writes for EVENT, byte for byte.
 WIRE = (
@@ -34,7 +35,7 @@ WIRE = (
     '"fallback":true,"operation":"chat","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",'
     '"span_id":"00f067aa0ba902b7","trace_sampled":true,'
     '"team_id":"5d3c1a2e-8f7b-4c6d-9e0f-112233445566","cached_prompt_tokens":8,'
-    '"reasoning_tokens":3}'
+    '"reasoning_tokens":3,"cache":"semantic","saved_usd":"0.000004500"}'
 )
 
 
@@ -55,7 +56,8 @@ def test_telemetry_reads_every_field_inference_writes() -> None:
     assert read.cost_usd == Decimal(EVENT.cost_usd or "")
     as_written = asdict(EVENT)
     assert read.team_id == uuid.UUID(EVENT.team_id or "")
-    converted = {"id", "occurred_at", "user_id", "cost_usd", "team_id"}
+    assert read.saved_usd == Decimal(EVENT.saved_usd or "")
+    converted = {"id", "occurred_at", "user_id", "cost_usd", "team_id", "saved_usd"}
     for name, value in read.model_dump(exclude=converted).items():
         assert value == as_written[name], name
     for name, value in trace.model_dump().items():
@@ -94,6 +96,40 @@ def test_an_event_from_before_the_token_details_still_reads() -> None:
     )
     read = CallEvent.model_validate(old)
     assert (read.team_id, read.cached_prompt_tokens, read.reasoning_tokens) == (None, None, None)
+
+
+def test_an_event_from_before_the_response_cache_still_reads() -> None:
+    old = {k: v for k, v in asdict(EVENT).items() if k not in ("cache", "saved_usd")}
+    event = LlmCallEvent.from_fields({b"event": json.dumps(old).encode()})
+    assert (event.cache, event.saved_usd) == (None, None)
+    read = CallEvent.model_validate(old)
+    assert (read.cache, read.saved_usd) == (None, None)
+
+
+def test_a_cache_hit_as_inference_writes_it_reads() -> None:
+    """No provider was called: no attempt, no tokens, cost 0, and what it saved."""
+    hit = replace(
+        EVENT, attempts=0, fallback=False, prompt_tokens=0, completion_tokens=0,
+        cached_prompt_tokens=None, reasoning_tokens=None, cost_usd="0.000000000",
+        cache="exact", saved_usd="0.000006000",
+    )  # fmt: skip
+    read = CallEvent.model_validate_json(hit.to_fields()["event"])
+    assert (read.attempts, read.cost_usd, read.cache, read.saved_usd) == (
+        0, Decimal(0), "exact", Decimal("0.000006")
+    )  # fmt: skip
+    with pytest.raises(ValidationError, match="attempts"):
+        CallEvent.model_validate(asdict(hit) | {"attempts": -1})
+
+
+def test_a_cache_hit_names_its_cache_and_an_exact_saving() -> None:
+    for wrong in ("fuzzy", "", 1):
+        with pytest.raises(ValidationError, match="cache"):
+            CallEvent.model_validate(asdict(EVENT) | {"cache": wrong})
+    for wrong in ("-0.000000001", "0.0000000001", "1e30", "NaN", "lots"):
+        with pytest.raises(ValidationError, match="saved_usd"):
+            CallEvent.model_validate(asdict(EVENT) | {"saved_usd": wrong})
+    read = CallEvent.model_validate(asdict(EVENT) | {"cache": "exact", "saved_usd": "12.5"})
+    assert (read.cache, read.saved_usd) == ("exact", Decimal("12.5"))
 
 
 def test_token_details_have_the_bounds_of_their_columns() -> None:

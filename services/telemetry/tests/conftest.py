@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -68,6 +68,27 @@ def call(user: Identity | uuid.UUID | None, **overrides: Any) -> LlmCallEvent:
 
 def as_json(event: LlmCallEvent) -> dict[str, Any]:
     return asdict(event)
+
+
+def without(event: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The event as a producer from before the fields `names` writes it."""
+    left_out = set(names)
+    return {name: value for name, value in event.items() if name not in left_out}
+
+
+async def reported(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
+    """POST /v1/events, every event new."""
+    response = await http.post("/v1/events", json={"events": events})
+    assert response.status_code == 200, response.text
+    assert response.json()["inserted"] == len(events)
+
+
+async def usage_of(http: httpx.AsyncClient, **params: str) -> dict[str, Any]:
+    """GET /v1/usage, answered."""
+    response = await http.get("/v1/usage", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def append(redis: Redis, events: list[LlmCallEvent]) -> list[bytes]:

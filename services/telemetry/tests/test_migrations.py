@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
+import pytest
 
 from common.migrations import downgrade, upgrade
 from devkit import devstack
@@ -136,11 +138,31 @@ def test_the_team_column_and_spend_indexes_reach_every_partition(
         asyncio.run(_drop_database(test_database.admin_url, name))
 
 
-def test_the_token_details_migration_keeps_the_calls_and_drops_the_cached_days(
-    test_database: RunDatabase,
+# A migration that adds figures to the calls and to the per-day cache: the revision before
+# it, a day's row as the cache held it then, and the columns it adds to the calls.
+FIGURES_ADDED = {
+    "telemetry_0005 (token details)": (
+        "telemetry_0004",
+        "requests, errors, prompt_tokens, completion_tokens, cost_usd",
+        ("cached_prompt_tokens", "reasoning_tokens"),
+    ),
+    "telemetry_0006 (response-cache hits)": (
+        "telemetry_0005",
+        "requests, errors, prompt_tokens, completion_tokens, cost_usd, cached_prompt_tokens, "
+        "reasoning_tokens, unpriced_calls",
+        ("cache", "saved_usd"),
+    ),
+}
+
+
+@pytest.mark.parametrize("migration", FIGURES_ADDED)
+def test_a_migration_adding_figures_keeps_the_calls_and_drops_the_cached_days(
+    test_database: RunDatabase, migration: str
 ) -> None:
-    """Calls stored before read as not reported (null); the days cached before, which lack
-    the new sums, are gone (computed again, never served as zeros). Down and up again."""
+    """Calls stored before read as null (not reported, not a hit); the days cached before,
+    which lack the new sums, are gone (computed again, never served as zeros). Down and up
+    again."""
+    before_it, cached_columns, call_columns = FIGURES_ADDED[migration]
     name = f"mig_{uuid.uuid4().hex[:8]}"
     admin_url = devstack.with_database(test_database.admin_url, name)
     url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
@@ -161,33 +183,32 @@ def test_the_token_details_migration_keeps_the_calls_and_drops_the_cached_days(
                 "'openai', 'm', 'ok', 10, 5, false, 100, false, 1, false)",
                 datetime(day.year, day.month, day.day, 12, tzinfo=UTC),
             )
+            figures = ", ".join(["1"] + ["0"] * cached_columns.count(","))
             await conn.execute(
-                "INSERT INTO telemetry.usage_day (scope, day, epoch, requests, errors, "
-                "prompt_tokens, completion_tokens, cost_usd) SELECT 'old', day, epoch, 1, 0, "
-                "10, 5, 0 FROM telemetry.usage_day_epoch WHERE day = $1",
+                f"INSERT INTO telemetry.usage_day (scope, day, epoch, {cached_columns}) "
+                f"SELECT 'old', day, epoch, {figures} FROM telemetry.usage_day_epoch "
+                "WHERE day = $1",
                 day,
             )
             assert await conn.fetchval("SELECT count(*) FROM telemetry.usage_day") == 1
         finally:
             await conn.close()
 
-    async def after() -> tuple[int, list[tuple[int | None, int | None]]]:
+    async def after() -> tuple[int, list[tuple[Any, ...]]]:
         conn = await asyncpg.connect(url)
         try:
             cached = await conn.fetchval("SELECT count(*) FROM telemetry.usage_day")
-            calls = await conn.fetch(
-                "SELECT cached_prompt_tokens, reasoning_tokens FROM telemetry.llm_call"
-            )
-            return cached, [(r["cached_prompt_tokens"], r["reasoning_tokens"]) for r in calls]
+            calls = await conn.fetch(f"SELECT {', '.join(call_columns)} FROM telemetry.llm_call")
+            return cached, [tuple(row) for row in calls]
         finally:
             await conn.close()
 
     try:
-        upgrade(service_dir, url, "telemetry_0004")
+        upgrade(service_dir, url, before_it)
         asyncio.run(before())
         upgrade(service_dir, url)
         assert asyncio.run(after()) == (0, [(None, None)])
-        downgrade(service_dir, url, "telemetry_0004")
+        downgrade(service_dir, url, before_it)
         upgrade(service_dir, url)
         assert asyncio.run(after()) == (0, [(None, None)])
     finally:

@@ -18,7 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.identity import Identity
 from common.llm_events import STREAM
 
-from .conftest import MakeConsumer, admin, as_json, call, member, wait_stored
+from .conftest import (
+    MakeConsumer,
+    admin,
+    as_json,
+    call,
+    member,
+    reported,
+    usage_of,
+    wait_stored,
+    without,
+)
 
 Client = Callable[[Identity], httpx.AsyncClient]
 NEW_FIELDS = ("cached_prompt_tokens", "reasoning_tokens")
@@ -29,21 +39,7 @@ FIGURES = (
 
 
 def older(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as a producer from before these fields writes it."""
-    return {name: value for name, value in event.items() if name not in NEW_FIELDS}
-
-
-async def report(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
-    response = await http.post("/v1/events", json={"events": events})
-    assert response.status_code == 200, response.text
-    assert response.json()["inserted"] == len(events)
-
-
-async def usage(http: httpx.AsyncClient, **params: str) -> dict[str, Any]:
-    response = await http.get("/v1/usage", params=params)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return without(event, NEW_FIELDS)
 
 
 def figures(group: dict[str, Any]) -> dict[str, Any]:
@@ -66,10 +62,10 @@ async def test_token_details_are_listed_with_the_calls_and_summed_in_usage(
                            prompt_tokens=12, completion_tokens=7))),
     ]  # fmt: skip
     async with client(who) as http:
-        await report(http, events)
+        await reported(http, events)
         calls = (await http.get("/v1/calls")).json()["data"]
-        by_model = await usage(http, group_by="model")
-        by_day = await usage(http, group_by="day")
+        by_model = await usage_of(http, group_by="model")
+        by_day = await usage_of(http, group_by="day")
 
     listed = [(c["prompt_tokens"], c["cached_prompt_tokens"], c["reasoning_tokens"]) for c in calls]
     assert listed == [(12, None, None), (40, 0, None), (1200, 1000, 256)]  # newest first
@@ -89,7 +85,7 @@ async def test_token_details_are_listed_with_the_calls_and_summed_in_usage(
     totals = {
         "requests": 3, "errors": 0, "error_rate": 0.0, "prompt_tokens": 1252,
         "completion_tokens": 317, "cached_prompt_tokens": 1000, "reasoning_tokens": 256,
-        "cost_usd": "0.004456000", "unpriced_calls": 0,
+        "cost_usd": "0.004456000", "unpriced_calls": 0, "cache_hits": 0, "saved_usd": "0",
     }  # fmt: skip
     assert by_model["totals"] == totals
     assert by_day["totals"] == totals
@@ -108,10 +104,10 @@ async def test_unpriced_calls_are_the_successful_calls_without_a_cost(client: Cl
         as_json(call(who)),
     ]  # fmt: skip
     async with client(who) as http:
-        await report(http, events)
-        mine = await usage(http, group_by="model")
+        await reported(http, events)
+        mine = await usage_of(http, group_by="model")
     async with client(root) as http:
-        everyone = await usage(http, group_by="model", user=who.sub)
+        everyone = await usage_of(http, group_by="model", user=who.sub)
 
     for answer in (mine, everyone):
         unpriced = {g["key"]: (g["unpriced_calls"], g["errors"]) for g in answer["groups"]}

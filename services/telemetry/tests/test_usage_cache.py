@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db import transaction
 from common.identity import Identity
-from common.llm_events import CallEvent
+from common.llm_events import CallEvent, LlmCallEvent
 from common.logging import configure_logging
 from telemetry import repository, service
 from telemetry.main import prewarm_usage
@@ -118,7 +118,8 @@ def random_calls(
     rng: random.Random, users: list[uuid.UUID], models: list[str], n: int, days: int
 ) -> list[CallEvent]:
     """Calls over the last `days` days and today: odd costs, some without, errors, some
-    streamed, cached prompt and reasoning tokens reported or not."""
+    streamed, cached prompt and reasoning tokens reported or not, some answers replayed from
+    the response cache (cost 0, an odd saving)."""
     now = time.time()
     events = []
     for _ in range(n):
@@ -138,6 +139,13 @@ def random_calls(
             stream=streamed,
             ttft_ms=rng.uniform(1, 400) if streamed else None,
         )
+        if rng.random() < 0.15:  # replayed from the response cache, as inference records it
+            raw = replace(
+                raw, status="ok", attempts=0, prompt_tokens=0, completion_tokens=0,
+                cached_prompt_tokens=None, reasoning_tokens=None, cost_usd="0.000000000",
+                cache=rng.choice(("exact", "semantic")),
+                saved_usd=f"{rng.randrange(1, 10**6) / 10**9:.9f}",
+            )  # fmt: skip
         events.append(CallEvent.model_validate(as_json(raw)))
     return events
 
@@ -199,8 +207,12 @@ async def test_cached_answers_are_identical_to_reading_every_call(
     for range_name, (start, end) in ranges.items():
         for scope_name, filters in scopes.items():
             scope = Scope(start=start, end=end, **filters)
-            expected = (await truth(engine, scope)).model_dump_json()
+            expected_usage = await truth(engine, scope)
+            expected = expected_usage.model_dump_json()
             where = f"{scope_name}, {range_name}"
+            # Every kind of figure is there to compare, the response cache's too.
+            assert expected_usage.totals.cache_hits > 0, where
+            assert expected_usage.totals.saved_usd > 0, where
             assert (await answer(runtime, scope)).model_dump_json() == expected, where
             # The closed whole days of the range are cached now, and served from there.
             whole = [
@@ -213,40 +225,56 @@ async def test_cached_answers_are_identical_to_reading_every_call(
             assert (await answer(runtime, scope)).model_dump_json() == expected, where
 
 
-async def test_a_cached_day_holds_the_token_details_and_unpriced_calls(
-    engine: AsyncEngine, runtime: Runtime
-) -> None:
-    """The figures added in telemetry_0005 come from the cache as from the calls."""
+async def one_cached_day(
+    runtime: Runtime,
+    engine: AsyncEngine,
+    calls: Callable[[uuid.UUID, float], list[LlmCallEvent]],
+    columns: str,
+) -> tuple[Usage, tuple[Any, ...]]:
+    """A user's calls of a closed day (`calls(user, noon)`), stored, then their usage asked
+    for twice: computed (and checked against every call), then served from the cache,
+    identical. That answer, and the cached day's `columns` as stored."""
     user = uuid.uuid4()
     day = today() - 2 * DAY
     noon = midnight(day).timestamp() + 43200
-    calls = [
-        call(user, occurred_at=noon, cached_prompt_tokens=5, reasoning_tokens=2),
-        call(user, occurred_at=noon + 1, cached_prompt_tokens=7, cost_usd=None),
-        call(user, occurred_at=noon + 2, cost_usd=None, status="upstream_error"),
-        call(user, occurred_at=noon + 3),  # neither reported
-    ]
-    await store(runtime, [CallEvent.model_validate(as_json(c)) for c in calls])
+    await store(runtime, [CallEvent.model_validate(as_json(c)) for c in calls(user, noon)])
     scope = Scope(start=midnight(day), end=midnight(today()), user_id=user)
     first = await cached_and_true(runtime, engine, scope)  # computed, then stored
     async with engine.connect() as conn:
-        row = (
+        stored = (
             await conn.execute(
                 text(
-                    "SELECT cached_prompt_tokens, reasoning_tokens, unpriced_calls "
-                    "FROM telemetry.usage_day WHERE scope = :scope AND day = :day"
+                    f"SELECT {columns} FROM telemetry.usage_day WHERE scope = :scope AND day = :day"
                 ),
                 {"scope": scope.key(), "day": day},
             )
         ).one()
-    assert tuple(row) == (12, 2, 1)
     again = await cached_and_true(runtime, engine, scope)  # served from the cache
     assert again.model_dump_json() == first.model_dump_json()
-    figures = again.groups[0]
+    return again, tuple(stored)
+
+
+async def test_a_cached_day_holds_the_token_details_and_unpriced_calls(
+    engine: AsyncEngine, runtime: Runtime
+) -> None:
+    """The figures added in telemetry_0005 come from the cache as from the calls."""
+
+    def calls(user: uuid.UUID, noon: float) -> list[LlmCallEvent]:
+        return [
+            call(user, occurred_at=noon, cached_prompt_tokens=5, reasoning_tokens=2),
+            call(user, occurred_at=noon + 1, cached_prompt_tokens=7, cost_usd=None),
+            call(user, occurred_at=noon + 2, cost_usd=None, status="upstream_error"),
+            call(user, occurred_at=noon + 3),  # neither reported
+        ]
+
+    columns = "cached_prompt_tokens, reasoning_tokens, unpriced_calls"
+    answer, stored = await one_cached_day(runtime, engine, calls, columns)
+    assert stored == (12, 2, 1)
+    figures = answer.groups[0]
     assert (figures.cached_prompt_tokens, figures.reasoning_tokens, figures.unpriced_calls) == (
         12, 2, 1
     )  # fmt: skip
-    assert again.totals.unpriced_calls == 1
+    assert answer.totals.unpriced_calls == 1
 
 
 async def test_a_cached_day_is_served_only_while_its_epoch_is_current(
@@ -583,7 +611,8 @@ async def test_retention_deletes_cached_days_and_epochs_past_the_horizon(
             engine,
             "INSERT INTO telemetry.usage_day (scope, day, epoch, requests, errors, "
             "prompt_tokens, completion_tokens, cached_prompt_tokens, reasoning_tokens, "
-            "cost_usd, unpriced_calls) VALUES ('retention-test', :day, 7, 1, 0, 0, 0, 0, 0, 0, 0)",
+            "cost_usd, unpriced_calls, cache_hits, saved_usd) VALUES ('retention-test', :day, 7, "
+            "1, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
             day=day,
         )
     await service.maintain(runtime)

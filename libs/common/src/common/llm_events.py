@@ -1,11 +1,13 @@
 """The record of one LLM call: the contract between inference, which writes one per
-provider call, and telemetry, which stores it. Both import it from here.
+provider call (and per answer replayed from its response cache), and telemetry, which
+stores it. Both import it from here.
 
 Wire format: a JSON object with the fields of `LlmCallEvent`, typed as written there
-(`id` and `user_id` UUID text, `occurred_at` unix seconds, `cost_usd` an exact decimal as
-text or null, `trace_id` 32 and `span_id` 16 lowercase hex digits; `cached_prompt_tokens`
-and `reasoning_tokens`, parts of `prompt_tokens` and `completion_tokens`, integers or null
-when the provider does not report them). It travels
+(`id` and `user_id` UUID text, `occurred_at` unix seconds, `cost_usd` and `saved_usd` exact
+decimals as text or null, `cache` "exact", "semantic" or null, `trace_id` 32 and `span_id`
+16 lowercase hex digits; `cached_prompt_tokens` and `reasoning_tokens`, parts of
+`prompt_tokens` and `completion_tokens`, integers or null when the provider does not report
+them). It travels
 - on the Redis stream `STREAM`, one entry per call with one field, `event`, the object as
   compact JSON (so types survive the trip; `LlmCallEvent.to_fields`);
 - in `POST /v1/events` (telemetry), as `{"events": [object, ...]}`, from callers that
@@ -26,7 +28,7 @@ import json
 import uuid
 from dataclasses import MISSING, asdict, dataclass, fields
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -51,7 +53,7 @@ class LlmCallEvent:
     latency_ms: float
     ttft_ms: float | None
     stream: bool
-    attempts: int
+    attempts: int  # provider calls made; 0 for a response-cache hit
     fallback: bool
     operation: str  # "chat" or "embeddings"
     trace_id: str | None
@@ -69,8 +71,11 @@ class LlmCallEvent:
     # reasoning.
     cached_prompt_tokens: int | None = None  # of prompt_tokens
     reasoning_tokens: int | None = None  # of completion_tokens
-    cache: str | None = None  # "exact" | "semantic": replayed from the response cache
-    saved_usd: str | None = None  # exact decimal: what the replayed answer cost to make
+    # A response-cache hit: the answer was replayed ("exact" or "semantic"), no provider was
+    # called, and its own cost_usd is "0.000000000"; `saved_usd` (exact decimal) is what the
+    # provider would have charged for it. None: not a hit, or an event written before these.
+    cache: str | None = None
+    saved_usd: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """Redis stream fields: one JSON document, so types survive the trip."""
@@ -105,6 +110,7 @@ def _text(max_length: int) -> object:
 Tokens = Annotated[int, Field(ge=0, le=INT32)]
 Millis = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Usd = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)]
 
 
 class CallEvent(BaseModel):
@@ -126,11 +132,13 @@ class CallEvent(BaseModel):
     prompt_tokens: Tokens | None = None
     completion_tokens: Tokens | None = None
     usage_estimated: bool = False
-    cost_usd: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=9)] | None = None
+    cost_usd: Usd | None = None
     latency_ms: Millis
     ttft_ms: Millis | None = None
     stream: bool = False
-    attempts: Annotated[int, Field(ge=1, le=1000)] = 1
+    attempts: Annotated[int, Field(ge=0, le=1000)] = Field(
+        1, description="Provider attempts (retries and fallbacks included); 0: a cache hit."
+    )
     fallback: bool = False
     operation: Annotated[str, _text(32)] = "chat"
     trace_id: TraceId | None = None
@@ -140,6 +148,12 @@ class CallEvent(BaseModel):
     )
     reasoning_tokens: Tokens | None = Field(
         None, description="Of completion_tokens: those spent on reasoning."
+    )
+    cache: Literal["exact", "semantic"] | None = Field(
+        None, description="The answer was replayed from the response cache (cost 0)."
+    )
+    saved_usd: Usd | None = Field(
+        None, description="A cache hit: what the provider would have charged for the answer."
     )
 
 

@@ -97,6 +97,11 @@ class LlmCall(TelemetryBase, table=True):
     attempts: int = Field(sa_column=Column(SmallInteger, nullable=False))
     fallback: bool = Field(sa_column=Column(Boolean, nullable=False))
     trace_id: str | None = Field(default=None, sa_column=Column(String(32)))
+    # A response-cache hit (migration telemetry_0006): "exact" or "semantic", and what the
+    # provider would have charged for the replayed answer (its own cost_usd is 0). Null: not
+    # a hit, and the calls stored before.
+    cache: str | None = Field(default=None, sa_column=Column(String(16)))
+    saved_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(18, 9)))
 
 
 class DeadLetter(TelemetryBase, table=True):
@@ -157,6 +162,8 @@ class UsageDay(TelemetryBase, table=True):
     reasoning_tokens: int = Field(sa_column=Column(BigInteger, nullable=False))
     cost_usd: Decimal = Field(sa_column=Column(Numeric, nullable=False))
     unpriced_calls: int = Field(sa_column=Column(BigInteger, nullable=False))
+    cache_hits: int = Field(sa_column=Column(BigInteger, nullable=False))
+    saved_usd: Decimal = Field(sa_column=Column(Numeric, nullable=False))
     latency_ms_p50: float | None = Field(default=None, sa_column=Column(Double))
     latency_ms_p95: float | None = Field(default=None, sa_column=Column(Double))
     ttft_ms_p50: float | None = Field(default=None, sa_column=Column(Double))

@@ -52,7 +52,8 @@ CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("prompt_tokens", "int4"), ("completion_tokens", "int4"), ("usage_estimated", "bool"),
     ("cost_usd", "numeric"), ("latency_ms", "float8"), ("ttft_ms", "float8"),
     ("stream", "bool"), ("attempts", "int2"), ("fallback", "bool"), ("trace_id", "text"),
-    ("cached_prompt_tokens", "int4"), ("reasoning_tokens", "int4"),
+    ("cached_prompt_tokens", "int4"), ("reasoning_tokens", "int4"), ("cache", "text"),
+    ("saved_usd", "numeric"),
 )  # fmt: skip
 # One statement for any number of rows, from one JSON text: the validated events as
 # pydantic writes them (telemetry.service.EVENTS), read by Postgres's json_to_recordset
@@ -231,8 +232,8 @@ GROUP_KEYS: dict[str, Any] = {
 
 def _aggregates() -> list[Any]:
     """Per group: requests, errors, tokens (and the cached prompt and reasoning tokens among
-    them), exact cost, the successful calls without a cost (their model has no price),
-    latency p50/p95, TTFT p50."""
+    them), exact cost, the successful calls without a cost (their model has no price), the
+    response-cache hits and the exact sum of what they saved, latency p50/p95, TTFT p50."""
     # One sort for both latency percentiles: percentile_cont over an array of fractions.
     latency = func.percentile_cont(cast([0.5, 0.95], ARRAY(Double))).within_group(
         col(LlmCall.latency_ms)
@@ -248,6 +249,8 @@ def _aggregates() -> list[Any]:
         func.count()
         .filter(col(LlmCall.status) == "ok", col(LlmCall.cost_usd).is_(None))
         .label("unpriced_calls"),
+        func.count(col(LlmCall.cache)).label("cache_hits"),
+        func.coalesce(func.sum(col(LlmCall.saved_usd)), 0).label("saved_usd"),
         latency.label("latency_ms_p50_p95"),
         func.percentile_cont(0.5).within_group(col(LlmCall.ttft_ms)).label("ttft_ms_p50"),
     ]
@@ -283,8 +286,8 @@ _CACHE = UsageDay.__table__  # type: ignore[attr-defined]
 _USAGE_DAY_TYPES = {
     "requests": "int8", "errors": "int8", "prompt_tokens": "int8", "completion_tokens": "int8",
     "cached_prompt_tokens": "int8", "reasoning_tokens": "int8", "cost_usd": "numeric",
-    "unpriced_calls": "int8", "latency_ms_p50": "float8", "latency_ms_p95": "float8",
-    "ttft_ms_p50": "float8",
+    "unpriced_calls": "int8", "cache_hits": "int8", "saved_usd": "numeric",
+    "latency_ms_p50": "float8", "latency_ms_p95": "float8", "ttft_ms_p50": "float8",
 }  # fmt: skip
 USAGE_DAY_COLUMNS = tuple(_USAGE_DAY_TYPES)
 

@@ -8,12 +8,28 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    computed_field,
+    model_validator,
+)
 
 from common.llm_events import CallEvent
 from common.policy import ScopeKind
 
 GroupBy = Literal["model", "provider", "user", "day", "key", "team"]
+
+
+def exact(amount: Decimal) -> str:
+    """An exact amount as a decimal string with all its digits, never an exponent: a cache
+    hit's cost `0.000000000` (and a sum of them) would otherwise read `0E-9`."""
+    return format(amount, "f")
+
+
+Usd = Annotated[Decimal, PlainSerializer(exact, return_type=str, when_used="json")]
 
 
 @dataclass(frozen=True)
@@ -58,10 +74,18 @@ class UsageTotals(BaseModel):
         description="Of completion_tokens, those spent on reasoning; calls that do not report "
         "it count 0."
     )
-    cost_usd: Decimal = Field(description="Exact sum of the calls' costs, as a decimal string.")
+    cost_usd: Usd = Field(description="Exact sum of the calls' costs, as a decimal string.")
     unpriced_calls: int = Field(
         description="Successful calls without a cost (their model has no price): they count 0 "
         "in cost_usd. Give the model a price to cost its calls."
+    )
+    cache_hits: int = Field(
+        description="Calls answered from the response cache (exact or semantic): requests like "
+        "any other, costing 0."
+    )
+    saved_usd: Usd = Field(
+        description="Exact sum of what the provider would have charged for the answers "
+        "replayed from the response cache, as a decimal string."
     )
 
 
@@ -120,13 +144,20 @@ class CallRead(BaseModel):
         description="Of completion_tokens, those spent on reasoning; null when not reported."
     )
     usage_estimated: bool
-    cost_usd: Decimal | None
+    cost_usd: Usd | None
     latency_ms: float
     ttft_ms: float | None
     stream: bool
     attempts: int
     fallback: bool
     trace_id: str | None = Field(description="Open it in Jaeger to see the call's trace.")
+    cache: Literal["exact", "semantic"] | None = Field(
+        description="The answer was replayed from the response cache (no provider was called; "
+        "cost_usd is 0); null: not a hit."
+    )
+    saved_usd: Usd | None = Field(
+        description="A cache hit: what the provider would have charged for the answer."
+    )
 
 
 class CallPage(BaseModel):

@@ -37,6 +37,7 @@ from telemetry.schemas import (
     SpendRequest,
     Usage,
     UsageGroup,
+    exact,
 )
 
 log = structlog.get_logger(__name__)
@@ -358,7 +359,7 @@ def _day_values(row: Row[Any]) -> dict[str, Any]:
     values = {name: getattr(row, name) for name in ("day", "epoch", *USAGE_DAY_COLUMNS)}
     if values["requests"] is None:
         values.update({name: 0 for name in USAGE_DAY_COLUMNS if name not in PERCENTILES})
-        values["cost_usd"] = Decimal(0)
+        values.update(cost_usd=Decimal(0), saved_usd=Decimal(0))
     return values
 
 
@@ -485,4 +486,4 @@ async def spend(db: Db, request: SpendRequest) -> Spend:
         for q in request.queries
     ]
     amounts = await repository.spend(db, queries)
-    return Spend(spend_usd=[format(amount, "f") for amount in amounts])
+    return Spend(spend_usd=[exact(amount) for amount in amounts])
