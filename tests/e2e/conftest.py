@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import psutil
 import pytest
 import uvicorn
@@ -160,15 +161,40 @@ def otlp() -> Iterator[OtlpReceiver]:
     receiver.stop()
 
 
+class CacheRedis:
+    """A redis-server of its own for the platform's response cache, which a test may stop
+    and start again (on the same port)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+        self.process, self.url = devstack.start_redis(data_dir)
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def stop(self) -> None:
+        devstack.stop_process(self.process)
+
+    def start(self) -> None:
+        self.process, self.url = devstack.start_redis(self.data_dir, self.port)
+
+
+@pytest.fixture(scope="session")
+def cache_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CacheRedis]:
+    redis_server = CacheRedis(tmp_path_factory.mktemp("cache-redis"))
+    yield redis_server
+    redis_server.stop()
+
+
 @pytest.fixture(scope="session")
 def platform(
     postgres_admin_url: str,
     redis_url: str,
     otlp: OtlpReceiver,
+    cache_redis: CacheRedis,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningPlatform]:
     """The platform on the test run's Postgres (a database of its own) and Redis (db 1),
-    exporting traces to a local OTLP receiver."""
+    its response cache on a Redis of its own, exporting traces to a local OTLP receiver."""
     with platform_on(
         postgres_admin_url,
         redis_url,
@@ -178,6 +204,7 @@ def platform(
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "OTEL_RESOURCE_ATTRIBUTES": E2E_RESOURCE,
+            "INFERENCE_CACHE_REDIS_URL": cache_redis.url,
         },
     ) as running:
         yield running
@@ -279,6 +306,50 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     control = FaultControl()
     with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
         yield FakeOpenAI(f"{url}/v1", control)
+
+
+class Member:
+    """A member signed in through the gateway (a browser), and the SDK with their key."""
+
+    def __init__(
+        self, platform: RunningPlatform, email: str, key: dict[str, Any] | None = None
+    ) -> None:
+        """`key`: more fields of the API key the SDK uses (a policy, a cache default)."""
+        gateway = platform.gateway
+        httpx.post(f"{gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD})
+        self.browser = httpx.Client(base_url=gateway, timeout=30)
+        login = self.browser.post("/auth/login", json={"email": email, "password": MEMBER_PASSWORD})
+        assert login.status_code == 200, login.text
+        self.browser.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+        created = self.browser.post("/auth/api-keys", json={"name": "sdk", **(key or {})})
+        assert created.status_code == 201, created.text
+        self.key: str = created.json()["key"]
+        self.sdk = openai.OpenAI(base_url=f"{gateway}/v1", api_key=self.key, max_retries=0)
+
+    def credential(self, provider: str, name: str, base_url: str, api_key: str) -> str:
+        created = self.browser.post(
+            "/v1/providers/credentials",
+            json={"provider": provider, "name": name, "api_key": api_key, "base_url": base_url},
+        )
+        assert created.status_code == 201, created.text
+        credential_id: str = created.json()["id"]
+        return credential_id
+
+    def calls(self, count: int, within: float = 30.0) -> list[dict[str, Any]]:
+        """Their `count` calls as telemetry recorded them (newest first), once all arrived."""
+        deadline = time.monotonic() + within
+        while True:
+            response = self.browser.get("/v1/calls", params={"limit": 100})
+            assert response.status_code == 200, response.text
+            data: list[dict[str, Any]] = response.json()["data"]
+            if len(data) >= count or time.monotonic() > deadline:
+                assert len(data) == count, data
+                return data
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.sdk.close()
+        self.browser.close()
 
 
 def new_member_with_key(

@@ -5,12 +5,10 @@ and what cached prompt tokens cost."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -19,9 +17,9 @@ from devkit.fakes.faults import FaultControl
 from devkit.fakes.openai_server import DEFAULT_MODELS, create_openai_app
 
 from .conftest import (
-    MEMBER_PASSWORD,
     PROVIDER_KEY,
     FakeOpenAI,
+    Member,
     RunningPlatform,
     served_in_thread,
 )
@@ -36,47 +34,6 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-
-
-class Member:
-    """A member signed in through the gateway (a browser), and the SDK with their key."""
-
-    def __init__(self, platform: RunningPlatform, email: str) -> None:
-        gateway = platform.gateway
-        httpx.post(f"{gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD})
-        self.browser = httpx.Client(base_url=gateway, timeout=30)
-        login = self.browser.post("/auth/login", json={"email": email, "password": MEMBER_PASSWORD})
-        assert login.status_code == 200, login.text
-        self.browser.headers["X-CSRF-Token"] = login.json()["csrf_token"]
-        created = self.browser.post("/auth/api-keys", json={"name": "sdk"})
-        assert created.status_code == 201, created.text
-        self.key: str = created.json()["key"]
-        self.sdk = openai.OpenAI(base_url=f"{gateway}/v1", api_key=self.key, max_retries=0)
-
-    def credential(self, provider: str, name: str, base_url: str, api_key: str) -> str:
-        created = self.browser.post(
-            "/v1/providers/credentials",
-            json={"provider": provider, "name": name, "api_key": api_key, "base_url": base_url},
-        )
-        assert created.status_code == 201, created.text
-        credential_id: str = created.json()["id"]
-        return credential_id
-
-    def calls(self, count: int, within: float = 30.0) -> list[dict[str, Any]]:
-        """Their `count` calls as telemetry recorded them (newest first), once all arrived."""
-        deadline = time.monotonic() + within
-        while True:
-            response = self.browser.get("/v1/calls", params={"limit": 100})
-            assert response.status_code == 200, response.text
-            data: list[dict[str, Any]] = response.json()["data"]
-            if len(data) >= count or time.monotonic() > deadline:
-                assert len(data) == count, data
-                return data
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        self.sdk.close()
-        self.browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -168,3 +168,15 @@ async def test_delete_cache_forgets_semantic_entries_too(
     assert (await call(inference, user, ask("what is the capital of france", SYSTEM))
             ).headers["x-cache"] == "miss"  # fmt: skip
     assert admin().has("providers:manage_shared")
+
+
+async def test_at_the_default_threshold_a_close_paraphrase_hits(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    """bench/data's pair 41, at INFERENCE_CACHE_SEMANTIC_THRESHOLD's default (0.94)."""
+    who = someone()
+    await inference.credential(openai_upstream.url, identity=who)
+    user = semantic(who)
+    await call(inference, user, ask("What is the chemical symbol for gold?"))
+    paraphrase = await call(inference, user, ask("what is gold's chemical symbol?"))
+    assert paraphrase.headers["x-cache"] == "hit-semantic"

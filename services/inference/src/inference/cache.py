@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -403,11 +404,13 @@ class CacheStore:
         clock: Callable[[], float] = time.time,
         embed: Callable[[str], Awaitable[list[float]]] | None = None,
         guard: Callable[[str, str], bool] | None = None,
-        semantic_threshold: float = 0.95,
+        semantic_threshold: float = 0.94,
         semantic_timeout: float = 2.0,
         semantic_max_entries: int = 10_000,
+        own_redis: Redis | None = None,
     ) -> None:
         self._redis = redis_side
+        self._own_redis = own_redis
         self.max_entry_bytes = max_entry_bytes
         self._max_scope_bytes = max_scope_bytes
         self._timeout = lookup_timeout
@@ -521,6 +524,12 @@ class CacheStore:
             return
         if evicted:
             CACHE_EVICTIONS.inc(evicted)
+
+    async def aclose(self) -> None:
+        """The writes under way finished; the cache's own Redis client (if any) closed."""
+        await self.drain()
+        if self._own_redis is not None:
+            await self._own_redis.aclose()
 
     async def drain(self) -> None:
         """Wait for the writes under way (shutdown; tests)."""

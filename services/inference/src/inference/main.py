@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from common.app import create_service_app, database_and_redis
 from common.db import transaction
 from common.http import peer_client
+from common.redis import create_redis
 from inference import service
 from inference.api import router
 from inference.cache import CacheStore
@@ -94,8 +95,10 @@ def build_cache(settings: InferenceSettings, redis: Redis, local: Provider) -> C
     async def embed(text: str) -> list[float]:
         return (await local.embed(service.NO_CREDENTIAL, LOCAL_MODEL, [text])).vectors[0]
 
+    own = create_redis(settings.cache_redis_url) if settings.cache_redis_url else None
     return CacheStore(
-        ResponseCache(redis),
+        ResponseCache(own or redis),
+        own_redis=own,
         max_entry_bytes=settings.cache_max_entry_bytes,
         max_scope_bytes=settings.cache_max_scope_bytes,
         lookup_timeout=settings.cache_lookup_timeout_seconds,
@@ -198,7 +201,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await prices
             await runtime.routing.latency.close()
-            await runtime.cache.drain()
+            await runtime.cache.aclose()
             await runtime.sink.close()
             await runtime.governance.telemetry.aclose()
             await asyncio.gather(*(p.aclose() for p in runtime.providers.values()))

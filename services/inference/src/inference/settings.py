@@ -87,6 +87,10 @@ class InferenceSettings(DatabaseSettings):
     # The response cache (inference/cache.py): how long an answer is kept unless the request
     # or policy says, the largest answer kept, the most one owner scope keeps (the entries
     # that expire soonest go first), and how long a lookup may take before it is a miss.
+    # The exact cache's Redis: REDIS_URL's unless set. A Redis of its own can be sized and
+    # evicted as a cache (maxmemory, allkeys-lru) apart from the one holding sessions and
+    # budgets; when it fails, answers are misses, and nothing else is touched.
+    cache_redis_url: str | None = None
     cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86_400)
     cache_max_entry_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
     cache_max_scope_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
@@ -94,7 +98,7 @@ class InferenceSettings(DatabaseSettings):
     # The semantic cache: the cosine similarity a cached prompt needs (besides the lexical
     # guard, inference/cache_guard.py; bench/semantic_cache.py measures both), the most
     # entries one owner scope keeps, and how long embedding and lookup may take together.
-    cache_semantic_threshold: float = Field(0.95, ge=0.5, le=1.0)
+    cache_semantic_threshold: float = Field(0.94, ge=0.5, le=1.0)
     cache_semantic_max_entries: int = Field(10_000, ge=1, le=1_000_000)
     cache_semantic_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # The most prices admins may set at runtime.
