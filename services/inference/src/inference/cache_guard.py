@@ -40,8 +40,8 @@ capitalised acronym matches the initials of the other side's words (ML, machine 
 
 Bounds: the checks read the first `MAX_CHARS` characters of each prompt; past those the two
 prompts must be the same text (a plain comparison), so nothing unread can differ. The work
-is about linear in what is read (~0.3 ms for two 60-word prompts, ~3 ms at `MAX_CHARS`,
-bench/semantic_cache.py); `analyse` keeps the last 2,048 prompts' readings, so a cached
+is about linear in what is read (~0.3 ms for two 60-word prompts, ~1.5-3 ms for two of
+`MAX_CHARS`, bench/semantic_cache.py); `analyse` keeps the last 2,048 prompts' readings, so a cached
 prompt is read once. The regular expressions cannot backtrack beyond a quoted string's
 400-character bound.
 
@@ -61,9 +61,10 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import NamedTuple
 
-# What the checks read of each prompt: about 700 words, three times what all-MiniLM-L6-v2
-# reads (256 wordpieces); past it, `compatible` asks for the same text on both sides.
-MAX_CHARS = 4000
+# What the checks read of each prompt: about 350 words, more than all-MiniLM-L6-v2 reads
+# (256 wordpieces, ~1,000-1,300 characters of English); past it, `compatible` asks for the
+# same text on both sides. Reading it all costs ~1.5 ms here (bench/semantic_cache.py).
+MAX_CHARS = 2000
 
 _WORD = re.compile(r"\w+(?:[.'\u2019-]\w+)*[+#]*")
 _NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
