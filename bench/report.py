@@ -536,7 +536,52 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
         out += _vector_targets(report["vectors"])
     if report.get("idle_rss_mb"):
         out.append(_rss_target(report["idle_rss_mb"]))
+    if report.get("semantic_cache"):
+        out.append(_semantic_target(report["semantic_cache"]))
     return out
+
+
+def _semantic_rows(sem: dict[str, Any], threshold: float) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for name in ("dev", "test", "all"):
+        for f in sem["grid"][name]:
+            if f["threshold"] == threshold:
+                rows.append([
+                    name, f"{threshold:.2f}", "yes" if f["guard"] else "no",
+                    fmt(f["precision"], 3), fmt(f["recall"], 3),
+                    "—" if f["false_hit_rate"] is None else f"{f['false_hit_rate']:.1%}",
+                ])  # fmt: skip
+    return rows
+
+
+def semantic_tables(sem: dict[str, Any]) -> str:
+    """The semantic cache at its recommended threshold (bench/results/semantic_cache.md has
+    every threshold)."""
+    threshold = sem.get("recommended_threshold")
+    if threshold is None:
+        return (
+            "## Semantic cache (bench/semantic_cache.py)\n\n"
+            "No threshold gives <= 1 % false hits with the guard: see semantic_cache.md."
+        )
+    return (
+        f"## Semantic cache (bench/semantic_cache.py): the default threshold {threshold:.2f}\n\n"
+        + table(
+            ["pairs", "threshold", "guard", "precision", "recall", "false hits"],
+            _semantic_rows(sem, threshold),
+        )
+    )
+
+
+def _semantic_target(sem: dict[str, Any]) -> list[str]:
+    threshold = sem.get("recommended_threshold")
+    if threshold is None:
+        return ["semantic cache: ≤ 1 % false hits at the default threshold", "none", "**missed**"]
+    row = next(f for f in sem["grid"]["all"] if f["guard"] and f["threshold"] == threshold)
+    return [
+        "semantic cache: ≤ 1 % false hits at the default threshold",
+        f"{row['false_hit_rate']:.1%} at {threshold:.2f} (recall {row['recall']:.3f})",
+        "met",
+    ]
 
 
 def render(report: dict[str, Any]) -> str:
@@ -561,6 +606,8 @@ def render(report: dict[str, Any]) -> str:
         parts.append(telemetry_tables(report["telemetry"]))
     if report.get("vectors"):
         parts.append(vectors_tables(report["vectors"]))
+    if report.get("semantic_cache"):
+        parts.append(semantic_tables(report["semantic_cache"]))
     parts.append("## Targets\n\n" + table(["target", "measured", "status"], targets(report)))
     if report.get("failures"):
         parts.append(

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, side by side with LiteLLM's proxy.
 
-    .venv/bin/python bench/suite.py [--quick] [--families chat vectors telemetry]
+    .venv/bin/python bench/suite.py [--quick] [--families chat vectors telemetry semantic]
 
 1. chat: a zero-delay OpenAI-protocol upstream, the same with a fixed delay, the platform
    (fresh embedded Postgres and Redis, an admin, an API key, credentials pointing at the
@@ -14,6 +14,8 @@
    queries with recall@10 against exact search, the local model's throughput).
 3. telemetry: bench/telemetry.py in its own process with its own Postgres and Redis
    (ingestion, lag at 2,000 events/s, the 1M-row 30-day usage query).
+4. semantic: bench/semantic_cache.py in its own process (the semantic cache's false hits
+   on bench/data's labelled pairs, with and without the guard; the same in --quick).
 
 Prints one markdown table per family, writes bench/results/latest.json and a dated copy of
 the tables (bench/results/YYYY-MM-DD.md); `--quick` writes bench/results/quick.json only.
@@ -256,6 +258,18 @@ def telemetry_family(s: Settings) -> dict[str, Any]:
     return dict(json.loads((RESULTS / "telemetry.json").read_text()))
 
 
+def semantic_family() -> dict[str, Any]:
+    """bench/semantic_cache.py in its own process (~20 s: the local model, 918 prompts)."""
+    log = RESULTS / "semantic-cache-bench.log"
+    with open(log, "wb") as out:
+        code = _run_script(["semantic_cache.py"], out)
+    if code != 0:
+        raise RuntimeError(f"bench/semantic_cache.py exited {code}: see {log}")
+    result = json.loads((RESULTS / "semantic_cache.json").read_text())
+    result.pop("pairs_detail", None)
+    return dict(result)
+
+
 def _run_script(args: list[str], out: Any) -> int:
     """A bench script in a child process; on the way out (Ctrl-C included) it gets SIGINT,
     which its own clean-up handles, and SIGKILL only if it is still there 60 s later."""
@@ -364,8 +378,8 @@ def main() -> int:
     parser.add_argument(
         "--families",
         nargs="+",
-        default=["chat", "vectors", "telemetry"],
-        choices=["chat", "vectors", "telemetry"],
+        default=["chat", "vectors", "telemetry", "semantic"],
+        choices=["chat", "vectors", "telemetry", "semantic"],
     )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C: every `finally` below stops what it started.
@@ -388,6 +402,8 @@ def main() -> int:
             report.pop("platform", None)
         if "telemetry" in s.families:
             attempt(report, "telemetry", lambda: telemetry_family(s))
+        if "semantic" in s.families:
+            attempt(report, "semantic_cache", semantic_family)
     except KeyboardInterrupt:
         interrupted = True
         report.setdefault("failures", {})["interrupted"] = "stopped by Ctrl-C / SIGTERM"
