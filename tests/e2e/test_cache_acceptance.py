@@ -134,3 +134,15 @@ def test_with_the_cache_redis_stopped_calls_succeed_as_misses(
     # Back without a restart of inference (this Redis keeps nothing on disk: a miss first).
     assert ask(member, "words:3", extra_body=EXACT)[0] == "miss"
     assert ask(member, "words:3", extra_body=EXACT)[0] == "hit-exact"
+
+
+def test_delete_cache_through_the_gateway_forgets_your_answers(member: Member) -> None:
+    ask(member, "words:4", extra_body=EXACT)
+    assert ask(member, "words:4", extra_body=EXACT)[0] == "hit-exact"
+    cleared = member.browser.delete("/v1/cache")
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["entries"] >= 1
+    assert ask(member, "words:4", extra_body=EXACT)[0] == "miss"
+    refused = member.browser.delete("/v1/cache", params={"scope": "all"})
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/problem+json"

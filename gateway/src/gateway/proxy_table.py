@@ -29,6 +29,7 @@ PROXY_RULES: tuple[ProxyRule, ...] = (
     ProxyRule("/v1/embeddings", "inference"),
     ProxyRule("/v1/providers", "inference"),
     ProxyRule("/v1/hub", "inference"),
+    ProxyRule("/v1/cache", "inference"),
     ProxyRule("/v1/collections", "embeddings"),
     ProxyRule("/v1/usage", "telemetry"),
     ProxyRule("/v1/calls", "telemetry"),
