@@ -437,12 +437,19 @@ class CacheStore:
     async def find(self, decision: Decision) -> tuple[Entry | None, str, list[float] | None]:
         """(the cached answer or None, its kind: hit-exact or hit-semantic, and the prompt's
         embedding when one was made, for the write of a miss)."""
-        entry = await self.lookup(decision)
-        if entry is not None:
-            return entry, HIT_EXACT, None
         if decision.mode != "semantic" or decision.prompt is None:
-            return None, MISS, None
-        entry, vector = await self.lookup_semantic(decision)
+            return await self.lookup(decision), HIT_EXACT, None
+        # The exact lookup (Redis) while the prompt embeds; an exact hit cancels the rest.
+        semantic = asyncio.ensure_future(self.lookup_semantic(decision))
+        try:
+            exact = await self.lookup(decision)
+        except BaseException:
+            semantic.cancel()
+            raise
+        if exact is not None:
+            semantic.cancel()
+            return exact, HIT_EXACT, None
+        entry, vector = await semantic
         return entry, HIT_SEMANTIC, vector
 
     async def lookup_semantic(self, decision: Decision) -> tuple[Entry | None, list[float] | None]:

