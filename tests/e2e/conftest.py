@@ -311,6 +311,10 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 class Member:
     """A member signed in through the gateway (a browser), and the SDK with their key."""
 
+    # Where the platform keeps cached answers, for tests that wait for a write.
+    cache_redis_url: str = ""
+    database_url: str = ""
+
     def __init__(
         self, platform: RunningPlatform, email: str, key: dict[str, Any] | None = None
     ) -> None:

@@ -6,12 +6,15 @@ without it nothing is authenticated)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
+import redis
 
 from .conftest import PROVIDER_KEY, CacheRedis, FakeOpenAI, Member, RunningPlatform
 
@@ -29,21 +32,62 @@ def upstream_calls(fake: FakeOpenAI) -> int:
     return len(fake.control.requests_to(CHAT))
 
 
-def ask(member: Member, text: str, **extra: Any) -> tuple[str, str]:
-    """(X-Cache, the answer's text) of a plain call."""
+def ask(member: Member, text: str, *, written: bool = True, **extra: Any) -> tuple[str, str]:
+    """(X-Cache, the answer's text) of a plain call; after a miss, once its answer is in
+    the cache (written after the answer was sent), unless `written` is false."""
+    before = stored(member) if written else 0
     raw = member.sdk.chat.completions.with_raw_response.create(
         model="openai/gpt-4o-mini", messages=[{"role": "user", "content": text}], **extra
     )
     answer = raw.parse()
-    time.sleep(0.05)  # the write happens after the answer
+    if raw.headers["x-cache"] == "miss" and written:
+        wait_until(lambda: stored(member) > before)
     return raw.headers["x-cache"], answer.choices[0].message.content or ""
+
+
+def stored(member: Member) -> int:
+    """How many answers the platform's response cache holds: the exact cache's entries
+    (its own Redis) and the semantic ones (inference.cache_entry)."""
+    with redis.Redis.from_url(member.cache_redis_url, socket_timeout=2) as cache:
+        try:
+            exact = sum(1 for _ in cache.scan_iter(match="inference:cache:*:e:*", count=1000))
+        except redis.RedisError:
+            exact = 0  # stopped: nothing is written either
+    return exact + asyncio.run(_semantic_rows(member.database_url))
+
+
+async def _semantic_rows(url: str) -> int:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM inference.cache_entry"))
+    finally:
+        await conn.close()
+
+
+def wait_until(condition: Any, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the cache's write never landed"
+        time.sleep(0.02)
+
+
+def cached_member(
+    platform: RunningPlatform, cache_redis: CacheRedis, email: str, **key: Any
+) -> Member:
+    person = Member(platform, email, key=key or None)
+    person.cache_redis_url = cache_redis.url
+    person.database_url = platform.env["DATABASE_URL"]
+    return person
 
 
 @pytest.fixture
 def member(
-    platform: RunningPlatform, fake_openai: FakeOpenAI, request: pytest.FixtureRequest
+    platform: RunningPlatform,
+    cache_redis: CacheRedis,
+    fake_openai: FakeOpenAI,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Member]:
-    person = Member(platform, f"{request.node.name[:40]}@cache.example.com")
+    person = cached_member(platform, cache_redis, f"{request.node.name[:40]}@cache.example.com")
     person.credential("openai", "mine", fake_openai.url, PROVIDER_KEY)
     yield person
     person.close()
@@ -69,10 +113,10 @@ def test_exact_plain_and_streamed(member: Member, fake_openai: FakeOpenAI) -> No
 
 
 def test_semantic_paraphrase_hits_and_a_near_miss_does_not(
-    platform: RunningPlatform, fake_openai: FakeOpenAI, request: pytest.FixtureRequest
+    platform: RunningPlatform, cache_redis: CacheRedis, fake_openai: FakeOpenAI
 ) -> None:
-    member = Member(platform, "semantic@cache.example.com",
-                    key={"cache": {"mode": "semantic"}})  # fmt: skip
+    member = cached_member(platform, cache_redis, "semantic@cache.example.com",
+                           cache={"mode": "semantic"})  # fmt: skip
     try:
         member.credential("openai", "mine", fake_openai.url, PROVIDER_KEY)
         # The local model loads in the background at start: until it has, a semantic
@@ -80,22 +124,20 @@ def test_semantic_paraphrase_hits_and_a_near_miss_does_not(
         member.sdk.embeddings.create(model="local/all-MiniLM-L6-v2", input="warm up")
         cached, paraphrase = PARAPHRASE
         assert ask(member, cached)[0] == "miss"
-        time.sleep(1)  # embedding and storing the first prompt, after its answer
         hit = ask(member, paraphrase)
         assert hit == ("hit-semantic", f"echo: {cached}")  # the first prompt's answer
         original, swapped = NEAR_MISS
         assert ask(member, original)[0] == "miss"
-        time.sleep(1)
         assert ask(member, swapped) == ("miss", f"echo: {swapped}")
     finally:
         member.close()
 
 
 def test_another_users_identical_request_misses(
-    platform: RunningPlatform, member: Member, fake_openai: FakeOpenAI
+    platform: RunningPlatform, cache_redis: CacheRedis, member: Member, fake_openai: FakeOpenAI
 ) -> None:
     assert ask(member, "words:5", extra_body=EXACT)[0] == "miss"
-    other = Member(platform, "other@cache.example.com")
+    other = cached_member(platform, cache_redis, "other@cache.example.com")
     try:
         other.credential("openai", "mine", fake_openai.url, PROVIDER_KEY)
         assert ask(other, "words:5", extra_body=EXACT)[0] == "miss"
@@ -125,7 +167,7 @@ def test_with_the_cache_redis_stopped_calls_succeed_as_misses(
     try:
         before = upstream_calls(fake_openai)
         for _ in range(2):
-            status, text = ask(member, "words:3", extra_body=EXACT)
+            status, text = ask(member, "words:3", written=False, extra_body=EXACT)
             assert status == "miss"
             assert text
         assert upstream_calls(fake_openai) == before + 2

@@ -40,6 +40,9 @@ FAST = {
     "request_deadline_seconds": 10.0,
     "cache_seconds": 0.0,
     "local_preload": False,  # the tests that use the model load it once they need it
+    # The semantic cache's first lookup of an app waits for the model to load: on a busy
+    # machine that may take longer than the production bound, and a miss there is no test.
+    "cache_semantic_timeout_seconds": 30.0,
 }
 
 
