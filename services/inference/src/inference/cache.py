@@ -406,7 +406,7 @@ class CacheStore:
         guard: Callable[[str, str], bool] | None = None,
         semantic_threshold: float = 0.94,
         semantic_timeout: float = 2.0,
-        semantic_max_entries: int = 10_000,
+        semantic_max_entries: int = 1_000,
         own_redis: Redis | None = None,
     ) -> None:
         self._redis = redis_side

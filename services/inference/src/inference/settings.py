@@ -99,7 +99,7 @@ class InferenceSettings(DatabaseSettings):
     # guard, inference/cache_guard.py; bench/semantic_cache.py measures both), the most
     # entries one owner scope keeps, and how long embedding and lookup may take together.
     cache_semantic_threshold: float = Field(0.94, ge=0.5, le=1.0)
-    cache_semantic_max_entries: int = Field(10_000, ge=1, le=1_000_000)
+    cache_semantic_max_entries: int = Field(1_000, ge=1, le=1_000_000)
     cache_semantic_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # The most prices admins may set at runtime.
     max_prices: int = Field(10_000, ge=1, le=100_000)
