@@ -724,6 +724,11 @@ def _cache_decision(
                   default_ttl=runtime.settings.cache_ttl_seconds)  # fmt: skip
 
 
+def _not_found(decision: Decision | None) -> str:
+    """X-Cache of an answer the provider made: looked up and missed, or not looked up."""
+    return MISS if decision is not None and decision.lookup else BYPASS
+
+
 def _cache_headers(headers: Mapping[str, str], result: str) -> dict[str, str]:
     CACHE_ANSWERS.labels(result).inc()
     return {**headers, CACHE_HEADER: result}
@@ -793,18 +798,13 @@ async def chat(
         estimated=True,
     )
     body["model"] = request["model"]
-    body.setdefault("usage", {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    })  # fmt: skip
+    body.setdefault("usage", _usage_object(usage))
     call.record(target=outcome.target, status="ok", error_type=None, usage=usage,
                 attempts=outcome.attempts, fallback=outcome.fallback)  # fmt: skip
-    if decision is None:
-        return body, _cache_headers(call.headers, BYPASS)
-    runtime.cache.store(decision, body, provider=outcome.target.provider,
-                        model=outcome.target.name, vector=found.vector)  # fmt: skip
-    return body, _cache_headers(call.headers, MISS if decision.lookup else BYPASS)
+    if decision is not None:
+        runtime.cache.store(decision, body, provider=outcome.target.provider,
+                            model=outcome.target.name, vector=found.vector)  # fmt: skip
+    return body, _cache_headers(call.headers, _not_found(decision))
 
 
 async def chat_stream(
@@ -858,8 +858,7 @@ async def chat_stream(
     # that has started runs it when it is closed or dropped (the loop's async-generator
     # finalizer): the call is recorded, its hold settled and its lease given back.
     first = await anext(events)
-    result = BYPASS if decision is None or not decision.lookup else MISS
-    return _resumed(first, events), _cache_headers(call.headers, result)
+    return _resumed(first, events), _cache_headers(call.headers, _not_found(decision))
 
 
 async def _resumed(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
