@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import asyncpg
@@ -26,6 +27,7 @@ from common.db import (
     commit_anyway,
     create_engine,
     create_sessionmaker,
+    database_unreachable,
     schema_registry,
 )
 from common.errors import Problem
@@ -378,3 +380,34 @@ async def test_a_request_that_gets_no_connection_is_a_503_to_retry_and_changes_n
         assert not await _exists(probe_db, "starved")
     finally:
         await app.state.engine.dispose()
+
+
+async def test_a_database_that_is_down_is_a_503_and_the_connection_stays_usable(
+    test_database: RunDatabase, probe_db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The server gone (its Unix socket with it): 503 to retry, answered inside the app's
+    exception layer, not re-raised after the answer (uvicorn would then close the
+    connection the gateway keeps alive, and fail its next request)."""
+    app = create_app(test_database)
+    await app.state.engine.dispose()
+    app.state.engine = create_engine(
+        f"postgresql+asyncpg://postgres@/platform?host={tmp_path}", application_name="gone"
+    )
+    app.state.sessionmaker = create_sessionmaker(app.state.engine)
+    app.state.probe_db, app.state.after_commit = probe_db, {}
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for _ in range(2):
+                response = await client.post("/probes/down", json={})
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "1"
+                assert response.json()["type"] == "urn:llm-platform:problem:database-unavailable"
+    finally:
+        await app.state.engine.dispose()
+
+
+def test_an_error_of_our_own_is_not_taken_for_a_database_away() -> None:
+    with pytest.raises(FileNotFoundError) as raised:
+        Path("/nonexistent/settings.toml").read_text()
+    assert not database_unreachable(raised.value)

@@ -8,9 +8,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar, cast
 
 import structlog
+from asyncpg.exceptions import (
+    InterfaceError,
+    InternalClientError,
+    OperatorInterventionError,
+    PostgresConnectionError,
+    TooManyConnectionsError,
+)
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import registry
@@ -42,6 +50,42 @@ def async_url(url: str) -> str:
     return url
 
 
+# OperatorIntervention: cannot connect now (starting, stopping), admin or crash shutdown.
+_UNREACHABLE = (PoolTimeout, TooManyConnectionsError, OperatorInterventionError,
+                PostgresConnectionError, InternalClientError, ConnectionError)  # fmt: skip
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps: SQLAlchemy wraps asyncpg's) says no database
+    connection was to be had or the one in use was lost: the pool's wait ran out, the server
+    refused a new connection (its slots full; starting, stopping or down), or it went away
+    mid-statement (restarted, killed; asyncpg's protocol then refuses the connection). The
+    caller may try again; a statement cut off this way was not committed."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, _UNREACHABLE):
+            return True
+        if isinstance(seen, InterfaceError) and "connection" in str(seen) and "closed" in str(seen):
+            return True
+        if isinstance(seen, OSError) and _raised_in_asyncpg(seen):
+            return True  # e.g. its Unix socket gone (FileNotFoundError): the server is down
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if "asyncpg" in traceback.tb_frame.f_code.co_filename:
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 def create_engine(
     url: str,
     *,
@@ -63,7 +107,20 @@ def create_engine(
         connect_args={"server_settings": {"application_name": application_name}},
     )
     ping_idle_connections(engine, ping_after_idle_seconds)
+    drop_lost_connections(engine)
     return engine
+
+
+def drop_lost_connections(engine: AsyncEngine) -> None:
+    """A connection that failed as lost (`database_unreachable`) leaves the pool, with every
+    older one: SQLAlchemy recognises a closed socket, not asyncpg's protocol left mid-way by
+    a server that went away ("cannot switch to state ..."), which would otherwise fail every
+    request that drew it from the pool, long after the server came back."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _handle_error(context: Any) -> None:
+        if not context.is_disconnect and database_unreachable(context.original_exception):
+            context.is_disconnect = True
 
 
 def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:

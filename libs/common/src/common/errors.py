@@ -6,13 +6,15 @@ import contextlib
 from typing import Any
 
 import structlog
-from asyncpg.exceptions import CannotConnectNowError, TooManyConnectionsError
+from asyncpg.exceptions import InterfaceError, InternalClientError, PostgresError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.db import database_unreachable
 from common.tracing import current_trace_id
 
 PROBLEM_JSON = "application/problem+json"
@@ -203,26 +205,18 @@ def validation_problem(
     )
 
 
-def _database_unavailable(exc: BaseException) -> bool:
-    """No database connection to be had: the pool's wait ran out, or the server refused a
-    new connection (its connection slots are full, it is starting or stopping, it is
-    down). The caller may try again; nothing was done."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the error and its causes (SQLAlchemy wraps asyncpg's)
-        if seen is None:
-            return False
-        if isinstance(seen, PoolTimeout | TooManyConnectionsError | CannotConnectNowError):
-            return True
-        if isinstance(seen, ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database's errors (and OSError) are answered here, inside Starlette's exception
+    layer: its last-resort layer (`_on_unexpected`) re-raises after answering, and uvicorn
+    then closes the connection, which a caller keeping it alive (the gateway) finds broken
+    on its next request."""
+    return await _on_unexpected(request, exc)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's last-resort layer; the request middleware (outside it) adds the request id
     # header, and the request's span is still the current one.
-    if _database_unavailable(exc):
+    if database_unreachable(exc):
         log.warning("database unavailable", error=repr(exc), path=request.url.path)
         return problem_response(
             request,
@@ -248,4 +242,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    for database_error in (DBAPIError, PoolTimeout, PostgresError, InterfaceError,
+                           InternalClientError, OSError):  # fmt: skip
+        app.add_exception_handler(database_error, _on_database_error)
     app.add_exception_handler(Exception, _on_unexpected)

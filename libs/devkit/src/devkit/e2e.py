@@ -148,8 +148,8 @@ def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatf
 
 
 class CacheRedis:
-    """A redis-server of its own for the platform's response cache, which a test may stop
-    and start again (on the same port)."""
+    """A redis-server of its own (for the platform's response cache, or all of its Redis),
+    which a test may stop and start again (on the same port, empty: it keeps no data)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -162,6 +162,30 @@ class CacheRedis:
 
     def start(self) -> None:
         self.process, self.url = devstack.start_redis(self.data_dir, self.port)
+
+
+StoppableRedis = CacheRedis
+
+
+class StoppablePostgres:
+    """An embedded PostgreSQL of its own, which a test may stop (`pg_ctl stop -m fast`:
+    every connection is cut) and start again on the same socket, with its data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.admin_url = devstack.start_embedded_postgres(data_dir)
+        self._socket_dir = self.admin_url.partition("host=")[2].partition("&")[0]
+
+    def stop(self) -> None:
+        devstack._pg_ctl(self.data_dir / "pg", "-t", "30", "stop", check=True)
+
+    def start(self) -> None:
+        pgdata = self.data_dir / "pg"
+        devstack._pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {self._socket_dir}",
+                         "-l", str(pgdata / "log"), "start", check=True)  # fmt: skip
+
+    def close(self) -> None:
+        devstack.stop_embedded_postgres(self.data_dir)
 
 
 @contextmanager

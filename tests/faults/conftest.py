@@ -1,0 +1,66 @@
+"""The fault suite: `make run` on a PostgreSQL and a Redis of its own, which the tests stop,
+kill and start again for real, with the OpenAI fake as the provider."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devkit.e2e import (
+    PROVIDER_KEY,
+    FakeOpenAI,
+    RunningPlatform,
+    StoppablePostgres,
+    StoppableRedis,
+    platform_on,
+    served_in_thread,
+)
+from devkit.fakes.faults import FaultControl
+from devkit.fakes.openai_server import create_openai_app
+from devkit.testing import server_dir
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/faults" in str(item.path):
+            item.add_marker(pytest.mark.e2e)  # processes: out of `make test-fast`
+
+
+@pytest.fixture(scope="module")
+def fault_postgres() -> Iterator[StoppablePostgres]:
+    with server_dir("faults-postgres") as data_dir:
+        server = StoppablePostgres(data_dir)
+        try:
+            yield server
+        finally:
+            server.close()
+
+
+@pytest.fixture(scope="module")
+def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppableRedis]:
+    server = StoppableRedis(tmp_path_factory.mktemp("faults-redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[FakeOpenAI]:
+    control = FaultControl()
+    with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
+        yield FakeOpenAI(f"{url}/v1", control)
+
+
+@pytest.fixture(scope="module")
+def faulty(
+    fault_postgres: StoppablePostgres,
+    fault_redis: StoppableRedis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningPlatform]:
+    """`make run` on the module's own PostgreSQL and Redis."""
+    log_dir: Path = tmp_path_factory.mktemp("faults")
+    with platform_on(
+        fault_postgres.admin_url, fault_redis.url, log_dir, redis_db=0, env={}
+    ) as running:
+        yield running
