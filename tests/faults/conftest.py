@@ -21,6 +21,8 @@ from devkit.fakes.faults import FaultControl
 from devkit.fakes.openai_server import create_openai_app
 from devkit.testing import server_dir
 
+POOL_TIMEOUT = 10  # seconds: DATABASE_POOL_TIMEOUT's default, which the platform keeps
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -58,9 +60,17 @@ def faulty(
     fault_redis: StoppableRedis,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningPlatform]:
-    """`make run` on the module's own PostgreSQL and Redis."""
+    """`make run` on the module's own PostgreSQL and Redis, its settings the defaults but
+    for the rate limits and the
+    per-user cap of requests in flight off."""
     log_dir: Path = tmp_path_factory.mktemp("faults")
+    env = {
+        # The load of these tests is one member's: the per-key limits are not under test.
+        "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
+        "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
+        "GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_USER": "0",
+    }
     with platform_on(
-        fault_postgres.admin_url, fault_redis.url, log_dir, redis_db=0, env={}
+        fault_postgres.admin_url, fault_redis.url, log_dir, redis_db=0, env=env
     ) as running:
         yield running

@@ -59,6 +59,9 @@ def _signed_clients(settings: GatewaySettings) -> dict[str, httpx.AsyncClient]:
     }
 
 
+UPSTREAM_KEEP_ALIVE_SECONDS = 30.0
+
+
 def _proxy_sessions(settings: GatewaySettings) -> dict[str, Upstream]:
     """One pooled aiohttp session per upstream (made inside the running event loop).
 
@@ -66,7 +69,11 @@ def _proxy_sessions(settings: GatewaySettings) -> dict[str, Upstream]:
     cookie jar: one caller's Set-Cookie must never reach another's request."""
     timeout = aiohttp.ClientTimeout(
         total=None,
-        connect=settings.upstream_connect_timeout_seconds,
+        # aiohttp's `connect` also counts the wait for a free pooled connection: a burst
+        # past GATEWAY_UPSTREAM_MAX_CONNECTIONS queues for as long as an answer may take,
+        # rather than failing after the (short) time a TCP connect is given.
+        connect=settings.upstream_read_timeout_seconds,
+        sock_connect=settings.upstream_connect_timeout_seconds,
         sock_read=settings.upstream_read_timeout_seconds,
     )
     return {
@@ -75,7 +82,11 @@ def _proxy_sessions(settings: GatewaySettings) -> dict[str, Upstream]:
             url.rstrip("/"),
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=settings.upstream_max_connections, use_dns_cache=True
+                    limit=settings.upstream_max_connections,
+                    use_dns_cache=True,
+                    # Idle connections are let go well before the services close theirs
+                    # (common.serve.KEEP_ALIVE_SECONDS): never reused as they close.
+                    keepalive_timeout=UPSTREAM_KEEP_ALIVE_SECONDS,
                 ),
                 timeout=timeout,
                 auto_decompress=False,

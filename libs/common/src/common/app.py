@@ -180,6 +180,7 @@ async def database_and_redis(app: FastAPI, settings: DatabaseSettings) -> AsyncI
         application_name=settings.service_name,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
     )
     redis = create_redis(settings.redis_url)
     app.state.engine = engine

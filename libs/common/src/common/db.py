@@ -93,7 +93,7 @@ def create_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
     ping_after_idle_seconds: float = 10.0,
-    pool_timeout: float = 30.0,
+    pool_timeout: float = 10.0,
 ) -> AsyncEngine:
     """A pooled engine. A request that waits `pool_timeout` seconds for a connection, or
     that the server refuses one, is answered 503 with Retry-After (common.errors)."""
@@ -104,7 +104,12 @@ def create_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=1800,
-        connect_args={"server_settings": {"application_name": application_name}},
+        # asyncpg's own connect timeout is 60 s: a server that does not answer (a host
+        # gone from the network) fails a checkout within the pool's wait instead.
+        connect_args={
+            "server_settings": {"application_name": application_name},
+            "timeout": pool_timeout,
+        },
     )
     ping_idle_connections(engine, ping_after_idle_seconds)
     drop_lost_connections(engine)

@@ -16,6 +16,7 @@ from common.logging import UVICORN_LOG_CONFIG
 from common.settings import ServiceSettings
 
 STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start
+KEEP_ALIVE_SECONDS = 75  # uvicorn's default is 5
 
 
 def serve(factory: str, settings: ServiceSettings) -> None:
@@ -48,6 +49,10 @@ def serve(factory: str, settings: ServiceSettings) -> None:
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=5,
+        # Longer than any client's idle keep-alive (the gateway's pool: 30 s; a cloud load
+        # balancer's: 60 s), so that a client never sends on a connection the server is
+        # closing at that moment (its request then fails as "server disconnected").
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 

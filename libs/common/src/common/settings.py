@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -110,6 +110,9 @@ class DatabaseSettings(ServiceSettings):
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/platform"
     database_pool_size: int = 10
     database_max_overflow: int = 10
+    # How long a request waits for a pooled connection (and a new connection for the
+    # server) before it is answered 503 with Retry-After.
+    database_pool_timeout: float = Field(10.0, gt=0, le=300)
 
 
 def _is_placeholder(secret: str) -> bool:
