@@ -61,14 +61,14 @@ def faulty(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningPlatform]:
     """`make run` on the module's own PostgreSQL and Redis, its settings the defaults but
-    for the rate limits and the
-    per-user cap of requests in flight off."""
+    for the per-member limits (rate, requests in flight, open streams): off."""
     log_dir: Path = tmp_path_factory.mktemp("faults")
     env = {
         # The load of these tests is one member's: the per-key limits are not under test.
         "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
         "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
         "GATEWAY_UPSTREAM_MAX_CONNECTIONS_PER_USER": "0",
+        "INFERENCE_MAX_CONCURRENT_STREAMS": "0",
     }
     with platform_on(
         fault_postgres.admin_url, fault_redis.url, log_dir, redis_db=0, env=env

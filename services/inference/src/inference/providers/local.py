@@ -23,11 +23,12 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import queue
 import threading
 import warnings
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -129,6 +130,47 @@ class _Job:
     tokens: int = 0
 
 
+class ModelThread(Executor):
+    """One daemon thread running what is submitted, in order. ThreadPoolExecutor's threads
+    are joined when the interpreter exits: a service told to stop (SIGTERM) while the model
+    loads would wait for the load, past a deployment's grace period."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("the model thread is shut down")
+        future: Future[Any] = Future()
+        self._queue.put((future, partial(fn, *args, **kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, work = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except BaseException as exc:  # handed to whoever waits for it
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            with contextlib.suppress(queue.Empty):
+                while (item := self._queue.get_nowait()) is not None:
+                    item[0].cancel()
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+
 class LocalProvider:
     """Embeddings with the packaged all-MiniLM-L6-v2; chat is not served.
 
@@ -153,7 +195,7 @@ class LocalProvider:
         self._batch_window = batch_window
         self._threads = threads
         self._missing = _missing_module()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
+        self._executor = ModelThread("local-model")
         self._model: Any = None  # a SentenceTransformer, loaded on the worker thread
         self._onnx: OnnxEncoder | None = None  # its transformer on ONNX Runtime, if it can
         self._load_error: ProviderError | None = None
@@ -230,8 +272,10 @@ class LocalProvider:
         self._fail([(job, 0, 0) for job in self._queue], _shut_down)
         self._queue.clear()
         self._queued_texts = 0
-        # Waits for an `encode` already running (at most one batch) on another thread.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        # Waits for an `encode` already running (at most one batch) on another thread; not
+        # for a load (seconds, a minute on a busy machine): the process may exit meanwhile.
+        loaded = self._model is not None
+        await asyncio.to_thread(self._executor.shutdown, wait=loaded, cancel_futures=True)
         self._model = None
 
     def _unsupported(self) -> ProviderError:
