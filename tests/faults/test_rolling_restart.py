@@ -48,7 +48,7 @@ def test_sigterm_lets_every_admitted_request_finish(
         calls = [asyncio.ensure_future(send(faulty.gateway, key, stream=n % 2 == 0))
                  for n in range(IN_FLIGHT)]  # fmt: skip
         deadline = time.monotonic() + 30
-        while provider.control.pending(ROUTE) and time.monotonic() < deadline:
+        while provider.control.pending(ROUTE) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)  # until all 50 are at the provider: admitted
         assert provider.control.pending(ROUTE) == 0
         inference.send_signal(signal.SIGTERM)
