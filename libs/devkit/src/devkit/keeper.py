@@ -124,7 +124,7 @@ class Keeper:
         self.deaths += 1
         self.restart_at = now + delay
         self._say(
-            f"died ({how_it_ended(code)}) after {ran:.1f} s; restarting in {delay:g} s "
+            f"died ({how_it_ended(code)}) after {ran:.1f} s up; restarting in {delay:g} s "
             f"(make stop-service SERVICE={self.service} keeps it down)"
         )
 
