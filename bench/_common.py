@@ -236,7 +236,10 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
     try:
         deadline = time.monotonic() + 180
         running.ports = announced_ports(log, stack, deadline)
-        wait(f"{running.gateway}/readyz", deadline=deadline - time.monotonic(), process=stack)
+        while not devstack.platform_ready(running.gateway):
+            if stack.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"make run: not ready (exit code {stack.poll()})")
+            time.sleep(0.25)
         children = {" ".join(p.cmdline()): p.pid for p in tree(stack.pid)[1:]}
         running.pids = {
             name: next(pid for cmd, pid in children.items() if cmd.endswith(f"-m {name}"))

@@ -1,39 +1,98 @@
-"""The gateway's /readyz covers every upstream; /openapi.json merges the services' documents."""
+"""The gateway's /readyz covers only its Redis; each upstream's state is reported on
+/readyz/upstreams and as a metric; /openapi.json merges the services' documents."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.testing import LiveServer
 from gateway.main import create_app
 from gateway.openapi import merge
 
-from .conftest import Upstream, gateway_settings
+from .conftest import SERVICES, KeyFactory, Upstream, gateway_settings
 
 
-async def test_readyz_lists_every_upstream(gateway: str) -> None:
+async def probed(client: httpx.AsyncClient) -> dict[str, Any]:
+    """/readyz/upstreams once the gateway has probed every upstream (it starts at once, in
+    the background; 15 s at most)."""
+    deadline = time.monotonic() + 15
+    while True:
+        response = await client.get("/readyz/upstreams")
+        assert response.status_code == 200
+        report: dict[str, Any] = response.json()
+        if all(u["status"] != "unknown" for u in report["upstreams"].values()):
+            return report
+        assert time.monotonic() < deadline, report
+        await asyncio.sleep(0.05)
+
+
+async def upstream_up(client: httpx.AsyncClient) -> dict[str, float]:
+    """gateway_upstream_up by upstream, from the gateway's /metrics."""
+    text = (await client.get("/metrics")).text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "gateway_upstream_up"]
+    return {sample.labels["upstream"]: sample.value for sample in family.samples}
+
+
+async def test_readyz_asks_redis_only_and_every_upstream_is_reported_up(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway) as client:
-        response = await client.get("/readyz")
-    assert response.status_code == 200
-    checks = response.json()["checks"]
-    for name in ("auth", "inference", "embeddings", "telemetry", "redis"):
-        assert checks[name]["status"] == "ok", name
+        ready = await client.get("/readyz")
+        report = await probed(client)
+        metric = await upstream_up(client)
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": {"status": "ok"}}
+    assert report["status"] == "ok"
+    assert {name: u["status"] for name, u in report["upstreams"].items()} == dict.fromkeys(
+        SERVICES, "up"
+    )
+    assert metric == dict.fromkeys(SERVICES, 1.0)
 
 
-async def test_readyz_is_503_naming_the_upstream_that_is_down(
-    upstream: Upstream,
-    redis_url: str,
-    refused_port: int,
+async def test_an_upstream_down_leaves_the_gateway_ready_and_is_reported_down(
+    upstream: Upstream, redis_url: str, refused_port: int, api_key_for: KeyFactory
 ) -> None:
+    """Telemetry or embeddings down must not take the gateway out of service (Kubernetes
+    would pull every pod): it stays ready, and says which upstream is down."""
     settings = gateway_settings(
         upstream, redis_url, embeddings_url=f"http://127.0.0.1:{refused_port}"
     )
-    async with LiveServer(create_app(settings)) as server, httpx.AsyncClient() as client:
-        response = await client.get(f"{server.url}/readyz")
-    assert response.status_code == 503
-    checks = response.json()["checks"]
-    assert checks["embeddings"]["status"] == "error"
-    assert checks["inference"]["status"] == "ok"
+    caller = await api_key_for()
+    async with (
+        LiveServer(create_app(settings)) as server,
+        httpx.AsyncClient(base_url=server.url, headers=caller.headers) as client,
+    ):
+        report = await probed(client)
+        ready = await client.get("/readyz")
+        metric = await upstream_up(client)
+        collections = await client.get("/v1/collections")  # embeddings'
+        models = await client.get("/v1/models")  # inference's
+    assert ready.status_code == 200
+    assert collections.status_code == 502
+    assert collections.headers["content-type"] == "application/problem+json"
+    assert models.status_code == 200
+    assert report["status"] == "degraded"
+    statuses = {name: u["status"] for name, u in report["upstreams"].items()}
+    assert statuses == {"auth": "up", "inference": "up", "embeddings": "down", "telemetry": "up"}
+    assert metric == {"auth": 1.0, "inference": 1.0, "embeddings": 0.0, "telemetry": 1.0}
+    # Up or down and when: nothing of where the upstream is or what failed.
+    assert set(report["upstreams"]["embeddings"]) == {"status", "checked_at"}
+
+
+async def test_readyz_is_503_when_redis_is_down(upstream: Upstream, refused_port: int) -> None:
+    settings = gateway_settings(upstream, f"redis://127.0.0.1:{refused_port}/0")
+    async with (
+        LiveServer(create_app(settings)) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        ready = await client.get("/readyz")
+        report = await probed(client)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"]["status"] == "error"
+    assert report["status"] == "ok"  # the upstreams are fine: the gateway is not
 
 
 async def test_openapi_document_merges_services_under_gateway_paths(gateway: str) -> None:

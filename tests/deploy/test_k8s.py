@@ -157,13 +157,13 @@ def _public_paths() -> list[str]:
 
 @pytest.mark.parametrize("name", RENDER_NAMES)
 def test_the_ingress_routes_the_public_api_and_not_metrics_or_readiness(name: str) -> None:
-    """/metrics and the gateway's /readyz (which asks every service) are not for the
-    internet: Prometheus and the kubelet reach the pods directly."""
+    """/metrics, /readyz and the gateway's /readyz/upstreams (which services are down) are
+    not for the internet: Prometheus, the kubelet and operators reach the pods directly."""
     (ingress,) = of_kind(render(name), "Ingress").values()
     paths = [path for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
 
     assert [p for p in _public_paths() if not _routed(paths, p)] == []
-    for probe in ("/metrics", "/readyz", "/metrics/x", "/readyz/x"):
+    for probe in ("/metrics", "/readyz", "/metrics/x", "/readyz/upstreams"):
         assert not _routed(paths, probe), probe
     backends = {(p["backend"]["service"]["name"], p["backend"]["service"]["port"]["name"])
                 for p in paths}  # fmt: skip

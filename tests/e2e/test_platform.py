@@ -35,14 +35,20 @@ from .conftest import (
 SERVICES = list(devstack.SERVICES)
 
 
-def test_gateway_reports_four_ready_upstreams(platform: RunningPlatform) -> None:
-    response = httpx.get(f"{platform.gateway}/readyz")
-    assert response.status_code == 200
-    checks = response.json()["checks"]
+def test_gateway_is_ready_and_reports_four_upstreams_up(platform: RunningPlatform) -> None:
+    ready = httpx.get(f"{platform.gateway}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": {"status": "ok"}}  # its own needs only
+    report = httpx.get(f"{platform.gateway}/readyz/upstreams").json()
+    assert report["status"] == "ok"
+    assert {name: u["status"] for name, u in report["upstreams"].items()} == dict.fromkeys(
+        SERVICES, "up"
+    )
     for name in SERVICES:
-        assert checks[name]["status"] == "ok"
-        assert checks[name]["checks"]["postgres"]["status"] == "ok"
-        assert checks[name]["checks"]["redis"]["status"] == "ok"
+        response = httpx.get(f"{platform.url(name)}/readyz")
+        assert response.status_code == 200, name
+        assert response.json()["checks"]["postgres"]["status"] == "ok", name
+        assert response.json()["checks"]["redis"]["status"] == "ok", name
 
 
 def test_every_process_serves_prometheus_metrics(platform: RunningPlatform) -> None:

@@ -1,4 +1,5 @@
-"""The gateway's own routes: the merged OpenAPI document and its docs.
+"""The gateway's own routes: the merged OpenAPI document and its docs (`router`, public), and
+its upstreams' state (`probes`, for the cluster only: the Ingress does not route it).
 
 Everything an upstream serves is answered before routing, by gateway.proxy."""
 
@@ -14,6 +15,7 @@ from gateway.deps import RuntimeDep
 from gateway.openapi import TITLE
 
 router = APIRouter()
+probes = APIRouter()
 
 
 @router.get("/openapi.json", include_in_schema=False)
@@ -24,3 +26,9 @@ async def openapi(runtime: RuntimeDep) -> dict[str, Any]:
 @router.get("/docs", include_in_schema=False)
 async def docs() -> HTMLResponse:
     return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
+
+
+@probes.get("/readyz/upstreams", include_in_schema=False)
+async def upstreams(runtime: RuntimeDep) -> dict[str, Any]:
+    """Each upstream up or down as last probed (gateway/upstream_health.py); always 200."""
+    return runtime.upstream_health.report()

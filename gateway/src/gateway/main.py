@@ -6,33 +6,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
 from common.app import PlatformApp, new_app
 from common.redis import ping_redis
-from gateway.api import router
+from gateway.api import probes, router
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import TITLE, VERSION
 from gateway.proxy import ProxyMiddleware
 from gateway.runtime import Runtime
 from gateway.settings import GatewaySettings
-
-
-def _upstream_ready(client: httpx.AsyncClient) -> Any:
-    async def check() -> dict[str, Any]:
-        response = await client.get("/readyz", timeout=2.0)
-        body = response.json()
-        return {
-            "status": "ok" if response.status_code == 200 else "error",
-            "checks": body.get("checks", {}),
-        }
-
-    return check
 
 
 @asynccontextmanager
@@ -45,9 +31,10 @@ async def lifespan(
     async def redis_ready() -> None:
         await ping_redis(runtime.redis)
 
+    # Only what the gateway needs itself: an upstream that is down fails its own routes, not
+    # the gateway's readiness (its state: /readyz/upstreams, gateway/upstream_health.py).
     app.state.readiness_checks["redis"] = redis_ready
-    for name, client in runtime.upstreams.clients.items():
-        app.state.readiness_checks[name] = _upstream_ready(client)
+    runtime.upstream_health.start()
     try:
         yield
     finally:
@@ -71,6 +58,7 @@ def create_app(
         trusted_proxies.peer_trusted if settings.join_proxy_trace_context else lambda _: False
     )
     app.include_router(router)
+    app.include_router(probes)
     # Innermost middleware: behind the request id, metrics and access log, before routing.
     app.user_middleware.append(Middleware(ProxyMiddleware))
     if settings.cors_origins:

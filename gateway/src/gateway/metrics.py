@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from common.metrics import registry_for
 
@@ -16,5 +16,14 @@ RATE_LIMITED = Counter(
     "limit or the rpm_limit of a key, user or team), anonymous, invalid_api_keys (per "
     "client address) or in_flight (a caller's share of an upstream's connections).",
     ("budget",),
+    registry=REGISTRY,
+)
+
+# Refreshed by the gateway's background probe (gateway/upstream_health.py), not per request.
+UPSTREAM_UP = Gauge(
+    "gateway_upstream_up",
+    "Whether the upstream (auth, inference, embeddings, telemetry) answered its last "
+    "readiness probe from this replica: 1 yes, 0 no.",
+    ("upstream",),
     registry=REGISTRY,
 )

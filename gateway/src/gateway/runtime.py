@@ -17,6 +17,7 @@ from gateway.proxy import BudgetHolds, InFlight
 from gateway.repository import CredentialCache, HeldBudgets, RateCounters
 from gateway.security import Security
 from gateway.settings import GatewaySettings
+from gateway.upstream_health import UpstreamHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class Runtime:
     # HMAC key of the identity header sent to the services.
     signing_key: bytes
     openapi: OpenAPICache
+    # Each upstream's last readiness probe (a task the lifespan starts).
+    upstream_health: UpstreamHealth
 
     @classmethod
     def start(
@@ -64,9 +67,11 @@ class Runtime:
             budget_holds=BudgetHolds(HeldBudgets(redis)),
             signing_key=settings.internal_signing_key.get_secret_value().encode(),
             openapi=OpenAPICache(upstreams.clients, title=TITLE, version=VERSION),
+            upstream_health=UpstreamHealth(upstreams.clients, clock=clock),
         )
 
     async def aclose(self) -> None:
+        await self.upstream_health.aclose()
         await self.budget_holds.aclose()
         await self.upstreams.aclose()
         await self.redis.aclose()

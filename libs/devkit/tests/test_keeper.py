@@ -1,5 +1,5 @@
-"""devkit.keeper: one service of `make run` stopped and started alone; a service that cannot
-start still stops the platform."""
+"""devkit.keeper: one service of `make run` stopped and started alone, restarted with backoff
+when it dies; a service that cannot start still stops the platform."""
 
 from __future__ import annotations
 
@@ -31,18 +31,24 @@ def _keeper(command: list[str]) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def keeper_env(grace: float = 0.5, delay: float = 0.5) -> dict[str, str]:
+    """The environment of a keeper with a start-up grace of `grace` seconds, whose first
+    restart of a service that died comes after `delay` seconds."""
+    return {
+        **os.environ,
+        "KEEPER_STARTUP_GRACE_SECONDS": str(grace),
+        "KEEPER_RESTART_DELAY_SECONDS": str(delay),
+    }
+
+
 def start_keeper(
-    command: list[str], grace: float = 0.5, log: Path | None = None
+    command: list[str], grace: float = 0.5, log: Path | None = None, delay: float = 0.5
 ) -> subprocess.Popen[bytes]:
     """A keeper (as `make run` starts one) around `command`, in a process of its own; what
     it says goes to `log` if given."""
     with contextlib.ExitStack() as files:
         stderr = files.enter_context(log.open("ab")) if log is not None else None
-        return subprocess.Popen(
-            _keeper(command),
-            env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": str(grace)},
-            stderr=stderr,
-        )
+        return subprocess.Popen(_keeper(command), env=keeper_env(grace, delay), stderr=stderr)
 
 
 def children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -101,21 +107,87 @@ def test_stop_and_start_one_service_while_the_keeper_stays(
     assert children(kept)[0].pid != first.pid
 
 
-def test_a_service_killed_after_its_start_leaves_the_rest_running(
-    kept: subprocess.Popen[bytes], keeper_log: Path
-) -> None:
-    # The grace counts from the keeper's own record of the start, made before it says so.
-    eventually(said(keeper_log, "started (pid"))
-    time.sleep(0.6)  # past the start-up grace
-    children(kept)[0].kill()
+def only_child(process: subprocess.Popen[bytes]) -> Callable[[], psutil.Process | None]:
+    """The keeper's one running service, if it has one."""
 
-    # Once the keeper has seen the exit (not after a fixed pause: a SIGUSR2 that came
-    # before it had would be undone by it).
-    eventually(said(keeper_log, "exited ("))
+    def find() -> psutil.Process | None:
+        found = children(process)
+        return found[0] if len(found) == 1 else None
+
+    return find
+
+
+@pytest.fixture
+def kept_without_grace(keeper_log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A kept service past its start-up grace from the start: its deaths are restarted."""
+    process = start_keeper(SLEEPER, grace=0, log=keeper_log)
+    eventually(only_child(process))
+    yield process
+    process.terminate()
+    process.wait(15)
+
+
+def test_a_service_that_dies_is_restarted_with_a_growing_delay(
+    kept_without_grace: subprocess.Popen[bytes], keeper_log: Path
+) -> None:
+    kept = kept_without_grace
+    first = children(kept)[0]
+    first.kill()
+
+    eventually(said(keeper_log, "dummy died (signal SIGKILL) after"))
+    assert "restarting in 0.5 s" in keeper_log.read_text()
+    eventually(said(keeper_log, "restarted (pid"))
     assert kept.poll() is None  # `make run` goes on
-    assert children(kept) == []  # and the service stays down until asked
-    kept.send_signal(signal.SIGUSR2)
-    eventually(lambda: len(children(kept)) == 1)
+    second = children(kept)[0]
+    assert second.pid != first.pid
+
+    second.kill()  # again, soon after its restart: the next delay doubles
+    eventually(lambda: keeper_log.read_text().count("died (signal SIGKILL)") == 2)
+    assert "restarting in 1 s" in keeper_log.read_text()
+    eventually(lambda: keeper_log.read_text().count("restarted (pid") == 2)
+    assert "restart 2 in a row" in keeper_log.read_text()
+    assert only_child(kept)() is not None
+
+
+def test_a_service_that_exits_with_a_code_is_restarted_too(tmp_path: Path) -> None:
+    log = tmp_path / "keeper.log"
+    lives = tmp_path / "lives"
+    # Exits with 3 on its first run, then stays up.
+    command = [
+        sys.executable,
+        "-c",
+        f"import pathlib, sys, time; p = pathlib.Path({str(lives)!r}); first = not p.exists(); "
+        "p.touch(); sys.exit(3) if first else time.sleep(600)",
+    ]
+    process = start_keeper(command, grace=0, log=log)
+    try:
+        eventually(said(log, "dummy died (code 3) after"))
+        eventually(said(log, "dummy restarted (pid"))
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_stop_service_keeps_a_service_that_died_down_until_start_service(
+    keeper_log: Path,
+) -> None:
+    """`make stop-service` while a restart is pending cancels it; `make start-service`
+    starts the service at once, whatever the delay was."""
+    process = start_keeper(SLEEPER, grace=0, log=keeper_log, delay=600)
+    try:
+        eventually(only_child(process))
+        children(process)[0].kill()
+        eventually(said(keeper_log, "restarting in 600 s"))
+
+        process.send_signal(signal.SIGUSR1)  # make stop-service
+        eventually(said(keeper_log, "dummy stays down"))
+        process.send_signal(signal.SIGUSR2)  # make start-service: now, not in 600 s
+        eventually(only_child(process))
+        assert "dummy started (pid" in keeper_log.read_text().rsplit("stays down", 1)[1]
+    finally:
+        process.terminate()
+        process.wait(15)
 
 
 def test_sigterm_stops_the_service_and_the_keeper(kept: subprocess.Popen[bytes]) -> None:
@@ -161,7 +233,7 @@ def test_the_service_serves_the_keepers_socket_refused_while_down_and_back_on_it
     with log.open("wb") as stderr:
         process, port = ports.spawn(
             _keeper([sys.executable, "-m", "devkit.fakes.run", "openai"]),
-            env={**os.environ, "KEEPER_STARTUP_GRACE_SECONDS": "0.5"},
+            env=keeper_env(delay=600),
             stderr=stderr,
         )
     url = f"http://127.0.0.1:{port}/v1/models"
@@ -179,8 +251,8 @@ def test_the_service_serves_the_keepers_socket_refused_while_down_and_back_on_it
         eventually(lambda: log.read_text().count("dummy started") == 2)
         assert httpx.get(url, timeout=60).status_code == 200  # waits while it starts
 
-        children(process)[0].kill()  # dies on its own: refused until it is started again
-        eventually(lambda: "dummy exited" in log.read_text())
+        children(process)[0].kill()  # dies: refused until its restart (600 s here)
+        eventually(lambda: "dummy died" in log.read_text())
         with pytest.raises(httpx.ConnectError):
             httpx.get(url)
     finally:

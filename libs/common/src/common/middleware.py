@@ -24,8 +24,9 @@ from common.metrics import http_metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-# Probes and scrapes: counted, but neither traced nor logged.
-QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Probes and scrapes (and the gateway's report of its upstreams): counted, but neither
+# traced nor logged.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/readyz/upstreams"})
 access_log = structlog.get_logger("access")
 tracer = trace.get_tracer("common.middleware")
 

@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import functools
 import hmac
+import json
 import os
 import platform
 import re
@@ -526,16 +527,25 @@ def prepare(admin_url: str) -> dict[str, str]:
     return urls
 
 
+def platform_ready(gateway_url: str) -> bool:
+    """The gateway is ready (its Redis answers) and has seen every service ready: its own
+    readiness covers only the first (gateway/upstream_health.py)."""
+    try:
+        with urllib.request.urlopen(f"{gateway_url}/readyz", timeout=2) as response:  # noqa: S310
+            if response.status != 200:
+                return False
+        with urllib.request.urlopen(f"{gateway_url}/readyz/upstreams", timeout=2) as response:  # noqa: S310
+            return bool(json.load(response)["status"] == "ok")
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def _announce_when_ready(gateway_url: str, stop: threading.Event) -> None:
     deadline = time.monotonic() + 180
     while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{gateway_url}/readyz", timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    _log(f"platform ready: {gateway_url}  (API docs: {gateway_url}/docs)")
-                    return
-        except OSError:
-            pass
+        if platform_ready(gateway_url):
+            _log(f"platform ready: {gateway_url}  (API docs: {gateway_url}/docs)")
+            return
         stop.wait(0.5)
 
 

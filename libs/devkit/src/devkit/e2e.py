@@ -90,12 +90,7 @@ class RunningPlatform:
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + READY_WITHIN_SECONDS
         self.wait_for_ports(deadline)
-        while True:
-            try:
-                if httpx.get(f"{self.gateway}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        while not devstack.platform_ready(self.gateway):
             self._waiting(deadline, 0.25)
 
     def stop(self) -> None:

@@ -1,18 +1,23 @@
-"""One service of `make run`, kept: stopped and started again on request, alone.
+"""One service of `make run`, kept: restarted when it dies, stopped and started on request.
 
     python -m devkit.keeper <service>           # what `make run` runs for each service
     python -m devkit.keeper stop <service>      # make stop-service SERVICE=<service>
     python -m devkit.keeper start <service>     # make start-service SERVICE=<service>
 
 `make run` supervises its processes as one: when any of them exits, it stops the rest. A
-service therefore runs under a keeper, which is what `make run` supervises:
+service therefore runs under a keeper, which is what `make run` supervises. Like compose's
+`restart: unless-stopped`:
 
-- `stop` makes the keeper stop the service (SIGTERM, SIGKILL after 10 s) and wait; every
-  other process keeps running. `start` starts it again, with the same environment.
 - A service that exits on its own after its first STARTUP_GRACE seconds (it crashed, or
-  someone killed it) leaves the keeper waiting for `start`, the rest of the platform up.
-  One that exits sooner could not start (a port in use, a bad setting): the keeper exits
-  with its code, and `make run` stops, showing why, as before.
+  someone killed it) is started again: after RESTART_DELAY (0.5 s), then twice as long
+  after each death in a row, at most RESTART_DELAY_MAX (20 s); a run that lasted
+  STABLE_AFTER (30 s) starts the count again. The keeper says so, once per death (its exit
+  code or signal, and the delay) and once per restart.
+- One that exits within its first STARTUP_GRACE seconds could not start (a port in use, a
+  bad setting): the keeper exits with its code, and `make run` stops, showing why.
+- `stop` makes the keeper stop the service (SIGTERM, SIGKILL after 10 s) and wait; every
+  other process keeps running, and the service stays down, not restarted, until `start`
+  (which also starts at once one waiting for its restart), with the same environment.
 - SIGTERM or SIGINT (Ctrl-C) to the keeper: it stops the service and exits.
 
 The keeper holds the service's listening socket (common.ports: `make run` binds it before
@@ -38,7 +43,11 @@ from types import FrameType
 
 from common import ports
 
+# Tests shorten the grace and lengthen the first delay (so that a death is seen).
 STARTUP_GRACE = float(os.environ.get("KEEPER_STARTUP_GRACE_SECONDS", "10"))
+RESTART_DELAY = float(os.environ.get("KEEPER_RESTART_DELAY_SECONDS", "0.5"))
+RESTART_DELAY_MAX = 20.0
+STABLE_AFTER = 30.0
 STOP_WAIT = 10.0
 
 
@@ -46,6 +55,15 @@ def pid_file(service: str) -> Path:
     from devkit.devstack import data_root
 
     return data_root() / "run" / f"{service}.keeper.pid"
+
+
+def how_it_ended(code: int | None) -> str:
+    """`code 3`, `signal SIGKILL`: a child's return code, as a person reads it."""
+    if code is None or code >= 0:
+        return f"code {code}"
+    with suppress(ValueError):
+        return f"signal {signal.Signals(-code).name}"
+    return f"signal {-code}"
 
 
 class Keeper:
@@ -57,18 +75,17 @@ class Keeper:
         self.listener = listener
         self.child: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
-        self.wanted = True  # the service should run
+        self.wanted = True  # the service should run (until `stop`)
         self.leaving = False
         self.first = True  # the first start: failing it stops the platform
-
-    @staticmethod
-    def _how(code: int | None) -> str:
-        return f"signal {-code}" if code is not None and code < 0 else f"code {code}"
+        self.restart_at: float | None = None  # when a service that died starts again
+        self.delay = RESTART_DELAY  # before the next restart
+        self.deaths = 0  # in a row, each run shorter than STABLE_AFTER
 
     def _say(self, message: str) -> None:
         print(f"[keeper] {self.service} {message}", file=sys.stderr, flush=True)
 
-    def _start(self) -> None:
+    def _start(self) -> int:
         env = dict(os.environ)
         pass_fds: tuple[int, ...] = ()
         if self.listener is not None:
@@ -76,7 +93,7 @@ class Keeper:
             pass_fds = ports.hand_over(self.listener, env)
         self.child = subprocess.Popen(self.command, env=env, pass_fds=pass_fds)  # noqa: S603
         self.started_at = time.monotonic()
-        self._say(f"started (pid {self.child.pid})")
+        return self.child.pid
 
     def _stop(self) -> int | None:
         child, self.child = self.child, None
@@ -97,6 +114,20 @@ class Keeper:
         if self.listener is not None:
             ports.pause(self.listener)
 
+    def _died(self, code: int | None, now: float) -> None:
+        """Schedule the restart of a service that exited on its own."""
+        ran = now - self.started_at
+        if ran >= STABLE_AFTER:
+            self.delay, self.deaths = RESTART_DELAY, 0
+        delay = self.delay
+        self.delay = min(2 * delay, RESTART_DELAY_MAX)
+        self.deaths += 1
+        self.restart_at = now + delay
+        self._say(
+            f"died ({how_it_ended(code)}) after {ran:.1f} s up; restarting in {delay:g} s "
+            f"(make stop-service SERVICE={self.service} keeps it down)"
+        )
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.leaving = True
@@ -104,35 +135,44 @@ class Keeper:
             self.wanted = False
         elif signum == signal.SIGUSR2:
             self.wanted = True
+            self.restart_at = None  # one waiting for its restart starts now
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, self._on_signal)
-        self._start()
+        self._say(f"started (pid {self._start()})")
         while not self.leaving:
             child = self.child
+            now = time.monotonic()
             if child is not None and child.poll() is not None:
-                code = child.returncode
                 self.child = None
                 self._pause()
-                if self.first and time.monotonic() - self.started_at < STARTUP_GRACE:
-                    self._say(f"exited ({self._how(code)}) while starting: stopping everything")
+                if self.first and now - self.started_at < STARTUP_GRACE:
+                    code = child.returncode
+                    self._say(f"exited ({how_it_ended(code)}) while starting: stopping everything")
                     return code or 1
-                self.wanted = False
-                self._say(
-                    f"exited ({self._how(code)}); the rest of the platform keeps running. "
-                    f"Start it again: make start-service SERVICE={self.service}"
-                )
+                self._died(child.returncode, now)
             elif child is not None and not self.wanted:
                 code = self._stop()
                 self._say(
-                    f"stopped ({self._how(code)}); the rest of the platform keeps running. "
+                    f"stopped ({how_it_ended(code)}); the rest of the platform keeps running. "
                     f"Start it again: make start-service SERVICE={self.service}"
                 )
-            elif child is None and self.wanted:
+            elif child is None and not self.wanted and self.restart_at is not None:
+                self.restart_at = None
+                self._say(
+                    "stays down (make stop-service), not restarted. "
+                    f"Start it again: make start-service SERVICE={self.service}"
+                )
+            elif child is None and self.wanted and now >= (self.restart_at or 0.0):
                 self.first = False
-                self._start()
-            if self.first and time.monotonic() - self.started_at >= STARTUP_GRACE:
+                if self.restart_at is None:
+                    self.delay, self.deaths = RESTART_DELAY, 0
+                    self._say(f"started (pid {self._start()})")
+                else:
+                    self.restart_at = None
+                    self._say(f"restarted (pid {self._start()}; restart {self.deaths} in a row)")
+            if self.first and now - self.started_at >= STARTUP_GRACE:
                 self.first = False
             time.sleep(0.1)
         self._stop()
