@@ -142,6 +142,17 @@ async def collections_to_index(db: AsyncSession, *, stale_before: datetime) -> l
     return list((await db.execute(query)).scalars().all())
 
 
+async def abandoned_index_builds(db: AsyncSession, *, stale_before: datetime) -> list[uuid.UUID]:
+    """Collections whose index build was claimed before `stale_before` and never finished:
+    its builder died (SIGKILL, a lost node) or went silent. Their CREATE INDEX was rolled
+    back with its transaction; the claim is all that is left."""
+    query = select(col(Collection.id)).where(
+        col(Collection.index_status) == "building",
+        col(Collection.index_claimed_at) < stale_before,
+    )
+    return list((await db.execute(query)).scalars().all())
+
+
 async def claim_index_build(
     db: AsyncSession, *, collection_id: uuid.UUID, generation: int, stale_before: datetime
 ) -> bool:
@@ -303,11 +314,16 @@ async def build_index(
     A plain CREATE INDEX: readers go on, writers to this collection wait for it. Not
     CONCURRENTLY, which waits for every older snapshot in the whole database (one idle
     transaction anywhere stalls it) and leaves an invalid index behind when interrupted.
-    It gives up at once if writers hold the table (lock_timeout): the worker retries later."""
+    It gives up at once if writers hold the table (lock_timeout): the worker retries later.
+    If the service dies meanwhile (SIGKILL, a lost node), Postgres would finish the build
+    for nobody, holding off the collection's writers all along, and only then roll it back
+    on finding the client gone: client_connection_check_interval has it look every second
+    and roll back at once (Linux; elsewhere the setting is accepted and does nothing)."""
     await db.execute(
         text(
             "SELECT set_config('maintenance_work_mem', :memory, true),"
-            " set_config('lock_timeout', '1s', true)"
+            " set_config('lock_timeout', '1s', true),"
+            " set_config('client_connection_check_interval', '1s', true)"
         ),
         {"memory": memory},
     )

@@ -26,7 +26,7 @@ class EmbeddingsSettings(DatabaseSettings):
     hnsw_m: int = Field(16, ge=2, le=100)
     hnsw_ef_construction: int = Field(64, ge=4, le=1000)
     default_ef_search: int = Field(100, ge=1, le=1000)
-    # A collection's HNSW index is built (CREATE INDEX CONCURRENTLY, pgvector's fast bulk
+    # A collection's HNSW index is built (a plain CREATE INDEX, pgvector's fast bulk
     # build) once it holds this many documents and has had no write for `index_idle_seconds`;
     # until then it is searched exactly. Later writes maintain the index row by row.
     index_min_rows: int = Field(1, ge=1)

@@ -77,6 +77,7 @@ class Worker:
         while not self._stopping:
             try:
                 await self._claim_reembeds()
+                await self._take_abandoned_builds()
                 for collection_id in list(self._pending):
                     if self._stopping:
                         return
@@ -90,6 +91,16 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), runtime.settings.worker_poll_seconds)
 
     # ------------------------------------------------------------ index builds
+
+    async def _take_abandoned_builds(self) -> None:
+        """Builds whose builder died: a SIGKILL leaves the claim (`building`) and nothing
+        else, and only a write would poke the collection again. Each pass looks for those
+        whose claim went stale, this replica's own previous run's included."""
+        assert self.runtime is not None
+        async with transaction(self.runtime.sessionmaker) as db:
+            self._pending.update(
+                await repository.abandoned_index_builds(db, stale_before=self._stale_before())
+            )
 
     async def _maybe_index(self, collection_id: uuid.UUID) -> None:
         assert self.runtime is not None
