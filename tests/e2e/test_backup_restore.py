@@ -18,9 +18,7 @@ import redis
 
 from common.llm_events import STREAM
 from devkit import devstack
-from devkit.testing import _drop_database, redis_db_url
-
-from .conftest import (
+from devkit.e2e import (
     MEMBER_PASSWORD,
     PROVIDER_KEY,
     FakeOpenAI,
@@ -28,6 +26,7 @@ from .conftest import (
     RunningPlatform,
     start_platform,
 )
+from devkit.testing import _drop_database, redis_db_url
 
 SCHEMAS = tuple(devstack.SERVICES)  # auth, inference, embeddings, telemetry: one role each
 EMAIL = "backup@example.com"
