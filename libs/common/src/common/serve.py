@@ -48,7 +48,7 @@ def serve(factory: str, settings: ServiceSettings) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         # Longer than any client's idle keep-alive (the gateway's pool: 30 s; a cloud load
         # balancer's: 60 s), so that a client never sends on a connection the server is
         # closing at that moment (its request then fails as "server disconnected").

@@ -66,6 +66,9 @@ class ServiceSettings(BaseSettings):
     # Error reports (common.sentry): nothing is loaded or sent while the DSN is unset.
     sentry_dsn: SecretStr | None = None
     sentry_environment: str | None = None  # unset: `environment`
+    # On SIGTERM: how long requests already admitted (streams among them) may take to
+    # finish before they are cut; new connections are refused from the signal on.
+    shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
 
     @classmethod
     def settings_customise_sources(
