@@ -21,6 +21,7 @@ from devkit.fakes.faults import FaultControl
 from devkit.fakes.openai_server import create_openai_app
 from devkit.testing import server_dir
 
+RESTART_DELAY_SECONDS = 3
 POOL_TIMEOUT = 10  # seconds: DATABASE_POOL_TIMEOUT's default, which the platform keeps
 
 
@@ -30,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)  # processes: out of `make test-fast`
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fault_postgres() -> Iterator[StoppablePostgres]:
     with server_dir("faults-postgres") as data_dir:
         server = StoppablePostgres(data_dir)
@@ -40,30 +41,34 @@ def fault_postgres() -> Iterator[StoppablePostgres]:
             server.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppableRedis]:
     server = StoppableRedis(tmp_path_factory.mktemp("faults-redis"))
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def provider() -> Iterator[FakeOpenAI]:
     control = FaultControl()
     with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
         yield FakeOpenAI(f"{url}/v1", control)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def faulty(
     fault_postgres: StoppablePostgres,
     fault_redis: StoppableRedis,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningPlatform]:
-    """`make run` on the module's own PostgreSQL and Redis, its settings the defaults but
-    for the per-member limits (rate, requests in flight, open streams): off."""
+    """`make run` on a PostgreSQL and a Redis of its own (shared by the fault modules; each
+    test leaves them running), its settings the defaults but for the per-member limits
+    (rate, requests in flight, open streams): off, and a keeper's first restart after
+    RESTART_DELAY_SECONDS, long enough that a load finds a killed service down."""
     log_dir: Path = tmp_path_factory.mktemp("faults")
     env = {
+        "PLATFORM_DATA_DIR": str(tmp_path_factory.mktemp("faults-data")),
+        "KEEPER_RESTART_DELAY_SECONDS": str(RESTART_DELAY_SECONDS),
         # The load of these tests is one member's: the per-key limits are not under test.
         "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
         "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",

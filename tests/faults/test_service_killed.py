@@ -3,8 +3,8 @@ and `make run` brings it back by itself; one stopped with `make stop-service` st
 and chat and the gateway's readiness are unaffected (its readiness is its own Redis;
 /readyz/upstreams and gateway_upstream_up say which service is down).
 
-A `make run` of this module's own, on the run's PostgreSQL and Redis: killing its services
-disturbs no other test.
+On the fault suite's own `make run` (tests/faults/conftest.py), whose keepers restart a
+service after RESTART_DELAY_SECONDS.
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import devstack
-from devkit.e2e import PROVIDER_KEY, FakeOpenAI, Member, RunningPlatform, platform_on
+from devkit.e2e import PROVIDER_KEY, FakeOpenAI, Member, RunningPlatform
 
+from .conftest import RESTART_DELAY_SECONDS
 from .load import Answer, Load
 
-# The keeper's first restart comes after this long (0.5 s by default): long enough that
-# the load finds the service down, on a busy machine too.
-RESTART_DELAY_SECONDS = 3
 BACK_WITHIN_SECONDS = 90  # a restart on 2 busy cores: imports, the local model
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "words:3"}]}
 SERVICES = ("auth", "inference", "embeddings", "telemetry")
@@ -88,40 +85,14 @@ class Kept:
 
 
 @pytest.fixture(scope="module")
-def kept(
-    postgres_admin_url: str,
-    redis_url: str,
-    provider: FakeOpenAI,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Kept]:
-    data_dir = tmp_path_factory.mktemp("kept-data")
-    env = {
-        "PLATFORM_DATA_DIR": str(data_dir),
-        "KEEPER_RESTART_DELAY_SECONDS": str(RESTART_DELAY_SECONDS),
-        # The load is one member's, faster than a person's: no rate limit of theirs.
-        "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
-        "GATEWAY_RATE_LIMIT_MODEL_PER_MINUTE": "0",
-    }
-    log_dir = tmp_path_factory.mktemp("kept")
-    with platform_on(postgres_admin_url, redis_url, log_dir, redis_db=6, env=env) as platform:
-        member = Member(platform, "kept@example.com")
-        member.credential("openai", "local", provider.url, PROVIDER_KEY)
-        running = Kept(platform, data_dir, member)
-        for service in SERVICES:  # everything answers (and the key is in auth's cache)
-            assert running.call(service).status_code == 200, service
-        yield running
-        member.close()
-
-
-def service_process(platform: RunningPlatform, service: str) -> psutil.Process | None:
-    """The service's own process (`python -m <service>`), a descendant of `make run`."""
-    for process in platform.descendants():
-        try:
-            if process.cmdline()[-2:] == ["-m", service] and process.status() != "zombie":
-                return process
-        except psutil.Error:
-            continue
-    return None
+def kept(faulty: RunningPlatform, provider: FakeOpenAI) -> Iterator[Kept]:
+    member = Member(faulty, "kept@example.com")
+    member.credential("openai", "local", provider.url, PROVIDER_KEY)
+    running = Kept(faulty, Path(faulty.env["PLATFORM_DATA_DIR"]), member)
+    for service in SERVICES:  # everything answers (and the key is in auth's cache)
+        assert running.call(service).status_code == 200, service
+    yield running
+    member.close()
 
 
 def unavailable(answer: Answer) -> bool:
@@ -141,7 +112,7 @@ def test_a_killed_service_fails_only_its_routes_and_comes_back_by_itself(
     platform = kept.platform
     others = [s for s in SERVICES if s != service]
     died_before = len(platform.lines_with(f"[keeper] {service} died", timeout=0))
-    killed = service_process(platform, service)
+    killed = platform.service_process(service)
     assert killed is not None
 
     with ExitStack() as loads_running:
@@ -166,7 +137,7 @@ def test_a_killed_service_fails_only_its_routes_and_comes_back_by_itself(
         assert failed == [], (other, described(failed))
         assert load.between(at, back), other  # and calls were made while it was down
 
-    restarted = service_process(platform, service)
+    restarted = platform.service_process(service)
     assert restarted is not None
     assert restarted.pid != killed.pid
     deaths = platform.lines_with(f"[keeper] {service} died", at_least=died_before + 1)
@@ -189,7 +160,7 @@ def test_telemetry_stopped_leaves_chat_working_and_the_gateway_ready(kept: Kept)
         chat.wait_for(lambda answers: sum(a.status == 200 for a in answers) >= 3, within=30)
         kept.make("stop-service", "telemetry")
         platform.lines_with("[keeper] telemetry stopped", at_least=stopped + 1, timeout=30)
-        assert service_process(platform, "telemetry") is None
+        assert platform.service_process("telemetry") is None
         down = time.monotonic()
 
         assert kept.call("telemetry").status_code == 502  # its own routes only
@@ -201,7 +172,7 @@ def test_telemetry_stopped_leaves_chat_working_and_the_gateway_ready(kept: Kept)
         chat.wait_for(lambda answers: sum(a.sent > down for a in answers) >= 5, within=30)
         # Stopped is not dead: nothing restarts it.
         assert len(platform.lines_with("[keeper] telemetry restarted", timeout=0)) == restarts
-        assert service_process(platform, "telemetry") is None
+        assert platform.service_process("telemetry") is None
 
         kept.make("start-service", "telemetry")
         until(lambda: kept.upstreams()["telemetry"] == "up", within=BACK_WITHIN_SECONDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
@@ -15,6 +16,8 @@ from gateway.errors import InvalidKeysLimited, MissingPermission, RateLimited, S
 from gateway.metrics import RATE_LIMITED
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
 from gateway.security import Principal, RateDecision
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -45,8 +48,9 @@ async def caller_identity(runtime: Runtime, request: Request) -> Identity:
         admission = await security.admit(
             request, model=route.model, holds=route.holds, client=client
         )
-    except RedisError:
+    except RedisError as exc:
         # Never let a request through unchecked: without Redis nothing is authenticated.
+        log.warning("redis unavailable: request refused", error=repr(exc))
         raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None
     except InvalidKeysLimited:
         RATE_LIMITED.labels("invalid_api_keys").inc()

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def create_redis(url: str, *, max_connections: int = 100, wait_seconds: float = 5.0) -> Redis:
     """A pooled client; past `max_connections` commands wait for a free connection (up to
-    `wait_seconds`, then ConnectionError) instead of failing at once."""
+    `wait_seconds`, then ConnectionError) instead of failing at once.
+
+    A command that finds its pooled connection closed (Redis restarted, a proxy's idle
+    timeout) is sent again once on a new one: without it every connection pooled before a
+    restart failed its next command, long after Redis was back. (A connection lost after
+    the command was sent may run it twice: the platform's Redis writes are counters,
+    windows and caches, which a rare extra increment does not break.)"""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -15,6 +24,8 @@ def create_redis(url: str, *, max_connections: int = 100, wait_seconds: float = 
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+        retry_on_error=[RedisConnectionError],
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 

@@ -70,6 +70,16 @@ class RunningPlatform:
             return []
         return children
 
+    def service_process(self, service: str) -> psutil.Process | None:
+        """The service's own process (`python -m <service>`, its keeper's child), alive."""
+        for process in self.descendants():
+            try:
+                if process.cmdline()[-2:] == ["-m", service] and process.status() != "zombie":
+                    return process
+            except psutil.Error:
+                continue
+        return None
+
     def _waiting(self, deadline: float, interval: float) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(f"make run exited early:\n{self.log()[-4000:]}")
