@@ -38,6 +38,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # --------------------------------------------------------------- growth (pure, tested)
@@ -90,19 +91,33 @@ def growth(points: Sequence[tuple[float, float]], warmup: float) -> dict[str, fl
     }
 
 
+def _excess(before: float, after: float, rows_before: float, rows_after: float) -> float:
+    """Bytes at the end beyond what the rows at the end take at the warm-up's bytes per row
+    (a part empty of rows then: any byte growth without a row)."""
+    if rows_before:
+        expected = max(before, before / rows_before * rows_after)
+    else:
+        expected = after if rows_after else before
+    return after - expected
+
+
 def table_growth(before: dict[str, float], after: dict[str, float]) -> dict[str, float | bool]:
-    """One table's change between two samples ({"bytes", "rows", "dead"} each): new rows and
-    bytes, the bytes per new row, and whether the bytes outgrew the rows: more than
-    UNEXPLAINED_MIN_BYTES and UNEXPLAINED_MIN_SHARE of the end size beyond what the rows
-    at the end would take at the warm-up's bytes per row (a table empty then is judged by
-    its rows alone: any byte growth with no row is unexplained)."""
+    """One table's change between two samples: new rows and bytes, the bytes per new row,
+    and whether the bytes outgrew the rows: more than UNEXPLAINED_MIN_BYTES and
+    UNEXPLAINED_MIN_SHARE of the end size beyond what the rows at the end would take at the
+    warm-up's bytes per row. A sample has "bytes" (everything), "rows" and "dead", and may
+    split the bytes into "table_bytes" (heap and TOAST) and "index_bytes" with the number
+    of "indexes": each part is then judged on its own, and the indexes not at all when an
+    index was built in between (a collection's HNSW index: data, built when it is idle)."""
     new_rows = after["rows"] - before["rows"]
     new_bytes = after["bytes"] - before["bytes"]
-    if before["rows"]:
-        expected = max(before["bytes"], before["bytes"] / before["rows"] * after["rows"])
-    else:
-        expected = after["bytes"] if after["rows"] else before["bytes"]
-    excess = after["bytes"] - expected
+    built = after.get("indexes", 0) - before.get("indexes", 0)
+    parts = ["table_bytes", "index_bytes"] if "table_bytes" in after else ["bytes"]
+    if built > 0:
+        parts.remove("index_bytes")
+    excess = sum(
+        _excess(before.get(part, 0.0), after[part], before["rows"], after["rows"]) for part in parts
+    )
     return {
         "rows_start": before["rows"],
         "rows_end": after["rows"],
@@ -112,6 +127,7 @@ def table_growth(before: dict[str, float], after: dict[str, float]) -> dict[str,
         "new_bytes": new_bytes,
         "bytes_per_new_row": new_bytes / new_rows if new_rows > 0 else 0.0,
         "dead_end": after.get("dead", 0.0),
+        "indexes_built": max(0, built),
         "unexplained_bytes": max(0.0, excess),
         "unexplained": excess > UNEXPLAINED_MIN_BYTES
         and excess > UNEXPLAINED_MIN_SHARE * after["bytes"],
@@ -123,6 +139,18 @@ def sample_at(samples: Sequence[dict[str, Any]], warmup: float) -> dict[str, Any
     return next((s for s in samples if s["t"] >= warmup), samples[-1])
 
 
+REDIS_SERIES = (
+    "used_memory",
+    "used_memory_dataset",
+    "client_buffers",
+    "clients",
+    "keys",
+    "stream_length",
+    "stream_pending",
+    "stream_lag",
+)
+
+
 def analyse(samples: Sequence[dict[str, Any]], warmup: float) -> dict[str, Any]:
     """Growth after the warm-up of every sampled series: RSS per process (MB), Redis, the
     stream, the tables (between the first sample at or after `warmup` and the last)."""
@@ -132,8 +160,8 @@ def analyse(samples: Sequence[dict[str, Any]], warmup: float) -> dict[str, Any]:
         for name in names
     }
     redis = {
-        metric: growth([(s["t"], float(s["redis"][metric])) for s in samples], warmup)
-        for metric in ("used_memory", "keys", "stream_length", "stream_pending", "stream_lag")
+        metric: growth([(s["t"], float(s["redis"].get(metric, 0))) for s in samples], warmup)
+        for metric in REDIS_SERIES
     }
     connections = growth([(s["t"], float(s["postgres_connections"])) for s in samples], warmup)
     first, last = sample_at(samples, warmup), samples[-1]
@@ -190,6 +218,7 @@ CHAT_MODEL = "openai/gpt-4o-mini"
 EMBED_MODEL = "openai/text-embedding-3-small"
 LOCAL_MODEL = "local/all-MiniLM-L6-v2"
 CACHED_PROMPTS = 50  # the exact cache's chats repeat these: a bounded set of entries
+SEMANTIC_TTL = 60
 NEW_DOCUMENTS = 4  # per upsert, besides one existing document rewritten
 MEMBERS = 3
 MEMBER_PASSWORD = "soak-Passphrase-for-a-member-1"  # noqa: S105
@@ -241,6 +270,11 @@ class Traffic:
     tally: Tally
     rng: random.Random = field(default_factory=lambda: random.Random(21))  # noqa: S311
     counters: Counter[str] = field(default_factory=Counter)
+    sessions: dict[str, tuple[Traffic, asyncio.Lock]] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        for session, _ in self.sessions.values():
+            await session.client.aclose()
 
     @property
     def auth(self) -> dict[str, str]:
@@ -264,17 +298,17 @@ class Traffic:
         await getattr(self, "_" + kind.replace("-", "_"))(self.counters[kind])
 
     async def _chat(self, n: int) -> None:
+        """A third with the exact cache over CACHED_PROMPTS prompts (hits once warm), a
+        third with the semantic cache on new prompts kept SEMANTIC_TTL seconds (its entries,
+        in Redis and inference.cache_entry, expire as fast as they come), a third without."""
+        prompt = f"words:20 {sentence(self.rng)}"
+        body: dict[str, Any] = {"model": CHAT_MODEL}
         if n % 3 == 0:
-            body = {
-                "model": CHAT_MODEL,
-                "cache": {"mode": "exact"},
-                "messages": [{"role": "user", "content": f"words:20 cached {n % CACHED_PROMPTS}"}],
-            }
-        else:
-            body = {
-                "model": CHAT_MODEL,
-                "messages": [{"role": "user", "content": f"words:20 {sentence(self.rng)}"}],
-            }
+            prompt = f"words:20 cached {n % CACHED_PROMPTS}"
+            body["cache"] = {"mode": "exact"}
+        elif n % 3 == 1:
+            body["cache"] = {"mode": "semantic", "ttl": SEMANTIC_TTL}
+        body["messages"] = [{"role": "user", "content": prompt}]
         await self.call("chat", "POST", "/v1/chat/completions", json=body, headers=self.auth)
 
     async def _stream(self, n: int) -> None:
@@ -350,8 +384,16 @@ class Traffic:
         import httpx
 
         email = self.members[n % len(self.members)]
-        async with httpx.AsyncClient(base_url=str(self.client.base_url), timeout=60) as own:
-            session = Traffic(own, self.key, self.collections, self.members, self.tally)
+        if email not in self.sessions:
+            # One client per member (its cookies), made once: a client per session would
+            # load the CA bundle each time, the soak's own CPU and memory.
+            own = httpx.AsyncClient(base_url=str(self.client.base_url), timeout=60)
+            self.sessions[email] = (
+                Traffic(own, self.key, self.collections, self.members, self.tally),
+                asyncio.Lock(),
+            )
+        session, lock = self.sessions[email]
+        async with lock:  # a member's sessions one after the other: one cookie jar
             login = await session.call(
                 "login", "POST", "/auth/login", json={"email": email, "password": MEMBER_PASSWORD}
             )
@@ -411,6 +453,8 @@ async def drive(traffic: Traffic, *, rate: float, seconds: float, max_in_flight:
 
 TABLES_SQL = """
 SELECT n.nspname || '.' || c.relname AS name, pg_total_relation_size(c.oid) AS bytes,
+       pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes,
+       (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) AS indexes,
        coalesce(s.n_dead_tup, 0) AS dead
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
@@ -457,6 +501,7 @@ class Sampler:
 
     async def _redis(self) -> dict[str, int]:
         info = await self.redis.info("memory")
+        clients = await self.redis.info("clients")
         stream_length = await self.redis.xlen(self.stream)
         pending = lag = 0
         with contextlib.suppress(Exception):  # no group before telemetry first starts
@@ -465,6 +510,11 @@ class Sampler:
                 lag += int(group.get("lag") or 0)
         return {
             "used_memory": int(info["used_memory"]),
+            # What the keys hold, and the clients' buffers (they vary with the requests in
+            # flight, and with the connections the pools have open).
+            "used_memory_dataset": int(info.get("used_memory_dataset", 0)),
+            "client_buffers": int(info.get("mem_clients_normal", 0)),
+            "clients": int(clients["connected_clients"]),
             "keys": int(await self.redis.dbsize()),
             "stream_length": int(stream_length),
             "stream_pending": pending,
@@ -486,7 +536,7 @@ class Sampler:
             schema, _, table = row["name"].partition(".")
             # Names from pg_class, quoted: no input of anyone's.
             rows = await self.db.fetchval(f'SELECT count(*) FROM "{schema}"."{table}"')  # noqa: S608
-            tables[row["name"]] = {"bytes": row["bytes"], "rows": rows, "dead": row["dead"]}
+            tables[row["name"]] = {**{k: v for k, v in row.items() if k != "name"}, "rows": rows}
         return tables
 
 
@@ -616,6 +666,7 @@ async def soak(
                 traffic, rate=args.rate, seconds=args.minutes * 60, max_in_flight=args.max_in_flight
             )
             traffic_seconds = time.monotonic() - sampler.started
+            await traffic.aclose()
             stop.set()
             await sampling
             was_drained = await drained(sampler, 120)
@@ -692,7 +743,11 @@ def targets(a: dict[str, Any]) -> list[str]:
         + (f"**missed** by {', '.join(over)}" if over else "met")
         + f" (the most: {worst[1]} {worst[0]:+.1f} %).",
         f"- Redis bounded: used_memory {redis['used_memory']['growth_pct']:+.1f} % after the "
-        f"warm-up; the call stream at most {t['stream_max_length_after_warmup']:,.0f} entries "
+        f"warm-up (its keys' data {redis['used_memory_dataset']['growth_pct']:+.1f} %, "
+        f"{redis['keys']['start']:,.0f} -> {redis['keys']['end']:,.0f} keys; the clients' "
+        f"buffers {redis['client_buffers']['start'] / 1e6:.2f} -> "
+        f"{redis['client_buffers']['end'] / 1e6:.2f} MB); "
+        f"the call stream at most {t['stream_max_length_after_warmup']:,.0f} entries "
         f"after it, {redis['stream_length']['end']:,.0f} at the end.",
         "- Table growth explained by data: "
         + (f"**not** for {', '.join(unexplained)}" if unexplained else "yes")
@@ -753,14 +808,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| table | rows at warm-up end | at end | new rows | MB at warm-up end | at end "
-        "| bytes per new row | dead rows | unexplained |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bytes per new row | dead rows | indexes built | unexplained |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in a["tables"].items():
         lines.append(
             f"| {name} | {t['rows_start']:,.0f} | {t['rows_end']:,.0f} | {t['new_rows']:+,.0f} "
             f"| {t['bytes_start'] / 1e6:.2f} | {t['bytes_end'] / 1e6:.2f} "
-            f"| {t['bytes_per_new_row']:,.0f} | {t['dead_end']:,.0f} "
+            f"| {t['bytes_per_new_row']:,.0f} | {t['dead_end']:,.0f} | {t['indexes_built']} "
             f"| {'**yes**' if t['unexplained'] else 'no'} |"
         )
     lines += ["", "| kind | sent | statuses | p50 ms | p99 ms |", "|---|---|---|---|---|"]
@@ -795,7 +850,14 @@ def main() -> int:
         "--warmup", type=float, default=0.2, help="the share of the run before growth is measured"
     )
     parser.add_argument("--max-in-flight", type=int, default=100)
+    parser.add_argument(
+        "--analyse",
+        metavar="SOAK_JSON",
+        help="no run: analyse the samples of an earlier run's soak.json again",
+    )
     args = parser.parse_args()
+    if args.analyse:
+        return summarise(json.loads(Path(args.analyse).read_text()))
 
     from _common import RESULTS, platform, provision, utc_now
     from suite import upstream
@@ -821,9 +883,18 @@ def main() -> int:
         "traffic_seconds": run["traffic_seconds"],
         "drained": run["drained"],
         "requests": requests_report(run["tally"], run["traffic_seconds"]),
-        "analysis": analyse(run["samples"], warmup),
+        "warmup_seconds": warmup,
         "samples": run["samples"],
     }
+    (RESULTS / "soak.json").write_text(json.dumps(report, indent=2))  # the samples kept first
+    return summarise(report)
+
+
+def summarise(report: dict[str, Any]) -> int:
+    """Analyse a run's samples, write soak.json and soak.md, print the summary."""
+    from _common import RESULTS
+
+    report["analysis"] = analyse(report["samples"], report["warmup_seconds"])
     (RESULTS / "soak.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
     (RESULTS / "soak.md").write_text(text)

@@ -86,6 +86,21 @@ def test_table_growth_from_empty() -> None:
     assert bloated["unexplained"] is True
 
 
+def test_an_index_built_after_the_warm_up_is_data_but_its_table_is_still_judged() -> None:
+    before = {"bytes": 8_000_000, "table_bytes": 7_000_000, "index_bytes": 1_000_000,
+              "indexes": 1, "rows": 1000}  # fmt: skip
+    after = {"bytes": 60_000_000, "table_bytes": 28_000_000, "index_bytes": 32_000_000,
+             "indexes": 2, "rows": 4000}  # fmt: skip
+    built = soak.table_growth(before, after)
+    assert built["indexes_built"] == 1
+    assert built["unexplained"] is False  # the table grew with its rows: 7,000 bytes each
+    # The same index growth with no index built: unexplained.
+    assert soak.table_growth(before, {**after, "indexes": 1})["unexplained"] is True
+    # A table part that outgrows its rows is flagged whatever the indexes do.
+    bloated = soak.table_growth(before, {**after, "table_bytes": 60_000_000})
+    assert bloated["unexplained"] is True
+
+
 def sample(t: float, *, gateway: float, stream: int, rows: int, chats: int) -> dict[str, object]:
     return {
         "t": t,
