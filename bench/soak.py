@@ -484,7 +484,9 @@ class Sampler:
         cpu = {name: round(cpu_seconds(procs), 2) for name, procs in found.items()}
         # Each backend's RSS counts the shared buffers it touched: their sum overstates
         # Postgres and grows as backends touch more pages. PSS shares them out.
-        rss["postgres-pss"] = round(pss_mb(found.get("postgres", [])), 1)
+        # USS: what is each process's alone (not the shared buffers): the backends' own.
+        pss, uss = private_mb(found.get("postgres", []))
+        rss["postgres-pss"], rss["postgres-uss"] = round(pss, 1), round(uss, 1)
         connections = await self.db.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
         )
@@ -549,16 +551,17 @@ async def sample_every(
             await asyncio.wait_for(stop.wait(), seconds)
 
 
-def pss_mb(processes: Sequence[Any]) -> float:
-    """Proportional set size of `processes` (psutil), summed, in MB: shared pages counted
-    once across them."""
+def private_mb(processes: Sequence[Any]) -> tuple[float, float]:
+    """Proportional and unique set sizes of `processes` (psutil), each summed, in MB: PSS
+    counts the pages they share once across them, USS only the pages each has alone."""
     import psutil
 
-    total = 0
+    pss = uss = 0
     for proc in processes:
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_full_info().pss
-    return total / 1e6
+            full = proc.memory_full_info()
+            pss, uss = pss + full.pss, uss + full.uss
+    return pss / 1e6, uss / 1e6
 
 
 async def drained(sampler: Sampler, deadline: float) -> bool:
