@@ -20,7 +20,7 @@ LOCAL_MET := import sys, importlib.metadata as md; \
 LOCAL_REQS := import tomllib; \
   print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
 
-.PHONY: help install install-local run stop-service start-service infra test test-fast coverage lint format migrate pin clean bench bench-peers
+.PHONY: help install install-local run stop-service start-service infra test test-fast coverage lint format migrate pin clean bench bench-peers soak
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ format: install ## apply ruff's fixes and formatting
 
 bench: install ## every benchmark side by side with LiteLLM (< 15 min): tables, bench/results/
 	$(PYTHON) bench/suite.py
+
+soak: install ## 30 min of mixed traffic, memory and tables sampled (SOAK_MINUTES, SOAK_RATE): bench/results/soak.md
+	$(PYTHON) bench/soak.py
 
 # Its own virtualenv, outside the project's dependencies; `make bench` finds it there.
 bench-peers: ## install LiteLLM's proxy (bench/peers-requirements.txt) into .bench-peers/litellm

@@ -16,7 +16,12 @@ from common.logging import UVICORN_LOG_CONFIG
 from common.settings import ServiceSettings
 
 STARTUP_FAILURE = 3  # uvicorn's exit code when a server cannot start
-KEEP_ALIVE_SECONDS = 75  # uvicorn's default is 5
+# How long an idle keep-alive connection stays open (uvicorn's default: 5 s). Longer than
+# any client of ours keeps one in its pool (the gateway's aiohttp pools 30 s, httpx 5 s)
+# and than a load balancer's idle timeout (60 s on AWS's ALB): the client closes first.
+# Were the server first, a request sent on a connection just as the server closes it would
+# fail (`make soak` saw the gateway answer 502 for a stream that way).
+KEEP_ALIVE_SECONDS = 75
 
 
 def serve(factory: str, settings: ServiceSettings) -> None:
@@ -49,17 +54,14 @@ def serve(factory: str, settings: ServiceSettings) -> None:
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-        # Longer than any client's idle keep-alive (the gateway's pool: 30 s; a cloud load
-        # balancer's: 60 s), so that a client never sends on a connection the server is
-        # closing at that moment (its request then fails as "server disconnected").
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 
 def run(app: Any, sock: socket.socket, **options: Any) -> None:
-    """uvicorn.run on a listening socket of ours, with uvicorn's exit code when the app
-    cannot start (its lifespan failed)."""
+    """uvicorn.run on a listening socket of ours, idle connections kept KEEP_ALIVE_SECONDS,
+    with uvicorn's exit code when the app cannot start (its lifespan failed)."""
     host, port = sock.getsockname()[:2]
+    options.setdefault("timeout_keep_alive", KEEP_ALIVE_SECONDS)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
     logging.getLogger("uvicorn.error").info("listening on %s:%s", host, port)
     server.run(sockets=[sock])
