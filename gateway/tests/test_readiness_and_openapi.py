@@ -83,7 +83,7 @@ def test_merge_renames_clashing_schemas_and_rewrites_refs() -> None:
         version="1",
     )
     schemas = merged["components"]["schemas"]
-    assert set(schemas) == {"Item", "embeddings_Item", "telemetry_Item"}
+    assert set(schemas) == {"Item", "embeddings_Item", "telemetry_Item", "Problem"}
     usage = merged["paths"]["/v1/usage"]["get"]["responses"]["200"]
     assert usage["content"]["application/json"]["schema"]["$ref"].endswith("/telemetry_Item")
     # A service cannot publish a path the gateway routes to another service.
