@@ -47,7 +47,11 @@ class CredentialCreate(BaseModel):
 
     provider: Provider
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    api_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    # Sent in an HTTP header: visible ASCII only (a key with another character could be
+    # stored, then failed every call that sent it with a 500, GET /v1/models included).
+    api_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")
+    ] = Field(description="The provider's key: visible ASCII characters.")
     base_url: AnyHttpUrl | None = None
     api_version: ApiVersion | None = Field(
         default=None,
