@@ -114,6 +114,19 @@ async def test_a_key_no_http_header_can_carry_is_refused(inference: Inference) -
     assert (await inference.call("GET", "/v1/models")).status_code == 200
 
 
+async def test_a_name_the_database_refuses_is_422_and_stores_nothing(
+    inference: Inference,
+) -> None:
+    """Found by the fuzzer: a NUL in the name reached the INSERT, a 500."""
+    response = await inference.call(
+        "POST", "/v1/providers/credentials",
+        json={"provider": "openai", "name": "my\u0000key", "api_key": "sk-x"},
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await _raw_rows(inference) == []
+
+
 def test_ciphertexts_are_bound_to_their_row_and_key() -> None:
     keyring = Keyring(f"k1:{Keyring.generate_key()}")
     blob = keyring.encrypt("sk-secret", row_id="row-1")
