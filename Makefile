@@ -20,7 +20,7 @@ LOCAL_MET := import sys, importlib.metadata as md; \
 LOCAL_REQS := import tomllib; \
   print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
 
-.PHONY: help install install-local run stop-service start-service infra test test-fast coverage lint format migrate pin clean bench bench-peers soak
+.PHONY: help install install-local run stop-service start-service infra test test-fast fuzz coverage lint format migrate pin clean bench bench-peers soak
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -59,6 +59,11 @@ test: install ## every test: unit, API, contract and end-to-end
 
 test-fast: install ## everything but the end-to-end suite
 	$(PYTHON) -m pytest -m "not e2e"
+
+# tests/fuzz at length (tests/fuzz/conftest.py): all six callers, 100 examples per route,
+# longer stateful scenarios, failures shrunk. `make test` runs the bounded profile.
+fuzz: install ## schemathesis against a platform of its own, at length (~12 min, not in make test)
+	FUZZ_PROFILE=long $(PYTHON) -m pytest tests/fuzz -o timeout=3600 -p no:randomly
 
 # Every test under coverage.py ([tool.coverage] in pyproject.toml), the processes the tests
 # start included; then one line per package. The data stays in .coverage for

@@ -142,8 +142,55 @@ def test_merge_renames_clashing_schemas_and_rewrites_refs() -> None:
         version="1",
     )
     schemas = merged["components"]["schemas"]
-    assert set(schemas) == {"Item", "embeddings_Item", "telemetry_Item"}
+    assert set(schemas) == {"Item", "embeddings_Item", "telemetry_Item", "Problem"}
     usage = merged["paths"]["/v1/usage"]["get"]["responses"]["200"]
     assert usage["content"]["application/json"]["schema"]["$ref"].endswith("/telemetry_Item")
     # A service cannot publish a path the gateway routes to another service.
     assert "/v1/collections/stolen" not in merged["paths"]
+
+
+def test_merge_documents_every_error_as_a_problem_and_who_may_call() -> None:
+    validation = {"$ref": "#/components/schemas/HTTPValidationError"}
+    document = {
+        "info": {"title": "auth"},
+        "paths": {
+            path: {
+                method: {
+                    "responses": {
+                        "200": {"description": "OK"},
+                        "422": {"content": {"application/json": {"schema": validation}}},
+                    }
+                }
+            }
+            for path, method in (
+                ("/auth/login", "post"),
+                ("/auth/sessions", "get"),
+                ("/auth/users", "get"),
+            )
+        },
+        "components": {
+            "schemas": {
+                "HTTPValidationError": {"$ref": "#/components/schemas/ValidationError"},
+                "ValidationError": {"type": "object"},
+            }
+        },
+    }
+    merged = merge({"auth": document}, title="t", version="1")
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, calls in (
+        ("/auth/login", None),
+        ("/auth/sessions", [{"session": []}]),
+        ("/auth/users", [{"apiKey": []}, {"session": []}]),
+    ):
+        operation = merged["paths"][path]["post" if path == "/auth/login" else "get"]
+        responses = operation["responses"]
+        assert responses["200"] == {"description": "OK"}
+        errors = {code for code in responses if code != "200"}
+        # Sign-in needs no credentials: no 401 or 403 of the gateway's.
+        public = {"422", "429", "4XX", "5XX"}
+        assert errors == (public if calls is None else public | {"401", "403"}), path
+        assert all(responses[code]["content"] == problem for code in errors)
+        assert operation.get("security") == calls
+    schemas = merged["components"]["schemas"]
+    assert not {"HTTPValidationError", "ValidationError"} & set(schemas)
+    assert schemas["Problem"]["required"] == ["type", "title", "status"]

@@ -362,6 +362,24 @@ async def test_a_connection_in_steady_use_is_not_pinged(test_database: RunDataba
         await engine.dispose()
 
 
+async def test_a_value_the_database_refuses_is_a_422_that_changes_nothing(
+    test_database: RunDatabase, probe_db: asyncpg.Connection
+) -> None:
+    """Text with a NUL character reaching an INSERT (found by tests/fuzz in a provider
+    credential's name): a 422 problem, not a 500, and the unit of work rolled back."""
+    app = create_app(test_database)
+    app.state.probe_db, app.state.after_commit = probe_db, {}
+    try:
+        async with asgi_client(app) as client:
+            response = await client.post("/probes/nul%00byte", json={})
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:llm-platform:problem:invalid-value"
+        assert await probe_db.fetchval("SELECT count(*) FROM public.uow_probe") == 0
+    finally:
+        await app.state.engine.dispose()
+
+
 async def test_a_request_that_gets_no_connection_is_a_503_to_retry_and_changes_nothing(
     test_database: RunDatabase, probe_db: asyncpg.Connection
 ) -> None:

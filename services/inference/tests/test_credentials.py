@@ -99,6 +99,34 @@ async def test_bad_credential_bodies_are_422_and_store_nothing(inference: Infere
     assert await _raw_rows(inference) == []
 
 
+async def test_a_key_no_http_header_can_carry_is_refused(inference: Inference) -> None:
+    """Found by the fuzzer (tests/fuzz): a key with a non-ASCII character was stored, and
+    every call that sent it failed with a 500, GET /v1/models included, for good."""
+    for key in ("sk-\u00a7", "sk key", "sk-\nkey", "sk-\x00"):
+        for provider in ("openai", "anthropic", "huggingface"):
+            response = await inference.call(
+                "POST", "/v1/providers/credentials",
+                json={"provider": provider, "name": "x", "api_key": key},
+            )  # fmt: skip
+            assert response.status_code == 422, (key, provider)
+            assert response.json()["errors"][0]["loc"] == ["body", "api_key"]
+    assert await _raw_rows(inference) == []
+    assert (await inference.call("GET", "/v1/models")).status_code == 200
+
+
+async def test_a_name_the_database_refuses_is_422_and_stores_nothing(
+    inference: Inference,
+) -> None:
+    """Found by the fuzzer: a NUL in the name reached the INSERT, a 500."""
+    response = await inference.call(
+        "POST", "/v1/providers/credentials",
+        json={"provider": "openai", "name": "my\u0000key", "api_key": "sk-x"},
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await _raw_rows(inference) == []
+
+
 def test_ciphertexts_are_bound_to_their_row_and_key() -> None:
     keyring = Keyring(f"k1:{Keyring.generate_key()}")
     blob = keyring.encrypt("sk-secret", row_id="row-1")

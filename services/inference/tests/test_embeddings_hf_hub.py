@@ -96,6 +96,19 @@ async def test_the_hub_search_and_model_info(
         assert seen.status_code == 200, seen.text
 
 
+async def test_a_name_the_hub_client_refuses_is_a_422(
+    make_inference: MakeInference, hf_upstream: Upstream
+) -> None:
+    """Found by the fuzzer: `-` passes the route's pattern but not huggingface_hub's rules
+    for a repo id (HFValidationError), which was a 502 as if the Hub were down."""
+    async with make_inference(hf_endpoint=hf_upstream.url) as inference:
+        for repo_id in ("-", "a--b", "org/.x", "a..b"):
+            response = await inference.call("GET", f"/v1/hub/models/{repo_id}")
+            assert response.status_code == 422, (repo_id, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+    assert hf_upstream.control.requests == []
+
+
 async def test_hub_down_is_a_502(make_inference: MakeInference, refused_port: int) -> None:
     async with make_inference(
         hf_endpoint=f"http://127.0.0.1:{refused_port}", hub_timeout_seconds=1.0

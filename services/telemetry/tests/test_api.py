@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.identity import Identity
@@ -182,6 +183,22 @@ async def test_bad_query_parameters_are_problems_not_500s(
     response = await get(client, member(), path, **params)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_from_and_to_take_unix_seconds_as_documented(client: Client, app: FastAPI) -> None:
+    """The document said ISO 8601 only, and the fuzzer's numbers were answered: both are
+    taken, and documented."""
+    response = await get(client, member(), "/v1/usage", **{"from": "0", "to": "86400.5"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["from"], response.json()["to"]) == (
+        "1970-01-01T00:00:00Z",
+        "1970-01-02T00:00:00.500000Z",
+    )
+    document = app.openapi()
+    parameters = document["paths"]["/v1/usage"]["get"]["parameters"]
+    for name in ("from", "to"):
+        schema = next(p["schema"] for p in parameters if p["name"] == name)
+        assert {"type": "number", "description": "Unix seconds."} in schema["anyOf"]
 
 
 async def test_reported_calls_are_idempotent_and_always_the_callers_own(client: Client) -> None:

@@ -6,7 +6,7 @@ import contextlib
 from typing import Any
 
 import structlog
-from asyncpg.exceptions import InterfaceError, InternalClientError, PostgresError
+from asyncpg.exceptions import DataError, InterfaceError, InternalClientError, PostgresError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -213,9 +213,33 @@ async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _on_unexpected(request, exc)
 
 
+def _refused_by_database(exc: BaseException) -> bool:
+    """A value the database refuses as data (SQLSTATE class 22, asyncpg's DataError): text
+    with a NUL character or a lone surrogate (not UTF-8), which no schema of ours may let
+    through but which a field without the check would take as far as the INSERT."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the error and its causes (SQLAlchemy wraps asyncpg's)
+        if seen is None:
+            return False
+        if isinstance(seen, DataError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's last-resort layer; the request middleware (outside it) adds the request id
     # header, and the request's span is still the current one.
+    if _refused_by_database(exc):
+        # Bad input, never a 500; the request's unit of work rolled back: nothing changed.
+        log.warning("value refused by the database", error=repr(exc)[:300], path=request.url.path)
+        return problem_response(
+            request,
+            status=422,
+            title="Unprocessable Content",
+            type_="urn:llm-platform:problem:invalid-value",
+            detail="A value was refused: text may not contain NUL characters or invalid Unicode.",
+        )
     if database_unreachable(exc):
         log.warning("database unavailable", error=repr(exc), path=request.url.path)
         return problem_response(

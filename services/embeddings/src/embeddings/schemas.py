@@ -87,7 +87,10 @@ VectorIn = Annotated[list[Component], Field(min_length=1, max_length=MAX_DIMENSI
 
 
 class CollectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "docs", "model": "local/all-MiniLM-L6-v2"}]},
+    )
 
     name: Name
     model: ModelName = Field(description="An inference model, e.g. local/all-MiniLM-L6-v2.")
@@ -165,7 +168,13 @@ class DocumentIn(BaseModel):
 
 
 class UpsertRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"documents": [
+            {"id": "a", "text": "The cat sat on the mat.", "metadata": {"lang": "en"}},
+            {"text": "Le chat est assis."},
+        ]}]},
+    )  # fmt: skip
 
     documents: Annotated[list[DocumentIn], Field(min_length=1, max_length=MAX_DOCUMENTS)]
 
@@ -189,7 +198,11 @@ class DocumentRead(BaseModel):
 
 
 class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "a cat", "top_k": 3,
+                                         "filter": {"lang": "en"}}]},
+    )  # fmt: skip
 
     text: Annotated[CleanText, StringConstraints(min_length=1, max_length=MAX_TEXT)] | None = None
     vector: VectorIn | None = None

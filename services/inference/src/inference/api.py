@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 
 from common import sse
 from common.db import DbSession, LazyDbSession
@@ -26,9 +27,12 @@ from inference.schemas import (
     AliasCreate,
     AliasRead,
     CacheCleared,
+    ChatCompletion,
     CredentialCreate,
     CredentialRead,
+    EmbeddingList,
     EmbeddingsRequest,
+    HubModel,
     Model,
     ModelList,
     PriceChangeList,
@@ -93,20 +97,45 @@ async def chat_completions(
     return JSONResponse(body_out, headers=headers)
 
 
+# The answers' models document the routes only (`responses`), and are never used to check
+# an answer: these routes build their own (a provider's body passed on, vectors dumped once)
+# and pay nothing per request for the documentation.
+ANSWERED_BY_PROVIDER = "A provider's answer, in OpenAI's format."
+INVALID_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not valid (OpenAI's invalid_request_error)."}
+}
+
 router.add_api_route(
     "/v1/chat/completions", chat_completions, methods=["POST"], response_model=None,
     route_class_override=OpenAIRoute,
+    responses={
+        200: {
+            "model": ChatCompletion,
+            "description": ANSWERED_BY_PROVIDER,
+            # One server-sent event (before OpenAPI 3.2, an event stream's schema is its
+            # events'): with `stream: true`.
+            "content": {"text/event-stream": {"schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {
+                    "type": "string",
+                    "description": "A chat.completion.chunk object; the last event's data "
+                    "is `[DONE]`.",
+                }},
+            }}},
+        },
+        **INVALID_BODY,
+    },
 )  # fmt: skip
 
 
 async def embeddings(
     body: EmbeddingsRequest,
     http: Request,
-    response: Response,
     identity: Annotated[Identity, INVOKE],
     db: LazyDbSession,
     runtime: RuntimeDep,
-) -> dict[str, Any]:
+) -> Response:
     """OpenAI's embeddings: `input` a string or a list of strings."""
     inputs = [body.input] if isinstance(body.input, str) else body.input
     answer, headers = await until_disconnect(
@@ -116,13 +145,16 @@ async def embeddings(
             encoding=body.encoding_format, dimensions=body.dimensions,
         ),
     )  # fmt: skip
-    response.headers.update(headers)
-    return answer
+    # pydantic-core's dump, as FastAPI's own for a dict answer, without its copy and check.
+    return Response(to_json(answer), media_type="application/json", headers=headers)
 
 
 router.add_api_route(
-    "/v1/embeddings", embeddings, methods=["POST"], route_class_override=OpenAIRoute
-)
+    "/v1/embeddings", embeddings, methods=["POST"], response_model=None,
+    route_class_override=OpenAIRoute,
+    responses={200: {"model": EmbeddingList, "description": ANSWERED_BY_PROVIDER},
+               **INVALID_BODY},
+)  # fmt: skip
 
 
 @router.post("/v1/providers/credentials", status_code=status.HTTP_201_CREATED)
@@ -261,7 +293,11 @@ async def clear_cache(
     return CacheCleared(entries=await service.clear_cache(runtime, identity=identity, scope=scope))
 
 
-@router.get("/v1/hub/models")
+@router.get(
+    "/v1/hub/models",
+    response_model=None,
+    responses={200: {"model": list[HubModel], "description": "The models found."}},
+)
 async def hub_models(
     identity: Annotated[Identity, MODELS],
     db: DbSession,
@@ -273,7 +309,11 @@ async def hub_models(
     return await service.hub_search(runtime, db, identity=identity, search=search, limit=limit)
 
 
-@router.get("/v1/hub/models/{repo_id:path}")
+@router.get(
+    "/v1/hub/models/{repo_id:path}",
+    response_model=None,
+    responses={200: {"model": HubModel, "description": "The model's card data."}},
+)
 async def hub_model(
     repo_id: Annotated[str, Path(pattern=r"^[\w.-]+(/[\w.-]+)?$", max_length=200)],
     identity: Annotated[Identity, MODELS],

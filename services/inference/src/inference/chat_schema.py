@@ -203,6 +203,16 @@ class CacheOption(BaseModel):
 class ChatRequest(_Open):
     """OpenAI's chat completion request; fields we do not know are passed through."""
 
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [
+            {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+            {"model": "openai/gpt-4o-mini", "stream": True,
+             "messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Hi"}]},
+        ]},
+    )  # fmt: skip
+
     model: ModelName
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     stream: bool = False

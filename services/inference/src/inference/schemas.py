@@ -21,7 +21,14 @@ ModelName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
 
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [
+            {"model": "local/all-MiniLM-L6-v2", "input": "The cat sat."},
+            {"model": "local/all-MiniLM-L6-v2", "input": ["one", "two"],
+             "encoding_format": "base64"},
+        ]},
+    )  # fmt: skip
 
     model: ModelName
     input: (
@@ -40,7 +47,11 @@ class CredentialCreate(BaseModel):
 
     provider: Provider
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    api_key: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    # Sent in an HTTP header: visible ASCII only (a key with another character could be
+    # stored, then failed every call that sent it with a 500, GET /v1/models included).
+    api_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")
+    ] = Field(description="The provider's key: visible ASCII characters.")
     base_url: AnyHttpUrl | None = None
     api_version: ApiVersion | None = Field(
         default=None,
@@ -188,3 +199,83 @@ class PriceChangeList(BaseModel):
 
 class CacheCleared(BaseModel):
     entries: int = Field(description="How many cached answers were forgotten.")
+
+
+# The answers of the OpenAI-compatible and Hub routes: documentation only. Those routes
+# build their answers themselves (a provider's body passed on, vectors dumped once); these
+# models give them a schema in the OpenAPI document and are never used to validate one.
+class _Answer(BaseModel):
+    """An object of an answer: the fields we document, and whatever else it carries."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CompletionUsage(_Answer):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionMessage(_Answer):
+    role: str
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[dict[str, object]] | None = None
+
+
+class CompletionChoice(_Answer):
+    index: int
+    message: CompletionMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(_Answer):
+    """OpenAI's chat.completion, as the provider answered it: `model` is the one asked for
+    (an alias stays the alias) and `usage` is always there (counted when the provider gave
+    none). With `stream: true`, server-sent events of chat.completion.chunk objects."""
+
+    id: str | None = None
+    object: str = "chat.completion"
+    created: int | None = None
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+class Embedding(_Answer):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(
+        description="The vector; with `encoding_format: base64`, its little-endian float32s "
+        "in base64."
+    )
+
+
+class EmbeddingUsage(_Answer):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Answer):
+    """OpenAI's embeddings answer: one vector per input, in order."""
+
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class HubModel(BaseModel):
+    """A model on the Hugging Face Hub: the fields the Hub gave of these."""
+
+    id: str
+    author: str | None = None
+    pipeline_tag: str | None = None
+    library_name: str | None = None
+    downloads: int | None = None
+    likes: int | None = None
+    tags: list[str] | None = None
+    gated: bool | str | None = None
+    private: bool | None = None
+    created_at: str | None = Field(None, description="ISO 8601.")
+    last_modified: str | None = Field(None, description="ISO 8601.")

@@ -17,7 +17,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    RepositoryNotFoundError,
+)
 from opentelemetry import trace
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
@@ -1102,6 +1107,8 @@ async def _ask_hub(
 
 
 def _hub_problem(exc: Exception) -> Exception:
+    if isinstance(exc, HFValidationError):  # huggingface_hub's own rules for a repo id
+        return InvalidRequest(f"Not a Hub repo id: {exc}")
     if isinstance(exc, RepositoryNotFoundError):
         return NotFound("No such model on the Hub (or it is private).")
     if isinstance(exc, GatedRepoError):

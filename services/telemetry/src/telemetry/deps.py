@@ -43,11 +43,28 @@ SpendReader = Annotated[Identity, Depends(spend_reader)]
 RuntimeDep = Annotated[Runtime, Depends(app_state("runtime"))]
 
 
+# What `from` and `to` take, as documented: ISO 8601, or Unix seconds (pydantic reads both;
+# the document said ISO 8601 only, and the fuzzer's numbers were answered).
+INSTANT = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "number", "description": "Unix seconds."},
+        {"type": "null"},
+    ]
+}
 From = Annotated[
     datetime | None,
-    Query(alias="from", description="Start (inclusive); default: 30 days before `to`."),
+    Query(
+        alias="from",
+        description="Start (inclusive), ISO 8601 or Unix seconds; default: 30 days before `to`.",
+        json_schema_extra=INSTANT,
+    ),
 ]
-To = Annotated[datetime | None, Query(description="End (exclusive); default: now.")]
+To = Annotated[
+    datetime | None,
+    Query(description="End (exclusive), ISO 8601 or Unix seconds; default: now.",
+          json_schema_extra=INSTANT),
+]  # fmt: skip
 Model = Annotated[str | None, Query(max_length=300, description="Only this provider/model.")]
 User = Annotated[
     uuid.UUID | None,
