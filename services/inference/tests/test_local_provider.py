@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -248,3 +252,42 @@ async def test_a_closed_provider_refuses_work() -> None:
         await local.embed(NO_CREDENTIAL, MODEL, ["text"])
 
     assert caught.value.kind == "unavailable"
+
+
+KEPT_EXPORT_RUN = """
+import asyncio, json, sys
+from pathlib import Path
+from inference.providers.base import Credential
+from inference.providers.local import MODEL, LocalProvider
+
+async def main():
+    local = LocalProvider(cache_dir=Path(sys.argv[1]))
+    result = await local.embed(Credential(None, None, None), MODEL, ["a cat sits on the mat"])
+    await local.aclose()
+    print(json.dumps({"vector": result.vectors[0], "tokens": result.usage.prompt_tokens,
+                      "torch": "torch" in sys.modules}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_start_that_finds_the_kept_export_loads_without_torch(tmp_path: Path) -> None:
+    """The first start exports the model to ONNX and keeps it; the next one loads the kept
+    graph (no torch, no sentence-transformers: a second, not ten) and answers the same."""
+
+    def start() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-c", KEPT_EXPORT_RUN, str(tmp_path)],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return answer
+
+    first = start()
+    assert [path.suffix for path in tmp_path.iterdir()] == [".onnx"]
+    second = start()
+
+    assert first["torch"] is True
+    assert second["torch"] is False
+    assert second["tokens"] == first["tokens"] == 6
+    assert second["vector"] == pytest.approx(first["vector"], abs=1e-6)

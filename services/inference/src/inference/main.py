@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,7 +34,7 @@ from inference.providers.egress import EgressPolicy
 from inference.providers.huggingface import HuggingFaceProvider
 from inference.providers.limits import AnswerLimits
 from inference.providers.local import MODEL as LOCAL_MODEL
-from inference.providers.local import LocalProvider
+from inference.providers.local import LocalProvider, default_cache_dir
 from inference.providers.openai import OpenAIProvider
 from inference.repository import ResponseCache
 from inference.routing import LeastLatency, Routing
@@ -63,7 +64,11 @@ def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[s
         "anthropic": AnthropicProvider(**timeouts, egress=egress, answer_limits=limits),
     }
     local = LocalProvider(
-        threads=settings.local_threads, max_queued=settings.local_max_queued_texts
+        threads=settings.local_threads,
+        max_queued=settings.local_max_queued_texts,
+        cache_dir=Path(settings.local_cache_dir)
+        if settings.local_cache_dir
+        else default_cache_dir(),
     )
     if settings.local_preload:
         local.preload()  # torch and the weights load in the background, not on first use

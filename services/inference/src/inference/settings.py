@@ -135,6 +135,10 @@ class InferenceSettings(DatabaseSettings):
     local_max_queued_texts: int = Field(4096, ge=1)
     # Load the local model at start-up (in the background) rather than on the first call.
     local_preload: bool = True
+    # Where the local model's ONNX export is kept between starts (a start that finds it
+    # loads in under a second, without torch); unset: ~/.cache/llm-platform/models
+    # ($XDG_CACHE_HOME). Unwritable: exported at every start, ~10 s.
+    local_cache_dir: str | None = None
 
     @field_validator(
         "allowed_private_networks", "refused_networks", "refused_endpoints", mode="before"

