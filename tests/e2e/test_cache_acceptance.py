@@ -173,8 +173,9 @@ def test_with_the_cache_redis_stopped_calls_succeed_as_misses(
         assert upstream_calls(fake_openai) == before + 2
     finally:
         cache_redis.start()
-    # Back without a restart of inference (this Redis keeps nothing on disk: a miss first).
-    assert ask(member, "words:3", extra_body=EXACT)[0] == "miss"
+    # Back without a restart of inference. This Redis keeps nothing on disk, but the write
+    # of the last miss, retried once on a new connection, may land on it as it comes back.
+    assert ask(member, "words:3", extra_body=EXACT)[0] in ("miss", "hit-exact")
     assert ask(member, "words:3", extra_body=EXACT)[0] == "hit-exact"
 
 
