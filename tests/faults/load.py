@@ -82,3 +82,23 @@ class Load:
                 last = [(a.status, a.body[:120]) for a in answers[-5:]]
                 raise AssertionError(f"not within {within} s; the last answers: {last}")
             time.sleep(0.05)
+
+
+def counted_calls(
+    gateway: str, headers: dict[str, str], expected: int, *, retry_errors: bool = False
+) -> int:
+    """The member's successful calls as /v1/usage counts them, polled until it counts
+    `expected` (or 30 s passed: then what it counts). A usage query that fails is an
+    assertion error at once, unless `retry_errors` (then only past the 30 s)."""
+    with httpx.Client(base_url=gateway, timeout=10, headers=headers) as client:
+        deadline = time.monotonic() + 30
+        while True:
+            usage = client.get("/v1/usage")
+            if usage.status_code == 200:
+                totals = usage.json()["totals"]
+                calls = int(totals["requests"] - totals["errors"])
+                if calls >= expected or time.monotonic() > deadline:
+                    return calls
+            elif not retry_errors or time.monotonic() > deadline:
+                raise AssertionError(usage.text)
+            time.sleep(0.25)

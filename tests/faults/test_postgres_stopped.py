@@ -9,7 +9,7 @@ import httpx
 
 from devkit.e2e import FakeOpenAI, RunningPlatform, StoppablePostgres, new_member_with_key
 
-from .load import Load
+from .load import Load, counted_calls
 
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "words:3"}]}
 SERVICES = ("auth", "inference", "embeddings", "telemetry")
@@ -65,14 +65,5 @@ def test_postgres_stopped_then_back_under_load(
     # Every chat call answered is counted once: telemetry stored what it read from the
     # stream while the database was away once it came back (never acknowledged before).
     served = sum(a.status == 200 for a in chats.answers)
-    with httpx.Client(base_url=faulty.gateway, timeout=10, headers=headers) as client:
-        deadline = time.monotonic() + 30
-        while True:
-            usage = client.get("/v1/usage")
-            assert usage.status_code == 200, usage.text
-            totals = usage.json()["totals"]
-            calls = totals["requests"] - totals["errors"]
-            if calls >= served or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
+    calls = counted_calls(faulty.gateway, headers, served)
     assert calls == served

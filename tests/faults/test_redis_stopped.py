@@ -9,7 +9,7 @@ import httpx
 
 from devkit.e2e import FakeOpenAI, RunningPlatform, StoppableRedis, new_member_with_key
 
-from .load import Answer, Load
+from .load import Answer, Load, counted_calls
 
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "words:3"}]}
 
@@ -61,16 +61,5 @@ def test_redis_stopped_then_back_under_load(
     served = sum(a.status == 200 for a in load.answers)
     # Every call that was answered is counted, once: the events inference buffered while
     # the stream was away arrive.
-    with httpx.Client(base_url=faulty.gateway, timeout=10, headers=headers) as client:
-        deadline = time.monotonic() + 30
-        while True:
-            usage = client.get("/v1/usage")
-            if usage.status_code == 200:
-                totals = usage.json()["totals"]
-                calls = totals["requests"] - totals["errors"]
-                if calls >= served or time.monotonic() > deadline:
-                    break
-            elif time.monotonic() > deadline:
-                raise AssertionError(usage.text)
-            time.sleep(0.25)
+    calls = counted_calls(faulty.gateway, headers, served, retry_errors=True)
     assert calls == served
