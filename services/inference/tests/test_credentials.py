@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from pydantic import SecretStr
 
 from inference.crypto import Keyring, KeyringError
@@ -125,6 +127,32 @@ async def test_a_name_the_database_refuses_is_422_and_stores_nothing(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert await _raw_rows(inference) == []
+
+
+async def test_a_stored_key_no_header_can_carry_is_a_clear_400_not_a_500(
+    inference: Inference, openai_upstream: Upstream
+) -> None:
+    """A key stored before keys were checked: its calls say what to do, and the model list
+    (which asks every provider the caller has a key for) still answers."""
+    created = await inference.credential(openai_upstream.url, name="old")
+    keyring = inference.app.state.runtime.keyring
+    async with inference.app.state.sessionmaker() as db:
+        connection = await db.connection()
+        await connection.exec_driver_sql(
+            "UPDATE inference.provider_credential SET key_ciphertext = $1 WHERE id = $2",
+            (keyring.encrypt("sk-\u00a7", row_id=created["id"]), uuid.UUID(created["id"])),
+        )
+        await db.commit()
+    chat = await inference.call(
+        "POST", "/v1/chat/completions",
+        json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+    )  # fmt: skip
+    assert chat.status_code == 400, chat.text
+    assert chat.json()["type"].endswith(":credential-unusable")
+    assert "'old'" in chat.json()["detail"]
+    assert "add it again" in chat.json()["detail"]
+    assert "\u00a7" not in chat.text
+    assert (await inference.call("GET", "/v1/models")).status_code == 200
 
 
 def test_ciphertexts_are_bound_to_their_row_and_key() -> None:

@@ -23,6 +23,13 @@ class NoCredential(BadRequest):
     slug = "no-credential"
 
 
+class CredentialUnusable(NoCredential):
+    """A stored key that cannot be sent (a character outside visible ASCII, stored before
+    keys were checked at creation): treated as no credential, and said so."""
+
+    slug = "credential-unusable"
+
+
 class CredentialNotFound(NotFound):
     slug = "credential-not-found"
 

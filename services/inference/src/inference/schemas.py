@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Literal
@@ -9,6 +10,9 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from inference.pricing import Price, Source
+
+# What a provider key may hold: it is sent in an HTTP header, so visible ASCII only.
+SENDABLE_KEY = re.compile(r"^[\x21-\x7e]+$")
 
 Provider = Literal["openai", "huggingface", "azure", "anthropic"]
 # An Azure OpenAI API version, as Azure names them: 2024-10-21, 2024-12-01-preview.
@@ -50,7 +54,7 @@ class CredentialCreate(BaseModel):
     # Sent in an HTTP header: visible ASCII only (a key with another character could be
     # stored, then failed every call that sent it with a 500, GET /v1/models included).
     api_key: Annotated[
-        str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")
+        str, StringConstraints(min_length=1, max_length=4096, pattern=SENDABLE_KEY.pattern)
     ] = Field(description="The provider's key: visible ASCII characters.")
     base_url: AnyHttpUrl | None = None
     api_version: ApiVersion | None = Field(

@@ -53,6 +53,7 @@ from inference.errors import (
     AnswerRefused,
     CircuitOpen,
     CredentialNotFound,
+    CredentialUnusable,
     DeadlineExceeded,
     DimensionsUnsupported,
     EgressRefused,
@@ -94,6 +95,7 @@ from inference.providers.egress import DestinationRefused, RedirectRefused
 from inference.routing import LEAST_LATENCY, ORDERED, WEIGHTED, Observe
 from inference.runtime import Runtime
 from inference.schemas import (
+    SENDABLE_KEY,
     AliasCreate,
     CredentialCreate,
     PriceChangeList,
@@ -178,11 +180,16 @@ async def delete_credential(
 
 
 def _decrypt(runtime: Runtime, row: ProviderCredential) -> Credential:
+    api_key = runtime.keyring.decrypt(row.key_ciphertext, row_id=str(row.id))
+    if not SENDABLE_KEY.fullmatch(api_key):
+        # Keys are checked at creation (schemas.CredentialCreate); one stored before that
+        # check would fail every call that sends it in its header.
+        raise CredentialUnusable(
+            f"The key of credential {row.name!r} ({row.provider}) holds characters an HTTP "
+            "header cannot carry: delete the credential and add it again."
+        )
     return Credential(
-        id=str(row.id),
-        api_key=runtime.keyring.decrypt(row.key_ciphertext, row_id=str(row.id)),
-        base_url=row.base_url,
-        api_version=row.api_version,
+        id=str(row.id), api_key=api_key, base_url=row.base_url, api_version=row.api_version
     )
 
 
