@@ -69,6 +69,7 @@ class HeldInference:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str]]] = []  # answered: (model, texts)
         self.abandoned = 0  # held calls whose caller went away
+        self.held = 0  # calls that met the hold
         self._free: int | None = None  # calls still let through before the hold
         self._model: str | None = None  # the model whose calls are held (None: all)
         self.holding = asyncio.Event()
@@ -107,6 +108,7 @@ class HeldInference:
 
     async def _held(self, request: Request) -> bool:
         """Until released (True) or the caller hangs up (False)."""
+        self.held += 1
         self.holding.set()
         released = asyncio.ensure_future(self._released.wait())
         gone = asyncio.ensure_future(disconnected(request.receive))

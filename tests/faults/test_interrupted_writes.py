@@ -211,6 +211,10 @@ async def test_a_model_change_killed_mid_way_resumes_where_it_was(faults: Faults
         changed = await client.patch(f"/v1/collections/{cid}", json={"model": LARGE})
         assert changed.status_code == 200, changed.text
         await asyncio.wait_for(inference.holding.wait(), 60)
+        # Held past twice the stale time: the live worker renews its claim, and no replica
+        # (this one included) takes the job over and embeds the same batch again.
+        await asyncio.sleep(2.5)
+        assert inference.held == 1
         found = await client.post(f"/v1/collections/{cid}/query",
                                   json={"text": "document number 7", "top_k": 1})  # fmt: skip
         assert found.json()[0]["id"] == "d007", found.text

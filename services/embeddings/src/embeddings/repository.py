@@ -205,6 +205,28 @@ async def claim_reembed(
     return row
 
 
+async def renew_claims(db: AsyncSession, *, worker: str, building: list[uuid.UUID]) -> None:
+    """Renew this worker's claims: its model changes, and the index builds it runs. Waits
+    at most a second for a row (a switch or a writer holding it): the next renewal comes
+    long before the claim could go stale."""
+    await db.execute(text("SET LOCAL lock_timeout = '1s'"))
+    await db.execute(
+        text(
+            "UPDATE embeddings.collection SET reembed_heartbeat_at = now()"
+            " WHERE reembed_worker = :worker AND reembed_status = 'running'"
+        ),
+        {"worker": worker},
+    )
+    if building:
+        await db.execute(
+            text(
+                "UPDATE embeddings.collection SET index_claimed_at = now()"
+                " WHERE id = ANY(:ids) AND index_status = 'building'"
+            ),
+            {"ids": building},
+        )
+
+
 async def reembed_progress(
     db: AsyncSession, *, collection_id: uuid.UUID, worker: str, done: int, total: int
 ) -> bool:

@@ -33,9 +33,10 @@ class EmbeddingsSettings(DatabaseSettings):
     index_idle_seconds: float = Field(2.0, ge=0)
     index_build_memory: str = Field("256MB", pattern=r"^[1-9][0-9]{0,5}(kB|MB|GB)$")
     # Background work (index builds, re-embedding after a model change): how often each
-    # replica looks for work, and when another replica's claim counts as abandoned.
+    # replica looks for work, and when a claim counts as abandoned: a replica renews its own
+    # claims every third of `worker_stale_seconds`, so a claim that old has lost its worker.
     worker_poll_seconds: float = Field(1.0, gt=0)
-    worker_stale_seconds: float = Field(300.0, gt=0)
+    worker_stale_seconds: float = Field(30.0, gt=0)
     reembed_batch_size: int = Field(256, ge=1, le=2048)
     # Queries answered below FastAPI's router on their success path (api.fast_query); off,
     # every query goes through the FastAPI route (the same answers, ~1 ms more CPU each).

@@ -1,7 +1,8 @@
 """Background work of each replica: HNSW index builds and model changes (re-embedding).
 
-Claims live in the `collection` row, so replicas share the work and a claim whose worker
-went silent for EMBEDDINGS_WORKER_STALE_SECONDS is taken over.
+Claims live in the `collection` row, so replicas share the work. Each worker renews its
+claims every third of EMBEDDINGS_WORKER_STALE_SECONDS; a claim not renewed for that long
+has lost its worker (SIGKILL, a lost node) and is taken over, by the restarted replica too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        self._building: set[uuid.UUID] = set()  # index builds this worker runs now
+        self._renewing: asyncio.Task[None] | None = None
         self._stopping = False
 
     def poke(self, collection_id: uuid.UUID) -> None:
@@ -48,6 +51,7 @@ class Worker:
     def start(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._task = asyncio.create_task(self._loop(), name="embeddings-worker")
+        self._renewing = asyncio.create_task(self._renew(), name="embeddings-claims")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Let the current step finish (a cancelled database call can leave its connection
@@ -55,13 +59,29 @@ class Worker:
         self._stopping = True
         self._wake.set()
         tasks = [t for t in (self._task, *self._jobs) if t is not None]
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=grace)
-        for task in late:
+        late: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in (*late, self._renewing):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _renew(self) -> None:
+        """Renew this worker's claims every third of the stale time, while it lives."""
+        assert self.runtime is not None
+        runtime = self.runtime
+        while True:
+            await asyncio.sleep(runtime.settings.worker_stale_seconds / 3)
+            try:
+                async with transaction(runtime.sessionmaker) as db:
+                    await repository.renew_claims(
+                        db, worker=self.id, building=sorted(self._building)
+                    )
+            except Exception as exc:  # a row held past the lock timeout, Postgres away
+                log.warning("claims not renewed", error=str(exc) or type(exc).__name__)
 
     def _stale_before(self) -> datetime:
         assert self.runtime is not None
@@ -126,6 +146,7 @@ class Worker:
             self._pending.discard(collection_id)
             return
         started = time.monotonic()
+        self._building.add(collection_id)
         try:
             # Its own transaction, touching no collection row: an upsert holds that row
             # (FOR SHARE) while it waits for the table, and would deadlock with us.
@@ -144,6 +165,8 @@ class Worker:
                     db, collection_id=collection_id, generation=table.generation, status="none"
                 )
             return
+        finally:
+            self._building.discard(collection_id)
         self._pending.discard(collection_id)
         log.info("hnsw index built", collection=str(collection_id),
                  seconds=round(time.monotonic() - started, 2))  # fmt: skip
