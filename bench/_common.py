@@ -194,9 +194,10 @@ class Platform:
 
 
 @contextlib.contextmanager
-def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
+def platform(log: Path, *, root: Path = ROOT, **env_extra: str) -> Iterator[Platform]:
     """Start the platform with an admin (ADMIN_EMAIL / ADMIN_PASSWORD), rate limits and caps off,
     a fresh embedded Postgres and Redis; stop it all and delete its data on the way out.
+    `root`: the checkout to run (its own .venv; bench/chat_ab.py runs two side by side).
 
     devstack chooses the ports (`<NAME>_PORT=0`, Redis on port 0): each service's is bound
     before anything starts and served by that very socket, so no other process can take it
@@ -225,9 +226,10 @@ def platform(log: Path, **env_extra: str) -> Iterator[Platform]:
     )
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        stack = subprocess.Popen(
-            [sys.executable, "-m", "devkit.devstack", "run"],
-            cwd=ROOT,
+        python = sys.executable if root == ROOT else str(root / ".venv" / "bin" / "python")
+        stack = subprocess.Popen(  # noqa: S603 (our own interpreter, or the checkout's)
+            [python, "-m", "devkit.devstack", "run"],
+            cwd=root,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

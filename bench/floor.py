@@ -13,6 +13,7 @@ spend here; bench/chat_path.py measures ours. Writes bench/results/floor.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -73,6 +75,9 @@ def serve_hop(
     return ports.spawn([sys.executable, "-m", "floor_hop"], env=env, cwd=workdir)
 
 
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+
+
 def wait(url: str) -> None:
     for _ in range(200):
         try:
@@ -83,10 +88,10 @@ def wait(url: str) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=2000)
-    n = parser.parse_args().requests
+@contextlib.contextmanager
+def floor_stack() -> Iterator[tuple[str, dict[str, psutil.Process]]]:
+    """Redis, the upstream and the two hops, warmed up; yields the chat URL of the first hop
+    and the two hops' processes; stops it all on the way out (bench/chat_ab.py uses it too)."""
     workdir = tempfile.mkdtemp(prefix="floor-")
     Path(workdir, "floor_hop.py").write_text(HOP)
     redis: subprocess.Popen[bytes] | None = None
@@ -104,28 +109,13 @@ def main() -> int:
         gateway, gateway_port = serve_hop(workdir, f"http://127.0.0.1:{inference_port}", redis_url)
         servers.append(gateway)
         url = f"http://127.0.0.1:{gateway_port}/chat/completions"
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
         wait(f"http://127.0.0.1:{upstream_port}/v1/chat/completions")
         wait(url)
         with httpx.Client() as client:
             for _ in range(200):
-                client.post(url, json=body)
-            procs = {
-                "gateway": psutil.Process(gateway.pid),
-                "inference": psutil.Process(inference.pid),
-            }
-            before = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-            for _ in range(n):
-                assert client.post(url, json=body).status_code == 200
-            cpu = {k: (sum(p.cpu_times()[:2]) - before[k]) * 1000 / n for k, p in procs.items()}
-        result = {
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "requests": n,
-            "cpu_ms_per_request": {**cpu, "gateway+inference": sum(cpu.values())},
-        }
-        (ROOT / "bench" / "results" / "floor.json").write_text(json.dumps(result, indent=2))
-        print("floor CPU ms per request:", json.dumps(result["cpu_ms_per_request"]))
-        return 0
+                client.post(url, json=BODY)
+        yield url, {"gateway": psutil.Process(gateway.pid),
+                    "inference": psutil.Process(inference.pid)}  # fmt: skip
     finally:
         for proc in reversed(servers):
             proc.kill()
@@ -133,6 +123,25 @@ def main() -> int:
         if redis is not None:
             devstack.stop_process(redis)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    n = parser.parse_args().requests
+    with floor_stack() as (url, procs), httpx.Client() as client:
+        before = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+        for _ in range(n):
+            assert client.post(url, json=BODY).status_code == 200
+        cpu = {k: (sum(p.cpu_times()[:2]) - before[k]) * 1000 / n for k, p in procs.items()}
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "requests": n,
+        "cpu_ms_per_request": {**cpu, "gateway+inference": sum(cpu.values())},
+    }
+    (ROOT / "bench" / "results" / "floor.json").write_text(json.dumps(result, indent=2))
+    print("floor CPU ms per request:", json.dumps(result["cpu_ms_per_request"]))
+    return 0
 
 
 if __name__ == "__main__":

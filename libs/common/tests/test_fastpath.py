@@ -11,7 +11,8 @@ import httpx
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from common.fastpath import FastRoutes, fast_route
+from common.errors import Problem
+from common.fastpath import FastRoutes, committed, fast_route
 
 routed: list[str] = []  # the ids the FastAPI route answered
 
@@ -22,6 +23,11 @@ async def handler(request: Request, params: Mapping[str, str]) -> Response | Non
         raise ValueError("the route gives this its own 422")
     if body.get("boom"):
         raise RuntimeError("the database went away")
+    if "after_commit" in body:
+        committed(request)  # the model call would start here
+        raise {"problem": Refused("the provider refused"), "value": ValueError("odd answer")}[
+            body["after_commit"]
+        ]
     if not body.get("fast"):
         return None
     return JSONResponse({"via": "fast", "id": params["id"], "body": body})
@@ -29,6 +35,14 @@ async def handler(request: Request, params: Mapping[str, str]) -> Response | Non
 
 async def on_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"via": "on_error", "error": str(exc)}, status_code=500)
+
+
+class Refused(Problem):
+    status = 502
+
+
+async def on_problem(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"via": "on_problem", "error": str(exc)}, status_code=502)
 
 
 def client() -> httpx.AsyncClient:
@@ -48,7 +62,10 @@ def client() -> httpx.AsyncClient:
     async def more(id: str) -> dict[str, Any]:
         return {"via": "route", "id": id}
 
-    wrapped = FastRoutes(app, [fast_route("POST", "/items/{id}", handler)], on_error)
+    wrapped = FastRoutes(
+        app, [fast_route("POST", "/items/{id}", handler)], on_error,
+        {Problem: on_problem, Exception: on_error},
+    )  # fmt: skip
     transport = httpx.ASGITransport(app=wrapped, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://t")
 
@@ -77,6 +94,18 @@ async def test_an_unexpected_error_is_answered_once_not_retried() -> None:
 
     assert failed.status_code == 500
     assert failed.json() == {"via": "on_error", "error": "the database went away"}
+    assert routed == []
+
+
+async def test_past_committed_errors_are_the_apps_answers_never_a_second_run() -> None:
+    """A handler that has started its side effects (a billed model call) never gives the
+    request to the route: a Problem gets the app's handler for it, anything else on_error."""
+    async with client() as http:
+        refused = await http.post("/items/a7", json={"after_commit": "problem"})
+        odd = await http.post("/items/a8", json={"after_commit": "value"})
+
+    assert (refused.status_code, refused.json()["via"]) == (502, "on_problem")
+    assert (odd.status_code, odd.json()["via"]) == (500, "on_error")
     assert routed == []
 
 

@@ -69,7 +69,8 @@ class PlatformApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.fast_routes:
-            stack = FastRoutes(stack, self.fast_routes, self.exception_handlers[Exception])
+            stack = FastRoutes(stack, self.fast_routes, self.exception_handlers[Exception],
+                               self.exception_handlers)  # fmt: skip
         return RequestMiddleware(
             stack,
             service=self.state.settings.service_name,

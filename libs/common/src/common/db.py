@@ -242,10 +242,13 @@ class _LazySession:
         return getattr(self.opened, name)
 
 
-async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """As get_session, for routes that usually answer from memory: no session is opened
-    (nor committed) unless the route touches the database."""
-    lazy = _LazySession(request.app.state.sessionmaker)
+@asynccontextmanager
+async def lazy_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """As transaction(), for work that usually needs no database: no session is opened
+    (nor committed) unless the block touches it."""
+    lazy = _LazySession(sessionmaker)
     try:
         yield cast(AsyncSession, lazy)
     except BaseException as error:
@@ -260,6 +263,13 @@ async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
             await commit(lazy.opened)
         finally:
             await lazy.opened.close()
+
+
+async def get_lazy_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """As get_session, for routes that usually answer from memory: no session is opened
+    (nor committed) unless the route touches the database."""
+    async with lazy_transaction(request.app.state.sessionmaker) as session:
+        yield session
 
 
 LazyDbSession = Annotated[AsyncSession, Depends(get_lazy_session, scope="function")]

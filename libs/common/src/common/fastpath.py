@@ -12,13 +12,16 @@ same statuses, the same details).
 
 So a fast route never has an error answer of its own: those are FastAPI's by
 construction, at the cost of doing the failed checks twice. Its handler must have no side
-effects before its last step, since a request it gives up on runs again (a read-only
-query qualifies). Any other exception is not retried (an overloaded pool or a database
-that does not answer would make the caller wait twice): it gets what FastAPI's last
-resort gives it, the app's handler for Exception (500 problem+json), and is raised on
-for the server's log, as Starlette does. The request middleware (request id, server span,
-metrics, access log) wraps both paths; a request is counted and logged once, under the
-FastAPI route's template.
+effects before it gives up, since a request it gives up on runs again (a read-only query
+qualifies). A handler whose work has side effects (a model call: billed, recorded) checks
+everything the route would, then calls `committed(request)`: from there it never gives up,
+and whatever it raises is answered by the app's own handler for that exception (a Problem
+as problem+json, a database error as 503), as the route's would be. Any other exception
+is not retried (an overloaded pool or a database that does not answer would make the
+caller wait twice): it gets what FastAPI's last resort gives it, the app's handler for
+Exception (500 problem+json), and is raised on for the server's log, as Starlette does.
+The request middleware (request id, server span, metrics, access log) wraps both paths; a
+request is counted and logged once, under the FastAPI route's template.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ Handler = Callable[[Request, Mapping[str, str]], Awaitable[Response | None]]
 OnError = Callable[[Request, Any], Response | Awaitable[Response]]
 # What a handler raises to say "the route answers this, with its own error".
 DECLINED: tuple[type[Exception], ...] = (Problem, ValueError)
+_COMMITTED = "fastpath.committed"
+
+
+def committed(request: Request) -> None:
+    """From here on, the fast route answers this request whatever happens (its errors by
+    the app's handlers): call it once every check the route makes has passed, before the
+    first side effect."""
+    request.scope[_COMMITTED] = True
 
 
 @dataclass(frozen=True)
@@ -59,12 +70,20 @@ def fast_route(method: str, template: str, handler: Handler) -> FastRoute:
 class FastRoutes:
     """ASGI: the fast routes first; every other request, and every request a fast route
     gives up on, goes to `app` (FastAPI's own stack). `on_error` answers an unexpected
-    exception (the app's handler for Exception)."""
+    exception (the app's handler for Exception); `handlers` (the app's exception handlers)
+    the errors of a committed request."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[FastRoute], on_error: OnError) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[FastRoute],
+        on_error: OnError,
+        handlers: Mapping[Any, OnError] | None = None,
+    ) -> None:
         self.app = app
         self.routes = tuple(routes)
         self.on_error = on_error
+        self.handlers = {k: v for k, v in (handlers or {}).items() if k is not Exception}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -88,19 +107,31 @@ class FastRoutes:
         request = Request(scope, receive)
         try:
             response = await route.handler(request, params)
-        except DECLINED:  # the FastAPI route answers it, as it always has
-            response = None
         except Exception as exc:
-            answer = self.on_error(request, exc)
-            if inspect.isawaitable(answer):
-                answer = await answer
-            await answer(scope, receive, send)
-            raise
+            if isinstance(exc, DECLINED) and not scope.get(_COMMITTED):
+                response = None  # the FastAPI route answers it, as it always has
+            else:
+                handler = self._handler(exc) if scope.get(_COMMITTED) else None
+                answer = (handler or self.on_error)(request, exc)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                await answer(scope, receive, send)
+                if handler is None:
+                    raise
+                return
         if response is not None:
             await response(scope, receive, send)
             return
         body = await request.body()  # read by the handler already (cached), or now
         await self.app(scope, _replay(body, receive), send)
+
+    def _handler(self, exc: Exception) -> OnError | None:
+        """The app's handler for `exc`'s nearest class (as Starlette looks it up), but for
+        Exception's (on_error)."""
+        for cls in type(exc).__mro__:
+            if cls in self.handlers:
+                return self.handlers[cls]
+        return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

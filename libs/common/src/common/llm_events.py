@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -78,8 +78,12 @@ class LlmCallEvent:
     saved_usd: str | None = None
 
     def to_fields(self) -> dict[str, str]:
-        """Redis stream fields: one JSON document, so types survive the trip."""
-        return {"event": json.dumps(asdict(self), separators=(",", ":"))}
+        """Redis stream fields: one JSON document, so types survive the trip. Its fields
+        are wire types already: read one level deep (asdict would copy each recursively,
+        half of this method's time)."""
+        return {"event": json.dumps(
+            {name: getattr(self, name) for name in _NAMES}, separators=(",", ":")
+        )}  # fmt: skip
 
     @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> LlmCallEvent:
@@ -98,6 +102,7 @@ class LlmCallEvent:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
+_NAMES = tuple(f.name for f in fields(LlmCallEvent))
 INT32 = 2**31 - 1
 # Text columns refuse NUL; every string also has its column's length.
 _NO_NUL = r"^[^\x00]*$"

@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.app import create_service_app, database_and_redis
 from common.db import transaction
+from common.fastpath import fast_route
 from common.http import peer_client
 from common.redis import create_redis
 from inference import service
-from inference.api import router
+from inference.api import CHAT_PATH, fast_chat, router
 from inference.cache import CacheStore
 from inference.cache_guard import compatible
 from inference.crypto import Keyring
@@ -213,8 +214,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
+    settings = settings or InferenceSettings()
     return create_service_app(
-        settings or InferenceSettings(),
+        settings,
         public=router,
         lifespan=lifespan,
         title="Inference",
@@ -222,4 +224,5 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             "LLM providers behind one OpenAI-compatible API: encrypted credentials, routing,"
             " retries, fallbacks, streaming."
         ),
+        fast_routes=[fast_route("POST", CHAT_PATH, fast_chat)] if settings.fast_chat else [],
     )

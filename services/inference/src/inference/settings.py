@@ -64,6 +64,9 @@ class InferenceSettings(DatabaseSettings):
     # Model names that get a label of their own in the Prometheus metrics, beyond the priced
     # ones: the first this many that answered a call, per replica. The rest are `other`.
     metrics_max_models: int = Field(100, ge=0)
+    # Chat completions answered below FastAPI's router once checked (api.fast_chat); off,
+    # every call goes through the FastAPI route (the same answers, ~0.3 ms more CPU each).
+    fast_chat: bool = True
     # How long resolved credentials and aliases are cached in memory.
     cache_seconds: float = Field(30.0, ge=0)
     # How long a credential's model list (its provider's /models, for GET /v1/models) is

@@ -49,6 +49,8 @@ from inference.providers.limits import AnswerLimits
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The most models one credential's list contributes to /v1/models.
 MAX_LISTED_MODELS = 1_000
+# Paths whose merged URL a client keeps (ours: chat, embeddings, models).
+MAX_KEPT_URLS = 8
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -90,6 +92,34 @@ def map_error(exc: Exception) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     return unreadable(exc)
+
+
+class _Client(AsyncOpenAI):
+    """AsyncOpenAI that keeps what it would rebuild, identically, on every request: the
+    URL of each path merged with its base URL (parsed twice per request otherwise) and its
+    default headers (a fresh dict from five properties per request). Sound because our
+    clients are never reconfigured (one per credential, made once: _new_client), and the
+    paths are our constants. 0.05 ms per call on the benchmark machine (issue 22)."""
+
+    @property
+    def user_agent(self) -> str:
+        return f"AsyncOpenAI/Python {self._version}"  # the SDK's, not this class's name
+
+    @property
+    def default_headers(self) -> dict[str, Any]:
+        headers: dict[str, Any] | None = self.__dict__.get("_kept_headers")
+        if headers is None:
+            headers = self.__dict__["_kept_headers"] = super().default_headers
+        return headers
+
+    def _prepare_url(self, url: str) -> httpx2.URL:
+        urls: dict[str, httpx2.URL] = self.__dict__.setdefault("_kept_urls", {})
+        found = urls.get(url)
+        if found is None:
+            found = super()._prepare_url(url)
+            if len(urls) < MAX_KEPT_URLS:
+                urls[url] = found
+        return found
 
 
 class OpenAIProvider:
@@ -135,7 +165,7 @@ class OpenAIProvider:
 
     def _new_client(self, credential: Credential) -> AsyncOpenAI:
         """A client for `credential` over the shared, guarded connection pool."""
-        return AsyncOpenAI(
+        return _Client(
             api_key=credential.api_key or "none",
             base_url=credential.base_url or DEFAULT_BASE_URL,
             max_retries=0,  # failover.py retries, with its own policy and deadline
