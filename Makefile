@@ -94,9 +94,10 @@ soak: install ## 30 min of mixed traffic, memory and tables sampled (SOAK_MINUTE
 bench-peers: ## install LiteLLM's proxy and Portkey's gateway into .bench-peers/ (bench/peers-*)
 	python3 -m venv .bench-peers/litellm
 	.bench-peers/litellm/bin/pip install --quiet --disable-pip-version-check -r bench/peers-requirements.txt
-	mkdir -p .bench-peers/portkey
-	cp bench/peers-portkey.json .bench-peers/portkey/package.json
-	npm install --prefix .bench-peers/portkey --ignore-scripts --no-audit --no-fund --loglevel=error
+	@if command -v npm >/dev/null; then \
+	  mkdir -p .bench-peers/portkey && cp bench/peers-portkey.json .bench-peers/portkey/package.json && \
+	  npm install --prefix .bench-peers/portkey --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "no npm (Node): Portkey's rows of make bench will say not installed"; fi
 
 migrate: install ## create roles and schemas, run every service's migrations
 	$(PYTHON) -m devkit.devstack migrate

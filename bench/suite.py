@@ -93,7 +93,7 @@ class Settings:
     families: list[str]
 
 
-# 3 windows of 8 s per chat row (22 rows: ~10.5 minutes) keep the whole run under 20
+# 3 windows of 8 s per chat row (22 rows: 11-13 minutes here) keep the whole run under 20
 # minutes only with 50k vectors (was 100k; the HNSW build alone took 2-3 minutes).
 FULL = Settings(warmup=2, rewarm=1, duration=8, rounds=3, delay_ms=50, vectors=50_000,
                 queries=200, texts=1000, ef=[64, 100, 128], backlog=100_000, steady_seconds=10,
