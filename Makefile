@@ -82,16 +82,22 @@ format: install ## apply ruff's fixes and formatting
 	$(UV) run --no-sync ruff check --fix .
 	$(UV) run --no-sync ruff format .
 
-bench: install ## every benchmark side by side with LiteLLM (< 15 min): tables, bench/results/
+bench: install ## every benchmark side by side with LiteLLM and Portkey (< 20 min): tables, plots, bench/results/
 	$(PYTHON) bench/suite.py
 
 soak: install ## 30 min of mixed traffic, memory and tables sampled (SOAK_MINUTES, SOAK_RATE): bench/results/soak.md
 	$(PYTHON) bench/soak.py
 
-# Its own virtualenv, outside the project's dependencies; `make bench` finds it there.
-bench-peers: ## install LiteLLM's proxy (bench/peers-requirements.txt) into .bench-peers/litellm
+# Each peer in its own directory under .bench-peers/ (git-ignored), outside the project's
+# dependencies; `make bench` finds them there. Portkey: bench/peers-portkey.json becomes its
+# package.json (the one place its version is pinned); npm's lock file stays in that directory.
+bench-peers: ## install LiteLLM's proxy and Portkey's gateway into .bench-peers/ (bench/peers-*)
 	python3 -m venv .bench-peers/litellm
 	.bench-peers/litellm/bin/pip install --quiet --disable-pip-version-check -r bench/peers-requirements.txt
+	@if command -v npm >/dev/null; then \
+	  mkdir -p .bench-peers/portkey && cp bench/peers-portkey.json .bench-peers/portkey/package.json && \
+	  npm install --prefix .bench-peers/portkey --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "no npm (Node): Portkey's rows of make bench will say not installed"; fi
 
 migrate: install ## create roles and schemas, run every service's migrations
 	$(PYTHON) -m devkit.devstack migrate

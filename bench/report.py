@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from repeats import per_round, spread, windows
+
 OUR_SERVICES = ("gateway", "auth", "inference", "embeddings", "telemetry")
-LABELS = {"bare": "bare upstream", "ours": "ours (gateway)", "litellm": "LiteLLM"}
+PEERS = ("litellm", "portkey")
+LABELS = {
+    "bare": "bare upstream",
+    "ours": "ours (gateway)",
+    "litellm": "LiteLLM",
+    "portkey": "Portkey",
+}
 RSS_TARGET_MB = 150
 
 
@@ -35,13 +43,13 @@ def status(ok: bool | None) -> str:
 
 def _server(row: dict[str, Any] | None, key: str) -> float | None:
     """`key` (cpu_ms_per_request, rss_mb) of the server itself: our five services summed,
-    or LiteLLM's process, or the bare upstream's."""
+    or a peer's processes (LiteLLM's workers summed), or the bare upstream's."""
     values = row.get(key) if row else None
     if not row or not values:
         return None
     if row["target"] == "ours":
         return sum(values.get(name, 0.0) for name in OUR_SERVICES)
-    found = values.get("litellm" if row["target"] == "litellm" else "upstream")
+    found = values.get(row["target"] if row["target"] in PEERS else "upstream")
     return None if found is None else float(found)
 
 
@@ -61,7 +69,7 @@ def by_scenario(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any
 
 
 def _p50(row: dict[str, Any] | None, key: str = "latency_ms") -> float | None:
-    if not row or row.get("not_installed") or not row.get(key):
+    if not _served(row) or not row or not row.get(key):
         return None
     value = row[key].get("p50")
     return float(value) if value is not None else None
@@ -94,9 +102,12 @@ RATIO_HEADER = [
     "scenario",
     "ours / bare req/s",
     "ours / LiteLLM req/s",
+    "ours / Portkey req/s",
     "LiteLLM / ours CPU per request",
+    "Portkey / ours CPU per request",
     "added p50 ours (ms)",
     "added p50 LiteLLM (ms)",
+    "added p50 Portkey (ms)",
 ]
 
 
@@ -104,32 +115,128 @@ def _installed(row: dict[str, Any] | None) -> bool:
     return row is not None and not row.get("not_installed")
 
 
-def _ttfb_text(row: dict[str, Any], bare: dict[str, Any] | None, target: str) -> str:
-    """Time to first byte, p50, with what the target adds to the bare upstream's."""
-    ttfb = _p50(row, "first_byte_ms")
-    added = None if target == "bare" else _diff(ttfb, _p50(bare, "first_byte_ms"))
-    if ttfb is None:
+def _served(row: dict[str, Any] | None) -> bool:
+    """Measured, with at least one answer counted (not: not installed, cannot serve,
+    skipped, or every request an error)."""
+    return (
+        _installed(row)
+        and row is not None
+        and not row.get("cannot_serve")
+        and not row.get("skipped")
+        and bool(row.get("ok", 1))
+    )
+
+
+def why_not(row: dict[str, Any] | None) -> str | None:
+    """Why a row has no figures, in a few words; None when it has."""
+    if row is None or row.get("not_installed"):
+        return "not installed"
+    if row.get("skipped"):
+        return str(row["skipped"])
+    if row.get("cannot_serve"):
+        return f"cannot serve: {_cell_text(row['cannot_serve'])}"
+    if not row.get("ok", 1):
+        sample = row.get("error_sample") or f"statuses {row.get('statuses')}"
+        return f"cannot serve: every request failed ({_cell_text(sample)})"
+    return None
+
+
+def _cell_text(text: str, limit: int = 90) -> str:
+    """`text` on one line, short, with nothing that would break a markdown table."""
+    flat = " ".join(str(text).split()).replace("|", "/")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _with_range(found: tuple[float, float, float] | None, digits: int) -> str:
+    """ "median (min-max)" of a spread, or a dash."""
+    if found is None:
         return "—"
-    return f"{ttfb:.2f}" + (f" (+{added:.2f})" if added is not None else "")
+    median, least, most = found
+    if least == most:
+        return fmt(median, digits)
+    return f"{fmt(median, digits)} ({fmt(least, digits)}-{fmt(most, digits)})"
+
+
+def _window_spread(
+    row: dict[str, Any] | None, figure: Callable[[dict[str, Any]], float | None]
+) -> tuple[float, float, float] | None:
+    """`figure` of each of the row's windows: (median, min, max)."""
+    if not _served(row):
+        return None
+    values = [v for v in (figure(w) for w in windows(row)) if v is not None]
+    return spread(values)
+
+
+def _rps(window: dict[str, Any]) -> float | None:
+    value = window.get("rps")
+    return None if value is None else float(value)
+
+
+def _p50_of(key: str = "latency_ms") -> Callable[[dict[str, Any]], float | None]:
+    def figure(window: dict[str, Any]) -> float | None:
+        value = (window.get(key) or {}).get("p50")
+        return None if value is None else float(value)
+
+    return figure
+
+
+def _added(key: str = "latency_ms") -> Callable[[dict[str, Any], dict[str, Any]], float | None]:
+    """A window's p50 minus the bare upstream's window of the same round."""
+    p50 = _p50_of(key)
+
+    def figure(window: dict[str, Any], bare: dict[str, Any]) -> float | None:
+        return _diff(p50(window), p50(bare))
+
+    return figure
+
+
+def _rps_ratio(window: dict[str, Any], other: dict[str, Any]) -> float | None:
+    return _ratio(_rps(window), _rps(other))
+
+
+def _cpu_ratio(window: dict[str, Any], other: dict[str, Any]) -> float | None:
+    return _ratio(services_cpu(window), services_cpu(other))
+
+
+def round_spread(
+    figure: Callable[[dict[str, Any], dict[str, Any]], float | None],
+    row: dict[str, Any] | None,
+    other: dict[str, Any] | None,
+) -> tuple[float, float, float] | None:
+    """`figure(row's window, other's window)` round by round: (median, min, max)."""
+    if not _served(row) or not _served(other):
+        return None
+    return spread(per_round(figure, row, other))
+
+
+def _ttfb_text(row: dict[str, Any], bare: dict[str, Any] | None, target: str) -> str:
+    """Time to first byte, p50, with what the target adds to the bare upstream's (round by
+    round)."""
+    ttfb = _window_spread(row, _p50_of("first_byte_ms"))
+    if ttfb is None or row.get("kind") != "stream":  # a chunked JSON answer has no "first byte"
+        return "—"
+    added = None if target == "bare" else round_spread(_added("first_byte_ms"), row, bare)
+    return _with_range(ttfb, 2) + (f" (+{_with_range(added, 2)})" if added else "")
 
 
 def _main_row(
     name: str, label: str, target: str, row: dict[str, Any], bare: dict[str, Any] | None
 ) -> list[str]:
-    """One target of one scenario: throughput, latency, CPU and memory."""
+    """One target of one scenario: throughput, latency, CPU and memory; each the median of
+    the row's windows with their range."""
     latency = row["latency_ms"]
-    added = None if target == "bare" else _diff(_p50(row), _p50(bare))
+    added = None if target == "bare" else round_spread(_added(), row, bare)
     return [
         name,
         label,
-        fmt(row["rps"]),
-        fmt(latency["p50"], 2),
+        _with_range(_window_spread(row, _rps), 1),
+        _with_range(_window_spread(row, _p50_of()), 2),
         fmt(latency["p95"], 2),
         fmt(latency["p99"], 2),
         fmt(row["errors"], 0),
-        fmt(added, 2),
+        _with_range(added, 2) if target != "bare" else "—",
         _ttfb_text(row, bare, target),
-        fmt(services_cpu(row), 2),
+        _with_range(_window_spread(row, services_cpu), 2),
         fmt(row["cpu_ms_per_request"].get("upstream"), 2) if target != "bare" else "—",
         fmt(row["generator_cpu_ms_per_request"], 3),
         fmt(server_rss(row), 0),
@@ -137,73 +244,90 @@ def _main_row(
 
 
 def _cpu_row(name: str, ours: dict[str, Any]) -> list[str]:
-    """Our CPU per request, process by process."""
+    """Our CPU per request, process by process (medians of the windows)."""
     cpu = ours["cpu_ms_per_request"]
     return [
         name,
         *(fmt(cpu.get(n), 2) for n in OUR_SERVICES),
-        fmt(services_cpu(ours), 2),
+        _with_range(_window_spread(ours, services_cpu), 2),
         fmt(cpu.get("redis"), 2),
         fmt(cpu.get("postgres"), 2),
         fmt(cpu.get("upstream"), 2),
     ]
 
 
+def _peer_cell(
+    peer: dict[str, Any] | None, found: tuple[float, float, float] | None, digits: int
+) -> str:
+    """A ratio or an added latency against a peer, or why the peer has none."""
+    why = why_not(peer)
+    if why is not None:
+        return why
+    return _with_range(found, digits)
+
+
 def _ratio_row(name: str, targets: dict[str, dict[str, Any]]) -> list[str]:
-    """Ours against the bare upstream and against LiteLLM, in one scenario."""
-    bare, ours, peer = targets.get("bare"), targets.get("ours"), targets.get("litellm")
-    peer_ok = _installed(peer)
+    """Ours against the bare upstream and each peer in one scenario, round by round: the
+    median of the rounds' ratios with their range."""
+    bare, ours = targets.get("bare"), targets.get("ours")
+    peers = [targets.get(p) for p in PEERS]
     return [
         name,
-        fmt(_ratio(ours and ours.get("rps"), bare and bare.get("rps")), 3),
-        fmt(
-            _ratio(ours and ours.get("rps"), peer.get("rps") if peer_ok and peer else None),
-            1,
-        )
-        if peer_ok
-        else "not installed",
-        fmt(
-            _ratio(
-                services_cpu(peer) if peer_ok and peer else None,
-                services_cpu(ours) if ours else None,
-            ),
-            1,
-        )
-        if peer_ok
-        else "—",
-        fmt(_diff(_p50(ours), _p50(bare)), 2),
-        fmt(_diff(_p50(peer), _p50(bare)), 2) if peer_ok else "—",
+        _with_range(round_spread(_rps_ratio, ours, bare), 3),
+        *(_peer_cell(peer, round_spread(_rps_ratio, ours, peer), 1) for peer in peers),
+        *(_peer_cell(peer, round_spread(_cpu_ratio, peer, ours), 1) for peer in peers),
+        _with_range(round_spread(_added(), ours, bare), 2),
+        *(_peer_cell(peer, round_spread(_added(), peer, bare), 2) for peer in peers),
     ]
 
 
+def _label(target: str, chat: dict[str, Any]) -> str:
+    peer = chat.get(target)
+    if target == "litellm" and peer:
+        workers = peer.get("workers")
+        return f"LiteLLM {peer['version']}" + (f", {workers} workers" if workers else "")
+    if target == "portkey" and peer:
+        return f"Portkey {peer['version']}"
+    return LABELS[target]
+
+
 def chat_tables(chat: dict[str, Any]) -> str:
-    litellm = chat.get("litellm")
     main_rows, ratio_rows, cpu_rows = [], [], []
     for name, targets in by_scenario(chat["rows"]).items():
         bare = targets.get("bare")
-        governed = any(row.get("skipped") for row in targets.values())
-        for target in ("bare", "ours", "litellm"):
+        # Our governed key's scenarios have our row only (older reports: "skipped" rows).
+        governed = bare is None or any(row.get("skipped") for row in targets.values())
+        for target in LABELS:
             row = targets.get(target)
-            label = LABELS[target]
-            if target == "litellm" and litellm:
-                label = f"LiteLLM {litellm['version']}"
-            if row is not None and row.get("skipped"):
-                main_rows.append([name, label, row["skipped"], *["—"] * 10])
+            label = _label(target, chat)
+            why = why_not(row)
+            if governed and (row is None or row.get("skipped")):
                 continue
-            if row is None or row.get("not_installed"):
-                main_rows.append([name, label, "not installed", *["—"] * 10])
+            if why is not None or row is None:
+                main_rows.append([name, label, why or "—", *["—"] * 10])
                 continue
             main_rows.append(_main_row(name, label, target, row, bare))
             if target == "ours":
                 cpu_rows.append(_cpu_row(name, row))
         if not governed:
             ratio_rows.append(_ratio_row(name, targets))
+    rounds = chat.get("rounds", 1)
+    repeats = (
+        f"Each row is the median of {rounds} windows of {chat['duration_seconds']:g} s, with "
+        "their range (min-max) in brackets; the targets take turns window by window (bare, "
+        "ours, LiteLLM, Portkey, then the next round), so they share the same minutes. "
+        f"Warm-up {chat['warmup_seconds']:g} s before a row's first window, "
+        f"{chat.get('rewarm_seconds', chat['warmup_seconds']):g} s before the others. "
+        "Added latencies and ratios are taken round by round, then their median and range."
+        if rounds > 1
+        else f"Warm-up {chat['warmup_seconds']} s, then {chat['duration_seconds']} s measured "
+        "per row."
+    )
     parts = [
-        "## Chat and embeddings: bare upstream, ours, LiteLLM",
-        f"Warm-up {chat['warmup_seconds']} s, then {chat['duration_seconds']} s measured per "
-        f"row; delayed upstream: {chat['delay_ms']:g} ms per response. Latencies in ms; CPU in "
-        "ms per request (user + system, /proc); ours = gateway + auth + inference + embeddings "
-        "+ telemetry; RSS after the run (MB).",
+        "## Chat and embeddings: bare upstream, ours, LiteLLM, Portkey",
+        f"{repeats} Delayed upstream: {chat['delay_ms']:g} ms per response. Latencies in ms; "
+        "CPU in ms per request (user + system, /proc); ours = gateway + auth + inference + "
+        "embeddings + telemetry; LiteLLM = all its worker processes; RSS after the run (MB).",
         table(MAIN_HEADER, main_rows),
         "### Ratios, measured in the same run",
         table(RATIO_HEADER, ratio_rows),
@@ -223,12 +347,6 @@ POLICY_HEADER = [
 ]  # fmt: skip
 
 
-POLICY_HEADER = [
-    "concurrency", "CPU without (ms)", "CPU with (ms)", "added CPU (ms)",
-    "p50 without", "p50 with", "Redis CPU added (ms)",
-]  # fmt: skip
-
-
 def _policy_cost(
     scenarios: dict[str, dict[str, dict[str, Any]]], concurrency: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -236,6 +354,12 @@ def _policy_cost(
     plain = scenarios.get(f"chat {concurrency}", {}).get("ours")
     governed = scenarios.get(f"chat {concurrency}, governed key", {}).get("ours")
     return plain, governed
+
+
+def _services_cpu_median(row: dict[str, Any] | None) -> float | None:
+    """The median over the row's windows of its server CPU per request (as the main table)."""
+    found = _window_spread(row, services_cpu)
+    return None if found is None else found[0]
 
 
 def _policy_rows(scenarios: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
@@ -248,9 +372,9 @@ def _policy_rows(scenarios: dict[str, dict[str, dict[str, Any]]]) -> list[list[s
         rows.append(
             [
                 concurrency,
-                fmt(services_cpu(plain), 2),
-                fmt(services_cpu(governed), 2),
-                fmt(_diff(services_cpu(governed), services_cpu(plain)), 2),
+                fmt(_services_cpu_median(plain), 2),
+                fmt(_services_cpu_median(governed), 2),
+                fmt(_diff(_services_cpu_median(governed), _services_cpu_median(plain)), 2),
                 fmt(_p50(plain), 2),
                 fmt(_p50(governed), 2),
                 fmt(_diff(redis[1], redis[0]), 2),
@@ -262,9 +386,11 @@ def _policy_rows(scenarios: dict[str, dict[str, dict[str, Any]]]) -> list[list[s
 def rss_table(report: dict[str, Any]) -> str:
     idle = report["idle_rss_mb"]
     rows = [[name, fmt(mb, 0), status(mb <= RSS_TARGET_MB)] for name, mb in idle.items()]
-    peer = report.get("idle_rss_mb_litellm")
-    if peer is not None:
-        rows.append(["LiteLLM (for comparison)", fmt(peer, 0), "—"])
+    peers = report.get("idle_rss_mb_peers") or {}
+    if report.get("idle_rss_mb_litellm") is not None:  # older reports
+        peers = {"litellm": report["idle_rss_mb_litellm"]}
+    for name, mb in peers.items():
+        rows.append([f"{LABELS[name]} (for comparison)", fmt(mb, 0), "—"])
     return "\n\n".join(
         [
             "## Idle RSS of every service (before any load; the local model not loaded)",
@@ -419,29 +545,28 @@ def _chat_targets(chat: dict[str, Any]) -> list[list[str]]:
     sc = by_scenario(chat["rows"])
     c50, c1, s1 = sc.get("chat c=50", {}), sc.get("chat c=1", {}), sc.get("stream c=1", {})
     ours50, bare50, peer50 = c50.get("ours"), c50.get("bare"), c50.get("litellm")
-    peer_ok = _installed(peer50)
-    vs_peer = _ratio(ours50 and ours50["rps"], peer50["rps"] if peer_ok and peer50 else None)
-    vs_bare = _ratio(ours50 and ours50["rps"], bare50 and bare50["rps"])
-    added = _diff(_p50(c1.get("ours")), _p50(c1.get("bare")))
+    vs_peer = round_spread(_rps_ratio, ours50, peer50)
+    vs_bare = round_spread(_rps_ratio, ours50, bare50)
+    added = round_spread(_added(), c1.get("ours"), c1.get("bare"))
     out = [
         [
             "chat c=50: ≥ 10x LiteLLM's req/s",
-            "LiteLLM not installed" if not peer_ok else f"{fmt(vs_peer, 1)}x",
-            status(None if vs_peer is None else vs_peer >= 10),
+            f"LiteLLM {why_not(peer50)}" if why_not(peer50) else f"{_with_range(vs_peer, 1)}x",
+            status(None if vs_peer is None else vs_peer[0] >= 10),
         ],
         [
             "chat c=50: ≥ 0.10x the bare upstream's req/s",
-            f"{fmt(vs_bare, 3)}x",
-            status(None if vs_bare is None else vs_bare >= 0.10),
+            f"{_with_range(vs_bare, 3)}x",
+            status(None if vs_bare is None else vs_bare[0] >= 0.10),
         ],
         [
             "chat c=1: added p50 ≤ 3 ms",
-            f"{fmt(added, 2)} ms",
-            status(None if added is None else added <= 3),
+            f"{_with_range(added, 2)} ms",
+            status(None if added is None else added[0] <= 3),
         ],
     ]
     for name, scenario in (("c=1", c1), ("c=50", c50)):
-        cpu = services_cpu(scenario["ours"]) if scenario.get("ours") else None
+        cpu = _services_cpu_median(scenario["ours"]) if scenario.get("ours") else None
         out.append(
             [
                 f"chat {name}: ≤ 2 ms CPU per request, our services summed",
@@ -452,7 +577,7 @@ def _chat_targets(chat: dict[str, Any]) -> list[list[str]]:
     for concurrency in ("c=1", "c=50"):
         plain, governed = _policy_cost(sc, concurrency)
         if plain and governed:
-            added_cpu = _diff(services_cpu(governed), services_cpu(plain))
+            added_cpu = _diff(_services_cpu_median(governed), _services_cpu_median(plain))
             out.append(
                 [
                     f"chat {concurrency}, governed key: policy checks add ≤ 0.2 ms CPU",
@@ -460,12 +585,12 @@ def _chat_targets(chat: dict[str, Any]) -> list[list[str]]:
                     status(None if added_cpu is None else added_cpu <= 0.2),
                 ]
             )
-    ttfb = _diff(_p50(s1.get("ours"), "first_byte_ms"), _p50(s1.get("bare"), "first_byte_ms"))
+    ttfb = round_spread(_added("first_byte_ms"), s1.get("ours"), s1.get("bare"))
     out.append(
         [
             "stream c=1: added time to first byte ≤ 3 ms",
-            f"{fmt(ttfb, 2)} ms",
-            status(None if ttfb is None else ttfb <= 3),
+            f"{_with_range(ttfb, 2)} ms",
+            status(None if ttfb is None else ttfb[0] <= 3),
         ]
     )
     return out
@@ -587,14 +712,20 @@ def _semantic_target(sem: dict[str, Any]) -> list[str]:
 def render(report: dict[str, Any]) -> str:
     start, end = report["machine_at_start"], report.get("machine_at_end", {})
     version = report.get("litellm_version") or "not installed (make bench-peers)"
+    if report.get("litellm_version") and report.get("litellm_workers"):
+        version += f" ({report['litellm_workers']} workers, one per core)"
+    portkey = report.get("portkey_version") or "not installed (make bench-peers)"
     head = [
         f"# make bench, {report['when']}"
         + (" (--quick: smoke sizes)" if report.get("quick") else ""),
         f"Machine: {start['cpu']}, {start['nproc']} cores ({start['arch']}), "
         f"{start['memory_gb']} GB, Python {start['python']}. Load average (1, 5, 15 min) at "
         f"start {start['load_average']}, at end {end.get('load_average', '—')}. "
-        f"Wall time {fmt(report.get('wall_seconds'), 0)} s. LiteLLM: {version}.",
+        f"Wall time {fmt(report.get('wall_seconds'), 0)} s. LiteLLM: {version}. "
+        f"Portkey: {portkey}.",
     ]
+    if report.get("plots"):
+        head.append("Plots: " + ", ".join(f"`{path}`" for path in report["plots"]) + ".")
     parts = ["\n\n".join(head)]
     if report.get("chat"):
         parts.append(chat_tables(report["chat"]))

@@ -1,15 +1,17 @@
-"""`make bench`: every benchmark in one run, side by side with LiteLLM's proxy.
+"""`make bench`: every benchmark in one run, side by side with LiteLLM and Portkey.
 
     .venv/bin/python bench/suite.py [--quick] [--families chat vectors telemetry semantic]
 
 1. chat: a zero-delay OpenAI-protocol upstream, the same with a fixed delay, the platform
    (fresh embedded Postgres and Redis, an admin, an API key, credentials pointing at the
    upstreams, rate limits off) and, when installed (`make bench-peers`), LiteLLM's proxy
-   (one worker, no database) pointed at the same upstreams. The load generator
-   (bench/loadgen.py, a process of its own) runs each scenario against the bare upstream,
-   our gateway and LiteLLM, one after the other: warm-up, then a fixed window in which
-   the CPU time of every server process is read from /proc. Idle RSS of every service is
-   read before any load; the transport floor (bench/floor.py) after.
+   (one worker per core, no database) and Portkey's gateway pointed at the same upstreams.
+   The load generator (bench/loadgen.py, a process of its own) measures every row in 3
+   windows, the targets taking turns (bare upstream, ours, LiteLLM, Portkey; then the next
+   round): a warm-up, then a fixed window in which the CPU time of every server process is
+   read from /proc. A row is the median of its windows, with their range
+   (bench/repeats.py). Idle RSS of every service is read before any load; the transport
+   floor (bench/floor.py) after. The chat scenarios are also drawn (bench/plots.py).
 2. vectors: bench/embeddings.py against the same platform (100k x 384 ingest, HNSW build,
    queries with recall@10 against exact search, the local model's throughput).
 3. telemetry: bench/telemetry.py in its own process with its own Postgres and Redis
@@ -17,8 +19,9 @@
 4. semantic: bench/semantic_cache.py in its own process (the semantic cache's false hits
    on bench/data's labelled pairs, with and without the guard; the same in --quick).
 
-Prints one markdown table per family, writes bench/results/latest.json and a dated copy of
-the tables (bench/results/YYYY-MM-DD.md); `--quick` writes bench/results/quick.json only.
+Prints one markdown table per family, writes bench/results/latest.json, a dated copy of
+the tables (bench/results/YYYY-MM-DD.md) and the plots (bench/results/*.png, copied to
+bench/plots/ for the README); `--quick` writes bench/results/quick.json and its plots only.
 Everything it starts is stopped on the way out, Ctrl-C and failures included.
 """
 
@@ -39,7 +42,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import peers
+import plots
 import psutil
 from _common import (
     RESULTS,
@@ -58,19 +63,23 @@ from _common import (
     utc_now,
     wait,
 )
+from repeats import median_row
 from report import render
-from scenarios import GOVERNED_POLICY, SCENARIOS, request_for
+from scenarios import GOVERNED_POLICY, SCENARIOS, TARGETS, Scenario, request_for
 
 import embeddings as vectors_bench
 
 BENCH = ROOT / "bench"
+PLOTS = BENCH / "plots"  # committed: the latest full run's plots, shown by README.md
 EMBEDDING_DIMENSIONS = 1536  # text-embedding-3-small's
 
 
 @dataclass
 class Settings:
-    warmup: float
-    duration: float
+    warmup: float  # before a row's first window
+    rewarm: float  # before its next ones (the connections are new, the server warm)
+    duration: float  # each window
+    rounds: int  # windows per row
     delay_ms: float
     vectors: int
     queries: int
@@ -84,12 +93,14 @@ class Settings:
     families: list[str]
 
 
-FULL = Settings(warmup=2, duration=6, delay_ms=50, vectors=100_000, queries=200, texts=1000,
-                ef=[64, 100, 128], backlog=100_000, steady_seconds=10, rows=1_000_000, repeats=3,
-                floor_requests=1000, families=[])  # fmt: skip
+# 3 windows of 8 s per chat row (22 rows: 11-13 minutes here) keep the whole run under 20
+# minutes only with 50k vectors (was 100k; the HNSW build alone took 2-3 minutes).
+FULL = Settings(warmup=2, rewarm=1, duration=8, rounds=3, delay_ms=50, vectors=50_000,
+                queries=200, texts=1000, ef=[64, 100, 128], backlog=100_000, steady_seconds=10,
+                rows=1_000_000, repeats=3, floor_requests=1000, families=[])  # fmt: skip
 # A smoke run: every step at tiny sizes (~4 minutes).
-QUICK = replace(FULL, warmup=0.5, duration=1.5, vectors=3000, queries=30, texts=64,
-                ef=[40, 100], backlog=5000, steady_seconds=2, rows=20_000, repeats=1,
+QUICK = replace(FULL, warmup=0.5, rewarm=0.3, duration=1.0, vectors=3000, queries=30,
+                texts=64, ef=[40, 100], backlog=5000, steady_seconds=2, rows=20_000, repeats=1,
                 floor_requests=200)  # fmt: skip
 
 
@@ -99,12 +110,13 @@ QUICK = replace(FULL, warmup=0.5, duration=1.5, vectors=3000, queries=30, texts=
 def generate(
     url: str,
     body: dict[str, Any],
-    token: str,
+    headers: dict[str, str],
     concurrency: int,
-    s: Settings,
+    warmup: float,
+    duration: float,
     servers: dict[str, list[psutil.Process]],
 ) -> dict[str, Any]:
-    """One scenario: bench/loadgen.py in its own process; the CPU time of each group of
+    """One window: bench/loadgen.py in its own process; the CPU time of each group of
     `servers` over exactly its measured window, and their RSS after it."""
     command = [
         sys.executable,
@@ -113,14 +125,13 @@ def generate(
         url,
         "--body",
         json.dumps(body),
-        "--header",
-        f"Authorization: Bearer {token}",
+        *(arg for name, value in headers.items() for arg in ("--header", f"{name}: {value}")),
         "--concurrency",
         str(concurrency),
         "--warmup",
-        str(s.warmup),
+        str(warmup),
         "--duration",
-        str(s.duration),
+        str(duration),
         "--wait-for-go",
     ]
     with subprocess.Popen(  # noqa: S603
@@ -156,60 +167,122 @@ def _expect(process: subprocess.Popen[str], line: str) -> None:
 # ---------------------------------------------------------------- families
 
 
+def probe(url: str, body: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """One request before a row's windows: None when it is answered 2xx, else why not (the
+    status and the start of the answer), which the row then says instead of figures."""
+    try:
+        answer = httpx.post(url, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"[:160]
+    if answer.is_success:
+        return None
+    return f"HTTP {answer.status_code}: {answer.text.strip()[:120]}"
+
+
+@dataclass
+class Job:
+    """One row to measure: a scenario sent to a target."""
+
+    scenario: Scenario
+    target: str
+    request: tuple[str, dict[str, Any], dict[str, str]]
+    servers: Callable[[], dict[str, list[psutil.Process]]]  # read again for each window
+    row: dict[str, Any]  # its row of the report, completed once every window is measured
+    windows: list[dict[str, Any]]
+
+
 def chat_family(
     s: Settings,
     running: Platform,
     urls: dict[str, str],
     keys: dict[str, str],
-    peer: peers.Peer | None,
+    found: dict[str, peers.Peer | None],
     upstreams: dict[str, subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
-    """Every scenario against the bare upstream, ours and LiteLLM, in that order."""
+    """Every scenario against the bare upstream, ours, LiteLLM and Portkey (`found`: the
+    peers, None when not installed): `s.rounds` windows per row, the targets (and our
+    governed key, with the plain scenario it matches) taking turns round after round."""
     rows: list[dict[str, Any]] = []
-    for scenario in SCENARIOS:
+    governed = [sc for sc in SCENARIOS if sc.governed]
+    for scenario in (sc for sc in SCENARIOS if not sc.governed):
         upstream = upstreams["delayed" if scenario.delayed else "bare"]
-        upstream_procs = tree(upstream.pid)
-        ours = {name: procs for name, procs in running.processes().items()}
-        groups: dict[str, dict[str, list[psutil.Process]]] = {
-            "bare": {"upstream": upstream_procs},
-            "ours": {**ours, "upstream": upstream_procs},
-        }
-        if peer is not None:
-            groups["litellm"] = {"litellm": tree(peer.process.pid), "upstream": upstream_procs}
-        for target in ("bare", "ours", "litellm"):
+
+        def servers(
+            target: str, upstream: subprocess.Popen[bytes] = upstream
+        ) -> Callable[[], dict[str, list[psutil.Process]]]:
+            def read() -> dict[str, list[psutil.Process]]:
+                up = tree(upstream.pid)
+                if target == "bare":
+                    return {"upstream": up}
+                if target == "ours":
+                    return {**running.processes(), "upstream": up}
+                peer = found[target]
+                assert peer is not None
+                return {target: peer.processes(), "upstream": up}
+
+            return read
+
+        jobs: list[Job] = []
+        matching = [  # our governed key: the same request as this one's, to the same upstream
+            g
+            for g in governed
+            if (g.kind, g.concurrency, g.delayed)
+            == (scenario.kind, scenario.concurrency, scenario.delayed)
+        ]
+        plan = [(scenario, t) for t in TARGETS] + [(g, "ours") for g in matching]
+        for sc, target in plan:
             row: dict[str, Any] = {
-                "scenario": scenario.name,
-                "kind": scenario.kind,
-                "concurrency": scenario.concurrency,
+                "scenario": sc.name,
+                "kind": sc.kind,
+                "concurrency": sc.concurrency,
                 "target": target,
             }
-            if scenario.governed and target != "ours":
-                # The same request as the ungoverned scenario's: no row of its own.
-                row["skipped"] = "as without a policy"
-                rows.append(row)
-                continue
-            if target not in groups:
-                row["not_installed"] = True
-                rows.append(row)
-                continue
-            url, body, token = request_for(scenario, target, urls, keys)
-            row.update(generate(url, body, token, scenario.concurrency, s, groups[target]))
             rows.append(row)
-            print(_progress(row), flush=True)
+            if target in found and found[target] is None:
+                row["not_installed"] = True
+                continue
+            request = request_for(sc, target, urls, keys)
+            why = probe(*request)
+            if why is not None:
+                row["cannot_serve"] = why
+                print(f"  {sc.name:<30} {target:<8} cannot serve: {why}", flush=True)
+                continue
+            jobs.append(Job(sc, target, request, servers(target), row, []))
+        for turn in range(s.rounds):
+            warmup = s.warmup if turn == 0 else s.rewarm
+            # Each round starts one target further on, so that none always follows the
+            # same neighbour (LiteLLM's workers, say, still settling).
+            for job in jobs[turn % max(len(jobs), 1) :] + jobs[: turn % max(len(jobs), 1)]:
+                url, body, headers = job.request
+                window = generate(
+                    url, body, headers, job.scenario.concurrency, warmup, s.duration,
+                    job.servers(),
+                )  # fmt: skip
+                window["round"] = turn
+                window["target"] = job.target
+                job.windows.append(window)
+                print(_progress(job.scenario.name, job.target, window), flush=True)
+        for job in jobs:
+            job.row.update(median_row(sorted(job.windows, key=lambda w: w["round"])))
     return {
         "rows": rows,
         "delay_ms": s.delay_ms,
         "warmup_seconds": s.warmup,
+        "rewarm_seconds": s.rewarm,
         "duration_seconds": s.duration,
-        "litellm": {"version": peer.version} if peer else None,
+        "rounds": s.rounds,
+        "litellm": {"version": p.version, "workers": p.workers}
+        if (p := found.get("litellm"))
+        else None,
+        "portkey": {"version": p.version} if (p := found.get("portkey")) else None,
     }
 
 
-def _progress(row: dict[str, Any]) -> str:
-    latency = row["latency_ms"]
+def _progress(scenario: str, target: str, window: dict[str, Any]) -> str:
+    latency = window["latency_ms"]
     return (
-        f"  {row['scenario']:<30} {row['target']:<8} {row['rps']:8.1f} req/s  "
-        f"p50 {latency['p50']:.2f} ms  errors {row['errors']}"
+        f"  {scenario:<30} {target:<8} round {window['round'] + 1} {window['rps']:8.1f} req/s"
+        f"  p50 {latency['p50']:.2f} ms  errors {window['errors']}"
     )
 
 
@@ -270,6 +343,18 @@ def semantic_family() -> dict[str, Any]:
     return dict(result)
 
 
+def plots_family(report: dict[str, Any], *, copy: bool) -> list[str]:
+    """The chat plots next to the tables (bench/results/); with `copy` (a full run) also in
+    bench/plots/, the copy README.md shows."""
+    prefix = "quick-" if report.get("quick") else ""
+    written = plots.write(report, RESULTS, prefix=prefix)
+    if copy:
+        PLOTS.mkdir(exist_ok=True)
+        for path in written:
+            shutil.copyfile(path, PLOTS / path.name)
+    return [str(path.relative_to(ROOT)) for path in written]
+
+
 def _run_script(args: list[str], out: Any) -> int:
     """A bench script in a child process; on the way out (Ctrl-C included) it gets SIGINT,
     which its own clean-up handles, and SIGKILL only if it is still there 60 s later."""
@@ -327,9 +412,9 @@ def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> Non
         upstreams = {name: process for name, (process, _) in started.items()}
         urls = {name: url for name, (_, url) in started.items()}
         peer_stack = stack.enter_context(contextlib.ExitStack())
-        peer = None
-        if "chat" in s.families:  # LiteLLM starts (~20 s) while the platform does
-            peer = peer_stack.enter_context(
+        found: dict[str, peers.Peer | None] = {}
+        if "chat" in s.families:  # the peers start (LiteLLM ~20 s) while the platform does
+            found["litellm"] = peer_stack.enter_context(
                 peers.litellm(
                     0,  # a free port, another one if it is taken before LiteLLM binds it
                     urls["bare"] + "/v1",
@@ -337,6 +422,9 @@ def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> Non
                     workdir,
                     RESULTS / "litellm.log",
                 )
+            )
+            found["portkey"] = peer_stack.enter_context(
+                peers.portkey(0, workdir, RESULTS / "portkey.log")
             )
         print("starting the platform", flush=True)
         running = stack.enter_context(
@@ -349,12 +437,13 @@ def platform_families(s: Settings, report: dict[str, Any], workdir: Path) -> Non
         )  # fmt: skip
         if "chat" in s.families:
             report["idle_rss_mb"] = idle_rss(running)
-            if peer is not None:
-                peer.ready()
-                urls["litellm"] = peer.url  # known now: ready() may have moved it
-                report["idle_rss_mb_litellm"] = rss_mb(tree(peer.process.pid))
-            attempt(report, "chat", lambda: chat_family(s, running, urls, keys, peer, upstreams))
-            peer_stack.close()  # LiteLLM stops: the rest runs without it
+            for name, peer in found.items():
+                if peer is not None:
+                    peer.ready()
+                    urls[name] = peer.url  # known now: ready() may have moved it
+                    report.setdefault("idle_rss_mb_peers", {})[name] = rss_mb(peer.processes())
+            attempt(report, "chat", lambda: chat_family(s, running, urls, keys, found, upstreams))
+            peer_stack.close()  # the peers stop: the rest runs without them
             attempt(report, "floor", lambda: floor_family(s, workdir))
         if "vectors" in s.families:
             args = vectors_bench.parser().parse_args(
@@ -391,6 +480,8 @@ def main() -> int:
         "quick": args.quick,
         "machine_at_start": machine(),
         "litellm_version": peers.litellm_version(),
+        "litellm_workers": peers.cores(),
+        "portkey_version": peers.portkey_version(),
     }
     RESULTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-suite-"))
@@ -411,6 +502,8 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     report["machine_at_end"] = machine()
     report["wall_seconds"] = round(time.monotonic() - started, 1)
+    if report.get("chat"):
+        attempt(report, "plots", lambda: plots_family(report, copy=not args.quick))
     text = render(report)
     print("\n" + text)
     # A smoke run never replaces the figures of the last real one.
