@@ -1,6 +1,7 @@
 """The embeddings service's targets: bulk ingest, query latency at recall, local-model speed.
 
     .venv/bin/python bench/embeddings.py [--vectors 100000] [--queries 500]
+    .venv/bin/python bench/embeddings.py --size 1m   # 1M x 384: its own run, not in `make bench`
 
 Starts the platform (`python -m devkit.devstack run`: a fresh embedded Postgres and Redis,
 all services) on free 127.0.0.1 ports, then, talking to the embeddings service directly with a
@@ -20,7 +21,13 @@ signed identity (what the gateway adds per request is measured in bench/chat_pat
 The vectors are random with the low intrinsic dimension of real sentence embeddings (a random
 32-d Gaussian mapped into 384-d, plus noise); see services/embeddings/README.md for why
 uniformly random 384-d vectors are no test of an approximate index. Writes
-bench/results/embeddings.json.
+bench/results/embeddings.json (embeddings-1m.json for `--size 1m`).
+
+`--size 1m` (SIZES) is the large run: 1M vectors, the embedded Postgres given the memory a
+collection of that size needs (shared buffers that hold its HNSW index, a maintenance_work_mem
+that holds the graph while it is built: the build is far slower once it spills), exact
+search in chunks, no local-model step, and the table's and index's sizes reported. Its
+figures, memory and duration on a 2-core machine: bench/README.md (issue 22).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from common import ports
 from common.identity import HEADER, Identity, SignedIdentity, sign
 
 MODEL = "local/all-MiniLM-L6-v2"
+JSON = {"content-type": "application/json"}
 DIMENSION = 384
 
 
@@ -60,29 +68,40 @@ def clustered(rng: np.random.Generator, projection: np.ndarray, n: int) -> np.nd
 
 
 def body(data: np.ndarray, start: int, end: int) -> bytes:
+    """One upsert of documents start..end-1, the vectors rounded to 7 decimals."""
+    rows = np.round(data[start:end].astype(np.float64), 7).tolist()
     documents = [
-        {"id": str(i), "vector": [round(float(x), 7) for x in data[i]],
+        {"id": str(i), "vector": row,
          "metadata": {"i": i, "kind": "rare" if i % 100 == 0 else "common"}}
-        for i in range(start, end)
+        for i, row in zip(range(start, end), rows, strict=True)
     ]  # fmt: skip
     return json.dumps({"documents": documents}).encode()
 
 
 async def ingest(client: httpx.AsyncClient, path: str, data: np.ndarray) -> float:
+    """Upserts of 1,000, 2 in flight; the seconds they took. Every body is encoded before the
+    clock starts, into a temporary file (1M vectors are ~5 GB of JSON: more than this
+    process should hold), read back one at a time (from the page cache)."""
     batches = [(s, min(s + 1000, len(data))) for s in range(0, len(data), 1000)]
-    bodies = [body(data, s, e) for s, e in batches]  # encoded before the clock starts
-    queue = list(bodies)
+    with tempfile.TemporaryFile(prefix="bench-bodies-") as spool:
+        spans = []
+        for s, e in batches:
+            encoded = body(data, s, e)
+            spans.append((spool.tell(), len(encoded)))
+            spool.write(encoded)
+        spool.flush()
+        queue = spans[::-1]
 
-    async def sender() -> None:
-        while queue:
-            content = queue.pop()
-            response = await client.post(path, content=content,
-                                         headers={"content-type": "application/json"})  # fmt: skip
-            assert response.status_code == 200, response.text[:500]
+        async def sender() -> None:
+            while queue:
+                offset, size = queue.pop()
+                content = os.pread(spool.fileno(), size, offset)
+                response = await client.post(path, content=content, headers=JSON)
+                assert response.status_code == 200, response.text[:500]
 
-    start = time.perf_counter()
-    await asyncio.gather(sender(), sender())
-    return time.perf_counter() - start
+        start = time.perf_counter()
+        await asyncio.gather(sender(), sender())
+        return time.perf_counter() - start
 
 
 def timed_queries(base_url: str, identity: Identity, key: bytes, collection: str,
@@ -323,21 +342,51 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], identity: I
     async with httpx.AsyncClient(base_url=urls["embeddings"], auth=auth, timeout=600) as client:
         result = await ingest_and_index(client, data)
         collection = result.pop("collection")
-        exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
-        result["_query_inputs"] = (collection, queries, exact)  # measured after (run)
-        # A signed identity names the one service it is for (its audience).
-        to_inference = SignedIdentity(key, identity, audience="inference")
-        result["local_model"] = await local_model(
-            client, urls["inference"], to_inference, args.texts
-        )
+        result["_query_inputs"] = (collection, queries, nearest(queries, data))  # used by run
+        if args.texts:
+            # A signed identity names the one service it is for (its audience).
+            to_inference = SignedIdentity(key, identity, audience="inference")
+            result["local_model"] = await local_model(
+                client, urls["inference"], to_inference, args.texts
+            )
     return result
+
+
+def nearest(queries: np.ndarray, data: np.ndarray, k: int = 10, chunk: int = 100_000) -> np.ndarray:
+    """The exact k nearest (largest inner product: the vectors are unit length) of each
+    query, nearest first, by chunks of `data` (1M x 300 scores at once would be 1.2 GB)."""
+    best_ids = np.empty((len(queries), 0), dtype=np.int64)
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    for start in range(0, len(data), chunk):
+        scores = queries @ data[start : start + chunk].T
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        best_ids = np.concatenate([best_ids, top + start], axis=1)
+        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
+        keep = np.argsort(-best_scores, axis=1)[:, :k]
+        best_ids = np.take_along_axis(best_ids, keep, 1)
+        best_scores = np.take_along_axis(best_scores, keep, 1)
+    return best_ids
+
+
+# Presets for the large runs, each its own documented run (bench/README.md), never part of
+# `make bench`: the figures, and the settings the embedded Postgres and the service get.
+# 1M x 384: the heap is ~1.9 GB and the HNSW index (m 16) ~2 GB; 3 GB of shared buffers hold
+# the index and the pages a query visits, and 5 GB of maintenance_work_mem the graph pgvector
+# builds in memory (shared with its parallel workers, in /dev/shm). Out of the machine's 24 GiB.
+SIZES: dict[str, dict[str, Any]] = {
+    "1m": {
+        "args": {"vectors": 1_000_000, "queries": 300, "texts": 0, "ef": [40, 100, 200, 400]},
+        "env": {"PLATFORM_PG_SHARED_BUFFERS": "3GB", "EMBEDDINGS_INDEX_BUILD_MEMORY": "5GB"},
+    },
+}
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--size", choices=sorted(SIZES), help="a large run's preset (SIZES)")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--texts", type=int, default=2000, help="0: no local-model step")
     parser.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200])
     return parser
 
@@ -353,6 +402,7 @@ def run(running: Platform, args: argparse.Namespace) -> dict[str, Any]:
     key = running.signing_key.encode()
     result = asyncio.run(main_async(args, urls, identity, key))
     collection, queries, exact = result.pop("_query_inputs")
+    result["collection"] = collection
     dsn = f"postgresql://postgres@/platform?host={running.data_dir / 'pg'}"  # its superuser
     result["queries"], result["floor"] = query_rows(
         urls["embeddings"], dsn, collection, identity, key, queries, exact, args.ef
@@ -364,11 +414,44 @@ def run(running: Platform, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def storage(dsn: str, collection: str) -> dict[str, Any]:
+    """The collection's table and index sizes, and the Postgres settings that bear on them."""
+    db = await asyncpg.connect(dsn)
+    try:
+        generation = await db.fetchval(
+            "SELECT generation FROM embeddings.collection WHERE id = $1", uuid.UUID(collection)
+        )
+        table = f"embeddings.doc_{uuid.UUID(collection).hex}_{generation}"
+        sizes = await db.fetchrow(
+            "SELECT pg_table_size($1::regclass) AS heap, pg_indexes_size($1::regclass) AS indexes,"
+            " (SELECT pg_relation_size(indexrelid) FROM pg_index i JOIN pg_class c"
+            "  ON c.oid = i.indexrelid WHERE i.indrelid = $1::regclass AND c.relname LIKE '%hnsw')"
+            " AS hnsw",
+            table,
+        )  # fmt: skip
+        settings = {
+            name: await db.fetchval(f"SHOW {name}")
+            for name in ("shared_buffers", "max_parallel_maintenance_workers", "work_mem",
+                         "effective_cache_size", "max_worker_processes")
+        }  # fmt: skip
+    finally:
+        await db.close()
+    return {"bytes": dict(sizes), "settings": settings}
+
+
 def main() -> int:
     args = parser().parse_args()
-    with platform(RESULTS / "embeddings.log") as running:
+    preset = SIZES.get(args.size or "", {"args": {}, "env": {}})
+    for name, value in preset["args"].items():
+        setattr(args, name, value)
+    name = f"embeddings-{args.size}" if args.size else "embeddings"
+    with platform(RESULTS / f"{name}.log", **preset["env"]) as running:
         result = run(running, args)
-    (RESULTS / "embeddings.json").write_text(json.dumps(result, indent=2))
+        dsn = f"postgresql://postgres@/platform?host={running.data_dir / 'pg'}"
+        result["storage"] = asyncio.run(storage(dsn, result["collection"]))
+    result["storage"]["env"] = preset["env"]
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["storage"], indent=2))
     return 0
 
 
