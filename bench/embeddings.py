@@ -12,11 +12,14 @@ signed identity (what the gateway adds per request is measured in bench/chat_pat
 2. reports the local all-MiniLM-L6-v2's throughput in texts/s, at inference and through an
    upsert of text documents;
 3. sends queries with a vector one at a time, for several ef_search values, and reports
-   p50/p95 and recall@10 against exact search (numpy over the same vectors); and right
-   after each, the floor under that figure, on the same collection and queries: the
-   service's own statement from a bare asyncpg client (Postgres alone), and from a minimal
-   ASGI app under uvicorn (one asyncpg connection, no framework: what any HTTP service in
-   front of this Postgres costs at the least). One unmeasured pass of each comes first.
+   p50/p95 and recall@10 against exact search (numpy over the same vectors); and beside
+   each, the floor under that figure, on the same collection and queries: the service's
+   own statement from a bare asyncpg client (Postgres alone), and from a minimal ASGI app
+   under uvicorn (one asyncpg connection, no framework: what any HTTP service in front of
+   this Postgres costs at the least). The three take turns in rounds of 30 queries, in a
+   shuffled order (`interleaved`), so that the machine's neighbours weigh on all three
+   alike; the service's gap to Postgres alone is also given per round (median, range).
+   One unmeasured pass of each comes first.
 
 The vectors are random with the low intrinsic dimension of real sentence embeddings (a random
 32-d Gaussian mapped into 384-d, plus noise); see services/embeddings/README.md for why
@@ -37,6 +40,7 @@ import asyncio
 import http.client
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -104,36 +108,45 @@ async def ingest(client: httpx.AsyncClient, path: str, data: np.ndarray) -> floa
         return time.perf_counter() - start
 
 
-def timed_queries(base_url: str, identity: Identity, key: bytes, collection: str,
-                  queries: np.ndarray, exact: np.ndarray, ef: int) -> dict[str, Any]:  # fmt: skip
-    """One query at a time over one keep-alive connection, from a minimal client
-    (http.client: httpx would add about a millisecond of its own to each figure). Each
-    request is signed, as the gateway signs it."""
-    host, port = base_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port))
-    path = f"/v1/collections/{collection}/query"
-    bodies = [json.dumps({"vector": [round(float(x), 7) for x in q], "top_k": 10,
-                          "ef_search": ef}).encode() for q in queries]  # fmt: skip
-    latencies, recalls = [], []
-    for body, truth in zip(bodies, exact, strict=True):
-        headers = {"content-type": "application/json",
-                   HEADER: sign(identity, key, method="POST", path=path,
-                                audience="embeddings")}  # fmt: skip
-        t0 = time.perf_counter()
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.read()
-        latencies.append((time.perf_counter() - t0) * 1000)
-        assert response.status == 200, answer[:300]
-        found = {int(m["id"]) for m in json.loads(answer)}
-        recalls.append(len(found & set(truth.tolist())) / 10)
-    connection.close()
-    row = {"ef_search": ef, "p50_ms": percentile(latencies, 0.5),
-           "p95_ms": percentile(latencies, 0.95), "p99_ms": percentile(latencies, 0.99),
-           "recall_at_10": float(np.mean(recalls))}  # fmt: skip
-    print(f"query ef_search={ef}: p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms,"
-          f" recall@10 {row['recall_at_10']:.3f}", flush=True)  # fmt: skip
-    return row
+Measured = tuple[list[float], list[float]]  # latencies (ms), recalls@10
+
+
+class HttpQueries:
+    """Queries with a vector, one at a time over one keep-alive connection, from a minimal
+    client (http.client: httpx would add about a millisecond of its own to each figure).
+    Each request is signed, as the gateway signs it, before its clock starts."""
+
+    def __init__(self, base_url: str, identity: Identity, key: bytes, collection: str) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port))
+        self.identity, self.key = identity, key
+        self.path = f"/v1/collections/{collection}/query"
+
+    def run(self, bodies: list[bytes], truths: np.ndarray) -> Measured:
+        """Latencies (ms) and recalls@10 of the requests `bodies`."""
+        latencies, recalls = [], []
+        for body, truth in zip(bodies, truths, strict=True):
+            headers = {"content-type": "application/json",
+                       HEADER: sign(self.identity, self.key, method="POST", path=self.path,
+                                    audience="embeddings")}  # fmt: skip
+            t0 = time.perf_counter()
+            self.connection.request("POST", self.path, body=body, headers=headers)
+            response = self.connection.getresponse()
+            answer = response.read()
+            latencies.append((time.perf_counter() - t0) * 1000)
+            assert response.status == 200, answer[:300]
+            recalls.append(recall(answer, truth))
+        return latencies, recalls
+
+
+def recall(answer: bytes | str, truth: np.ndarray) -> float:
+    found = {int(m["id"]) for m in json.loads(answer)}
+    return len(found & set(truth.tolist())) / 10
+
+
+def query_bodies(queries: np.ndarray, ef: int) -> list[bytes]:
+    return [json.dumps({"vector": [round(float(x), 7) for x in q], "top_k": 10,
+                        "ef_search": ef}).encode() for q in queries]  # fmt: skip
 
 
 # The least an HTTP service in front of this Postgres can add: plain ASGI under uvicorn, the
@@ -186,23 +199,75 @@ def search_sql(collection: str, generation: int, workdir: str) -> str:
     return done.stdout.strip()
 
 
-async def postgres_alone(dsn: str, schema: str, sql: str, queries: np.ndarray, ef: int) -> float:
-    """p50 ms of the statement from a bare asyncpg client (binary vector parameter)."""
-    db = await asyncpg.connect(dsn)
-    try:
+class PostgresAlone:
+    """The service's statement from a bare asyncpg client: one connection, the statement
+    prepared once, the vector packed before the clock starts (binary, as the service sends
+    it), run on an event loop of its own between the HTTP requests."""
+
+    def __init__(self, dsn: str, schema: str, sql: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.db, self.statement = self.loop.run_until_complete(self._open(dsn, schema, sql))
+        self.ef: int | None = None
+
+    @staticmethod
+    async def _open(dsn: str, schema: str, sql: str) -> tuple[Any, Any]:
+        db = await asyncpg.connect(dsn)
         await db.set_type_codec("vector", schema=schema, encoder=bytes, decoder=bytes,
                                 format="binary")  # fmt: skip
-        await db.execute(f"SET hnsw.ef_search = {int(ef)}")
-        statement = await db.prepare(sql)
+        return db, await db.prepare(sql)
+
+    def run(self, queries: np.ndarray, truths: np.ndarray, ef: int) -> Measured:
+        return self.loop.run_until_complete(self._run(queries, truths, ef))
+
+    async def _run(self, queries: np.ndarray, truths: np.ndarray, ef: int) -> Measured:
+        if self.ef != ef:
+            await self.db.execute(f"SET hnsw.ef_search = {int(ef)}")
+            self.ef = ef
         vectors = [len(q).to_bytes(2, "big") + b"\0\0" + q.astype(">f4").tobytes() for q in queries]
-        latencies = []
-        for vector in vectors:
+        latencies, recalls = [], []
+        for vector, truth in zip(vectors, truths, strict=True):
             t0 = time.perf_counter()
-            await statement.fetchval(vector, 10)
+            answer = await self.statement.fetchval(vector, 10)
             latencies.append((time.perf_counter() - t0) * 1000)
-        return statistics.median(latencies)
-    finally:
-        await db.close()
+            recalls.append(recall(answer, truth))
+        return latencies, recalls
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.db.close())
+        self.loop.close()
+
+
+ROUND = 30  # queries per target per round (the three targets take turns, in shuffled order)
+
+
+def interleaved(
+    service: HttpQueries, minimal: HttpQueries, alone: PostgresAlone, queries: np.ndarray,
+    exact: np.ndarray, ef: int,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every query through each of the three, in rounds of ROUND queries: within a round
+    each target answers the same queries, in an order shuffled per round, so that what the
+    machine's neighbours do weighs on the three alike. Per target: all latencies, recalls,
+    and each round's p50."""
+    bodies = query_bodies(queries, ef)
+    order = random.Random(ef)  # noqa: S311 (an order of turns, not a secret)
+    out: dict[str, dict[str, Any]] = {
+        name: {"latencies": [], "recalls": [], "round_p50": []}
+        for name in ("service", "postgres_alone", "minimal_app")
+    }  # fmt: skip
+    for start in range(0, len(queries), ROUND):
+        part = slice(start, start + ROUND)
+        turns = list(out)
+        order.shuffle(turns)
+        for name in turns:
+            if name == "postgres_alone":
+                latencies, recalls = alone.run(queries[part], exact[part], ef)
+            else:
+                client = service if name == "service" else minimal
+                latencies, recalls = client.run(bodies[part], exact[part])
+            out[name]["latencies"] += latencies
+            out[name]["recalls"] += recalls
+            out[name]["round_p50"].append(statistics.median(latencies))
+    return out
 
 
 def query_rows(
@@ -216,8 +281,9 @@ def query_rows(
     efs: list[int],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The service's query rows, and under each the floor (Postgres alone, the minimal
-    app), measured back to back per ef_search after one unmeasured pass of each at the
-    largest (the index and the table in shared buffers)."""
+    app), measured interleaved per ef_search (`interleaved`) after one unmeasured pass of
+    each at the largest (the index and the table in shared buffers). The same statement,
+    ef_search and queries for all three; their recalls, equal, show it."""
     generation, schema = asyncio.run(_collection_facts(dsn, collection))
     workdir = tempfile.mkdtemp(prefix="vector-floor-")
     try:
@@ -231,7 +297,8 @@ def query_rows(
         env=dict(os.environ, FLOOR_DSN=dsn, FLOOR_SQL=sql, FLOOR_VECTOR_SCHEMA=schema,
                  PYTHONPATH=workdir), cwd=workdir,
     )  # fmt: skip
-    service, floor = [], []
+    service_rows, floor = [], []
+    alone: PostgresAlone | None = None
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -240,25 +307,48 @@ def query_rows(
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        print("warm-up pass (not measured):", flush=True)
-        for target in (service_url, url):
-            timed_queries(target, identity, key, collection, queries, exact, max(efs))
-        asyncio.run(postgres_alone(dsn, schema, sql, queries, max(efs)))
+        service = HttpQueries(service_url, identity, key, collection)
+        minimal = HttpQueries(url, identity, key, collection)
+        alone = PostgresAlone(dsn, schema, sql)
+        print("warm-up pass (not measured)", flush=True)
+        interleaved(service, minimal, alone, queries, exact, max(efs))
         for ef in efs:
-            service.append(
-                timed_queries(service_url, identity, key, collection, queries, exact, ef)
-            )
-            alone = asyncio.run(postgres_alone(dsn, schema, sql, queries, ef))
-            print(f"floor ef_search={ef}: Postgres alone p50 {alone:.2f} ms", flush=True)
-            minimal = timed_queries(url, identity, key, collection, queries, exact, ef)
-            floor.append({"ef_search": ef, "postgres_alone_p50_ms": alone,
-                          "minimal_app_p50_ms": minimal["p50_ms"],
-                          "minimal_app_recall_at_10": minimal["recall_at_10"]})  # fmt: skip
+            got = interleaved(service, minimal, alone, queries, exact, ef)
+            row = {"ef_search": ef, **_summary(got["service"]),
+                   "rounds": len(got["service"]["round_p50"])}  # fmt: skip
+            service_rows.append(row)
+            gaps = sorted(
+                a - b for a, b in zip(got["service"]["round_p50"],
+                                      got["postgres_alone"]["round_p50"], strict=True)
+            )  # fmt: skip
+            alone_row, minimal_row = _summary(got["postgres_alone"]), _summary(got["minimal_app"])
+            gap = {"median": statistics.median(gaps), "min": gaps[0], "max": gaps[-1]}
+            floor.append({"ef_search": ef,
+                          "postgres_alone_p50_ms": alone_row["p50_ms"],
+                          "postgres_alone_recall_at_10": alone_row["recall_at_10"],
+                          "minimal_app_p50_ms": minimal_row["p50_ms"],
+                          "minimal_app_recall_at_10": minimal_row["recall_at_10"],
+                          "service_minus_postgres_ms": gap})  # fmt: skip
+            print(f"ef_search={ef}: p50 the service {row['p50_ms']:.2f} ms (p95"
+                  f" {row['p95_ms']:.2f}), minimal app {minimal_row['p50_ms']:.2f},"
+                  f" Postgres alone {alone_row['p50_ms']:.2f}; recall@10 {row['recall_at_10']:.3f}"
+                  f" / {minimal_row['recall_at_10']:.3f} / {alone_row['recall_at_10']:.3f};"
+                  f" the service minus Postgres alone per round {statistics.median(gaps):+.2f}"
+                  f" ms ({gaps[0]:+.2f} to {gaps[-1]:+.2f})", flush=True)  # fmt: skip
     finally:
+        if alone is not None:
+            alone.close()
         app.terminate()
         app.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-    return service, floor
+    return service_rows, floor
+
+
+def _summary(measured: dict[str, Any]) -> dict[str, float]:
+    latencies = measured["latencies"]
+    return {"p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95),
+            "p99_ms": percentile(latencies, 0.99),
+            "recall_at_10": float(np.mean(measured["recalls"]))}  # fmt: skip
 
 
 async def _collection_facts(dsn: str, collection: str) -> tuple[int, str]:
