@@ -492,8 +492,8 @@ async def search(
     connection, on a connection drawn from the engine's pool as it is (`raw_connection`):
     SQLAlchemy's execution machinery costs more than the search on a small collection,
     and its AsyncConnection (a Connection, an isolation level set and reset, four greenlets,
-    each with a fresh 16 kB frame stack mmapped and unmapped) cost 0.25-0.3 ms of CPU per
-    query of the ~1.1 ms the service spent (bench/README.md, issue 22). Nothing on that
+    each with a fresh 16 kB frame stack mmapped and unmapped) cost 0.16-0.24 ms of CPU per
+    query, of the 0.85-1.0 ms the service spent (bench/README.md, issue 22). Nothing on that
     connection starts a transaction, so it returns to the pool without a round trip. A
     filtered search is compiled by SQLAlchemy (filters.py binds every value)."""
     if where is None:
