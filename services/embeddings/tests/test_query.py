@@ -7,6 +7,7 @@ import math
 import random
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from starlette.requests import Request
@@ -342,3 +343,41 @@ async def test_fast_query_answers_a_vector_query_itself(service: Embeddings) -> 
     assert await handle(BOB, {"text": "a cat"}) is None
     with pytest.raises(CollectionNotFound):
         await handle(person(305), {"vector": unit(2)})
+
+
+async def test_vector_queries_give_back_their_connection_and_replace_a_lost_one(
+    make_embeddings: MakeEmbeddings,
+) -> None:
+    """Vector queries draw their connection from the service's pool (a single one here):
+    each gives it back, and one the server closed is dropped, not drawn again."""
+    # The background worker kept off that connection as far as it goes: no index, no polling.
+    quiet = {"index_min_rows": 1000, "worker_poll_seconds": 3600.0}
+    async with make_embeddings(database_pool_size=1, database_max_overflow=0, **quiet) as service:
+        collection = await service.collection(ALICE, "one connection")
+        await service.upsert(ALICE, collection["id"], [{"id": "a", "vector": unit(0)}])
+        for _ in range(5):  # a query that kept the connection would starve the next
+            answered = await service.query(ALICE, collection["id"], vector=unit(0))
+            assert answered.status_code == 200
+            assert answered.json()[0]["id"] == "a"
+
+        url = service.app.state.settings.database_url.replace("+asyncpg", "", 1)
+        admin = await asyncpg.connect(url)
+        try:  # the server ends it (a restart, an idle timeout, an administrator)
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'embeddings' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        lost = await service.query(ALICE, collection["id"], vector=unit(0))
+        again = await service.query(ALICE, collection["id"], vector=unit(0))
+        held = service.app.state.engine.pool.checkedout()
+
+    assert held == 0
+
+    # The query that met the loss is told to retry (unless the worker met it first).
+    assert lost.status_code in (200, 503)
+    if lost.status_code == 503:
+        assert lost.headers["content-type"] == "application/problem+json"
+    assert again.status_code == 200
+    assert again.json()[0]["id"] == "a"

@@ -472,7 +472,7 @@ def search_query(
 
 
 async def search(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     table: DocumentTable,
     *,
     vector: bytes,
@@ -487,40 +487,63 @@ async def search(
     0.8's iterative scan so that a selective filter still fills top_k; an exact scan
     otherwise.
 
-    The hot path of the service, so it runs outside any transaction (`conn`, from
-    outside_transaction) and, without a filter, on asyncpg itself with a statement prepared
-    once per connection: SQLAlchemy's execution machinery costs more than the search on a
-    small collection. A filtered search is compiled by SQLAlchemy (filters.py binds every
-    value)."""
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    try:
-        # Session-level settings, remembered per connection: set only when they change.
-        # Nothing else on these connections sets them at session level, and outside a
-        # transaction no rollback can undo them.
-        settings = (int(ef_search), "relaxed_order")
-        if raw.info.get(_SEARCH_SETTINGS) != settings:
-            raw.info.pop(_SEARCH_SETTINGS, None)
-            await driver.execute(
-                "SELECT set_config('hnsw.ef_search', $1, false),"
-                " set_config('hnsw.iterative_scan', $2, false)",
-                str(settings[0]), settings[1],
-            )  # fmt: skip
-            raw.info[_SEARCH_SETTINGS] = settings
-        if where is None:
+    The hot path of the service, so it runs outside any transaction (outside_transaction
+    says why). Without a filter, on asyncpg itself, with a statement prepared once per
+    connection, on a connection drawn from the engine's pool as it is (`raw_connection`):
+    SQLAlchemy's execution machinery costs more than the search on a small collection,
+    and its AsyncConnection (a Connection, an isolation level set and reset, four greenlets,
+    each with a fresh 16 kB frame stack mmapped and unmapped) cost 0.16-0.24 ms of CPU per
+    query, of the 0.85-1.0 ms the service spent (bench/README.md, issue 22). Nothing on that
+    connection starts a transaction, so it returns to the pool without a round trip. A
+    filtered search is compiled by SQLAlchemy (filters.py binds every value)."""
+    if where is None:
+        pooled = await engine.raw_connection()  # the pool's limits, wait and idle pings
+        try:
+            driver = await _search_connection(pooled, ef_search)
             found = await driver.fetchval(plain_search_sql(table, include_vectors), vector, top_k)
-        else:
+        except _LOST:
+            pooled.invalidate()  # never back to the pool: the next caller gets a new one
+            raise
+        finally:
+            pooled.close()  # no transaction to end: nothing to await
+        return str(found)
+    async with outside_transaction(engine) as conn:
+        pooled = await conn.get_raw_connection()
+        try:
+            await _search_connection(pooled, ef_search)
             nearest = search_query(table, vector=vector, top_k=top_k, where=where,
                                    include_vectors=include_vectors)  # fmt: skip
             answer: Select[tuple[str]] = select(
                 literal_column(matches_json(table.metric, include_vectors))
             )
             found = (await conn.execute(answer.select_from(nearest.subquery("s")))).scalar()
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-        raw.invalidate()  # never back to the pool: the next caller gets a new connection
-        raise
+        except _LOST:
+            pooled.invalidate()
+            raise
     return str(found)
+
+
+_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
+
+
+async def _search_connection(pooled: Any, ef_search: int) -> Any:
+    """The pooled connection's asyncpg connection, with the search's settings.
+
+    Session-level settings, remembered per connection: set only when they change. Nothing
+    else on these connections sets them at session level, and outside a transaction no
+    rollback can undo them."""
+    driver = pooled.driver_connection
+    assert driver is not None
+    settings = (int(ef_search), "relaxed_order")
+    if pooled.info.get(_SEARCH_SETTINGS) != settings:
+        pooled.info.pop(_SEARCH_SETTINGS, None)
+        await driver.execute(
+            "SELECT set_config('hnsw.ef_search', $1, false),"
+            " set_config('hnsw.iterative_scan', $2, false)",
+            str(settings[0]), settings[1],
+        )  # fmt: skip
+        pooled.info[_SEARCH_SETTINGS] = settings
+    return driver
 
 
 _SEARCH_SETTINGS = "embeddings.search_settings"

@@ -27,7 +27,7 @@ from embeddings.errors import (
     Invalid,
     NameTaken,
 )
-from embeddings.filters import Filter, parse_filter
+from embeddings.filters import parse_filter
 from embeddings.models import Collection
 from embeddings.repository import DocumentTable, current_table
 from embeddings.runtime import Runtime, Searchable
@@ -448,7 +448,10 @@ async def query(
                 embedded = (found.model, pack(values))
             vector = embedded[1]
         try:
-            return await _search(runtime, table, vector, body, where, ef_search)
+            return await repository.search(
+                runtime.engine, table, vector=vector, top_k=body.top_k, where=where,
+                ef_search=ef_search, include_vectors=body.include_vectors,
+            )  # fmt: skip
         except (asyncpg.UndefinedTableError, DBAPIError) as exc:
             if not repository.is_missing_table(exc):
                 raise
@@ -468,14 +471,3 @@ async def _searchable(runtime: Runtime, collection_id: uuid.UUID) -> Searchable 
     found = Searchable(head.owner_id, head.model, _table_of(collection_id, head))
     runtime.searchable.remember(collection_id, found)
     return found
-
-
-async def _search(
-    runtime: Runtime, table: DocumentTable, vector: bytes, body: QueryRequest,
-    where: Filter | None, ef_search: int,
-) -> str:  # fmt: skip
-    async with repository.outside_transaction(runtime.engine) as conn:
-        return await repository.search(
-            conn, table, vector=vector, top_k=body.top_k, where=where, ef_search=ef_search,
-            include_vectors=body.include_vectors,
-        )  # fmt: skip
