@@ -73,14 +73,20 @@ class Worker:
         """Renew this worker's claims every third of the stale time, while it lives."""
         assert self.runtime is not None
         runtime = self.runtime
+        every = runtime.settings.worker_stale_seconds / 3
+        wait = every
         while True:
-            await asyncio.sleep(runtime.settings.worker_stale_seconds / 3)
+            await asyncio.sleep(wait)
             try:
                 async with transaction(runtime.sessionmaker) as db:
                     await repository.renew_claims(
                         db, worker=self.id, building=sorted(self._building)
                     )
+                wait = every
             except Exception as exc:  # a row held past the lock timeout, Postgres away
+                # Again soon, not a third of the stale time later: two misses in a row
+                # must not hand a live job to another replica.
+                wait = min(every, 1.0)
                 log.warning("claims not renewed", error=str(exc) or type(exc).__name__)
 
     def _stale_before(self) -> datetime:
