@@ -69,14 +69,19 @@ from telemetry.settings import TelemetrySettings  # noqa: E402
 
 USERS = [uuid.UUID(int=i + 1) for i in range(100)]
 Processes = dict[str, list[psutil.Process]]
-# Stored in time order, as ingestion stores calls (in about the order they happen).
+# Stored in time order, as ingestion stores calls (in about the order they happen): call i
+# of $1 at a random time within the i-th of $1 equal slots of the 30 days before $2, so
+# generate_series yields them in time order and no sort of the rows is needed (sorting
+# 10M wide rows took most of the generation time). Rows $3 to $4 of the $1: the bench
+# inserts them in chunks, each statement's transition table (the usage_day triggers')
+# bounded.
 GENERATE = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, error_type, prompt_tokens, completion_tokens, usage_estimated, cost_usd,
     latency_ms, ttft_ms, stream, attempts, fallback, trace_id, cached_prompt_tokens,
     reasoning_tokens, cache, saved_usd)
-SELECT * FROM (
-SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 'stream',
+SELECT $2::timestamptz - interval '30 days' * (1 - (i - 1 + random()) / $1) AS occurred_at,
+    gen_random_uuid(), 'stream',
     ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, 'chat', 'openai',
     (ARRAY['openai/gpt-4o', 'openai/gpt-4o-mini', 'openai/gpt-4.1', 'openai/gpt-4.1-mini',
            'openai/gpt-4.1-nano'])[1 + i % 5],
@@ -91,11 +96,11 @@ SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 
     CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END,
     CASE WHEN hit THEN (ARRAY['exact', 'semantic'])[1 + i % 2] END,
     CASE WHEN hit THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END
-FROM generate_series(1, $1) AS i,
+FROM generate_series($3::int8, $4::int8) AS i,
     -- 5 % of the successful calls, spread over every user and model
     LATERAL (SELECT i % 19 = 3 AND i % 50 <> 0 AS hit) AS h
-) AS calls ORDER BY occurred_at
 """
+GENERATE_CHUNK = 1_000_000
 
 
 def event(user: uuid.UUID, when: float, *, hit: bool = False) -> dict[str, str]:
@@ -278,17 +283,24 @@ async def timed_usage(http: httpx.AsyncClient, params: dict[str, str], repeats: 
 
 
 async def usage_query(
-    db: asyncpg.Connection, urls: dict[str, str], key: bytes, rows: int, repeats: int
+    db: asyncpg.Connection, urls: dict[str, str], key: bytes, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Cold: no cached day valid (right after the rows are generated, then with the cache
     emptied before each query). Warm: after a first query stored the closed days, and
-    after the pre-warm (the service's refresh_usage_cache, run here on its own)."""
+    after the pre-warm (the service's refresh_usage_cache, run here on its own). Then the
+    admin's other groupings of `args.group_by` (first, then repeated)."""
+    rows, repeats = args.rows, args.repeats
     await db.execute("TRUNCATE telemetry.llm_call")
     await db.execute("TRUNCATE telemetry.usage_day, telemetry.usage_day_epoch")
     started = time.perf_counter()
-    await db.execute(GENERATE, rows)
+    until = await db.fetchval("SELECT now()")
+    for lo in range(1, rows + 1, GENERATE_CHUNK):
+        await db.execute(GENERATE, rows, until, lo, min(rows, lo + GENERATE_CHUNK - 1))
     generated = time.perf_counter() - started
+    print(f"generated {rows} calls in {generated:.1f} s")
+    started = time.perf_counter()
     await db.execute("VACUUM (ANALYZE) telemetry.llm_call")
+    vacuumed = time.perf_counter() - started
     admin = Identity(sub=str(uuid.uuid4()), kind="user", iss="gateway", roles=("admin",),
                      permissions=("telemetry:read_own", "telemetry:read_all"))  # fmt: skip
     # USERS[1]: the generated calls of USERS[0] are all failures (i % 100 = 0), without hits.
@@ -297,6 +309,8 @@ async def usage_query(
     result: dict[str, Any] = {
         "rows": rows,
         "generate_seconds": generated,
+        "vacuum_analyze_seconds": vacuumed,
+        "table_bytes": await table_sizes(db),
         "load_average": os.getloadavg(),
     }
     now = time.time()
@@ -313,18 +327,60 @@ async def usage_query(
         async with httpx.AsyncClient(
             base_url=urls["service"],
             auth=SignedIdentity(key, who, audience="telemetry"),
-            timeout=60,
+            timeout=600,
         ) as http:
+            result[name] = {}
+            if args.rollup:  # without percentiles: the hourly rollup, nothing else cached
+                sums = {**params, "percentiles": "false"}
+                result[name]["sums first"] = await timed_usage(http, sums, 1)
+                result[name]["sums"] = await timed_usage(http, sums, repeats)
             first = await timed_usage(http, params, 1)  # nothing cached since the rows came
             cold = await timed_usage(http, params, max(1, repeats // 2), before=forget)
             warm = await timed_usage(http, params, repeats)  # the last cold query stored
-            result[name] = {"first": first, "cold": cold, "warm": warm}
+            result[name].update(first=first, cold=cold, warm=warm)
             if name == "admin":
                 await forget()
                 result["prewarm_seconds"] = await prewarm(urls["telemetry"], urls["redis"])
                 result[name]["warm_after_prewarm"] = await timed_usage(http, params, repeats)
         print(f"usage query, {name}:", json.dumps(result[name]))
+    async with httpx.AsyncClient(
+        base_url=urls["service"],
+        auth=SignedIdentity(key, admin, audience="telemetry"),
+        timeout=600,
+    ) as http:
+        for group_by in args.group_by:
+            if group_by == "day":
+                continue
+            other = {**params, "group_by": group_by}
+            found = result[f"admin by {group_by}"] = {}
+            if args.rollup:
+                sums = {**other, "percentiles": "false"}
+                found["sums first"] = await timed_usage(http, sums, 1)
+                found["sums"] = await timed_usage(http, sums, repeats)
+            found["first"] = await timed_usage(http, other, 1)
+            found["again"] = await timed_usage(http, other, repeats)
+            print(f"usage query, admin by {group_by}:", json.dumps(result[f"admin by {group_by}"]))
     return result
+
+
+async def table_sizes(db: asyncpg.Connection) -> dict[str, int]:
+    """Bytes on disk of each telemetry table (its partitions added up) and of its indexes."""
+    rows = await db.fetch(
+        """
+        SELECT coalesce(p.relname, c.relname) AS name,
+            sum(pg_table_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS indexes
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+        LEFT JOIN pg_class p ON p.oid = i.inhparent
+        WHERE n.nspname = 'telemetry' AND c.relkind = 'r'
+        GROUP BY 1 ORDER BY 1
+        """
+    )
+    sizes = {}
+    for row in rows:
+        sizes[row["name"]] = int(row["heap"])
+        sizes[f"{row['name']} indexes"] = int(row["indexes"])
+    return sizes
 
 
 async def prewarm(database_url: str, redis_url: str) -> float:
@@ -368,8 +424,7 @@ async def measure(
         print("steady 2,000/s:", json.dumps(result["steady"]))
         result["trigger_overhead"] = await trigger_overhead(db, args.trigger_batches)
         print("usage_day triggers:", json.dumps(result["trigger_overhead"]))
-        result["usage_query"] = await usage_query(db, urls, key.encode(), args.rows,
-                                                  args.repeats)  # fmt: skip
+        result["usage_query"] = await usage_query(db, urls, key.encode(), args)
         result["load_average_at_end"] = os.getloadavg()
         return result
     finally:
@@ -383,11 +438,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=30)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--group-by", nargs="+", default=["day"],
+                        choices=["day", "model", "provider", "user", "key", "team"],
+                        help="the admin's groupings timed (day: also the member's)")  # fmt: skip
     parser.add_argument("--trigger-batches", type=int, default=100,
                         help="1,000-row inserts per case for the trigger overhead")  # fmt: skip
+    parser.add_argument("--without-rollup", dest="rollup", action="store_false",
+                        help="drop the rollups' triggers (ingestion as before "
+                        "telemetry_0007; no percentiles=false queries)")  # fmt: skip
     parser.add_argument("--replicas", type=int, default=2,
                         help="telemetry processes (2: as deploy/k8s/base runs it)")  # fmt: skip
     return parser.parse_args()
+
+
+async def drop_rollup_triggers(db_url: str) -> None:
+    db = await asyncpg.connect(db_url)
+    try:
+        for name in ("insert", "update", "delete", "truncate"):
+            await db.execute(f"DROP TRIGGER rollup_after_{name} ON telemetry.llm_call")
+    finally:
+        await db.close()
 
 
 def start_replicas(
@@ -436,6 +506,8 @@ def main() -> int:
         redis_proc, redis_url = devstack.start_redis(data_dir)
         urls = asyncio.run(devstack.bootstrap_database(admin_url, "bench"))
         upgrade(devstack.service_dir("telemetry"), urls["telemetry"])
+        if not args.rollup:
+            asyncio.run(drop_rollup_triggers(admin_url))
         started = time.perf_counter()
         asyncio.run(append_backlog(redis_url, args.backlog))
         print(f"appended {args.backlog} events in {time.perf_counter() - started:.1f} s")

@@ -213,3 +213,94 @@ def test_a_migration_adding_figures_keeps_the_calls_and_drops_the_cached_days(
         assert asyncio.run(after()) == (0, [(None, None)])
     finally:
         asyncio.run(_drop_database(test_database.admin_url, name))
+
+
+# What a rollup cell holds, computed from the calls themselves (as the triggers compute it).
+ROLLUP_FROM_CALLS = """
+SELECT date_trunc('{unit}', occurred_at, 'UTC') AS period, user_id, api_key_id, team_id,
+    model, provider, status, count(*) AS requests,
+    count(*) FILTER (WHERE status = 'ok' AND cost_usd IS NULL) AS unpriced_calls,
+    count(cost_usd) AS priced_calls, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+    coalesce(sum(completion_tokens), 0) AS completion_tokens,
+    coalesce(sum(cached_prompt_tokens), 0) AS cached_prompt_tokens,
+    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+    coalesce(sum(cost_usd), 0) AS cost_usd, count(cache) AS cache_hits,
+    count(saved_usd) AS saved_calls, coalesce(sum(saved_usd), 0) AS saved_usd
+FROM telemetry.llm_call GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
+"""
+ROLLUP = (
+    "SELECT * FROM telemetry.rollup_{unit} "
+    "ORDER BY period, user_id, api_key_id, team_id, model, provider, status"
+)
+
+
+def test_the_rollup_migration_fills_the_rollups_from_the_calls_and_goes_down_and_up(
+    test_database: RunDatabase,
+) -> None:
+    """Calls stored before telemetry_0007 (with and without key, team, cost, over several
+    hours and days) are in the rollups after it, cell by cell as the triggers would have
+    written them; TRUNCATE empties the rollups; down and up again fills them again."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin_url = devstack.with_database(test_database.admin_url, name)
+    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    service_dir = devstack.service_dir("telemetry")
+
+    async def calls() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE telemetry.llm_call_p_test PARTITION OF telemetry.llm_call "
+                "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
+            )
+            await conn.execute(
+                "INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, api_key_id, "
+                "team_id, operation, provider, model, status, prompt_tokens, completion_tokens, "
+                "cached_prompt_tokens, usage_estimated, cost_usd, latency_ms, stream, attempts, "
+                "fallback, cache, saved_usd) "
+                "SELECT now() - i * interval '17 minutes', gen_random_uuid(), 'api', "
+                "('00000000-0000-0000-0000-00000000000' || i % 3)::uuid, "
+                "CASE WHEN i % 4 > 0 THEN 'key-' || i % 4 END, "
+                "CASE WHEN i % 5 = 0 THEN '00000000-0000-0000-0000-0000000000aa'::uuid END, "
+                "'chat', 'openai', 'm' || i % 2, CASE WHEN i % 7 = 0 THEN 'error' ELSE 'ok' END, "
+                "i, i % 13, CASE WHEN i % 3 = 0 THEN i / 2 END, false, "
+                "CASE WHEN i % 6 > 0 THEN i * 0.000000001 END, 100, false, 1, false, "
+                "CASE WHEN i % 9 = 0 THEN 'exact' END, "
+                "CASE WHEN i % 9 = 0 THEN i * 0.000000003 END "
+                "FROM generate_series(1, 400) AS i"
+            )
+        finally:
+            await conn.close()
+
+    async def compare() -> int:
+        """Asserts each rollup holds what the calls give; returns the hour cells."""
+        conn = await asyncpg.connect(url)
+        try:
+            for unit in ("hour", "day"):
+                expected = [tuple(r) for r in await conn.fetch(ROLLUP_FROM_CALLS.format(unit=unit))]
+                found = [tuple(r) for r in await conn.fetch(ROLLUP.format(unit=unit))]
+                assert [tuple(map(str, r)) for r in found] == [
+                    tuple(map(str, r)) for r in expected
+                ], unit
+            return int(await conn.fetchval("SELECT count(*) FROM telemetry.rollup_hour"))
+        finally:
+            await conn.close()
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("TRUNCATE telemetry.llm_call")
+        finally:
+            await conn.close()
+
+    try:
+        upgrade(service_dir, url, "telemetry_0006")
+        asyncio.run(calls())
+        upgrade(service_dir, url)
+        assert asyncio.run(compare()) > 100
+        downgrade(service_dir, url, "telemetry_0006")
+        upgrade(service_dir, url)
+        assert asyncio.run(compare()) > 100
+        asyncio.run(truncate())
+        assert asyncio.run(compare()) == 0
+    finally:
+        asyncio.run(_drop_database(test_database.admin_url, name))

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Query
 from common.db import DbSession
 from common.json_bodies import JsonRoute
 from telemetry import service
-from telemetry.deps import Reader, Reporter, RuntimeDep, SpendReader, Wanted, WantedCalls
+from telemetry.deps import (
+    Percentiles,
+    Reader,
+    Reporter,
+    RuntimeDep,
+    SpendReader,
+    Wanted,
+    WantedCalls,
+)
 from telemetry.schemas import (
     CallPage,
     EventBatch,
@@ -32,11 +40,14 @@ async def usage(
     runtime: RuntimeDep,
     wanted: Wanted,
     group_by: GroupBy = "model",
+    percentiles: Percentiles = True,
 ) -> Usage:
     """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
     user, API key, team or UTC day. Your own calls; a team's with `team=` if you own it;
     everyone's with telemetry:read_all."""
-    return await service.usage(runtime, db, identity, wanted=wanted, group_by=group_by)
+    return await service.usage(
+        runtime, db, identity, wanted=wanted, group_by=group_by, percentiles=percentiles
+    )
 
 
 @router.get("/v1/calls")

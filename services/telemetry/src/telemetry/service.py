@@ -129,7 +129,7 @@ async def maintain(runtime: Runtime, now: datetime | None = None) -> list[date]:
             await repository.create_partition(db, month=month, until=next_month(month))
         expired = [m for m in existing if _midnight(next_month(m)) <= horizon]
         for month in expired:
-            await repository.drop_partition(db, month=month)
+            await repository.drop_partition(db, month=month, until=next_month(month))
             log.info("partition dropped", partition=repository.partition_name(month))
         await repository.delete_dead_letters_before(db, horizon=horizon)
         await repository.delete_usage_days_before(db, day=horizon.astimezone(UTC).date())
@@ -214,18 +214,31 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def usage(
-    runtime: Runtime, db: Db, identity: Identity, *, wanted: CallFilter, group_by: GroupBy
+    runtime: Runtime,
+    db: Db,
+    identity: Identity,
+    *,
+    wanted: CallFilter,
+    group_by: GroupBy,
+    percentiles: bool = True,
 ) -> Usage:
     """Usage per group of the calls the caller may see (scope_for)."""
     scope = await scope_for(runtime, identity, wanted)
-    return await usage_in(runtime, db, scope=scope, group_by=group_by)
+    return await usage_in(runtime, db, scope=scope, group_by=group_by, percentiles=percentiles)
 
 
-async def usage_in(runtime: Runtime, db: Db, *, scope: Scope, group_by: GroupBy) -> Usage:
-    """Usage per group. By day, closed days within retention come from the per-day cache
-    when it holds them at their current epoch (see usage_by_day); other groupings read the
-    calls (their percentiles span every day and cannot be composed from days)."""
-    if group_by == "day":
+async def usage_in(
+    runtime: Runtime, db: Db, *, scope: Scope, group_by: GroupBy, percentiles: bool = True
+) -> Usage:
+    """Usage per group. Without percentiles, from the hourly rollup (whole hours) and the
+    calls (partial hours): exact, and never more than two hours of calls read. With them,
+    by day, closed days within retention come from the per-day cache when it holds them at
+    their current epoch (see usage_by_day); other groupings read the calls (their
+    percentiles span every day and cannot be composed from days or hours)."""
+    if not percentiles:
+        rows = await repository.usage_sums(db, scope=scope, group_by=group_by)
+        groups = [usage_group({**row._mapping, **dict.fromkeys(PERCENTILES)}) for row in rows]
+    elif group_by == "day":
         groups = await usage_by_day(runtime, db, scope=scope)
     else:
         rows = await repository.usage(db, scope=scope, group_by=group_by)
