@@ -13,18 +13,24 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
    (received_at in Postgres).
 2. lag: a producer appends 2,000 events/s in 50 ms batches (inference's linger) for
    `--steady-seconds`; each event's lag is received_at minus the time it was appended.
-3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
-   statement with the triggers firing and skipped), for calls of now and of yesterday.
-4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
-   5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving), cached
-   prompt and reasoning tokens on some, stored in time order as ingestion stores them),
-   then
+3. triggers: the cost of the triggers on llm_call (the usage_day epochs' and, unless
+   `--without-rollup`, the rollups') on a 1,000-row insert (the same statement with the
+   triggers firing and skipped), for calls of now and of yesterday.
+4. query: `--rows` (1,000,000; 10,000,000 for issue 22's size) calls over the last 30
+   days (generate_series in SQL, in time order without a sort, 1M rows a statement; 100
+   users, 5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving),
+   cached prompt and reasoning tokens on some), then, from the hourly and daily rollups,
+   `GET /v1/usage?group_by=day&percentiles=false` for each scope (first, then repeated), then
    `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
    one member, timed over HTTP at the service (signed identity): cold (no
    cached day valid: the first query after the rows were generated, then with the per-day
    cache emptied before each query) and warm (after a query stored the closed days, and
    for the admin after the pre-warm, which the service runs every 30 s and is run and
    timed here instead).
+
+`--group-by model ...` times the admin's other groupings too (with and without
+percentiles); `--without-rollup` drops the rollups' triggers (ingestion as before
+migration telemetry_0007, for a before/after of its cost).
 
 Writes bench/results/telemetry.json.
 """
@@ -311,6 +317,10 @@ async def usage_query(
         "generate_seconds": generated,
         "vacuum_analyze_seconds": vacuumed,
         "table_bytes": await table_sizes(db),
+        "rollup_cells": {
+            unit: await db.fetchval(f"SELECT count(*) FROM telemetry.rollup_{unit}")  # noqa: S608
+            for unit in (("hour", "day") if args.rollup else ())
+        },
         "load_average": os.getloadavg(),
     }
     now = time.time()
