@@ -81,8 +81,9 @@ Percentiles = Annotated[
     bool,
     Query(
         description="false: no latency or TTFT percentiles (null), every other figure exact "
-        "and the same, read from the hourly rollup: fast over any range and any number of "
-        "calls. true (default): the exact percentiles too, which read every call of the range."
+        "and the same, read from the hourly and daily rollups: fast over any range and any "
+        "number of calls. true (default): the exact percentiles too, which read every call "
+        "of the range."
     ),
 ]
 Status = Annotated[str | None, Query(max_length=32, description="Only calls with this status.")]

@@ -230,8 +230,8 @@ async def usage(
 async def usage_in(
     runtime: Runtime, db: Db, *, scope: Scope, group_by: GroupBy, percentiles: bool = True
 ) -> Usage:
-    """Usage per group. Without percentiles, from the hourly rollup (whole hours) and the
-    calls (partial hours): exact, and never more than two hours of calls read. With them,
+    """Usage per group. Without percentiles, from the rollups (whole days and hours) and
+    the calls (partial hours): exact, and never more than two hours of calls read. With them,
     by day, closed days within retention come from the per-day cache when it holds them at
     their current epoch (see usage_by_day); other groupings read the calls (their
     percentiles span every day and cannot be composed from days or hours)."""
