@@ -20,8 +20,10 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
    days (generate_series in SQL, in time order without a sort, 1M rows a statement; 100
    users, 5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving),
    cached prompt and reasoning tokens on some), then, from the hourly and daily rollups,
-   `GET /v1/usage?group_by=day&percentiles=false` for each scope (first, then repeated), then
-   `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
+   `GET /v1/usage?group_by=day&percentiles=false` and the default `GET /v1/usage?group_by=day`
+   (approximate percentiles from the rollups' histograms) for each scope (first, then
+   repeated), then `GET /v1/usage?group_by=day&percentiles=exact` over those 30 days as an
+   admin (everyone's calls) and as
    one member, timed over HTTP at the service (signed identity): cold (no
    cached day valid: the first query after the rows were generated, then with the per-day
    cache emptied before each query) and warm (after a query stored the closed days, and
@@ -43,6 +45,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import secrets
 import shutil
 import statistics
@@ -109,14 +112,22 @@ FROM generate_series($3::int8, $4::int8) AS i,
 GENERATE_CHUNK = 1_000_000
 
 
+DRAWS = random.Random(22)  # noqa: S311 (the events' latencies, the same every run)
+
+
 def event(user: uuid.UUID, when: float, *, hit: bool = False) -> dict[str, str]:
-    """A call as inference writes it; a `hit` was replayed from the response cache."""
+    """A call as inference writes it; a `hit` was replayed from the response cache. Its
+    latency 50 ms to 2 s, streamed half the time (a TTFT of 20 to 320 ms), as the rows of
+    the query part: the rollups' histograms get as many buckets per cell as there."""
+    streamed = DRAWS.random() < 0.5
+    latency, ttft = 50 + DRAWS.random() * 2000, 20 + DRAWS.random() * 300
     return LlmCallEvent(
         id=str(uuid.uuid4()), occurred_at=when, user_id=str(user), api_key_id=None,
         provider="openai", model="openai/gpt-4o-mini", alias=None, status="ok",
         error_type=None, prompt_tokens=42, completion_tokens=17, usage_estimated=False,
-        cost_usd="0.000000000" if hit else "0.000016500", latency_ms=321.5, ttft_ms=None,
-        stream=False, attempts=0 if hit else 1, fallback=False, operation="chat",
+        cost_usd="0.000000000" if hit else "0.000016500", latency_ms=latency,
+        ttft_ms=ttft if streamed else None, stream=streamed, attempts=0 if hit else 1,
+        fallback=False, operation="chat",
         trace_id=uuid.uuid4().hex,
         span_id=uuid.uuid4().hex[:16], trace_sampled=False, cache="exact" if hit else None,
         saved_usd="0.000016500" if hit else None,
@@ -222,9 +233,10 @@ async def steady(
 BATCH = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, prompt_tokens, completion_tokens, usage_estimated, cost_usd, latency_ms, stream,
-    attempts, fallback)
+    attempts, fallback, ttft_ms)
 SELECT $2::timestamptz - i * interval '10 ms', gen_random_uuid(), 'stream', $3::uuid, 'chat',
-    'openai', 'openai/gpt-4o-mini', 'ok', 42, 17, false, 0.0000165, 321.5, false, 1, false
+    'openai', 'openai/gpt-4o-mini', 'ok', 42, 17, false, 0.0000165, 50 + random() * 2000,
+    i % 2 = 0, 1, false, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END
 FROM generate_series(1, $1) AS i
 ON CONFLICT DO NOTHING
 """
@@ -340,18 +352,21 @@ async def usage_query(
             timeout=600,
         ) as http:
             result[name] = {}
-            if args.rollup:  # without percentiles: the hourly rollup, nothing else cached
+            if args.rollup:  # from the rollups, nothing else cached
                 sums = {**params, "percentiles": "false"}
                 result[name]["sums first"] = await timed_usage(http, sums, 1)
                 result[name]["sums"] = await timed_usage(http, sums, repeats)
-            first = await timed_usage(http, params, 1)  # nothing cached since the rows came
-            cold = await timed_usage(http, params, max(1, repeats // 2), before=forget)
-            warm = await timed_usage(http, params, repeats)  # the last cold query stored
+                result[name]["approximate first"] = await timed_usage(http, params, 1)
+                result[name]["approximate"] = await timed_usage(http, params, repeats)
+            exact = {**params, "percentiles": "exact"}
+            first = await timed_usage(http, exact, 1)  # nothing cached since the rows came
+            cold = await timed_usage(http, exact, max(1, repeats // 2), before=forget)
+            warm = await timed_usage(http, exact, repeats)  # the last cold query stored
             result[name].update(first=first, cold=cold, warm=warm)
             if name == "admin":
                 await forget()
                 result["prewarm_seconds"] = await prewarm(urls["telemetry"], urls["redis"])
-                result[name]["warm_after_prewarm"] = await timed_usage(http, params, repeats)
+                result[name]["warm_after_prewarm"] = await timed_usage(http, exact, repeats)
         print(f"usage query, {name}:", json.dumps(result[name]))
     async with httpx.AsyncClient(
         base_url=urls["service"],
@@ -367,8 +382,11 @@ async def usage_query(
                 sums = {**other, "percentiles": "false"}
                 found["sums first"] = await timed_usage(http, sums, 1)
                 found["sums"] = await timed_usage(http, sums, repeats)
-            found["first"] = await timed_usage(http, other, 1)
-            found["again"] = await timed_usage(http, other, repeats)
+                found["approximate first"] = await timed_usage(http, other, 1)
+                found["approximate"] = await timed_usage(http, other, repeats)
+            exact = {**other, "percentiles": "exact"}
+            found["first"] = await timed_usage(http, exact, 1)
+            found["again"] = await timed_usage(http, exact, repeats)
             print(f"usage query, admin by {group_by}:", json.dumps(result[f"admin by {group_by}"]))
     return result
 

@@ -4,6 +4,7 @@ as migrated."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,9 +226,23 @@ SELECT date_trunc('{unit}', occurred_at, 'UTC') AS period, user_id, api_key_id, 
     coalesce(sum(cached_prompt_tokens), 0) AS cached_prompt_tokens,
     coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
     coalesce(sum(cost_usd), 0) AS cost_usd, count(cache) AS cache_hits,
-    count(saved_usd) AS saved_calls, coalesce(sum(saved_usd), 0) AS saved_usd
+    count(saved_usd) AS saved_calls, coalesce(sum(saved_usd), 0) AS saved_usd,
+    array_agg(latency_ms) AS latencies, array_agg(ttft_ms) AS ttfts
 FROM telemetry.llm_call GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
 """
+
+
+def histogram(values: list[float | None]) -> list[int]:
+    """What telemetry.histograms says a histogram of `values` is, computed here: count *
+    1024 + bucket, bucket i for [0.1 * 1.04^i, 0.1 * 1.04^(i+1)) ms, clamped to 0..524."""
+    counts: dict[int, int] = {}
+    for value in values:
+        if value is not None:
+            bucket = min(524, math.floor(math.log(max(value, 0.1) / 0.1) / math.log(1.04)))
+            counts[bucket] = counts.get(bucket, 0) + 1
+    return [count * 1024 + bucket for bucket, count in sorted(counts.items())]
+
+
 ROLLUP = (
     "SELECT * FROM telemetry.rollup_{unit} "
     "ORDER BY period, user_id, api_key_id, team_id, model, provider, status"
@@ -256,16 +271,18 @@ def test_the_rollup_migration_fills_the_rollups_from_the_calls_and_goes_down_and
                 "INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, api_key_id, "
                 "team_id, operation, provider, model, status, prompt_tokens, completion_tokens, "
                 "cached_prompt_tokens, usage_estimated, cost_usd, latency_ms, stream, attempts, "
-                "fallback, cache, saved_usd) "
+                "fallback, cache, saved_usd, ttft_ms) "
                 "SELECT now() - i * interval '17 minutes', gen_random_uuid(), 'api', "
                 "('00000000-0000-0000-0000-00000000000' || i % 3)::uuid, "
                 "CASE WHEN i % 4 > 0 THEN 'key-' || i % 4 END, "
                 "CASE WHEN i % 5 = 0 THEN '00000000-0000-0000-0000-0000000000aa'::uuid END, "
                 "'chat', 'openai', 'm' || i % 2, CASE WHEN i % 7 = 0 THEN 'error' ELSE 'ok' END, "
                 "i, i % 13, CASE WHEN i % 3 = 0 THEN i / 2 END, false, "
-                "CASE WHEN i % 6 > 0 THEN i * 0.000000001 END, 100, false, 1, false, "
+                "CASE WHEN i % 6 > 0 THEN i * 0.000000001 END, "
+                "CASE i WHEN 1 THEN 0 WHEN 2 THEN 1e12 ELSE i * 7.3 END, false, 1, false, "
                 "CASE WHEN i % 9 = 0 THEN 'exact' END, "
-                "CASE WHEN i % 9 = 0 THEN i * 0.000000003 END "
+                "CASE WHEN i % 9 = 0 THEN i * 0.000000003 END, "
+                "CASE WHEN i % 2 = 0 THEN i * 1.1 END "
                 "FROM generate_series(1, 400) AS i"
             )
         finally:
@@ -276,7 +293,10 @@ def test_the_rollup_migration_fills_the_rollups_from_the_calls_and_goes_down_and
         conn = await asyncpg.connect(url)
         try:
             for unit in ("hour", "day"):
-                expected = [tuple(r) for r in await conn.fetch(ROLLUP_FROM_CALLS.format(unit=unit))]
+                expected = [
+                    (*r[:-2], histogram(r["latencies"]), histogram(r["ttfts"]))
+                    for r in await conn.fetch(ROLLUP_FROM_CALLS.format(unit=unit))
+                ]
                 found = [tuple(r) for r in await conn.fetch(ROLLUP.format(unit=unit))]
                 assert [tuple(map(str, r)) for r in found] == [
                     tuple(map(str, r)) for r in expected

@@ -16,6 +16,15 @@ nothing. TRUNCATE empties them. Retention drops whole partitions (no trigger fir
 service deletes their periods in the same transaction. Cells are written in key order,
 so concurrent writers lock them in one order (no deadlock).
 
+Each cell also holds a sparse log-bucketed histogram of its calls' latencies and one of
+their TTFTs (the streamed calls'), for approximate percentiles (GET /v1/usage's default):
+bucket i holds the values in [MIN_MS * GROWTH^i, MIN_MS * GROWTH^(i+1)), i from 0 to
+BUCKETS - 1 (0.1 ms to 24.3 hours; values outside are clamped into the first or the last);
+the histogram is an int8[] of count * 1024 + i, one entry per bucket with calls, in bucket
+order. `telemetry.histogram(values, sign)` makes one, `telemetry.histogram_add(a, b)` adds
+two (entries whose count falls to 0 are dropped), the aggregate `telemetry.histogram_sum`
+adds many. The same constants are telemetry.histograms'.
+
 Periods are UTC (`date_trunc(unit, occurred_at, 'UTC')`), whatever the session's time
 zone. The dimensions may be null (no key, no team): the unique index treats nulls as
 equal (`NULLS NOT DISTINCT`, PostgreSQL 15).
@@ -41,6 +50,10 @@ FIGURES = (
     "requests, unpriced_calls, priced_calls, prompt_tokens, completion_tokens, "
     "cached_prompt_tokens, reasoning_tokens, cost_usd, cache_hits, saved_calls, saved_usd"
 )
+HISTOGRAMS = "latency_ms_histogram, ttft_ms_histogram"
+MIN_MS = 0.1
+GROWTH = 1.04
+BUCKETS = 525
 # Each cell's cost and saving is exactly coalesce(sum(x), 0) of its calls, scale included:
 # 0 (scale 0) when none of them has one, as the calls give.
 COUNTED = {"cost_usd": "priced_calls", "saved_usd": "saved_calls"}
@@ -62,7 +75,9 @@ def _cells(unit: str, rows: str, sign: str = "1") -> str:
         f"{sign} * coalesce(sum(cost_usd), 0) AS cost_usd, "
         f"{sign} * count(cache) AS cache_hits, "
         f"{sign} * count(saved_usd) AS saved_calls, "
-        f"{sign} * coalesce(sum(saved_usd), 0) AS saved_usd "
+        f"{sign} * coalesce(sum(saved_usd), 0) AS saved_usd, "
+        f"telemetry.histogram(array_agg(latency_ms), {sign}) AS latency_ms_histogram, "
+        f"telemetry.histogram(array_agg(ttft_ms), {sign}) AS ttft_ms_histogram "
         f"FROM {rows} GROUP BY 1, 2, 3, 4, 5, 6, 7"
     )
 
@@ -72,6 +87,8 @@ def _net(unit: str) -> str:
     return (
         f"SELECT {DIMENSIONS}, "  # noqa: S608
         + ", ".join(f"sum({name}) AS {name}" for name in FIGURES.split(", "))
+        + ", "
+        + ", ".join(f"telemetry.histogram_sum({name}) AS {name}" for name in HISTOGRAMS.split(", "))
         + f" FROM ({_cells(unit, 'old_rows', '-1')} UNION ALL {_cells(unit, 'new_rows')}) "
         f"AS d GROUP BY {DIMENSIONS}"
     )
@@ -85,14 +102,51 @@ def _apply(unit: str, cells: str) -> str:
         if name in COUNTED
         else f"{name} = u.{name} + excluded.{name}"
         for name in FIGURES.split(", ")
+    ) + "".join(
+        f", {name} = telemetry.histogram_add(u.{name}, excluded.{name})"
+        for name in HISTOGRAMS.split(", ")
     )
     return (
-        f"INSERT INTO telemetry.rollup_{unit} AS u ({DIMENSIONS}, {FIGURES}) "  # noqa: S608
-        f"SELECT {DIMENSIONS}, {FIGURES} FROM ({cells}) AS c "
+        f"INSERT INTO telemetry.rollup_{unit} AS u ({DIMENSIONS}, {FIGURES}, {HISTOGRAMS}) "  # noqa: S608
+        f"SELECT {DIMENSIONS}, {FIGURES}, {HISTOGRAMS} FROM ({cells}) AS c "
         f"ORDER BY {DIMENSIONS} "
         f"ON CONFLICT ({DIMENSIONS}) DO UPDATE SET {additions}"
     )
 
+
+# The bucket of a value: below MIN_MS (0, negative) the first; above the last bucket's
+# bound, infinity and NaN the last (`least` of a float8 and NaN is the float8).
+BUCKET_FUNCTION = f"""
+CREATE FUNCTION telemetry.histogram_bucket(value float8) RETURNS int4
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT least({BUCKETS - 1}, floor(ln(greatest(value, {MIN_MS}) / {MIN_MS})
+        / ln({GROWTH})))::int4
+$$
+"""
+HISTOGRAM_FUNCTIONS = (
+    BUCKET_FUNCTION,
+    # The histogram of the values (nulls left out), each counted `sign` times.
+    """
+CREATE FUNCTION telemetry.histogram(float8[], int8) RETURNS int8[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(n * 1024 + b ORDER BY b), '{}')
+    FROM (SELECT telemetry.histogram_bucket(v) AS b, $2 * count(*) AS n
+          FROM unnest($1) AS v WHERE v IS NOT NULL GROUP BY 1) AS h
+$$
+""",
+    # Two histograms added up (a negative count takes calls out); empty buckets dropped.
+    """
+CREATE FUNCTION telemetry.histogram_add(int8[], int8[]) RETURNS int8[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(n * 1024 + b ORDER BY b), '{}')
+    FROM (SELECT e & 1023 AS b, sum(e >> 10)::int8 AS n
+          FROM unnest($1 || $2) AS e GROUP BY 1) AS h
+    WHERE n <> 0
+$$
+""",
+    "CREATE AGGREGATE telemetry.histogram_sum(int8[]) "
+    "(SFUNC = telemetry.histogram_add, STYPE = int8[], INITCOND = '{}')",
+)
 
 # A cell left without calls (an update or a delete took them all) is deleted.
 ROLLUP_FUNCTION = f"""
@@ -158,6 +212,15 @@ def upgrade() -> None:
                 )
                 for name in FIGURES.split(", ")
             ),
+            *(
+                sa.Column(
+                    name,
+                    sa.ARRAY(sa.BigInteger()),
+                    nullable=False,
+                    server_default=sa.text("'{}'"),
+                )
+                for name in HISTOGRAMS.split(", ")
+            ),
             schema="telemetry",
         )
         op.execute(
@@ -175,6 +238,8 @@ def upgrade() -> None:
                 schema="telemetry",
                 postgresql_where=sa.text(f"{column} IS NOT NULL"),
             )
+    for function in HISTOGRAM_FUNCTIONS:
+        op.execute(function)
     op.execute(ROLLUP_FUNCTION)
     op.execute(TRUNCATE_FUNCTION)
     # The calls stored so far are read while writers wait (else a batch committed in
@@ -194,3 +259,7 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION telemetry.rollup_add()")
     for unit in UNITS:
         op.drop_table(f"rollup_{unit}", schema="telemetry")
+    op.execute("DROP AGGREGATE telemetry.histogram_sum(int8[])")
+    op.execute("DROP FUNCTION telemetry.histogram_add(int8[], int8[])")
+    op.execute("DROP FUNCTION telemetry.histogram(float8[], int8)")
+    op.execute("DROP FUNCTION telemetry.histogram_bucket(float8)")

@@ -28,6 +28,11 @@ from telemetry.schemas import (
     Usage,
 )
 
+PERCENTILE_MODES: dict[str, service.PercentileMode] = {
+    "true": "approximate",
+    "exact": "exact",
+    "false": "none",
+}
 router = APIRouter(tags=["telemetry"], route_class=JsonRoute)
 # Platform services only (never through the gateway: it routes no /internal path).
 internal = APIRouter(prefix="/internal", include_in_schema=False, route_class=JsonRoute)
@@ -40,14 +45,16 @@ async def usage(
     runtime: RuntimeDep,
     wanted: Wanted,
     group_by: GroupBy = "model",
-    percentiles: Percentiles = True,
+    percentiles: Percentiles = "true",
 ) -> Usage:
-    """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
-    user, API key, team or UTC day. Your own calls; a team's with `team=` if you own it;
-    everyone's with telemetry:read_all."""
+    """Requests, errors, tokens, exact cost and latency percentiles (approximate, within
+    2 %, unless `percentiles=exact`) per model, provider, user, API key, team or UTC day.
+    Your own calls; a team's with `team=` if you own it; everyone's with
+    telemetry:read_all."""
     return await service.usage(
-        runtime, db, identity, wanted=wanted, group_by=group_by, percentiles=percentiles
-    )
+        runtime, db, identity, wanted=wanted, group_by=group_by,
+        percentiles=PERCENTILE_MODES[percentiles],
+    )  # fmt: skip
 
 
 @router.get("/v1/calls")

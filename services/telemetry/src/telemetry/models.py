@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Column,
@@ -180,8 +181,9 @@ def _rollup(unit: str) -> Table:
     (migration telemetry_0007), so in any snapshot it equals the aggregate of the calls:
     each figure is the cell's calls' count or `coalesce(sum(x), 0)`, exactly (`cost_usd`:
     of the `priced_calls`, `saved_usd`: of the `saved_calls`, scale kept). `period` is the
-    hour's or the day's start. No primary key: the unique index (nulls not distinct) is
-    the cell's identity."""
+    hour's or the day's start. With the histograms of the calls' latencies and TTFTs
+    (telemetry.histograms), added up the same way. No primary key: the unique index
+    (nulls not distinct) is the cell's identity."""
     table = f"rollup_{unit}"
     return Table(
         table,
@@ -196,6 +198,10 @@ def _rollup(unit: str) -> Table:
         *(Column(name, BigInteger, nullable=False) for name in ROLLUP_COUNTS),
         Column("cost_usd", Numeric, nullable=False),
         Column("saved_usd", Numeric, nullable=False),
+        *(
+            Column(name, ARRAY(BigInteger), nullable=False, server_default=text("'{}'"))
+            for name in ROLLUP_HISTOGRAMS
+        ),
         Index(
             f"ux_{table}_cell",
             *ROLLUP_DIMENSIONS,
@@ -220,5 +226,7 @@ ROLLUP_COUNTS = (
     "requests", "unpriced_calls", "priced_calls", "prompt_tokens", "completion_tokens",
     "cached_prompt_tokens", "reasoning_tokens", "cache_hits", "saved_calls",
 )  # fmt: skip
+# Log-bucketed histograms of the latencies and the TTFTs (telemetry.histograms).
+ROLLUP_HISTOGRAMS = ("latency_ms_histogram", "ttft_ms_histogram")
 ROLLUP_HOUR = _rollup("hour")
 ROLLUP_DAY = _rollup("day")

@@ -33,13 +33,21 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import UUID, aggregate_order_by, array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Subquery
 from sqlmodel import col
 
-from telemetry.models import ROLLUP_DAY, ROLLUP_HOUR, DeadLetter, LlmCall, UsageDay, UsageDayEpoch
+from telemetry.models import (
+    ROLLUP_DAY,
+    ROLLUP_HISTOGRAMS,
+    ROLLUP_HOUR,
+    DeadLetter,
+    LlmCall,
+    UsageDay,
+    UsageDayEpoch,
+)
 
 Db = AsyncSession | AsyncConnection
 SCHEMA = "telemetry"
@@ -331,9 +339,11 @@ def rollup_parts(start: datetime, end: datetime) -> list[tuple[str, datetime, da
     return [(source, lo, hi) for source, lo, hi in parts if lo < hi]
 
 
-def _rollup_cells(scope: Scope, group_by: str, unit: str, lo: datetime, hi: datetime) -> Any:
+def _rollup_cells(
+    scope: Scope, group_by: str, unit: str, lo: datetime, hi: datetime, histograms: bool
+) -> Any:
     """A rollup's cells of the periods in [lo, hi) in the scope: the group and the figures
-    of `_SUMMED`."""
+    of `_SUMMED` (and the histograms)."""
     r = _ROLLUPS[unit].c
     keys = {
         "day": cast(func.timezone("UTC", r.period), Date),
@@ -350,6 +360,7 @@ def _rollup_cells(scope: Scope, group_by: str, unit: str, lo: datetime, hi: date
         r.requests,
         case((r.status != "ok", r.requests), else_=0).label("errors"),
         *(r[name] for name in _SUMMED[2:]),
+        *(r[name] for name in ROLLUP_HISTOGRAMS if histograms),
     ).where(
         r.period >= lo,
         r.period < hi,
@@ -357,12 +368,24 @@ def _rollup_cells(scope: Scope, group_by: str, unit: str, lo: datetime, hi: date
     )
 
 
-def _call_sums(scope: Scope, group_by: str, ranges: Sequence[tuple[datetime, datetime]]) -> Any:
+def _call_sums(
+    scope: Scope, group_by: str, ranges: Sequence[tuple[datetime, datetime]], histograms: bool
+) -> Any:
     """The same figures from the calls of `ranges` (the partial hours), per group."""
     key = GROUP_KEYS[group_by]
     aggregates = {row.name: row for row in _aggregates() if row.name in _SUMMED}
+    made = {
+        "latency_ms_histogram": func.telemetry.histogram(
+            func.array_agg(col(LlmCall.latency_ms)), 1
+        ),
+        "ttft_ms_histogram": func.telemetry.histogram(func.array_agg(col(LlmCall.ttft_ms)), 1),
+    }
     return (
-        select(key.label("key"), *(aggregates[name] for name in _SUMMED))
+        select(
+            key.label("key"),
+            *(aggregates[name] for name in _SUMMED),
+            *(made[name].label(name) for name in ROLLUP_HISTOGRAMS if histograms),
+        )
         .where(
             or_(
                 *(
@@ -376,20 +399,24 @@ def _call_sums(scope: Scope, group_by: str, ranges: Sequence[tuple[datetime, dat
     )
 
 
-async def usage_sums(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
-    """Per group, what adds up (`_SUMMED`), no percentiles: the range's whole days and
-    hours from the rollups, its partial hours from the calls (rollup_parts), in one
-    statement (one snapshot). The same groups, figures and order as `usage` gives."""
+async def usage_sums(
+    db: Db, *, scope: Scope, group_by: str, histograms: bool = False
+) -> Sequence[Row[Any]]:
+    """Per group, what adds up (`_SUMMED`), and with `histograms` the group's latency and
+    TTFT histograms (`latency_ms_histogram`, `ttft_ms_histogram`: telemetry.histograms;
+    null: no value): the range's whole days and hours from the rollups, its partial hours
+    from the calls (rollup_parts), in one statement (one snapshot). The same groups,
+    figures and order as `usage` gives."""
     pieces = rollup_parts(scope.start, scope.end)
     calls = [(lo, hi) for source, lo, hi in pieces if source == "calls"]
     parts = [
-        _rollup_cells(scope, group_by, source, lo, hi)
+        _rollup_cells(scope, group_by, source, lo, hi, histograms)
         for source, lo, hi in pieces
         if source != "calls"
     ]
     if calls or not parts:
-        parts.append(_call_sums(scope, group_by, calls or [(scope.start, scope.start)]))
-    every = union_all(*parts).subquery("parts")
+        parts.append(_call_sums(scope, group_by, calls or [(scope.start, scope.start)], histograms))
+    every = union_all(*parts).cte("parts")
     counts = {"cost_usd", "saved_usd"}
     summed = [
         (
@@ -397,12 +424,59 @@ async def usage_sums(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any
         ).label(name)
         for name in _SUMMED
     ]
-    query = select(every.c.key, *summed).group_by(every.c.key)
+    sums = select(every.c.key, *summed).group_by(every.c.key).subquery("sums")
+    query = select(sums)
+    if histograms:
+        merged = _merged_histograms(every).subquery("merged")
+        # ARRAY[key] = ARRAY[key] holds for two null keys too (array equality), and hashes.
+        query = select(sums, *(merged.c[name] for name in ROLLUP_HISTOGRAMS)).select_from(
+            sums.outerjoin(merged, array([sums.c.key]) == array([merged.c.key]))
+        )
     if group_by == "day":
-        query = query.order_by(every.c.key)
+        query = query.order_by(sums.c.key)
     else:
-        query = query.order_by(func.sum(every.c.requests).desc(), cast(every.c.key, String))
+        query = query.order_by(sums.c.requests.desc(), cast(sums.c.key, String))
     return (await db.execute(query)).all()
+
+
+def _merged_histograms(every: Any) -> Any:
+    """Per group of the parts: each histogram column's entries added up bucket by bucket
+    (one GROUP BY over all the entries, not a merge per cell)."""
+    entries = union_all(
+        *(
+            # FROM parts, unnest(parts.<name>) AS e(entry): implicitly lateral.
+            select(every.c.key, literal(name).label("histogram"), entry.c.entry).select_from(
+                every, entry
+            )
+            for name in ROLLUP_HISTOGRAMS
+            for entry in [
+                func.unnest(every.c[name])
+                .table_valued("entry", joins_implicitly=True)
+                .render_derived("e")
+            ]
+        )
+    ).subquery("entries")
+    bucket = entries.c.entry.op("&")(1023)
+    buckets = (
+        select(
+            entries.c.key,
+            entries.c.histogram,
+            bucket.label("bucket"),
+            cast(func.sum(entries.c.entry.op(">>")(10)), BigInteger).label("n"),
+        )
+        .group_by(entries.c.key, entries.c.histogram, bucket)
+        .subquery("buckets")
+    )
+    encoded = buckets.c.n * 1024 + buckets.c.bucket
+    return select(
+        buckets.c.key,
+        *(
+            func.array_agg(aggregate_order_by(encoded, buckets.c.bucket))
+            .filter(buckets.c.histogram == name)
+            .label(name)
+            for name in ROLLUP_HISTOGRAMS
+        ),
+    ).group_by(buckets.c.key)
 
 
 # ---------------------------------------------------------------- usage per day, cached
