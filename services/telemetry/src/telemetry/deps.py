@@ -86,7 +86,7 @@ Percentiles = Annotated[
         "bounds), as fast as the other figures over any range and number of calls. exact: "
         "percentile_cont over every call of the range (slow over many calls: seconds at "
         "10M). false: no percentiles (null). Every other figure is exact whichever you "
-        "ask, read from the rollups."
+        "ask (read from the rollups, but with exact, from the calls)."
     ),
 ]
 Status = Annotated[str | None, Query(max_length=32, description="Only calls with this status.")]
