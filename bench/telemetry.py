@@ -13,18 +13,26 @@ on free 127.0.0.1 ports, migrates the telemetry schema, and runs the real servic
    (received_at in Postgres).
 2. lag: a producer appends 2,000 events/s in 50 ms batches (inference's linger) for
    `--steady-seconds`; each event's lag is received_at minus the time it was appended.
-3. triggers: the cost of the usage_day epoch triggers on a 1,000-row insert (the same
-   statement with the triggers firing and skipped), for calls of now and of yesterday.
-4. query: 1,000,000 calls over the last 30 days (generate_series in SQL, 100 users,
-   5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving), cached
-   prompt and reasoning tokens on some, stored in time order as ingestion stores them),
-   then
-   `GET /v1/usage?group_by=day` over those 30 days as an admin (everyone's calls) and as
+3. triggers: the cost of the triggers on llm_call (the usage_day epochs' and, unless
+   `--without-rollup`, the rollups') on a 1,000-row insert (the same statement with the
+   triggers firing and skipped), for calls of now and of yesterday.
+4. query: `--rows` (1,000,000; 10,000,000 for issue 22's size) calls over the last 30
+   days (generate_series in SQL, in time order without a sort, 1M rows a statement; 100
+   users, 5 models, 5 % without a price, about 5 % response-cache hits (cost 0, a saving),
+   cached prompt and reasoning tokens on some), then, from the hourly and daily rollups,
+   `GET /v1/usage?group_by=day&percentiles=false` and the default `GET /v1/usage?group_by=day`
+   (approximate percentiles from the rollups' histograms) for each scope (first, then
+   repeated), then `GET /v1/usage?group_by=day&percentiles=exact` over those 30 days as an
+   admin (everyone's calls) and as
    one member, timed over HTTP at the service (signed identity): cold (no
    cached day valid: the first query after the rows were generated, then with the per-day
    cache emptied before each query) and warm (after a query stored the closed days, and
    for the admin after the pre-warm, which the service runs every 30 s and is run and
    timed here instead).
+
+`--group-by model ...` times the admin's other groupings too (with and without
+percentiles); `--without-rollup` drops the rollups' triggers (ingestion as before
+migration telemetry_0007, for a before/after of its cost).
 
 Writes bench/results/telemetry.json.
 """
@@ -37,6 +45,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import secrets
 import shutil
 import statistics
@@ -69,14 +78,19 @@ from telemetry.settings import TelemetrySettings  # noqa: E402
 
 USERS = [uuid.UUID(int=i + 1) for i in range(100)]
 Processes = dict[str, list[psutil.Process]]
-# Stored in time order, as ingestion stores calls (in about the order they happen).
+# Stored in time order, as ingestion stores calls (in about the order they happen): call i
+# of $1 at a random time within the i-th of $1 equal slots of the 30 days before $2, so
+# generate_series yields them in time order and no sort of the rows is needed (sorting
+# 10M wide rows took most of the generation time). Rows $3 to $4 of the $1: the bench
+# inserts them in chunks, each statement's transition table (the usage_day triggers')
+# bounded.
 GENERATE = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, error_type, prompt_tokens, completion_tokens, usage_estimated, cost_usd,
     latency_ms, ttft_ms, stream, attempts, fallback, trace_id, cached_prompt_tokens,
     reasoning_tokens, cache, saved_usd)
-SELECT * FROM (
-SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 'stream',
+SELECT $2::timestamptz - interval '30 days' * (1 - (i - 1 + random()) / $1) AS occurred_at,
+    gen_random_uuid(), 'stream',
     ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, 'chat', 'openai',
     (ARRAY['openai/gpt-4o', 'openai/gpt-4o-mini', 'openai/gpt-4.1', 'openai/gpt-4.1-mini',
            'openai/gpt-4.1-nano'])[1 + i % 5],
@@ -91,21 +105,29 @@ SELECT now() - random() * interval '30 days' AS occurred_at, gen_random_uuid(), 
     CASE WHEN i % 3 = 0 THEN (100 + i % 900) / 2 END, CASE WHEN i % 5 = 0 THEN i % 200 END,
     CASE WHEN hit THEN (ARRAY['exact', 'semantic'])[1 + i % 2] END,
     CASE WHEN hit THEN round((100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 9) END
-FROM generate_series(1, $1) AS i,
+FROM generate_series($3::int8, $4::int8) AS i,
     -- 5 % of the successful calls, spread over every user and model
     LATERAL (SELECT i % 19 = 3 AND i % 50 <> 0 AS hit) AS h
-) AS calls ORDER BY occurred_at
 """
+GENERATE_CHUNK = 1_000_000
+
+
+DRAWS = random.Random(22)  # noqa: S311 (the events' latencies, the same every run)
 
 
 def event(user: uuid.UUID, when: float, *, hit: bool = False) -> dict[str, str]:
-    """A call as inference writes it; a `hit` was replayed from the response cache."""
+    """A call as inference writes it; a `hit` was replayed from the response cache. Its
+    latency 50 ms to 2 s, streamed half the time (a TTFT of 20 to 320 ms), as the rows of
+    the query part: the rollups' histograms get as many buckets per cell as there."""
+    streamed = DRAWS.random() < 0.5
+    latency, ttft = 50 + DRAWS.random() * 2000, 20 + DRAWS.random() * 300
     return LlmCallEvent(
         id=str(uuid.uuid4()), occurred_at=when, user_id=str(user), api_key_id=None,
         provider="openai", model="openai/gpt-4o-mini", alias=None, status="ok",
         error_type=None, prompt_tokens=42, completion_tokens=17, usage_estimated=False,
-        cost_usd="0.000000000" if hit else "0.000016500", latency_ms=321.5, ttft_ms=None,
-        stream=False, attempts=0 if hit else 1, fallback=False, operation="chat",
+        cost_usd="0.000000000" if hit else "0.000016500", latency_ms=latency,
+        ttft_ms=ttft if streamed else None, stream=streamed, attempts=0 if hit else 1,
+        fallback=False, operation="chat",
         trace_id=uuid.uuid4().hex,
         span_id=uuid.uuid4().hex[:16], trace_sampled=False, cache="exact" if hit else None,
         saved_usd="0.000016500" if hit else None,
@@ -211,9 +233,10 @@ async def steady(
 BATCH = """
 INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, operation, provider, model,
     status, prompt_tokens, completion_tokens, usage_estimated, cost_usd, latency_ms, stream,
-    attempts, fallback)
+    attempts, fallback, ttft_ms)
 SELECT $2::timestamptz - i * interval '10 ms', gen_random_uuid(), 'stream', $3::uuid, 'chat',
-    'openai', 'openai/gpt-4o-mini', 'ok', 42, 17, false, 0.0000165, 321.5, false, 1, false
+    'openai', 'openai/gpt-4o-mini', 'ok', 42, 17, false, 0.0000165, 50 + random() * 2000,
+    i % 2 = 0, 1, false, CASE WHEN i % 2 = 0 THEN 20 + random() * 300 END
 FROM generate_series(1, $1) AS i
 ON CONFLICT DO NOTHING
 """
@@ -278,17 +301,24 @@ async def timed_usage(http: httpx.AsyncClient, params: dict[str, str], repeats: 
 
 
 async def usage_query(
-    db: asyncpg.Connection, urls: dict[str, str], key: bytes, rows: int, repeats: int
+    db: asyncpg.Connection, urls: dict[str, str], key: bytes, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Cold: no cached day valid (right after the rows are generated, then with the cache
     emptied before each query). Warm: after a first query stored the closed days, and
-    after the pre-warm (the service's refresh_usage_cache, run here on its own)."""
+    after the pre-warm (the service's refresh_usage_cache, run here on its own). Then the
+    admin's other groupings of `args.group_by` (first, then repeated)."""
+    rows, repeats = args.rows, args.repeats
     await db.execute("TRUNCATE telemetry.llm_call")
     await db.execute("TRUNCATE telemetry.usage_day, telemetry.usage_day_epoch")
     started = time.perf_counter()
-    await db.execute(GENERATE, rows)
+    until = await db.fetchval("SELECT now()")
+    for lo in range(1, rows + 1, GENERATE_CHUNK):
+        await db.execute(GENERATE, rows, until, lo, min(rows, lo + GENERATE_CHUNK - 1))
     generated = time.perf_counter() - started
+    print(f"generated {rows} calls in {generated:.1f} s")
+    started = time.perf_counter()
     await db.execute("VACUUM (ANALYZE) telemetry.llm_call")
+    vacuumed = time.perf_counter() - started
     admin = Identity(sub=str(uuid.uuid4()), kind="user", iss="gateway", roles=("admin",),
                      permissions=("telemetry:read_own", "telemetry:read_all"))  # fmt: skip
     # USERS[1]: the generated calls of USERS[0] are all failures (i % 100 = 0), without hits.
@@ -297,6 +327,12 @@ async def usage_query(
     result: dict[str, Any] = {
         "rows": rows,
         "generate_seconds": generated,
+        "vacuum_analyze_seconds": vacuumed,
+        "table_bytes": await table_sizes(db),
+        "rollup_cells": {
+            unit: await db.fetchval(f"SELECT count(*) FROM telemetry.rollup_{unit}")  # noqa: S608
+            for unit in (("hour", "day") if args.rollup else ())
+        },
         "load_average": os.getloadavg(),
     }
     now = time.time()
@@ -313,18 +349,66 @@ async def usage_query(
         async with httpx.AsyncClient(
             base_url=urls["service"],
             auth=SignedIdentity(key, who, audience="telemetry"),
-            timeout=60,
+            timeout=600,
         ) as http:
-            first = await timed_usage(http, params, 1)  # nothing cached since the rows came
-            cold = await timed_usage(http, params, max(1, repeats // 2), before=forget)
-            warm = await timed_usage(http, params, repeats)  # the last cold query stored
-            result[name] = {"first": first, "cold": cold, "warm": warm}
+            result[name] = {}
+            if args.rollup:  # from the rollups, nothing else cached
+                sums = {**params, "percentiles": "false"}
+                result[name]["sums first"] = await timed_usage(http, sums, 1)
+                result[name]["sums"] = await timed_usage(http, sums, repeats)
+                result[name]["approximate first"] = await timed_usage(http, params, 1)
+                result[name]["approximate"] = await timed_usage(http, params, repeats)
+            exact = {**params, "percentiles": "exact"}
+            first = await timed_usage(http, exact, 1)  # nothing cached since the rows came
+            cold = await timed_usage(http, exact, max(1, repeats // 2), before=forget)
+            warm = await timed_usage(http, exact, repeats)  # the last cold query stored
+            result[name].update(first=first, cold=cold, warm=warm)
             if name == "admin":
                 await forget()
                 result["prewarm_seconds"] = await prewarm(urls["telemetry"], urls["redis"])
-                result[name]["warm_after_prewarm"] = await timed_usage(http, params, repeats)
+                result[name]["warm_after_prewarm"] = await timed_usage(http, exact, repeats)
         print(f"usage query, {name}:", json.dumps(result[name]))
+    async with httpx.AsyncClient(
+        base_url=urls["service"],
+        auth=SignedIdentity(key, admin, audience="telemetry"),
+        timeout=600,
+    ) as http:
+        for group_by in args.group_by:
+            if group_by == "day":
+                continue
+            other = {**params, "group_by": group_by}
+            found = result[f"admin by {group_by}"] = {}
+            if args.rollup:
+                sums = {**other, "percentiles": "false"}
+                found["sums first"] = await timed_usage(http, sums, 1)
+                found["sums"] = await timed_usage(http, sums, repeats)
+                found["approximate first"] = await timed_usage(http, other, 1)
+                found["approximate"] = await timed_usage(http, other, repeats)
+            exact = {**other, "percentiles": "exact"}
+            found["first"] = await timed_usage(http, exact, 1)
+            found["again"] = await timed_usage(http, exact, repeats)
+            print(f"usage query, admin by {group_by}:", json.dumps(result[f"admin by {group_by}"]))
     return result
+
+
+async def table_sizes(db: asyncpg.Connection) -> dict[str, int]:
+    """Bytes on disk of each telemetry table (its partitions added up) and of its indexes."""
+    rows = await db.fetch(
+        """
+        SELECT coalesce(p.relname, c.relname) AS name,
+            sum(pg_table_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS indexes
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+        LEFT JOIN pg_class p ON p.oid = i.inhparent
+        WHERE n.nspname = 'telemetry' AND c.relkind = 'r'
+        GROUP BY 1 ORDER BY 1
+        """
+    )
+    sizes = {}
+    for row in rows:
+        sizes[row["name"]] = int(row["heap"])
+        sizes[f"{row['name']} indexes"] = int(row["indexes"])
+    return sizes
 
 
 async def prewarm(database_url: str, redis_url: str) -> float:
@@ -368,8 +452,7 @@ async def measure(
         print("steady 2,000/s:", json.dumps(result["steady"]))
         result["trigger_overhead"] = await trigger_overhead(db, args.trigger_batches)
         print("usage_day triggers:", json.dumps(result["trigger_overhead"]))
-        result["usage_query"] = await usage_query(db, urls, key.encode(), args.rows,
-                                                  args.repeats)  # fmt: skip
+        result["usage_query"] = await usage_query(db, urls, key.encode(), args)
         result["load_average_at_end"] = os.getloadavg()
         return result
     finally:
@@ -383,11 +466,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=30)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--group-by", nargs="+", default=["day"],
+                        choices=["day", "model", "provider", "user", "key", "team"],
+                        help="the admin's groupings timed (day: also the member's)")  # fmt: skip
     parser.add_argument("--trigger-batches", type=int, default=100,
                         help="1,000-row inserts per case for the trigger overhead")  # fmt: skip
+    parser.add_argument("--without-rollup", dest="rollup", action="store_false",
+                        help="drop the rollups' triggers (ingestion as before "
+                        "telemetry_0007; no percentiles=false queries)")  # fmt: skip
     parser.add_argument("--replicas", type=int, default=2,
                         help="telemetry processes (2: as deploy/k8s/base runs it)")  # fmt: skip
     return parser.parse_args()
+
+
+async def drop_rollup_triggers(db_url: str) -> None:
+    db = await asyncpg.connect(db_url)
+    try:
+        for name in ("insert", "update", "delete", "truncate"):
+            await db.execute(f"DROP TRIGGER rollup_after_{name} ON telemetry.llm_call")
+    finally:
+        await db.close()
 
 
 def start_replicas(
@@ -436,6 +534,8 @@ def main() -> int:
         redis_proc, redis_url = devstack.start_redis(data_dir)
         urls = asyncio.run(devstack.bootstrap_database(admin_url, "bench"))
         upgrade(devstack.service_dir("telemetry"), urls["telemetry"])
+        if not args.rollup:
+            asyncio.run(drop_rollup_triggers(admin_url))
         started = time.perf_counter()
         asyncio.run(append_backlog(redis_url, args.backlog))
         print(f"appended {args.backlog} events in {time.perf_counter() - started:.1f} s")

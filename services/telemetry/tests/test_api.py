@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.identity import Identity
+from telemetry.histograms import RELATIVE_ERROR
 
 from .conftest import admin, as_json, call, member
 
@@ -66,9 +67,12 @@ async def test_usage_sums_equal_the_sum_of_the_reported_calls(client: Client) ->
     assert stored.status_code == 200, stored.text
     assert stored.json() == {"received": 60, "inserted": 60, "duplicates": 0}
 
-    response = await get(client, who, "/v1/usage", group_by="model")
+    response = await get(client, who, "/v1/usage", group_by="model", percentiles="exact")
     assert response.status_code == 200, response.text
     groups = {g["key"]: g for g in response.json()["groups"]}
+    approximate = await get(client, who, "/v1/usage", group_by="model")
+    assert approximate.status_code == 200, approximate.text
+    near = {g["key"]: g for g in approximate.json()["groups"]}
     assert set(groups) == {"openai/gpt-4o", "openai/gpt-4o-mini"}
     for model, group in groups.items():
         mine = [e for e in events if e["model"] == model]
@@ -85,6 +89,9 @@ async def test_usage_sums_equal_the_sum_of_the_reported_calls(client: Client) ->
         assert group["latency_ms_p95"] == pytest.approx(percentile(latencies, 0.95))
         ttfts = [e["ttft_ms"] for e in mine if e["ttft_ms"] is not None]
         assert group["ttft_ms_p50"] == pytest.approx(statistics.median(ttfts))
+        for name in ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50"):
+            assert near[model][name] == pytest.approx(group[name], rel=RELATIVE_ERROR)
+            assert near[model][name] != group[name]  # not read from the calls
 
     by_day = (await get(client, who, "/v1/usage", group_by="day")).json()["groups"]
     assert sum(g["requests"] for g in by_day) == 60

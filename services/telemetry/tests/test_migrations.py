@@ -4,6 +4,7 @@ as migrated."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -211,5 +212,115 @@ def test_a_migration_adding_figures_keeps_the_calls_and_drops_the_cached_days(
         downgrade(service_dir, url, before_it)
         upgrade(service_dir, url)
         assert asyncio.run(after()) == (0, [(None, None)])
+    finally:
+        asyncio.run(_drop_database(test_database.admin_url, name))
+
+
+# What a rollup cell holds, computed from the calls themselves (as the triggers compute it).
+ROLLUP_FROM_CALLS = """
+SELECT date_trunc('{unit}', occurred_at, 'UTC') AS period, user_id, api_key_id, team_id,
+    model, provider, status, count(*) AS requests,
+    count(*) FILTER (WHERE status = 'ok' AND cost_usd IS NULL) AS unpriced_calls,
+    count(cost_usd) AS priced_calls, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+    coalesce(sum(completion_tokens), 0) AS completion_tokens,
+    coalesce(sum(cached_prompt_tokens), 0) AS cached_prompt_tokens,
+    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+    coalesce(sum(cost_usd), 0) AS cost_usd, count(cache) AS cache_hits,
+    count(saved_usd) AS saved_calls, coalesce(sum(saved_usd), 0) AS saved_usd,
+    array_agg(latency_ms) AS latencies, array_agg(ttft_ms) AS ttfts
+FROM telemetry.llm_call GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
+"""
+
+
+def histogram(values: list[float | None]) -> list[int]:
+    """What telemetry.histograms says a histogram of `values` is, computed here: count *
+    1024 + bucket, bucket i for [0.1 * 1.04^i, 0.1 * 1.04^(i+1)) ms, clamped to 0..524."""
+    counts: dict[int, int] = {}
+    for value in values:
+        if value is not None:
+            bucket = min(524, math.floor(math.log(max(value, 0.1) / 0.1) / math.log(1.04)))
+            counts[bucket] = counts.get(bucket, 0) + 1
+    return [count * 1024 + bucket for bucket, count in sorted(counts.items())]
+
+
+ROLLUP = (
+    "SELECT * FROM telemetry.rollup_{unit} "
+    "ORDER BY period, user_id, api_key_id, team_id, model, provider, status"
+)
+
+
+def test_the_rollup_migration_fills_the_rollups_from_the_calls_and_goes_down_and_up(
+    test_database: RunDatabase,
+) -> None:
+    """Calls stored before telemetry_0007 (with and without key, team, cost, over several
+    hours and days) are in the rollups after it, cell by cell as the triggers would have
+    written them; TRUNCATE empties the rollups; down and up again fills them again."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin_url = devstack.with_database(test_database.admin_url, name)
+    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    service_dir = devstack.service_dir("telemetry")
+
+    async def calls() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE telemetry.llm_call_p_test PARTITION OF telemetry.llm_call "
+                "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
+            )
+            await conn.execute(
+                "INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, api_key_id, "
+                "team_id, operation, provider, model, status, prompt_tokens, completion_tokens, "
+                "cached_prompt_tokens, usage_estimated, cost_usd, latency_ms, stream, attempts, "
+                "fallback, cache, saved_usd, ttft_ms) "
+                "SELECT now() - i * interval '17 minutes', gen_random_uuid(), 'api', "
+                "('00000000-0000-0000-0000-00000000000' || i % 3)::uuid, "
+                "CASE WHEN i % 4 > 0 THEN 'key-' || i % 4 END, "
+                "CASE WHEN i % 5 = 0 THEN '00000000-0000-0000-0000-0000000000aa'::uuid END, "
+                "'chat', 'openai', 'm' || i % 2, CASE WHEN i % 7 = 0 THEN 'error' ELSE 'ok' END, "
+                "i, i % 13, CASE WHEN i % 3 = 0 THEN i / 2 END, false, "
+                "CASE WHEN i % 6 > 0 THEN i * 0.000000001 END, "
+                "CASE i WHEN 1 THEN 0 WHEN 2 THEN 1e12 ELSE i * 7.3 END, false, 1, false, "
+                "CASE WHEN i % 9 = 0 THEN 'exact' END, "
+                "CASE WHEN i % 9 = 0 THEN i * 0.000000003 END, "
+                "CASE WHEN i % 2 = 0 THEN i * 1.1 END "
+                "FROM generate_series(1, 400) AS i"
+            )
+        finally:
+            await conn.close()
+
+    async def compare() -> int:
+        """Asserts each rollup holds what the calls give; returns the hour cells."""
+        conn = await asyncpg.connect(url)
+        try:
+            for unit in ("hour", "day"):
+                expected = [
+                    (*r[:-2], histogram(r["latencies"]), histogram(r["ttfts"]))
+                    for r in await conn.fetch(ROLLUP_FROM_CALLS.format(unit=unit))
+                ]
+                found = [tuple(r) for r in await conn.fetch(ROLLUP.format(unit=unit))]
+                assert [tuple(map(str, r)) for r in found] == [
+                    tuple(map(str, r)) for r in expected
+                ], unit
+            return int(await conn.fetchval("SELECT count(*) FROM telemetry.rollup_hour"))
+        finally:
+            await conn.close()
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("TRUNCATE telemetry.llm_call")
+        finally:
+            await conn.close()
+
+    try:
+        upgrade(service_dir, url, "telemetry_0006")
+        asyncio.run(calls())
+        upgrade(service_dir, url)
+        assert asyncio.run(compare()) > 100
+        downgrade(service_dir, url, "telemetry_0006")
+        upgrade(service_dir, url)
+        assert asyncio.run(compare()) > 100
+        asyncio.run(truncate())
+        assert asyncio.run(compare()) == 0
     finally:
         asyncio.run(_drop_database(test_database.admin_url, name))

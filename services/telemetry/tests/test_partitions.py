@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.llm_events import CallEvent
@@ -44,3 +45,11 @@ async def test_retention_drops_old_partitions_whole_and_keeps_recent_calls(
     assert {month_of(now), next_month(month_of(now))} <= set(months)
     assert min(months) == month_of(now - timedelta(days=30))
     assert (await stored(engine, user))["rows"] == 2
+    # The rollups lost the dropped month's calls with it, and only those.
+    async with engine.connect() as conn:
+        for unit in ("hour", "day"):
+            left = await conn.scalar(
+                text(f"SELECT sum(requests) FROM telemetry.rollup_{unit} WHERE user_id = :u"),
+                {"u": user},
+            )
+            assert left == 2, unit

@@ -61,7 +61,7 @@ def today() -> date:
 async def answer(runtime: Runtime, scope: Scope) -> Usage:
     """The service's answer: closed days from the cache where it is valid."""
     async with transaction(runtime.sessionmaker) as db:
-        return await service.usage_in(runtime, db, scope=scope, group_by="day")
+        return await service.usage_in(runtime, db, scope=scope, group_by="day", percentiles="exact")
 
 
 async def truth(engine: AsyncEngine, scope: Scope) -> Usage:
@@ -339,6 +339,7 @@ async def test_a_late_call_reported_over_http_changes_the_next_answer(
     noon = midnight(day).timestamp() + 43200
     params = {
         "group_by": "day",
+        "percentiles": "exact",
         "from": midnight(day).isoformat(),
         "to": midnight(today()).isoformat(),
     }
@@ -482,6 +483,7 @@ async def test_members_never_see_anothers_cached_days(
     )
     params = {
         "group_by": "day",
+        "percentiles": "exact",
         "from": midnight(day).isoformat(),
         "to": midnight(day + DAY).isoformat(),
     }
@@ -518,7 +520,11 @@ async def test_made_up_filters_do_not_grow_the_cache(
     noon = midnight(day).timestamp() + 43200
     await store(runtime, [CallEvent.model_validate(as_json(call(viewer, occurred_at=noon,
                                                                model=model)))])  # fmt: skip
-    window = {"group_by": "day", "from": midnight(today() - 90 * DAY).isoformat()}
+    window = {
+        "group_by": "day",
+        "percentiles": "exact",
+        "from": midnight(today() - 90 * DAY).isoformat(),
+    }
 
     async with client(viewer) as http:
         made_up = [

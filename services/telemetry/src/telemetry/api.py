@@ -9,7 +9,15 @@ from fastapi import APIRouter, Query
 from common.db import DbSession
 from common.json_bodies import JsonRoute
 from telemetry import service
-from telemetry.deps import Reader, Reporter, RuntimeDep, SpendReader, Wanted, WantedCalls
+from telemetry.deps import (
+    Percentiles,
+    Reader,
+    Reporter,
+    RuntimeDep,
+    SpendReader,
+    Wanted,
+    WantedCalls,
+)
 from telemetry.schemas import (
     CallPage,
     EventBatch,
@@ -20,6 +28,11 @@ from telemetry.schemas import (
     Usage,
 )
 
+PERCENTILE_MODES: dict[str, service.PercentileMode] = {
+    "true": "approximate",
+    "exact": "exact",
+    "false": "none",
+}
 router = APIRouter(tags=["telemetry"], route_class=JsonRoute)
 # Platform services only (never through the gateway: it routes no /internal path).
 internal = APIRouter(prefix="/internal", include_in_schema=False, route_class=JsonRoute)
@@ -32,11 +45,16 @@ async def usage(
     runtime: RuntimeDep,
     wanted: Wanted,
     group_by: GroupBy = "model",
+    percentiles: Percentiles = "true",
 ) -> Usage:
-    """Requests, errors, tokens, exact cost and latency percentiles per model, provider,
-    user, API key, team or UTC day. Your own calls; a team's with `team=` if you own it;
-    everyone's with telemetry:read_all."""
-    return await service.usage(runtime, db, identity, wanted=wanted, group_by=group_by)
+    """Requests, errors, tokens, exact cost and latency percentiles (approximate, within
+    2 %, unless `percentiles=exact`) per model, provider, user, API key, team or UTC day.
+    Your own calls; a team's with `team=` if you own it; everyone's with
+    telemetry:read_all."""
+    return await service.usage(
+        runtime, db, identity, wanted=wanted, group_by=group_by,
+        percentiles=PERCENTILE_MODES[percentiles],
+    )  # fmt: skip
 
 
 @router.get("/v1/calls")

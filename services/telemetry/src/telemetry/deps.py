@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query
 
@@ -75,6 +75,18 @@ Team = Annotated[
     Query(
         description="Only this team's calls: all of them for its owners (and "
         "telemetry:read_all), your own in it for anyone else."
+    ),
+]
+Percentiles = Annotated[
+    Literal["true", "exact", "false"],
+    Query(
+        description="Latency p50/p95 and TTFT p50. true (default): approximate, from "
+        "log-bucketed histograms kept in the hourly and daily rollups: within 2 % of the "
+        "exact value for latencies from 0.1 ms to 24 hours (outside, clamped to those "
+        "bounds), as fast as the other figures over any range and number of calls. exact: "
+        "percentile_cont over every call of the range (slow over many calls: seconds at "
+        "10M). false: no percentiles (null). Every other figure is exact whichever you "
+        "ask (read from the rollups, but with exact, from the calls)."
     ),
 ]
 Status = Annotated[str | None, Query(max_length=32, description="Only calls with this status.")]

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Column,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Numeric,
     SmallInteger,
     String,
+    Table,
     Text,
     func,
     text,
@@ -171,3 +173,60 @@ class UsageDay(TelemetryBase, table=True):
         default=None,
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+
+
+def _rollup(unit: str) -> Table:
+    """What adds up of one UTC `unit`'s (hour's or day's) calls of one (user, key, team,
+    model, provider, status): kept by triggers on `llm_call` in the writer's transaction
+    (migration telemetry_0007), so in any snapshot it equals the aggregate of the calls:
+    each figure is the cell's calls' count or `coalesce(sum(x), 0)`, exactly (`cost_usd`:
+    of the `priced_calls`, `saved_usd`: of the `saved_calls`, scale kept). `period` is the
+    hour's or the day's start. With the histograms of the calls' latencies and TTFTs
+    (telemetry.histograms), added up the same way. No primary key: the unique index
+    (nulls not distinct) is the cell's identity."""
+    table = f"rollup_{unit}"
+    return Table(
+        table,
+        TelemetryBase.metadata,
+        Column("period", DateTime(timezone=True), nullable=False),
+        Column("user_id", UUID(as_uuid=True)),
+        Column("api_key_id", String(64)),
+        Column("team_id", UUID(as_uuid=True)),
+        Column("model", String(300), nullable=False),
+        Column("provider", String(32), nullable=False),
+        Column("status", String(32), nullable=False),
+        *(Column(name, BigInteger, nullable=False) for name in ROLLUP_COUNTS),
+        Column("cost_usd", Numeric, nullable=False),
+        Column("saved_usd", Numeric, nullable=False),
+        *(
+            Column(name, ARRAY(BigInteger), nullable=False, server_default=text("'{}'"))
+            for name in ROLLUP_HISTOGRAMS
+        ),
+        Index(
+            f"ux_{table}_cell",
+            *ROLLUP_DIMENSIONS,
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+        Index(f"ix_{table}_user_id_period", "user_id", "period"),
+        *(
+            Index(
+                f"ix_{table}_{column}_period",
+                column,
+                "period",
+                postgresql_where=text(f"{column} IS NOT NULL"),
+            )
+            for column in ("api_key_id", "team_id")
+        ),
+    )
+
+
+ROLLUP_DIMENSIONS = ("period", "user_id", "api_key_id", "team_id", "model", "provider", "status")
+ROLLUP_COUNTS = (
+    "requests", "unpriced_calls", "priced_calls", "prompt_tokens", "completion_tokens",
+    "cached_prompt_tokens", "reasoning_tokens", "cache_hits", "saved_calls",
+)  # fmt: skip
+# Log-bucketed histograms of the latencies and the TTFTs (telemetry.histograms).
+ROLLUP_HISTOGRAMS = ("latency_ms_histogram", "ttft_ms_histogram")
+ROLLUP_HOUR = _rollup("hour")
+ROLLUP_DAY = _rollup("day")

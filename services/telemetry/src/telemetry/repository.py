@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
     Date,
     DateTime,
     Double,
@@ -21,22 +22,32 @@ from sqlalchemy import (
     String,
     and_,
     any_,
+    case,
     cast,
     func,
     literal,
+    or_,
     select,
     text,
     tuple_,
     type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import UUID, aggregate_order_by, array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import Subquery
 from sqlmodel import col
 
-from telemetry.models import DeadLetter, LlmCall, UsageDay, UsageDayEpoch
+from telemetry.models import (
+    ROLLUP_DAY,
+    ROLLUP_HISTOGRAMS,
+    ROLLUP_HOUR,
+    DeadLetter,
+    LlmCall,
+    UsageDay,
+    UsageDayEpoch,
+)
 
 Db = AsyncSession | AsyncConnection
 SCHEMA = "telemetry"
@@ -162,7 +173,16 @@ async def create_partition(db: Db, *, month: date, until: date) -> None:
     )
 
 
-async def drop_partition(db: Db, *, month: date) -> None:
+async def drop_partition(db: Db, *, month: date, until: date) -> None:
+    """Drop a month's calls, and their hours and days from the rollups (no trigger fires
+    on DROP)."""
+    for rollup in (ROLLUP_HOUR, ROLLUP_DAY):
+        await db.execute(
+            rollup.delete().where(
+                rollup.c.period >= datetime(month.year, month.month, month.day, tzinfo=UTC),
+                rollup.c.period < datetime(until.year, until.month, until.day, tzinfo=UTC),
+            )
+        )
     await db.execute(text(f"DROP TABLE IF EXISTS {SCHEMA}.{partition_name(month)}"))
 
 
@@ -272,6 +292,192 @@ async def usage(db: Db, *, scope: Scope, group_by: str) -> Sequence[Row[Any]]:
     else:
         query = query.order_by(func.count().desc(), cast(key, String))
     return (await db.execute(query)).all()
+
+
+# ---------------------------------------------------------------- the rollups
+#
+# rollup_hour and rollup_day hold, per UTC hour and per UTC day and (user, key, team,
+# model, provider, status), what adds up of the calls: kept by triggers in every writer's
+# transaction (migration telemetry_0007), so in any snapshot they equal the aggregate of
+# the calls seen. A range is read as its whole days from rollup_day, the whole hours
+# around them from rollup_hour and the partial hours at either end (at most two) from the
+# calls: exact, the same sums, scale included (each cell holds its calls'
+# coalesce(sum(x), 0)), with at most two hours of calls read whatever the range.
+
+ONE_HOUR = timedelta(hours=1)
+ONE_DAY = timedelta(days=1)
+_SUMMED = (
+    "requests", "errors", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
+    "reasoning_tokens", "cost_usd", "unpriced_calls", "cache_hits", "saved_usd",
+)  # fmt: skip
+_ROLLUPS = {"hour": ROLLUP_HOUR, "day": ROLLUP_DAY}
+
+
+def _floor(moment: datetime, unit: str) -> datetime:
+    utc = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return utc.replace(hour=0) if unit == "day" else utc
+
+
+def _ceil(moment: datetime, unit: str) -> datetime:
+    floor = _floor(moment, unit)
+    return floor if floor == moment else floor + (ONE_HOUR if unit == "hour" else ONE_DAY)
+
+
+def rollup_parts(start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
+    """[start, end) cut into parts read from "day" (whole UTC days), "hour" (whole UTC
+    hours) or "calls" (the partial hours at either end), in time order."""
+    first_hour, last_hour = _ceil(start, "hour"), _floor(end, "hour")
+    if first_hour >= last_hour:
+        return [("calls", start, end)] if start < end else []
+    first_day, last_day = _ceil(first_hour, "day"), _floor(last_hour, "day")
+    if first_day < last_day:
+        middle = [("hour", first_hour, first_day), ("day", first_day, last_day),
+                  ("hour", last_day, last_hour)]  # fmt: skip
+    else:
+        middle = [("hour", first_hour, last_hour)]
+    parts = [("calls", start, first_hour), *middle, ("calls", last_hour, end)]
+    return [(source, lo, hi) for source, lo, hi in parts if lo < hi]
+
+
+def _rollup_cells(
+    scope: Scope, group_by: str, unit: str, lo: datetime, hi: datetime, histograms: bool
+) -> Any:
+    """A rollup's cells of the periods in [lo, hi) in the scope: the group and the figures
+    of `_SUMMED` (and the histograms)."""
+    r = _ROLLUPS[unit].c
+    keys = {
+        "day": cast(func.timezone("UTC", r.period), Date),
+        "user": r.user_id,
+        "model": r.model,
+        "provider": r.provider,
+        "key": r.api_key_id,
+        "team": r.team_id,
+    }
+    filters = {"user_id": scope.user_id, "team_id": scope.team_id, "model": scope.model,
+               "status": scope.status}  # fmt: skip
+    return select(
+        keys[group_by].label("key"),
+        r.requests,
+        case((r.status != "ok", r.requests), else_=0).label("errors"),
+        *(r[name] for name in _SUMMED[2:]),
+        *(r[name] for name in ROLLUP_HISTOGRAMS if histograms),
+    ).where(
+        r.period >= lo,
+        r.period < hi,
+        *(r[name] == value for name, value in filters.items() if value is not None),
+    )
+
+
+def _call_sums(
+    scope: Scope, group_by: str, ranges: Sequence[tuple[datetime, datetime]], histograms: bool
+) -> Any:
+    """The same figures from the calls of `ranges` (the partial hours), per group."""
+    key = GROUP_KEYS[group_by]
+    aggregates = {row.name: row for row in _aggregates() if row.name in _SUMMED}
+    made = {
+        "latency_ms_histogram": func.telemetry.histogram(
+            func.array_agg(col(LlmCall.latency_ms)), 1
+        ),
+        "ttft_ms_histogram": func.telemetry.histogram(func.array_agg(col(LlmCall.ttft_ms)), 1),
+    }
+    return (
+        select(
+            key.label("key"),
+            *(aggregates[name] for name in _SUMMED),
+            *(made[name].label(name) for name in ROLLUP_HISTOGRAMS if histograms),
+        )
+        .where(
+            or_(
+                *(
+                    and_(col(LlmCall.occurred_at) >= lo, col(LlmCall.occurred_at) < hi)
+                    for lo, hi in ranges
+                )
+            ),
+            *scope.filters(),
+        )
+        .group_by(key)
+    )
+
+
+async def usage_sums(
+    db: Db, *, scope: Scope, group_by: str, histograms: bool = False
+) -> Sequence[Row[Any]]:
+    """Per group, what adds up (`_SUMMED`), and with `histograms` the group's latency and
+    TTFT histograms (`latency_ms_histogram`, `ttft_ms_histogram`: telemetry.histograms;
+    null: no value): the range's whole days and hours from the rollups, its partial hours
+    from the calls (rollup_parts), in one statement (one snapshot). The same groups,
+    figures and order as `usage` gives."""
+    pieces = rollup_parts(scope.start, scope.end)
+    calls = [(lo, hi) for source, lo, hi in pieces if source == "calls"]
+    parts = [
+        _rollup_cells(scope, group_by, source, lo, hi, histograms)
+        for source, lo, hi in pieces
+        if source != "calls"
+    ]
+    if calls or not parts:
+        parts.append(_call_sums(scope, group_by, calls or [(scope.start, scope.start)], histograms))
+    every = union_all(*parts).cte("parts")
+    counts = {"cost_usd", "saved_usd"}
+    summed = [
+        (
+            func.sum(every.c[name]) if name in counts else cast(func.sum(every.c[name]), BigInteger)
+        ).label(name)
+        for name in _SUMMED
+    ]
+    sums = select(every.c.key, *summed).group_by(every.c.key).subquery("sums")
+    query = select(sums)
+    if histograms:
+        merged = _merged_histograms(every).subquery("merged")
+        # ARRAY[key] = ARRAY[key] holds for two null keys too (array equality), and hashes.
+        query = select(sums, *(merged.c[name] for name in ROLLUP_HISTOGRAMS)).select_from(
+            sums.outerjoin(merged, array([sums.c.key]) == array([merged.c.key]))
+        )
+    if group_by == "day":
+        query = query.order_by(sums.c.key)
+    else:
+        query = query.order_by(sums.c.requests.desc(), cast(sums.c.key, String))
+    return (await db.execute(query)).all()
+
+
+def _merged_histograms(every: Any) -> Any:
+    """Per group of the parts: each histogram column's entries added up bucket by bucket
+    (one GROUP BY over all the entries, not a merge per cell; each histogram named by its
+    index, an integer: 12 % faster to group by than its name)."""
+    entries = union_all(
+        *(
+            # FROM parts, unnest(parts.<name>) AS e(entry): implicitly lateral.
+            select(every.c.key, literal(index).label("histogram"), entry.c.entry).select_from(
+                every, entry
+            )
+            for index, name in enumerate(ROLLUP_HISTOGRAMS)
+            for entry in [
+                func.unnest(every.c[name])
+                .table_valued("entry", joins_implicitly=True)
+                .render_derived("e")
+            ]
+        )
+    ).subquery("entries")
+    bucket = entries.c.entry.op("&")(1023)
+    buckets = (
+        select(
+            entries.c.key,
+            entries.c.histogram,
+            bucket.label("bucket"),
+            cast(func.sum(entries.c.entry.op(">>")(10)), BigInteger).label("n"),
+        )
+        .group_by(entries.c.key, entries.c.histogram, bucket)
+        .subquery("buckets")
+    )
+    encoded = buckets.c.n * 1024 + buckets.c.bucket
+    return select(
+        buckets.c.key,
+        *(
+            func.array_agg(aggregate_order_by(encoded, buckets.c.bucket))
+            .filter(buckets.c.histogram == index)
+            .label(name)
+            for index, name in enumerate(ROLLUP_HISTOGRAMS)
+        ),
+    ).group_by(buckets.c.key)
 
 
 # ---------------------------------------------------------------- usage per day, cached
@@ -548,28 +754,36 @@ async def calls_page(
 
 # ---------------------------------------------------------------- spend
 #
-# Each query sums the cost of one scope's calls since a time, through that scope's index
-# with the cost in it (an index-only scan): (api_key_id, occurred_at) and (team_id,
-# occurred_at, id) INCLUDE (cost_usd), (user_id, occurred_at, id) for a user. All of them in
-# one statement: a CASE runs only the branch of each query's scope, and its time bound
-# prunes the partitions before it (at run time). Exact: `sum` of numeric.
+# Each query sums the cost of one scope's calls since a time: the whole hours from `since`
+# on from rollup_hour (through its (user_id | api_key_id | team_id, period) index), the
+# partial hour before them from the calls, through that scope's index with the cost in it
+# (an index-only scan): (api_key_id, occurred_at) and (team_id, occurred_at, id) INCLUDE
+# (cost_usd), (user_id, occurred_at, id) for a user. So a budget's spend reads a few
+# hundred cells a month, not every call. All of them in one statement: a CASE runs only
+# the branch of each query's scope. Exact: `sum` of numeric, each cell holding its calls'
+# coalesce(sum(cost_usd), 0) (scale kept).
 _SPEND_OF = {
-    "key": "c.api_key_id = q.key_id",
-    "user": "c.user_id = q.scope_id",
-    "team": "c.team_id = q.scope_id",
+    "key": ("c.api_key_id = q.key_id", "h.api_key_id = q.key_id"),
+    "user": ("c.user_id = q.scope_id", "h.user_id = q.scope_id"),
+    "team": ("c.team_id = q.scope_id", "h.team_id = q.scope_id"),
 }
 _SPEND = text(
-    "SELECT CASE q.scope "
+    "SELECT CASE q.scope "  # noqa: S608 (constants)
     + " ".join(
         f"WHEN '{scope}' THEN (SELECT coalesce(sum(c.cost_usd), 0) "  # noqa: S608 (constants)
         f"FROM {SCHEMA}.{PARENT} c "
-        f"WHERE {condition} AND c.occurred_at >= coalesce(q.since, '-infinity'))"
-        for scope, condition in _SPEND_OF.items()
+        f"WHERE {calls} AND c.occurred_at >= q.since AND c.occurred_at < q.hours) "
+        f"+ (SELECT coalesce(sum(h.cost_usd), 0) FROM {SCHEMA}.rollup_hour h "
+        f"WHERE {hours} AND h.period >= q.hours)"
+        for scope, (calls, hours) in _SPEND_OF.items()
     )
     + " END AS spend "
+    # q.hours: the first whole UTC hour at or after `since` (timestamps are microseconds).
+    "FROM (SELECT *, coalesce(date_trunc('hour', since + interval '1 hour' "
+    "- interval '1 microsecond', 'UTC'), '-infinity') AS hours "
     "FROM unnest(CAST(:scopes AS text[]), CAST(:key_ids AS text[]), "
     "CAST(:scope_ids AS uuid[]), CAST(:since AS timestamptz[])) "
-    "WITH ORDINALITY AS q(scope, key_id, scope_id, since, ord) ORDER BY q.ord"
+    "WITH ORDINALITY AS u(scope, key_id, scope_id, since, ord)) AS q ORDER BY q.ord"
 )
 
 

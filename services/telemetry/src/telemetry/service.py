@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import TypeAdapter
@@ -21,9 +21,10 @@ from common.db import transaction
 from common.errors import NotAUser
 from common.identity import Identity
 from common.llm_events import CallEvent
-from telemetry import repository
+from telemetry import histograms, repository
 from telemetry.errors import Invalid, OthersUsage
 from telemetry.metrics import BATCH_SIZE, DUPLICATES, INGESTED, WRITE_DURATION
+from telemetry.models import ROLLUP_HISTOGRAMS
 from telemetry.repository import USAGE_DAY_COLUMNS, Db, Scope
 from telemetry.runtime import Runtime
 from telemetry.schemas import (
@@ -46,6 +47,8 @@ READ_ALL = "telemetry:read_all"
 FUTURE_SLACK = timedelta(days=1)
 PYDANTIC_UTC = TzInfo(0)  # one object: what pydantic gives every UTC time it parses
 DEFAULT_RANGE = timedelta(days=30)
+# GET /v1/usage's percentiles: from the rollups' histograms, from every call, or none.
+PercentileMode = Literal["approximate", "exact", "none"]
 
 
 def utcnow() -> datetime:
@@ -129,7 +132,7 @@ async def maintain(runtime: Runtime, now: datetime | None = None) -> list[date]:
             await repository.create_partition(db, month=month, until=next_month(month))
         expired = [m for m in existing if _midnight(next_month(m)) <= horizon]
         for month in expired:
-            await repository.drop_partition(db, month=month)
+            await repository.drop_partition(db, month=month, until=next_month(month))
             log.info("partition dropped", partition=repository.partition_name(month))
         await repository.delete_dead_letters_before(db, horizon=horizon)
         await repository.delete_usage_days_before(db, day=horizon.astimezone(UTC).date())
@@ -214,23 +217,62 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def usage(
-    runtime: Runtime, db: Db, identity: Identity, *, wanted: CallFilter, group_by: GroupBy
+    runtime: Runtime,
+    db: Db,
+    identity: Identity,
+    *,
+    wanted: CallFilter,
+    group_by: GroupBy,
+    percentiles: PercentileMode = "approximate",
 ) -> Usage:
     """Usage per group of the calls the caller may see (scope_for)."""
     scope = await scope_for(runtime, identity, wanted)
-    return await usage_in(runtime, db, scope=scope, group_by=group_by)
+    return await usage_in(runtime, db, scope=scope, group_by=group_by, percentiles=percentiles)
 
 
-async def usage_in(runtime: Runtime, db: Db, *, scope: Scope, group_by: GroupBy) -> Usage:
-    """Usage per group. By day, closed days within retention come from the per-day cache
-    when it holds them at their current epoch (see usage_by_day); other groupings read the
-    calls (their percentiles span every day and cannot be composed from days)."""
-    if group_by == "day":
-        groups = await usage_by_day(runtime, db, scope=scope)
+async def usage_in(
+    runtime: Runtime,
+    db: Db,
+    *,
+    scope: Scope,
+    group_by: GroupBy,
+    percentiles: PercentileMode = "approximate",
+) -> Usage:
+    """Usage per group. Every figure but the percentiles exact, from the rollups (whole
+    days and hours) and the calls (partial hours): never more than two hours of calls
+    read. The percentiles: "approximate" from the rollups' histograms (within
+    histograms.RELATIVE_ERROR of the exact ones for values in range), "none" left out,
+    "exact" from every call of the range: by day, closed days within retention from the
+    per-day cache when it holds them at their current epoch (see usage_by_day); other
+    groupings read the calls (their percentiles span every day and cannot be composed from
+    days or hours)."""
+    if percentiles == "exact":
+        if group_by == "day":
+            groups = await usage_by_day(runtime, db, scope=scope)
+        else:
+            rows = await repository.usage(db, scope=scope, group_by=group_by)
+            groups = [usage_group(row._mapping) for row in rows]
     else:
-        rows = await repository.usage(db, scope=scope, group_by=group_by)
-        groups = [usage_group(row._mapping) for row in rows]
+        approximate = percentiles == "approximate"
+        rows = await repository.usage_sums(
+            db, scope=scope, group_by=group_by, histograms=approximate
+        )
+        groups = [usage_group(_approximated(row._mapping, approximate)) for row in rows]
     return Usage(group_by=group_by, from_=scope.start, to=scope.end, groups=groups)
+
+
+def _approximated(row: Mapping[Any, Any], approximate: bool) -> dict[str, Any]:
+    """A group of the rollups with its percentiles: from its histograms, or none."""
+    values = {name: row[name] for name in row if name not in ROLLUP_HISTOGRAMS}
+    if not approximate:
+        return {**values, **dict.fromkeys(PERCENTILES)}
+    latency, ttft = (row[name] for name in ROLLUP_HISTOGRAMS)
+    return {
+        **values,
+        "latency_ms_p50": histograms.percentile(latency, 0.5),
+        "latency_ms_p95": histograms.percentile(latency, 0.95),
+        "ttft_ms_p50": histograms.percentile(ttft, 0.5),
+    }
 
 
 def usage_group(row: Mapping[Any, Any]) -> UsageGroup:
