@@ -523,7 +523,11 @@ async def search(
     return str(found)
 
 
-_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
+# A connection that can no longer be trusted: lost, closed, or (InternalClientError, seen
+# when a query meets a backend the server just terminated) in a protocol state of its own.
+_LOST = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
+)
 
 
 async def _search_connection(pooled: Any, ef_search: int) -> Any:
