@@ -526,7 +526,10 @@ async def search(
 # A connection that can no longer be trusted: lost, closed, or (InternalClientError, seen
 # when a query meets a backend the server just terminated) in a protocol state of its own.
 _LOST = (
-    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
 )
 
 
