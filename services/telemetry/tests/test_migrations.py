@@ -17,12 +17,19 @@ from devkit import devstack
 from devkit.testing import RunDatabase, _drop_database
 
 
+def scratch_database(test_database: RunDatabase) -> tuple[str, str, str]:
+    """A database of its own, bootstrapped (roles, schemas), not yet migrated: its name
+    (to drop it), its admin URL and the telemetry service's URL to it."""
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    admin_url = devstack.with_database(test_database.admin_url, name)
+    url: str = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    return name, admin_url, url
+
+
 def test_the_cache_migration_goes_down_and_up_and_truncate_invalidates(
     test_database: RunDatabase,
 ) -> None:
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin_url = devstack.with_database(test_database.admin_url, name)
-    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    name, admin_url, url = scratch_database(test_database)
     service_dir = devstack.service_dir("telemetry")
 
     async def cache_objects() -> set[str]:
@@ -83,9 +90,7 @@ def test_the_team_column_and_spend_indexes_reach_every_partition(
 ) -> None:
     """A partition made before the migration gets the column and the indexes, as does one
     the service makes after it; down again, both lose them."""
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin_url = devstack.with_database(test_database.admin_url, name)
-    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    name, admin_url, url = scratch_database(test_database)
     service_dir = devstack.service_dir("telemetry")
 
     async def partition(month: str, until: str) -> None:
@@ -164,9 +169,7 @@ def test_a_migration_adding_figures_keeps_the_calls_and_drops_the_cached_days(
     which lack the new sums, are gone (computed again, never served as zeros). Down and up
     again."""
     before_it, cached_columns, call_columns = FIGURES_ADDED[migration]
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin_url = devstack.with_database(test_database.admin_url, name)
-    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    name, _admin_url, url = scratch_database(test_database)
     service_dir = devstack.service_dir("telemetry")
     day = datetime.now(UTC).date() - timedelta(days=2)
 
@@ -255,9 +258,7 @@ def test_the_rollup_migration_fills_the_rollups_from_the_calls_and_goes_down_and
     """Calls stored before telemetry_0007 (with and without key, team, cost, over several
     hours and days) are in the rollups after it, cell by cell as the triggers would have
     written them; TRUNCATE empties the rollups; down and up again fills them again."""
-    name = f"mig_{uuid.uuid4().hex[:8]}"
-    admin_url = devstack.with_database(test_database.admin_url, name)
-    url = asyncio.run(devstack.bootstrap_database(admin_url, name))["telemetry"]
+    name, _admin_url, url = scratch_database(test_database)
     service_dir = devstack.service_dir("telemetry")
 
     async def calls() -> None:
