@@ -546,23 +546,27 @@ async def test_made_up_filters_do_not_grow_the_cache(
     assert stored == [("", day), (model, day)]
 
 
+async def a_call_of_an_unmarked_day(runtime: Runtime, engine: AsyncEngine, day: date) -> Scope:
+    """A new user's call of `day`, stored; then the day as if it had just ended: nobody has
+    marked it closed yet (nothing cached either). That user's scope of the day."""
+    user = uuid.uuid4()
+    await store(
+        runtime,
+        [CallEvent.model_validate(as_json(call(user, occurred_at=midnight(day).timestamp() + 60)))],
+    )
+    await sql(engine, "DELETE FROM telemetry.usage_day_epoch WHERE day = :day", day=day)
+    await sql(engine, "DELETE FROM telemetry.usage_day WHERE day = :day", day=day)
+    return Scope(start=midnight(day), end=midnight(day + DAY), user_id=user)
+
+
 async def test_no_day_is_cached_from_a_snapshot_that_missed_a_writer_still_in_flight(
     engine: AsyncEngine,
     runtime: Runtime,
 ) -> None:
     """A writer whose trigger ran before midnight skipped the bump; the day may be cached
     only from a snapshot that saw every transaction older than the day's close finish."""
-    user = uuid.uuid4()
     day = today() - 20 * DAY
-    await store(
-        runtime,
-        [CallEvent.model_validate(as_json(call(user, occurred_at=midnight(day).timestamp() + 60)))],
-    )
-    # The day as if it had just ended: nobody has marked it closed yet.
-    await sql(engine, "DELETE FROM telemetry.usage_day_epoch WHERE day = :day", day=day)
-    await sql(engine, "DELETE FROM telemetry.usage_day WHERE day = :day", day=day)
-    scope = Scope(start=midnight(day), end=midnight(day + DAY), user_id=user)
-
+    scope = await a_call_of_an_unmarked_day(runtime, engine, day)
     async with engine.connect() as in_flight:  # holds a transaction id, not committed
         await in_flight.execute(text("SELECT pg_current_xact_id()"))
         assert by_day(await answer(runtime, scope)) == {day: 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -340,10 +340,17 @@ def rollup_parts(start: datetime, end: datetime) -> list[tuple[str, datetime, da
 
 
 def _rollup_cells(
-    scope: Scope, group_by: str, unit: str, lo: datetime, hi: datetime, histograms: bool
+    scope: Scope,
+    group_by: str,
+    unit: str,
+    lo: datetime,
+    hi: datetime,
+    histograms: bool,
+    skipped: Any = None,
 ) -> Any:
     """A rollup's cells of the periods in [lo, hi) in the scope: the group and the figures
-    of `_SUMMED` (and the histograms)."""
+    of `_SUMMED` (and the histograms); but the cells of the UTC days `skipped` (a
+    subquery of days) gives."""
     r = _ROLLUPS[unit].c
     keys = {
         "day": cast(func.timezone("UTC", r.period), Date),
@@ -365,6 +372,7 @@ def _rollup_cells(
         r.period >= lo,
         r.period < hi,
         *(r[name] == value for name, value in filters.items() if value is not None),
+        *([] if skipped is None else [keys["day"].not_in(skipped)]),
     )
 
 
@@ -400,17 +408,36 @@ def _call_sums(
 
 
 async def usage_sums(
-    db: Db, *, scope: Scope, group_by: str, histograms: bool = False
+    db: Db,
+    *,
+    scope: Scope,
+    group_by: str,
+    histograms: bool = False,
+    days: Sequence[date] = (),
+    held: Mapping[date, int] | None = None,
 ) -> Sequence[Row[Any]]:
     """Per group, what adds up (`_SUMMED`), and with `histograms` the group's latency and
     TTFT histograms (`latency_ms_histogram`, `ttft_ms_histogram`: telemetry.histograms;
     null: no value): the range's whole days and hours from the rollups, its partial hours
     from the calls (rollup_parts), in one statement (one snapshot). The same groups,
-    figures and order as `usage` gives."""
+    figures and order as `usage` gives.
+
+    By day, `days` (closed UTC days wholly inside the range) are given a status each, in
+    that snapshot: `day`, its `epoch` and `marked` (as usage_cache_probe), `storable` (as
+    usage_days) and `served`: `held` (the caller's results of days, each with the epoch
+    it was computed at) has the day at its current epoch, so its rollup_day cells are not
+    read (its figures are null) and the caller answers it from what it holds. A row per
+    group and per day of `days` (a day without calls has null figures), in day order."""
     pieces = rollup_parts(scope.start, scope.end)
     calls = [(lo, hi) for source, lo, hi in pieces if source == "calls"]
+    status = _day_status(days, held or {}) if group_by == "day" and days else None
+    skipped = None
+    if status is not None and held:
+        skipped = select(status.c.day).where(status.c.served).scalar_subquery()
     parts = [
-        _rollup_cells(scope, group_by, source, lo, hi, histograms)
+        _rollup_cells(
+            scope, group_by, source, lo, hi, histograms, skipped if source == "day" else None
+        )
         for source, lo, hi in pieces
         if source != "calls"
     ]
@@ -425,18 +452,50 @@ async def usage_sums(
         for name in _SUMMED
     ]
     sums = select(every.c.key, *summed).group_by(every.c.key).subquery("sums")
-    query = select(sums)
+    columns: list[Any] = [sums]
+    joined: Any = sums
     if histograms:
         merged = _merged_histograms(every).subquery("merged")
+        columns += [merged.c[name] for name in ROLLUP_HISTOGRAMS]
         # ARRAY[key] = ARRAY[key] holds for two null keys too (array equality), and hashes.
-        query = select(sums, *(merged.c[name] for name in ROLLUP_HISTOGRAMS)).select_from(
-            sums.outerjoin(merged, array([sums.c.key]) == array([merged.c.key]))
-        )
-    if group_by == "day":
+        joined = joined.outerjoin(merged, array([sums.c.key]) == array([merged.c.key]))
+    if status is not None:
+        columns += [status.c[name] for name in ("day", "epoch", "marked", "storable", "served")]
+        joined = joined.outerjoin(status, sums.c.key == status.c.day, full=True)
+    query = select(*columns).select_from(joined)
+    if status is not None:
+        query = query.order_by(func.coalesce(sums.c.key, status.c.day))
+    elif group_by == "day":
         query = query.order_by(sums.c.key)
     else:
         query = query.order_by(sums.c.requests.desc(), cast(sums.c.key, String))
     return (await db.execute(query)).all()
+
+
+def _day_status(days: Sequence[date], held: Mapping[date, int]) -> Subquery:
+    """`status` of usage_sums: per day of `days`, its epoch, marked, storable, served."""
+    d = _days(days)
+    h = (
+        func.unnest(cast(list(held), ARRAY(Date)), cast(list(held.values()), ARRAY(BigInteger)))
+        .table_valued("day", "epoch")
+        .render_derived("h")
+    )
+    xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
+    return (
+        select(
+            d.c.day,
+            _EPOCHS.c.epoch,
+            _EPOCHS.c.closed_xid.is_not(None).label("marked"),
+            func.coalesce(_EPOCHS.c.closed_xid < xmin, False).label("storable"),
+            h.c.day.is_not(None).label("served"),
+        )
+        .select_from(
+            d.outerjoin(_EPOCHS, _EPOCHS.c.day == d.c.day).outerjoin(
+                h, and_(h.c.day == d.c.day, h.c.epoch == _EPOCHS.c.epoch)
+            )
+        )
+        .subquery("status")
+    )
 
 
 def _merged_histograms(every: Any) -> Any:

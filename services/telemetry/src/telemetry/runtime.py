@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -33,6 +33,11 @@ class Runtime:
     # none: service.forget_partitions).
     partition_months: set[date] = field(default_factory=set)
     consumers: list[StreamConsumer] = field(default_factory=list)
+    # Closed days' approximate usage (service.approximate_by_day): (scope key, day) to
+    # (the day's epoch when computed, the day's figures).
+    approximate_days: dict[tuple[str, date], tuple[int, dict[str, Any]]] = field(
+        default_factory=dict
+    )
 
     @property
     def retention(self) -> timedelta:

@@ -252,6 +252,8 @@ async def usage_in(
         else:
             rows = await repository.usage(db, scope=scope, group_by=group_by)
             groups = [usage_group(row._mapping) for row in rows]
+    elif percentiles == "approximate" and group_by == "day":
+        groups = await approximate_by_day(runtime, db, scope=scope)
     else:
         approximate = percentiles == "approximate"
         rows = await repository.usage_sums(
@@ -259,6 +261,63 @@ async def usage_in(
         )
         groups = [usage_group(_approximated(row._mapping, approximate)) for row in rows]
     return Usage(group_by=group_by, from_=scope.start, to=scope.end, groups=groups)
+
+
+# Per day status columns of repository.usage_sums, not figures.
+_DAY_STATUS = ("day", "epoch", "marked", "storable", "served")
+
+
+async def approximate_by_day(runtime: Runtime, db: Db, *, scope: Scope) -> list[UsageGroup]:
+    """Usage per UTC day with approximate percentiles, each closed day within retention
+    from this process's memory (runtime.approximate_days) while its epoch is the one it
+    was computed at, as usage_by_day serves the exact ones: a write to a closed day gives
+    it a new epoch (telemetry_0003), and a day's figures are kept only from a snapshot
+    that sees every transaction that could have written it without one (`storable`). The
+    epochs are checked and the other days read in one statement (one snapshot); a served
+    day's rollup_day cells are not read. Days not marked closed yet are marked after, for
+    the next query (mark_closed)."""
+    days = cacheable_days(scope, now=utcnow(), retention=runtime.retention)
+    key = scope.key()
+    memory = runtime.approximate_days
+    held = {day: memory[(key, day)] for day in days if (key, day) in memory}
+    rows = await repository.usage_sums(
+        db,
+        scope=scope,
+        group_by="day",
+        histograms=True,
+        days=days,
+        held={day: epoch for day, (epoch, _) in held.items()},
+    )
+    groups, unmarked = [], []
+    for row in rows:
+        found = row._mapping
+        if days and found["day"] is not None and not found["marked"]:
+            unmarked.append(found["day"])
+        if days and found["served"]:
+            values = held[found["day"]][1]
+        elif found["key"] is None:
+            continue  # a closed day without calls
+        else:
+            figures = {name: found[name] for name in found if name not in _DAY_STATUS}
+            values = _approximated(figures, True)
+            if days and found["day"] is not None and found["storable"]:
+                _remember(memory, (key, found["day"]), (found["epoch"], values))
+        groups.append(usage_group(values))
+    await mark_closed(runtime, unmarked)
+    return groups
+
+
+def _remember(memory: dict[Any, Any], key: Any, value: Any) -> None:
+    """Keep a day's result, the oldest kept forgotten past APPROXIMATE_DAYS_KEPT."""
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > APPROXIMATE_DAYS_KEPT:
+        del memory[next(iter(memory))]
+
+
+# Days' approximate results kept per process (a few hundred bytes each): 31 days of ~300
+# scopes.
+APPROXIMATE_DAYS_KEPT = 10_000
 
 
 def _approximated(row: Mapping[Any, Any], approximate: bool) -> dict[str, Any]:
