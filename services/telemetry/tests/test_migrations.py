@@ -16,6 +16,12 @@ from common.migrations import downgrade, upgrade
 from devkit import devstack
 from devkit.testing import RunDatabase, _drop_database
 
+# A partition for calls of any date, so that the rows a test writes need no monthly one.
+CATCH_ALL_PARTITION = (
+    "CREATE TABLE telemetry.llm_call_p_test PARTITION OF telemetry.llm_call "
+    "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
+)
+
 
 def scratch_database(test_database: RunDatabase) -> tuple[str, str, str]:
     """A database of its own, bootstrapped (roles, schemas), not yet migrated: its name
@@ -176,10 +182,7 @@ def test_a_migration_adding_figures_keeps_the_calls_and_drops_the_cached_days(
     async def before() -> None:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute(
-                "CREATE TABLE telemetry.llm_call_p_test PARTITION OF telemetry.llm_call "
-                "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
-            )
+            await conn.execute(CATCH_ALL_PARTITION)
             await conn.execute(
                 "INSERT INTO telemetry.llm_call (occurred_at, id, source, operation, provider, "
                 "model, status, prompt_tokens, completion_tokens, usage_estimated, latency_ms, "
@@ -264,10 +267,7 @@ def test_the_rollup_migration_fills_the_rollups_from_the_calls_and_goes_down_and
     async def calls() -> None:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute(
-                "CREATE TABLE telemetry.llm_call_p_test PARTITION OF telemetry.llm_call "
-                "FOR VALUES FROM ('2000-01-01') TO ('2100-01-01')"
-            )
+            await conn.execute(CATCH_ALL_PARTITION)
             await conn.execute(
                 "INSERT INTO telemetry.llm_call (occurred_at, id, source, user_id, api_key_id, "
                 "team_id, operation, provider, model, status, prompt_tokens, completion_tokens, "
