@@ -77,6 +77,8 @@ class Worker:
         wait = every
         while True:
             await asyncio.sleep(wait)
+            if not self._jobs and not self._building:
+                continue  # no claim of ours: an idle replica writes nothing
             try:
                 async with transaction(runtime.sessionmaker) as db:
                     await repository.renew_claims(
