@@ -93,39 +93,45 @@ def test_a_dump_of_each_schema_restores_a_platform_with_its_keys_collections_and
     """The session's platform is dumped (what a member does there is theirs alone: their
     usage, their collections); the restored copy runs beside it."""
     gateway = platform.gateway
-    member = Member(platform, EMAIL)
-    member.credential("openai", "fake", fake_openai.url, PROVIDER_KEY)
-    bearer = {"Authorization": f"Bearer {member.key}"}
-    created = httpx.post(f"{gateway}/v1/collections", headers=bearer, timeout=30,
-                         json={"name": "kept", "model": EMBEDDING_MODEL})  # fmt: skip
-    assert created.status_code == 201, created.text
-    collection_id = created.json()["id"]
-    upserted = httpx.post(
-        f"{gateway}/v1/collections/{collection_id}/documents", headers=bearer, timeout=30,
-        json={"documents": [{"id": f"t{i}", "text": t, "metadata": {"i": i}}
-                            for i, t in enumerate(TEXTS)]},
-    )  # fmt: skip
-    assert upserted.status_code == 200, upserted.text
-    for i in range(3):
-        member.sdk.chat.completions.create(
-            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": f"hi {i}"}]
-        )
-    found = query(gateway, member.key, collection_id)
+    with Member(platform, EMAIL) as member:
+        key = member.key
+        member.credential("openai", "fake", fake_openai.url, PROVIDER_KEY)
+        bearer = {"Authorization": f"Bearer {key}"}
+        created = httpx.post(f"{gateway}/v1/collections", headers=bearer, timeout=30,
+                             json={"name": "kept", "model": EMBEDDING_MODEL})  # fmt: skip
+        assert created.status_code == 201, created.text
+        collection_id = created.json()["id"]
+        upserted = httpx.post(
+            f"{gateway}/v1/collections/{collection_id}/documents", headers=bearer, timeout=30,
+            json={"documents": [{"id": f"t{i}", "text": t, "metadata": {"i": i}}
+                                for i, t in enumerate(TEXTS)]},
+        )  # fmt: skip
+        assert upserted.status_code == 200, upserted.text
+        for i in range(3):
+            member.sdk.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": f"hi {i}"}]
+            )
+        found = query(gateway, key, collection_id)
 
-    # Before the dump: every call event stored (what is still in the stream is in no dump
-    # of Postgres), as deploy/README.md says.
-    wait_for(lambda: consumed(platform.env["REDIS_URL"]), "the call stream consumed")
-    counted = usage(gateway, member.key)
-    assert sum(group["requests"] for group in counted) >= 3 + 3  # chat, and embeddings
-    dumps = tmp_path_factory.mktemp("dumps")
-    database = urlsplit(platform.env["DATABASE_URL"]).path.lstrip("/")
-    for schema in SCHEMAS:
-        # As the schema's own role: it owns everything in it.
-        url = devstack.with_database(platform.env["DATABASE_URL"], database, user=schema)
-        pg("pg_dump", "--format=custom", f"--schema={schema}",
-           f"--file={dumps / schema}.dump", _libpq(url))  # fmt: skip
-    session_cookies = dict(member.browser.cookies)
-    member.close()
+        # Before the dump: every call event stored (what is still in the stream, or still
+        # in inference's send buffer, is in no dump of Postgres), as deploy/README.md says.
+        # Three chat calls and three embedding calls (the collection's dimension probe, the
+        # upsert, the query) are counted, and nothing is left in the stream.
+        def all_stored() -> bool:
+            total = sum(group["requests"] for group in usage(gateway, key))
+            return total >= 3 + 3 and consumed(platform.env["REDIS_URL"])
+
+        wait_for(all_stored, "six calls counted and the call stream consumed")
+        counted = usage(gateway, key)
+        assert sum(group["requests"] for group in counted) == 3 + 3, counted
+        dumps = tmp_path_factory.mktemp("dumps")
+        database = urlsplit(platform.env["DATABASE_URL"]).path.lstrip("/")
+        for schema in SCHEMAS:
+            # As the schema's own role: it owns everything in it.
+            url = devstack.with_database(platform.env["DATABASE_URL"], database, user=schema)
+            pg("pg_dump", "--format=custom", f"--schema={schema}",
+               f"--file={dumps / schema}.dump", _libpq(url))  # fmt: skip
+        session_cookies = dict(member.browser.cookies)
 
     restored = f"restored_{secrets.token_hex(4)}"
     admin_url = devstack.with_database(postgres_admin_url, restored)
@@ -145,15 +151,15 @@ def test_a_dump_of_each_schema_restores_a_platform_with_its_keys_collections_and
             me = httpx.get(f"{gateway}/auth/me", headers=bearer)
             assert me.status_code == 200, me.text
             assert me.json()["email"] == EMAIL
-            assert usage(gateway, member.key) == counted  # before the query's embedding call
-            assert query(gateway, member.key, collection_id) == found
+            assert usage(gateway, key) == counted  # before the query's embedding call
+            assert query(gateway, key, collection_id) == found
             old_session = httpx.get(f"{gateway}/auth/me", cookies=session_cookies)
             assert old_session.status_code == 401
             login = httpx.post(f"{gateway}/auth/login",
                                json={"email": EMAIL, "password": MEMBER_PASSWORD})  # fmt: skip
             assert login.status_code == 200, login.text
             # The provider credential decrypts (the same INFERENCE_ENCRYPTION_KEYS).
-            with openai.OpenAI(base_url=f"{gateway}/v1", api_key=member.key, max_retries=0) as sdk:
+            with openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0) as sdk:
                 sdk.chat.completions.create(
                     model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "back"}]
                 )

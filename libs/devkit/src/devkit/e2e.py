@@ -309,6 +309,12 @@ class Member:
         self.sdk.close()
         self.browser.close()
 
+    def __enter__(self) -> Member:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def new_member_with_key(
     platform: RunningPlatform, fake_openai: FakeOpenAI, email: str, *, base_url: str | None = None
