@@ -20,7 +20,7 @@ LOCAL_MET := import sys, importlib.metadata as md; \
 LOCAL_REQS := import tomllib; \
   print(*tomllib.load(open("services/inference/pyproject.toml", "rb"))["project"]["optional-dependencies"]["local"], sep="\n")
 
-.PHONY: help install install-local run stop-service start-service infra test test-fast fuzz coverage lint format migrate pin clean bench bench-peers soak
+.PHONY: help install install-local browser run stop-service start-service infra test test-fast fuzz coverage lint format migrate pin clean bench bench-peers soak
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -29,9 +29,22 @@ help: ## list the targets
 	python3 -m venv .bootstrap
 	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-install: $(UV) ## install every package and tool into .venv, the `local` extra included
+install: $(UV) console/dist/index.html ## install every package and tool into .venv, the `local` extra included, and build the web console
 	$(UV) sync --quiet --inexact
 	@$(PYTHON) -c '$(LOCAL_MET)' $(LOCAL_PINS) 2>/dev/null || $(MAKE) --no-print-directory install-local
+
+# The web console (console/): its npm packages at the exact versions of console/package.json
+# (no lock file: one names the registry's host), then a build into console/dist when a
+# source changed. --ignore-scripts: no package's install script runs (esbuild finds its
+# binary without one).
+CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/build.mjs console/tsconfig.json
+console/node_modules/.installed: console/package.json
+	@command -v npm >/dev/null || { echo "the web console needs Node.js 20+ and npm on PATH" >&2; exit 1; }
+	npm install --prefix console --ignore-scripts --no-package-lock --no-audit --no-fund --loglevel=error
+	@touch $@
+
+console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
+	cd console && node build.mjs
 
 # --inexact above keeps what uv did not install: torch and the rest of the extra.
 install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip), then the rest (uv)
@@ -54,8 +67,17 @@ stop-service: ## stop one service of a running `make run`; not restarted until s
 start-service: ## start it again (SERVICE=telemetry)
 	$(PYTHON) -m devkit.keeper start $(SERVICE)
 
-test: install ## every test: unit, API, contract and end-to-end
+test: install browser ## every test: unit, API, contract, end-to-end and the console in Chromium
 	$(PYTHON) -m pytest
+
+# Debian's Chromium for the console's browser tests (tests/e2e/test_console*.py), from apt:
+# Playwright's own browser download needs the internet. CHROMIUM=/path/to/chrome names another.
+browser: ## install Debian's Chromium when it is missing (as root, or with sudo)
+	@command -v chromium >/dev/null || [ -n "$$CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	  else echo "the console's browser tests need Chromium: apt-get install chromium," \
+	            "or CHROMIUM=/path/to/chrome make test" >&2; exit 1; fi; }
 
 test-fast: install ## everything but the end-to-end suite
 	$(PYTHON) -m pytest -m "not e2e"
@@ -73,10 +95,11 @@ coverage: install ## every test, then line and branch coverage per service, gate
 	status=0; COVERAGE_FILE="$(CURDIR)/.coverage" $(PYTHON) -m coverage run -m pytest || status=$$?; \
 	  $(PYTHON) -m coverage combine --quiet && $(PYTHON) .ci/coverage-summary; exit $$status
 
-lint: install ## ruff and mypy
+lint: install ## ruff, mypy, and TypeScript's check of the console
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
 	$(UV) run --no-sync mypy libs/common/src libs/devkit/src services/*/src gateway/src
+	cd console && npx --no-install tsc --noEmit -p .
 
 format: install ## apply ruff's fixes and formatting
 	$(UV) run --no-sync ruff check --fix .
@@ -102,8 +125,8 @@ bench-peers: ## install LiteLLM's proxy and Portkey's gateway into .bench-peers/
 migrate: install ## create roles and schemas, run every service's migrations
 	$(PYTHON) -m devkit.devstack migrate
 
-clean: ## remove the virtualenv and local data (the embedded database included)
-	rm -rf .venv .bootstrap .data
+clean: ## remove the virtualenv, the console's build and local data (the embedded database included)
+	rm -rf .venv .bootstrap .data console/node_modules console/dist
 
 # An exact sync first: .ci/pin-versions records all of .venv, which must then hold only the
 # default resolution (torch's +cpu version there would break uv's lock). The extra's exact

@@ -29,13 +29,14 @@ from devkit.e2e import (
 from devkit.fakes.faults import FaultControl
 from devkit.fakes.openai_server import create_openai_app
 
+from .browser import chromium, page
 from .otlp import OtlpReceiver
 
 __all__ = [
     "ADMIN_EMAIL", "ADMIN_PASSWORD", "MEMBER_PASSWORD", "PROVIDER_KEY", "READY_WITHIN_SECONDS",
-    "CacheRedis", "FakeOpenAI", "Login", "Member", "RunningPlatform", "launch_platform",
-    "new_member_with_key", "platform_on", "served_in_thread", "start_platform",
-    "wait_until_serving",
+    "CacheRedis", "FakeOpenAI", "Login", "Member", "RunningPlatform", "chromium",
+    "launch_platform", "new_member_with_key", "page", "platform_on", "served_in_thread",
+    "start_platform", "wait_until_serving",
 ]  # fmt: skip
 
 E2E_RESOURCE = "deployment.environment=e2e,service.version=0.0.0-e2e"  # on every span

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from common.app import PlatformApp, new_app
 from common.redis import ping_redis
 from gateway.api import probes, router
+from gateway.console import mount_console
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import TITLE, VERSION
 from gateway.proxy import ProxyMiddleware
@@ -59,6 +60,7 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(probes)
+    mount_console(app, settings.console_dir)
     # Innermost middleware: behind the request id, metrics and access log, before routing.
     app.user_middleware.append(Middleware(ProxyMiddleware))
     if settings.cors_origins:

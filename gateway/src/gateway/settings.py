@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from common.settings import ServiceSettings
+from gateway.console import DEFAULT_CONSOLE_DIR
 
 
 class RateBudget(BaseModel):
@@ -62,6 +64,8 @@ class GatewaySettings(ServiceSettings):
     # Per role, e.g. {"admin": {"default": 2000, "model": 500}}; a caller gets the most
     # generous budget among its roles.
     rate_limits: dict[str, RateBudget] = {}
+    # The built web console (console/dist; `make install` builds it) served at /console/.
+    console_dir: Path = DEFAULT_CONSOLE_DIR
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

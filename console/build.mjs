@@ -1,0 +1,34 @@
+// Builds the console into dist/ (git-ignored; `make install` runs it): one bundled,
+// minified script and stylesheet, the page, and Swagger UI's assets for the gateway's
+// offline /docs. Nothing is fetched at runtime from anywhere but the gateway.
+import { build } from "esbuild";
+import { cpSync, mkdirSync, rmSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const out = join(here, "dist");
+rmSync(out, { recursive: true, force: true });
+mkdirSync(join(out, "assets"), { recursive: true });
+
+await build({
+  entryPoints: { console: join(here, "src", "main.tsx") },
+  bundle: true,
+  minify: true,
+  format: "esm",
+  target: "es2022",
+  jsx: "automatic",
+  jsxImportSource: "preact",
+  outdir: join(out, "assets"),
+  legalComments: "none",
+  logLevel: "warning",
+});
+cpSync(join(here, "src", "index.html"), join(out, "index.html"));
+
+// Swagger UI for /docs: the gateway serves these files at /docs/assets/.
+const swagger = dirname(createRequire(import.meta.url).resolve("swagger-ui-dist/package.json"));
+mkdirSync(join(out, "docs"), { recursive: true });
+for (const name of ["swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"]) {
+  cpSync(join(swagger, name), join(out, "docs", name));
+}

@@ -1,0 +1,68 @@
+"""A real browser for the console's tests: Debian's Chromium (`make test` installs it with
+apt-get; Playwright's own browser download needs the internet) driven by Playwright.
+
+Fixtures (imported by tests/e2e/conftest.py): `chromium`, one browser per session, and
+`page`, a fresh context (no cookies) and page per test that fails the test on any
+Content-Security-Policy violation or uncaught error. `shot(page, name)` saves a
+screenshot under the test's output directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+# Where Debian puts it; CHROMIUM overrides (another distribution's path).
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# This machine has no internet: without these, Chromium's background services try to
+# reach Google at every start, many connections at a time.
+FLAGS = [
+    "--no-sandbox",  # root in CI
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make browser` installs Debian's (apt-get)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium: Browser, tmp_path: Path) -> Iterator[Page]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    opened = context.new_page()
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    opened.on("console", on_console)
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.shots = tmp_path / "screenshots"  # type: ignore[attr-defined]
+    yield opened
+    context.close()
+    violations = [text for text in problems if "Content Security Policy" in text]
+    assert not violations, violations
+
+
+def shot(page: Page, name: str) -> Path:
+    """A full-page screenshot, `<test's tmp dir>/screenshots/<name>.png`."""
+    path: Path = page.shots / f"{name}.png"  # type: ignore[attr-defined]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    return path
