@@ -10,12 +10,13 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 from playwright.sync_api import Browser, Page, Route, expect
 
 from gateway.console import CONSOLE_CSP, DEFAULT_CONSOLE_DIR, DOCS_CSP
 
 from .browser import csp_violations, requests_of, shot, watch
-from .conftest import RunningPlatform
+from .conftest import MEMBER_PASSWORD, RunningPlatform
 
 # The whole console, gzipped file by file (issue 23); Swagger UI's docs/ is not the console.
 CONSOLE_BUDGET_BYTES = 300 * 1024
@@ -63,6 +64,27 @@ def test_docs_list_the_operations_with_nothing_fetched_beyond_the_gateway(
     assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in urls)
     assert beyond(platform.gateway, urls) == []
     # (the `page` fixture fails the test on any Content-Security-Policy violation)
+
+
+def test_try_it_out_on_docs_calls_with_the_session_and_its_csrf_token(
+    platform: RunningPlatform, page: Page
+) -> None:
+    """Signed in in the browser, "Try it out" of POST /auth/logout (an unsafe method, so
+    refused 403 without the CSRF token the docs page's initializer adds) ends the session."""
+    email = "docs-try-it-out@example.com"
+    credentials = {"email": email, "password": MEMBER_PASSWORD}
+    httpx.post(f"{platform.gateway}/auth/register", json=credentials)
+    assert page.request.post(f"{platform.gateway}/auth/login", data=credentials).ok
+    assert page.request.get(f"{platform.gateway}/auth/me").ok
+
+    page.goto(f"{platform.gateway}/docs")
+    logout = page.locator(".opblock-post", has=page.locator('[data-path="/auth/logout"]'))
+    logout.locator(".opblock-summary").click()
+    logout.get_by_role("button", name="Try it out").click()
+    logout.get_by_role("button", name="Execute").click()
+
+    expect(logout.locator(".live-responses-table tbody .response-col_status")).to_have_text("204")
+    assert page.request.get(f"{platform.gateway}/auth/me").status == 401
 
 
 def test_the_console_is_served_with_its_policy_and_nothing_from_elsewhere(
