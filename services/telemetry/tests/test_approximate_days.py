@@ -17,7 +17,7 @@ from common.llm_events import CallEvent
 from telemetry import repository, service
 from telemetry.repository import Scope
 from telemetry.runtime import Runtime
-from telemetry.schemas import Usage
+from telemetry.schemas import GroupBy, Usage
 
 from .conftest import as_json, call
 from .test_usage_cache import (
@@ -119,3 +119,95 @@ async def test_no_day_is_kept_from_a_snapshot_that_missed_a_writer_still_in_flig
         await in_flight.rollback()
     assert [g.requests for g in (await answer(kept, scope)).groups] == [1]
     assert (scope.key(), day) in kept.approximate_days
+
+
+# ---------------------------------------------------------------- other groupings
+
+OTHER_GROUPINGS = ("model", "provider", "user", "key", "team")
+
+
+async def grouped(runtime: Runtime, scope: Scope, group_by: GroupBy) -> Usage:
+    """The service's default answer by `group_by`."""
+    async with transaction(runtime.sessionmaker) as db:
+        return await service.usage_in(runtime, db, scope=scope, group_by=group_by)
+
+
+async def grouped_again(runtime: Runtime, scope: Scope, group_by: GroupBy) -> Usage:
+    """The same answer from the rollups for the whole range in one statement, nothing kept."""
+    async with transaction(runtime.sessionmaker) as db:
+        rows = await repository.usage_sums(db, scope=scope, group_by=group_by, histograms=True)
+    groups = [service.usage_group(service._approximated(row._mapping, True)) for row in rows]
+    return Usage(group_by=group_by, from_=scope.start, to=scope.end, groups=groups)
+
+
+async def test_kept_closed_days_of_any_grouping_give_the_answers_computed_again(
+    runtime: Runtime,
+) -> None:
+    rng = random.Random(23)
+    users = [uuid.uuid4() for _ in range(3)]
+    models = [f"test/grouped-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    await store(runtime, random_calls(rng, users, models, 1500, days=6))
+    kept = replace(runtime, approximate_groups={})
+    now = datetime.now(UTC)
+    served = 0
+    for n in range(30):
+        scope = random_scope(rng, now, users, models)
+        group_by = rng.choice(OTHER_GROUPINGS)
+        # The first marks the days closed, the second keeps them, the third is served
+        # from memory (with the partial days read again): all as computed in one go.
+        for _ in range(3):
+            expected = await grouped_again(runtime, scope, group_by)
+            found = await grouped(kept, scope, group_by)
+            assert found.model_dump_json() == expected.model_dump_json(), (n, group_by, scope)
+        whole = service.cacheable_days(scope, now=datetime.now(UTC), retention=kept.retention)
+        if whole:
+            assert (scope.key(), group_by, whole[0], whole[-1]) in kept.approximate_groups
+            served += 1
+    assert served > 10
+
+
+async def test_kept_closed_days_of_a_grouping_are_served_until_a_late_write(
+    runtime: Runtime,
+) -> None:
+    user = uuid.uuid4()
+    day = today() - 3 * DAY
+    noon = midnight(day).timestamp() + 43200
+    await store(runtime, [CallEvent.model_validate(as_json(call(user, occurred_at=noon)))])
+    kept = replace(runtime, approximate_groups={})
+    # Two closed days and a part of today: the closed part kept, today's read each time.
+    scope = Scope(start=midnight(day - DAY), end=datetime.now(UTC), user_id=user)
+    for _ in range(2):  # marks the days closed, then keeps them
+        assert [g.requests for g in (await grouped(kept, scope, "model")).groups] == [1]
+    key = (scope.key(), "model", day - DAY, today() - DAY)
+    epochs, rows = kept.approximate_groups[key]
+    # What is kept is what is served: told apart by a made-up count.
+    kept.approximate_groups[key] = (epochs, [{**rows[0], "requests": 7}])
+    assert [g.requests for g in (await grouped(kept, scope, "model")).groups] == [7]
+    # A call of today is added to what is kept...
+    now = datetime.now(UTC).timestamp()
+    await store(runtime, [CallEvent.model_validate(as_json(call(user, occurred_at=now - 1)))])
+    assert [g.requests for g in (await grouped(kept, scope, "model")).groups] == [8]
+    # ...and a late call of a closed day makes the very next answer compute them again.
+    late = call(user, occurred_at=noon + 60, latency_ms=2500.0)
+    await store(runtime, [CallEvent.model_validate(as_json(late))])
+    found = await grouped(kept, scope, "model")
+    assert [g.requests for g in found.groups] == [3]
+    assert (
+        found.model_dump_json() == (await grouped_again(runtime, scope, "model")).model_dump_json()
+    )
+
+
+async def test_no_grouping_is_kept_from_a_read_that_missed_a_writer_still_in_flight(
+    engine: AsyncEngine, runtime: Runtime
+) -> None:
+    day = today() - 21 * DAY
+    scope = await a_call_of_an_unmarked_day(runtime, engine, day)
+    kept = replace(runtime, approximate_groups={})
+    async with engine.connect() as in_flight:  # holds a transaction id, not committed
+        await in_flight.execute(text("SELECT pg_current_xact_id()"))
+        for _ in range(2):  # marked closed by the first, after the writer began
+            assert [g.requests for g in (await grouped(kept, scope, "model")).groups] == [1]
+        assert kept.approximate_groups == {}
+        await in_flight.rollback()
+    assert [g.requests for g in (await grouped(kept, scope, "model")).groups] == [1]
+    assert (scope.key(), "model", day, day) in kept.approximate_groups
