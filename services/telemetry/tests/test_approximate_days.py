@@ -1,6 +1,7 @@
-"""The closed days' approximate usage kept in memory (service.approximate_by_day): answers
-identical to computing every day again, for any range and scope, and a late write to a
-closed day seen by the very next answer. Real Postgres; the calls are committed."""
+"""The closed days' approximate usage kept in memory (service.approximate_by_day, and
+service.approximate_grouped for every other grouping): answers identical to computing
+every day again, for any range, scope and grouping, and a late write to a closed day seen
+by the very next answer. Real Postgres; the calls are committed."""
 
 from __future__ import annotations
 
