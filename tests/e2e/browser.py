@@ -1,22 +1,28 @@
 """A real browser for the console's tests: Debian's Chromium (`make test` installs it with
 apt-get; Playwright's own browser download needs the internet) driven by Playwright.
 
-Fixtures (imported by tests/e2e/conftest.py): `chromium`, one browser per session, and
-`page`, a fresh context (no cookies) and page per test that fails the test on any
+Fixtures (imported by tests/e2e/conftest.py): `chromium`, a browser per test, and
+`page`, a fresh context (no cookies) and page in it that fails the test on any
 Content-Security-Policy violation or uncaught error. `shot(page, name)` saves a
-screenshot under the test's output directory; `requests_of(page)` lists every URL the
-page's context asks for (to show that nothing leaves the gateway); `watch(page)` collects
-what the `page` fixture checks, `csp_violations` picks the violations out of it."""
+screenshot under the test's output directory; `off_loop` runs a coroutine from a browser
+test. `requests_of(page)` lists every URL the page's context asks for (to show that
+nothing leaves the gateway); `watch(page)` collects what the `page` fixture checks, and
+`csp_violations` picks the violations out of it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
+
+T = TypeVar("T")
 
 # Where Debian puts it; CHROMIUM overrides (another distribution's path).
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,14 +39,25 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Browser]:
+    """A browser for one test. Not shared by the session: Playwright's sync API keeps an
+    event loop running in this thread while it is started, and every later test calling
+    asyncio.run() would fail ("cannot be called from a running event loop"). Within a
+    browser test, run a coroutine in a thread of its own (`off_loop`)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: `make browser` installs Debian's (apt-get)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         yield browser
         browser.close()
+
+
+def off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(coroutine) from a browser test (in a thread: Playwright's loop runs in
+    this one)."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
 
 
 def watch(page: Page) -> list[str]:

@@ -47,3 +47,13 @@ def _value_at(counts: Sequence[tuple[int, int]], rank: int) -> float:
         if rank < seen:
             return bucket_value(bucket)
     return bucket_value(counts[-1][0])
+
+
+def added(first: Sequence[int] | None, second: Sequence[int] | None) -> list[int] | None:
+    """Two histograms added up bucket by bucket (None: no values)."""
+    if not first or not second:
+        return list(first or second or ()) or None
+    counts: dict[int, int] = {}
+    for entry in (*first, *second):
+        counts[entry & 1023] = counts.get(entry & 1023, 0) + (entry >> 10)
+    return [count * 1024 + bucket for bucket, count in sorted(counts.items())]

@@ -562,6 +562,14 @@ def _days(days: Sequence[date]) -> Any:
     return func.unnest(cast(list(days), ARRAY(Date))).table_valued("day").render_derived("d")
 
 
+async def day_epochs(db: Db, *, days: Sequence[date]) -> Sequence[Row[Any]]:
+    """Per day of `days`, in day order: its `epoch`, `marked` and `storable`, as usage_sums
+    gives them by day (_day_status)."""
+    status = _day_status(days, {})
+    query = select(status.c.day, status.c.epoch, status.c.marked, status.c.storable)
+    return (await db.execute(query.order_by(status.c.day))).all()
+
+
 async def usage_cache_probe(db: Db, *, key: str, days: Sequence[date]) -> Sequence[Row[Any]]:
     """Per day: `marked` (it has a closed_xid) and `cached` (a result for this scope key
     computed at the day's current epoch)."""

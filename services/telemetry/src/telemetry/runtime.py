@@ -38,6 +38,11 @@ class Runtime:
     approximate_days: dict[tuple[str, date], tuple[int, dict[str, Any]]] = field(
         default_factory=dict
     )
+    # The same for the other groupings (service.approximate_grouped): (scope key, grouping,
+    # first and last closed day) to (those days' epochs, their usage_sums rows added up).
+    approximate_groups: dict[
+        tuple[str, str, date, date], tuple[tuple[int | None, ...], list[dict[str, Any]]]
+    ] = field(default_factory=dict)
 
     @property
     def retention(self) -> timedelta:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -245,7 +246,8 @@ async def usage_in(
     "exact" from every call of the range: by day, closed days within retention from the
     per-day cache when it holds them at their current epoch (see usage_by_day); other
     groupings read the calls (their percentiles span every day and cannot be composed from
-    days or hours)."""
+    days or hours). Approximate, the closed days' part is kept in memory (approximate_by_day,
+    approximate_grouped)."""
     if percentiles == "exact":
         if group_by == "day":
             groups = await usage_by_day(runtime, db, scope=scope)
@@ -254,12 +256,11 @@ async def usage_in(
             groups = [usage_group(row._mapping) for row in rows]
     elif percentiles == "approximate" and group_by == "day":
         groups = await approximate_by_day(runtime, db, scope=scope)
-    else:
-        approximate = percentiles == "approximate"
-        rows = await repository.usage_sums(
-            db, scope=scope, group_by=group_by, histograms=approximate
-        )
-        groups = [usage_group(_approximated(row._mapping, approximate)) for row in rows]
+    elif percentiles == "approximate":
+        groups = await approximate_grouped(runtime, db, scope=scope, group_by=group_by)
+    else:  # no percentiles: the sums alone
+        rows = await repository.usage_sums(db, scope=scope, group_by=group_by)
+        groups = [usage_group(_approximated(row._mapping, False)) for row in rows]
     return Usage(group_by=group_by, from_=scope.start, to=scope.end, groups=groups)
 
 
@@ -305,6 +306,68 @@ async def approximate_by_day(runtime: Runtime, db: Db, *, scope: Scope) -> list[
         groups.append(usage_group(values))
     await mark_closed(runtime, unmarked)
     return groups
+
+
+async def approximate_grouped(
+    runtime: Runtime, db: Db, *, scope: Scope, group_by: GroupBy
+) -> list[UsageGroup]:
+    """Usage per model, key, user, team (anything but day) with approximate percentiles,
+    the closed days' part from this process's memory (runtime.approximate_groups) while
+    every one of those days has the epoch it was computed at.
+
+    The range's closed days within retention (cacheable_days: contiguous) are summed per
+    group with their merged histograms, kept as one entry per scope, grouping and span of
+    days; the rest of the range (a partial first day, today) is read each time, and both
+    are added up here, histograms bucket by bucket, before the percentiles are read. The
+    days' epochs are read first, in a statement of their own: a write landing after that
+    read leaves the entry with an older epoch than the day's, so it is computed again next
+    time, never served stale. As approximate_by_day, an entry is kept only when every day
+    was `storable` in that read, and days not marked closed yet are marked for the next
+    query (mark_closed)."""
+    days = cacheable_days(scope, now=utcnow(), retention=runtime.retention)
+    if not days:
+        rows = await repository.usage_sums(db, scope=scope, group_by=group_by, histograms=True)
+        return [usage_group(_approximated(row._mapping, True)) for row in rows]
+    status = await repository.day_epochs(db, days=days)
+    epochs = tuple(row.epoch for row in status)
+    await mark_closed(runtime, [row.day for row in status if not row.marked])
+    key = (scope.key(), group_by, days[0], days[-1])
+    memory = runtime.approximate_groups
+    held = memory.get(key)
+    if held is not None and held[0] == epochs:
+        closed = held[1]
+    else:
+        span = replace(scope, start=_midnight(days[0]), end=_midnight(days[-1] + ONE_DAY))
+        rows = await repository.usage_sums(db, scope=span, group_by=group_by, histograms=True)
+        closed = [dict(row._mapping) for row in rows]
+        if all(row.storable for row in status):
+            _remember(memory, key, (epochs, closed))
+    parts = list(closed)
+    for start, end in uncached_ranges(scope, days):
+        rest = replace(scope, start=start, end=end)
+        rows = await repository.usage_sums(db, scope=rest, group_by=group_by, histograms=True)
+        parts += [dict(row._mapping) for row in rows]
+    return [usage_group(_approximated(values, True)) for values in _added_up(parts)]
+
+
+def _added_up(parts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Groups of usage_sums rows (with histograms) added up by key, ordered as usage_sums
+    orders them (most requests first, then by key)."""
+    groups: dict[Any, dict[str, Any]] = {}
+    for part in parts:
+        group = groups.get(part["key"])
+        if group is None:
+            groups[part["key"]] = dict(part)
+            continue
+        for name, value in part.items():
+            if name in ROLLUP_HISTOGRAMS:
+                group[name] = histograms.added(group[name], value)
+            elif name != "key" and value is not None:
+                group[name] = value if group[name] is None else group[name] + value
+    return sorted(
+        groups.values(),
+        key=lambda g: (-g["requests"], g["key"] is None, "" if g["key"] is None else str(g["key"])),
+    )
 
 
 def _remember(memory: dict[Any, Any], key: Any, value: Any) -> None:
