@@ -29,22 +29,25 @@ help: ## list the targets
 	python3 -m venv .bootstrap
 	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-install: $(UV) console/dist/index.html ## install every package and tool into .venv, the `local` extra included, and build the web console
+install: $(UV) console/dist/.built ## install every package and tool into .venv, the `local` extra included, and build the web console
 	$(UV) sync --quiet --inexact
 	@$(PYTHON) -c '$(LOCAL_MET)' $(LOCAL_PINS) 2>/dev/null || $(MAKE) --no-print-directory install-local
 
 # The web console (console/): its npm packages at the exact versions of console/package.json
 # (no lock file: one names the registry's host), then a build into console/dist when a
-# source changed. --ignore-scripts: no package's install script runs (esbuild finds its
-# binary without one).
-CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/build.mjs console/tsconfig.json
+# source changed, or was added or removed (a directory's time changes then). The stamp is
+# written once the build succeeded (build.mjs empties dist/ first): a failed build runs
+# again. Nothing changed: neither npm nor node runs. --ignore-scripts: no package's
+# install script runs (esbuild finds its binary without one).
+CONSOLE_SOURCES := $(shell find console/src 2>/dev/null) console/build.mjs console/tsconfig.json
 console/node_modules/.installed: console/package.json
 	@command -v npm >/dev/null || { echo "the web console needs Node.js 20+ and npm on PATH" >&2; exit 1; }
 	npm install --prefix console --ignore-scripts --no-package-lock --no-audit --no-fund --loglevel=error
 	@touch $@
 
-console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
+console/dist/.built: console/node_modules/.installed $(CONSOLE_SOURCES)
 	cd console && node build.mjs
+	@touch $@
 
 # --inexact above keeps what uv did not install: torch and the rest of the extra.
 install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip), then the rest (uv)

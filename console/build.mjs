@@ -26,9 +26,23 @@ await build({
 });
 cpSync(join(here, "src", "index.html"), join(out, "index.html"));
 
-// Swagger UI for /docs: the gateway serves these files at /docs/assets/.
+// The API docs page for /docs (served by the gateway, gateway/console.py): our page and
+// initializer (no inline script: the page's Content-Security-Policy allows none), and
+// Swagger UI's bundle, stylesheet, icon and licence, all under docs/assets/.
+const docs = join(out, "docs");
+mkdirSync(join(docs, "assets"), { recursive: true });
+await build({
+  entryPoints: { docs: join(here, "src", "docs", "docs.ts") },
+  bundle: true,
+  minify: true,
+  format: "iife",
+  target: "es2022",
+  outdir: join(docs, "assets"),
+  legalComments: "none",
+  logLevel: "warning",
+});
 const swagger = dirname(createRequire(import.meta.url).resolve("swagger-ui-dist/package.json"));
-mkdirSync(join(out, "docs"), { recursive: true });
-for (const name of ["swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"]) {
-  cpSync(join(swagger, name), join(out, "docs", name));
+for (const name of ["swagger-ui-bundle.js", "swagger-ui-bundle.js.LICENSE.txt", "swagger-ui.css", "favicon-32x32.png"]) {
+  cpSync(join(swagger, name), join(docs, "assets", name));
 }
+cpSync(join(here, "src", "docs", "index.html"), join(docs, "index.html"));

@@ -98,7 +98,6 @@ async def test_readyz_is_503_when_redis_is_down(upstream: Upstream, refused_port
 async def test_openapi_document_merges_services_under_gateway_paths(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway) as client:
         document = (await client.get("/openapi.json")).json()
-        docs = await client.get("/docs")
     assert document["openapi"].startswith("3.")
     # The upstream's routes appear under the service the gateway routes them to.
     assert "/v1/calls" in document["paths"]
@@ -106,8 +105,6 @@ async def test_openapi_document_merges_services_under_gateway_paths(gateway: str
     assert not any(path.startswith("/internal") for path in document["paths"])
     assert "/healthz" not in document["paths"]
     assert "x-unavailable-services" not in document["info"]
-    assert docs.status_code == 200
-    assert "/openapi.json" in docs.text
 
 
 def test_merge_renames_clashing_schemas_and_rewrites_refs() -> None:

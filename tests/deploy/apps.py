@@ -206,12 +206,17 @@ def dockerfile() -> list[Instruction]:
     return instructions
 
 
+def image_stages(app: str) -> tuple[str, str]:
+    """The stages one app's image is made of: the runtime stage every app shares, then its
+    own (`app-<name>`, which the Dockerfile's last `FROM app-${SERVICE}` picks)."""
+    return ("runtime", f"app-{app}")
+
+
 def image_env(app: str) -> set[str]:
-    """The variables the runtime stage sets (ENV), for one app's build arguments."""
-    final = dockerfile()[-1].stage
+    """The variables the image's stages set (ENV), for one app's build arguments."""
     names: set[str] = set()
     for instruction in dockerfile():
-        if instruction.stage == final and instruction.keyword == "ENV":
+        if instruction.stage in image_stages(app) and instruction.keyword == "ENV":
             for assignment in instruction.arguments.split():
                 if "=" in assignment:
                     names.add(

@@ -15,6 +15,7 @@ import yaml
 from fastapi.routing import APIRoute
 
 from gateway.api import router as gateway_router
+from gateway.console import ConsoleConfig, console_router
 from gateway.rbac import ROUTES
 
 from . import kustomize
@@ -149,9 +150,17 @@ def _routed(paths: list[Object], path: str) -> bool:
 
 def _public_paths() -> list[str]:
     """Every path the gateway serves to the public: the proxied routes (a concrete path
-    for each template) and its own (the API document and its page), and /healthz."""
+    for each template), its own (the API document, the console and the docs page, their
+    files), and /healthz."""
     proxied = [re.sub(r"\{[a-z_]+(:path)?\}", "x", route.template) for route in ROUTES]
-    own = [route.path for route in gateway_router.routes if isinstance(route, APIRoute)]
+    console = console_router(Path("dist"), ConsoleConfig(None, csrf_cookie="csrf_token"))
+    own = [
+        re.sub(r"\{[a-z_]+(:path)?\}", "x", route.path)
+        for route in (*gateway_router.routes, *console.routes)
+        if isinstance(route, APIRoute)
+    ]
+    assert "/console/x" in own
+    assert "/docs/assets/x" in own
     return [*proxied, *own, "/healthz"]
 
 

@@ -4,7 +4,10 @@ apt-get; Playwright's own browser download needs the internet) driven by Playwri
 Fixtures (imported by tests/e2e/conftest.py): `chromium`, a browser per test, and
 `page`, a fresh context (no cookies) and page in it that fails the test on any
 Content-Security-Policy violation or uncaught error. `shot(page, name)` saves a
-screenshot under the test's output directory."""
+screenshot under the test's output directory; `off_loop` runs a coroutine from a browser
+test. `requests_of(page)` lists every URL the page's context asks for (to show that
+nothing leaves the gateway); `watch(page)` collects what the `page` fixture checks, and
+`csp_violations` picks the violations out of it."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
 T = TypeVar("T")
 
@@ -57,22 +60,46 @@ def off_loop(coroutine: Coroutine[Any, Any, T]) -> T:
         return thread.submit(asyncio.run, coroutine).result()
 
 
-@pytest.fixture
-def page(chromium: Browser, tmp_path: Path) -> Iterator[Page]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 800})
-    opened = context.new_page()
+def watch(page: Page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they come. Chromium reports a
+    Content-Security-Policy violation as a console error ("Refused to execute inline script
+    because it violates the following Content Security Policy directive: ...")."""
     problems: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:
         if message.type == "error":
             problems.append(message.text)
 
-    opened.on("console", on_console)
-    opened.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    return problems
+
+
+def csp_violations(problems: list[str]) -> list[str]:
+    return [text for text in problems if "Content Security Policy" in text]
+
+
+def requests_of(page: Page) -> list[str]:
+    """Every URL the page's browser context requests from now on, in order (its workers'
+    and other pages' included)."""
+    urls: list[str] = []
+
+    def on_request(request: Request) -> None:
+        urls.append(request.url)
+
+    page.context.on("request", on_request)
+    return urls
+
+
+@pytest.fixture
+def page(chromium: Browser, tmp_path: Path) -> Iterator[Page]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    opened = context.new_page()
+    problems = watch(opened)
     opened.shots = tmp_path / "screenshots"  # type: ignore[attr-defined]
     yield opened
     context.close()
-    violations = [text for text in problems if "Content Security Policy" in text]
+    violations = csp_violations(problems)
     assert not violations, violations
 
 

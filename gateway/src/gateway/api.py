@@ -1,5 +1,6 @@
-"""The gateway's own routes: the merged OpenAPI document and its docs (`router`, public), and
-its upstreams' state (`probes`, for the cluster only: the Ingress does not route it).
+"""The gateway's own routes: the merged OpenAPI document (`router`, public; its docs page is
+gateway/console.py's), and its upstreams' state (`probes`, for the cluster only: the
+Ingress does not route it).
 
 Everything an upstream serves is answered before routing, by gateway.proxy."""
 
@@ -8,11 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
 
 from gateway.deps import RuntimeDep
-from gateway.openapi import TITLE
 
 router = APIRouter()
 probes = APIRouter()
@@ -21,11 +19,6 @@ probes = APIRouter()
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi(runtime: RuntimeDep) -> dict[str, Any]:
     return await runtime.openapi.document()
-
-
-@router.get("/docs", include_in_schema=False)
-async def docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
 
 
 @probes.get("/readyz/upstreams", include_in_schema=False)

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from common.app import PlatformApp, new_app
 from common.redis import ping_redis
 from gateway.api import probes, router
-from gateway.console import mount_console
+from gateway.console import ConsoleConfig, console_router
 from gateway.forwarded import TrustedProxies
 from gateway.openapi import TITLE, VERSION
 from gateway.proxy import ProxyMiddleware
@@ -60,7 +60,8 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(probes)
-    mount_console(app, settings.console_dir)
+    config = ConsoleConfig(settings.console_trace_url, csrf_cookie=settings.csrf_cookie_name)
+    app.include_router(console_router(settings.console_dir, config))
     # Innermost middleware: behind the request id, metrics and access log, before routing.
     app.user_middleware.append(Middleware(ProxyMiddleware))
     if settings.cors_origins:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -64,8 +65,12 @@ class GatewaySettings(ServiceSettings):
     # Per role, e.g. {"admin": {"default": 2000, "model": 500}}; a caller gets the most
     # generous budget among its roles.
     rate_limits: dict[str, RateBudget] = {}
-    # The built web console (console/dist; `make install` builds it) served at /console/.
+    # The built web console and API docs page (console/dist; `make install` builds it, the
+    # gateway's image carries it), served at /console/ and /docs (gateway/console.py).
     console_dir: Path = DEFAULT_CONSOLE_DIR
+    # The console's link from a call's trace id to its trace: a URL template with
+    # `{trace_id}`, e.g. Jaeger's `http://127.0.0.1:16686/trace/{trace_id}`. Unset: no link.
+    console_trace_url: str | None = None
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -77,6 +82,32 @@ class GatewaySettings(ServiceSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("console_dir", mode="before")
+    @classmethod
+    def _console_dir_default(cls, value: Any) -> Any:
+        """Empty (`GATEWAY_CONSOLE_DIR=`) is the default, never the working directory."""
+        return DEFAULT_CONSOLE_DIR if value is None or str(value).strip() == "" else value
+
+    @field_validator("console_trace_url", mode="before")
+    @classmethod
+    def _trace_url_template(cls, value: Any) -> Any:
+        """http(s) with a host, `{trace_id}` in it and no other placeholder; empty: None."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if "{trace_id}" not in text:
+            raise ValueError("must contain {trace_id}, where the trace id goes")
+        if "{" in text.replace("{trace_id}", "") or "}" in text.replace("{trace_id}", ""):
+            raise ValueError("may hold no placeholder but {trace_id}")
+        if any(ord(c) < 0x21 or c in '"<>\\^`|' for c in text):
+            raise ValueError("may hold no space, quote or control character")
+        return text
 
     def upstream_urls(self) -> dict[str, str]:
         return {

@@ -544,7 +544,10 @@ def _announce_when_ready(gateway_url: str, stop: threading.Event) -> None:
     deadline = time.monotonic() + 180
     while not stop.is_set() and time.monotonic() < deadline:
         if platform_ready(gateway_url):
-            _log(f"platform ready: {gateway_url}  (API docs: {gateway_url}/docs)")
+            _log(
+                f"platform ready: {gateway_url}  (console: {gateway_url}/console/, "
+                f"API docs: {gateway_url}/docs)"
+            )
             return
         stop.wait(0.5)
 
@@ -601,7 +604,8 @@ def run(*, with_services: bool = True) -> int:
         manager = _manager()
         platform_.add_to(manager)
         _log(platform_.announcement())
-        _log(f"gateway: {platform_.gateway_url}   docs: {platform_.gateway_url}/docs")
+        url = platform_.gateway_url
+        _log(f"gateway: {url}   console: {url}/console/   docs: {url}/docs")
         stop = threading.Event()
         threading.Thread(
             target=_announce_when_ready, args=(platform_.gateway_url, stop), daemon=True
