@@ -1,0 +1,301 @@
+// Administration: users and their roles, the audit log, teams and their budgets. Each part
+// shows only for the permission its API needs (teams: everyone sees the teams they are in).
+import { useState } from "preact/hooks";
+import { api, query, type Page, type Policy } from "../api";
+import { ErrorNote, Field, orDash, useAction, useLoad, useSession, usd, when } from "../ui";
+
+interface User extends Policy {
+  id: string;
+  email: string;
+  name: string;
+  roles: string[];
+  disabled: boolean;
+  created_at: string;
+}
+
+interface AuditEvent {
+  id: number;
+  occurred_at: string;
+  action: string;
+  outcome: string;
+  actor_id: string | null;
+  target_type: string | null;
+  target_id: string | null;
+  ip: string | null;
+  detail: Record<string, unknown>;
+}
+
+interface Team extends Policy {
+  id: string;
+  name: string;
+  role: string | null;
+  created_at: string;
+}
+
+const ROLES = ["admin", "member", "viewer"];
+
+export function Admin() {
+  const { can } = useSession();
+  return (
+    <section>
+      <h1>Administration</h1>
+      {can("users:manage") && <Users />}
+      <Teams />
+      {can("audit:read") && <Audit />}
+    </section>
+  );
+}
+
+function Users() {
+  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  const cursor = cursors[cursors.length - 1];
+  const page = useLoad(() => api<Page<User>>("GET", `/auth/users${query({ limit: 50, cursor })}`), [cursor]);
+  return (
+    <>
+      <h2>Users</h2>
+      <ErrorNote error={page.error} />
+      <div class="scroll">
+        <table id="users">
+          <thead>
+            <tr>
+              <th>Email</th>
+              <th>Name</th>
+              <th>Role</th>
+              <th>Disabled</th>
+              <th>Created</th>
+              <th>
+                <span class="sr-only">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {(page.data?.data ?? []).map((u) => (
+              <UserRow key={u.id} user={u} onSaved={page.reload} />
+            ))}
+          </tbody>
+        </table>
+      </div>
+      <div class="actions">
+        {cursors.length > 1 && (
+          <button type="button" onClick={() => setCursors(cursors.slice(0, -1))}>
+            Previous users
+          </button>
+        )}
+        {page.data?.next_cursor && (
+          <button type="button" onClick={() => setCursors([...cursors, page.data?.next_cursor ?? null])}>
+            More users
+          </button>
+        )}
+      </div>
+    </>
+  );
+}
+
+function UserRow({ user, onSaved }: { user: User; onSaved: () => void }) {
+  const [role, setRole] = useState(user.roles[0] ?? "member");
+  const [disabled, setDisabled] = useState(user.disabled);
+  const save = useAction();
+  const changed = role !== (user.roles[0] ?? "member") || disabled !== user.disabled;
+  return (
+    <tr data-user={user.email}>
+      <td>{user.email}</td>
+      <td>{user.name}</td>
+      <td>
+        <select aria-label={`Role of ${user.email}`} value={role} onChange={(e) => setRole(e.currentTarget.value)}>
+          {ROLES.map((r) => (
+            <option key={r} value={r}>
+              {r}
+            </option>
+          ))}
+        </select>
+      </td>
+      <td>
+        <input type="checkbox" aria-label={`${user.email} disabled`} checked={disabled} onChange={(e) => setDisabled(e.currentTarget.checked)} />
+      </td>
+      <td>{when(user.created_at)}</td>
+      <td>
+        <button
+          type="button"
+          disabled={!changed || save.busy}
+          aria-label={`Save ${user.email}`}
+          onClick={() =>
+            void save.run(async () => {
+              await api("PATCH", `/auth/users/${user.id}`, { roles: [role], disabled });
+              onSaved();
+            })
+          }
+        >
+          Save
+        </button>
+        <ErrorNote error={save.error} />
+      </td>
+    </tr>
+  );
+}
+
+function Teams() {
+  const { can } = useSession();
+  const list = useLoad(() => api<Page<Team>>("GET", "/auth/teams?limit=200"), []);
+  const [name, setName] = useState("");
+  const create = useAction();
+  const submit = (event: Event) => {
+    event.preventDefault();
+    void create.run(async () => {
+      await api("POST", "/auth/teams", { name });
+      setName("");
+      list.reload();
+    });
+  };
+  return (
+    <>
+      <h2>Teams</h2>
+      {can("teams:manage") && (
+        <form class="row" onSubmit={submit} aria-label="Create a team">
+          <Field label="New team name">
+            <input name="team-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+          </Field>
+          <button type="submit" class="primary" disabled={create.busy}>
+            Create team
+          </button>
+        </form>
+      )}
+      <ErrorNote error={list.error ?? create.error} />
+      {list.data && list.data.data.length === 0 && <p>No teams.</p>}
+      {list.data && list.data.data.length > 0 && (
+        <div class="scroll">
+          <table id="teams">
+            <thead>
+              <tr>
+                <th>Team</th>
+                <th>Your role</th>
+                <th>Spend</th>
+                <th>Budget</th>
+                <th>
+                  <span class="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {list.data.data.map((t) => (
+                <TeamRow key={t.id} team={t} manages={can("teams:manage") || t.role === "owner"} />
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </>
+  );
+}
+
+function TeamRow({ team, manages }: { team: Team; manages: boolean }) {
+  // The list has no spend: each team's own answer does.
+  const detail = useLoad(() => api<Team>("GET", `/auth/teams/${team.id}`), [team.id]);
+  const shown = detail.data ?? team;
+  const [budget, setBudget] = useState(team.max_budget_usd ?? "");
+  const [period, setPeriod] = useState(team.budget_period ?? "month");
+  const save = useAction();
+  return (
+    <tr>
+      <td>{team.name}</td>
+      <td>{orDash(team.role)}</td>
+      <td>{usd(shown.spend_usd ?? "0")}</td>
+      <td>{shown.max_budget_usd ? `${usd(shown.max_budget_usd)} / ${shown.budget_period ?? "total"}` : "—"}</td>
+      <td>
+        {manages && (
+          <form
+            class="inline"
+            onSubmit={(e) => {
+              e.preventDefault();
+              void save.run(async () => {
+                await api("PATCH", `/auth/teams/${team.id}`, { max_budget_usd: budget.trim() || null, budget_period: budget.trim() ? period : null });
+                detail.reload();
+              });
+            }}
+          >
+            <input aria-label={`Budget of ${team.name} (USD)`} inputMode="decimal" size={8} value={budget} onInput={(e) => setBudget(e.currentTarget.value)} />
+            <select aria-label={`Budget period of ${team.name}`} value={period} onChange={(e) => setPeriod(e.currentTarget.value)}>
+              <option value="day">day</option>
+              <option value="week">week</option>
+              <option value="month">month</option>
+              <option value="total">total</option>
+            </select>
+            <button type="submit" disabled={save.busy}>
+              Set budget
+            </button>
+            <ErrorNote error={save.error} />
+          </form>
+        )}
+      </td>
+    </tr>
+  );
+}
+
+function Audit() {
+  const [action, setAction] = useState("");
+  const [applied, setApplied] = useState("");
+  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  const cursor = cursors[cursors.length - 1];
+  const page = useLoad(() => api<Page<AuditEvent>>("GET", `/auth/audit${query({ limit: 50, cursor, action: applied })}`), [cursor, applied]);
+  return (
+    <>
+      <h2>Audit log</h2>
+      <form
+        class="row"
+        aria-label="Audit filter"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setApplied(action.trim());
+          setCursors([null]);
+        }}
+      >
+        <Field label="Action">
+          <input name="action" value={action} placeholder="login" onInput={(e) => setAction(e.currentTarget.value)} />
+        </Field>
+        <button type="submit">Filter</button>
+      </form>
+      <ErrorNote error={page.error} />
+      <div class="scroll">
+        <table id="audit">
+          <thead>
+            <tr>
+              <th>When</th>
+              <th>Action</th>
+              <th>Outcome</th>
+              <th>Actor</th>
+              <th>Target</th>
+              <th>IP</th>
+              <th>Detail</th>
+            </tr>
+          </thead>
+          <tbody>
+            {(page.data?.data ?? []).map((e) => (
+              <tr key={e.id}>
+                <td>{when(e.occurred_at)}</td>
+                <td>{e.action}</td>
+                <td>{e.outcome}</td>
+                <td class="clip">{orDash(e.actor_id)}</td>
+                <td class="clip">{e.target_type ? `${e.target_type} ${e.target_id ?? ""}` : "—"}</td>
+                <td>{orDash(e.ip)}</td>
+                <td class="clip">
+                  <code>{Object.keys(e.detail).length ? JSON.stringify(e.detail) : ""}</code>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      <div class="actions">
+        {cursors.length > 1 && (
+          <button type="button" onClick={() => setCursors([null])}>
+            Newest events
+          </button>
+        )}
+        {page.data?.next_cursor && (
+          <button type="button" onClick={() => setCursors([...cursors, page.data?.next_cursor ?? null])}>
+            Older events
+          </button>
+        )}
+      </div>
+    </>
+  );
+}
