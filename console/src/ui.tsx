@@ -1,7 +1,7 @@
 // Small shared pieces: hash routing, the signed-in context, loading, errors, formatting.
-import { cloneElement, createContext, isValidElement, type ComponentChildren } from "preact";
-import { useCallback, useContext, useEffect, useId, useState } from "preact/hooks";
-import { ApiError, type Me } from "./api";
+import { cloneElement, createContext, isValidElement, type ComponentChildren, type VNode } from "preact";
+import { useCallback, useContext, useEffect, useId, useRef, useState } from "preact/hooks";
+import { api, ApiError, type Me } from "./api";
 
 // --- routing: `#/path?query`, so the gateway serves one page and a reload keeps the place.
 export interface Route {
@@ -97,13 +97,15 @@ export function messageOf(reason: unknown): string {
   return String(reason);
 }
 
-/** Runs an action (a form's submit, a button), keeping its error and busy state. */
-export function useAction(): {
+export interface Action {
   busy: boolean;
   error: string | null;
   run: (action: () => Promise<void>) => Promise<void>;
   clear: () => void;
-} {
+}
+
+/** Runs an action (a form's submit, a button), keeping its error and busy state. */
+export function useAction(): Action {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const run = useCallback(async (action: () => Promise<void>) => {
@@ -155,6 +157,11 @@ export function Field({ label, children, hint }: { label: string; children: Comp
 /** A destructive button that asks once more, inline (no window.confirm). */
 export function ConfirmButton({ label, onConfirm, name }: { label: string; onConfirm: () => void; name: string }) {
   const [asking, setAsking] = useState(false);
+  const yes = useRef<HTMLButtonElement>(null);
+  // The button pressed is replaced: keyboard focus moves on to the confirmation.
+  useEffect(() => {
+    if (asking) yes.current?.focus();
+  }, [asking]);
   if (!asking)
     return (
       <button type="button" class="danger" aria-label={`${label} ${name}`} onClick={() => setAsking(true)}>
@@ -164,6 +171,7 @@ export function ConfirmButton({ label, onConfirm, name }: { label: string; onCon
   return (
     <span class="confirm">
       <button
+        ref={yes}
         type="button"
         class="danger"
         aria-label={`Confirm ${label.toLowerCase()} ${name}`}
@@ -224,4 +232,95 @@ export function dayBounds(from: string, to: string): { from: string; to: string 
   const end = new Date(`${to}T00:00:00Z`);
   end.setUTCDate(end.getUTCDate() + 1);
   return { from: `${from}T00:00:00Z`, to: end.toISOString() };
+}
+
+// --- tables
+/** A column heading; `num` right-aligns figures; "" is the (unnamed) actions column. */
+export type Column = string | { label: string; num: true } | null;
+
+export function num(label: string): Column {
+  return { label, num: true };
+}
+
+/** The rows in a scrolling table (its own horizontal scroll on a narrow screen), `empty`
+ * when there are none, nothing while loading. Null columns are left out. */
+export function Table<T>({ id, columns, rows, empty, row }: { id?: string; columns: Column[]; rows: T[] | undefined; empty: string; row: (item: T) => VNode }) {
+  if (!rows) return null;
+  if (rows.length === 0) return <p>{empty}</p>;
+  return (
+    <div class="scroll">
+      <table id={id}>
+        <thead>
+          <tr>
+            {columns.map((column, index) =>
+              column === null ? null : typeof column === "object" ? (
+                <th key={index} class="num">
+                  {column.label}
+                </th>
+              ) : column === "" ? (
+                <th key={index}>
+                  <span class="sr-only">Actions</span>
+                </th>
+              ) : (
+                <th key={index}>{column}</th>
+              ),
+            )}
+          </tr>
+        </thead>
+        <tbody>{rows.map(row)}</tbody>
+      </table>
+    </div>
+  );
+}
+
+/** Deletes `path` after an inline confirmation, then `done` (the list's reload); the
+ * error lands in `action`. */
+export function DeleteButton({ label = "Delete", name, path, action, done }: { label?: string; name: string; path: string; action: Action; done: () => void }) {
+  return (
+    <ConfirmButton
+      label={label}
+      name={name}
+      onConfirm={() =>
+        void action.run(async () => {
+          await api("DELETE", path);
+          done();
+        })
+      }
+    />
+  );
+}
+
+/** A titled form in a card: its fields in a grid, its error, its submit button. */
+export function FormCard({ id, title, submit, action, onSubmit, children }: { id: string; title: string; submit: string; action: Action; onSubmit: (event: Event) => void; children: ComponentChildren }) {
+  return (
+    <form class="card" onSubmit={onSubmit} aria-labelledby={id}>
+      <h2 id={id}>{title}</h2>
+      <div class="grid">{children}</div>
+      <ErrorNote error={action.error} />
+      <button type="submit" class="primary" disabled={action.busy}>
+        {submit}
+      </button>
+    </form>
+  );
+}
+
+export function Checkbox({ label, checked, onChange }: { label: string; checked: boolean; onChange: (checked: boolean) => void }) {
+  return (
+    <label class="check">
+      <input type="checkbox" checked={checked} onChange={(e) => onChange(e.currentTarget.checked)} /> {label}
+    </label>
+  );
+}
+
+/** The budget periods the API knows. */
+export function PeriodOptions() {
+  return (
+    <>
+      {["day", "week", "month", "total"].map((period) => (
+        <option key={period} value={period}>
+          {period}
+        </option>
+      ))}
+    </>
+  );
 }

@@ -2,7 +2,7 @@
 // shows only for the permission its API needs (teams: everyone sees the teams they are in).
 import { useState } from "preact/hooks";
 import { api, query, type Page, type Policy } from "../api";
-import { ErrorNote, Field, orDash, useAction, useLoad, useSession, usd, when } from "../ui";
+import { ErrorNote, Field, orDash, PeriodOptions, Table, useAction, useLoad, useSession, usd, when } from "../ui";
 
 interface User extends Policy {
   id: string;
@@ -54,27 +54,7 @@ function Users() {
     <>
       <h2>Users</h2>
       <ErrorNote error={page.error} />
-      <div class="scroll">
-        <table id="users">
-          <thead>
-            <tr>
-              <th>Email</th>
-              <th>Name</th>
-              <th>Role</th>
-              <th>Disabled</th>
-              <th>Created</th>
-              <th>
-                <span class="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {(page.data?.data ?? []).map((u) => (
-              <UserRow key={u.id} user={u} onSaved={page.reload} />
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table id="users" columns={["Email", "Name", "Role", "Disabled", "Created", ""]} rows={page.data?.data} empty="No users." row={(u) => <UserRow key={u.id} user={u} onSaved={page.reload} />} />
       <div class="actions">
         {cursors.length > 1 && (
           <button type="button" onClick={() => setCursors(cursors.slice(0, -1))}>
@@ -160,29 +140,13 @@ function Teams() {
         </form>
       )}
       <ErrorNote error={list.error ?? create.error} />
-      {list.data && list.data.data.length === 0 && <p>No teams.</p>}
-      {list.data && list.data.data.length > 0 && (
-        <div class="scroll">
-          <table id="teams">
-            <thead>
-              <tr>
-                <th>Team</th>
-                <th>Your role</th>
-                <th>Spend</th>
-                <th>Budget</th>
-                <th>
-                  <span class="sr-only">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {list.data.data.map((t) => (
-                <TeamRow key={t.id} team={t} manages={can("teams:manage") || t.role === "owner"} />
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="teams"
+        columns={["Team", "Your role", "Spend", "Budget", ""]}
+        rows={list.data?.data}
+        empty="No teams."
+        row={(t) => <TeamRow key={t.id} team={t} manages={can("teams:manage") || t.role === "owner"} />}
+      />
     </>
   );
 }
@@ -214,10 +178,7 @@ function TeamRow({ team, manages }: { team: Team; manages: boolean }) {
           >
             <input aria-label={`Budget of ${team.name} (USD)`} inputMode="decimal" size={8} value={budget} onInput={(e) => setBudget(e.currentTarget.value)} />
             <select aria-label={`Budget period of ${team.name}`} value={period} onChange={(e) => setPeriod(e.currentTarget.value)}>
-              <option value="day">day</option>
-              <option value="week">week</option>
-              <option value="month">month</option>
-              <option value="total">total</option>
+              <PeriodOptions />
             </select>
             <button type="submit" disabled={save.busy}>
               Set budget
@@ -249,41 +210,30 @@ function Audit() {
         }}
       >
         <Field label="Action">
-          <input name="action" value={action} placeholder="login" onInput={(e) => setAction(e.currentTarget.value)} />
+          <input name="action" value={action} placeholder="auth.login" onInput={(e) => setAction(e.currentTarget.value)} />
         </Field>
         <button type="submit">Filter</button>
       </form>
       <ErrorNote error={page.error} />
-      <div class="scroll">
-        <table id="audit">
-          <thead>
-            <tr>
-              <th>When</th>
-              <th>Action</th>
-              <th>Outcome</th>
-              <th>Actor</th>
-              <th>Target</th>
-              <th>IP</th>
-              <th>Detail</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(page.data?.data ?? []).map((e) => (
-              <tr key={e.id}>
-                <td>{when(e.occurred_at)}</td>
-                <td>{e.action}</td>
-                <td>{e.outcome}</td>
-                <td class="clip">{orDash(e.actor_id)}</td>
-                <td class="clip">{e.target_type ? `${e.target_type} ${e.target_id ?? ""}` : "—"}</td>
-                <td>{orDash(e.ip)}</td>
-                <td class="clip">
-                  <code>{Object.keys(e.detail).length ? JSON.stringify(e.detail) : ""}</code>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table
+        id="audit"
+        columns={["When", "Action", "Outcome", "Actor", "Target", "IP", "Detail"]}
+        rows={page.data?.data}
+        empty="No events."
+        row={(e) => (
+          <tr key={e.id}>
+            <td>{when(e.occurred_at)}</td>
+            <td>{e.action}</td>
+            <td>{e.outcome}</td>
+            <td class="clip">{orDash(e.actor_id)}</td>
+            <td class="clip">{e.target_type ? `${e.target_type} ${e.target_id ?? ""}` : "—"}</td>
+            <td>{orDash(e.ip)}</td>
+            <td class="clip">
+              <code>{Object.keys(e.detail).length ? JSON.stringify(e.detail) : ""}</code>
+            </td>
+          </tr>
+        )}
+      />
       <div class="actions">
         {cursors.length > 1 && (
           <button type="button" onClick={() => setCursors([null])}>

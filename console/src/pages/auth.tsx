@@ -1,7 +1,7 @@
 // Sign in, register, and your account: password and sessions.
 import { useState } from "preact/hooks";
 import { api, type LoginResponse, type Me } from "../api";
-import { ConfirmButton, ErrorNote, Field, useAction, useLoad, when } from "../ui";
+import { DeleteButton, ErrorNote, Field, Table, useAction, useLoad, when } from "../ui";
 
 export function SignIn({ onSignedIn, next }: { onSignedIn: (me: Me) => void; next: string }) {
   const [email, setEmail] = useState("");
@@ -17,7 +17,7 @@ export function SignIn({ onSignedIn, next }: { onSignedIn: (me: Me) => void; nex
   };
   return (
     <section class="narrow">
-      <h1>Sign in</h1>
+      <h1>Sign in to the console</h1>
       <form onSubmit={submit}>
         <Field label="Email">
           <input type="email" name="email" autocomplete="username" required value={email} onInput={(e) => setEmail(e.currentTarget.value)} />
@@ -112,6 +112,7 @@ export function Account({ me, onSignedOut }: { me: Me; onSignedOut: () => void }
       </p>
       <h2>Change password</h2>
       <form onSubmit={submit} class="row">
+        <input type="email" autocomplete="username" value={me.email} readOnly hidden />
         <Field label="Current password">
           <input type="password" autocomplete="current-password" required value={current} onInput={(e) => setCurrent(e.currentTarget.value)} />
         </Field>
@@ -126,49 +127,28 @@ export function Account({ me, onSignedOut }: { me: Me; onSignedOut: () => void }
       {done && <p role="status">Password changed. Your other sessions were signed out.</p>}
       <h2>Your sessions</h2>
       <ErrorNote error={sessions.error ?? revoke.error} />
-      <div class="scroll">
-        <table>
-          <thead>
-            <tr>
-              <th>Started</th>
-              <th>Last seen</th>
-              <th>Expires</th>
-              <th>IP</th>
-              <th>Browser</th>
-              <th>
-                <span class="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {(sessions.data ?? []).map((s) => (
-              <tr key={s.id}>
-                <td>{when(s.created_at)}</td>
-                <td>{when(s.last_seen_at)}</td>
-                <td>{when(s.expires_at)}</td>
-                <td>{s.ip}</td>
-                <td class="clip">{s.user_agent}</td>
-                <td>
-                  {s.current ? (
-                    <em>this one</em>
-                  ) : (
-                    <ConfirmButton
-                      label="Revoke"
-                      name={`session from ${s.ip}`}
-                      onConfirm={() =>
-                        void revoke.run(async () => {
-                          await api("DELETE", `/auth/sessions/${encodeURIComponent(s.id)}`);
-                          sessions.reload();
-                        })
-                      }
-                    />
-                  )}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table
+        id="sessions"
+        columns={["Started", "Last seen", "Expires", "IP", "Browser", ""]}
+        rows={sessions.data}
+        empty="No sessions."
+        row={(s) => (
+          <tr key={s.id}>
+            <td>{when(s.created_at)}</td>
+            <td>{when(s.last_seen_at)}</td>
+            <td>{when(s.expires_at)}</td>
+            <td>{s.ip}</td>
+            <td class="clip">{s.user_agent}</td>
+            <td>
+              {s.current ? (
+                <em>this one</em>
+              ) : (
+                <DeleteButton label="Revoke" name={`session from ${s.ip}`} path={`/auth/sessions/${encodeURIComponent(s.id)}`} action={revoke} done={sessions.reload} />
+              )}
+            </td>
+          </tr>
+        )}
+      />
       <p>
         <button type="button" onClick={onSignedOut}>
           Sign out

@@ -3,7 +3,7 @@
 // /console/config.json; plain text when none is configured).
 import { useState } from "preact/hooks";
 import { api, query, type Page } from "../api";
-import { dayBounds, daysAgo, ErrorNote, Field, orDash, useLoad, useSession, usd, when } from "../ui";
+import { dayBounds, daysAgo, ErrorNote, Field, num, orDash, Table, useLoad, useSession, usd, when } from "../ui";
 
 interface CallRow {
   id: string;
@@ -82,60 +82,46 @@ export function Calls() {
         <button type="submit">Apply filters</button>
       </form>
       <ErrorNote error={page.error} />
-      {page.data && page.data.data.length === 0 && <p>No calls match.</p>}
-      {page.data && page.data.data.length > 0 && (
-        <div class="scroll">
-          <table id="calls">
-            <thead>
-              <tr>
-                <th>When</th>
-                <th>Model</th>
-                <th>Status</th>
-                <th class="num">Tokens in / out</th>
-                <th class="num">Cost</th>
-                <th class="num">Latency ms</th>
-                <th>Trace</th>
-              </tr>
-            </thead>
-            <tbody>
-              {page.data.data.map((c) => {
-                const link = c.trace_id ? traceLink(traceUrl, c.trace_id) : null;
-                return (
-                  <tr key={c.id} data-call-id={c.id}>
-                    <td>{when(c.occurred_at)}</td>
-                    <td>
-                      {c.model}
-                      {c.alias ? ` (${c.alias})` : ""}
-                      {c.stream ? " · stream" : ""}
-                      {c.cache ? ` · cache ${c.cache}` : ""}
-                    </td>
-                    <td>
-                      {c.status}
-                      {c.error_type ? ` (${c.error_type})` : ""}
-                    </td>
-                    <td class="num">
-                      {orDash(c.prompt_tokens)} / {orDash(c.completion_tokens)}
-                    </td>
-                    <td class="num">{usd(c.cost_usd)}</td>
-                    <td class="num">{c.latency_ms === null ? "—" : Math.round(c.latency_ms)}</td>
-                    <td>
-                      {!c.trace_id ? (
-                        "—"
-                      ) : link ? (
-                        <a href={link} target="_blank" rel="noopener noreferrer" class="trace">
-                          {c.trace_id}
-                        </a>
-                      ) : (
-                        <code class="trace">{c.trace_id}</code>
-                      )}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="calls"
+        columns={["When", "Model", "Status", num("Tokens in / out"), num("Cost"), num("Latency ms"), "Trace"]}
+        rows={page.data?.data}
+        empty="No calls match."
+        row={(c) => {
+          const link = c.trace_id ? traceLink(traceUrl, c.trace_id) : null;
+          return (
+            <tr key={c.id} data-call-id={c.id}>
+              <td>{when(c.occurred_at)}</td>
+              <td>
+                {c.model}
+                {c.alias ? ` (${c.alias})` : ""}
+                {c.stream ? " · stream" : ""}
+                {c.cache ? ` · cache ${c.cache}` : ""}
+              </td>
+              <td>
+                {c.status}
+                {c.error_type ? ` (${c.error_type})` : ""}
+              </td>
+              <td class="num">
+                {orDash(c.prompt_tokens)} / {orDash(c.completion_tokens)}
+              </td>
+              <td class="num">{usd(c.cost_usd)}</td>
+              <td class="num">{c.latency_ms === null ? "—" : Math.round(c.latency_ms)}</td>
+              <td>
+                {!c.trace_id ? (
+                  "—"
+                ) : link ? (
+                  <a href={link} target="_blank" rel="noopener noreferrer" class="trace">
+                    {c.trace_id}
+                  </a>
+                ) : (
+                  <code class="trace">{c.trace_id}</code>
+                )}
+              </td>
+            </tr>
+          );
+        }}
+      />
       <div class="actions">
         {cursors.length > 1 && (
           <button type="button" onClick={() => setCursors([null])}>

@@ -2,7 +2,7 @@
 // box with a metadata filter (the API's Mongo-style JSON, e.g. {"lang": "en"}).
 import { useState } from "preact/hooks";
 import { api } from "../api";
-import { ConfirmButton, ErrorNote, Field, useAction, useLoad, useSession } from "../ui";
+import { DeleteButton, ErrorNote, Field, FormCard, num, Table, useAction, useLoad, useSession } from "../ui";
 
 interface Collection {
   id: string;
@@ -51,52 +51,36 @@ export function Collections() {
       {writes && <CreateCollection onCreated={list.reload} />}
       <h2>Your collections</h2>
       <ErrorNote error={list.error ?? remove.error} />
-      {list.data && list.data.length === 0 && <p>No collections yet.</p>}
-      {list.data && list.data.length > 0 && (
-        <div class="scroll">
-          <table id="collections">
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Model</th>
-                <th>Metric</th>
-                <th class="num">Documents</th>
-                <th>
-                  <span class="sr-only">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {list.data.map((c) => (
-                <tr key={c.id}>
-                  <td>{c.name}</td>
-                  <td>{c.model}</td>
-                  <td>{c.metric}</td>
-                  <td class="num">{c.document_count ?? "—"}</td>
-                  <td>
-                    <button type="button" aria-expanded={open === c.id} onClick={() => setOpen(open === c.id ? null : c.id)}>
-                      {open === c.id ? "Close" : "Open"} <span class="sr-only">{c.name}</span>
-                    </button>{" "}
-                    {writes && (
-                      <ConfirmButton
-                        label="Delete"
-                        name={c.name}
-                        onConfirm={() =>
-                          void remove.run(async () => {
-                            await api("DELETE", `/v1/collections/${c.id}`);
-                            if (open === c.id) setOpen(null);
-                            list.reload();
-                          })
-                        }
-                      />
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="collections"
+        columns={["Name", "Model", "Metric", num("Documents"), ""]}
+        rows={list.data}
+        empty="No collections yet."
+        row={(c) => (
+          <tr key={c.id}>
+            <td>{c.name}</td>
+            <td>{c.model}</td>
+            <td>{c.metric}</td>
+            <td class="num">{c.document_count ?? "—"}</td>
+            <td>
+              <button type="button" aria-expanded={open === c.id} onClick={() => setOpen(open === c.id ? null : c.id)}>
+                {open === c.id ? "Close" : "Open"} <span class="sr-only">{c.name}</span>
+              </button>{" "}
+              {writes && (
+                <DeleteButton
+                  name={c.name}
+                  path={`/v1/collections/${c.id}`}
+                  action={remove}
+                  done={() => {
+                    if (open === c.id) setOpen(null);
+                    list.reload();
+                  }}
+                />
+              )}
+            </td>
+          </tr>
+        )}
+      />
       {selected && <CollectionDetail key={selected.id} collection={selected} writes={writes} onChanged={list.reload} />}
     </section>
   );
@@ -116,28 +100,21 @@ function CreateCollection({ onCreated }: { onCreated: () => void }) {
     });
   };
   return (
-    <form class="card" onSubmit={submit} aria-labelledby="create-collection">
-      <h2 id="create-collection">Create a collection</h2>
-      <div class="grid">
-        <Field label="Name">
-          <input name="collection-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
-        </Field>
-        <Field label="Embedding model">
-          <input name="collection-model" required value={model} onInput={(e) => setModel(e.currentTarget.value)} />
-        </Field>
-        <Field label="Metric">
-          <select value={metric} onChange={(e) => setMetric(e.currentTarget.value)}>
-            <option value="cosine">cosine</option>
-            <option value="l2">l2</option>
-            <option value="inner_product">inner_product</option>
-          </select>
-        </Field>
-      </div>
-      <ErrorNote error={action.error} />
-      <button type="submit" class="primary" disabled={action.busy}>
-        Create collection
-      </button>
-    </form>
+    <FormCard id="create-collection" title="Create a collection" submit="Create collection" action={action} onSubmit={submit}>
+      <Field label="Name">
+        <input name="collection-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+      </Field>
+      <Field label="Embedding model">
+        <input name="collection-model" required value={model} onInput={(e) => setModel(e.currentTarget.value)} />
+      </Field>
+      <Field label="Metric">
+        <select value={metric} onChange={(e) => setMetric(e.currentTarget.value)}>
+          <option value="cosine">cosine</option>
+          <option value="l2">l2</option>
+          <option value="inner_product">inner_product</option>
+        </select>
+      </Field>
+    </FormCard>
   );
 }
 
@@ -188,7 +165,7 @@ function CollectionDetail({ collection, writes, onChanged }: { collection: Colle
               <input value={docMeta} placeholder='{"lang": "en"}' onInput={(e) => setDocMeta(e.currentTarget.value)} />
             </Field>
           </div>
-          <Field label="Text">
+          <Field label="Document text">
             <textarea rows={3} required value={docText} onInput={(e) => setDocText(e.currentTarget.value)} />
           </Field>
           <ErrorNote error={add.error} />
@@ -215,33 +192,22 @@ function CollectionDetail({ collection, writes, onChanged }: { collection: Colle
           Search
         </button>
       </form>
-      {matches && matches.length === 0 && <p>No matches.</p>}
-      {matches && matches.length > 0 && (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th>Id</th>
-                <th class="num">Score</th>
-                <th>Text</th>
-                <th>Metadata</th>
-              </tr>
-            </thead>
-            <tbody>
-              {matches.map((m) => (
-                <tr key={m.id}>
-                  <td>{m.id}</td>
-                  <td class="num">{m.score.toFixed(4)}</td>
-                  <td>{m.text ?? "—"}</td>
-                  <td>
-                    <code>{JSON.stringify(m.metadata)}</code>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="matches"
+        columns={["Id", num("Score"), "Text", "Metadata"]}
+        rows={matches ?? undefined}
+        empty="No matches."
+        row={(m) => (
+          <tr key={m.id}>
+            <td>{m.id}</td>
+            <td class="num">{m.score.toFixed(4)}</td>
+            <td>{m.text ?? "—"}</td>
+            <td>
+              <code>{JSON.stringify(m.metadata)}</code>
+            </td>
+          </tr>
+        )}
+      />
     </div>
   );
 }

@@ -1,7 +1,7 @@
 // API keys: create with a policy, the key shown once (with a copy button), list, revoke.
 import { useState } from "preact/hooks";
 import { api, type Page, type Policy } from "../api";
-import { ConfirmButton, ErrorNote, Field, listOf, optionalInt, orDash, useAction, useLoad, useSession, usd, when } from "../ui";
+import { DeleteButton, ErrorNote, Field, FormCard, PeriodOptions, listOf, optionalInt, orDash, Table, useAction, useLoad, useSession, usd, when } from "../ui";
 
 interface ApiKey extends Policy {
   id: string;
@@ -42,63 +42,31 @@ export function Keys() {
       {created && <NewKey name={created.name} secret={created.key} onDone={() => setCreated(null)} />}
       <h2>Your keys</h2>
       <ErrorNote error={keys.error ?? revoke.error} />
-      {keys.data && keys.data.length === 0 && <p>No keys yet.</p>}
-      {keys.data && keys.data.length > 0 && (
-        <div class="scroll">
-          <table id="keys">
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Prefix</th>
-                <th>Spend</th>
-                <th>Budget</th>
-                <th>Limits</th>
-                <th>Models</th>
-                <th>Last used</th>
-                <th>Created</th>
-                {writes && (
-                  <th>
-                    <span class="sr-only">Actions</span>
-                  </th>
-                )}
-              </tr>
-            </thead>
-            <tbody>
-              {keys.data.map((k) => (
-                <tr key={k.id} data-key-id={k.id}>
-                  <td>{k.name}</td>
-                  <td>
-                    <code>{k.prefix}</code>
-                  </td>
-                  <td>{usd(k.spend_usd ?? "0")}</td>
-                  <td>{k.max_budget_usd ? `${usd(k.max_budget_usd)} / ${k.budget_period ?? "total"}` : "—"}</td>
-                  <td>
-                    {k.rpm_limit ? `${k.rpm_limit} rpm` : ""} {k.tpm_limit ? `${k.tpm_limit} tpm` : ""}
-                    {!k.rpm_limit && !k.tpm_limit && "—"}
-                  </td>
-                  <td>{k.allowed_models ? k.allowed_models.join(", ") : "all"}</td>
-                  <td>{when(k.last_used_at)}</td>
-                  <td>{when(k.created_at)}</td>
-                  {writes && (
-                    <td>
-                      <ConfirmButton
-                        label="Revoke"
-                        name={k.name}
-                        onConfirm={() =>
-                          void revoke.run(async () => {
-                            await api("DELETE", `/auth/api-keys/${encodeURIComponent(k.id)}`);
-                            keys.reload();
-                          })
-                        }
-                      />
-                    </td>
-                  )}
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="keys"
+        columns={["Name", "Prefix", "Spend", "Budget", "Limits", "Models", "Last used", "Created", writes ? "" : null]}
+        rows={keys.data}
+        empty="No keys yet."
+        row={(k) => (
+          <tr key={k.id} data-key-id={k.id}>
+            <td>{k.name}</td>
+            <td>
+              <code>{k.prefix}</code>
+            </td>
+            <td>{usd(k.spend_usd ?? "0")}</td>
+            <td>{k.max_budget_usd ? `${usd(k.max_budget_usd)} / ${k.budget_period ?? "total"}` : "—"}</td>
+            <td>{[k.rpm_limit && `${k.rpm_limit} rpm`, k.tpm_limit && `${k.tpm_limit} tpm`].filter(Boolean).join(", ") || "—"}</td>
+            <td>{k.allowed_models ? k.allowed_models.join(", ") : "all"}</td>
+            <td>{when(k.last_used_at)}</td>
+            <td>{when(k.created_at)}</td>
+            {writes && (
+              <td>
+                <DeleteButton label="Revoke" name={k.name} path={`/auth/api-keys/${encodeURIComponent(k.id)}`} action={revoke} done={keys.reload} />
+              </td>
+            )}
+          </tr>
+        )}
+      />
     </section>
   );
 }
@@ -134,50 +102,40 @@ function CreateKey({ teams, onCreated }: { teams: Team[]; onCreated: (name: stri
     });
   };
   return (
-    <form onSubmit={submit} class="card" aria-labelledby="create-key">
-      <h2 id="create-key">Create a key</h2>
-      <div class="grid">
-        <Field label="Name">
-          <input name="key-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
-        </Field>
-        <Field label="Budget (USD)" hint="Empty: no budget.">
-          <input name="budget" inputMode="decimal" pattern="[0-9]+(\.[0-9]+)?" value={budget} onInput={(e) => setBudget(e.currentTarget.value)} />
-        </Field>
-        <Field label="Budget period">
-          <select value={period} onChange={(e) => setPeriod(e.currentTarget.value)}>
-            <option value="day">day</option>
-            <option value="week">week</option>
-            <option value="month">month</option>
-            <option value="total">total</option>
+    <FormCard id="create-key" title="Create a key" submit="Create key" action={action} onSubmit={submit}>
+      <Field label="Name">
+        <input name="key-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+      </Field>
+      <Field label="Budget (USD)" hint="Empty: no budget.">
+        <input name="budget" inputMode="decimal" pattern="[0-9]+(\.[0-9]+)?" value={budget} onInput={(e) => setBudget(e.currentTarget.value)} />
+      </Field>
+      <Field label="Budget period">
+        <select value={period} onChange={(e) => setPeriod(e.currentTarget.value)}>
+          <PeriodOptions />
+        </select>
+      </Field>
+      <Field label="Requests a minute">
+        <input type="number" min={1} name="rpm" value={rpm} onInput={(e) => setRpm(e.currentTarget.value)} />
+      </Field>
+      <Field label="Tokens a minute">
+        <input type="number" min={1} name="tpm" value={tpm} onInput={(e) => setTpm(e.currentTarget.value)} />
+      </Field>
+      <Field label="Allowed models" hint="Comma-separated: names, aliases, globs (openai/*). Empty: all.">
+        <input name="allowed-models" value={models} onInput={(e) => setModels(e.currentTarget.value)} />
+      </Field>
+      {teams.length > 0 && (
+        <Field label="Team">
+          <select value={team} onChange={(e) => setTeam(e.currentTarget.value)}>
+            <option value="">none</option>
+            {teams.map((t) => (
+              <option key={t.id} value={t.id}>
+                {t.name}
+              </option>
+            ))}
           </select>
         </Field>
-        <Field label="Requests a minute">
-          <input type="number" min={1} name="rpm" value={rpm} onInput={(e) => setRpm(e.currentTarget.value)} />
-        </Field>
-        <Field label="Tokens a minute">
-          <input type="number" min={1} name="tpm" value={tpm} onInput={(e) => setTpm(e.currentTarget.value)} />
-        </Field>
-        <Field label="Allowed models" hint="Comma-separated: names, aliases, globs (openai/*). Empty: all.">
-          <input name="allowed-models" value={models} onInput={(e) => setModels(e.currentTarget.value)} />
-        </Field>
-        {teams.length > 0 && (
-          <Field label="Team">
-            <select value={team} onChange={(e) => setTeam(e.currentTarget.value)}>
-              <option value="">none</option>
-              {teams.map((t) => (
-                <option key={t.id} value={t.id}>
-                  {t.name}
-                </option>
-              ))}
-            </select>
-          </Field>
-        )}
-      </div>
-      <ErrorNote error={action.error} />
-      <button type="submit" class="primary" disabled={action.busy}>
-        Create key
-      </button>
-    </form>
+      )}
+    </FormCard>
   );
 }
 

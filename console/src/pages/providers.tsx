@@ -2,7 +2,7 @@
 // four characters) and model aliases.
 import { useState } from "preact/hooks";
 import { api } from "../api";
-import { ConfirmButton, ErrorNote, Field, listOf, orDash, useAction, useLoad, useSession, when } from "../ui";
+import { Checkbox, DeleteButton, ErrorNote, Field, FormCard, listOf, orDash, Table, useAction, useLoad, useSession, when } from "../ui";
 
 interface Credential {
   id: string;
@@ -44,54 +44,29 @@ function Credentials({ shared }: { shared: boolean }) {
       <AddCredential shared={shared} onAdded={list.reload} />
       <h2>Credentials</h2>
       <ErrorNote error={list.error ?? remove.error} />
-      {list.data && list.data.length === 0 && <p>No credentials yet.</p>}
-      {list.data && list.data.length > 0 && (
-        <div class="scroll">
-          <table id="credentials">
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Provider</th>
-                <th>Base URL</th>
-                <th>Key</th>
-                <th>Shared</th>
-                <th>Added</th>
-                <th>
-                  <span class="sr-only">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {list.data.map((c) => (
-                <tr key={c.id}>
-                  <td>{c.name}</td>
-                  <td>{c.provider}</td>
-                  <td class="clip">{orDash(c.base_url)}</td>
-                  <td>
-                    <code>…{c.key_hint}</code>
-                  </td>
-                  <td>{c.shared ? "yes" : "no"}</td>
-                  <td>{when(c.created_at)}</td>
-                  <td>
-                    {(!c.shared || shared) && (
-                      <ConfirmButton
-                        label="Delete"
-                        name={c.name}
-                        onConfirm={() =>
-                          void remove.run(async () => {
-                            await api("DELETE", `/v1/providers/credentials/${encodeURIComponent(c.id)}`);
-                            list.reload();
-                          })
-                        }
-                      />
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="credentials"
+        columns={["Name", "Provider", "Base URL", "Key", "Shared", "Added", ""]}
+        rows={list.data}
+        empty="No credentials yet."
+        row={(c) => (
+          <tr key={c.id}>
+            <td>{c.name}</td>
+            <td>{c.provider}</td>
+            <td class="clip">{orDash(c.base_url)}</td>
+            <td>
+              <code>…{c.key_hint}</code>
+            </td>
+            <td>{c.shared ? "yes" : "no"}</td>
+            <td>{when(c.created_at)}</td>
+            <td>
+              {(!c.shared || shared) && (
+                <DeleteButton name={c.name} path={`/v1/providers/credentials/${encodeURIComponent(c.id)}`} action={remove} done={list.reload} />
+              )}
+            </td>
+          </tr>
+        )}
+      />
     </>
   );
 }
@@ -122,43 +97,32 @@ function AddCredential({ shared, onAdded }: { shared: boolean; onAdded: () => vo
     });
   };
   return (
-    <form class="card" onSubmit={submit} aria-labelledby="add-credential">
-      <h2 id="add-credential">Add a credential</h2>
-      <div class="grid">
-        <Field label="Provider">
-          <select name="provider" value={provider} onChange={(e) => setProvider(e.currentTarget.value)}>
-            {PROVIDERS.map((p) => (
-              <option key={p} value={p}>
-                {p}
-              </option>
-            ))}
-          </select>
+    <FormCard id="add-credential" title="Add a credential" submit="Add credential" action={action} onSubmit={submit}>
+      <Field label="Provider">
+        <select name="provider" value={provider} onChange={(e) => setProvider(e.currentTarget.value)}>
+          {PROVIDERS.map((p) => (
+            <option key={p} value={p}>
+              {p}
+            </option>
+          ))}
+        </select>
+      </Field>
+      <Field label="Name">
+        <input name="credential-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
+      </Field>
+      <Field label="API key" hint="Stored encrypted; shown back only as its last four characters.">
+        <input type="password" name="api-key" autocomplete="off" required value={key} onInput={(e) => setKey(e.currentTarget.value)} />
+      </Field>
+      <Field label="Base URL" hint="Empty: the provider's own. An OpenAI-compatible server's /v1 URL.">
+        <input type="url" name="base-url" value={baseUrl} onInput={(e) => setBaseUrl(e.currentTarget.value)} />
+      </Field>
+      {provider === "azure" && (
+        <Field label="API version" hint="e.g. 2024-10-21">
+          <input name="api-version" value={apiVersion} onInput={(e) => setApiVersion(e.currentTarget.value)} />
         </Field>
-        <Field label="Name">
-          <input name="credential-name" required maxLength={200} value={name} onInput={(e) => setName(e.currentTarget.value)} />
-        </Field>
-        <Field label="API key" hint="Stored encrypted; shown back only as its last four characters.">
-          <input type="password" name="api-key" autocomplete="off" required value={key} onInput={(e) => setKey(e.currentTarget.value)} />
-        </Field>
-        <Field label="Base URL" hint="Empty: the provider's own. An OpenAI-compatible server's /v1 URL.">
-          <input type="url" name="base-url" value={baseUrl} onInput={(e) => setBaseUrl(e.currentTarget.value)} />
-        </Field>
-        {provider === "azure" && (
-          <Field label="API version" hint="e.g. 2024-10-21">
-            <input name="api-version" value={apiVersion} onInput={(e) => setApiVersion(e.currentTarget.value)} />
-          </Field>
-        )}
-        {shared && (
-          <label class="check">
-            <input type="checkbox" checked={isShared} onChange={(e) => setShared(e.currentTarget.checked)} /> Shared with everyone
-          </label>
-        )}
-      </div>
-      <ErrorNote error={action.error} />
-      <button type="submit" class="primary" disabled={action.busy}>
-        Add credential
-      </button>
-    </form>
+      )}
+      {shared && <Checkbox label="Shared with everyone" checked={isShared} onChange={setShared} />}
+    </FormCard>
   );
 }
 
@@ -187,84 +151,46 @@ function Aliases({ writes, shared }: { writes: boolean; shared: boolean }) {
   return (
     <>
       {writes && (
-        <form class="card" onSubmit={submit} aria-labelledby="add-alias">
-          <h2 id="add-alias">Add an alias</h2>
-          <div class="grid">
-            <Field label="Alias">
-              <input name="alias" required value={alias} onInput={(e) => setAlias(e.currentTarget.value)} />
-            </Field>
-            <Field label="Targets" hint="provider/model names, comma-separated, in order (fallbacks).">
-              <input name="targets" required value={targets} onInput={(e) => setTargets(e.currentTarget.value)} />
-            </Field>
-            <Field label="Strategy">
-              <select value={strategy} onChange={(e) => setStrategy(e.currentTarget.value)}>
-                <option value="ordered">ordered</option>
-                <option value="weighted">weighted</option>
-                <option value="least-latency">least-latency</option>
-              </select>
-            </Field>
-            {shared && (
-              <label class="check">
-                <input type="checkbox" checked={isShared} onChange={(e) => setShared(e.currentTarget.checked)} /> Shared with everyone
-              </label>
-            )}
-          </div>
-          <ErrorNote error={create.error} />
-          <button type="submit" class="primary" disabled={create.busy}>
-            Add alias
-          </button>
-        </form>
+        <FormCard id="add-alias" title="Add an alias" submit="Add alias" action={create} onSubmit={submit}>
+          <Field label="Alias">
+            <input name="alias" required value={alias} onInput={(e) => setAlias(e.currentTarget.value)} />
+          </Field>
+          <Field label="Targets" hint="provider/model names, comma-separated, in order (fallbacks).">
+            <input name="targets" required value={targets} onInput={(e) => setTargets(e.currentTarget.value)} />
+          </Field>
+          <Field label="Strategy">
+            <select value={strategy} onChange={(e) => setStrategy(e.currentTarget.value)}>
+              <option value="ordered">ordered</option>
+              <option value="weighted">weighted</option>
+              <option value="least-latency">least-latency</option>
+            </select>
+          </Field>
+          {shared && <Checkbox label="Shared with everyone" checked={isShared} onChange={setShared} />}
+        </FormCard>
       )}
       <h2>Aliases</h2>
       <ErrorNote error={list.error ?? remove.error} />
-      {list.data && list.data.length === 0 && <p>No aliases.</p>}
-      {list.data && list.data.length > 0 && (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th>Alias</th>
-                <th>Targets</th>
-                <th>Strategy</th>
-                <th>Shared</th>
-                <th>Created</th>
-                {writes && (
-                  <th>
-                    <span class="sr-only">Actions</span>
-                  </th>
+      <Table
+        columns={["Alias", "Targets", "Strategy", "Shared", "Created", writes ? "" : null]}
+        rows={list.data}
+        empty="No aliases."
+        row={(a) => (
+          <tr key={`${a.alias}-${a.shared}`}>
+            <td>{a.alias}</td>
+            <td>{a.targets.map((t) => t.model).join(" → ")}</td>
+            <td>{a.strategy}</td>
+            <td>{a.shared ? "yes" : "no"}</td>
+            <td>{when(a.created_at)}</td>
+            {writes && (
+              <td>
+                {(!a.shared || shared) && (
+                  <DeleteButton name={a.alias} path={`/v1/providers/aliases/${encodeURIComponent(a.alias)}?shared=${a.shared}`} action={remove} done={list.reload} />
                 )}
-              </tr>
-            </thead>
-            <tbody>
-              {list.data.map((a) => (
-                <tr key={`${a.alias}-${a.shared}`}>
-                  <td>{a.alias}</td>
-                  <td>{a.targets.map((t) => t.model).join(" → ")}</td>
-                  <td>{a.strategy}</td>
-                  <td>{a.shared ? "yes" : "no"}</td>
-                  <td>{when(a.created_at)}</td>
-                  {writes && (
-                    <td>
-                      {(!a.shared || shared) && (
-                        <ConfirmButton
-                          label="Delete"
-                          name={a.alias}
-                          onConfirm={() =>
-                            void remove.run(async () => {
-                              await api("DELETE", `/v1/providers/aliases/${encodeURIComponent(a.alias)}?shared=${a.shared}`);
-                              list.reload();
-                            })
-                          }
-                        />
-                      )}
-                    </td>
-                  )}
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+              </td>
+            )}
+          </tr>
+        )}
+      />
     </>
   );
 }

@@ -4,7 +4,7 @@
 // everyone's usage; the API's refusal is shown as its detail otherwise).
 import { useState } from "preact/hooks";
 import { api, query } from "../api";
-import { dayBounds, daysAgo, ErrorNote, Field, isoDay, useLoad, useSession, usd } from "../ui";
+import { dayBounds, daysAgo, ErrorNote, Field, isoDay, num, Table, useLoad, useSession, usd } from "../ui";
 
 interface Group {
   key: string | null;
@@ -26,6 +26,10 @@ interface Usage {
 }
 
 const MAX_DAYS = 366;
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
 
 /** Every UTC day from `from` to `to`, inclusive (at most MAX_DAYS). */
 function daysOf(from: string, to: string): string[] {
@@ -75,59 +79,46 @@ export function UsagePage() {
       {byDay.data && (
         <>
           <p class="totals" id="usage-totals" data-requests={byDay.data.totals.requests} data-cost={byDay.data.totals.cost_usd}>
-            {byDay.data.totals.requests} calls, {usd(byDay.data.totals.cost_usd)}, {byDay.data.totals.prompt_tokens + byDay.data.totals.completion_tokens} tokens,{" "}
-            {byDay.data.totals.errors} errors
+            {plural(byDay.data.totals.requests, "call")}, {usd(byDay.data.totals.cost_usd)},{" "}
+            {plural(byDay.data.totals.prompt_tokens + byDay.data.totals.completion_tokens, "token")}, {plural(byDay.data.totals.errors, "error")}
           </p>
           <div class="charts">
             <BarChart id="chart-cost" title="Cost by day (USD)" days={days} value={(day) => perDay.get(day)?.cost_usd ?? "0"} format={(v) => `$${v}`} />
-            <BarChart id="chart-calls" title="Calls by day" days={days} value={(day) => String(perDay.get(day)?.requests ?? 0)} format={(v) => `${v} calls`} />
+            <BarChart id="chart-calls" title="Calls by day" days={days} value={(day) => String(perDay.get(day)?.requests ?? 0)} format={(v) => plural(Number(v), "call")} />
           </div>
         </>
       )}
       <h2>Breakdown</h2>
-      <Field label="Group by">
-        <select name="group-by" value={groupBy} onChange={(e) => setGroupBy(e.currentTarget.value)}>
-          {choices.map((c) => (
-            <option key={c} value={c}>
-              {c}
-            </option>
-          ))}
-        </select>
-      </Field>
+      <div class="row">
+        <Field label="Group by">
+          <select name="group-by" value={groupBy} onChange={(e) => setGroupBy(e.currentTarget.value)}>
+            {choices.map((c) => (
+              <option key={c} value={c}>
+                {c}
+              </option>
+            ))}
+          </select>
+        </Field>
+      </div>
       <ErrorNote error={table.error} />
-      {table.data && table.data.groups.length === 0 && <p>No calls in this range.</p>}
-      {table.data && table.data.groups.length > 0 && (
-        <div class="scroll">
-          <table id="usage-table">
-            <thead>
-              <tr>
-                <th>{groupBy}</th>
-                <th class="num">Calls</th>
-                <th class="num">Errors</th>
-                <th class="num">Prompt tokens</th>
-                <th class="num">Completion tokens</th>
-                <th class="num">Cost</th>
-                <th class="num">p50 ms</th>
-                <th class="num">p95 ms</th>
-              </tr>
-            </thead>
-            <tbody>
-              {table.data.groups.map((g) => (
-                <tr key={g.key ?? "none"}>
-                  <td>{g.key === null ? "(none)" : groupBy === "key" ? keyNames.get(g.key) ?? g.key : g.key}</td>
-                  <td class="num">{g.requests}</td>
-                  <td class="num">{g.errors}</td>
-                  <td class="num">{g.prompt_tokens}</td>
-                  <td class="num">{g.completion_tokens}</td>
-                  <td class="num">{usd(g.cost_usd)}</td>
-                  <td class="num">{g.latency_ms_p50 === null ? "—" : Math.round(g.latency_ms_p50)}</td>
-                  <td class="num">{g.latency_ms_p95 === null ? "—" : Math.round(g.latency_ms_p95)}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <Table
+        id="usage-table"
+        columns={[groupBy, num("Calls"), num("Errors"), num("Prompt tokens"), num("Completion tokens"), num("Cost"), num("p50 ms"), num("p95 ms")]}
+        rows={table.data?.groups}
+        empty="No calls in this range."
+        row={(g) => (
+          <tr key={g.key ?? "none"}>
+            <td>{g.key === null ? "(none)" : groupBy === "key" ? keyNames.get(g.key) ?? g.key : g.key}</td>
+            <td class="num">{g.requests}</td>
+            <td class="num">{g.errors}</td>
+            <td class="num">{g.prompt_tokens}</td>
+            <td class="num">{g.completion_tokens}</td>
+            <td class="num">{usd(g.cost_usd)}</td>
+            <td class="num">{g.latency_ms_p50 === null ? "—" : Math.round(g.latency_ms_p50)}</td>
+            <td class="num">{g.latency_ms_p95 === null ? "—" : Math.round(g.latency_ms_p95)}</td>
+          </tr>
+        )}
+      />
     </section>
   );
 }
@@ -160,16 +151,22 @@ function BarChart({ id, title, days, value, format }: { id: string; title: strin
             </rect>
           );
         })}
-        {days.length > 0 && (
-          <>
-            <text x={0} y={HEIGHT + 15} class="tick">
-              {days[0]}
-            </text>
-            <text x={WIDTH} y={HEIGHT + 15} class="tick end">
-              {days[days.length - 1]}
-            </text>
-          </>
-        )}
+        {days.length > 0 && days.length <= 14
+          ? days.map((day, index) => (
+              <text key={day} x={index * slot + slot / 2} y={HEIGHT + 15} class="tick mid">
+                {day.slice(5)}
+              </text>
+            ))
+          : days.length > 0 && (
+              <>
+                <text x={0} y={HEIGHT + 15} class="tick">
+                  {days[0]}
+                </text>
+                <text x={WIDTH} y={HEIGHT + 15} class="tick end">
+                  {days[days.length - 1]}
+                </text>
+              </>
+            )}
       </svg>
     </figure>
   );
