@@ -60,7 +60,10 @@ async function errorOf(response: Response): Promise<ApiError> {
   } catch {
     // not JSON: the status line is all there is
   }
-  if (retry !== null) message = `${message} Retry in ${retry} s.`;
+  if (retry !== null) {
+    const at = new Date(Date.now() + retry * 1000).toLocaleTimeString();
+    message = `${message} You can try again at ${at} (in ${retry} s).`;
+  }
   return new ApiError(response.status, message, retry);
 }
 

@@ -8,7 +8,7 @@
 // cache (pageshow, persisted), so the back button never brings private data back.
 import { render } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
-import { api, onUnauthorized, type Me } from "./api";
+import { api, ApiError, onUnauthorized, type Me } from "./api";
 import "./console.css";
 import { Admin } from "./pages/admin";
 import { Account, Register, SignIn } from "./pages/auth";
@@ -67,8 +67,13 @@ function App() {
     setMe(null);
   }, []);
 
+  // A 401 signs out (onUnauthorized); another failure (the gateway unreachable for a
+  // moment) keeps a known session, and shows sign-in when there was none yet.
   const check = useCallback(() => {
-    api<Me>("GET", "/auth/me").then(setMe, () => forget());
+    api<Me>("GET", "/auth/me").then(setMe, (reason: unknown) => {
+      if (reason instanceof ApiError && reason.status === 401) forget();
+      else setMe((known) => (known === undefined ? null : known));
+    });
   }, [forget]);
 
   useEffect(() => {

@@ -26,6 +26,7 @@ from .conftest import (
 from .console_pages import bars, console_url, doc_screenshot, open_page, register, sign_in
 
 CHAT = "/v1/chat/completions"
+JAEGER = "http://jaeger.example:16686/trace/{trace_id}"
 
 
 def unique_email(name: str) -> str:
@@ -92,6 +93,8 @@ def test_register_sign_in_create_a_key_see_it_listed_and_revoke_it(
 def test_add_a_credential_and_stream_a_chat_answer_in_the_playground(
     platform: RunningPlatform, page: Page, fake_openai: FakeOpenAI
 ) -> None:
+    # The gateway's /console/config.json, as a deployment with Jaeger configures it.
+    page.route("**/console/config.json", lambda route: route.fulfill(json={"trace_url": JAEGER}))
     register(page, platform.gateway, unique_email("chat"), MEMBER_PASSWORD)
     open_page(page, "Providers")
     form = page.get_by_role("form", name="Add a credential")
@@ -136,7 +139,43 @@ def test_add_a_credential_and_stream_a_chat_answer_in_the_playground(
     )
     expect(stats).to_contain_text("first token")
     expect(page.locator("#cost")).to_contain_text("$", timeout=15_000)
+    trace = stats.get_by_role("link")
+    trace_id = trace.inner_text()
+    assert trace.get_attribute("href") == JAEGER.replace("{trace_id}", trace_id)
     shot(page, "2-answer-streamed")
+
+    # The call log has the call, its trace id linking to the trace viewer.
+    open_page(page, "Call log")
+    row = page.locator("#calls tbody tr", has_text="openai/gpt-4o-mini")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("1 / 24")
+    expect(row.get_by_role("link", name=trace_id)).to_have_attribute(
+        "href", JAEGER.replace("{trace_id}", trace_id)
+    )
+    shot(page, "3-call-log")
+
+
+def test_a_rate_limited_chat_shows_the_detail_and_when_to_retry(
+    platform: RunningPlatform, page: Page, fake_openai: FakeOpenAI, login: Login
+) -> None:
+    email = unique_email("limited")
+    with Member(platform, email) as member:
+        member.credential("openai", "local", fake_openai.url, PROVIDER_KEY)
+        user_id = member.browser.get("/auth/me").json()["id"]
+    admin = login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    assert admin.patch(f"/auth/users/{user_id}", json={"rpm_limit": 1}).status_code == 200
+    page.goto(console_url(platform.gateway, "/playground"))
+    sign_in(page, email, MEMBER_PASSWORD)
+    page.get_by_label("Model").fill("openai/gpt-4o-mini")
+    page.get_by_label("Message").fill("words:2")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#answer")).to_have_text("lorem ipsum")
+    page.get_by_label("Message").fill("words:3")
+    page.get_by_role("button", name="Send").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("rate limit of 1 requests a minute")  # the API's detail
+    expect(alert).to_contain_text("You can try again at")  # from Retry-After
+    shot(page, "1-rate-limited")
 
 
 def test_the_usage_charts_show_the_numbers_of_v1_usage(
