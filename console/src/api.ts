@@ -24,10 +24,18 @@ export function onUnauthorized(handler: () => void): void {
   unauthorized = handler;
 }
 
+// The readable cookie holding the CSRF token: `csrf_cookie` of /console/config.json
+// (the gateway's CSRF_COOKIE_NAME), this until it is known.
+let csrfCookie = "csrf_token";
+
+export function useCsrfCookie(name: string): void {
+  csrfCookie = name;
+}
+
 export function csrfToken(): string {
   for (const part of document.cookie.split(";")) {
     const [name, ...value] = part.trim().split("=");
-    if (name === "csrf_token") return decodeURIComponent(value.join("="));
+    if (name === csrfCookie) return decodeURIComponent(value.join("="));
   }
   return "";
 }

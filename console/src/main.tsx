@@ -8,7 +8,7 @@
 // cache (pageshow, persisted), so the back button never brings private data back.
 import { render } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
-import { api, ApiError, onUnauthorized, type Me } from "./api";
+import { api, ApiError, onUnauthorized, useCsrfCookie, type Me } from "./api";
 import "./console.css";
 import { Admin } from "./pages/admin";
 import { Account, Register, SignIn } from "./pages/auth";
@@ -43,11 +43,14 @@ const PAGES: Page[] = [
 
 const PUBLIC = new Set(["/signin", "/register"]);
 
-async function loadTraceUrl(): Promise<string | null> {
+/** The gateway's /console/config.json: the trace viewer's URL template (null: trace ids
+ * are shown without a link) and the CSRF cookie's name. Missing or broken: the defaults. */
+async function loadConfig(): Promise<string | null> {
   try {
     const response = await fetch("config.json", { credentials: "same-origin", cache: "no-store" });
     if (!response.ok) return null;
-    const config = (await response.json()) as { trace_url?: unknown };
+    const config = (await response.json()) as { trace_url?: unknown; csrf_cookie?: unknown };
+    if (typeof config.csrf_cookie === "string" && config.csrf_cookie) useCsrfCookie(config.csrf_cookie);
     return typeof config.trace_url === "string" && config.trace_url.includes("{trace_id}") ? config.trace_url : null;
   } catch {
     return null;
@@ -82,7 +85,7 @@ function App() {
       const here = currentRoute();
       if (!PUBLIC.has(here.path)) navigate(`/signin?next=${encodeURIComponent(here.full)}`, true);
     });
-    void loadTraceUrl().then(setTraceUrl);
+    void loadConfig().then(setTraceUrl);
     check();
     const shown = (event: PageTransitionEvent) => {
       if (event.persisted) {

@@ -35,7 +35,8 @@ def sign_in(page: Page, email: str, password: str) -> None:
     page.keyboard.press("Tab")
     page.keyboard.type(password)
     page.keyboard.press("Enter")
-    expect(page.get_by_role("button", name="Sign out")).to_be_attached()
+    nav = page.get_by_role("navigation", name="Main")
+    expect(nav.get_by_role("button", name="Sign out")).to_be_attached()
 
 
 def open_page(page: Page, label: str, heading: str | None = None) -> None:
