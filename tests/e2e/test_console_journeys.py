@@ -38,9 +38,21 @@ def test_register_sign_in_create_a_key_see_it_listed_and_revoke_it(
     platform: RunningPlatform, page: Page
 ) -> None:
     email = unique_email("keys")
+    # The API's problem details are what the forms say.
+    page.goto(console_url(platform.gateway, "/register"))
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("short")
+    page.get_by_role("button", name="Register and sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Passwords need at least 12 characters.")
+    shot(page, "0-weak-password")
     register(page, platform.gateway, email, MEMBER_PASSWORD)
     shot(page, "1-registered")
     page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("not-the-Passphrase-1")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Invalid email or password.")
+    page.get_by_label("Email").fill("")
     sign_in(page, email, MEMBER_PASSWORD)
     expect(page.get_by_role("heading", name="API keys", level=1)).to_be_visible()
     shot(page, "2-signed-in")
