@@ -324,3 +324,46 @@ export function PeriodOptions() {
     </>
   );
 }
+
+// --- keyset paging: the API's cursors go forward only, so the ones before are kept here.
+export interface Cursors {
+  cursor: string | null;
+  depth: number;
+  first: () => void;
+  back: () => void;
+  forward: (next: string) => void;
+}
+
+export function useCursors(): Cursors {
+  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  return {
+    cursor: cursors[cursors.length - 1],
+    depth: cursors.length,
+    first: () => setCursors([null]),
+    back: () => setCursors(cursors.slice(0, -1)),
+    forward: (next) => setCursors([...cursors, next]),
+  };
+}
+
+/** First / previous / next page buttons; `next` is the API's next_cursor. */
+export function Pager({ pages, next, what }: { pages: Cursors; next: string | null | undefined; what: string }) {
+  return (
+    <div class="actions" role="group" aria-label={`Pages of ${what}`}>
+      {pages.depth > 1 && (
+        <button type="button" onClick={pages.first}>
+          First page
+        </button>
+      )}
+      {pages.depth > 1 && (
+        <button type="button" onClick={pages.back}>
+          Previous page
+        </button>
+      )}
+      {next && (
+        <button type="button" onClick={() => pages.forward(next)}>
+          Next page
+        </button>
+      )}
+    </div>
+  );
+}

@@ -258,6 +258,45 @@ def test_the_usage_charts_show_the_numbers_of_v1_usage(
         assert "key" in options
 
 
+def test_the_call_log_filters_and_pages_with_the_api_cursor(
+    platform: RunningPlatform, page: Page
+) -> None:
+    page.route("**/console/config.json", lambda route: route.fulfill(json={"trace_url": JAEGER}))
+    email = unique_email("calls")
+    now = datetime.now(UTC)
+    events = [
+        {"id": str(uuid.uuid4()), "occurred_at": (now - timedelta(minutes=n)).isoformat(),
+         "provider": "openai", "model": "openai/gpt-4o-mini",
+         "status": "error" if n % 10 == 0 else "ok", "prompt_tokens": n,
+         "completion_tokens": 1, "cost_usd": "0.001", "latency_ms": 100.0,
+         "trace_id": uuid.uuid4().hex}
+        for n in range(1, 61)
+    ]  # fmt: skip
+    with Member(platform, email) as member:
+        assert member.browser.post("/v1/events", json={"events": events}).status_code == 200
+        member.calls(60)
+    page.goto(console_url(platform.gateway, "/calls"))
+    sign_in(page, email, MEMBER_PASSWORD)
+    rows = page.locator("#calls tbody tr")
+    expect(rows).to_have_count(50)  # the newest page
+    expect(rows.first.get_by_role("link")).to_have_attribute(
+        "href", JAEGER.replace("{trace_id}", events[0]["trace_id"])
+    )
+    shot(page, "1-newest-page")
+    page.get_by_role("button", name="Next page").click()
+    expect(rows).to_have_count(10)
+    expect(rows.last).to_contain_text("60 / 1")  # the oldest call
+    expect(page.get_by_role("button", name="Next page")).to_have_count(0)
+    page.get_by_role("button", name="Previous page").click()
+    expect(rows).to_have_count(50)
+    page.get_by_label("Status").fill("error")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(rows).to_have_count(6)
+    for text in rows.all_inner_texts():
+        assert "error" in text
+    shot(page, "2-filtered")
+
+
 def test_a_viewer_sees_no_write_buttons_and_a_forged_write_is_refused(
     platform: RunningPlatform, page: Page, login: Login
 ) -> None:

@@ -2,7 +2,7 @@
 // shows only for the permission its API needs (teams: everyone sees the teams they are in).
 import { useState } from "preact/hooks";
 import { api, query, type Page, type Policy } from "../api";
-import { ErrorNote, Field, orDash, PeriodOptions, Table, useAction, useLoad, useSession, usd, when } from "../ui";
+import { ErrorNote, Field, orDash, Pager, PeriodOptions, Table, useCursors, useAction, useLoad, useSession, usd, when } from "../ui";
 
 interface User extends Policy {
   id: string;
@@ -47,26 +47,15 @@ export function Admin() {
 }
 
 function Users() {
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
-  const cursor = cursors[cursors.length - 1];
+  const pages = useCursors();
+  const cursor = pages.cursor;
   const page = useLoad(() => api<Page<User>>("GET", `/auth/users${query({ limit: 50, cursor })}`), [cursor]);
   return (
     <>
       <h2>Users</h2>
       <ErrorNote error={page.error} />
       <Table id="users" columns={["Email", "Name", "Role", "Disabled", "Created", ""]} rows={page.data?.data} empty="No users." row={(u) => <UserRow key={u.id} user={u} onSaved={page.reload} />} />
-      <div class="actions">
-        {cursors.length > 1 && (
-          <button type="button" onClick={() => setCursors(cursors.slice(0, -1))}>
-            Previous users
-          </button>
-        )}
-        {page.data?.next_cursor && (
-          <button type="button" onClick={() => setCursors([...cursors, page.data?.next_cursor ?? null])}>
-            More users
-          </button>
-        )}
-      </div>
+      <Pager pages={pages} next={page.data?.next_cursor} what="users" />
     </>
   );
 }
@@ -115,7 +104,8 @@ function UserRow({ user, onSaved }: { user: User; onSaved: () => void }) {
 
 function Teams() {
   const { can } = useSession();
-  const list = useLoad(() => api<Page<Team>>("GET", "/auth/teams?limit=200"), []);
+  const pages = useCursors();
+  const list = useLoad(() => api<Page<Team>>("GET", `/auth/teams${query({ limit: 50, cursor: pages.cursor })}`), [pages.cursor]);
   const [name, setName] = useState("");
   const create = useAction();
   const submit = (event: Event) => {
@@ -147,6 +137,7 @@ function Teams() {
         empty="No teams."
         row={(t) => <TeamRow key={t.id} team={t} manages={can("teams:manage") || t.role === "owner"} />}
       />
+      <Pager pages={pages} next={list.data?.next_cursor} what="teams" />
     </>
   );
 }
@@ -194,8 +185,8 @@ function TeamRow({ team, manages }: { team: Team; manages: boolean }) {
 function Audit() {
   const [action, setAction] = useState("");
   const [applied, setApplied] = useState("");
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
-  const cursor = cursors[cursors.length - 1];
+  const pages = useCursors();
+  const cursor = pages.cursor;
   const page = useLoad(() => api<Page<AuditEvent>>("GET", `/auth/audit${query({ limit: 50, cursor, action: applied })}`), [cursor, applied]);
   return (
     <>
@@ -206,7 +197,7 @@ function Audit() {
         onSubmit={(e) => {
           e.preventDefault();
           setApplied(action.trim());
-          setCursors([null]);
+          pages.first();
         }}
       >
         <Field label="Action">
@@ -234,18 +225,7 @@ function Audit() {
           </tr>
         )}
       />
-      <div class="actions">
-        {cursors.length > 1 && (
-          <button type="button" onClick={() => setCursors([null])}>
-            Newest events
-          </button>
-        )}
-        {page.data?.next_cursor && (
-          <button type="button" onClick={() => setCursors([...cursors, page.data?.next_cursor ?? null])}>
-            Older events
-          </button>
-        )}
-      </div>
+      <Pager pages={pages} next={page.data?.next_cursor} what="audit events" />
     </>
   );
 }

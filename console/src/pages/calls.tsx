@@ -3,7 +3,7 @@
 // /console/config.json; plain text when none is configured).
 import { useState } from "preact/hooks";
 import { api, query, type Page } from "../api";
-import { dayBounds, daysAgo, ErrorNote, Field, num, orDash, Table, useLoad, useSession, usd, when } from "../ui";
+import { dayBounds, daysAgo, ErrorNote, Field, num, orDash, Pager, Table, useCursors, useLoad, useSession, usd, when } from "../ui";
 
 interface CallRow {
   id: string;
@@ -41,9 +41,8 @@ export function Calls() {
   const { traceUrl } = useSession();
   const [draft, setDraft] = useState<Filters>({ model: "", status: "", from: daysAgo(29), to: daysAgo(0) });
   const [filters, setFilters] = useState<Filters>(draft);
-  // The cursors of the pages before this one (keyset paging goes forward only).
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
-  const cursor = cursors[cursors.length - 1];
+  const pages = useCursors();
+  const cursor = pages.cursor;
   const page = useLoad(
     () =>
       api<Page<CallRow>>(
@@ -55,7 +54,7 @@ export function Calls() {
   const apply = (event: Event) => {
     event.preventDefault();
     setFilters({ ...draft });
-    setCursors([null]);
+    pages.first();
   };
   const set = (name: keyof Filters) => (event: Event) => setDraft({ ...draft, [name]: (event.currentTarget as HTMLInputElement).value });
   return (
@@ -65,14 +64,13 @@ export function Calls() {
         <Field label="Model">
           <input name="model" value={draft.model} onInput={set("model")} placeholder="openai/gpt-4o-mini" />
         </Field>
-        <Field label="Status">
-          <select name="status" value={draft.status} onChange={set("status")}>
-            <option value="">any</option>
-            <option value="ok">ok</option>
-            <option value="error">error</option>
-            <option value="cancelled">cancelled</option>
-          </select>
+        <Field label="Status" hint="ok, error, or a status callers report">
+          <input name="status" list="statuses" value={draft.status} onInput={set("status")} />
         </Field>
+        <datalist id="statuses">
+          <option value="ok" />
+          <option value="error" />
+        </datalist>
         <Field label="From (UTC day)">
           <input type="date" name="from" value={draft.from} onChange={set("from")} />
         </Field>
@@ -122,23 +120,7 @@ export function Calls() {
           );
         }}
       />
-      <div class="actions">
-        {cursors.length > 1 && (
-          <button type="button" onClick={() => setCursors([null])}>
-            Newest
-          </button>
-        )}
-        {cursors.length > 1 && (
-          <button type="button" onClick={() => setCursors(cursors.slice(0, -1))}>
-            Newer
-          </button>
-        )}
-        {page.data?.next_cursor && (
-          <button type="button" onClick={() => setCursors([...cursors, page.data?.next_cursor ?? null])}>
-            Older
-          </button>
-        )}
-      </div>
+      <Pager pages={pages} next={page.data?.next_cursor} what="calls" />
     </section>
   );
 }
