@@ -77,6 +77,8 @@ async function errorOf(response: Response): Promise<ApiError> {
 
 export interface CallOptions {
   signal?: AbortSignal;
+  /** Finish the request even if the page goes away (sign-out). */
+  keepalive?: boolean;
 }
 
 /** The raw response of a successful call (a stream reads its body); throws ApiError. */
@@ -93,6 +95,7 @@ export async function call(method: string, path: string, body?: unknown, options
       credentials: "same-origin",
       cache: "no-store",
       signal: options.signal,
+      keepalive: options.keepalive,
     });
   } catch (error) {
     if (error instanceof DOMException && error.name === "AbortError") throw error;

@@ -128,14 +128,15 @@ function App() {
     setMe(user);
   };
 
+  // The private pages go first (at once, whatever the gateway says), then the session.
   const signOut = async () => {
-    try {
-      await api("POST", "/auth/logout");
-    } catch {
-      // already signed out (or the gateway is gone): forget locally all the same
-    }
     navigate("/signin", true);
     forget();
+    try {
+      await api("POST", "/auth/logout", undefined, { keepalive: true });
+    } catch {
+      // already signed out elsewhere, or the gateway is gone: nothing more to forget here
+    }
   };
 
   if (me === undefined) {

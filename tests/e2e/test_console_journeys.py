@@ -298,16 +298,30 @@ def test_the_call_log_filters_and_pages_with_the_api_cursor(
 
 
 def test_a_viewer_sees_no_write_buttons_and_a_forged_write_is_refused(
-    platform: RunningPlatform, page: Page, login: Login
+    platform: RunningPlatform, page: Page
 ) -> None:
     email = unique_email("viewer")
     created = httpx.post(
         f"{platform.gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD}
     )
     assert created.status_code == 201, created.text
-    admin = login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    patched = admin.patch(f"/auth/users/{created.json()['id']}", json={"roles": ["viewer"]})
-    assert patched.status_code == 200, patched.text
+    # The admin makes them a viewer on the Admin page (users are listed oldest first).
+    page.goto(console_url(platform.gateway, "/admin"))
+    sign_in(page, ADMIN_EMAIL, ADMIN_PASSWORD)
+    row = page.locator(f'#users tr[data-user="{email}"]')
+    first = page.locator("#users tbody tr").first
+    expect(first).to_be_visible()
+    while not row.count():
+        shown = first.get_attribute("data-user")
+        pager = page.get_by_role("group", name="Pages of users")
+        pager.get_by_role("button", name="Next page").click()
+        expect(first).not_to_have_attribute("data-user", str(shown))
+    row.get_by_label(f"Role of {email}").select_option("viewer")
+    row.get_by_role("button", name=f"Save {email}").click()
+    expect(row.get_by_role("button", name=f"Save {email}")).to_be_disabled()
+    shot(page, "0-admin-makes-a-viewer")
+    page.get_by_role("navigation", name="Main").get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
 
     page.goto(console_url(platform.gateway, "/playground"))
     sign_in(page, email, MEMBER_PASSWORD)
