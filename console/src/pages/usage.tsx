@@ -3,7 +3,7 @@
 // table grouped by model, provider, key, team or user (user only for roles that may read
 // everyone's usage; the API's refusal is shown as its detail otherwise).
 import { useState } from "preact/hooks";
-import { api, query } from "../api";
+import { api, query, type Page } from "../api";
 import { dayBounds, daysAgo, ErrorNote, Field, isoDay, num, Table, useLoad, useSession, usd } from "../ui";
 
 interface Group {
@@ -48,22 +48,26 @@ export function UsagePage() {
   const [from, setFrom] = useState(daysAgo(6));
   const [to, setTo] = useState(daysAgo(0));
   const [groupBy, setGroupBy] = useState("model");
+  // A team's usage: all of it for its owners (and admins), your own in it otherwise.
+  const [team, setTeam] = useState("");
+  const teams = useLoad(() => api<Page<{ id: string; name: string; role: string | null }>>("GET", "/auth/teams?limit=200"), []);
   const span = (Date.parse(`${to}T00:00:00Z`) - Date.parse(`${from}T00:00:00Z`)) / 86_400_000 + 1;
   const invalid = !(span >= 1) ? "Pick a start on or before the end." : span > MAX_DAYS ? `Pick at most ${MAX_DAYS} days.` : null;
   const bounds = invalid ? null : dayBounds(from, to);
   const byDay = useLoad(
-    () => (bounds ? api<Usage>("GET", `/v1/usage${query({ group_by: "day", percentiles: "false", ...bounds })}`) : Promise.resolve(undefined)),
-    [from, to],
+    () => (bounds ? api<Usage>("GET", `/v1/usage${query({ group_by: "day", percentiles: "false", team, ...bounds })}`) : Promise.resolve(undefined)),
+    [from, to, team],
   );
   const table = useLoad(
-    () => (bounds ? api<Usage>("GET", `/v1/usage${query({ group_by: groupBy, ...bounds })}`) : Promise.resolve(undefined)),
-    [from, to, groupBy],
+    () => (bounds ? api<Usage>("GET", `/v1/usage${query({ group_by: groupBy, team, ...bounds })}`) : Promise.resolve(undefined)),
+    [from, to, groupBy, team],
   );
   const keys = useLoad(() => (groupBy === "key" ? api<{ id: string; name: string }[]>("GET", "/auth/api-keys") : Promise.resolve([])), [groupBy]);
   const keyNames = new Map((keys.data ?? []).map((k) => [k.id, k.name]));
   const days = invalid ? [] : daysOf(from, to);
   const perDay = new Map((byDay.data?.groups ?? []).map((g) => [g.key ?? "", g]));
-  const choices = ["model", "provider", "key", "team", ...(can("telemetry:read_all") ? ["user"] : []), "day"];
+  const ownsTeam = (teams.data?.data ?? []).some((t) => t.id === team && t.role === "owner");
+  const choices = ["model", "provider", "key", "team", ...(can("telemetry:read_all") || ownsTeam ? ["user"] : []), "day"];
   return (
     <section>
       <h1>Usage</h1>
@@ -74,6 +78,27 @@ export function UsagePage() {
         <Field label="To (UTC day)">
           <input type="date" name="to" value={to} min={from} onChange={(e) => setTo(e.currentTarget.value)} />
         </Field>
+        {(teams.data?.data.length ?? 0) > 0 && (
+          <Field label="Team">
+            <select
+              name="team"
+              value={team}
+              onChange={(e) => {
+                const chosen = e.currentTarget.value;
+                const owned = (teams.data?.data ?? []).some((t) => t.id === chosen && t.role === "owner");
+                if (groupBy === "user" && !owned && !can("telemetry:read_all")) setGroupBy("model");
+                setTeam(chosen);
+              }}
+            >
+              <option value="">any (no team filter)</option>
+              {teams.data?.data.map((t) => (
+                <option key={t.id} value={t.id}>
+                  {t.name}
+                </option>
+              ))}
+            </select>
+          </Field>
+        )}
       </form>
       <ErrorNote error={invalid ?? byDay.error} />
       {byDay.data && (
