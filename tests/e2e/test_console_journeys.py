@@ -378,6 +378,41 @@ def assert_nothing_private(page: Page, email: str) -> None:
     assert "private-key-name" not in content
 
 
+def test_an_admin_sets_a_team_budget_adds_an_owner_and_reads_the_audit_log(
+    platform: RunningPlatform, page: Page
+) -> None:
+    email = unique_email("owner")
+    created = httpx.post(
+        f"{platform.gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD}
+    )
+    assert created.status_code == 201, created.text
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    page.goto(console_url(platform.gateway, "/admin"))
+    sign_in(page, ADMIN_EMAIL, ADMIN_PASSWORD)
+    page.get_by_label("New team name").fill(team)
+    page.get_by_role("button", name="Create team").click()
+    row = page.locator("#teams tbody tr", has_text=team)
+    row.get_by_label(f"Budget of {team} (USD)").fill("25")
+    row.get_by_label(f"Budget period of {team}").select_option("week")
+    row.get_by_role("button", name="Set budget").click()
+    expect(row).to_contain_text("$25.00 / week")
+    row.get_by_role("button", name=f"Members of {team}").click()
+    members = page.get_by_role("region", name=f"Members of {team}")
+    expect(members).to_contain_text("No members yet.")
+    members.get_by_label("User id").fill(created.json()["id"])
+    members.get_by_label("Team role").select_option("owner")
+    members.get_by_role("button", name="Add member").click()
+    expect(members.locator("tbody tr", has_text=email)).to_contain_text("owner")
+    shot(page, "1-team-with-budget-and-owner")
+    page.get_by_label("Action", exact=True).fill("team.member_set")
+    page.get_by_role("button", name="Filter").click()
+    audit = page.locator("#audit tbody tr")
+    expect(audit.first).to_contain_text("team.member_set")
+    for text in audit.all_inner_texts():
+        assert "team.member_set" in text
+    shot(page, "2-audit-log")
+
+
 def test_after_sign_out_the_back_button_shows_no_private_data(
     platform: RunningPlatform, page: Page
 ) -> None:
