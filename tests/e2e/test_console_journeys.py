@@ -34,6 +34,19 @@ def unique_email(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}@example.com"
 
 
+def registered_then_admin(platform: RunningPlatform, page: Page, email: str) -> str:
+    """Registers `email` (through the API), then signs the admin in on the Admin page; the
+    new user's id."""
+    created = httpx.post(
+        f"{platform.gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD}
+    )
+    assert created.status_code == 201, created.text
+    page.goto(console_url(platform.gateway, "/admin"))
+    sign_in(page, ADMIN_EMAIL, ADMIN_PASSWORD)
+    user_id: str = created.json()["id"]
+    return user_id
+
+
 def test_register_sign_in_create_a_key_see_it_listed_and_revoke_it(
     platform: RunningPlatform, page: Page
 ) -> None:
@@ -280,7 +293,7 @@ def test_the_call_log_filters_and_pages_with_the_api_cursor(
     rows = page.locator("#calls tbody tr")
     expect(rows).to_have_count(50)  # the newest page
     expect(rows.first.get_by_role("link")).to_have_attribute(
-        "href", JAEGER.replace("{trace_id}", events[0]["trace_id"])
+        "href", JAEGER.replace("{trace_id}", str(events[0]["trace_id"]))
     )
     shot(page, "1-newest-page")
     page.get_by_role("button", name="Next page").click()
@@ -301,13 +314,8 @@ def test_a_viewer_sees_no_write_buttons_and_a_forged_write_is_refused(
     platform: RunningPlatform, page: Page
 ) -> None:
     email = unique_email("viewer")
-    created = httpx.post(
-        f"{platform.gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD}
-    )
-    assert created.status_code == 201, created.text
     # The admin makes them a viewer on the Admin page (users are listed oldest first).
-    page.goto(console_url(platform.gateway, "/admin"))
-    sign_in(page, ADMIN_EMAIL, ADMIN_PASSWORD)
+    registered_then_admin(platform, page, email)
     row = page.locator(f'#users tr[data-user="{email}"]')
     first = page.locator("#users tbody tr").first
     expect(first).to_be_visible()
@@ -382,13 +390,8 @@ def test_an_admin_sets_a_team_budget_adds_an_owner_and_reads_the_audit_log(
     platform: RunningPlatform, page: Page
 ) -> None:
     email = unique_email("owner")
-    created = httpx.post(
-        f"{platform.gateway}/auth/register", json={"email": email, "password": MEMBER_PASSWORD}
-    )
-    assert created.status_code == 201, created.text
+    user_id = registered_then_admin(platform, page, email)
     team = f"team-{uuid.uuid4().hex[:6]}"
-    page.goto(console_url(platform.gateway, "/admin"))
-    sign_in(page, ADMIN_EMAIL, ADMIN_PASSWORD)
     page.get_by_label("New team name").fill(team)
     page.get_by_role("button", name="Create team").click()
     row = page.locator("#teams tbody tr", has_text=team)
@@ -399,7 +402,7 @@ def test_an_admin_sets_a_team_budget_adds_an_owner_and_reads_the_audit_log(
     row.get_by_role("button", name=f"Members of {team}").click()
     members = page.get_by_role("region", name=f"Members of {team}")
     expect(members).to_contain_text("No members yet.")
-    members.get_by_label("User id").fill(created.json()["id"])
+    members.get_by_label("User id").fill(user_id)
     members.get_by_label("Team role").select_option("owner")
     members.get_by_role("button", name="Add member").click()
     expect(members.locator("tbody tr", has_text=email)).to_contain_text("owner")
@@ -459,7 +462,8 @@ def test_a_session_revoked_elsewhere_returns_to_sign_in_and_back_to_the_page(
     other = chromium.new_context(viewport={"width": 1280, "height": 800})
     try:
         elsewhere = other.new_page()
-        elsewhere.shots = page.shots  # type: ignore[attr-defined]  (shot()'s folder)
+        # shot()'s folder, the test's own
+        elsewhere.shots = page.shots  # type: ignore[attr-defined]
         elsewhere.goto(console_url(platform.gateway, "/account"))
         sign_in(elsewhere, email, MEMBER_PASSWORD)
         sessions = elsewhere.locator("#sessions tbody tr")
