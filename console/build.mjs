@@ -25,6 +25,7 @@ await build({
   logLevel: "warning",
 });
 cpSync(join(here, "src", "index.html"), join(out, "index.html"));
+cpSync(join(here, "src", "favicon.svg"), join(out, "assets", "favicon.svg"));
 
 // The API docs page for /docs (served by the gateway, gateway/console.py): our page and
 // initializer (no inline script: the page's Content-Security-Policy allows none), and
