@@ -72,7 +72,8 @@ def platform(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningPlatform]:
     """The platform on the test run's Postgres (a database of its own) and Redis (db 1),
-    its response cache on a Redis of its own, exporting traces to a local OTLP receiver."""
+    its response cache on a Redis of its own, exporting traces to a local OTLP receiver;
+    the default settings but the anonymous rate limit per address."""
     with platform_on(
         postgres_admin_url,
         redis_url,
@@ -83,6 +84,10 @@ def platform(
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "OTEL_RESOURCE_ATTRIBUTES": E2E_RESOURCE,
             "INFERENCE_CACHE_REDIS_URL": cache_redis.url,
+            # Every test's users register and sign in from 127.0.0.1, the console's
+            # journeys in a browser among them: a few hundred a minute from one address,
+            # past the 60 a minute one address gets by default (gateway/tests test that).
+            "GATEWAY_RATE_LIMIT_ANONYMOUS_PER_MINUTE": "600",
         },
     ) as running:
         yield running
