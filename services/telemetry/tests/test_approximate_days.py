@@ -167,3 +167,30 @@ async def test_kept_closed_days_of_a_grouping_are_served_until_a_late_write(
     assert (
         found.model_dump_json() == (await grouped_again(runtime, scope, "model")).model_dump_json()
     )
+
+
+async def test_kept_groupings_are_bounded_in_number_and_size(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most GROUPINGS_KEPT kept (the oldest forgotten), and none larger than
+    GROUPED_ENTRIES_MAX histogram entries: that one is answered in full each time."""
+    rng = random.Random(24)
+    users = [uuid.uuid4() for _ in range(4)]
+    models = [f"test/bounded-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    await store(runtime, random_calls(rng, users, models, 400, days=4))
+    kept = replace(runtime, approximate_groups={})
+    monkeypatch.setattr(service, "GROUPINGS_KEPT", 2)
+    start = midnight(today() - 4 * DAY)
+    scopes = [Scope(start=start, end=datetime.now(UTC), user_id=user) for user in users]
+    for scope in scopes:
+        for _ in range(2):  # marks the days closed, then keeps them
+            await grouped(kept, scope, "model")
+    assert [key[0] for key in kept.approximate_groups] == [s.key() for s in scopes[-2:]]
+
+    monkeypatch.setattr(service, "GROUPED_ENTRIES_MAX", 1)
+    large = replace(runtime, approximate_groups={})
+    for _ in range(3):
+        found = await grouped(large, scopes[0], "model")
+        expected = await grouped_again(runtime, scopes[0], "model")
+        assert found.model_dump_json() == expected.model_dump_json()
+    assert large.approximate_groups == {}

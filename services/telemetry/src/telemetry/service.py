@@ -302,7 +302,7 @@ async def approximate_by_day(runtime: Runtime, db: Db, *, scope: Scope) -> list[
             figures = {name: found[name] for name in found if name not in _DAY_STATUS}
             values = _approximated(figures, True)
             if days and found["day"] is not None and found["storable"]:
-                _remember(memory, (key, found["day"]), (found["epoch"], values))
+                _remember(memory, (key, found["day"]), (found["epoch"], values), DAYS_KEPT)
         groups.append(usage_group(values))
     await mark_closed(runtime, unmarked)
     return groups
@@ -323,7 +323,8 @@ async def approximate_grouped(
     read leaves the entry with an older epoch than the day's, so it is computed again next
     time, never served stale. As approximate_by_day, an entry is kept only when every day
     was `storable` in that read, and days not marked closed yet are marked for the next
-    query (mark_closed)."""
+    query (mark_closed). Memory is bounded: GROUPINGS_KEPT entries, none holding more than
+    GROUPED_ENTRIES_MAX histogram entries."""
     days = cacheable_days(scope, now=utcnow(), retention=runtime.retention)
     if not days:
         rows = await repository.usage_sums(db, scope=scope, group_by=group_by, histograms=True)
@@ -340,8 +341,8 @@ async def approximate_grouped(
         span = replace(scope, start=_midnight(days[0]), end=_midnight(days[-1] + ONE_DAY))
         rows = await repository.usage_sums(db, scope=span, group_by=group_by, histograms=True)
         closed = [dict(row._mapping) for row in rows]
-        if all(row.storable for row in status):
-            _remember(memory, key, (epochs, closed))
+        if all(row.storable for row in status) and _entries(closed) <= GROUPED_ENTRIES_MAX:
+            _remember(memory, key, (epochs, closed), GROUPINGS_KEPT)
     parts = list(closed)
     for start, end in uncached_ranges(scope, days):
         rest = replace(scope, start=start, end=end)
@@ -370,17 +371,27 @@ def _added_up(parts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def _remember(memory: dict[Any, Any], key: Any, value: Any) -> None:
-    """Keep a day's result, the oldest kept forgotten past APPROXIMATE_DAYS_KEPT."""
+def _remember(memory: dict[Any, Any], key: Any, value: Any, kept: int) -> None:
+    """Keep a result, the oldest kept forgotten past `kept` results."""
     memory.pop(key, None)
     memory[key] = value
-    while len(memory) > APPROXIMATE_DAYS_KEPT:
+    while len(memory) > kept:
         del memory[next(iter(memory))]
+
+
+def _entries(groups: Iterable[Mapping[str, Any]]) -> int:
+    """How many histogram entries the groups hold (what their memory grows with)."""
+    return sum(len(group[name] or ()) for group in groups for name in ROLLUP_HISTOGRAMS)
 
 
 # Days' approximate results kept per process (a few hundred bytes each): 31 days of ~300
 # scopes.
-APPROXIMATE_DAYS_KEPT = 10_000
+DAYS_KEPT = 10_000
+# The other groupings' closed parts kept per process, each at most GROUPED_ENTRIES_MAX
+# histogram entries (~36 bytes each: ~180 kB): at most ~36 MB. A grouping with more (an
+# admin's usage by key over thousands of keys) is computed in full each time.
+GROUPINGS_KEPT = 200
+GROUPED_ENTRIES_MAX = 5_000
 
 
 def _approximated(row: Mapping[Any, Any], approximate: bool) -> dict[str, Any]:
