@@ -31,10 +31,12 @@ MEMBER_PERMISSIONS = (
     "embeddings:write", "telemetry:read_own", "telemetry:write", "api_keys:manage",
 )  # fmt: skip
 ADMIN_PERMISSIONS = (*MEMBER_PERMISSIONS, "providers:manage_shared", "telemetry:read_all")
-# Quick to fail in tests: short timeouts, tiny backoff.
+# Quick to fail in tests: tiny backoff. The timeouts are short, yet long enough that a busy
+# machine's pause never turns an answer into a timed-out attempt (a test of the count of
+# attempts then saw one more); a test of timeouts sets shorter ones (READ_TIMEOUT_TESTED).
 FAST = {
-    "read_timeout_seconds": 1.0,
-    "connect_timeout_seconds": 1.0,
+    "read_timeout_seconds": 5.0,
+    "connect_timeout_seconds": 5.0,
     "backoff_base_seconds": 0.01,
     "backoff_max_seconds": 0.05,
     "request_deadline_seconds": 10.0,
@@ -44,6 +46,10 @@ FAST = {
     # machine that may take longer than the production bound, and a miss there is no test.
     "cache_semantic_timeout_seconds": 30.0,
 }
+
+
+# The read timeout of the tests that make a provider miss it (a first byte 3 s late).
+READ_TIMEOUT_TESTED = {"read_timeout_seconds": 1.0}
 
 
 def member(user_id: str = "00000000-0000-0000-0000-00000000000a") -> Identity:

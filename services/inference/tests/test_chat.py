@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from common.identity import SignedIdentity
 from devkit.testing import LiveServer, signing_key
 
-from .conftest import Inference, MakeInference, Upstream, admin, member
+from .conftest import READ_TIMEOUT_TESTED, Inference, MakeInference, Upstream, admin, member
 
 CHAT = "/v1/chat/completions"
 ROUTE = "/v1/chat/completions"  # on the upstream
@@ -117,11 +117,12 @@ async def test_500_twice_then_ok_is_a_200_after_three_attempts(
     ],
 )
 async def test_one_transient_fault_is_retried_away(
-    inference: Inference, openai_upstream: Upstream, inject: Any
+    make_inference: MakeInference, openai_upstream: Upstream, inject: Any
 ) -> None:
-    await inference.credential(openai_upstream.url)
-    inject(openai_upstream.control)
-    response = await inference.call("POST", CHAT, json=ask())
+    async with make_inference(**READ_TIMEOUT_TESTED) as inference:
+        await inference.credential(openai_upstream.url)
+        inject(openai_upstream.control)
+        response = await inference.call("POST", CHAT, json=ask())
     assert response.status_code == 200, response.text
     assert len(openai_upstream.control.requests_to(ROUTE)) == 2
 
@@ -259,11 +260,12 @@ async def test_a_stream_cut_after_the_first_byte_ends_with_an_error_event_not_a_
 
 
 async def test_a_slow_first_token_is_retried_before_anything_is_sent(
-    inference: Inference, openai_upstream: Upstream
+    make_inference: MakeInference, openai_upstream: Upstream
 ) -> None:
-    await inference.credential(openai_upstream.url)
-    openai_upstream.control.delay(ROUTE, first_byte_seconds=3, after_headers=True)
-    response = await inference.call("POST", CHAT, json=ask(stream=True))
+    async with make_inference(**READ_TIMEOUT_TESTED) as inference:
+        await inference.credential(openai_upstream.url)
+        openai_upstream.control.delay(ROUTE, first_byte_seconds=3, after_headers=True)
+        response = await inference.call("POST", CHAT, json=ask(stream=True))
     assert response.status_code == 200
     assert sse(response.text)[-1] == "[DONE]"
     assert len(openai_upstream.control.requests_to(ROUTE)) == 2
