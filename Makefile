@@ -64,7 +64,7 @@ install-local: $(UV) ## only the inference `local` extra: torch's CPU build (pip
 run: install ## the whole platform on http://127.0.0.1:8000 (Ctrl-C stops everything)
 	$(PYTHON) -m devkit.devstack run
 
-stop-service: ## stop one service of a running `make run`; not restarted until start-service (SERVICE=telemetry)
+stop-service: ## stop one service of a running `make run`; not restarted until start-service (SERVICE=telemetry; also redis, postgres)
 	$(PYTHON) -m devkit.keeper stop $(SERVICE)
 
 start-service: ## start it again (SERVICE=telemetry)

@@ -258,3 +258,48 @@ def test_the_service_serves_the_keepers_socket_refused_while_down_and_back_on_it
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_make_runs_redis_is_kept_with_its_data_stopped_started_and_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Redis `make run` starts when none answers: killed, it comes back by itself with
+    its data (call events telemetry has not read, sessions), as compose's does; `make
+    stop-service SERVICE=redis` keeps it down until `make start-service SERVICE=redis`."""
+    import redis
+
+    from devkit import devstack
+
+    monkeypatch.setenv("PLATFORM_DATA_DIR", str(tmp_path))  # where its keeper's pid goes
+    monkeypatch.setenv("KEEPER_STARTUP_GRACE_SECONDS", "0.5")
+    kept, url = devstack.start_redis(tmp_path, keep_data=True, kept=True)
+    client = redis.Redis.from_url(url, socket_timeout=2)
+
+    def answers() -> bool:
+        with contextlib.suppress(redis.RedisError):
+            return bool(client.ping())
+        return False
+
+    try:
+        client.xadd("telemetry:llm-calls", {"event": "unread"})
+        server = children(kept)[0]
+        assert "redis-server" in server.name()
+        time.sleep(0.6)  # past its start-up grace: from now on a death is restarted
+
+        server.kill()
+        eventually(lambda: only_child(kept)() not in (None, server) and answers())
+        assert client.xlen("telemetry:llm-calls") == 1  # its data came back with it
+
+        assert keeper.control("stop", "redis") == 0
+        eventually(lambda: children(kept) == [])
+        time.sleep(1.0)
+        assert not answers()  # not restarted: stopped on purpose
+        assert kept.poll() is None
+
+        assert keeper.control("start", "redis") == 0
+        eventually(answers)
+        assert client.xlen("telemetry:llm-calls") == 1
+    finally:
+        client.close()
+        devstack.stop_process(kept)
+    assert kept.returncode == 0

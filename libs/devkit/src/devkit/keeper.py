@@ -1,6 +1,7 @@
 """One service of `make run`, kept: restarted when it dies, stopped and started on request.
 
     python -m devkit.keeper <service>           # what `make run` runs for each service
+    python -m devkit.keeper redis -- <command>  # and for the Redis it starts (devstack)
     python -m devkit.keeper stop <service>      # make stop-service SERVICE=<service>
     python -m devkit.keeper start <service>     # make start-service SERVICE=<service>
 
@@ -27,6 +28,12 @@ service's, so a restart never finds it taken.
 
 The keeper's pid is in `<data dir>/run/<service>.keeper.pid` (devkit.devstack.data_root),
 which is how `stop` and `start` find it; they send it SIGUSR1 and SIGUSR2.
+
+The Redis `make run` starts (when none answers at REDIS_URL) is kept the same way, without
+a socket to hold (redis-server binds its own port), and keeps its data across restarts (an
+append-only file, devstack.redis_command). The embedded PostgreSQL runs as a daemon of its
+own (pg_ctl), not under a keeper: `stop postgres` and `start postgres` stop it (fast: every
+connection is cut) and start it again on the same socket, with its data.
 """
 
 from __future__ import annotations
@@ -179,11 +186,15 @@ class Keeper:
         return 0
 
 
-def keep(service: str) -> int:
+def keep(service: str, command: list[str] | None = None) -> int:
+    """Keep `service`: by default the platform's own (`python -m <service>`, serving the
+    socket `make run` handed over), or `command`."""
     path = pid_file(service)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(os.getpid()))
     try:
+        if command is not None:
+            return Keeper(service, command).run()
         return Keeper(service, [sys.executable, "-m", service], ports.inherited()).run()
     finally:
         with suppress(OSError):
@@ -192,10 +203,13 @@ def keep(service: str) -> int:
 
 
 def control(action: str, service: str) -> int:
-    from devkit.devstack import SERVICES
+    from devkit.devstack import SERVICES, data_root, restart_embedded_postgres
 
-    if service not in (*SERVICES, "gateway"):
-        print(f"no service {service!r}: one of gateway, {', '.join(SERVICES)}", file=sys.stderr)
+    if service == "postgres":
+        return restart_embedded_postgres(data_root(), stop=action == "stop")
+    known = ("gateway", *SERVICES, "redis")
+    if service not in known:
+        print(f"no service {service!r}: one of {', '.join(known)}, postgres", file=sys.stderr)
         return 2
     path = pid_file(service)
     try:
@@ -213,6 +227,8 @@ def main(argv: list[str]) -> int:
         return control(argv[1], argv[2])
     if len(argv) == 2:
         return keep(argv[1])
+    if len(argv) > 3 and argv[2] == "--":
+        return keep(argv[1], argv[3:])
     print(__doc__, file=sys.stderr)
     return 2
 
