@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -232,17 +233,22 @@ async def test_anonymous_routes_are_limited_per_client_ip(
     assert statuses == [200, 200, 429]
 
 
+async def member_session(redis: Redis) -> dict[str, str]:
+    """The Cookie header of a member's session, stored in `redis`."""
+    token, _, _ = await SessionStore(redis).create(
+        user_id="u1", roles=("member",), permissions=("models:read",), now=time.time(),
+        idle_timeout=600, lifetime=3600, ip="", user_agent="",
+    )  # fmt: skip
+    return {"Cookie": f"session={token}"}
+
+
 async def test_redis_down_means_503_and_nothing_gets_through(
     upstream: Upstream, tmp_path: Path
 ) -> None:
     server, url = await asyncio.to_thread(devstack.start_redis, tmp_path)
     redis = Redis.from_url(url)
     try:
-        token, _, _ = await SessionStore(redis).create(
-            user_id="u1", roles=("member",), permissions=("models:read",), now=time.time(),
-            idle_timeout=600, lifetime=3600, ip="", user_agent="",
-        )  # fmt: skip
-        cookie = {"Cookie": f"session={token}"}
+        cookie = await member_session(redis)
         key = {"Authorization": "Bearer sk-xxxxxxxxxxxx"}
         app = create_app(gateway_settings(upstream, url))
         async with LiveServer(app) as gw, httpx.AsyncClient(base_url=gw.url) as c:
@@ -261,6 +267,47 @@ async def test_redis_down_means_503_and_nothing_gets_through(
     assert anonymous.status_code == 401
     assert ready.status_code == 503
     assert upstream.hits == 1
+
+
+async def test_a_paused_redis_is_a_quick_503_then_refused_at_once_until_it_answers(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """A Redis that takes connections and answers nothing (paused, swapping, cut off): the
+    gateway waits GATEWAY_REDIS_TIMEOUT_SECONDS, not redis-py's seconds, answers 503 with
+    Retry-After, and refuses the next callers at once for as long again rather than
+    making each wait; it admits again as soon as Redis answers."""
+    server, url = await asyncio.to_thread(devstack.start_redis, tmp_path)
+    redis = Redis.from_url(url)
+    try:
+        cookie = await member_session(redis)
+        app = create_app(gateway_settings(upstream, url, redis_timeout_seconds=0.5))
+        async with LiveServer(app) as gw, httpx.AsyncClient(base_url=gw.url) as c:
+            assert (await c.get("/v1/models", headers=cookie)).status_code == 200
+            server.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                first = await c.get("/v1/models", headers=cookie)
+                first_took = time.monotonic() - started
+                started = time.monotonic()
+                second = await c.get("/v1/models", headers={"Authorization": "Bearer sk-x"})
+                second_took = time.monotonic() - started
+                anonymous = await c.get("/v1/models")
+            finally:
+                server.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.6)  # the outage's hold has passed
+            back = await c.get("/v1/models", headers=cookie)
+    finally:
+        await asyncio.to_thread(devstack.stop_process, server)
+        await redis.aclose()
+    for refused in (first, second):
+        assert refused.status_code == 503
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["retry-after"] == "1"
+    assert 0.5 <= first_took < 1.0  # the timeout, once: not retried, not redis-py's 5 s
+    assert second_took < 0.25  # refused at once: Redis is known to be away
+    assert anonymous.status_code == 401  # no credential: nothing to ask Redis
+    assert back.status_code == 200
+    assert upstream.hits == 2
 
 
 async def test_cors_allows_only_listed_origins_with_credentials(

@@ -10,12 +10,12 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from common.addresses import client_bucket
-from common.errors import BadRequest, MethodNotAllowed, NotFound, ServiceUnavailable
+from common.errors import BadRequest, MethodNotAllowed, NotFound
 from common.identity import Identity
 from gateway.errors import InvalidKeysLimited, MissingPermission, RateLimited, SessionRequired
 from gateway.metrics import RATE_LIMITED
 from gateway.rbac import PUBLIC, SESSION_ONLY, SIGNED_IN, allowed_methods, route_for
-from gateway.security import Principal, RateDecision
+from gateway.security import Principal, RateDecision, redis_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +50,9 @@ async def caller_identity(runtime: Runtime, request: Request) -> Identity:
         )
     except RedisError as exc:
         # Never let a request through unchecked: without Redis nothing is authenticated.
+        security.outage.failed()
         log.warning("redis unavailable: request refused", error=repr(exc))
-        raise ServiceUnavailable("Authentication is unavailable; try again shortly.") from None
+        raise redis_unavailable() from None
     except InvalidKeysLimited:
         RATE_LIMITED.labels("invalid_api_keys").inc()
         raise

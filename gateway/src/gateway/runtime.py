@@ -49,7 +49,8 @@ class Runtime:
     ) -> Runtime:
         """Clients and pools, made inside the running event loop; nothing is called yet."""
         upstreams = Upstreams(settings)
-        redis = create_redis(settings.redis_url)
+        timeout = settings.redis_timeout_seconds
+        redis = create_redis(settings.redis_url, wait_seconds=timeout, socket_timeout=timeout)
         return cls(
             settings=settings,
             clock=clock,

@@ -8,6 +8,7 @@ import hmac
 import json
 import math
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import structlog
 from fastapi import Request
 
 from common.budgets import GatewayHold
+from common.errors import ServiceUnavailable
 from common.identity import Identity
 from common.principals import secret_hash
 from gateway.errors import (
@@ -106,6 +108,30 @@ class Admission:
     rate: RateDecision | None
 
 
+class RedisOutage:
+    """The gateway's Redis, seen failing: for the next `hold` seconds every request that
+    needs it is refused at once (503), rather than each one waiting out the timeout (a
+    paused or cut-off Redis) or queueing for a pooled connection behind those that do.
+    Then requests try it again, and the first to succeed ends the outage."""
+
+    def __init__(self, hold: float) -> None:
+        self._hold = hold
+        self._until = 0.0
+
+    def check(self) -> None:
+        if time.monotonic() < self._until:
+            raise redis_unavailable()
+
+    def failed(self) -> None:
+        self._until = time.monotonic() + self._hold
+
+
+def redis_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Authentication is unavailable; try again shortly.", headers={"Retry-After": "1"}
+    )
+
+
 class Security:
     def __init__(
         self,
@@ -121,6 +147,8 @@ class Security:
         self._auth = auth
         self._settings = settings
         self.clock = clock
+        # Redis seen failing (admission.caller_identity says so): refuse at once for a moment.
+        self.outage = RedisOutage(hold=settings.redis_timeout_seconds)
         # The resolutions of uncached keys in flight on this replica, by key hash.
         self._resolving: dict[str, asyncio.Future[None]] = {}
         # What a signed-in caller's request counts against, for model calls (True) and the
@@ -157,6 +185,7 @@ class Security:
         limits = self._limits[model]
         authorization = request.headers.get("authorization")
         if authorization is not None:
+            self.outage.check()
             key_hash = _api_key_hash(authorization)
             now = self.clock()
             # A model call of a key under a budget is admitted and held here, in the same
@@ -172,6 +201,7 @@ class Security:
         token = request.cookies.get(self._settings.session_cookie_name)
         if not token:
             raise Unauthenticated("Log in, or send an API key as `Authorization: Bearer <key>`.")
+        self.outage.check()
         session_id = secret_hash(token)
         found_session = await self._credentials.session(session_id, self.clock(), limits)
         return _session_admission(session_id, found_session)
@@ -251,6 +281,7 @@ class Security:
         admitted; None when unlimited (limit 0); RateLimited past the limit."""
         if limit <= 0:
             return None
+        self.outage.check()
         return _decide(await self._counters.hit(bucket, "address", subject, limit, self.clock()))
 
 

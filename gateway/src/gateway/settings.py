@@ -40,6 +40,10 @@ class GatewaySettings(ServiceSettings):
     upstream_max_connections: int = Field(200, ge=1)
     upstream_max_connections_per_user: int = Field(16, ge=0)
     max_body_bytes: int = 16 * 1024 * 1024
+    # How long the gateway waits for its Redis (credentials, sessions, rate windows) before
+    # refusing with 503: Redis answers in well under a millisecond, so a longer wait means
+    # it is paused, cut off or swamped, and the caller should not hang on it.
+    redis_timeout_seconds: float = Field(0.5, gt=0, le=30)
     # Browser origins allowed to call with credentials (CORS); empty: no CORS headers.
     cors_origins: list[str] = []
     # Rate limits per principal (user or API key owner) per minute; 0 means unlimited.

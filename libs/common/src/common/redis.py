@@ -8,9 +8,17 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
-def create_redis(url: str, *, max_connections: int = 100, wait_seconds: float = 5.0) -> Redis:
+def create_redis(
+    url: str,
+    *,
+    max_connections: int = 100,
+    wait_seconds: float = 5.0,
+    socket_timeout: float = 5.0,
+) -> Redis:
     """A pooled client; past `max_connections` commands wait for a free connection (up to
-    `wait_seconds`, then ConnectionError) instead of failing at once.
+    `wait_seconds`, then ConnectionError) instead of failing at once. A command unanswered
+    after `socket_timeout` seconds (Redis paused, a network partition) fails with
+    TimeoutError, and is not sent again: it may have run.
 
     A command that finds its pooled connection closed (Redis restarted, a proxy's idle
     timeout) is sent again once on a new one: without it every connection pooled before a
@@ -22,10 +30,13 @@ def create_redis(url: str, *, max_connections: int = 100, wait_seconds: float = 
         max_connections=max_connections,
         timeout=wait_seconds,
         socket_connect_timeout=2.0,
-        socket_timeout=5.0,
+        socket_timeout=socket_timeout,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
-        retry_on_error=[RedisConnectionError],
+        retry=Retry(
+            ExponentialBackoff(cap=0.1, base=0.01),
+            retries=1,
+            supported_errors=(RedisConnectionError,),
+        ),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 

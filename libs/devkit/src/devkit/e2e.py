@@ -154,40 +154,55 @@ def start_platform(env_overrides: dict[str, str], log_dir: Path) -> RunningPlatf
 
 class CacheRedis:
     """A redis-server of its own (for the platform's response cache, or all of its Redis),
-    which a test may stop and start again (on the same port, empty: it keeps no data)."""
+    which a test may stop and start again on the same port: empty, as a cache's Redis may
+    come back, unless it is made with `keep_data` (an append-only file, as compose's Redis
+    and `make run`'s keep theirs)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, keep_data: bool = False) -> None:
         self.data_dir = data_dir
+        self.keep_data = keep_data
         (data_dir / "redis").mkdir(parents=True, exist_ok=True)
-        self.process, self.url = devstack.start_redis(data_dir)
+        self.process, self.url = devstack.start_redis(data_dir, keep_data=keep_data)
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
 
     def stop(self) -> None:
         devstack.stop_process(self.process)
 
     def start(self) -> None:
-        self.process, self.url = devstack.start_redis(self.data_dir, self.port)
+        self.process, self.url = devstack.start_redis(
+            self.data_dir, self.port, keep_data=self.keep_data
+        )
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted (by the kernel) and nothing is answered, as
+        with a Redis swapping, stuck in a long command, or cut off by a network fault."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
 
-StoppableRedis = CacheRedis
+class StoppableRedis(CacheRedis):
+    """The platform's Redis, which a test stops and starts again with its data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, keep_data=True)
 
 
 class StoppablePostgres:
     """An embedded PostgreSQL of its own, which a test may stop (`pg_ctl stop -m fast`:
-    every connection is cut) and start again on the same socket, with its data."""
+    every connection is cut) and start again on the same socket, with its data, as
+    `make stop-service SERVICE=postgres` and `make start-service` do."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.admin_url = devstack.start_embedded_postgres(data_dir)
-        self._socket_dir = self.admin_url.partition("host=")[2].partition("&")[0]
 
     def stop(self) -> None:
-        devstack._pg_ctl(self.data_dir / "pg", "-t", "30", "stop", check=True)
+        assert devstack.restart_embedded_postgres(self.data_dir, stop=True) == 0
 
     def start(self) -> None:
-        pgdata = self.data_dir / "pg"
-        devstack._pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {self._socket_dir}",
-                         "-l", str(pgdata / "log"), "start", check=True)  # fmt: skip
+        assert devstack.restart_embedded_postgres(self.data_dir, stop=False) == 0
 
     def close(self) -> None:
         devstack.stop_embedded_postgres(self.data_dir)
