@@ -3,13 +3,16 @@ and the telemetry buffer that never blocks a request."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
+import time
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from common.llm_events import LlmCallEvent
 from devkit.fakes.hf_server import DEFAULT_MODEL_ID, PRIVATE_REPO
@@ -109,12 +112,60 @@ async def test_a_name_the_hub_client_refuses_is_a_422(
     assert hf_upstream.control.requests == []
 
 
-async def test_hub_down_is_a_502(make_inference: MakeInference, refused_port: int) -> None:
-    async with make_inference(
-        hf_endpoint=f"http://127.0.0.1:{refused_port}", hub_timeout_seconds=1.0
-    ) as inference:
-        response = await inference.call("GET", "/v1/hub/models")
-    assert response.status_code == 502
+async def test_hub_down_is_a_502_at_once_not_after_retries(
+    make_inference: MakeInference, refused_port: int
+) -> None:
+    """An unreachable Hub is said at once, with the default 10 s timeout: huggingface_hub's
+    own list_models retried a refused connection for about 20 s (the caller got a timeout
+    after 10 s, and a thread stayed busy for the rest)."""
+    async with make_inference(hf_endpoint=f"http://127.0.0.1:{refused_port}") as inference:
+        started = time.monotonic()
+        search = await inference.call("GET", "/v1/hub/models", params={"search": "bert"})
+        info = await inference.call("GET", "/v1/hub/models/sentence-transformers/x")
+        took = time.monotonic() - started
+    for response in (search, info):
+        assert response.status_code == 502
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"] == "The Hub is unreachable (ConnectError)."
+    assert took < 5
+
+
+async def test_a_member_has_two_hub_calls_in_flight_at_most_and_others_are_not_held(
+    make_inference: MakeInference, hf_upstream: Upstream
+) -> None:
+    """A slow Hub holds the calls of the member who sends many, not everyone's: past
+    INFERENCE_HUB_CALLS_PER_USER (2) in flight, a member's next call is a 429 at once, and
+    another member's search is answered meanwhile."""
+    search = {"search": "MiniLM", "limit": 5}
+    async with make_inference(hf_endpoint=hf_upstream.url) as inference:
+        # Concurrent requests, each its own database session (the harness's share one
+        # connection, whose savepoints they would interleave); they only read.
+        app = inference.app
+        app.state.sessionmaker = async_sessionmaker(app.state.engine, expire_on_commit=False)
+        hf_upstream.control.delay("/api/models", first_byte_seconds=2.0, times=2)
+        slow = [
+            asyncio.create_task(inference.call("GET", "/v1/hub/models", params=search))
+            for _ in range(2)
+        ]
+        for _ in range(200):  # until both are at the Hub
+            if hf_upstream.control.pending("/api/models") == 0:
+                break
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        third = await inference.call("GET", "/v1/hub/models", params=search)
+        other = await inference.call(
+            "GET", "/v1/hub/models", params=search,
+            identity=member("00000000-0000-0000-0000-0000000000b0"),
+        )  # fmt: skip
+        took = time.monotonic() - started
+        first, second = await asyncio.gather(*slow)
+    assert third.status_code == 429
+    assert third.headers["content-type"] == "application/problem+json"
+    assert third.headers["retry-after"] == "1"
+    assert third.json()["type"].endswith(":too-many-hub-calls")
+    assert other.status_code == 200, other.text
+    assert took < 1.5  # neither waited for the slow ones
+    assert [first.status_code, second.status_code] == [200, 200]
 
 
 def _event(n: int) -> LlmCallEvent:

@@ -116,6 +116,12 @@ class HubError(BadGateway):
     slug = "hub-unavailable"
 
 
+class TooManyHubCalls(TooManyRequests):
+    """The caller already has INFERENCE_HUB_CALLS_PER_USER Hub calls in flight (here)."""
+
+    slug = "too-many-hub-calls"
+
+
 class ModelNotAllowed(Forbidden):
     """A policy of the call's key, user or team does not allow the model (members `model`
     and `scope`)."""

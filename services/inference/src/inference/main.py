@@ -39,13 +39,15 @@ from inference.providers.local import LocalProvider, default_cache_dir
 from inference.providers.openai import OpenAIProvider
 from inference.repository import ResponseCache
 from inference.routing import LeastLatency, Routing
-from inference.runtime import Runtime, TtlCache
+from inference.runtime import HubCalls, Runtime, TtlCache
 from inference.service import PROVIDERS
 from inference.settings import InferenceSettings
 from inference.streams import StreamSlots
 
 log = structlog.get_logger(__name__)
 EXPIRED_ENTRIES_SECONDS = 60.0
+# Threads for Hub calls on a replica (inference.runtime.HubCalls), shared by its users.
+HUB_THREADS = 8
 
 
 def build_providers(settings: InferenceSettings, egress: EgressPolicy) -> dict[str, Provider]:
@@ -138,6 +140,7 @@ def build_runtime(settings: InferenceSettings, redis: Redis) -> Runtime:
         ),
         credentials=TtlCache(settings.cache_seconds),
         aliases=TtlCache(settings.cache_seconds),
+        hub=HubCalls(threads=HUB_THREADS, per_user=settings.hub_calls_per_user),
         routing=Routing(
             LeastLatency(
                 redis,
@@ -207,6 +210,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await prices
             await runtime.routing.latency.close()
+            runtime.hub.close()
             await runtime.cache.aclose()
             await runtime.sink.close()
             await runtime.governance.telemetry.aclose()

@@ -69,6 +69,7 @@ from inference.errors import (
     ProviderRejected,
     SharedNeedsAdmin,
     TooManyAliases,
+    TooManyHubCalls,
     TooManyPrices,
     UpstreamFailed,
 )
@@ -1099,18 +1100,40 @@ async def _hub_token(runtime: Runtime, db: AsyncSession, identity: Identity) -> 
 async def _ask_hub(
     runtime: Runtime, db: AsyncSession, identity: Identity, ask: Callable[[HfApi], R]
 ) -> R:
-    """`ask(api)` in a worker thread (huggingface_hub is synchronous), within
+    """`ask(api)` in a Hub thread (huggingface_hub is synchronous; runtime.HubCalls), within
     INFERENCE_HUB_TIMEOUT_SECONDS; whatever fails becomes a problem."""
     token = await _hub_token(runtime, db, identity)
+    timeout = runtime.settings.hub_timeout_seconds
     try:
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=runtime.settings.hf_endpoint, token=token or False)
-        return await asyncio.wait_for(
-            asyncio.to_thread(ask, api), runtime.settings.hub_timeout_seconds
-        )
+        return await runtime.hub.run(identity.sub, lambda: ask(api), timeout)
+    except TooManyHubCalls:
+        raise
     except Exception as exc:
         raise _hub_problem(exc) from None
+
+
+def _search_hub(api: HfApi, search: str | None, limit: int, timeout: float) -> list[Any]:
+    """HfApi.list_models's first page, asked once: list_models retries a connection error
+    for about 20 s (http_backoff), so an unreachable Hub held the caller and a thread that
+    long; the search answers one page (`limit` ≤ 100) anyway."""
+    from huggingface_hub import get_session
+    from huggingface_hub.hf_api import ModelInfo
+    from huggingface_hub.utils import hf_raise_for_status  # type: ignore[attr-defined]
+
+    params: dict[str, Any] = {"limit": limit}
+    if search:
+        params["search"] = search
+    response = get_session().get(
+        f"{api.endpoint}/api/models",
+        params=params,
+        headers=api._build_hf_headers(),  # as HfApi sends them: token, user agent
+        timeout=timeout,
+    )
+    hf_raise_for_status(response)
+    return [ModelInfo(**item) for item in response.json()[:limit]]  # type: ignore[no-untyped-call]
 
 
 def _hub_problem(exc: Exception) -> Exception:
@@ -1133,8 +1156,9 @@ async def hub_search(
     runtime: Runtime, db: AsyncSession, *, identity: Identity, search: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Models on the Hub matching `search`, asked with the caller's credential if any."""
+    timeout = runtime.settings.hub_timeout_seconds
     models = await _ask_hub(
-        runtime, db, identity, lambda api: list(api.list_models(search=search, limit=limit))
+        runtime, db, identity, lambda api: _search_hub(api, search, limit, timeout)
     )
     return [_hub_model(m) for m in models]
 

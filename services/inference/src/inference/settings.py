@@ -121,7 +121,9 @@ class InferenceSettings(DatabaseSettings):
     # A budget not spent but held by calls in flight: how long a call waits for them to
     # settle before it is refused (429, Retry-After: 1). 0: refused at once.
     budget_wait_seconds: float = Field(2.0, ge=0, le=30)
-    hub_timeout_seconds: float = Field(10.0, gt=0)
+    hub_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    # Hub calls (search, model info) one user may have in flight on a replica; more: 429.
+    hub_calls_per_user: int = Field(2, ge=1, le=100)
     hf_endpoint: str | None = Field(
         None, description="Defaults to HF_ENDPOINT, then huggingface.co"
     )
