@@ -23,11 +23,10 @@ from devkit.e2e import (
     new_member_with_key,
     platform_on,
     served_in_thread,
+    serving_fake_openai,
     start_platform,
     wait_until_serving,
 )
-from devkit.fakes.faults import FaultControl
-from devkit.fakes.openai_server import create_openai_app
 
 from .browser import chromium, page
 from .otlp import OtlpReceiver
@@ -117,9 +116,8 @@ def login(platform: RunningPlatform) -> Iterator[Login]:
 @pytest.fixture(scope="session")
 def fake_openai() -> Iterator[FakeOpenAI]:
     """The OpenAI fake, served in a thread of this process."""
-    control = FaultControl()
-    with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
-        yield FakeOpenAI(f"{url}/v1", control)
+    with serving_fake_openai() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

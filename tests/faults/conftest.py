@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 
 from devkit.e2e import (
-    PROVIDER_KEY,
     FakeOpenAI,
     RunningPlatform,
     StoppablePostgres,
     StoppableRedis,
     platform_on,
-    served_in_thread,
+    serving_fake_openai,
 )
-from devkit.fakes.faults import FaultControl
-from devkit.fakes.openai_server import create_openai_app
 from devkit.testing import server_dir
 
 RESTART_DELAY_SECONDS = 3
@@ -50,9 +47,8 @@ def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppableR
 
 @pytest.fixture(scope="session")
 def provider() -> Iterator[FakeOpenAI]:
-    control = FaultControl()
-    with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
-        yield FakeOpenAI(f"{url}/v1", control)
+    with serving_fake_openai() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

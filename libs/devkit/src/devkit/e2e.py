@@ -277,6 +277,16 @@ def served_in_thread(app: Any, name: str) -> Iterator[str]:
         sock.close()
 
 
+@contextmanager
+def serving_fake_openai() -> Iterator[FakeOpenAI]:
+    """The OpenAI fake (checking PROVIDER_KEY), served in a thread of this process."""
+    from devkit.fakes.openai_server import create_openai_app
+
+    control = FaultControl()
+    with served_in_thread(create_openai_app(control, api_key=PROVIDER_KEY), "fake OpenAI") as url:
+        yield FakeOpenAI(f"{url}/v1", control)
+
+
 class Member:
     """A member signed in through the gateway (a browser), and the SDK with their key."""
 
