@@ -181,6 +181,54 @@ def test_add_a_credential_and_stream_a_chat_answer_in_the_playground(
     shot(page, "3-call-log")
 
 
+def ask_in_the_playground(page: Page, model: str, message: str) -> None:
+    open_page(page, "Playground")
+    page.get_by_label("Model").fill(model)
+    page.get_by_label("Message").fill(message)
+    page.get_by_role("button", name="Send").click()
+
+
+def test_an_alias_is_added_called_in_the_playground_and_deleted(
+    platform: RunningPlatform, page: Page, fake_openai: FakeOpenAI
+) -> None:
+    register(page, platform.gateway, unique_email("aliases"), MEMBER_PASSWORD)
+    open_page(page, "Providers")
+    credential = page.get_by_role("form", name="Add a credential")
+    credential.get_by_label("Provider", exact=True).select_option("openai")
+    credential.get_by_label("Name").fill("fake")
+    credential.get_by_label("API key").fill(PROVIDER_KEY)
+    credential.get_by_label("Base URL").fill(fake_openai.url)
+    credential.get_by_role("button", name="Add credential").click()
+    expect(page.locator("#credentials tbody tr", has_text="fake")).to_have_count(1)
+
+    add = page.get_by_role("form", name="Add an alias")
+    aliases = page.locator("#aliases tbody tr", has_text="fast")
+    # A target without its provider: the API's words, and nothing added.
+    add.get_by_label("Alias").fill("fast")
+    add.get_by_label("Targets").fill("gpt-4o-mini")
+    add.get_by_role("button", name="Add alias").click()
+    expect(add.get_by_role("alert")).to_contain_text("targets.0.model")
+    expect(aliases).to_have_count(0)
+    add.get_by_label("Targets").fill("openai/gpt-4o-mini, openai/gpt-4o")
+    add.get_by_role("button", name="Add alias").click()
+    expect(aliases).to_contain_text("openai/gpt-4o-mini → openai/gpt-4o")
+    expect(aliases).to_contain_text("ordered")
+    shot(page, "1-alias-added")
+
+    ask_in_the_playground(page, "fast", "words:3")
+    expect(page.locator("#answer")).to_have_text("lorem ipsum dolor", timeout=30_000)
+    shot(page, "2-alias-answered")
+
+    open_page(page, "Providers")
+    aliases.get_by_role("button", name="Delete fast").click()
+    page.get_by_role("button", name="Confirm delete fast").click()
+    expect(aliases).to_have_count(0)
+    # Gone for the API too: the playground's next call to it is refused, in its words.
+    ask_in_the_playground(page, "fast", "words:3")
+    expect(page.get_by_role("alert")).to_contain_text("fast")
+    shot(page, "3-alias-deleted")
+
+
 def test_a_rate_limited_chat_shows_the_detail_and_when_to_retry(
     platform: RunningPlatform, page: Page, fake_openai: FakeOpenAI, login: Login
 ) -> None:

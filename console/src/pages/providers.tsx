@@ -171,6 +171,7 @@ function Aliases({ writes, shared }: { writes: boolean; shared: boolean }) {
       <h2>Aliases</h2>
       <ErrorNote error={list.error ?? remove.error} />
       <Table
+        id="aliases"
         columns={["Alias", "Targets", "Strategy", "Shared", "Created", writes ? "" : null]}
         rows={list.data}
         empty="No aliases."
