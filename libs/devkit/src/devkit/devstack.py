@@ -150,8 +150,7 @@ def _configure_embedded_postgres(data_dir: Path, uri: str, server: Any) -> None:
     _log(f"embedded PostgreSQL: {', '.join(f'{n}={v}' for n, v in wanted.items())} (restart)")
     pgdata = data_dir / "pg"
     socket_dir = urlsplit(uri).query.partition("host=")[2].partition("&")[0]
-    _pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {socket_dir}",
-            "-l", str(pgdata / "log"), "restart", check=True)  # fmt: skip
+    _pg_ctl_on_socket(pgdata, socket_dir, "restart", check=True)
 
 
 def _held_by_others(data_dir: Path) -> bool:
@@ -177,6 +176,15 @@ def _pg_ctl(pgdata: Path, *args: str, check: bool) -> subprocess.CompletedProces
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", *args],
         check=check, capture_output=True, user="pgserver" if os.geteuid() == 0 else None,
     )  # fmt: skip
+
+
+def _pg_ctl_on_socket(
+    pgdata: Path, socket_dir: str, action: str, *, check: bool
+) -> subprocess.CompletedProcess[bytes]:
+    """`pg_ctl start` or `restart` as pgserver starts the server: its Unix socket in
+    `socket_dir` only (no TCP), its log in `<pgdata>/log`."""
+    return _pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {socket_dir}",
+                   "-l", str(pgdata / "log"), action, check=check)  # fmt: skip
 
 
 def restart_embedded_postgres(data_dir: Path, *, stop: bool) -> int:
@@ -205,8 +213,7 @@ def restart_embedded_postgres(data_dir: Path, *, stop: bool) -> int:
             print("PostgreSQL was not stopped by make stop-service: make run starts it",
                   file=sys.stderr)  # fmt: skip
             return 1
-        done = _pg_ctl(pgdata, "-t", "60", "-o", '-h ""', "-o", f"-k {remembered.read_text()}",
-                       "-l", str(pgdata / "log"), "start", check=False)  # fmt: skip
+        done = _pg_ctl_on_socket(pgdata, remembered.read_text(), "start", check=False)
         what = "started PostgreSQL again"
     if done.returncode != 0:
         print(done.stderr.decode(errors="replace").strip() or f"pg_ctl: {done.returncode}",
@@ -377,7 +384,9 @@ def _our_redis_answers(url: str, pid: int) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
         answering = client.info("server").get("process_id")
-        return answering == pid or psutil.Process(answering).ppid() == pid
+        if answering is None:
+            return False
+        return bool(answering == pid or psutil.Process(answering).ppid() == pid)
     except (redis.RedisError, OSError, psutil.Error):
         return False
     finally:
